@@ -1,0 +1,223 @@
+"""Every object that crosses a process boundary, one type per arrow of the request flow.
+
+```
+client --HTTP--> router            GenerateRequest  (req_id, prompt_token_ids, SamplingParams)
+router (policy.route)              RouteDecision    (lives in prfaas.policy: a decision, not a message)
+router --> prefill                 PrefillJob       (request, decode address, transfer_id)
+prefill --TCP--> decode            KVManifest       (what the KV frames carry, layer by layer)
+                                   + KV frames      (prfaas.transport.frames: header + payload bytes)
+decode --> prefill                 TransferAck      (transfer_id, ok | error)
+decode --> router --SSE--> client  TokenDelta       (req_id, token_ids, finish_reason | None)
+```
+
+Control messages are JSON (`to_dict`/`from_dict`); KV payload bytes never pass through them.
+Layer 1: standard library only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+JSONDict = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to pick tokens; defaults are greedy decoding of 16 tokens."""
+
+    max_tokens: int = 16  # tokens to generate after the prompt (first token included)
+    temperature: float = 0.0  # 0 means greedy
+    top_p: float = 1.0  # nucleus mass kept, in (0, 1]
+    top_k: int = 0  # 0 means no top-k cut
+    seed: int | None = None  # per-request RNG seed; None draws from the engine's RNG
+    stop: tuple[str, ...] = ()  # stop strings, matched on detokenized text
+    stop_token_ids: tuple[int, ...] = ()  # token ids that end the request (not emitted)
+    ignore_eos: bool = False  # keep generating past the tokenizer's EOS
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+
+    def to_dict(self) -> JSONDict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> SamplingParams:
+        d = dict(d)
+        d["stop"] = tuple(d.get("stop", ()))
+        d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
+        return cls(**d)
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One user generation, as the router hands it on."""
+
+    req_id: str  # unique per request, carried in every log line
+    prompt_token_ids: tuple[int, ...]  # tokenized prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    arrived_at: float = 0.0  # monotonic seconds at the router
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "req_id": self.req_id,
+            "prompt_token_ids": list(self.prompt_token_ids),
+            "sampling": self.sampling.to_dict(),
+            "arrived_at": self.arrived_at,
+        }
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> GenerateRequest:
+        return cls(
+            req_id=str(d["req_id"]),
+            prompt_token_ids=tuple(int(t) for t in d["prompt_token_ids"]),
+            sampling=SamplingParams.from_dict(d.get("sampling", {})),
+            arrived_at=float(d.get("arrived_at", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor of a request's exported state, placed in that request's payload byte range."""
+
+    name: str  # stable id within the request: "L3/keys", "L0/recurrent_states/0", ...
+    layer_index: int  # decoder layer the tensor belongs to
+    dtype: str  # element type without the "torch." prefix: "float32", "bfloat16"
+    shape: tuple[int, ...]  # tensor shape, e.g. [batch=1, num_kv_heads, num_tokens, head_dim]
+    offset_bytes: int  # where the tensor starts in the request's payload
+    num_bytes: int  # its size: prod(shape) * dtype bytes
+
+    def to_dict(self) -> JSONDict:
+        return {**asdict(self), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> TensorEntry:
+        return cls(
+            name=str(d["name"]),
+            layer_index=int(d["layer_index"]),
+            dtype=str(d["dtype"]),
+            shape=tuple(int(x) for x in d["shape"]),
+            offset_bytes=int(d["offset_bytes"]),
+            num_bytes=int(d["num_bytes"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LayerEntry:
+    """One decoder layer's exported state: its kind, its cache class, its flags, its tensors."""
+
+    layer_index: int  # position in the decoder stack
+    layer_kind: str  # prfaas.types.LayerKind value
+    cache_class: str  # engine-side class name of the layer's cache object
+    flags: JSONDict  # small non-tensor state that must travel (e.g. has_previous_state)
+    tensors: tuple[TensorEntry, ...]  # in payload order
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.num_bytes for t in self.tensors)
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "layer_index": self.layer_index,
+            "layer_kind": self.layer_kind,
+            "cache_class": self.cache_class,
+            "flags": self.flags,
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> LayerEntry:
+        return cls(
+            layer_index=int(d["layer_index"]),
+            layer_kind=str(d["layer_kind"]),
+            cache_class=str(d["cache_class"]),
+            flags=dict(d.get("flags", {})),
+            tensors=tuple(TensorEntry.from_dict(t) for t in d["tensors"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class KVManifest:
+    """What one request's transferred state is: enough to allocate, verify and import it.
+
+    Tensors of layer i lie before those of layer i+1 in the payload, so layer i can be described
+    and sent as soon as it is final, before later layers exist.
+    """
+
+    transfer_id: str  # one shipment of one request's state
+    req_id: str  # the request it belongs to
+    arch: str  # model_type of the producing model ("qwen3_next", ...)
+    num_layers: int  # decoder layers of the producing model
+    layers: tuple[LayerEntry, ...]  # every layer, in order, even those without tensors
+    num_computed_tokens: int  # prompt tokens whose state is included
+    first_token_id: int | None  # token sampled from the last prefill logits, if any
+    cache_meta: JSONDict = field(default_factory=dict)  # cache-level metadata (class name, ...)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(layer.num_bytes for layer in self.layers)
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "transfer_id": self.transfer_id,
+            "req_id": self.req_id,
+            "arch": self.arch,
+            "num_layers": self.num_layers,
+            "layers": [layer.to_dict() for layer in self.layers],
+            "num_computed_tokens": self.num_computed_tokens,
+            "first_token_id": self.first_token_id,
+            "cache_meta": self.cache_meta,
+        }
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> KVManifest:
+        first = d.get("first_token_id")
+        return cls(
+            transfer_id=str(d["transfer_id"]),
+            req_id=str(d["req_id"]),
+            arch=str(d["arch"]),
+            num_layers=int(d["num_layers"]),
+            layers=tuple(LayerEntry.from_dict(x) for x in d["layers"]),
+            num_computed_tokens=int(d["num_computed_tokens"]),
+            first_token_id=None if first is None else int(first),
+            cache_meta=dict(d.get("cache_meta", {})),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TransferAck:
+    """Decode side's answer to a transfer: its state arrived complete and verified, or why not."""
+
+    transfer_id: str
+    ok: bool
+    error: str | None = None  # reason when not ok
+
+    def to_dict(self) -> JSONDict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> TransferAck:
+        return cls(str(d["transfer_id"]), bool(d["ok"]), d.get("error"))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """New tokens of one request, streamed back to the client."""
+
+    req_id: str
+    token_ids: tuple[int, ...]  # tokens produced since the previous delta
+    finish_reason: str | None = None  # "stop" | "length" | "error" when the request ends
+
+    def to_dict(self) -> JSONDict:
+        return {**asdict(self), "token_ids": list(self.token_ids)}
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> TokenDelta:
+        return cls(str(d["req_id"]), tuple(int(t) for t in d["token_ids"]), d.get("finish_reason"))

@@ -1,0 +1,1 @@
+"""Router, prefill and decode services: thin glue around policy, engine and transport."""

@@ -1,0 +1,1 @@
+"""Hardware presets and the prefill/decode cost model (roofline + calibration from profiles)."""

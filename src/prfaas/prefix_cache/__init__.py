@@ -1,0 +1,1 @@
+"""Hybrid prefix cache bookkeeping: block hashes, pools and the global index (no tensors)."""

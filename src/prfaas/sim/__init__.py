@@ -1,0 +1,1 @@
+"""Discrete-event simulator of PrfaaS deployments; routes with the real prfaas.policy code."""

@@ -1,0 +1,57 @@
+"""Control messages survive a JSON round trip unchanged, and reject impossible sampling params."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from prfaas.messages import (
+    GenerateRequest,
+    KVManifest,
+    LayerEntry,
+    SamplingParams,
+    TensorEntry,
+    TokenDelta,
+    TransferAck,
+)
+
+
+def _manifest() -> KVManifest:
+    t0 = TensorEntry("L0/recurrent_states/0", 0, "float32", (1, 4, 32, 32), 0, 16384)
+    t1 = TensorEntry("L1/keys", 1, "bfloat16", (1, 2, 10, 32), 16384, 1280)
+    layers = (
+        LayerEntry(0, "linear_attention", "LinearAttentionLayer", {"has_previous_state": True}, (t0,)),
+        LayerEntry(1, "full_attention", "DynamicLayer", {}, (t1,)),
+    )
+    return KVManifest("t-1", "r-1", "qwen3_next", 2, layers, 10, 7, {"cache_class": "DynamicCache"})
+
+
+def _json_round_trip(obj):  # type: ignore[no-untyped-def]
+    return type(obj).from_dict(json.loads(json.dumps(obj.to_dict())))
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        SamplingParams(max_tokens=4, temperature=0.7, top_p=0.9, top_k=5, seed=3, stop=("x",)),
+        GenerateRequest("r-1", (1, 2, 3), SamplingParams(stop_token_ids=(0,)), 1.5),
+        _manifest(),
+        TransferAck("t-1", False, "checksum mismatch"),
+        TokenDelta("r-1", (5, 6), "length"),
+    ],
+)
+def test_json_round_trip_is_identity(message: object) -> None:
+    assert _json_round_trip(message) == message
+
+
+def test_manifest_total_bytes_sums_layers() -> None:
+    assert _manifest().total_bytes == 16384 + 1280
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"max_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -1}]
+)
+def test_sampling_params_reject_impossible_values(kwargs: dict[str, float]) -> None:
+    with pytest.raises(ValueError):
+        SamplingParams(**kwargs)  # type: ignore[arg-type]

@@ -20,6 +20,7 @@ PURE_MODULES = [
     "prfaas.perf",
     "prfaas.policy",
     "prfaas.prefix_cache",
+    "prfaas.workload",
 ]
 HEAVY = ["torch", "numpy", "asyncio", "transformers"]
 

@@ -1,1 +1,51 @@
-"""Pure decisions shared by the live router and the simulator: no clocks, sockets, torch or RNG."""
+"""Pure decisions shared by the live router and the simulator: no clocks, sockets, torch or RNG.
+
+- `route`: per-request routing (threshold, cache-affine / global best prefix, saturation rules) and
+  the deployment-kind factory `make_route_policy`.
+- `pick`: least-loaded instance inside a cluster.
+- `throughput`: the paper's Eqs. 2-7 and the Eq. 7 threshold search, used by the planner and by a
+  router re-searching t over observed lengths.
+- `views`: the snapshots (LinkView, InstanceLoad, ClusterView) the policy reads.
+"""
+
+from prfaas.policy.pick import pick_instance
+from prfaas.policy.route import (
+    RouteDecision,
+    RoutePolicy,
+    RoutePolicyConfig,
+    RouteTarget,
+    choose_route,
+    make_route_policy,
+)
+from prfaas.policy.throughput import (
+    StageCosts,
+    StagePoint,
+    best_threshold,
+    evaluate,
+    lambda_max,
+    theta_pd_decode,
+    theta_pd_prefill,
+    theta_prfaas,
+)
+from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
+
+__all__ = [
+    "ClusterView",
+    "InstanceLoad",
+    "LinkView",
+    "RouteDecision",
+    "RoutePolicy",
+    "RoutePolicyConfig",
+    "RouteTarget",
+    "StageCosts",
+    "StagePoint",
+    "best_threshold",
+    "choose_route",
+    "evaluate",
+    "lambda_max",
+    "make_route_policy",
+    "pick_instance",
+    "theta_pd_decode",
+    "theta_pd_prefill",
+    "theta_prfaas",
+]

@@ -1,0 +1,269 @@
+"""Planner settings as flat values (what the CLI and presets set) and their resolution to inputs.
+
+`PlanSettings` is plain data; `resolve` reads profiles, model specs and traces and builds the
+`PlanInputs` the search runs on. The paper's case study is the preset `paper-case-study`;
+`paper-case-study-costmodel` replaces the inferred H20 curve by `prfaas.perf`'s cost model
+calibrated on the H200 profile only.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import cast
+
+from prfaas.errors import UserError
+from prfaas.plan.curves import parse_quadratic
+from prfaas.plan.inputs import ClusterSpec, PlanInputs
+from prfaas.policy.throughput import LatencyCurve, SizeCurve
+from prfaas.types import GBPS
+from prfaas.workload import (
+    EmpiricalLengths,
+    LengthDistribution,
+    TruncatedLogNormal,
+    load_trace,
+    uncached_lengths,
+)
+
+PAPER_H20_QUADRATIC = "0.469,1.300e-4,2.945e-10"  # PAPER.md §6, inferred from Table 6
+COST_MODEL = "cost-model"
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """Every planner input as a flat value; latency specs are 'profile:NAME|PATH',
+    'quadratic:a,b,c' or 'cost-model' (calibrated on the PrfaaS cluster's profile)."""
+
+    model: str = "paper-1t"  # model preset or config.json for S_kv(l)
+    prfaas_hardware: str = "h200"
+    pd_hardware: str = "h20"
+    prfaas_latency: str = "profile:paper-1t-h200"
+    pd_latency: str = f"quadratic:{PAPER_H20_QUADRATIC}"
+    pd_latency_note: str = "inferred from the paper's Table 6, PAPER.md §6"
+    prfaas_gpus: int = 32
+    pd_gpus: int = 64
+    homogeneous_gpus: int | None = None  # None: prfaas_gpus + pd_gpus of the PD hardware
+    gpus_per_instance: int = 8
+    link_gbps: float = 100.0
+    mu: float = 9.90  # log-normal parameters of the uncached length
+    sigma: float = 1.00
+    min_tokens: float = 128
+    max_tokens: float = 131072
+    trace: str | None = None  # a trace file replaces the log-normal by its uncached lengths
+    trace_prefix_cache: bool = True  # subtract infinite-cache prefix hits from trace lengths
+    output_tokens: float = 1024
+    bs_max: int = 20
+    t_decode_s: float = 0.025
+    prices_per_gpu: Mapping[str, float] = field(default_factory=dict)
+    threshold_step_tokens: float = 100.0
+
+
+PRESETS: dict[str, PlanSettings] = {
+    "paper-case-study": PlanSettings(),
+    "paper-case-study-costmodel": PlanSettings(pd_latency=COST_MODEL, pd_latency_note=""),
+}
+
+
+def get_preset(name: str) -> PlanSettings:
+    if name not in PRESETS:
+        raise UserError(f"unknown plan preset {name!r}; known: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]
+
+
+def with_overrides(settings: PlanSettings, **overrides: object) -> PlanSettings:
+    """A copy with every non-None override applied; a new pd_latency drops the preset's note."""
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "pd_latency" in changes and "pd_latency_note" not in changes:
+        changes["pd_latency_note"] = ""
+    return replace(settings, **changes)  # type: ignore[arg-type]
+
+
+_TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,),
+    "prfaas_hardware": (str,),
+    "pd_hardware": (str,),
+    "prfaas_latency": (str,),
+    "pd_latency": (str,),
+    "prfaas_gpus": (int,),
+    "pd_gpus": (int,),
+    "homogeneous_gpus": (int,),
+    "gpus_per_instance": (int,),
+    "link_gbps": (int, float),
+    "mu": (int, float),
+    "sigma": (int, float),
+    "min_tokens": (int, float),
+    "max_tokens": (int, float),
+    "trace": (str,),
+    "trace_prefix_cache": (bool,),
+    "output_tokens": (int, float),
+    "bs_max": (int,),
+    "t_decode_s": (int, float),
+    "prices_per_gpu": (dict,),
+    "threshold_step_tokens": (int, float),
+}
+
+
+def _check_toml_value(path: Path, key: str, value: object) -> None:
+    if key not in _TOML_TYPES:
+        raise UserError(f"{path}: unknown key {key!r}; known: {', '.join(_TOML_TYPES)}")
+    wanted = _TOML_TYPES[key]
+    is_bool = isinstance(value, bool)
+    if not isinstance(value, wanted) or (is_bool and bool not in wanted):
+        names = " or ".join(t.__name__ for t in wanted)
+        raise UserError(f"{path}: {key} must be {names}, got {value!r}")
+    if key == "prices_per_gpu":
+        assert isinstance(value, dict)
+        for hw, price in value.items():
+            if isinstance(price, bool) or not isinstance(price, int | float):
+                raise UserError(f"{path}: price of {hw} must be a number, got {price!r}")
+
+
+def settings_from_toml(path: str | Path, base: PlanSettings) -> PlanSettings:
+    """`base` with the keys of a TOML file applied (keys are PlanSettings field names)."""
+    file = Path(path)
+    try:
+        data = tomllib.loads(file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{file}: invalid TOML: {exc}") from None
+    for key, value in data.items():
+        _check_toml_value(file, key, value)
+    return with_overrides(base, **data)
+
+
+def _profile_curve(name_or_path: str) -> tuple[LatencyCurve, str]:
+    from prfaas.perf.profile import load_profile
+
+    profile = load_profile(name_or_path)
+    if any(b < a for a, b in zip(profile.latencies_s, profile.latencies_s[1:], strict=False)):
+        raise UserError(
+            f"profile {name_or_path}: prefill latency must not decrease with length, got "
+            f"{profile.latencies_s}"
+        )
+    # t_prefill_s interpolates at any real length; its int annotation is narrower than the code.
+    curve = cast(LatencyCurve, profile.t_prefill_s)
+    return curve, f"profile {profile.name or name_or_path} (linear interpolation)"
+
+
+def _cost_model_curve(settings: PlanSettings, hardware: str) -> tuple[LatencyCurve, str]:
+    from prfaas.models import load_model_spec
+    from prfaas.perf import calibrate, get_hardware
+    from prfaas.perf.profile import load_profile
+
+    kind, _, reference = settings.prfaas_latency.partition(":")
+    if kind != "profile":
+        raise UserError("'cost-model' latency needs the PrfaaS cluster's latency from a profile")
+    model = load_model_spec(settings.model)
+    profile = load_profile(reference)
+    fitted = calibrate(
+        model, get_hardware(settings.prfaas_hardware), settings.gpus_per_instance, profile
+    )
+    target = fitted.on(get_hardware(hardware), settings.gpus_per_instance)
+    at_tokens = functools.lru_cache(maxsize=1 << 16)(target.t_prefill_s)
+
+    def t_prefill_s(num_tokens: float) -> float:
+        return at_tokens(max(1, round(num_tokens)))
+
+    eff = target.efficiency
+    return t_prefill_s, (
+        f"perf cost model on {hardware.upper()}, calibrated on profile {reference} only "
+        f"(matmul eff {eff.matmul:.2f}, attention eff {eff.attention:.2f}, "
+        f"overhead {eff.prefill_overhead_s:.3f} s)"
+    )
+
+
+def resolve_latency(settings: PlanSettings, spec: str, hardware: str) -> tuple[LatencyCurve, str]:
+    """A latency spec -> (curve, description)."""
+    kind, _, arg = spec.partition(":")
+    if kind == "profile" and arg:
+        return _profile_curve(arg)
+    if kind == "quadratic" and arg:
+        curve = parse_quadratic(arg)
+        return curve, f"quadratic {curve.describe()}"
+    if spec == COST_MODEL:
+        return _cost_model_curve(settings, hardware)
+    raise UserError(
+        f"bad latency spec {spec!r}: use profile:NAME|PATH, quadratic:a,b,c or cost-model"
+    )
+
+
+def _kv_curve(model_name: str) -> tuple[SizeCurve, str]:
+    from prfaas.models import load_model_spec
+
+    footprint = load_model_spec(model_name).footprint()
+
+    def kv_bytes(num_tokens: float) -> float:
+        return float(footprint.bytes_for(round(num_tokens)))
+
+    fixed_mib = footprint.fixed_bytes_per_request / 2**20
+    return kv_bytes, (
+        f"model {model_name}: {footprint.bytes_per_token} B/token + {fixed_mib:.1f} MiB fixed"
+    )
+
+
+def _lengths(settings: PlanSettings) -> tuple[LengthDistribution, str]:
+    if settings.trace is None:
+        dist = TruncatedLogNormal(
+            settings.mu, settings.sigma, settings.min_tokens, settings.max_tokens
+        )
+        return dist, (
+            f"truncated log-normal mu={settings.mu:g} sigma={settings.sigma:g} in "
+            f"[{settings.min_tokens:g}, {settings.max_tokens:g}] tokens"
+        )
+    requests = load_trace(settings.trace)
+    if settings.trace_prefix_cache:
+        values = uncached_lengths(requests)
+        how = "uncached after infinite-cache prefix hits"
+    else:
+        values = [r.num_input_tokens for r in requests]
+        how = "full input lengths"
+    return EmpiricalLengths(values), f"trace {settings.trace} ({len(values)} requests, {how})"
+
+
+def _cluster(
+    settings: PlanSettings, hardware: str, num_gpus: int, spec: str, note: str
+) -> ClusterSpec:
+    curve, source = resolve_latency(settings, spec, hardware)
+    if note:
+        source = f"{source} ({note})"
+    return ClusterSpec(hardware, num_gpus, settings.gpus_per_instance, curve, source)
+
+
+def resolve(settings: PlanSettings) -> PlanInputs:
+    """Read every file and preset the settings name and build the planner's inputs."""
+    if not (math.isfinite(settings.link_gbps) and settings.link_gbps > 0):
+        raise UserError(f"link bandwidth must be > 0 Gbps, got {settings.link_gbps}")
+    prfaas = _cluster(
+        settings, settings.prfaas_hardware, settings.prfaas_gpus, settings.prfaas_latency, ""
+    )
+    pd = _cluster(
+        settings,
+        settings.pd_hardware,
+        settings.pd_gpus,
+        settings.pd_latency,
+        settings.pd_latency_note,
+    )
+    homogeneous_gpus = settings.homogeneous_gpus or settings.prfaas_gpus + settings.pd_gpus
+    homogeneous = replace(pd, num_gpus=homogeneous_gpus)
+    kv_bytes, kv_source = _kv_curve(settings.model)
+    lengths, lengths_source = _lengths(settings)
+    return PlanInputs(
+        prfaas=prfaas,
+        pd=pd,
+        homogeneous=homogeneous,
+        kv_bytes=kv_bytes,
+        kv_source=kv_source,
+        lengths=lengths,
+        lengths_source=lengths_source,
+        link_bytes_per_s=settings.link_gbps * GBPS / 8,
+        num_output_tokens=settings.output_tokens,
+        max_batch_size=settings.bs_max,
+        t_decode_step_s=settings.t_decode_s,
+        prices_per_gpu={k.lower(): v for k, v in settings.prices_per_gpu.items()},
+        threshold_step_tokens=settings.threshold_step_tokens,
+    )

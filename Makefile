@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: install
+	$(BIN)/prfaas plan --preset paper-case-study
 	$(BIN)/prfaas kv --profile paper-1t-h200
-	$(BIN)/prfaas kv --model minimax-m2.5 --lengths 1024,8192,32768,131072
+	$(BIN)/prfaas kv --model minimax-m2.5 --lengths 1K,8K,32K,128K
 
 lint: install
 	$(BIN)/ruff check src tests scripts

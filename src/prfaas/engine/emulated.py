@@ -1,0 +1,307 @@
+"""An engine with the real engine's interface whose time and bytes are those of a large model.
+
+`EmulatedEngine` runs no model. Prefill and decode take the durations `prfaas.perf.CostModel`
+predicts for the chosen model on the chosen hardware (slept through an injectable `sleep`, so
+services feel them and tests can record them), and `export` hands out payloads of exactly the
+byte size of that model's KV cache and state at the request's length (`ModelSpec.kv_bytes`):
+per layer, full-attention/MLA KV or the sliding window, recurrent and conv state. The content is
+synthetic but checkable: every tensor repeats an 8-byte pattern derived from (seed, req_id,
+tensor name), and `import_` verifies every byte, so a misrouted or corrupted transfer is caught.
+Output tokens are drawn from the request's seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
+from prfaas.errors import UserError
+from prfaas.messages import (
+    GenerateRequest,
+    KVManifest,
+    LayerEntry,
+    SamplingParams,
+    TensorEntry,
+    TokenDelta,
+)
+from prfaas.models import LayerSpec, ModelSpec, load_model_spec
+from prfaas.perf import CostModel, get_hardware
+
+LayerCallback = Callable[[str, LayerState], None]
+_PATTERN_BYTES = 8
+_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class EmulatedRequest:
+    """One request's progress in the emulated engine."""
+
+    req_id: str
+    num_prompt_tokens: int
+    sampling: SamplingParams
+    seed: int
+    num_computed_tokens: int = 0
+    output_token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+def layer_tensor_sizes(
+    layer: LayerSpec, num_tokens: int, kv_dtype: str, state_dtype: str, conv_dtype: str
+) -> list[tuple[str, int]]:
+    """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out."""
+    kv = layer.kv_bytes_per_token(kv_dtype) * num_tokens
+    kv += layer.window_bytes_per_token(kv_dtype) * min(num_tokens, layer.window)
+    parts = [
+        ("kv", kv),
+        ("recurrent_states/0", layer.recurrent_state_bytes(state_dtype)),
+        ("conv_states/0", layer.conv_state_bytes(conv_dtype)),
+    ]
+    return [(name, size) for name, size in parts if size > 0]
+
+
+def pattern_tensor(seed: int, req_id: str, name: str, num_bytes: int) -> torch.Tensor:
+    """The synthetic content of one tensor: an 8-byte pattern of (seed, req_id, name), repeated."""
+    key = hashlib.blake2b(f"{seed}|{req_id}|{name}".encode(), digest_size=_PATTERN_BYTES).digest()
+    word = int.from_bytes(key, "little", signed=True)
+    num_words = num_bytes // _PATTERN_BYTES + 1
+    words = torch.full((num_words,), word, dtype=torch.int64)  # [num_words], memset speed
+    return words.view(torch.uint8)[:num_bytes]  # [num_bytes]
+
+
+def _bytes_equal(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """Equality of two uint8 tensors, compared 8 bytes at a time where both are aligned."""
+    if got.numel() != want.numel():
+        return False
+    head = got.numel() // _PATTERN_BYTES * _PATTERN_BYTES
+    is_aligned = got.data_ptr() % _PATTERN_BYTES == 0 and want.data_ptr() % _PATTERN_BYTES == 0
+    if not is_aligned or head == 0:
+        return torch.equal(got, want)
+    words_equal = torch.equal(got[:head].view(torch.int64), want[:head].view(torch.int64))
+    return words_equal and torch.equal(got[head:], want[head:])
+
+
+def make_emulated_engine(
+    model: str, hardware: str, num_gpus: int, *, seed: int = 0, **kwargs: Any
+) -> EmulatedEngine:
+    """An emulated engine for a `prfaas.models` preset on `num_gpus` GPUs of a hardware preset."""
+    spec = load_model_spec(model)
+    return EmulatedEngine(
+        spec, CostModel(spec, get_hardware(hardware), num_gpus), seed=seed, **kwargs
+    )
+
+
+class EmulatedEngine:
+    """Same methods as `Engine`; cost-model durations and real-size, verifiable payloads."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        cost: CostModel,
+        *,
+        kv_dtype: str = "bfloat16",
+        seed: int = 0,
+        max_batch_size: int = 256,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        self.spec = spec
+        self.cost = cost
+        self.kv_dtype = kv_dtype
+        self.seed = seed
+        self.max_batch_size = max_batch_size
+        self.sleep = sleep
+        self.requests: dict[str, EmulatedRequest] = {}
+        self._waiting: list[str] = []
+        self._rng = random.Random(seed)
+
+    @property
+    def arch(self) -> str:
+        return self.spec.name
+
+    def add_request(self, request: GenerateRequest) -> None:
+        self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
+        self._waiting.append(request.req_id)
+
+    def _register(self, req_id: str, num_prompt: int, sampling: SamplingParams) -> EmulatedRequest:
+        if req_id in self.requests:
+            raise UserError(f"request {req_id!r} is already in this engine")
+        if num_prompt < 1:
+            raise UserError(f"request {req_id!r} has an empty prompt")
+        seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(31)
+        state = EmulatedRequest(req_id, num_prompt, sampling, seed)
+        self.requests[req_id] = state
+        return state
+
+    def free(self, req_id: str) -> None:
+        self.requests.pop(req_id, None)
+        if req_id in self._waiting:
+            self._waiting.remove(req_id)
+
+    def has_unfinished(self) -> bool:
+        return any(r.finish_reason is None for r in self.requests.values())
+
+    # ---- prefill and export -----------------------------------------------------------------
+    def prefill(
+        self,
+        requests: Sequence[GenerateRequest],
+        on_layer: LayerCallback | None = None,
+        chunk_size: int | None = None,
+    ) -> list[int]:
+        """Sleep each request's predicted prefill time, layer by layer; first tokens."""
+        first_tokens = []
+        for request in requests:
+            state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
+            first_tokens.append(self._prefill_one(state, on_layer))
+        return first_tokens
+
+    def _prefill_one(self, state: EmulatedRequest, on_layer: LayerCallback | None) -> int:
+        per_layer_s = self.cost.t_prefill_s(state.num_prompt_tokens) / self.spec.num_layers
+        state.num_computed_tokens = state.num_prompt_tokens
+        offset = 0
+        for layer in self.spec.layers:
+            self.sleep(per_layer_s)
+            if on_layer is not None:
+                layer_state = self._export_layer(state, layer, offset)
+                offset += layer_state.entry.num_bytes
+                on_layer(state.req_id, layer_state)
+        token = self._next_token(state)
+        self._finish_if_done(state)
+        return token
+
+    def _tensor_sizes(self, layer: LayerSpec, num_tokens: int) -> list[tuple[str, int]]:
+        return layer_tensor_sizes(
+            layer,
+            num_tokens,
+            self.kv_dtype,
+            self.spec.recurrent_state_dtype,
+            self.spec.activation_dtype,
+        )
+
+    def _export_layer(self, state: EmulatedRequest, layer: LayerSpec, offset: int) -> LayerState:
+        entries, buffers = [], []
+        for suffix, size in self._tensor_sizes(layer, state.num_computed_tokens):
+            name = f"L{layer.index}/{suffix}"
+            entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
+            buffers.append(pattern_tensor(self.seed, state.req_id, name, size).numpy().data)
+            offset += size
+        entry = LayerEntry(layer.index, layer.kind.value, "EmulatedLayer", {}, tuple(entries))
+        return LayerState(entry, buffers)
+
+    def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
+        """Manifest and synthetic payload of the model's real state size at this length."""
+        state = self._get(req_id)
+        if not state.output_token_ids:
+            raise UserError(f"request {req_id!r} has not been prefilled")
+        layers, buffers, offset = [], [], 0
+        for layer in self.spec.layers:
+            layer_state = self._export_layer(state, layer, offset)
+            layers.append(layer_state.entry)
+            buffers.extend(layer_state.buffers)
+            offset += layer_state.entry.num_bytes
+        manifest = KVManifest(
+            transfer_id=transfer_id or uuid.uuid4().hex,
+            req_id=req_id,
+            arch=self.arch,
+            num_layers=self.spec.num_layers,
+            layers=tuple(layers),
+            num_computed_tokens=state.num_computed_tokens,
+            first_token_id=state.output_token_ids[0],
+            cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
+        )
+        return ExportedState(manifest, buffers)
+
+    # ---- import and decode ------------------------------------------------------------------
+    def import_(
+        self,
+        manifest: KVManifest,
+        buffers: Sequence[Any],
+        sampling: SamplingParams | None = None,
+        *,
+        copy: bool = False,
+    ) -> EmulatedRequest:
+        """Check every byte of an emulated payload, then decode the request on `step`."""
+        if manifest.first_token_id is None:
+            raise UserError(f"manifest of {manifest.req_id!r} carries no first token")
+        self._check(manifest, buffers)
+        state = self._register(
+            manifest.req_id, manifest.num_computed_tokens, sampling or SamplingParams()
+        )
+        state.num_computed_tokens = manifest.num_computed_tokens
+        state.output_token_ids.append(manifest.first_token_id)
+        self._finish_if_done(state)
+        return state
+
+    def _check(self, manifest: KVManifest, buffers: Sequence[Any]) -> None:
+        if manifest.arch != self.arch or manifest.num_layers != self.spec.num_layers:
+            raise ManifestMismatch(
+                f"manifest is for {manifest.arch!r} ({manifest.num_layers} layers), this engine "
+                f"emulates {self.arch!r} ({self.spec.num_layers} layers)"
+            )
+        payload = PayloadView(buffers)
+        seed = int(manifest.cache_meta.get("seed", self.seed))
+        for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
+            expected = self._tensor_sizes(layer, manifest.num_computed_tokens)
+            got = [(t.name.split("/", 1)[1], t.num_bytes) for t in entry.tensors]
+            if got != expected:
+                raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
+            for t in entry.tensors:
+                want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
+                if not _bytes_equal(payload.tensor(t, copy=False), want):
+                    raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
+
+    def step(self) -> list[TokenDelta]:
+        """Prefill one waiting request, else one decode step (predicted time) of all running."""
+        if self._waiting:
+            state = self.requests[self._waiting.pop(0)]
+            self._prefill_one(state, None)
+            return [self._delta(state)]
+        running = [r for r in self.requests.values() if r.finish_reason is None]
+        deltas: list[TokenDelta] = []
+        for start in range(0, len(running), self.max_batch_size):
+            group = running[start : start + self.max_batch_size]
+            context = sum(r.num_computed_tokens for r in group) // len(group)
+            self.sleep(self.cost.t_decode_step_s(len(group), context))
+            for state in group:
+                state.num_computed_tokens += 1
+                self._next_token(state)
+                self._finish_if_done(state)
+                deltas.append(self._delta(state))
+        return deltas
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> dict[str, list[int]]:
+        for request in requests:
+            self.add_request(request)
+        outputs: dict[str, list[int]] = {r.req_id: [] for r in requests}
+        while self.has_unfinished() or self._waiting:
+            for delta in self.step():
+                outputs[delta.req_id].extend(delta.token_ids)
+        return outputs
+
+    def _next_token(self, state: EmulatedRequest) -> int:
+        index = len(state.output_token_ids)
+        token = random.Random(state.seed * _SEED_STRIDE + index).randrange(self.spec.vocab_size)
+        state.output_token_ids.append(token)
+        return token
+
+    def _finish_if_done(self, state: EmulatedRequest) -> None:
+        if state.output_token_ids[-1] in state.sampling.stop_token_ids:
+            state.finish_reason = "stop"
+        elif len(state.output_token_ids) >= state.sampling.max_tokens:
+            state.finish_reason = "length"
+
+    def _delta(self, state: EmulatedRequest) -> TokenDelta:
+        token = state.output_token_ids[-1]
+        emitted = () if token in state.sampling.stop_token_ids else (token,)
+        return TokenDelta(state.req_id, emitted, state.finish_reason)
+
+    def _get(self, req_id: str) -> EmulatedRequest:
+        if req_id not in self.requests:
+            raise UserError(f"unknown request {req_id!r}")
+        return self.requests[req_id]

@@ -1,0 +1,359 @@
+"""The one place where cache tensors become bytes and bytes become cache tensors.
+
+Export walks each cache layer object generically: a tensor attribute becomes tensor `L{i}/{attr}`,
+a dict of tensors (conv/recurrent states keyed by state index) becomes `L{i}/{attr}/{k}`, MiniMax's
+cache-level `linear_cache[j]` becomes `L{j}/linear_cache`, and every JSON-able attribute (flags
+such as `has_previous_state`, `cumulative_length`, `sliding_window`) travels in the layer's
+`flags`. Tensors are laid out back to back in layer order; offsets are global within the request's
+payload. Buffers are `memoryview`s over the tensors' own memory (a copy only when a tensor is not
+contiguous, e.g. a sliding window's slice), valid until the request's state changes or is freed.
+
+Import rebuilds the cache the receiving model would build itself, checks the manifest against it
+(architecture, layer count, layer classes, tensor names, dtypes and shapes), and wraps the received
+bytes with `torch.frombuffer` at their offsets: no copy for writable buffers, one copy for
+read-only ones (recurrent states are updated in place during decode). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from prfaas.errors import UserError
+from prfaas.messages import JSONDict, KVManifest, LayerEntry, TensorEntry
+from prfaas.types import LayerKind
+
+_SKIPPED_ATTRS = frozenset({"device", "_sliding_window_tensor"})  # rebuilt on import
+_INT_KEYS = "__int_keys__"
+_DTYPE = "__dtype__"
+_TOKEN_AXIS_TENSORS = ("keys", "values")  # [batch, heads, num_tokens, head_dim]
+
+
+class ManifestMismatch(UserError):
+    """A manifest that the receiving model cannot import (other model, shapes or dtypes)."""
+
+
+@dataclass(frozen=True)
+class LayerState:
+    """One layer's exported state: its manifest entry (global offsets) and one buffer per tensor.
+
+    This is what the per-layer prefill callback receives, as soon as the layer's state is final,
+    so a transport can send it while the next layer computes.
+    """
+
+    entry: LayerEntry
+    buffers: list[memoryview]  # one per entry.tensors, same order, bytes of the tensor
+
+
+@dataclass(frozen=True)
+class ExportedState:
+    """One request's whole state: manifest plus one buffer per tensor in manifest order."""
+
+    manifest: KVManifest
+    buffers: list[memoryview]
+
+
+def tensor_bytes(tensor: torch.Tensor) -> memoryview:
+    """A flat byte view of a tensor's memory; copies only if the tensor is not contiguous."""
+    flat = tensor.detach().contiguous().reshape(-1)  # [num_elements]
+    return flat.view(torch.uint8).numpy().data
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _encode_flag(attr: str, value: Any) -> Any:
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, torch.dtype):
+        return {_DTYPE: _dtype_name(value)}
+    if isinstance(value, dict) and all(isinstance(k, int) for k in value):
+        return {_INT_KEYS: [[k, _encode_flag(attr, v)] for k, v in value.items()]}
+    raise TypeError(f"cache attribute {attr!r} of type {type(value).__name__} cannot travel")
+
+
+def _decode_flag(value: Any) -> Any:
+    if isinstance(value, dict) and _INT_KEYS in value:
+        return {int(k): _decode_flag(v) for k, v in value[_INT_KEYS]}
+    if isinstance(value, dict) and _DTYPE in value:
+        return getattr(torch, value[_DTYPE])
+    return value
+
+
+def _layer_parts(layer: Any) -> tuple[JSONDict, list[tuple[str, torch.Tensor]]]:
+    """Split one cache layer object into JSON flags and named tensors."""
+    attrs: JSONDict = {}
+    slots: JSONDict = {}
+    tensors: list[tuple[str, torch.Tensor]] = []
+    for attr, value in vars(layer).items():
+        if attr in _SKIPPED_ATTRS:
+            continue
+        if isinstance(value, torch.Tensor):
+            tensors.append((attr, value))
+        elif isinstance(value, dict) and any(isinstance(v, torch.Tensor) for v in value.values()):
+            slots[attr] = [[k, v is not None] for k, v in value.items()]
+            tensors.extend((f"{attr}/{k}", v) for k, v in value.items() if v is not None)
+        else:
+            attrs[attr] = _encode_flag(attr, value)
+    return {"attrs": attrs, "tensor_slots": slots}, tensors
+
+
+def _linear_cache_tensor(cache: Any, layer_index: int) -> torch.Tensor | None:
+    linear_cache = getattr(cache, "linear_cache", None)
+    if linear_cache is None or layer_index >= len(linear_cache):
+        return None
+    item = linear_cache[layer_index]
+    return item if isinstance(item, torch.Tensor) else None
+
+
+def _layer_object(cache: Any, layer_index: int) -> Any:
+    """The cache's layer object; lazily built caches (MiniMax) may not have created it yet."""
+    if layer_index < len(cache.layers):
+        return cache.layers[layer_index]
+    return cache.layer_class_to_replicate()
+
+
+def export_layer(cache: Any, layer_index: int, kind: LayerKind, offset_bytes: int) -> LayerState:
+    """Describe and expose layer `layer_index` of a batch-1 cache, starting at `offset_bytes`."""
+    layer = _layer_object(cache, layer_index)
+    flags, named = _layer_parts(layer)
+    linear = _linear_cache_tensor(cache, layer_index)
+    if linear is not None:
+        named.append(("linear_cache", linear))
+    entries: list[TensorEntry] = []
+    buffers: list[memoryview] = []
+    for name, tensor in named:
+        buf = tensor_bytes(tensor)
+        entries.append(
+            TensorEntry(
+                name=f"L{layer_index}/{name}",
+                layer_index=layer_index,
+                dtype=_dtype_name(tensor.dtype),
+                shape=tuple(tensor.shape),
+                offset_bytes=offset_bytes,
+                num_bytes=buf.nbytes,
+            )
+        )
+        buffers.append(buf)
+        offset_bytes += buf.nbytes
+    cls = type(layer).__name__
+    entry = LayerEntry(layer_index, kind.value, cls, flags, tuple(entries))
+    return LayerState(entry, buffers)
+
+
+def cache_meta(cache: Any) -> JSONDict:
+    """Cache-level metadata: cache class and, for MiniMax, which linear_cache slots hold state."""
+    meta: JSONDict = {"cache_class": type(cache).__name__}
+    linear_cache = getattr(cache, "linear_cache", None)
+    if linear_cache is not None:
+        meta["linear_cache_slots"] = [isinstance(x, torch.Tensor) for x in linear_cache]
+    return meta
+
+
+def export_state(
+    cache: Any,
+    kinds: Sequence[LayerKind],
+    *,
+    arch: str,
+    req_id: str,
+    transfer_id: str,
+    num_computed_tokens: int,
+    first_token_id: int | None,
+) -> ExportedState:
+    """Manifest and buffers of a whole batch-1 cache, layer by layer."""
+    layers: list[LayerEntry] = []
+    buffers: list[memoryview] = []
+    offset = 0
+    for i, kind in enumerate(kinds):
+        state = export_layer(cache, i, kind, offset)
+        layers.append(state.entry)
+        buffers.extend(state.buffers)
+        offset += state.entry.num_bytes
+    manifest = KVManifest(
+        transfer_id=transfer_id,
+        req_id=req_id,
+        arch=arch,
+        num_layers=len(kinds),
+        layers=tuple(layers),
+        num_computed_tokens=num_computed_tokens,
+        first_token_id=first_token_id,
+        cache_meta=cache_meta(cache),
+    )
+    return ExportedState(manifest, buffers)
+
+
+class PayloadView:
+    """Several bytes-like buffers seen as one address space [0, total)."""
+
+    def __init__(self, buffers: Sequence[Any]):
+        self._views = [memoryview(b).cast("B") for b in buffers]
+        self._starts: list[int] = []
+        start = 0
+        for view in self._views:
+            self._starts.append(start)
+            start += view.nbytes
+        self.num_bytes = start
+
+    def tensor(self, entry: TensorEntry, *, copy: bool) -> torch.Tensor:
+        dtype = getattr(torch, entry.dtype)
+        raw = self._bytes(entry.offset_bytes, entry.num_bytes)
+        if copy or raw.readonly or not _is_aligned(raw, dtype.itemsize):
+            raw = memoryview(bytearray(raw))
+        if raw.nbytes == 0:
+            return torch.empty(entry.shape, dtype=dtype)
+        flat = torch.frombuffer(raw, dtype=torch.uint8)  # [num_bytes]
+        return flat.view(dtype).view(entry.shape)
+
+    def _bytes(self, offset: int, num_bytes: int) -> memoryview:
+        end = offset + num_bytes
+        if end > self.num_bytes:
+            raise ManifestMismatch(f"payload has {self.num_bytes} bytes, manifest needs {end}")
+        for start, view in zip(self._starts, self._views, strict=True):
+            if start <= offset and end <= start + view.nbytes:
+                return view[offset - start : end - start]
+        joined = bytearray()
+        for start, view in zip(self._starts, self._views, strict=True):
+            lo, hi = max(offset, start), min(end, start + view.nbytes)
+            if lo < hi:
+                joined += view[lo - start : hi - start]
+        return memoryview(joined)
+
+
+def _is_aligned(view: memoryview, itemsize: int) -> bool:
+    """Whether a writable view starts at a multiple of the element size."""
+    if view.nbytes == 0:
+        return True
+    return int(torch.frombuffer(view, dtype=torch.uint8).data_ptr()) % itemsize == 0
+
+
+@dataclass(frozen=True)
+class CacheTemplate:
+    """What the receiving model's cache holds: layer classes and per-tensor dtype and shape."""
+
+    arch: str
+    cache_class: str
+    layer_classes: tuple[str, ...]
+    tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape at probe length)
+
+    @classmethod
+    def from_manifest(cls, manifest: KVManifest) -> CacheTemplate:
+        tensors = {t.name: (t.dtype, t.shape) for layer in manifest.layers for t in layer.tensors}
+        classes = tuple(layer.cache_class for layer in manifest.layers)
+        cache_class = str(manifest.cache_meta.get("cache_class", ""))
+        return cls(manifest.arch, cache_class, classes, tensors)
+
+
+def check_manifest(manifest: KVManifest, template: CacheTemplate) -> None:
+    """Raise ManifestMismatch unless the manifest fits the receiving model's cache."""
+    if manifest.arch != template.arch:
+        raise ManifestMismatch(
+            f"manifest is for {manifest.arch!r}, this model is {template.arch!r}"
+        )
+    if manifest.num_layers != len(template.layer_classes) or len(manifest.layers) != len(
+        template.layer_classes
+    ):
+        raise ManifestMismatch(
+            f"manifest has {manifest.num_layers} layers, this model has "
+            f"{len(template.layer_classes)}"
+        )
+    if manifest.cache_meta.get("cache_class") != template.cache_class:
+        raise ManifestMismatch(
+            f"cache class {manifest.cache_meta.get('cache_class')!r} != {template.cache_class!r}"
+        )
+    for layer, cls in zip(manifest.layers, template.layer_classes, strict=True):
+        if layer.cache_class != cls:
+            raise ManifestMismatch(
+                f"layer {layer.layer_index} is {layer.cache_class}, expected {cls}"
+            )
+    names = {t.name for layer in manifest.layers for t in layer.tensors}
+    if names != set(template.tensors):
+        missing, extra = set(template.tensors) - names, names - set(template.tensors)
+        raise ManifestMismatch(
+            f"tensor names differ: missing {sorted(missing)}, extra {sorted(extra)}"
+        )
+    for layer in manifest.layers:
+        for entry in layer.tensors:
+            _check_tensor(entry, template.tensors[entry.name], manifest.num_computed_tokens)
+
+
+def _check_tensor(
+    entry: TensorEntry, expected: tuple[str, tuple[int, ...]], num_tokens: int
+) -> None:
+    dtype, shape = expected
+    if entry.dtype != dtype:
+        raise ManifestMismatch(f"{entry.name}: dtype {entry.dtype}, expected {dtype}")
+    is_token_axis = entry.name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS and len(shape) == 4
+    got = list(entry.shape)
+    want = list(shape)
+    if is_token_axis:
+        if not 0 < got[-2] <= num_tokens:
+            raise ManifestMismatch(
+                f"{entry.name}: {got[-2]} cached tokens for {num_tokens} computed tokens"
+            )
+        got[-2] = want[-2] = 0
+    if got != want:
+        raise ManifestMismatch(f"{entry.name}: shape {tuple(entry.shape)}, expected {shape}")
+    itemsize = getattr(torch, entry.dtype).itemsize
+    if entry.num_bytes != itemsize * _numel(entry.shape):
+        raise ManifestMismatch(f"{entry.name}: {entry.num_bytes} bytes do not match its shape")
+
+
+def _numel(shape: Sequence[int]) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n
+
+
+def import_state(
+    fresh_cache: Any,
+    manifest: KVManifest,
+    buffers: Sequence[Any],
+    template: CacheTemplate,
+    *,
+    copy: bool = False,
+) -> Any:
+    """Fill `fresh_cache` (built by the receiving model) with the manifest's state; return it."""
+    check_manifest(manifest, template)
+    payload = PayloadView(buffers)
+    _ensure_layers(fresh_cache, manifest)
+    for entry in manifest.layers:
+        tensors = {t.name.split("/", 1)[1]: payload.tensor(t, copy=copy) for t in entry.tensors}
+        _restore_layer(fresh_cache, entry, tensors)
+    return fresh_cache
+
+
+def _ensure_layers(cache: Any, manifest: KVManifest) -> None:
+    """Lazily built caches (MiniMax) start empty: create the sender's layer objects."""
+    from transformers import cache_utils
+
+    while len(cache.layers) < manifest.num_layers:
+        cls_name = manifest.layers[len(cache.layers)].cache_class
+        cache.layers.append(getattr(cache_utils, cls_name)())
+    slots = manifest.cache_meta.get("linear_cache_slots")
+    if slots is not None:
+        cache.linear_cache = [[] for _ in slots]
+
+
+def _restore_layer(cache: Any, entry: LayerEntry, tensors: dict[str, torch.Tensor]) -> None:
+    layer = cache.layers[entry.layer_index]
+    for attr, value in entry.flags.get("attrs", {}).items():
+        setattr(layer, attr, _decode_flag(value))
+    for attr, slots in entry.flags.get("tensor_slots", {}).items():
+        setattr(
+            layer, attr, {int(k): tensors.get(f"{attr}/{k}") if ok else None for k, ok in slots}
+        )
+    for name, tensor in tensors.items():
+        if name == "linear_cache":
+            cache.linear_cache[entry.layer_index] = tensor
+        elif "/" not in name:
+            setattr(layer, name, tensor)
+    first = next(iter(tensors.values()), None)
+    if first is not None and hasattr(layer, "device"):
+        layer.device = first.device
+    if hasattr(layer, "_sliding_window_tensor"):
+        layer._sliding_window_tensor = torch.tensor(layer.sliding_window, dtype=torch.long)

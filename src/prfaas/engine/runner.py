@@ -1,0 +1,387 @@
+"""The engine: prefill (chunked, with a per-layer callback), export/import, batched decode.
+
+One `Engine` wraps one loaded model. A prefill instance calls `prefill` then `export`; a decode
+instance calls `import_` then `step` until its requests finish; a colocated instance does
+`add_request` + `step`. Requests prefill one at a time (batch 1, chunked where the architecture is
+exact under chunking), and decode together: every `step` runs one forward over all running
+requests whose caches can be stacked (see `batching`), with explicit position ids per row.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prfaas.engine import batching
+from prfaas.engine.cache_layout import decoder_layers, layer_kinds, new_cache
+from prfaas.engine.kv_state import (
+    CacheTemplate,
+    ExportedState,
+    LayerState,
+    export_layer,
+    export_state,
+    import_state,
+)
+from prfaas.engine.loading import LoadedModel
+from prfaas.engine.sampling import sample_token
+from prfaas.errors import UserError
+from prfaas.messages import GenerateRequest, KVManifest, SamplingParams, TokenDelta
+
+LayerCallback = Callable[[str, LayerState], None]  # (req_id, that layer's state) -> None
+
+
+@dataclass
+class RequestState:
+    """One request's progress inside an engine."""
+
+    req_id: str
+    prompt_token_ids: tuple[int, ...]
+    sampling: SamplingParams
+    seed: int  # resolved per-request sampling seed
+    cache: Any = None  # batch-1 cache, or None while the request sits in a decode batch
+    num_computed_tokens: int = 0
+    output_token_ids: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+    logits: list[torch.Tensor] = field(default_factory=list)  # per sampled token, if recorded
+
+    @property
+    def last_token_id(self) -> int:
+        return self.output_token_ids[-1]
+
+
+@dataclass
+class _DecodeBatch:
+    req_ids: tuple[str, ...]
+    cache: Any
+
+
+class Engine:
+    """Serve one model: prefill, export, import and continuous-batching decode."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        *,
+        chunk_size: int | None = None,
+        max_batch_size: int = 64,
+        seed: int = 0,
+        record_logits: bool = False,
+    ):
+        if chunk_size is not None:
+            check_chunking(loaded, chunk_size)
+        self.loaded = loaded
+        self.model = loaded.model
+        self.kinds = layer_kinds(self.model.config)
+        self.chunk_size = chunk_size
+        self.max_batch_size = max_batch_size
+        self.record_logits = record_logits
+        self.requests: dict[str, RequestState] = {}
+        self._waiting: list[str] = []
+        self._batch: _DecodeBatch | None = None
+        self._rng = random.Random(seed)
+        self._template: CacheTemplate | None = None
+
+    # ---- requests -------------------------------------------------------------------------
+    def add_request(self, request: GenerateRequest) -> None:
+        """Queue a request for local prefill + decode by `step`."""
+        _check_prompt(request)
+        self._register(request.req_id, request.prompt_token_ids, request.sampling)
+        self._waiting.append(request.req_id)
+
+    def _register(
+        self, req_id: str, prompt: Sequence[int], sampling: SamplingParams
+    ) -> RequestState:
+        if req_id in self.requests:
+            raise UserError(f"request {req_id!r} is already in this engine")
+        seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(31)
+        state = RequestState(req_id, tuple(prompt), sampling, seed)
+        self.requests[req_id] = state
+        return state
+
+    def free(self, req_id: str) -> None:
+        """Drop a request and its state."""
+        self._leave_batch()
+        self.requests.pop(req_id, None)
+        if req_id in self._waiting:
+            self._waiting.remove(req_id)
+
+    def has_unfinished(self) -> bool:
+        return any(r.finish_reason is None for r in self.requests.values())
+
+    # ---- prefill --------------------------------------------------------------------------
+    def prefill(
+        self,
+        requests: Sequence[GenerateRequest],
+        on_layer: LayerCallback | None = None,
+        chunk_size: int | None = None,
+    ) -> list[int]:
+        """Prefill each request (batch 1, chunked if asked) and sample its first token.
+
+        `on_layer(req_id, LayerState)` fires for layer i as soon as its state is final (during the
+        last chunk), in layer order, with global payload offsets; return values are first tokens.
+        """
+        chunk = chunk_size if chunk_size is not None else self.chunk_size
+        if chunk is not None:
+            check_chunking(self.loaded, chunk)
+        first_tokens = []
+        for request in requests:
+            _check_prompt(request)
+            state = self._register(request.req_id, request.prompt_token_ids, request.sampling)
+            first_tokens.append(self._prefill_one(state, on_layer, chunk))
+        return first_tokens
+
+    @torch.inference_mode()
+    def _prefill_one(
+        self, state: RequestState, on_layer: LayerCallback | None, chunk: int | None
+    ) -> int:
+        prompt = state.prompt_token_ids
+        step = chunk or len(prompt)
+        state.cache = new_cache(self.model)
+        logits = torch.empty(0)
+        for start in range(0, len(prompt), step):
+            is_last = start + step >= len(prompt)
+            callback = on_layer if is_last else None
+            logits = self._forward_chunk(state, prompt[start : start + step], callback)
+        token = self._sample(state, logits)
+        self._finish_if_done(state)
+        return token
+
+    def _forward_chunk(
+        self, state: RequestState, token_ids: Sequence[int], on_layer: LayerCallback | None
+    ) -> torch.Tensor:
+        start = state.num_computed_tokens
+        input_ids = torch.tensor([list(token_ids)])  # [1, chunk_len]
+        positions = torch.arange(start, start + len(token_ids)).unsqueeze(0)  # [1, chunk_len]
+        hooks = self._layer_hooks(state, on_layer) if on_layer is not None else []
+        try:
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=positions,
+                cache=state.cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+        finally:
+            for hook in hooks:
+                hook.remove()
+        state.num_computed_tokens += len(token_ids)
+        logits: torch.Tensor = out.logits[0, -1]  # [vocab_size]
+        return logits
+
+    def _layer_hooks(self, state: RequestState, on_layer: LayerCallback) -> list[Any]:
+        offset = [0]
+
+        def make_hook(index: int) -> Callable[..., None]:
+            def hook(*_: Any) -> None:
+                layer_state = export_layer(state.cache, index, self.kinds[index], offset[0])
+                offset[0] += layer_state.entry.num_bytes
+                on_layer(state.req_id, layer_state)
+
+            return hook
+
+        layers = decoder_layers(self.model)
+        return [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
+
+    # ---- export / import ------------------------------------------------------------------
+    def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
+        """Manifest and zero-copy buffers of one prefilled request's state."""
+        state = self._get(req_id)
+        self._leave_batch()
+        if not state.output_token_ids:
+            raise UserError(f"request {req_id!r} has not been prefilled")
+        return export_state(
+            state.cache,
+            self.kinds,
+            arch=self.loaded.arch,
+            req_id=req_id,
+            transfer_id=transfer_id or uuid.uuid4().hex,
+            num_computed_tokens=state.num_computed_tokens,
+            first_token_id=state.output_token_ids[0],
+        )
+
+    def import_(
+        self,
+        manifest: KVManifest,
+        buffers: Sequence[Any],
+        sampling: SamplingParams | None = None,
+        *,
+        copy: bool = False,
+    ) -> RequestState:
+        """Adopt a request prefilled elsewhere; it decodes on the next `step`.
+
+        Writable buffers are used in place (the engine owns them afterwards) unless `copy`.
+        """
+        _check_first_token(manifest)
+        cache = import_state(new_cache(self.model), manifest, buffers, self.template(), copy=copy)
+        return self._adopt(manifest, cache, sampling)
+
+    def import_empty(
+        self, manifest: KVManifest, sampling: SamplingParams | None = None
+    ) -> RequestState:
+        """Adopt a request with an empty cache instead of its state: verify's negative control.
+
+        Decoding it must give other tokens than `import_`; if it does not, the check is vacuous.
+        """
+        _check_first_token(manifest)
+        return self._adopt(manifest, new_cache(self.model), sampling)
+
+    def _adopt(
+        self, manifest: KVManifest, cache: Any, sampling: SamplingParams | None
+    ) -> RequestState:
+        """Register a request whose prompt was computed elsewhere (its ids are not shipped)."""
+        state = self._register(manifest.req_id, (), sampling or SamplingParams())
+        state.cache = cache
+        state.num_computed_tokens = manifest.num_computed_tokens
+        state.output_token_ids.append(int(manifest.first_token_id or 0))
+        self._finish_if_done(state)
+        return state
+
+    def template(self) -> CacheTemplate:
+        """The receiving side's expected manifest layout, probed once with a 2-token prefill."""
+        if self._template is None:
+            probe = Engine(self.loaded)
+            probe.prefill([GenerateRequest("probe", (1, 2), SamplingParams(max_tokens=1))])
+            self._template = CacheTemplate.from_manifest(probe.export("probe").manifest)
+        return self._template
+
+    # ---- decode ---------------------------------------------------------------------------
+    def step(self) -> list[TokenDelta]:
+        """Prefill one waiting request if any, else one decode step of all running requests."""
+        if self._waiting:
+            state = self.requests[self._waiting.pop(0)]
+            self._prefill_one(state, None, self.chunk_size)
+            return [self._delta(state, 1)]
+        running = [r for r in self.requests.values() if r.finish_reason is None]
+        deltas = []
+        for group in _chunks(running, self.max_batch_size):
+            deltas.extend(self._decode(group))
+        return deltas
+
+    @torch.inference_mode()
+    def _decode(self, group: list[RequestState]) -> list[TokenDelta]:
+        cache, mask = self._batch_cache(group)
+        lengths = [r.num_computed_tokens for r in group]
+        out = self.model(
+            input_ids=torch.tensor([[r.last_token_id] for r in group]),  # [batch, 1]
+            position_ids=torch.tensor([[n] for n in lengths]),  # [batch, 1]
+            attention_mask=mask,
+            cache=cache,
+            use_cache=True,
+        )
+        for row, state in enumerate(group):  # every row's cache grew; count it before any split
+            state.num_computed_tokens += 1
+            self._sample(state, out.logits[row, -1])
+        for state in group:
+            self._finish_if_done(state)
+        return [self._delta(state, 1) for state in group]
+
+    def _batch_cache(self, group: list[RequestState]) -> tuple[Any, Any]:
+        ids = tuple(r.req_id for r in group)
+        if len(group) == 1:
+            self._leave_batch()
+            return group[0].cache, None
+        if self._batch is None or self._batch.req_ids != ids:
+            self._leave_batch()
+            caches = [r.cache for r in group]
+            merged = batching.merge_caches(
+                self.model, caches, [r.num_computed_tokens for r in group]
+            )
+            for r in group:
+                r.cache = None
+            self._batch = _DecodeBatch(ids, merged)
+        return self._batch.cache, batching.decode_mask(
+            self.model, [r.num_computed_tokens for r in group]
+        )
+
+    def _leave_batch(self) -> None:
+        """Give every request in the decode batch its own batch-1 cache back."""
+        if self._batch is None:
+            return
+        members = [self.requests[i] for i in self._batch.req_ids]
+        lengths = [r.num_computed_tokens for r in members]
+        caches = batching.split_cache(self.model, self._batch.cache, lengths)
+        for member, cache in zip(members, caches, strict=True):
+            member.cache = cache
+        self._batch = None
+
+    # ---- sampling and stopping ------------------------------------------------------------
+    def _sample(self, state: RequestState, logits: torch.Tensor) -> int:
+        if self.record_logits:
+            state.logits.append(logits.detach().float().clone())
+        token = sample_token(logits, state.sampling, state.seed, len(state.output_token_ids))
+        state.output_token_ids.append(token)
+        return token
+
+    def _finish_if_done(self, state: RequestState) -> None:
+        params = state.sampling
+        token = state.last_token_id
+        eos = self.loaded.tokenizer.eos_token_id
+        is_stop_token = token in params.stop_token_ids or (token == eos and not params.ignore_eos)
+        if is_stop_token or (params.stop and self._hits_stop_string(state)):
+            state.finish_reason = "stop"
+        elif len(state.output_token_ids) >= params.max_tokens:
+            state.finish_reason = "length"
+        if state.finish_reason is not None and state.cache is None:
+            self._leave_batch()
+
+    def _hits_stop_string(self, state: RequestState) -> bool:
+        """Match on the decoded tail only: enough tokens to hold the longest stop string."""
+        tail = max(len(s) for s in state.sampling.stop) + 8
+        text = self.loaded.tokenizer.decode(state.output_token_ids[-tail:])
+        return any(s in text for s in state.sampling.stop)
+
+    def _delta(self, state: RequestState, num_new: int) -> TokenDelta:
+        new = state.output_token_ids[-num_new:]
+        is_stop_token = state.finish_reason == "stop" and (
+            new[-1] in state.sampling.stop_token_ids
+            or new[-1] == self.loaded.tokenizer.eos_token_id
+        )
+        emitted = tuple(new[:-1] if is_stop_token else new)
+        return TokenDelta(state.req_id, emitted, state.finish_reason)
+
+    def _get(self, req_id: str) -> RequestState:
+        if req_id not in self.requests:
+            raise UserError(f"unknown request {req_id!r}")
+        return self.requests[req_id]
+
+    def generate(self, requests: Sequence[GenerateRequest]) -> dict[str, list[int]]:
+        """Run requests to completion locally; emitted token ids per request."""
+        for request in requests:
+            self.add_request(request)
+        outputs: dict[str, list[int]] = {r.req_id: [] for r in requests}
+        while self.has_unfinished() or self._waiting:
+            for delta in self.step():
+                outputs[delta.req_id].extend(delta.token_ids)
+        return outputs
+
+
+def _check_prompt(request: GenerateRequest) -> None:
+    if not request.prompt_token_ids:
+        raise UserError(f"request {request.req_id!r} has an empty prompt")
+
+
+def _check_first_token(manifest: KVManifest) -> None:
+    if manifest.first_token_id is None:
+        raise UserError(f"manifest of {manifest.req_id!r} carries no first token")
+
+
+def check_chunking(loaded: LoadedModel, chunk_size: int) -> None:
+    """Refuse chunked prefill where transformers' multi-token-with-state path is not exact."""
+    if chunk_size < 1:
+        raise UserError(f"chunk size must be >= 1, got {chunk_size}")
+    if not loaded.is_chunk_exact:
+        raise UserError(
+            f"chunked prefill is not exact for {loaded.arch} (transformers' multi-token update "
+            "of existing state differs from a one-shot prefill); prefill it in one chunk"
+        )
+
+
+def _chunks(items: list[RequestState], size: int) -> list[list[RequestState]]:
+    it = iter(items)
+    return list(iter(lambda: list(itertools.islice(it, size)), []))

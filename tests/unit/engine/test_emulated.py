@@ -1,0 +1,65 @@
+"""Emulated engine: cost-model durations, real-size payloads, every byte verified on import."""
+
+from __future__ import annotations
+
+import pytest
+
+from prfaas.engine.emulated import make_emulated_engine
+from prfaas.engine.kv_state import ManifestMismatch
+from prfaas.messages import GenerateRequest, SamplingParams
+from prfaas.models import load_model_spec
+from prfaas.perf import CostModel, get_hardware
+
+MODEL = "qwen3.5-397b"
+
+
+def _pair(slept: list[float]):
+    a = make_emulated_engine(MODEL, "H200", 8, sleep=slept.append)
+    b = make_emulated_engine(MODEL, "H20", 8, sleep=slept.append)
+    return a, b
+
+
+def test_payload_has_the_model_real_size_and_round_trips() -> None:
+    slept: list[float] = []
+    a, b = _pair(slept)
+    params = SamplingParams(max_tokens=4, seed=5)
+    fired = []
+    a.prefill([GenerateRequest("r", (1,) * 2048, params)], on_layer=lambda _, s: fired.append(s))
+    exported = a.export("r")
+    spec = load_model_spec(MODEL)
+    assert exported.manifest.total_bytes == spec.kv_bytes(2048) > 0
+    assert tuple(s.entry for s in fired) == exported.manifest.layers
+    cost = CostModel(spec, get_hardware("H200"), 8)
+    assert sum(slept) == pytest.approx(cost.t_prefill_s(2048))
+    b.import_(exported.manifest, exported.buffers, params)
+    tokens = [exported.manifest.first_token_id]
+    while b.has_unfinished():
+        tokens.extend(t for d in b.step() for t in d.token_ids)
+    local = make_emulated_engine(MODEL, "H200", 8, sleep=lambda _: None)
+    assert tokens == local.generate([GenerateRequest("r", (1,) * 2048, params)])["r"]
+
+
+def test_corrupted_or_misrouted_payload_is_caught() -> None:
+    a, b = _pair([])
+    a.prefill([GenerateRequest("r", (1,) * 512, SamplingParams(max_tokens=2))])
+    exported = a.export("r")
+    payload = bytearray(b"".join(exported.buffers))
+    payload[len(payload) // 2] ^= 0xFF
+    with pytest.raises(ManifestMismatch, match="differ"):
+        b.import_(exported.manifest, [payload])
+    other = make_emulated_engine("llama-3.1-70b", "H20", 8, sleep=lambda _: None)
+    with pytest.raises(ManifestMismatch, match="emulates"):
+        other.import_(exported.manifest, exported.buffers)
+
+
+def test_decode_step_time_comes_from_the_cost_model() -> None:
+    slept: list[float] = []
+    engine = make_emulated_engine(MODEL, "H20", 8, sleep=slept.append)
+    for i in range(3):
+        engine.add_request(GenerateRequest(f"r{i}", (1,) * 100, SamplingParams(max_tokens=3)))
+    for _ in range(3):
+        engine.step()  # three prefills
+    slept.clear()
+    engine.step()
+    cost = CostModel(load_model_spec(MODEL), get_hardware("H20"), 8)
+    assert slept == [pytest.approx(cost.t_decode_step_s(3, 100))]

@@ -1,0 +1,290 @@
+"""`prfaas sim`: discrete-event simulation of the paper's deployments (flags, output, progress)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from typing import Any
+
+from prfaas.cli._output import add_json_flag, format_table
+from prfaas.errors import UserError
+
+DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "sim",
+        help="simulate PrfaaS-PD, homogeneous PD and naive heterogeneous deployments",
+        description="Discrete-event simulation with queueing, batching, a shared link and the "
+        "real routing policy. Without --rate each deployment runs at --load x its model Λ_max.",
+    )
+    p.add_argument("--preset", default="paper-case-study", help="setup (paper-case-study)")
+    p.add_argument("--deployment", default="all", choices=[*DEPLOYMENTS, "all"])
+    p.add_argument(
+        "--h20-curve",
+        default="inferred",
+        choices=["inferred", "predicted"],
+        help="H20 prefill latency: inferred from Table 6, or predicted by prfaas.perf",
+    )
+    p.add_argument("--rate", type=float, help="arrival rate, requests/s")
+    p.add_argument("--load", type=float, default=0.8, help="rate as a share of Λ_max (0.8)")
+    p.add_argument("--duration-s", type=float, help="arrival window, seconds (default 3600)")
+    p.add_argument("--num-requests", type=int, help="stop after this many arrivals")
+    p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
+    p.add_argument("--cv", type=float, default=2.0, help="gamma inter-arrival CV (2.0)")
+    p.add_argument("--trace", help="Mooncake .jsonl or Azure .csv trace to replay")
+    p.add_argument("--link-gbps", type=float, default=100.0, help="inter-cluster link (100)")
+    p.add_argument("--link-drop", metavar="AT_S:GBPS", help="link capacity drops at AT_S")
+    p.add_argument(
+        "--link-fluctuation", metavar="LOW:PERIOD_S", help="capacity uniform in [LOW,1]x per period"
+    )
+    p.add_argument("--chunk-tokens", type=int, help="chunked prefill budget per step (tokens)")
+    p.add_argument("--slo-ttft-s", type=float, default=10.0, help="goodput TTFT SLO (10 s)")
+    p.add_argument("--slo-tpot-s", type=float, default=0.030, help="goodput TPOT SLO (0.030 s)")
+    p.add_argument("--drain-s", type=float, default=600.0, help="run after last arrival (600)")
+    p.add_argument(
+        "--static-threshold",
+        action="store_true",
+        help="route by the threshold t only (switch off the policy's egress-utilization rules)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--find-max-rate", action="store_true", help="bisect the highest stable rate")
+    p.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR")
+    p.add_argument(
+        "--timeline", metavar="FILE", help="write a Chrome trace (Perfetto) of every request"
+    )
+    add_json_flag(p)
+    p.set_defaults(handler=run)
+
+
+def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    parts = text.split(":")
+    try:
+        a, b = (float(x) for x in parts)
+    except ValueError:
+        raise UserError(f"{flag} expects two numbers as A:B, got {text!r}") from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise UserError(f"{flag} expects finite numbers, got {text!r}")
+    return a, b
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
+        raise UserError(f"--rate must be > 0 requests/s, got {args.rate}")
+    if args.duration_s is not None and not args.duration_s > 0:
+        raise UserError(f"--duration-s must be > 0, got {args.duration_s}")
+    if args.arrival == "gamma" and not (math.isfinite(args.cv) and args.cv > 0):
+        raise UserError(f"--cv must be > 0, got {args.cv}")
+    if not args.load > 0:
+        raise UserError(f"--load must be > 0, got {args.load}")
+    if args.timeline is not None and args.find_max_rate:
+        raise UserError("--timeline records one run; it does not apply to --find-max-rate")
+    if args.trace is not None and args.arrival == "gamma":
+        raise UserError("--arrival gamma does not apply to --trace (the trace has its own timing)")
+    if args.chunk_tokens is not None and args.chunk_tokens < 1:
+        raise UserError(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
+    if args.num_requests is not None and args.num_requests < 1:
+        raise UserError(f"--num-requests must be >= 1, got {args.num_requests}")
+    if not (math.isfinite(args.link_gbps) and args.link_gbps > 0):
+        raise UserError(f"--link-gbps must be > 0, got {args.link_gbps}")
+    if args.drain_s < 0:
+        raise UserError(f"--drain-s must be >= 0, got {args.drain_s}")
+
+
+def _scenarios(args: argparse.Namespace) -> list[Any]:
+    from prfaas.sim.scenario import Scenario
+    from prfaas.types import DeploymentKind
+    from prfaas.workload import load_trace
+
+    trace = tuple(load_trace(args.trace)) if args.trace else None
+    duration_s = args.duration_s
+    if duration_s is None and args.num_requests is None:
+        duration_s = 3600.0
+    kinds = DEPLOYMENTS if args.deployment == "all" else (args.deployment,)
+    return [
+        Scenario(
+            kind=DeploymentKind(kind),
+            rate_per_s=args.rate,
+            load_fraction=args.load,
+            cv=args.cv if args.arrival == "gamma" else None,
+            duration_s=duration_s,
+            num_requests=args.num_requests,
+            trace=trace,
+            link_gbps=args.link_gbps,
+            link_drop=_pair(args.link_drop, "--link-drop"),
+            link_fluctuation=_pair(args.link_fluctuation, "--link-fluctuation"),
+            seed=args.seed,
+            chunk_tokens=args.chunk_tokens,
+            slo_ttft_s=args.slo_ttft_s,
+            slo_tpot_s=args.slo_tpot_s,
+            drain_s=args.drain_s,
+            static_threshold=args.static_threshold,
+        )
+        for kind in kinds
+    ]
+
+
+def _progress_bar(enabled: bool, total_s: float, label: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(
+        total=round(total_s),
+        desc=label,
+        unit="sim-s",
+        file=sys.stderr,
+        disable=not enabled,
+        leave=False,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    from prfaas.sim.presets import check_preset, load_case_study
+
+    _check_args(args)
+    check_preset(args.preset)
+    scenarios = _scenarios(args)
+    case = load_case_study(args.h20_curve)
+    show_progress = not args.json and sys.stderr.isatty()
+    timeline: list[dict[str, Any]] | None = None if args.timeline is None else []
+    if args.find_max_rate:
+        results = _find_max_rates(case, scenarios, show_progress, args)
+    else:
+        results = _simulate_all(case, scenarios, show_progress, timeline)
+    if timeline is not None:
+        _write_timeline(args.timeline, timeline)
+    if args.plot:
+        from prfaas.sim.report import write_plots
+
+        for path in write_plots(results, args.plot, is_max_rate=args.find_max_rate):
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    elif args.find_max_rate:
+        print(_max_rate_table(results))
+    else:
+        print(_summary_table(results))
+    return 0
+
+
+def _write_timeline(path: str, events: list[dict[str, Any]]) -> None:
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump({"traceEvents": events, "displayTimeUnit": "ms"}, f)
+    except OSError as exc:
+        raise UserError(f"cannot write timeline {path}: {exc.strerror}") from None
+    print(f"wrote {path} ({len(events)} spans)", file=sys.stderr)
+
+
+def _simulate_all(
+    case: Any,
+    scenarios: list[Any],
+    show_progress: bool,
+    timeline: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    from prfaas.sim.scenario import run_scenario
+
+    results = {}
+    for scenario in scenarios:
+        total_s = (scenario.duration_s or 0.0) + scenario.drain_s
+        with _progress_bar(show_progress, total_s, str(scenario.kind)) as bar:
+
+            def progress(now: float, bar: Any = bar) -> None:
+                bar.update(max(0, round(now) - bar.n))
+
+            results[str(scenario.kind)] = run_scenario(case, scenario, progress, timeline)
+    return results
+
+
+def _find_max_rates(
+    case: Any, scenarios: list[Any], show_progress: bool, args: argparse.Namespace
+) -> dict[str, Any]:
+    from prfaas.sim.scenario import max_rate
+
+    planner = _planner_optima(args)
+    results = {}
+    for scenario in scenarios:
+        if show_progress:
+            print(f"searching max rate: {scenario.kind}", file=sys.stderr)
+        found = max_rate(case, scenario)
+        found["planner"] = planner[str(scenario.kind)]
+        results[str(scenario.kind)] = found
+    return results
+
+
+def _planner_optima(args: argparse.Namespace) -> dict[str, Any]:
+    """`prfaas plan`'s own optimum per deployment (its split may differ from the simulated one)."""
+    from prfaas.plan import get_preset, resolve, run_plan, with_overrides
+
+    settings = with_overrides(
+        get_preset(args.preset),
+        link_gbps=args.link_gbps,
+        trace=args.trace,
+        pd_latency="cost-model" if args.h20_curve == "predicted" else None,
+    )
+    result = run_plan(resolve(settings))
+    return {
+        str(plan.kind): {
+            "lambda_max": round(plan.point.lambda_max_per_s, 6),
+            "split": [plan.num_prfaas, plan.num_pd_p, plan.num_pd_d],
+        }
+        for plan in (result.prfaas, result.homogeneous, result.naive)
+    }
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _summary_table(results: dict[str, Any]) -> str:
+    headers = [
+        "deployment", "rate", "Λ_max", "thru", "goodput", "TTFT p50", "p90", "p99",
+        "TPOT p99 ms", "offload", "egress Gbps", "unfinished",
+    ]  # fmt: skip
+    rows = [
+        [
+            kind,
+            _fmt(r["offered_rate_rps"]),
+            _fmt(r["model_lambda_max_rps"]),
+            _fmt(r["throughput_rps"]),
+            _fmt(r["goodput_rps"]),
+            _fmt(r["ttft_s"]["p50"]),
+            _fmt(r["ttft_s"]["p90"]),
+            _fmt(r["ttft_s"]["p99"]),
+            _fmt(None if r["tpot_s"]["p99"] is None else r["tpot_s"]["p99"] * 1e3, 1),
+            _fmt(r["offload_ratio"], 3),
+            _fmt(r["egress"]["mean_gbps"], 1),
+            r["num_unfinished"],
+        ]
+        for kind, r in results.items()
+    ]
+    return format_table(headers, rows)
+
+
+def _max_rate_table(results: dict[str, Any]) -> str:
+    headers = [
+        "deployment",
+        "max rate (req/s)",
+        "model Λ_max",
+        "sim / model",
+        "planner Λ_max",
+        "planner split",
+        "probes",
+    ]
+    rows = [
+        [
+            kind,
+            _fmt(r["max_rate"], 3),
+            _fmt(r["model_lambda_max"], 3),
+            _fmt(r["ratio_vs_model"], 3),
+            _fmt(r["planner"]["lambda_max"], 3),
+            "/".join("-" if n is None else str(n) for n in r["planner"]["split"]),
+            len(r["probes"]),
+        ]
+        for kind, r in results.items()
+    ]
+    return format_table(headers, rows)

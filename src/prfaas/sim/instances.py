@@ -1,0 +1,173 @@
+"""Simulated instances: a prefill instance (FCFS queue, chunked prefill) and a decode instance
+(continuous batching up to BS_max). They own queues and timing only; routing is not theirs.
+
+Prefill: each step takes up to `chunk_tokens` tokens from the head of the queue (possibly finishing
+one request and starting the next); a step costs the sum of its chunks' marginal costs
+(`cost.chunk_time_s`), so a lone request takes exactly T_prefill(l). `chunk_tokens=None` runs one
+whole request per step.
+
+Decode: every step emits one token for each running request. The instance is only woken where its
+batch changes (a request finishes, or a waiting request can join at the next step boundary), so the
+event count does not grow with output length.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+
+from prfaas.sim.cost import DecodeStepTime, PrefillLatency, chunk_time_s
+
+
+@dataclass(slots=True)
+class PrefillJob:
+    """One request's prefill on one instance."""
+
+    req_index: int  # position of the request in the workload
+    num_tokens: int  # uncached tokens to compute
+    num_done: int = 0  # tokens computed so far
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillChunk:
+    """Tokens [start_token, end_token) of one job, computed in the current step."""
+
+    job: PrefillJob
+    start_token: int
+    end_token: int
+
+
+class SimPrefill:
+    """One prefill instance: FCFS queue and the step in progress."""
+
+    def __init__(
+        self, instance_id: str, latency: PrefillLatency, chunk_tokens: int | None = None
+    ) -> None:
+        self.instance_id = instance_id
+        self.latency = latency
+        self.chunk_tokens = chunk_tokens
+        self.queue: deque[PrefillJob] = deque()
+        self.step: tuple[PrefillChunk, ...] = ()
+        self.num_queued_tokens = 0  # tokens not yet computed, queued or in the running step
+        self.busy_s = 0.0  # total seconds spent in steps
+
+    @property
+    def is_busy(self) -> bool:
+        return bool(self.step)
+
+    def enqueue(self, job: PrefillJob) -> None:
+        self.queue.append(job)
+        self.num_queued_tokens += job.num_tokens
+
+    def plan_step(self) -> tuple[PrefillChunk, ...]:
+        """Chunks of the next step, FCFS from the head of the queue, within the token budget."""
+        budget = math.inf if self.chunk_tokens is None else self.chunk_tokens
+        chunks = []
+        for job in self.queue:
+            if budget <= 0:
+                break
+            take = int(min(job.num_tokens - job.num_done, budget))
+            chunks.append(PrefillChunk(job, job.num_done, job.num_done + take))
+            budget -= take
+            if self.chunk_tokens is None:
+                break
+        return tuple(chunks)
+
+    def start_step(self) -> float:
+        """Start the next step; returns its duration in seconds (0 steps if the queue is empty)."""
+        self.step = self.plan_step()
+        duration_s = sum(chunk_time_s(self.latency, c.start_token, c.end_token) for c in self.step)
+        self.busy_s += duration_s
+        return duration_s
+
+    def finish_step(self) -> list[PrefillJob]:
+        """Commit the running step; returns the jobs whose prefill is now complete."""
+        finished = []
+        for chunk in self.step:
+            chunk.job.num_done = chunk.end_token
+            self.num_queued_tokens -= chunk.end_token - chunk.start_token
+            if chunk.job.num_done == chunk.job.num_tokens:
+                finished.append(chunk.job)
+        for job in finished:
+            self.queue.remove(job)
+        self.step = ()
+        return finished
+
+
+class SimDecode:
+    """One decode instance: continuous batching of up to `max_batch_size` requests.
+
+    Requests join and leave only at step boundaries. Between wakes, the batch is fixed and steps of
+    `step_s` run back to back from `segment_at`; `num_steps_done` counts steps up to `segment_at`.
+    """
+
+    def __init__(self, instance_id: str, max_batch_size: int, step_time: DecodeStepTime) -> None:
+        self.instance_id = instance_id
+        self.max_batch_size = max_batch_size
+        self.step_time = step_time
+        self.waiting: deque[tuple[int, int]] = deque()  # (req_index, num_steps) awaiting a slot
+        self.running: dict[int, int] = {}  # req_index -> step count at which it finishes
+        self.num_steps_done = 0
+        self.segment_at = 0.0  # simulated time of the last batch change, s
+        self.step_s = 0.0  # step duration of the current batch, s
+        self.wake_at: float | None = None  # next planned batch change
+        self.version = 0
+        self.batch_seconds = 0.0  # integral of the batch size over time, request-seconds
+
+    @property
+    def num_assigned(self) -> int:
+        return len(self.running) + len(self.waiting)
+
+    def add(self, now: float, req_index: int, num_steps: int) -> tuple[list[int], float | None]:
+        """KV of a request has landed (`num_steps` >= 1 steps to run).
+
+        Returns (requests admitted right now, new wake time or None if the plan is unchanged).
+        An idle instance admits at once; a busy one with a free slot wakes at its next boundary.
+        """
+        self.waiting.append((req_index, num_steps))
+        if not self.running:
+            self.segment_at = now
+            return self._admit(), self._plan_wake(now)
+        if len(self.running) + len(self.waiting) > self.max_batch_size:
+            return [], None  # no slot: the request waits for a completion wake
+        next_boundary = self._next_boundary(now)
+        if self.wake_at is not None and self.wake_at <= next_boundary:
+            return [], None
+        self.wake_at = next_boundary
+        self.version += 1
+        return [], next_boundary
+
+    def on_wake(self, now: float) -> tuple[list[int], list[int], float | None]:
+        """Advance to boundary `now`: finish, admit, replan. Returns (finished, admitted, wake)."""
+        if self.running:
+            self.num_steps_done += round((now - self.segment_at) / self.step_s)
+        self.batch_seconds += len(self.running) * (now - self.segment_at)
+        finished = [r for r, at in self.running.items() if at <= self.num_steps_done]
+        for req_index in finished:
+            del self.running[req_index]
+        admitted = self._admit()
+        self.segment_at = now
+        return finished, admitted, self._plan_wake(now)
+
+    def _admit(self) -> list[int]:
+        admitted = []
+        while self.waiting and len(self.running) < self.max_batch_size:
+            req_index, num_steps = self.waiting.popleft()
+            self.running[req_index] = self.num_steps_done + num_steps
+            admitted.append(req_index)
+        return admitted
+
+    def _plan_wake(self, now: float) -> float | None:
+        self.version += 1
+        if not self.running:
+            self.wake_at = None
+            return None
+        self.step_s = self.step_time.t_decode_step_s(len(self.running))
+        steps_to_next = min(self.running.values()) - self.num_steps_done
+        self.wake_at = now + steps_to_next * self.step_s
+        return self.wake_at
+
+    def _next_boundary(self, now: float) -> float:
+        steps = math.ceil((now - self.segment_at) / self.step_s - 1e-9)
+        return self.segment_at + steps * self.step_s

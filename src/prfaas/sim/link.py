@@ -1,0 +1,169 @@
+"""The shared inter-cluster link: max-min fair sharing (processor sharing) with per-flow rate caps.
+
+Owns flows, their rates and the link's bandwidth over time; knows nothing about requests or
+instances. A flow is the KV of one offloaded request. While its prefill runs, a flow may send only
+what the prefill has produced (a rate cap) and holds back the last layer's share, which is released
+when the prefill ends; a flow that catches up with the prefill parks until then. Rates are
+recomputed whenever the set of sending flows, a cap or the bandwidth changes; the version counter
+lets the simulator drop drain events predicted before the change.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from prfaas.types import GBPS
+
+DRAIN_EPS_BYTES = 1.0  # a flow with at most this many bytes left to send counts as drained
+
+
+def gbps_to_bytes_per_s(gbps: float) -> float:
+    return gbps * GBPS / 8.0
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthStep:
+    """From `at` on (seconds of simulated time) the link carries `gbps`."""
+
+    at: float  # simulated time, seconds
+    gbps: float  # link capacity, Gbps (1e9 bits per second)
+
+
+def constant_bandwidth(gbps: float) -> list[BandwidthStep]:
+    return [BandwidthStep(0.0, gbps)]
+
+
+def bandwidth_drop(gbps: float, drop_at: float, dropped_gbps: float) -> list[BandwidthStep]:
+    """`gbps` until `drop_at` seconds, then `dropped_gbps` for the rest of the run."""
+    return [BandwidthStep(0.0, gbps), BandwidthStep(drop_at, dropped_gbps)]
+
+
+def fluctuating_bandwidth(
+    gbps: float, *, period_s: float, low_fraction: float, duration_s: float, rng: random.Random
+) -> list[BandwidthStep]:
+    """Every `period_s` a new capacity, uniform in [low_fraction, 1] x gbps."""
+    num_steps = max(1, math.ceil(duration_s / period_s))
+    return [
+        BandwidthStep(i * period_s, gbps * rng.uniform(low_fraction, 1.0)) for i in range(num_steps)
+    ]
+
+
+@dataclass(slots=True)
+class Flow:
+    """One transfer's state on the link."""
+
+    sendable_bytes: float  # bytes produced and not yet sent
+    held_bytes: float  # the last layer's share, sendable once the prefill ends
+    cap_bytes_per_s: float  # production rate while the prefill runs; inf once released
+    is_released: bool  # the prefill has ended: everything left is sendable
+    rate_bytes_per_s: float = 0.0  # current max-min fair rate
+
+
+def max_min_rates(capacity: float, caps: list[float]) -> list[float]:
+    """Max-min fair rates (water-filling) of flows with the given caps sharing `capacity`."""
+    rates = [0.0] * len(caps)
+    left = capacity
+    order = sorted(range(len(caps)), key=lambda i: caps[i])
+    for pos, i in enumerate(order):
+        fair = left / (len(caps) - pos)
+        rates[i] = min(caps[i], fair)
+        left -= rates[i]
+    return rates
+
+
+class SharedLink:
+    """Flows sharing one link of time-varying capacity, advanced lazily in simulated time."""
+
+    def __init__(self, bytes_per_s: float) -> None:
+        self.bytes_per_s = bytes_per_s
+        self.flows: dict[int, Flow] = {}
+        self.version = 0
+        self.updated_at = 0.0
+        self.total_sent_bytes = 0.0
+        self.rate_segments: list[tuple[float, float]] = [(0.0, 0.0)]  # (from time s, bytes/s)
+
+    def add(
+        self, now: float, flow_id: int, total_bytes: float, held_bytes: float, cap: float
+    ) -> None:
+        self._advance(now)
+        self.flows[flow_id] = Flow(total_bytes - held_bytes, held_bytes, cap, False)
+        self._reshare(now)
+
+    def release(self, now: float, flow_id: int) -> bool:
+        """The flow's prefill ended. Returns True if the flow has nothing left to send."""
+        self._advance(now)
+        flow = self.flows[flow_id]
+        flow.sendable_bytes += flow.held_bytes
+        flow.held_bytes = 0.0
+        flow.cap_bytes_per_s = math.inf
+        flow.is_released = True
+        if flow.sendable_bytes <= DRAIN_EPS_BYTES:
+            del self.flows[flow_id]
+            self._reshare(now)
+            return True
+        self._reshare(now)
+        return False
+
+    def set_capacity(self, now: float, bytes_per_s: float) -> None:
+        self._advance(now)
+        self.bytes_per_s = bytes_per_s
+        self._reshare(now)
+
+    def next_drain_at(self) -> float | None:
+        """When the first sending flow drains at current rates; None if none is draining."""
+        times = [
+            f.sendable_bytes / f.rate_bytes_per_s
+            for f in self.flows.values()
+            if f.sendable_bytes > 0.0 and f.rate_bytes_per_s > 0.0
+        ]
+        return self.updated_at + min(times) if times else None
+
+    def pop_drained(self, now: float) -> list[int]:
+        """Finish released flows that drained, park unreleased ones; returns finished flow ids."""
+        self._advance(now)
+        finished = []
+        for flow_id, flow in list(self.flows.items()):
+            if flow.sendable_bytes > DRAIN_EPS_BYTES:
+                continue
+            flow.sendable_bytes = 0.0
+            if flow.is_released:
+                del self.flows[flow_id]
+                finished.append(flow_id)
+        self._reshare(now)
+        return finished
+
+    def mean_rate_bytes_per_s(self, now: float, window_s: float) -> float:
+        """Total sending rate averaged over [now - window_s, now] (what a rate meter reports)."""
+        lo = now - window_s
+        total, end = 0.0, now
+        for start, rate in reversed(self.rate_segments):
+            total += rate * (end - max(start, lo))
+            if start <= lo:
+                break
+            end = start
+        return total / window_s
+
+    def _advance(self, now: float) -> None:
+        dt = now - self.updated_at
+        if dt > 0.0:
+            for flow in self.flows.values():
+                sent = min(flow.sendable_bytes, flow.rate_bytes_per_s * dt)
+                flow.sendable_bytes -= sent
+                self.total_sent_bytes += sent
+        self.updated_at = now
+
+    def _reshare(self, now: float) -> None:
+        sending = [f for f in self.flows.values() if f.sendable_bytes > 0.0]
+        for flow in self.flows.values():
+            flow.rate_bytes_per_s = 0.0
+        rates = max_min_rates(self.bytes_per_s, [f.cap_bytes_per_s for f in sending])
+        for flow, rate in zip(sending, rates, strict=True):
+            flow.rate_bytes_per_s = rate
+        self.version += 1
+        total = sum(rates)
+        if self.rate_segments[-1][0] == now:
+            self.rate_segments[-1] = (now, total)
+        elif self.rate_segments[-1][1] != total:
+            self.rate_segments.append((now, total))

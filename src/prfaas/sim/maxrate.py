@@ -1,0 +1,85 @@
+"""Highest arrival rate whose queues stay bounded, found by bisection over simulated runs.
+
+Criterion ("bounded queues"): over the second half of the arrival window, completions are at least
+`min_completion_ratio` (default 0.97) of arrivals, i.e. the backlog of requests in the system grows
+by at most 3% of what arrived. Below capacity the backlog is stationary and the ratio is ~1; above
+capacity the backlog grows at (rate - capacity) and the ratio falls to capacity / rate. The answer
+can therefore sit up to ~3% above the true capacity, and a finite run adds noise of
+~1/sqrt(arrivals).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from prfaas.errors import UserError
+from prfaas.sim.metrics import RequestLog
+
+MIN_COMPLETION_RATIO = 0.97
+
+
+def completion_ratio(log: RequestLog, lo_s: float, hi_s: float) -> float:
+    """Completions within [lo_s, hi_s] divided by arrivals within it (1.0 with no arrivals)."""
+    arrived = sum(1 for t in log.arrived_at if lo_s <= t <= hi_s)
+    completed = sum(1 for t in log.finished_at if lo_s <= t <= hi_s)
+    return completed / arrived if arrived else 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    """One simulated run of the bisection."""
+
+    rate_per_s: float  # offered arrival rate, requests/s
+    completion_ratio: float  # second-half completions / arrivals
+    is_stable: bool  # completion_ratio >= the criterion
+
+
+@dataclass(frozen=True, slots=True)
+class MaxRate:
+    """Result of the search."""
+
+    max_rate_per_s: float  # highest rate found stable (the bracket's lower end)
+    upper_rate_per_s: float  # lowest rate found unstable (the bracket's upper end)
+    probes: tuple[Probe, ...]  # every run, in order
+
+
+def find_max_rate(
+    ratio_at: Callable[[float], float],
+    initial_rate_per_s: float,
+    *,
+    rel_tol: float = 0.01,
+    max_probes: int = 24,
+    min_completion_ratio: float = MIN_COMPLETION_RATIO,
+) -> MaxRate:
+    """Bracket the capacity from `initial_rate_per_s` (doubling/halving), then bisect.
+
+    `ratio_at(rate)` runs the simulation at `rate` and returns its second-half completion ratio.
+    Stops when the bracket is within `rel_tol` of its upper end or after `max_probes` runs.
+    """
+    if not (math.isfinite(initial_rate_per_s) and initial_rate_per_s > 0):
+        raise UserError(f"initial rate must be > 0, got {initial_rate_per_s}")
+    probes: list[Probe] = []
+
+    def probe(rate: float) -> bool:
+        ratio = ratio_at(rate)
+        probes.append(Probe(rate, ratio, ratio >= min_completion_ratio))
+        return probes[-1].is_stable
+
+    lo, hi = 0.0, math.inf
+    rate = initial_rate_per_s
+    while math.isinf(hi) or lo == 0.0:
+        if len(probes) >= max_probes:
+            break
+        if probe(rate):
+            lo, rate = rate, rate * 2 if math.isinf(hi) else (rate + hi) / 2
+        else:
+            hi, rate = rate, rate / 2 if lo == 0.0 else (lo + rate) / 2
+    while len(probes) < max_probes and hi - lo > rel_tol * hi:
+        mid = (lo + hi) / 2
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    return MaxRate(lo, hi, tuple(probes))

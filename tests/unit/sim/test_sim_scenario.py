@@ -1,0 +1,63 @@
+"""Case-study scenarios: link rules on/off, trace-derived thresholds, bandwidth series."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from prfaas.errors import UserError
+from prfaas.sim.presets import CASE_TRAFFIC, load_case_study, trace_traffic
+from prfaas.sim.scenario import Scenario, bandwidth_of, build_config
+from prfaas.types import DeploymentKind
+from prfaas.workload import TraceRequest
+
+
+@pytest.fixture(scope="module")
+def case():  # type: ignore[no-untyped-def]
+    try:
+        return load_case_study()
+    except ImportError:
+        pytest.skip("prfaas.models / prfaas.perf case-study inputs not available")
+
+
+def test_static_threshold_switches_off_the_link_rules(case) -> None:  # type: ignore[no-untyped-def]
+    dynamic = build_config(case, Scenario(DeploymentKind.PRFAAS)).deployment.route_config
+    static = build_config(
+        case, Scenario(DeploymentKind.PRFAAS, static_threshold=True)
+    ).deployment.route_config
+    assert dynamic is not None and static is not None
+    assert static.threshold_tokens == dynamic.threshold_tokens
+    assert dynamic.stop_offload_utilization < 1.0
+    assert math.isinf(static.stop_offload_utilization)
+    assert math.isinf(static.raise_threshold_utilization)
+
+
+def test_only_prfaas_gets_a_route_config(case) -> None:  # type: ignore[no-untyped-def]
+    for kind in (DeploymentKind.HOMOGENEOUS, DeploymentKind.NAIVE):
+        assert build_config(case, Scenario(kind)).deployment.route_config is None
+
+
+def test_trace_traffic_uses_uncached_lengths() -> None:
+    trace = [
+        TraceRequest(0.0, 1024, 10, (1, 2)),
+        TraceRequest(1.0, 1024, 30, (1, 2)),  # full hit: nothing uncached
+    ]
+    traffic = trace_traffic(trace)
+    assert traffic.lengths.mean() == pytest.approx(512.0)
+    assert traffic.num_output_tokens == pytest.approx(20.0)
+    assert CASE_TRAFFIC.num_output_tokens == 1024
+
+
+def test_bandwidth_series_from_flags() -> None:
+    drop = bandwidth_of(Scenario(DeploymentKind.NAIVE, link_drop=(1800.0, 10.0)))
+    assert [(s.at, s.gbps) for s in drop] == [(0.0, 100.0), (1800.0, 10.0)]
+    wobble = bandwidth_of(
+        Scenario(DeploymentKind.NAIVE, link_fluctuation=(0.2, 60.0), duration_s=600.0, drain_s=0)
+    )
+    assert len(wobble) == 10
+    assert all(20.0 <= s.gbps <= 100.0 for s in wobble)
+    with pytest.raises(UserError):
+        bandwidth_of(Scenario(DeploymentKind.NAIVE, link_drop=(-1.0, 10.0)))
+    with pytest.raises(UserError):
+        Scenario(DeploymentKind.NAIVE, link_gbps=0.0)

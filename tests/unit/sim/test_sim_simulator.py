@@ -1,0 +1,118 @@
+"""End-to-end runs of small deployments: a hand-timed request, conservation, determinism, routing
+by the real policy, prefix hits and a bandwidth drop."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sim_factories import make_config, requests_at
+
+from prfaas.sim.config import SimRequest
+from prfaas.sim.link import BandwidthStep
+from prfaas.sim.simulator import Simulator, simulate
+from prfaas.sim.timeline import timeline_events
+from prfaas.sim.traffic import synthetic_requests
+from prfaas.types import DeploymentKind
+from prfaas.workload import TruncatedLogNormal
+
+SMALL_LENGTHS = TruncatedLogNormal(mu=6.5, sigma=0.8, min_tokens=16, max_tokens=4000)
+
+
+def test_one_offloaded_request_timed_by_hand() -> None:
+    """T(1000) = 1 + 0.001*1000 = 2 s. KV = 1000 + 10*1000 = 11000 B, 1/10 held back. The flow
+    sends 9900 B at the production rate 4950 B/s during prefill, then 1100 B at 1e4 B/s: KV lands
+    at 2.11 s; 10 decode steps of 0.1 s finish at 3.11 s."""
+    sim = Simulator(make_config(DeploymentKind.NAIVE), requests_at([0.0], 1000, 11))
+    result = sim.run()
+    log = sim.log
+    assert log.first_token_at[0] == pytest.approx(2.0)
+    assert log.kv_ready_at[0] == pytest.approx(2.11)
+    assert log.finished_at[0] == pytest.approx(3.11)
+    assert result["ttft_s"]["p50"] == pytest.approx(2.0)
+    assert result["tpot_s"]["p50"] == pytest.approx(0.111)
+    assert result["offload_ratio"] == 1.0
+    assert sim.link.total_sent_bytes == pytest.approx(11000.0)
+    assert result["utilization"]["prfaas_prefill"] == pytest.approx(2.0 / 3.11, abs=1e-6)
+    assert result["utilization"]["pd_decode"] == pytest.approx(1.0 / (4 * 3.11), abs=1e-6)
+    assert result["route_reasons"] == {"naive -> prfaas": 1}
+
+
+def test_bandwidth_drop_delays_the_tail_of_the_transfer() -> None:
+    """Same request, link drops to 100 B/s at 2.05 s: 500 B of the 1100 B tail went at 1e4 B/s,
+    the other 600 B take 6 s more."""
+    steps = (BandwidthStep(0.0, 1e4 * 8 / 1e9), BandwidthStep(2.05, 100 * 8 / 1e9))
+    sim = Simulator(
+        make_config(DeploymentKind.NAIVE, bandwidth=steps), requests_at([0.0], 1000, 11)
+    )
+    sim.run()
+    assert sim.log.kv_ready_at[0] == pytest.approx(2.05 + 600 / 100)
+
+
+def test_routing_comes_from_the_policy() -> None:
+    requests = [SimRequest(float(i), 500 if i % 2 else 1500, 4) for i in range(40)]
+    ratios = {
+        kind: simulate(make_config(kind, threshold_tokens=1000), requests)["offload_ratio"]
+        for kind in DeploymentKind
+    }
+    assert ratios == {
+        DeploymentKind.PRFAAS: 0.5,
+        DeploymentKind.HOMOGENEOUS: 0.0,
+        DeploymentKind.NAIVE: 1.0,
+    }
+
+
+def _workload(seed: int, rate: float = 0.5, n: int = 300) -> list[SimRequest]:
+    return synthetic_requests(SMALL_LENGTHS, 20, rate, seed=seed, num_requests=n)
+
+
+@pytest.mark.parametrize("kind", list(DeploymentKind))
+def test_conservation_every_arrival_completes_or_is_unfinished(kind: DeploymentKind) -> None:
+    overloaded = simulate(make_config(kind, drain_s=0.0), _workload(1, rate=3.0))
+    assert overloaded["num_arrived"] == 300
+    assert overloaded["num_unfinished"] > 0
+    assert overloaded["num_completed"] + overloaded["num_unfinished"] == 300
+    drained = simulate(make_config(kind, drain_s=1e5), _workload(1, rate=3.0))
+    assert drained["num_completed"] == 300
+    assert drained["num_unfinished"] == 0
+
+
+def test_same_config_and_seed_give_byte_identical_json() -> None:
+    def run(seed: int) -> str:
+        config = make_config(DeploymentKind.PRFAAS, num_pd_p=2, chunk_tokens=512)
+        return json.dumps(simulate(config, _workload(seed)), sort_keys=True)
+
+    assert run(7) == run(7)
+    assert run(7) != run(8)
+
+
+def test_prefix_hits_shorten_prefill_and_are_reported() -> None:
+    """Two identical 4-block prompts: the second hits 3 blocks (one token is always computed)."""
+    blocks = (11, 12, 13, 14)
+    requests = [SimRequest(0.0, 2048, 2, blocks), SimRequest(100.0, 2048, 2, blocks)]
+    config = make_config(DeploymentKind.HOMOGENEOUS, block_tokens=512)
+    sim = Simulator(config, requests)
+    result = sim.run()
+    assert sim.log.num_cached_tokens == [0, 2047]
+    assert sim.log.first_token_at[1] - sim.log.arrived_at[1] == pytest.approx(1.0 + 0.001)
+    assert result["prefix_hit_ratio"] == pytest.approx(2047 / 4096)
+
+
+def test_utilization_and_egress_are_consistent() -> None:
+    result = simulate(make_config(DeploymentKind.NAIVE, egress_bin_s=10.0), _workload(3))
+    series = result["egress"]["series"]
+    assert len(series) == pytest.approx(result["sim_end_s"] / 10, abs=1)
+    assert all(0.0 <= b["utilization"] <= 1.0 + 1e-9 for b in series)
+    assert 0.0 < result["utilization"]["prfaas_prefill"] <= 1.0
+    assert result["utilization"]["pd_prefill"] is None
+
+
+def test_timeline_has_one_span_per_stage_reached() -> None:
+    sim = Simulator(make_config(DeploymentKind.NAIVE), requests_at([0.0], 1000, 11))
+    sim.run()
+    spans = timeline_events(sim.log, "naive")
+    assert [(e["name"], e["tid"], e["ts"], e["dur"]) for e in spans] == [
+        ("prefill", "naive prfaas-0", 0, 2_000_000),
+        ("transfer", "naive link", 2_000_000, 110_000),
+        ("decode", "naive pd-d-0", 2_110_000, 1_000_000),
+    ]

@@ -2,10 +2,10 @@
 
 ```
 client --HTTP--> router            GenerateRequest  (req_id, prompt_token_ids, SamplingParams)
-router (policy.route)              RouteDecision    (lives in prfaas.policy: a decision, not a message)
+router (policy)                    RouteDecision    (in prfaas.policy: a decision, not a message)
 router --> prefill                 PrefillJob       (request, decode address, transfer_id)
 prefill --TCP--> decode            KVManifest       (what the KV frames carry, layer by layer)
-                                   + KV frames      (prfaas.transport.frames: header + payload bytes)
+                                   + KV frames      (prfaas.transport.frames: header + payload)
 decode --> prefill                 TransferAck      (transfer_id, ok | error)
 decode --> router --SSE--> client  TokenDelta       (req_id, token_ids, finish_reason | None)
 ```

@@ -21,7 +21,9 @@ def _manifest() -> KVManifest:
     t0 = TensorEntry("L0/recurrent_states/0", 0, "float32", (1, 4, 32, 32), 0, 16384)
     t1 = TensorEntry("L1/keys", 1, "bfloat16", (1, 2, 10, 32), 16384, 1280)
     layers = (
-        LayerEntry(0, "linear_attention", "LinearAttentionLayer", {"has_previous_state": True}, (t0,)),
+        LayerEntry(
+            0, "linear_attention", "LinearAttentionLayer", {"has_previous_state": True}, (t0,)
+        ),
         LayerEntry(1, "full_attention", "DynamicLayer", {}, (t1,)),
     )
     return KVManifest("t-1", "r-1", "qwen3_next", 2, layers, 10, 7, {"cache_class": "DynamicCache"})

@@ -36,7 +36,8 @@ KINDS = list(DeploymentKind)
 PAPER_LAMBDA = {"prfaas": 3.24, "homogeneous": 2.11, "naive": 2.45}  # paper's Table 6
 PAPER_TTFT = {"prfaas": "2.22 / 3.51", "homogeneous": "4.44 / 9.73", "naive": "1.74 / 3.51"}
 IMG = Path("docs/img")
-SATURATED = "egress saturated -> pd_prefill"  # the policy's stop-offload rule fired
+# decisions where the policy's offload-delay rule kept a long request local
+VETO_RULES = ("link-backlog -> pd_prefill", "prfaas-delay -> pd_prefill")
 TRACE = Path(__file__).resolve().parents[1].parent / "shared/data/traces"
 MOONCAKE = TRACE / "mooncake_conversation_trace.jsonl"
 
@@ -193,7 +194,7 @@ def bandwidth(case: CaseStudy) -> str:
                         q(r, "ttft_s", "p99"),
                         q(r, "tpot_s", "p99", 1e3),
                         r["num_unfinished"],
-                        r["route_reasons"].get(SATURATED, 0),
+                        _vetoes(r),
                     ]
                 )
     fig, ax = plt.subplots(figsize=(6, 3.2))
@@ -219,7 +220,7 @@ def bandwidth(case: CaseStudy) -> str:
         "TTFT p99",
         "TPOT p99 (ms)",
         "unfinished",
-        "'egress saturated' decisions",
+        "kept local (link / PrfaaS)",
     ]
     return "\n\n".join(["## 3. Link bandwidth 10 / 25 / 100 Gbps", table(headers, rows), img])
 
@@ -275,9 +276,10 @@ def link_drop(case: CaseStudy) -> str:
                 _mean(w[1] for w in after),
                 _mean(w[2] for w in before),
                 max(w[2] for w in after),
+                q(r, "tpot_s", "p99", 1e3),
                 r["throughput_rps"],
                 r["num_unfinished"],
-                r["route_reasons"].get(SATURATED, 0),
+                _vetoes(r),
             ]
         )
     for ax in (ax1, ax2):
@@ -296,12 +298,18 @@ def link_drop(case: CaseStudy) -> str:
         "offload after",
         "TTFT p90 before",
         "worst window TTFT p90 after",
+        "TPOT p99 (ms)",
         "throughput",
         "unfinished",
-        "'egress saturated' decisions",
+        "kept local (link / PrfaaS)",
     ]
     title = "## 4. Link drop from 100 to 10 Gbps at t = 1800 s"
     return "\n\n".join([title, table(headers, rows), img])
+
+
+def _vetoes(r: dict[str, Any]) -> str:
+    """Offloads the policy turned down, as 'link-backlog / prfaas-delay' decision counts."""
+    return " / ".join(str(r["route_reasons"].get(rule, 0)) for rule in VETO_RULES)
 
 
 def _mean(values: Any) -> float:
@@ -509,37 +517,47 @@ prfaas sim --find-max-rate --h20-curve predicted          # section 7
 NOTES: dict[str, str] = {
     "fluid_limit": """The bisection's criterion: over the second half of a one-hour run, completions
 reach at least 97% of arrivals (see `prfaas.sim.maxrate`). The simulated capacity sits a few percent
-below the model's Λ_max for every deployment, inside the 10% target. The model evaluates
-T_prefill at the mean length of each class, T(E[L]); a real queue pays E[T(L)], which is larger
-because the latency curves are convex (Jensen), most for the H20 curve with its larger quadratic
-term. The model column is Eq. 6 from `prfaas.policy.throughput` for the simulated split, with this
-project's S_kv and the Table 5 profile (`prfaas plan --preset paper-case-study` reports the same
-Λ_max and splits), which is why it differs slightly from the paper's column.""",
+below the model's Λ_max for every deployment, inside the 10% target. The model evaluates T_prefill
+at the mean length of each class, T(E[L]); a real queue pays E[T(L)], which is larger because the
+latency curves are convex (Jensen), most for the H20 curve with its larger quadratic term. The model
+column is Eq. 6 from `prfaas.policy.throughput` for the simulated split, with this project's S_kv
+and the Table 5 profile (`prfaas plan --preset paper-case-study` reports the same Λ_max and splits),
+which is why it differs slightly from the paper's column.""",
     "queueing": """At 10% load the simulated mean and P90 TTFT reproduce the paper's no-queueing
 values (last column), a check that the simulator's prefill path matches the model. With queueing,
-tails grow fast: at 90% of capacity the P99 TTFT of every deployment is several times its
-10%-load value, and homogeneous PD (prefill-bound on H20) also starts to lose TPOT because its 3
-decode instances run near their slot limit. At 70% and 90% load PrfaaS-PD has the lowest P99
-TTFT of the three while carrying the highest absolute rate.""",
+tails grow: from 10% to 90% of capacity the P99 TTFT grows by about 1.7x (homogeneous, whose
+10%-load tail is already long on H20) to 3.5x (naive), and homogeneous PD (prefill-bound on H20)
+also starts to lose TPOT because its 3 decode instances run near their slot limit. At 70% and 90%
+load PrfaaS-PD has the lowest P99 TTFT of the three while carrying the highest absolute rate.""",
     "bandwidth": """The offered rate is fixed at 80% of each deployment's 100 Gbps Λ_max. At 25 and
 100 Gbps the link never binds: egress is about 10 Gbps (each H200 instance streams KV at its
-production rate, about 3 Gbps). At 10 Gbps two things happen. Naive heterogeneous is over its
-10 Gbps capacity (model Λ_max falls to 1.90 req/s), so KV transfers queue; since the first token is
-sampled at prefill end, the damage shows up in TPOT, not TTFT. PrfaaS-PD with the policy's default
-short-timescale rules collapses: egress utilization near 1 is exactly the operating point the
-planner picks when the link is the binding resource (t is re-solved for 10 Gbps), but the routing
-rules read utilization >= 0.8 as "raise t" and >= 0.95 as "stop offloading", so the offload ratio
-falls well below the planned p and the PD-P instances saturate. With the threshold alone
-(`--static-threshold`, the rules switched off) the same traffic is served, at the cost of a longer
-TPOT tail while KV transfers queue behind each other. The utilization rules
-need a signal of link *backlog* (queued KV bytes or transfer delay), not of utilization, when the
-plan itself is egress-bound.""",
+production rate, about 3 Gbps). At 10 Gbps naive heterogeneous is over its 10 Gbps capacity (model
+Λ_max falls to 1.90 req/s), so KV transfers queue; since the first token is sampled at prefill end,
+the damage shows up in TPOT, not TTFT. PrfaaS-PD at 10 Gbps runs at about 92% of its re-solved Λ_max
+with the link as the binding resource, so egress utilization sits near 1 at the planned operating
+point. The routing policy's short-timescale rule therefore reads the link *backlog* (KV bytes queued
+or in flight) and both clusters' prefill queues, not the utilization: a long request stays local
+only when its KV would be delivered clearly later via PrfaaS (link drain time or PrfaaS queue plus
+prefill) than the local prefill would finish (`prfaas.policy.route`, rule 3). At 10 Gbps it keeps
+about 2% of the long requests local (last column, by cause) and serves all traffic; against the
+static threshold it trades a slightly higher TTFT for a shorter TPOT tail, since fewer KV transfers
+queue on the link. At 25 and 100 Gbps the link never falls behind and only the PrfaaS-queue side
+fires, during bursts: P99 TTFT drops below the static threshold's and the median rises slightly (the
+diverted long requests occupy the slower H20 prefill). The `local_delay_ratio` margin of 1.5 was
+picked from a sweep of 1.0 to 2.0 on these runs: smaller ratios divert more and raise the median
+TTFT at 90% load, larger ones lengthen the TPOT tail after a link drop. The previous policy, which
+raised t at utilization >= 0.8 and stopped offloading at >= 0.95, left 1973 requests unfinished in
+this 10 Gbps run (p50 TTFT 638 s; measured with that policy on the same seed). `--static-threshold`
+(threshold and global-prefix only) is shown for comparison.""",
     "link_drop": """Same traffic (80% of the 100 Gbps Λ_max), the link drops to 10 Gbps half-way.
-The PrfaaS-PD threshold stays the one planned for 100 Gbps. With the default rules the router stops
-offloading most long requests after the drop (offload ratio falls) and the PD-P queue grows
-without bound, the same failure as in section 3. With the static threshold the link absorbs the
-planned egress (just under 10 Gbps) and latency barely moves; naive heterogeneous, whose offered
-egress is above 10 Gbps, builds a transfer backlog that shows in TPOT and throughput.""",
+The PrfaaS-PD threshold stays the one planned for 100 Gbps, so the planned egress (about 10 Gbps)
+now meets a 10 Gbps link and a transfer backlog builds. The default policy notices the backlog and
+keeps some long requests local (offload ratio after the drop; last column), which holds the worst
+5-minute TTFT p90 after the drop below the static threshold's. The static threshold also serves the
+traffic but lets the backlog show in the TPOT tail; naive
+heterogeneous, whose offered egress is above 10 Gbps, builds a transfer backlog that shows in TPOT
+and throughput. The previous utilization-based policy stopped offloading after the drop and left 681
+requests unfinished (measured with that policy, same seed).""",
     "burstiness": """Gamma inter-arrival times at the same mean rate (70% of each deployment's
 Λ_max). Burstiness costs all three deployments tail latency; the capacity headroom does not change,
 so nothing is lost, but P99 TTFT grows several-fold from CV 1 to CV 4, and goodput under the 10 s
@@ -547,11 +565,11 @@ TTFT SLO drops accordingly.""",
     "mooncake": """The Mooncake conversation trace (12,031 requests, one hour, own output lengths)
 with prefix hits tracked per cluster by `prfaas.prefix_cache.index.BlockPrefixIndex` (512-token
 blocks, 100k blocks per cluster, LRU). The trace's prompts are far shorter than the paper's
-distribution, so Eq. 7 over the trace's uncached lengths picks a much lower t, and all
-deployments have headroom at the trace's own rate; "1.5x" compresses the time axis. The model
-Λ_max here uses the empirical uncached lengths with an infinite cache; the simulator's finite,
-per-cluster caches hit slightly less. Only the incremental part of an offloaded request's KV
-crosses the link when the PD cluster already holds its prefix.""",
+distribution, so Eq. 7 over the trace's uncached lengths picks a much lower t, and all deployments
+have headroom at the trace's own rate; "1.5x" compresses the time axis. The model Λ_max here uses
+the empirical uncached lengths with an infinite cache; the simulator's finite, per-cluster caches
+hit slightly less. Only the incremental part of an offloaded request's KV crosses the link when the
+PD cluster already holds its prefix.""",
     "h20_curve": """Issue #5 asks how well `prfaas.perf`'s cost model, calibrated on the H200
 profile only, transfers to H20. Predicted H20 prefill is markedly slower than the curve inferred
 from Table 6 at long prompts, which roughly halves homogeneous PD's capacity and shifts PrfaaS-PD's

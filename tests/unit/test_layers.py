@@ -21,6 +21,7 @@ PURE_MODULES = [
     "prfaas.policy",
     "prfaas.prefix_cache",
     "prfaas.workload",
+    "prfaas.casestudy",
 ]
 HEAVY = ["torch", "numpy", "asyncio", "transformers"]
 

@@ -29,6 +29,12 @@ def register(subparsers: Any) -> None:
         choices=["inferred", "predicted"],
         help="H20 prefill latency: inferred from Table 6, or predicted by prfaas.perf",
     )
+    p.add_argument(
+        "--decode-step",
+        default="fixed",
+        choices=["fixed", "cost-model"],
+        help="decode step time: the paper's fixed 25 ms, or prfaas.perf's cost model on H20",
+    )
     p.add_argument("--rate", type=float, help="arrival rate, requests/s")
     p.add_argument("--load", type=float, default=0.8, help="rate as a share of Λ_max (0.8)")
     p.add_argument("--duration-s", type=float, help="arrival window, seconds (default 3600)")
@@ -48,7 +54,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--static-threshold",
         action="store_true",
-        help="route by the threshold t only (switch off the policy's egress-utilization rules)",
+        help="route by t and global best prefix only (offload-delay and cache-affine rules off)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--find-max-rate", action="store_true", help="bisect the highest stable rate")
@@ -124,6 +130,7 @@ def _scenarios(args: argparse.Namespace) -> list[Any]:
             slo_tpot_s=args.slo_tpot_s,
             drain_s=args.drain_s,
             static_threshold=args.static_threshold,
+            decode_step=args.decode_step,
         )
         for kind in kinds
     ]

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import cast
 
+from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.plan.curves import parse_quadratic
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
@@ -29,35 +30,37 @@ from prfaas.workload import (
     uncached_lengths,
 )
 
-PAPER_H20_QUADRATIC = "0.469,1.300e-4,2.945e-10"  # PAPER.md §6, inferred from Table 6
+_CASE = PAPER_CASE_STUDY
+PAPER_H20_QUADRATIC = _CASE.pd_latency.as_spec()  # PAPER.md §6, inferred from Table 6
 COST_MODEL = "cost-model"
 
 
 @dataclass(frozen=True)
 class PlanSettings:
     """Every planner input as a flat value; latency specs are 'profile:NAME|PATH',
-    'quadratic:a,b,c' or 'cost-model' (calibrated on the PrfaaS cluster's profile)."""
+    'quadratic:a,b,c' or 'cost-model' (calibrated on the PrfaaS cluster's profile).
+    The defaults are the paper's case study (`prfaas.casestudy.PAPER_CASE_STUDY`)."""
 
-    model: str = "paper-1t"  # model preset or config.json for S_kv(l)
-    prfaas_hardware: str = "h200"
-    pd_hardware: str = "h20"
-    prfaas_latency: str = "profile:paper-1t-h200"
+    model: str = _CASE.model  # model preset or config.json for S_kv(l)
+    prfaas_hardware: str = _CASE.prfaas_hardware
+    pd_hardware: str = _CASE.pd_hardware
+    prfaas_latency: str = f"profile:{_CASE.prfaas_profile}"
     pd_latency: str = f"quadratic:{PAPER_H20_QUADRATIC}"
-    pd_latency_note: str = "inferred from the paper's Table 6, PAPER.md §6"
-    prfaas_gpus: int = 32
-    pd_gpus: int = 64
+    pd_latency_note: str = _CASE.pd_latency_note
+    prfaas_gpus: int = _CASE.prfaas_gpus
+    pd_gpus: int = _CASE.pd_gpus
     homogeneous_gpus: int | None = None  # None: prfaas_gpus + pd_gpus of the PD hardware
-    gpus_per_instance: int = 8
-    link_gbps: float = 100.0
-    mu: float = 9.90  # log-normal parameters of the uncached length
-    sigma: float = 1.00
-    min_tokens: float = 128
-    max_tokens: float = 131072
+    gpus_per_instance: int = _CASE.gpus_per_instance
+    link_gbps: float = _CASE.link_gbps
+    mu: float = _CASE.length_mu  # log-normal parameters of the uncached length
+    sigma: float = _CASE.length_sigma
+    min_tokens: float = _CASE.min_tokens
+    max_tokens: float = _CASE.max_tokens
     trace: str | None = None  # a trace file replaces the log-normal by its uncached lengths
     trace_prefix_cache: bool = True  # subtract infinite-cache prefix hits from trace lengths
-    output_tokens: float = 1024
-    bs_max: int = 20
-    t_decode_s: float = 0.025
+    output_tokens: float = _CASE.output_tokens
+    bs_max: int = _CASE.max_batch_size
+    t_decode_s: float = _CASE.t_decode_step_s
     prices_per_gpu: Mapping[str, float] = field(default_factory=dict)
     threshold_step_tokens: float = 100.0
 

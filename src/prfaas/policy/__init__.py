@@ -1,7 +1,8 @@
 """Pure decisions shared by the live router and the simulator: no clocks, sockets, torch or RNG.
 
-- `route`: per-request routing (threshold, cache-affine / global best prefix, saturation rules) and
-  the deployment-kind factory `make_route_policy`.
+- `route`: per-request routing (threshold, cache-affine / global best prefix, congestion, and the
+  offload-delay rule on link backlog and both clusters' queues) and the deployment-kind factory
+  `make_route_policy`.
 - `pick`: least-loaded instance inside a cluster.
 - `throughput`: the paper's Eqs. 2-7 and the Eq. 7 threshold search, used by the planner and by a
   router re-searching t over observed lengths.
@@ -10,12 +11,14 @@
 
 from prfaas.policy.pick import pick_instance
 from prfaas.policy.route import (
+    PathDelays,
     RouteDecision,
     RoutePolicy,
     RoutePolicyConfig,
     RouteTarget,
     choose_route,
     make_route_policy,
+    path_delays,
 )
 from prfaas.policy.throughput import (
     StageCosts,
@@ -33,6 +36,7 @@ __all__ = [
     "ClusterView",
     "InstanceLoad",
     "LinkView",
+    "PathDelays",
     "RouteDecision",
     "RoutePolicy",
     "RoutePolicyConfig",
@@ -44,6 +48,7 @@ __all__ = [
     "evaluate",
     "lambda_max",
     "make_route_policy",
+    "path_delays",
     "pick_instance",
     "theta_pd_decode",
     "theta_pd_prefill",

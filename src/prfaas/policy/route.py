@@ -1,19 +1,35 @@
-"""Per-request routing: PrfaaS cluster or local PD-P, from lengths, prefix hits and link state.
+"""Per-request routing: PrfaaS cluster or local PD-P, from lengths, prefix hits, link and queues.
 
 Implements the paper's selective offloading (§3.3: incremental length l > t -> PrfaaS) and the
-short-timescale rules of §3.4.3:
+short-timescale rules of §3.4.3 and §5, in this order:
 
-- bandwidth scarce (egress utilization >= `scarce_utilization`, congestion seen, or no link view):
-  *cache-affine*, each cluster's cache judged on its own: l_total - l_pd <= t -> PD-P, else PrfaaS
-  (which then reuses its own l_prfaas);
-- bandwidth abundant: *global best prefix*, l_prefix = max(l_pd, l_prfaas): l_total - l_prefix <= t
-  -> PD-P, else PrfaaS; the longer cache is moved to the chosen cluster first
-  (`num_prefix_transfer_tokens`);
-- near egress saturation the threshold is raised (x `threshold_raise_factor`), and at
-  `stop_offload_utilization` nothing is offloaded.
+1. *Prefix rule.* Bandwidth scarce (egress utilization >= `scarce_utilization`, congestion seen,
+   or no link view): *cache-affine*, each cluster's cache judged on its own: l_total - l_pd <= t
+   -> PD-P, else PrfaaS (which then reuses its own l_prfaas). Bandwidth abundant: *global best
+   prefix*, l_prefix = max(l_pd, l_prfaas): l_total - l_prefix <= t -> PD-P, else PrfaaS; the
+   longer cache is moved to the chosen cluster first (`num_prefix_transfer_tokens`).
+2. *Congestion.* Retransmissions at or above `max_retransmit_rate` multiply t by
+   `threshold_raise_factor`.
+3. *Offload delay* (needs `config.costs`, the link view and both cluster views). A request the
+   threshold sends to PrfaaS goes to PD-P instead when its offload path would deliver its KV
+   clearly later than the local path would finish its prefill:
+
+       offload_ready_s = max(prfaas_wait_s + T_prfaas(l), (backlog_bytes + S_kv(l)) / B)
+       local_ready_s   = pd_wait_s + T_pd(l_pd)
+       stay local  <=>  offload_ready_s > local_delay_ratio * local_ready_s
+
+   where the waits are the least-loaded instance's queued prefill seconds and B the link capacity.
+   The ratio (default 1.5) is a margin for what the comparison leaves out: a long request moved to
+   PD-P also delays every short request queued behind it there.
+   The link term reads the *backlog* (KV queued or in flight), not the utilization: at a planned
+   operating point where the link is the binding resource, utilization sits near 1 while the
+   backlog stays within one prefill's worth of KV, and offloading must go on; when the link falls
+   behind (bandwidth drop, burst), the backlog's drain time outgrows the prefill and only then do
+   requests stay local, just enough to even out the two paths' delays.
 
 The deployment kind is part of the policy: HOMOGENEOUS sends everything to PD-P, NAIVE everything to
-PrfaaS, so a driver (router or simulator) never decides on its own.
+PrfaaS, so a driver (router or simulator) never decides on its own. Every decision carries a
+`reason` whose text before the first ':' names the rule that made it.
 """
 
 from __future__ import annotations
@@ -22,7 +38,8 @@ import math
 from dataclasses import dataclass
 from enum import StrEnum
 
-from prfaas.policy.views import LinkView
+from prfaas.policy.throughput import StageCosts
+from prfaas.policy.views import ClusterView, LinkView
 from prfaas.types import DeploymentKind
 
 
@@ -35,14 +52,14 @@ class RouteTarget(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class RoutePolicyConfig:
-    """Knobs of the routing rule. Utilizations are shares of link capacity, 0..1."""
+    """Knobs of the routing rule. Utilizations and rates are shares, 0..1."""
 
     threshold_tokens: float  # t: offload when the incremental length is > t, tokens
+    costs: StageCosts | None = None  # T_prefill per cluster, S_kv(l); None: offload-delay rule off
     scarce_utilization: float = 0.6  # at/above: bandwidth scarce -> cache-affine routing
-    raise_threshold_utilization: float = 0.8  # at/above: t is multiplied by threshold_raise_factor
-    threshold_raise_factor: float = 2.0  # how much t grows near saturation (>= 1)
-    stop_offload_utilization: float = 0.95  # at/above: nothing is offloaded
+    threshold_raise_factor: float = 2.0  # t multiplier under congestion (>= 1)
     max_retransmit_rate: float = 0.01  # at/above: link congested (scarce, and t raised)
+    local_delay_ratio: float = 1.5  # stay local when offload_ready > ratio x local_ready (>= 1)
 
     def __post_init__(self) -> None:
         if math.isnan(self.threshold_tokens) or self.threshold_tokens < 0:
@@ -51,10 +68,10 @@ class RoutePolicyConfig:
             raise ValueError(
                 f"threshold_raise_factor must be >= 1, got {self.threshold_raise_factor}"
             )
-        if self.scarce_utilization < 0:
+        if math.isnan(self.scarce_utilization) or self.scarce_utilization < 0:
             raise ValueError(f"scarce_utilization must be >= 0, got {self.scarce_utilization}")
-        if not 0 <= self.raise_threshold_utilization <= self.stop_offload_utilization:
-            raise ValueError("need 0 <= raise_threshold_utilization <= stop_offload_utilization")
+        if not self.local_delay_ratio >= 1:
+            raise ValueError(f"local_delay_ratio must be >= 1, got {self.local_delay_ratio}")
         if not 0 <= self.max_retransmit_rate <= 1:
             raise ValueError(
                 f"max_retransmit_rate must be in [0, 1], got {self.max_retransmit_rate}"
@@ -68,8 +85,18 @@ class RouteDecision:
     target: RouteTarget  # cluster that runs the prefill
     num_incremental_tokens: int  # prompt tokens to compute (prompt minus the reused prefix)
     num_prefix_hit_tokens: int  # cached prompt tokens reused at the target
-    reason: str  # short human-readable cause, for logs and sim traces
+    reason: str  # "<rule>: <details>", for logs, sim traces and parity checks
     num_prefix_transfer_tokens: int = 0  # cached tokens first moved across clusters to the target
+
+
+@dataclass(frozen=True, slots=True)
+class PathDelays:
+    """Expected delays of the two paths for one request, seconds (see rule 3)."""
+
+    offload_ready_s: float  # KV of the request delivered to PD-D via PrfaaS
+    local_ready_s: float  # prefill of the request finished on PD-P
+    link_drain_s: float  # backlog plus the request's KV at full link capacity
+    prfaas_done_s: float  # PrfaaS queue wait plus the request's prefill there
 
 
 def _check_tokens(num_prompt_tokens: int, num_cached_pd: int, num_cached_prfaas: int) -> None:
@@ -85,12 +112,8 @@ def _is_congested(link: LinkView, config: RoutePolicyConfig) -> bool:
 
 
 def effective_threshold(config: RoutePolicyConfig, link: LinkView | None) -> float:
-    """t after the saturation rule: raised near saturation or under congestion, inf when stopped."""
-    if link is None:
-        return config.threshold_tokens
-    if link.utilization >= config.stop_offload_utilization:
-        return math.inf
-    if link.utilization >= config.raise_threshold_utilization or _is_congested(link, config):
+    """t after the congestion rule: multiplied by `threshold_raise_factor` under retransmissions."""
+    if link is not None and _is_congested(link, config):
         return config.threshold_tokens * config.threshold_raise_factor
     return config.threshold_tokens
 
@@ -100,6 +123,23 @@ def is_bandwidth_scarce(config: RoutePolicyConfig, link: LinkView | None) -> boo
     if link is None:
         return True
     return link.utilization >= config.scarce_utilization or _is_congested(link, config)
+
+
+def path_delays(
+    costs: StageCosts,
+    link: LinkView,
+    prfaas: ClusterView,
+    pd: ClusterView,
+    num_tokens_prfaas: int,
+    num_tokens_pd: int,
+    num_kv_tokens: int,
+) -> PathDelays:
+    """Rule 3's two ready times for a request computing `num_tokens_*` tokens on each path and
+    sending the KV of `num_kv_tokens` tokens over the link when offloaded."""
+    link_drain_s = link.drain_s(costs.kv_bytes(num_kv_tokens))
+    prfaas_done_s = prfaas.prefill_wait_s() + costs.t_prefill_prfaas_s(num_tokens_prfaas)
+    local_ready_s = pd.prefill_wait_s() + costs.t_prefill_pd_s(num_tokens_pd)
+    return PathDelays(max(prfaas_done_s, link_drain_s), local_ready_s, link_drain_s, prfaas_done_s)
 
 
 def _to_pd(total: int, hit: int, moved: int, why: str) -> RouteDecision:
@@ -127,23 +167,57 @@ def _global_best(total: int, cached_pd: int, cached_prfaas: int, t: float) -> Ro
     return _to_prfaas(total, prefix, prefix - cached_prfaas, why)
 
 
+def _check_offload_delay(
+    offload: RouteDecision,
+    cached_pd: int,
+    config: RoutePolicyConfig,
+    link: LinkView | None,
+    prfaas: ClusterView | None,
+    pd: ClusterView | None,
+) -> RouteDecision:
+    """Rule 3: keep an offload decision unless the local path would be ready sooner."""
+    if config.costs is None or link is None or prfaas is None or pd is None:
+        return offload
+    total = offload.num_incremental_tokens + offload.num_prefix_hit_tokens
+    # The KV crossing the link is the prompt's minus the prefix PD already holds.
+    num_kv_tokens = total - cached_pd
+    d = path_delays(
+        config.costs, link, prfaas, pd, offload.num_incremental_tokens, num_kv_tokens, num_kv_tokens
+    )
+    if d.offload_ready_s <= config.local_delay_ratio * d.local_ready_s:
+        return offload
+    cause = "link-backlog" if d.link_drain_s >= d.prfaas_done_s else "prfaas-delay"
+    why = (
+        f"{cause}: offload ready in {d.offload_ready_s:.2f} s (link {d.link_drain_s:.2f} s, "
+        f"PrfaaS {d.prfaas_done_s:.2f} s) > local {d.local_ready_s:.2f} s"
+    )
+    return _to_pd(total, cached_pd, 0, why)
+
+
 def choose_route(
     num_prompt_tokens: int,
     num_cached_tokens_pd: int,
     num_cached_tokens_prfaas: int,
     config: RoutePolicyConfig,
     link: LinkView | None,
+    prfaas: ClusterView | None = None,
+    pd: ClusterView | None = None,
 ) -> RouteDecision:
-    """PrfaaS-PD routing of one request (see the module docstring for the rules)."""
-    _check_tokens(num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas)
+    """PrfaaS-PD routing of one request (see the module docstring for the rules).
+
+    `prfaas` and `pd` are the two clusters' prefill loads (`InstanceLoad.queued_prefill_s`); the
+    offload-delay rule runs only when both, the link view and `config.costs` are given.
+    """
+    total, c_pd, c_prfaas = num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas
+    _check_tokens(total, c_pd, c_prfaas)
     t = effective_threshold(config, link)
-    if math.isinf(t):
-        assert link is not None
-        why = f"egress saturated: utilization {link.utilization:.2f}, no offload"
-        return _to_pd(num_prompt_tokens, num_cached_tokens_pd, 0, why)
     if is_bandwidth_scarce(config, link):
-        return _cache_affine(num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas, t)
-    return _global_best(num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas, t)
+        decision = _cache_affine(total, c_pd, c_prfaas, t)
+    else:
+        decision = _global_best(total, c_pd, c_prfaas, t)
+    if decision.target is RouteTarget.PRFAAS:
+        return _check_offload_delay(decision, c_pd, config, link, prfaas, pd)
+    return decision
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +233,8 @@ class RoutePolicy:
         num_cached_tokens_pd: int,
         num_cached_tokens_prfaas: int,
         link: LinkView | None,
+        prfaas: ClusterView | None = None,
+        pd: ClusterView | None = None,
     ) -> RouteDecision:
         """Route one request; cached counts are the longest cached prefix in each cluster."""
         total, c_pd, c_prfaas = num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas
@@ -168,7 +244,7 @@ class RoutePolicy:
         if self.kind is DeploymentKind.NAIVE:
             return _to_prfaas(total, c_prfaas, 0, "naive: all prefill on PrfaaS")
         assert self.config is not None
-        return choose_route(total, c_pd, c_prfaas, self.config, link)
+        return choose_route(total, c_pd, c_prfaas, self.config, link, prfaas, pd)
 
 
 def make_route_policy(kind: DeploymentKind, config: RoutePolicyConfig | None = None) -> RoutePolicy:

@@ -70,6 +70,7 @@ class SimConfig:
     block_tokens: int = 512  # tokens per prefix block (Mooncake traces use 512)
     egress_bin_s: float = 60.0  # width of the egress-utilization time series bins, seconds
     link_window_s: float = 1.0  # the router sees egress utilization averaged over this window
+    record_decisions: bool = False  # keep every routing decision with its inputs (decision_log)
 
     def __post_init__(self) -> None:
         if not self.bandwidth or self.bandwidth[0].at != 0.0:

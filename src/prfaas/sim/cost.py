@@ -1,8 +1,8 @@
 """Cost model seams of the simulator: how long a prefill, a decode step and a KV handover take.
 
 Only durations live here; nothing decides. Any object with `t_prefill_s(num_tokens)` (for example a
-`prfaas.perf` profile or cost model) is a prefill latency; the curves below are the analytic
-defaults the case study uses.
+`prfaas.perf` profile or cost model, or `prfaas.perf.latency.QuadraticLatency`) is a prefill
+latency.
 """
 
 from __future__ import annotations
@@ -30,22 +30,6 @@ class KVSize(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class QuadraticLatency:
-    """T(l) = a + b*l + c*l^2 seconds, e.g. the H20 curve inferred in PAPER.md section 6."""
-
-    a_s: float  # fixed cost of a prefill, seconds
-    b_s_per_token: float  # linear term, seconds per token
-    c_s_per_token2: float  # quadratic (attention) term, seconds per token squared
-
-    def t_prefill_s(self, num_tokens: int) -> float:
-        return self.a_s + self.b_s_per_token * num_tokens + self.c_s_per_token2 * num_tokens**2
-
-
-# 8xH20 prefill of the paper's 1T model, back-solved from Table 6 (PAPER.md section 6, inferred).
-H20_INFERRED_LATENCY = QuadraticLatency(0.469, 1.300e-4, 2.945e-10)
-
-
-@dataclass(frozen=True, slots=True)
 class FixedDecodeStep:
     """Every decode step takes `step_s`, whatever the batch (T_decode fixed by the SLO)."""
 
@@ -53,6 +37,35 @@ class FixedDecodeStep:
 
     def t_decode_step_s(self, batch_size: int) -> float:
         return self.step_s
+
+
+class DecodeStepByContext(Protocol):
+    """A decode-step cost that also depends on the context each sequence holds (prfaas.perf)."""
+
+    def t_decode_step_s(self, batch_size: int, context_tokens: int) -> float: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ContextDecodeStep:
+    """Decode step time per batch size, read once from a cost model at a fixed context.
+
+    Build with `context_decode_step`. Every running sequence is taken to hold `context_tokens`
+    tokens (a workload mean), since the decode instance does not track per-request context.
+    """
+
+    context_tokens: int  # tokens each sequence holds, for every batch
+    step_s: tuple[float, ...]  # step_s[b - 1]: seconds per step with b running requests
+
+    def t_decode_step_s(self, batch_size: int) -> float:
+        return self.step_s[min(batch_size, len(self.step_s)) - 1]
+
+
+def context_decode_step(
+    model: DecodeStepByContext, context_tokens: int, max_batch_size: int
+) -> ContextDecodeStep:
+    """Tabulate `model.t_decode_step_s(b, context_tokens)` for b = 1..max_batch_size."""
+    steps = tuple(model.t_decode_step_s(b, context_tokens) for b in range(1, max_batch_size + 1))
+    return ContextDecodeStep(context_tokens, steps)
 
 
 def chunk_time_s(latency: PrefillLatency, start_token: int, end_token: int) -> float:

@@ -49,7 +49,10 @@ class SimPrefill:
         self.chunk_tokens = chunk_tokens
         self.queue: deque[PrefillJob] = deque()
         self.step: tuple[PrefillChunk, ...] = ()
+        self.step_s = 0.0  # duration of the running step, seconds
+        self.step_started_at = 0.0  # simulated time the running step started, seconds
         self.num_queued_tokens = 0  # tokens not yet computed, queued or in the running step
+        self.queued_work_s = 0.0  # prefill seconds not yet done, queued or in the running step
         self.busy_s = 0.0  # total seconds spent in steps
 
     @property
@@ -59,6 +62,14 @@ class SimPrefill:
     def enqueue(self, job: PrefillJob) -> None:
         self.queue.append(job)
         self.num_queued_tokens += job.num_tokens
+        self.queued_work_s += chunk_time_s(self.latency, job.num_done, job.num_tokens)
+
+    def remaining_work_s(self, now: float) -> float:
+        """Seconds until everything queued here is prefilled, if nothing else arrives."""
+        if not self.step:
+            return self.queued_work_s
+        elapsed_s = min(self.step_s, max(0.0, now - self.step_started_at))
+        return max(0.0, self.queued_work_s - elapsed_s)
 
     def plan_step(self) -> tuple[PrefillChunk, ...]:
         """Chunks of the next step, FCFS from the head of the queue, within the token budget."""
@@ -74,11 +85,13 @@ class SimPrefill:
                 break
         return tuple(chunks)
 
-    def start_step(self) -> float:
-        """Start the next step; returns its duration in seconds (0 steps if the queue is empty)."""
+    def start_step(self, now: float = 0.0) -> float:
+        """Start the next step at `now`; returns its duration, seconds (0 if the queue is empty)."""
         self.step = self.plan_step()
+        self.step_started_at = now
         duration_s = sum(chunk_time_s(self.latency, c.start_token, c.end_token) for c in self.step)
         self.busy_s += duration_s
+        self.step_s = duration_s
         return duration_s
 
     def finish_step(self) -> list[PrefillJob]:
@@ -92,6 +105,10 @@ class SimPrefill:
         for job in finished:
             self.queue.remove(job)
         self.step = ()
+        # Chunks of a job add up to T(l) (see cost.chunk_time_s), so the work drains exactly; the
+        # reset on an empty queue keeps float rounding from accumulating.
+        self.queued_work_s = max(0.0, self.queued_work_s - self.step_s) if self.queue else 0.0
+        self.step_s = 0.0
         return finished
 
 

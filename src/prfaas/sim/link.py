@@ -134,6 +134,11 @@ class SharedLink:
         self._reshare(now)
         return finished
 
+    def backlog_bytes(self, now: float) -> float:
+        """KV accepted and not yet delivered: unsent bytes of every flow, held layers included."""
+        self._advance(now)
+        return sum(f.sendable_bytes + f.held_bytes for f in self.flows.values())
+
     def mean_rate_bytes_per_s(self, now: float, window_s: float) -> float:
         """Total sending rate averaged over [now - window_s, now] (what a rate meter reports)."""
         lo = now - window_s

@@ -1,10 +1,11 @@
 """Named simulation setups. `paper-case-study`: the paper's section 4 deployments (PAPER.md §6).
 
-PrfaaS cluster 4 x 8xH200 (Table 5 profile), local PD cluster 8 x 8xH20 (H20 prefill curve inferred
-from Table 6, labelled as such), 100 Gbps between them, the 1T hybrid model's S_kv, BS_max 20 at
-T_decode 25 ms, uncached lengths ~ truncated log-normal(9.90, 1.00) in [128, 128K], 1024 output
-tokens. Instance splits are the planner's optima (Table 6); the PrfaaS threshold t is solved with
-Eq. 7 (`prfaas.policy.throughput.best_threshold`) for the split, so nothing here copies a result.
+The inputs come from `prfaas.casestudy.PAPER_CASE_STUDY` (shared with the planner): PrfaaS cluster
+4 x 8xH200 (Table 5 profile), local PD cluster 8 x 8xH20 (H20 prefill curve inferred from Table 6,
+labelled as such), 100 Gbps between them, the 1T hybrid model's S_kv, BS_max 20 at T_decode 25 ms,
+uncached lengths ~ truncated log-normal(9.90, 1.00) in [128, 128K], 1024 output tokens. Instance
+splits are the planner's optima (Table 6); the PrfaaS threshold t is solved with Eq. 7
+(`prfaas.policy.throughput.best_threshold`) for the split, so nothing here copies a result.
 """
 
 from __future__ import annotations
@@ -13,28 +14,34 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
+from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.throughput import StageCosts, best_threshold, evaluate
 from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec
-from prfaas.sim.cost import H20_INFERRED_LATENCY, FixedDecodeStep, KVSize, PrefillLatency
+from prfaas.sim.cost import (
+    DecodeStepByContext,
+    DecodeStepTime,
+    FixedDecodeStep,
+    KVSize,
+    PrefillLatency,
+    context_decode_step,
+)
 from prfaas.types import DeploymentKind
 from prfaas.workload import (
     EmpiricalLengths,
     LengthDistribution,
     TraceRequest,
-    TruncatedLogNormal,
     uncached_lengths,
 )
 
 PRESETS = ("paper-case-study",)
-CASE_MODEL = "paper-1t"
-CASE_H200_PROFILE = "paper-1t-h200"
-CASE_LENGTHS = TruncatedLogNormal(mu=9.90, sigma=1.00, min_tokens=128, max_tokens=131_072)
-CASE_OUTPUT_TOKENS = 1024
-CASE_MAX_BATCH_SIZE = 20
-CASE_DECODE_STEP_S = 0.025
-CASE_LINK_GBPS = 100.0
+_CASE = PAPER_CASE_STUDY
+CASE_LENGTHS = _CASE.lengths()
+CASE_OUTPUT_TOKENS = _CASE.output_tokens
+CASE_MAX_BATCH_SIZE = _CASE.max_batch_size
+CASE_DECODE_STEP_S = _CASE.t_decode_step_s
+CASE_LINK_GBPS = _CASE.link_gbps
 # (N_prfaas, N_p, N_d) per deployment: the planner's optima of the paper's Table 6
 CASE_SPLITS: dict[DeploymentKind, tuple[int, int, int]] = {
     DeploymentKind.PRFAAS: (4, 3, 5),
@@ -51,6 +58,7 @@ class CaseStudy:
     h20: PrefillLatency  # 8xH20 prefill latency (inferred curve)
     kv_size: KVSize  # S_kv(l) of the 1T hybrid model
     num_kv_layers: int  # decoder layers of the model (KV streams layer by layer)
+    pd_cost_model: DecodeStepByContext  # prfaas.perf model of one PD instance (H200-calibrated)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +84,15 @@ def load_case_study(h20_curve: str = "inferred") -> CaseStudy:
 
     if h20_curve not in H20_CURVES:
         raise UserError(f"unknown H20 curve {h20_curve!r}; known: {', '.join(H20_CURVES)}")
-    spec = load_model_spec(CASE_MODEL)
+    spec = load_model_spec(_CASE.model)
     footprint = spec.footprint()
     size = _FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request)
-    h200 = load_profile(CASE_H200_PROFILE)
-    h20: PrefillLatency = H20_INFERRED_LATENCY
-    if h20_curve == "predicted":
-        calibrated = calibrate(spec, get_hardware("h200"), 8, h200)
-        h20 = replace(calibrated, hardware=get_hardware("h20"))
-    return CaseStudy(h200, h20, size, spec.num_layers)
+    h200 = load_profile(_CASE.prfaas_profile)
+    prfaas_hw = get_hardware(_CASE.prfaas_hardware)
+    calibrated = calibrate(spec, prfaas_hw, _CASE.gpus_per_instance, h200)
+    pd_model = replace(calibrated, hardware=get_hardware(_CASE.pd_hardware))
+    h20: PrefillLatency = pd_model if h20_curve == "predicted" else _CASE.pd_latency
+    return CaseStudy(h200, h20, size, spec.num_layers, pd_model)
 
 
 def stage_costs(
@@ -141,27 +149,51 @@ def model_lambda_max(
     return point.lambda_max_per_s
 
 
+DECODE_STEPS = ("fixed", "cost-model")
+
+
+def decode_step_of(case: CaseStudy, how: str, traffic: Traffic = CASE_TRAFFIC) -> DecodeStepTime:
+    """T_decode(batch): "fixed" is the paper's 25 ms SLO step; "cost-model" reads `prfaas.perf`'s
+    roofline model of one PD instance at the workload's mean context (mean prompt + half the
+    output), per batch size."""
+    if how == "fixed":
+        return FixedDecodeStep(CASE_DECODE_STEP_S)
+    if how == "cost-model":
+        context = round(traffic.lengths.mean() + traffic.num_output_tokens / 2)
+        return context_decode_step(case.pd_cost_model, context, CASE_MAX_BATCH_SIZE)
+    raise UserError(f"unknown decode step {how!r}; known: {', '.join(DECODE_STEPS)}")
+
+
 def case_deployment(
     case: CaseStudy,
     kind: DeploymentKind,
     link_gbps: float = CASE_LINK_GBPS,
     traffic: Traffic = CASE_TRAFFIC,
+    decode_step: str = "fixed",
 ) -> DeploymentSpec:
-    """One of the three case-study deployments; PrfaaS-PD's t is solved for `traffic`."""
+    """One of the three case-study deployments; PrfaaS-PD's t is solved for `traffic`.
+
+    `decode_step` picks T_decode (see `decode_step_of`); the threshold and Λ_max always use the
+    paper's fixed 25 ms step."""
     n_prfaas, n_p, n_d = CASE_SPLITS[kind]
     route_config = None
     if kind is DeploymentKind.PRFAAS:
         t = case_threshold(case, link_gbps, traffic)
-        route_config = RoutePolicyConfig(threshold_tokens=t)
+        costs = stage_costs(case, link_gbps, traffic.num_output_tokens)
+        route_config = RoutePolicyConfig(threshold_tokens=t, costs=costs)
     return DeploymentSpec(
         kind=kind,
-        prfaas=PrefillClusterSpec(n_prfaas, case.h200, "8xH200"),
-        pd_prefill=PrefillClusterSpec(n_p, case.h20, "8xH20"),
+        prfaas=PrefillClusterSpec(n_prfaas, case.h200, _label(_CASE.prfaas_hardware)),
+        pd_prefill=PrefillClusterSpec(n_p, case.h20, _label(_CASE.pd_hardware)),
         num_decode_instances=n_d,
         max_batch_size=CASE_MAX_BATCH_SIZE,
-        decode_step=FixedDecodeStep(CASE_DECODE_STEP_S),
+        decode_step=decode_step_of(case, decode_step, traffic),
         route_config=route_config,
     )
+
+
+def _label(hardware: str) -> str:
+    return f"{_CASE.gpus_per_instance}x{hardware.upper()}"
 
 
 def check_preset(name: str) -> None:

@@ -23,7 +23,7 @@ from prfaas.sim.presets import (
     model_lambda_max,
     trace_traffic,
 )
-from prfaas.sim.simulator import ProgressFn, Simulator
+from prfaas.sim.simulator import DecisionRecord, ProgressFn, Simulator
 from prfaas.sim.timeline import timeline_events
 from prfaas.sim.traffic import synthetic_requests, trace_requests
 from prfaas.types import DeploymentKind
@@ -51,7 +51,8 @@ class Scenario:
     slo_ttft_s: float = 10.0
     slo_tpot_s: float = 0.030
     drain_s: float = 600.0  # simulated time after the last arrival
-    static_threshold: bool = False  # True: route by t only, the policy's link rules switched off
+    decode_step: str = "fixed"  # T_decode: "fixed" (25 ms) or "cost-model" (prfaas.perf)
+    static_threshold: bool = False  # True: route by t and global prefix only (link/queue rules off)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.link_gbps) and self.link_gbps > 0):
@@ -88,14 +89,11 @@ def traffic_of(scenario: Scenario) -> Traffic:
 
 
 def build_config(case: CaseStudy, scenario: Scenario) -> SimConfig:
-    deployment = case_deployment(case, scenario.kind, scenario.link_gbps, traffic_of(scenario))
+    deployment = case_deployment(
+        case, scenario.kind, scenario.link_gbps, traffic_of(scenario), scenario.decode_step
+    )
     if scenario.static_threshold and deployment.route_config is not None:
-        rules_off = replace(
-            deployment.route_config,
-            scarce_utilization=math.inf,
-            raise_threshold_utilization=math.inf,
-            stop_offload_utilization=math.inf,
-        )
+        rules_off = replace(deployment.route_config, costs=None, scarce_utilization=math.inf)
         deployment = replace(deployment, route_config=rules_off)
     return SimConfig(
         deployment=deployment,
@@ -151,18 +149,22 @@ def run_scenario(
     scenario: Scenario,
     progress: ProgressFn | None = None,
     timeline: list[dict[str, Any]] | None = None,
+    decisions: list[DecisionRecord] | None = None,
 ) -> dict[str, Any]:
     """Simulate one scenario; the summary also records the offered rate and the model's Λ_max.
 
-    With `timeline`, the run's Chrome trace events are appended to it.
+    With `timeline`, the run's Chrome trace events are appended to it; with `decisions`, every
+    routing decision and its inputs (`DecisionRecord`, for parity checks against a live router).
     """
     rate = offered_rate(case, scenario)
     requests = build_requests(scenario, rate)
-    config = build_config(case, scenario)
+    config = replace(build_config(case, scenario), record_decisions=decisions is not None)
     sim = Simulator(config, requests)
     summary = sim.run(progress)
     if timeline is not None:
         timeline += timeline_events(sim.log, str(scenario.kind))
+    if decisions is not None:
+        decisions += sim.decision_log
     route = config.deployment.route_config
     summary["threshold_tokens"] = None if route is None else round(route.threshold_tokens, 1)
     lam = _lambda_max(case, scenario)

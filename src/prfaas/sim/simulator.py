@@ -17,7 +17,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.policy.pick import pick_instance
 from prfaas.policy.route import RouteDecision, RoutePolicy, RouteTarget, make_route_policy
-from prfaas.policy.views import InstanceLoad, LinkView
+from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 from prfaas.prefix_cache.index import BlockPrefixIndex
 from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
 from prfaas.sim.events import (
@@ -44,6 +44,23 @@ class Transfer:
 
     req_index: int  # the request the bytes belong to
     is_prefix_move: bool  # True: a cached prefix moved before prefill; False: the request's KV
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionRecord:
+    """One routing decision and every input the policy saw. Replaying the inputs through
+    `RoutePolicy.choose` (the simulator's, or a live router's) must give `decision` again: the hook
+    for router/simulator parity checks."""
+
+    req_index: int  # position of the request in the workload
+    at_s: float  # simulated time of the decision, seconds
+    num_prompt_tokens: int
+    num_cached_tokens_pd: int  # longest cached prefix in the PD cluster
+    num_cached_tokens_prfaas: int  # longest cached prefix in the PrfaaS cluster
+    link: LinkView
+    prfaas: ClusterView
+    pd: ClusterView
+    decision: RouteDecision
 
 
 class Simulator:
@@ -78,6 +95,7 @@ class Simulator:
         self.num_finished = 0
         self.num_events = 0
         self.route_reasons: dict[str, int] = {}  # "<policy rule> -> <target>" -> decisions
+        self.decision_log: list[DecisionRecord] = []  # filled when config.record_decisions
 
     # --- loop -----------------------------------------------------------------------------------
 
@@ -187,9 +205,16 @@ class Simulator:
     def route(self, i: int, req: SimRequest) -> RouteDecision:
         cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, req)
         cached_prfaas = self._cached_tokens(RouteTarget.PRFAAS, req)
-        decision = self.policy.choose(
-            req.num_prompt_tokens, cached_pd, cached_prfaas, self.link_view()
-        )
+        link = self.link_view()
+        prfaas = self.cluster_view(RouteTarget.PRFAAS)
+        pd = self.cluster_view(RouteTarget.PD_PREFILL)
+        total = req.num_prompt_tokens
+        decision = self.policy.choose(total, cached_pd, cached_prfaas, link, prfaas, pd)
+        if self.config.record_decisions:
+            record = DecisionRecord(
+                i, self.now, total, cached_pd, cached_prfaas, link, prfaas, pd, decision
+            )
+            self.decision_log.append(record)
         rule = f"{decision.reason.split(':')[0]} -> {decision.target}"
         self.route_reasons[rule] = self.route_reasons.get(rule, 0) + 1
         self.decode_of[i] = pick_instance(self.decode_loads())
@@ -204,9 +229,22 @@ class Simulator:
         return decision
 
     def link_view(self) -> LinkView:
+        """What a rate meter and the sender's queue report: utilization over the last
+        `link_window_s` (capped at 1 right after a capacity drop) and the KV bytes not delivered."""
         capacity = self.link.bytes_per_s
         rate = self.link.mean_rate_bytes_per_s(self.now, self.config.link_window_s)
-        return LinkView(capacity, rate / capacity if capacity > 0 else 1.0)
+        utilization = min(1.0, rate / capacity) if capacity > 0 else 1.0
+        return LinkView(capacity, utilization, self.link.backlog_bytes(self.now))
+
+    def cluster_view(self, target: RouteTarget) -> ClusterView:
+        """Prefill loads of one cluster: queued tokens and seconds of queued prefill work."""
+        loads = tuple(
+            InstanceLoad(
+                p.instance_id, p.num_queued_tokens, queued_prefill_s=p.remaining_work_s(self.now)
+            )
+            for p in self.clusters[target]
+        )
+        return ClusterView(str(target), prefill_instances=loads)
 
     def decode_loads(self) -> list[InstanceLoad]:
         """Decode load = output tokens assigned to the instance and not yet generated."""
@@ -236,7 +274,7 @@ class Simulator:
     def _start_prefill_step(self, instance: SimPrefill) -> FollowUps:
         if not instance.queue:
             return []
-        duration_s = instance.start_step()
+        duration_s = instance.start_step(self.now)
         follow: FollowUps = [(self.now + duration_s, PrefillStepDone(instance.instance_id))]
         for chunk in instance.step:
             if chunk.start_token == 0:

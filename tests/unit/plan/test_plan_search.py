@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from prfaas.perf.latency import QuadraticLatency
 from prfaas.plan import ClusterSpec, PlanInputs, run_plan
-from prfaas.plan.curves import QuadraticLatency
 from prfaas.plan.search import plan_homogeneous, plan_naive, plan_prfaas, threshold_grid
 from prfaas.policy.throughput import evaluate
 from prfaas.types import DeploymentKind

@@ -1,10 +1,13 @@
-"""Routing table tests: the threshold rule, cache-affine vs global best prefix, saturation."""
+"""Routing table tests: the threshold rule, cache-affine vs global best prefix, congestion, and
+the offload-delay rule (link backlog and both clusters' queues)."""
 
 from __future__ import annotations
 
 import pytest
 
 from prfaas.policy import (
+    ClusterView,
+    InstanceLoad,
     LinkView,
     RouteDecision,
     RoutePolicyConfig,
@@ -12,13 +15,14 @@ from prfaas.policy import (
     choose_route,
     make_route_policy,
 )
+from prfaas.policy.route import effective_threshold
+from prfaas.policy.throughput import StageCosts
 from prfaas.types import DeploymentKind
 
 CFG = RoutePolicyConfig(threshold_tokens=1000)
 IDLE = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=0.1)
 BUSY = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=0.7)  # scarce, below the raise level
-HOT = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=0.85)  # t raised x2
-FULL = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=0.96)  # offloading stopped
+FULL = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=1.0)  # busy, but utilization alone
 LOSSY = LinkView(bandwidth_bytes_per_s=12.5e9, utilization=0.1, retransmit_rate=0.05)
 
 PD, PRFAAS = RouteTarget.PD_PREFILL, RouteTarget.PRFAAS
@@ -37,13 +41,11 @@ PD, PRFAAS = RouteTarget.PD_PREFILL, RouteTarget.PRFAAS
         # cache-affine (scarce): only PD's own cache counts for the PD-P test
         (5000, 0, 4500, BUSY, PRFAAS, 500, 4500, 0),
         (5000, 4200, 0, BUSY, PD, 800, 4200, 0),
-        # raised threshold near saturation: 1500 <= 2 * 1000 stays local
-        (1500, 0, 0, HOT, PD, 1500, 0, 0),
-        (2500, 0, 0, HOT, PRFAAS, 2500, 0, 0),
-        # congestion seen through retransmissions: scarce and raised
+        # congestion seen through retransmissions: scarce and t raised x2 (1500 <= 2000 stays)
         (1500, 0, 1400, LOSSY, PD, 1500, 0, 0),
-        # saturated: nothing offloaded however long
-        (100_000, 0, 0, FULL, PD, 100_000, 0, 0),
+        (2500, 0, 0, LOSSY, PRFAAS, 2500, 0, 0),
+        # a fully utilized link is no reason to stop offloading (cache-affine, t unchanged)
+        (100_000, 0, 0, FULL, PRFAAS, 100_000, 0, 0),
         # no link view: cache-affine at the configured t
         (5000, 0, 4500, None, PRFAAS, 500, 4500, 0),
     ],
@@ -72,7 +74,7 @@ def test_route_table(
 def test_reasons_name_the_rule() -> None:
     assert "cache-affine" in choose_route(10, 0, 0, CFG, BUSY).reason
     assert "global-prefix" in choose_route(10, 0, 0, CFG, IDLE).reason
-    assert "saturated" in choose_route(10, 0, 0, CFG, FULL).reason
+    assert "cache-affine" in choose_route(10, 0, 0, CFG, FULL).reason
 
 
 def test_deployment_kinds_fix_the_target() -> None:
@@ -105,6 +107,112 @@ def test_bad_config_and_link_rejected() -> None:
     with pytest.raises(ValueError):
         RoutePolicyConfig(threshold_tokens=-1)
     with pytest.raises(ValueError):
-        RoutePolicyConfig(threshold_tokens=1, raise_threshold_utilization=0.99)
+        RoutePolicyConfig(threshold_tokens=1, threshold_raise_factor=0.5)
     with pytest.raises(ValueError):
         LinkView(bandwidth_bytes_per_s=-1.0, utilization=0.0)
+    with pytest.raises(ValueError):
+        LinkView(bandwidth_bytes_per_s=1.0, utilization=1.2)  # a utilization is a share, <= 1
+    with pytest.raises(ValueError):
+        LinkView(bandwidth_bytes_per_s=1.0, utilization=0.5, backlog_bytes=-1.0)
+
+
+def test_effective_threshold_is_raised_by_congestion_only() -> None:
+    assert effective_threshold(CFG, None) == 1000
+    assert effective_threshold(CFG, FULL) == 1000
+    assert effective_threshold(CFG, LOSSY) == 2000
+
+
+# --- offload-delay rule ---------------------------------------------------------------------------
+# Round-number costs: PrfaaS prefills 1000 tokens/s, PD-P 500 tokens/s, KV is 100 B/token, and the
+# link carries 1 MB/s. A 2000-token request: 2 s on PrfaaS, 4 s on PD-P, 0.2 s of KV on the link.
+
+COSTS = StageCosts(
+    t_prefill_prfaas_s=lambda n: n / 1000,
+    t_prefill_pd_s=lambda n: n / 500,
+    kv_bytes=lambda n: 100.0 * n,
+    egress_bytes_per_s=1e6,
+    max_batch_size=1,
+    t_decode_step_s=1.0,
+    num_output_tokens=1.0,
+)
+DCFG = RoutePolicyConfig(threshold_tokens=1000, costs=COSTS, local_delay_ratio=1.0)
+
+
+def _link(backlog_bytes: float, utilization: float = 1.0, bandwidth: float = 1e6) -> LinkView:
+    return LinkView(bandwidth, utilization, backlog_bytes)
+
+
+def _cluster(name: str, *waits_s: float) -> ClusterView:
+    loads = tuple(InstanceLoad(f"{name}-{k}", 0, queued_prefill_s=w) for k, w in enumerate(waits_s))
+    return ClusterView(name, prefill_instances=loads)
+
+
+@pytest.mark.parametrize(
+    ("prompt", "c_pd", "link", "prfaas_waits", "pd_waits", "target", "rule"),
+    [
+        # planned operating point: link 100% utilized, backlog 1 s < the 2 s prefill -> offload
+        (2000, 0, _link(1e6), (0.0,), (0.0,), PRFAAS, "cache-affine"),
+        # link falling behind: 5 s backlog + 0.2 s KV > 4 s local prefill -> stay local
+        (2000, 0, _link(5e6), (0.0,), (0.0,), PD, "link-backlog"),
+        # same backlog, but PD-P is queued 2 s too: 5.2 s <= 6 s -> offload
+        (2000, 0, _link(5e6), (0.0,), (2.0,), PRFAAS, "cache-affine"),
+        # PrfaaS queued 3 s (least-loaded instance): 5 s > 4 s -> stay local
+        (2000, 0, _link(0.0), (9.0, 3.0), (0.0,), PD, "prfaas-delay"),
+        # PrfaaS queue 1.5 s: 3.5 s <= 4 s -> offload
+        (2000, 0, _link(0.0), (1.5,), (0.0,), PRFAAS, "cache-affine"),
+        # dead link: KV would never arrive -> stay local
+        (2000, 0, _link(0.0, 0.0, bandwidth=0.0), (0.0,), (0.0,), PD, "link-backlog"),
+        # short requests stay local whatever the PD-P queue: the rule only vetoes offloads
+        (500, 0, _link(0.0), (0.0,), (100.0,), PD, "cache-affine"),
+        # global prefix (utilization 0.1): PD's 4500-token prefix leaves 1500 tokens, 3 s locally;
+        # offload would prefill 1500 on PrfaaS (1.5 s) but wait for 3.5 s backlog + 0.15 s of KV
+        (6000, 4500, _link(3.5e6, 0.1), (0.0,), (0.0,), PD, "link-backlog"),
+        # cache-affine (busy link): PrfaaS has no prefix and would prefill all 6000 tokens (6 s)
+        (6000, 4500, _link(0.0), (0.0,), (0.0,), PD, "prfaas-delay"),
+    ],
+)
+def test_offload_delay_table(
+    prompt: int,
+    c_pd: int,
+    link: LinkView,
+    prfaas_waits: tuple[float, ...],
+    pd_waits: tuple[float, ...],
+    target: RouteTarget,
+    rule: str,
+) -> None:
+    prfaas, pd = _cluster("prfaas", *prfaas_waits), _cluster("pd-p", *pd_waits)
+    d = choose_route(prompt, c_pd, 0, DCFG, link, prfaas, pd)
+    assert d.target is target
+    assert d.reason.split(":")[0] == rule
+    assert d.num_incremental_tokens + d.num_prefix_hit_tokens == prompt
+    if target is PD:
+        assert d.num_prefix_hit_tokens == c_pd and d.num_prefix_transfer_tokens == 0
+
+
+def test_local_delay_ratio_is_a_margin() -> None:
+    prfaas, pd = _cluster("prfaas", 0.0), _cluster("pd-p", 0.0)
+    link = _link(5e6)  # offload ready in 5.2 s, local in 4 s
+    assert choose_route(2000, 0, 0, DCFG, link, prfaas, pd).target is PD
+    wide = RoutePolicyConfig(threshold_tokens=1000, costs=COSTS, local_delay_ratio=1.5)
+    assert choose_route(2000, 0, 0, wide, link, prfaas, pd).target is PRFAAS  # 5.2 <= 6
+    assert choose_route(2000, 0, 0, wide, _link(6.5e6), prfaas, pd).target is PD  # 6.7 > 6
+    with pytest.raises(ValueError):
+        RoutePolicyConfig(threshold_tokens=1000, local_delay_ratio=0.9)
+
+
+def test_offload_delay_rule_needs_costs_link_and_both_views() -> None:
+    behind, idle = _link(1e9), _cluster("x", 0.0)
+    assert choose_route(2000, 0, 0, DCFG, behind, idle, idle).target is PD
+    assert choose_route(2000, 0, 0, CFG, behind, idle, idle).target is PRFAAS  # no costs
+    assert choose_route(2000, 0, 0, DCFG, behind, None, idle).target is PRFAAS
+    assert choose_route(2000, 0, 0, DCFG, None, idle, idle).target is PRFAAS
+    policy = make_route_policy(DeploymentKind.PRFAAS, DCFG)
+    assert policy.choose(2000, 0, 0, behind, idle, idle).reason.startswith("link-backlog:")
+
+
+def test_views_drain_and_wait() -> None:
+    assert _link(2e6).drain_s() == pytest.approx(2.0)
+    assert _link(2e6).drain_s(1e6) == pytest.approx(3.0)
+    assert _link(0.0, 0.0, bandwidth=0.0).drain_s() == 0.0
+    assert _cluster("p", 4.0, 1.0, 2.0).prefill_wait_s() == 1.0
+    assert ClusterView("empty").prefill_wait_s() == float("inf")

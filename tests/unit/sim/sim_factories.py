@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from prfaas.perf.latency import QuadraticLatency
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig, SimRequest
-from prfaas.sim.cost import FixedDecodeStep, QuadraticLatency
+from prfaas.sim.cost import FixedDecodeStep
 from prfaas.sim.link import BandwidthStep
 from prfaas.types import DeploymentKind
 

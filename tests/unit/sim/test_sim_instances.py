@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prfaas.sim.cost import FixedDecodeStep, QuadraticLatency, chunk_time_s
+from prfaas.perf.latency import QuadraticLatency
+from prfaas.sim.cost import FixedDecodeStep, chunk_time_s, context_decode_step
 from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
 
 
@@ -64,3 +65,35 @@ def test_unchunked_prefill_runs_one_whole_request_per_step() -> None:
     prefill.enqueue(PrefillJob(1, 10))
     assert prefill.start_step() == pytest.approx(3.0)
     assert [j.req_index for j in prefill.finish_step()] == [0]
+
+
+def test_remaining_work_counts_queued_prefill_seconds() -> None:
+    prefill = SimPrefill("p", LATENCY, chunk_tokens=300)
+    prefill.enqueue(PrefillJob(0, 1000))  # 3.0 s alone
+    prefill.enqueue(PrefillJob(1, 10))  # 1.0101 s alone
+    total_s = LATENCY.t_prefill_s(1000) + LATENCY.t_prefill_s(10)
+    assert prefill.remaining_work_s(0.0) == pytest.approx(total_s)
+    step_s = prefill.start_step(now=5.0)
+    assert prefill.remaining_work_s(5.0 + step_s / 2) == pytest.approx(total_s - step_s / 2)
+    prefill.finish_step()
+    assert prefill.remaining_work_s(5.0 + step_s) == pytest.approx(total_s - step_s)
+    while prefill.queue:
+        prefill.start_step()
+        prefill.finish_step()
+    assert prefill.remaining_work_s(100.0) == 0.0
+
+
+class _FakeDecodeModel:
+    """t = 1 ms per sequence + 1 us per context token per sequence."""
+
+    def t_decode_step_s(self, batch_size: int, context_tokens: int) -> float:
+        return batch_size * (1e-3 + 1e-6 * context_tokens)
+
+
+def test_context_decode_step_tabulates_the_cost_model() -> None:
+    step = context_decode_step(_FakeDecodeModel(), context_tokens=1000, max_batch_size=4)
+    assert step.t_decode_step_s(1) == pytest.approx(0.002)
+    assert step.t_decode_step_s(4) == pytest.approx(0.008)
+    assert step.t_decode_step_s(9) == pytest.approx(0.008)  # never above the batch limit
+    decode = SimDecode("d", max_batch_size=4, step_time=step)
+    assert decode.add(0.0, 0, 10) == ([0], pytest.approx(0.02))  # 10 steps of 2 ms alone

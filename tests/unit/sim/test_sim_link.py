@@ -79,3 +79,13 @@ def test_bandwidth_series_builders() -> None:
         100.0, period_s=10.0, low_fraction=0.5, duration_s=95.0, rng=random.Random(1)
     )
     assert wobble == again
+
+
+def test_backlog_counts_unsent_and_held_bytes() -> None:
+    link = SharedLink(100.0)
+    link.add(0.0, 1, total_bytes=1000.0, held_bytes=100.0, cap=math.inf)
+    assert link.backlog_bytes(0.0) == pytest.approx(1000.0)
+    assert link.backlog_bytes(5.0) == pytest.approx(500.0)  # 500 B sent at 100 B/s
+    assert link.backlog_bytes(9.0) == pytest.approx(100.0)  # only the held layer is left
+    link.release(9.0, 1)
+    assert link.backlog_bytes(10.0) == pytest.approx(0.0)

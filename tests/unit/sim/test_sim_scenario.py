@@ -1,4 +1,5 @@
-"""Case-study scenarios: link rules on/off, trace-derived thresholds, bandwidth series."""
+"""Case-study scenarios: link rules on/off, the link-bound regression, trace-derived thresholds,
+bandwidth series."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pytest
 
 from prfaas.errors import UserError
 from prfaas.sim.presets import CASE_TRAFFIC, load_case_study, trace_traffic
-from prfaas.sim.scenario import Scenario, bandwidth_of, build_config
+from prfaas.sim.scenario import Scenario, bandwidth_of, build_config, run_scenario
 from prfaas.types import DeploymentKind
 from prfaas.workload import TraceRequest
 
@@ -28,9 +29,26 @@ def test_static_threshold_switches_off_the_link_rules(case) -> None:  # type: ig
     ).deployment.route_config
     assert dynamic is not None and static is not None
     assert static.threshold_tokens == dynamic.threshold_tokens
-    assert dynamic.stop_offload_utilization < 1.0
-    assert math.isinf(static.stop_offload_utilization)
-    assert math.isinf(static.raise_threshold_utilization)
+    assert dynamic.costs is not None and static.costs is None
+    assert math.isinf(static.scarce_utilization)
+
+
+@pytest.mark.parametrize(
+    "link",
+    [{"link_gbps": 10.0}, {"link_drop": (300.0, 10.0)}],
+    ids=["10gbps", "drop-100-to-10"],
+)
+def test_link_bound_prfaas_pd_does_not_collapse(case, link) -> None:  # type: ignore[no-untyped-def]
+    """Regression: the routing policy used to react to egress *utilization* (t raised at 0.8,
+    offloading stopped at 0.95). On a 10 Gbps link, the binding resource at the planned point, the
+    link runs near full utilization while keeping up, so offloading stopped, local PD-P saturated
+    and this 10-minute run at 80% load left over 100 requests unfinished (p50 TTFT ~30 s at 10 Gbps;
+    also after a 100 -> 10 Gbps drop). The offload-delay rule reads the link backlog instead."""
+    scenario = Scenario(DeploymentKind.PRFAAS, duration_s=600.0, drain_s=120.0, **link)
+    result = run_scenario(case, scenario)
+    assert result["num_unfinished"] == 0
+    assert result["ttft_s"]["p99"] < 30.0
+    assert result["offload_ratio"] > 0.3  # still offloading, not all local
 
 
 def test_only_prfaas_gets_a_route_config(case) -> None:  # type: ignore[no-untyped-def]
@@ -61,3 +79,18 @@ def test_bandwidth_series_from_flags() -> None:
         bandwidth_of(Scenario(DeploymentKind.NAIVE, link_drop=(-1.0, 10.0)))
     with pytest.raises(UserError):
         Scenario(DeploymentKind.NAIVE, link_gbps=0.0)
+
+
+def test_cost_model_decode_step(case) -> None:  # type: ignore[no-untyped-def]
+    fixed = build_config(case, Scenario(DeploymentKind.PRFAAS)).deployment.decode_step
+    model = build_config(
+        case, Scenario(DeploymentKind.PRFAAS, decode_step="cost-model")
+    ).deployment.decode_step
+    assert fixed.t_decode_step_s(1) == fixed.t_decode_step_s(20) == 0.025
+    context = round(CASE_TRAFFIC.lengths.mean() + 1024 / 2)
+    assert model.t_decode_step_s(20) == pytest.approx(
+        case.pd_cost_model.t_decode_step_s(20, context)
+    )
+    assert model.t_decode_step_s(1) < model.t_decode_step_s(20)  # batching costs per step
+    with pytest.raises(UserError):
+        build_config(case, Scenario(DeploymentKind.PRFAAS, decode_step="magic"))

@@ -1,14 +1,18 @@
 """End-to-end runs of small deployments: a hand-timed request, conservation, determinism, routing
-by the real policy, prefix hits and a bandwidth drop."""
+by the real policy, prefix hits, a bandwidth drop and the decision log."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
 
 import pytest
 from sim_factories import make_config, requests_at
 
-from prfaas.sim.config import SimRequest
+from prfaas.policy.route import make_route_policy
+from prfaas.policy.throughput import StageCosts
+from prfaas.sim.config import SimConfig, SimRequest
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.simulator import Simulator, simulate
 from prfaas.sim.timeline import timeline_events
@@ -116,3 +120,53 @@ def test_timeline_has_one_span_per_stage_reached() -> None:
         ("transfer", "naive link", 2_000_000, 110_000),
         ("decode", "naive pd-d-0", 2_110_000, 1_000_000),
     ]
+
+
+def _with_delay_rule(config: SimConfig) -> SimConfig:
+    """The PrfaaS route config with the offload-delay rule on (the factory's curves, S_kv)."""
+    dep = config.deployment
+    latency, kv = dep.prfaas.latency, config.kv_size
+    costs = StageCosts(
+        t_prefill_prfaas_s=lambda n: latency.t_prefill_s(round(n)),
+        t_prefill_pd_s=lambda n: dep.pd_prefill.latency.t_prefill_s(round(n)),
+        kv_bytes=lambda n: float(kv.kv_bytes(round(n))),
+        egress_bytes_per_s=config.bandwidth[0].gbps * 1e9 / 8,
+        max_batch_size=dep.max_batch_size,
+        t_decode_step_s=0.1,
+        num_output_tokens=20,
+    )
+    assert dep.route_config is not None
+    route = replace(dep.route_config, costs=costs, local_delay_ratio=1.0)
+    return replace(config, deployment=replace(dep, route_config=route))
+
+
+def test_decision_log_replays_through_the_policy() -> None:
+    """Parity hook: every recorded decision comes back unchanged when its recorded inputs are fed
+    to the policy again, and the log agrees with the summary's reason counts."""
+    config = _with_delay_rule(
+        make_config(threshold_tokens=300, link_bytes_per_s=3e3, record_decisions=True)
+    )
+    requests = _workload(seed=3, rate=0.6, n=200)
+    sim = Simulator(config, requests)
+    result = sim.run()
+    log = sim.decision_log
+    assert [r.req_index for r in log] == list(range(len(requests)))
+    policy = make_route_policy(config.deployment.kind, config.deployment.route_config)
+    for r in log:
+        again = policy.choose(
+            r.num_prompt_tokens,
+            r.num_cached_tokens_pd,
+            r.num_cached_tokens_prfaas,
+            r.link,
+            r.prfaas,
+            r.pd,
+        )
+        assert again == r.decision
+    rules = Counter(f"{r.decision.reason.split(':')[0]} -> {r.decision.target}" for r in log)
+    assert dict(rules) == result["route_reasons"]
+    assert rules["link-backlog -> pd_prefill"] > 0  # the slow link made the rule fire
+    assert any(r.link.backlog_bytes > 0 for r in log)
+    assert any(r.pd.prefill_wait_s() > 0 for r in log)
+    plain = Simulator(make_config(), requests)
+    plain.run()
+    assert not plain.decision_log  # off by default

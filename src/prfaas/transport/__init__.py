@@ -1,1 +1,33 @@
-"""KV transport: sans-IO wire format and transfer state machine, plus the asyncio TCP adapter."""
+"""KV transport: sans-IO wire format and transfer state machine, plus the asyncio TCP adapter.
+
+    frames.py    versioned binary frames and the incremental decoder (sans-IO)
+    session.py   receiver state machine, range tracking, sender frame planning (sans-IO)
+    pool.py      reusable receive buffers under a byte budget
+    channel.py   plain (zero-copy, threaded I/O) and TLS byte channels over one TCP socket
+    sender.py    KVSender: the entry point; one Destination per receiver address
+    destination.py  N connections per destination, striping, reconnect, replies, link stats
+    transfer.py  KVTransfer: layers in, END rounds, NACK resends, deadline, TransferAck out
+    receiver.py  KVReceiver: authentication, recv_into pooled buffers, verified hand-over
+    linkstats.py TCP_INFO, LinkView, Prometheus metrics
+    shaper.py    in-process shaped link (rate, latency, jitter, stalls, cuts) for tests
+    netns.py     kernel-shaped link between two network namespaces (root) for benchmarks
+    bench.py     `prfaas bench transport`: project transport vs a raw socket loop
+
+Moves bytes and memoryviews only; never imports torch (the engine converts tensors).
+"""
+
+from prfaas.transport.config import TransportConfig
+from prfaas.transport.linkstats import LinkView, TransportMetrics
+from prfaas.transport.receiver import KVReceiver
+from prfaas.transport.sender import KVSender, KVTransfer
+from prfaas.transport.session import ReceivedTransfer
+
+__all__ = [
+    "KVReceiver",
+    "KVSender",
+    "KVTransfer",
+    "LinkView",
+    "ReceivedTransfer",
+    "TransportConfig",
+    "TransportMetrics",
+]

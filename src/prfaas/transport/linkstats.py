@@ -1,0 +1,142 @@
+"""Congestion signals per destination: kernel TCP_INFO, a LinkView snapshot and Prometheus metrics.
+
+The scheduler reads `LinkView`s (plain data); Prometheus scrapes `TransportMetrics`, which takes a
+registry so tests and several senders in one process do not clash.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+# Offsets into Linux `struct tcp_info` (include/uapi/linux/tcp.h); stable since kernel 4.x.
+_TCP_INFO_BYTES = 232
+_OFF_RTT_US, _OFF_TOTAL_RETRANS = 68, 100
+_OFF_MIN_RTT_US, _OFF_DELIVERY_RATE = 148, 160
+_OFF_BYTES_ACKED, _OFF_BYTES_SENT, _OFF_BYTES_RETRANS = 120, 200, 208
+
+
+@dataclass(frozen=True, slots=True)
+class TcpStats:
+    """One socket's kernel counters (TCP_INFO)."""
+
+    rtt_s: float  # smoothed RTT
+    min_rtt_s: float  # minimum RTT seen
+    delivery_rate_bytes_per_s: float  # kernel's most recent delivery-rate sample
+    total_retransmits: int  # segments retransmitted over the connection's life
+    bytes_acked: int
+    bytes_sent: int  # 0 on kernels before 4.19
+    bytes_retransmitted: int  # 0 on kernels before 4.19
+
+
+def read_tcp_stats(sock: socket.socket) -> TcpStats | None:
+    """TCP_INFO of a connected socket, or None where the platform does not offer it."""
+    if not hasattr(socket, "TCP_INFO"):
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
+    except OSError:
+        return None
+    return parse_tcp_info(raw)
+
+
+def parse_tcp_info(raw: bytes) -> TcpStats | None:
+    if len(raw) < _OFF_DELIVERY_RATE + 8:
+        return None
+
+    def u32(off: int) -> int:
+        return int(struct.unpack_from("<I", raw, off)[0])
+
+    def u64(off: int) -> int:
+        return int(struct.unpack_from("<Q", raw, off)[0]) if len(raw) >= off + 8 else 0
+
+    return TcpStats(
+        rtt_s=u32(_OFF_RTT_US) / 1e6,
+        min_rtt_s=u32(_OFF_MIN_RTT_US) / 1e6,
+        delivery_rate_bytes_per_s=float(u64(_OFF_DELIVERY_RATE)),
+        total_retransmits=u32(_OFF_TOTAL_RETRANS),
+        bytes_acked=u64(_OFF_BYTES_ACKED),
+        bytes_sent=u64(_OFF_BYTES_SENT),
+        bytes_retransmitted=u64(_OFF_BYTES_RETRANS),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkView:
+    """What the scheduler knows about the link to one destination, at one moment."""
+
+    dest: str  # "host:port"
+    num_connections: int  # live TCP connections
+    rtt_s: float  # worst smoothed RTT over the connections (0 if unknown)
+    min_rtt_s: float  # best minimum RTT over the connections
+    delivery_rate_bytes_per_s: float  # kernel delivery-rate samples summed over connections
+    goodput_bytes_per_s: float  # verified KV bytes / transfer time, EWMA over finished transfers
+    total_retransmits: int  # TCP segments retransmitted, summed over live connections
+    num_transfers: int  # finished transfers (ok or not)
+    num_failures: int  # transfers that did not end with an ACK
+
+
+def summarize_link(
+    dest: str,
+    stats: list[TcpStats],
+    goodput_bytes_per_s: float,
+    num_transfers: int,
+    num_failures: int,
+) -> LinkView:
+    return LinkView(
+        dest=dest,
+        num_connections=len(stats),
+        rtt_s=max((s.rtt_s for s in stats), default=0.0),
+        min_rtt_s=min((s.min_rtt_s for s in stats), default=0.0),
+        delivery_rate_bytes_per_s=sum(s.delivery_rate_bytes_per_s for s in stats),
+        goodput_bytes_per_s=goodput_bytes_per_s,
+        total_retransmits=sum(s.total_retransmits for s in stats),
+        num_transfers=num_transfers,
+        num_failures=num_failures,
+    )
+
+
+class TransportMetrics:
+    """The transport's Prometheus series, labelled by destination."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        reg = REGISTRY if registry is None else registry
+        self.transfer_bytes = Counter(
+            "prfaas:kv_transfer_bytes_total",
+            "KV payload bytes delivered and acked",
+            ["dest"],
+            registry=reg,
+        )
+        self.transfer_seconds = Histogram(
+            "prfaas:kv_transfer_seconds",
+            "Time from begin to ACK of one KV transfer",
+            ["dest"],
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=reg,
+        )
+        self.transfer_failures = Counter(
+            "prfaas:kv_transfer_failures_total",
+            "KV transfers that ended without an ACK",
+            ["dest", "reason"],
+            registry=reg,
+        )
+        self.link_rtt = Gauge(
+            "prfaas:link_rtt_seconds",
+            "Smoothed TCP RTT to the destination (worst connection)",
+            ["dest"],
+            registry=reg,
+        )
+        self.link_retransmits = Counter(
+            "prfaas:link_retransmits_total",
+            "TCP segments retransmitted to the destination",
+            ["dest"],
+            registry=reg,
+        )
+
+    def observe_link(self, view: LinkView, new_retransmits: int) -> None:
+        self.link_rtt.labels(view.dest).set(view.rtt_s)
+        if new_retransmits > 0:
+            self.link_retransmits.labels(view.dest).inc(new_retransmits)

@@ -1,0 +1,426 @@
+"""Transfer state machines, sans-IO: what each side does with each frame. No sockets, no clocks.
+
+Receiver rules. Rule 1: a connection must open with a valid HELLO before anything else is read.
+Rule 2: BEGIN, then a layer's LAYER frame, must precede that layer's payload on the same connection
+(the sender repeats them on every connection it stripes to). Rule 3: an END for epoch e on every
+connection it lists means all frames sent before it have arrived; then the receiver either ACKs
+(every tensor byte covered by frames whose CRC matched) or NACKs the exact missing ranges.
+Sender side: `plan_slices` cuts a layer's tensor views into payload frames, `slices_for_ranges`
+picks the frames that cover the ranges a NACK asks for.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import mmap
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from prfaas.messages import KVManifest, LayerEntry, TensorEntry, TransferAck
+from prfaas.transport.frames import (
+    Frame,
+    FrameError,
+    FrameHeader,
+    FrameType,
+    decode_control,
+    encode_control,
+)
+from prfaas.transport.pool import BufferPool, PooledBuffer, PoolExhaustedError
+
+log = logging.getLogger(__name__)
+
+
+class RangeSet:
+    """Disjoint, sorted half-open byte ranges [start, end)."""
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def add(self, start: int, end: int) -> None:
+        if end <= start:
+            return
+        i = bisect.bisect_left(self._ends, start)
+        j = bisect.bisect_right(self._starts, end)
+        if i < j:
+            start, end = min(start, self._starts[i]), max(end, self._ends[j - 1])
+        self._starts[i:j], self._ends[i:j] = [start], [end]
+
+    def gaps(self, start: int, end: int) -> list[tuple[int, int]]:
+        """Sub-ranges of [start, end) not covered, as (offset, length)."""
+        out: list[tuple[int, int]] = []
+        cursor = start
+        for s, e in zip(self._starts, self._ends, strict=True):
+            if e <= cursor:
+                continue
+            if s >= end:
+                break
+            if s > cursor:
+                out.append((cursor, s - cursor))
+            cursor = max(cursor, e)
+        if cursor < end:
+            out.append((cursor, end - cursor))
+        return out
+
+    @property
+    def covered_bytes(self) -> int:
+        return sum(e - s for s, e in zip(self._starts, self._ends, strict=True))
+
+
+def layer_span(layer: LayerEntry) -> tuple[int, int]:
+    """[start, end) payload offsets of a layer's tensors; (0, 0) for a layer without tensors."""
+    if not layer.tensors:
+        return 0, 0
+    return (
+        min(t.offset_bytes for t in layer.tensors),
+        max(t.offset_bytes + t.num_bytes for t in layer.tensors),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSlice:
+    """One payload frame to send: bytes [offset, offset+len(view)) of one tensor."""
+
+    layer_index: int
+    tensor_index: int
+    offset_bytes: int  # global payload offset of view[0]
+    view: memoryview
+
+
+def plan_slices(
+    layer: LayerEntry, views: Sequence[memoryview], frame_bytes: int
+) -> list[PayloadSlice]:
+    """Cut a layer's tensors (views[i] holds layer.tensors[i]) into frames of <= frame_bytes."""
+    if len(views) != len(layer.tensors):
+        raise ValueError(f"layer {layer.layer_index}: {len(views)} views for {len(layer.tensors)}")
+    out: list[PayloadSlice] = []
+    for ti, (entry, view) in enumerate(zip(layer.tensors, views, strict=True)):
+        flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+        if len(flat) != entry.num_bytes:
+            raise ValueError(f"{entry.name}: view has {len(flat)} bytes, entry {entry.num_bytes}")
+        for pos in range(0, entry.num_bytes, frame_bytes):
+            chunk = flat[pos : pos + frame_bytes]
+            out.append(PayloadSlice(layer.layer_index, ti, entry.offset_bytes + pos, chunk))
+    return out
+
+
+def slices_for_ranges(
+    slices: Sequence[PayloadSlice], ranges: Sequence[tuple[int, int]]
+) -> list[PayloadSlice]:
+    """The planned slices that overlap any (offset, length) range, each once, in order."""
+    picked: list[PayloadSlice] = []
+    for s in slices:
+        s_end = s.offset_bytes + len(s.view)
+        if any(off < s_end and s.offset_bytes < off + n for off, n in ranges):
+            picked.append(s)
+    return picked
+
+
+@dataclass
+class ReceivedTransfer:
+    """A complete, verified transfer: the manifest and one buffer per layer that has tensors.
+
+    The consumer reads tensors with `tensor_view` and must call `release()` when done, on the
+    receiver's event loop thread, which returns the buffers to the receiver's pool.
+    """
+
+    manifest: KVManifest
+    layer_buffers: dict[int, memoryview]  # layer_index -> bytes [layer_start, layer_end)
+    layer_starts: dict[int, int]  # layer_index -> payload offset of its buffer's first byte
+    _pool: BufferPool | None = None
+    _owned: list[PooledBuffer] = field(default_factory=list)
+
+    def tensor_view(self, entry: TensorEntry) -> memoryview:
+        start = entry.offset_bytes - self.layer_starts[entry.layer_index]
+        return self.layer_buffers[entry.layer_index][start : start + entry.num_bytes]
+
+    def release(self) -> None:
+        if self._pool is not None:
+            for buf in self._owned:
+                self._pool.release(buf)
+        self._owned, self._pool = [], None
+
+
+@dataclass
+class _LayerSlot:
+    entry: LayerEntry
+    start: int
+    buffer: PooledBuffer | None  # None for a layer without tensors
+
+
+@dataclass
+class InboundTransfer:
+    """Receiver-side state of one transfer in one sender session."""
+
+    tag: int
+    transfer_id: str
+    req_id: str
+    deadline_at: float  # receiver monotonic seconds
+    layers: dict[int, _LayerSlot] = field(default_factory=dict)
+    verified: RangeSet = field(default_factory=RangeSet)
+    ends_seen: dict[int, set[int]] = field(default_factory=dict)  # epoch -> conn indexes
+    num_corrupt_frames: int = 0
+    num_payload_bytes: int = 0  # intact payload bytes received, duplicates included
+
+
+@dataclass
+class Outcome:
+    """What the adapter must do after a frame: replies to send, transfers to hand over."""
+
+    replies: list[tuple[int, bytes]] = field(default_factory=list)  # (conn_index, frame bytes)
+    delivered: list[ReceivedTransfer] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (transfer_id, reason)
+
+
+class ReceiverSession:
+    """All transfers of one sender session (one sender process -> this receiver)."""
+
+    def __init__(self, session_id: str, pool: BufferPool, max_transfer_bytes: int) -> None:
+        self.session_id = session_id
+        self._pool = pool
+        self._max_transfer_bytes = max_transfer_bytes
+        self.transfers: dict[int, InboundTransfer] = {}
+        # Placement may run on reader threads: these three are guarded by _lock.
+        self._lock = threading.Lock()
+        self._num_writes: dict[int, int] = {}  # id(buffer mmap) -> bodies being written into it
+        self._orphans: dict[int, PooledBuffer] = {}  # dropped while being written into
+        self._releasable: list[PooledBuffer] = []  # orphans whose last write ended
+
+    # --- payload placement (called by the decoder before a body is read) ---
+
+    def place(self, header: FrameHeader) -> memoryview | None:
+        """Where a payload body goes; None (discard) if it names no known tensor range."""
+        t = self.transfers.get(header.tag)
+        slot = t.layers.get(header.layer) if t is not None else None
+        if slot is None or slot.buffer is None or header.tensor >= len(slot.entry.tensors):
+            log.warning("discarding payload for unknown tag/layer/tensor: %s", header)
+            return None
+        entry = slot.entry.tensors[header.tensor]
+        end = header.offset + header.length
+        if header.offset < entry.offset_bytes or end > entry.offset_bytes + entry.num_bytes:
+            log.warning("discarding payload outside tensor %s: %s", entry.name, header)
+            return None
+        with self._lock:
+            key = id(slot.buffer.mm)
+            self._num_writes[key] = self._num_writes.get(key, 0) + 1
+        return slot.buffer.view[header.offset - slot.start : end - slot.start]
+
+    def end_write(self, target: memoryview) -> None:
+        """The body placed in `target` is complete (or abandoned); may run on a reader thread.
+
+        A buffer whose transfer was dropped while a body was being written into it goes back to
+        the pool only now, so a late write can never land in a buffer another transfer owns.
+        """
+        key = id(target.obj)
+        with self._lock:
+            left = self._num_writes.get(key, 0) - 1
+            if left > 0:
+                self._num_writes[key] = left
+                return
+            self._num_writes.pop(key, None)
+            orphan = self._orphans.pop(key, None)
+            if orphan is not None:
+                self._releasable.append(orphan)
+
+    # --- frame handling ---
+
+    def handle(self, conn_index: int, frame: Frame, now: float) -> Outcome:
+        """Apply one frame; raise FrameError for protocol violations (the connection closes)."""
+        h = frame.header
+        out = Outcome()
+        self._release_orphans()
+        match h.frame_type:
+            case FrameType.PAYLOAD:
+                self._on_payload(frame)
+            case FrameType.BEGIN:
+                self._on_begin(h.tag, frame, now, out)
+            case FrameType.LAYER:
+                self._on_layer(h.tag, frame, out)
+            case FrameType.END:
+                self._on_end(conn_index, h, frame, out)
+            case FrameType.CANCEL:
+                self._drop(h.tag, "cancelled by sender", out)
+            case _:
+                raise FrameError(f"unexpected {h.frame_type.name} frame from a sender")
+        return out
+
+    def expire(self, now: float) -> Outcome:
+        """Abandon every transfer past its deadline and free its buffers."""
+        out = Outcome()
+        self._release_orphans()
+        for tag in [tag for tag, t in self.transfers.items() if now > t.deadline_at]:
+            self._drop(tag, "deadline exceeded", out)
+        return out
+
+    def close(self) -> None:
+        for tag in list(self.transfers):
+            self._drop(tag, "receiver closed", Outcome())
+
+    @property
+    def buffered_bytes(self) -> int:
+        return sum(
+            s.buffer.capacity_bytes
+            for t in self.transfers.values()
+            for s in t.layers.values()
+            if s.buffer is not None
+        )
+
+    def _on_payload(self, frame: Frame) -> None:
+        h = frame.header
+        t = self.transfers.get(h.tag)
+        if t is None or not frame.body:
+            return
+        if not frame.is_intact:
+            t.num_corrupt_frames += 1
+            log.warning(
+                "transfer_id=%s: payload CRC mismatch at offset %d (%d bytes); will NACK",
+                t.transfer_id,
+                h.offset,
+                h.length,
+            )
+            return
+        t.verified.add(h.offset, h.offset + h.length)
+        t.num_payload_bytes += h.length
+
+    def _on_begin(self, tag: int, frame: Frame, now: float, out: Outcome) -> None:
+        body = _control(frame)
+        transfer_id, req_id = str(body.get("transfer_id", "")), str(body.get("req_id", ""))
+        deadline_s = float(body.get("deadline_s", 0.0))
+        if not transfer_id or deadline_s <= 0:
+            raise FrameError("BEGIN needs a transfer_id and a positive deadline_s")
+        known = self.transfers.get(tag)
+        if known is not None:
+            if known.transfer_id != transfer_id:
+                raise FrameError(f"tag {tag} reused for {transfer_id} while {known.transfer_id}")
+            return
+        self.transfers[tag] = InboundTransfer(tag, transfer_id, req_id, now + deadline_s)
+
+    def _on_layer(self, tag: int, frame: Frame, out: Outcome) -> None:
+        t = self.transfers.get(tag)
+        if t is None:
+            raise FrameError(f"LAYER for tag {tag} before its BEGIN")
+        try:
+            entry = LayerEntry.from_dict(_control(frame))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FrameError(f"bad LAYER body: {exc}") from None
+        self._register_layer(t, entry, out)
+
+    def _register_layer(self, t: InboundTransfer, entry: LayerEntry, out: Outcome) -> bool:
+        known = t.layers.get(entry.layer_index)
+        if known is not None:
+            if known.entry != entry:
+                raise FrameError(f"layer {entry.layer_index} described twice, differently")
+            return True
+        _check_layer(entry)
+        start, end = layer_span(entry)
+        total = sum(s.buffer.capacity_bytes for s in t.layers.values() if s.buffer) + end - start
+        if total > self._max_transfer_bytes:
+            self._drop(t.tag, f"transfer over the {self._max_transfer_bytes}-byte limit", out)
+            return False
+        buffer = None
+        if end > start:
+            try:
+                buffer = self._pool.acquire(end - start)
+            except PoolExhaustedError as exc:
+                self._drop(t.tag, f"receiver out of buffer memory: {exc}", out)
+                return False
+        t.layers[entry.layer_index] = _LayerSlot(entry, start, buffer)
+        return True
+
+    def _on_end(self, conn_index: int, h: FrameHeader, frame: Frame, out: Outcome) -> None:
+        t = self.transfers.get(h.tag)
+        if t is None:
+            return  # already completed or dropped; a late END from another connection
+        body = _control(frame)
+        conns = {int(c) for c in body.get("conns", [])}
+        seen = t.ends_seen.setdefault(h.offset, set())
+        seen.add(conn_index)
+        if not conns or not conns <= seen:
+            return
+        try:
+            manifest = KVManifest.from_dict(body["manifest"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FrameError(f"bad END manifest: {exc}") from None
+        self._settle(t, manifest, conn_index, h.offset, out)
+
+    def _settle(
+        self, t: InboundTransfer, manifest: KVManifest, conn: int, epoch: int, out: Outcome
+    ) -> None:
+        if manifest.transfer_id != t.transfer_id:
+            self._drop(t.tag, "END manifest names another transfer", out)
+            return
+        for entry in manifest.layers:
+            if not self._register_layer(t, entry, out):
+                return
+        missing = [
+            gap
+            for entry in manifest.layers
+            for tensor in entry.tensors
+            for gap in t.verified.gaps(tensor.offset_bytes, tensor.offset_bytes + tensor.num_bytes)
+        ]
+        if missing:
+            log.info(
+                "transfer_id=%s: NACK %d missing ranges, first %s",
+                t.transfer_id,
+                len(missing),
+                missing[:3],
+            )
+            body = {"ranges": [list(r) for r in missing]}
+            nack = encode_control(FrameType.NACK, t.tag, body, offset=epoch)
+            out.replies.append((conn, nack))
+            return
+        del self.transfers[t.tag]
+        out.delivered.append(self._received(t, manifest))
+        ack = TransferAck(t.transfer_id, ok=True).to_dict()
+        out.replies.append((conn, encode_control(FrameType.ACK, t.tag, ack)))
+
+    def _received(self, t: InboundTransfer, manifest: KVManifest) -> ReceivedTransfer:
+        slots = {i: s for i, s in t.layers.items() if s.buffer is not None}
+        return ReceivedTransfer(
+            manifest,
+            {i: s.buffer.view for i, s in slots.items() if s.buffer is not None},
+            {i: s.start for i, s in slots.items()},
+            self._pool,
+            [s.buffer for s in slots.values() if s.buffer is not None],
+        )
+
+    def _drop(self, tag: int, reason: str, out: Outcome) -> None:
+        t = self.transfers.pop(tag, None)
+        if t is None:
+            return
+        log.warning("transfer_id=%s req_id=%s dropped: %s", t.transfer_id, t.req_id, reason)
+        for slot in t.layers.values():
+            if slot.buffer is not None:
+                self._release(slot.buffer)
+        out.failed.append((t.transfer_id, reason))
+        nack = TransferAck(t.transfer_id, ok=False, error=reason).to_dict()
+        out.replies.append((-1, encode_control(FrameType.ACK, tag, nack)))
+
+    def _release(self, buf: PooledBuffer) -> None:
+        with self._lock:
+            if self._num_writes.get(id(buf.mm), 0) > 0:
+                buf.mm.madvise(mmap.MADV_DONTNEED)
+                self._orphans[id(buf.mm)] = buf
+                return
+        self._pool.release(buf, drop_pages=True)
+
+    def _release_orphans(self) -> None:
+        with self._lock:
+            ready, self._releasable = self._releasable, []
+        for buf in ready:
+            self._pool.release(buf, drop_pages=True)
+
+
+def _control(frame: Frame) -> dict[str, Any]:
+    if not frame.is_intact:
+        raise FrameError(f"{frame.header.frame_type.name} body checksum mismatch")
+    return decode_control(frame.body)
+
+
+def _check_layer(entry: LayerEntry) -> None:
+    for t in entry.tensors:
+        if t.offset_bytes < 0 or t.num_bytes < 0 or t.layer_index != entry.layer_index:
+            raise FrameError(f"bad tensor entry {t.name} in layer {entry.layer_index}")

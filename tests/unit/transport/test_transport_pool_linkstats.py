@@ -1,0 +1,73 @@
+"""Receive-buffer pool budget and reuse; TCP_INFO parsing and LinkView aggregation."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+import pytest
+
+from prfaas.transport.linkstats import parse_tcp_info, read_tcp_stats, summarize_link
+from prfaas.transport.pool import BufferPool, PoolExhaustedError
+
+PAGE = 4096
+
+
+def test_pool_reuses_a_released_buffer_of_a_close_size() -> None:
+    pool = BufferPool(10 * PAGE)
+    a = pool.acquire(3 * PAGE)
+    pool.release(a)
+    b = pool.acquire(3 * PAGE - 100)
+    assert b.mm is a.mm and len(b.view) == 3 * PAGE - 100
+    assert pool.num_allocations == 1
+
+
+def test_pool_refuses_beyond_its_budget_and_frees_idle_buffers_to_make_room() -> None:
+    pool = BufferPool(4 * PAGE)
+    a = pool.acquire(3 * PAGE)
+    with pytest.raises(PoolExhaustedError):
+        pool.acquire(2 * PAGE)
+    pool.release(a)
+    big = pool.acquire(4 * PAGE)  # the idle 3-page buffer is unmapped to make room
+    assert pool.in_use_bytes == 4 * PAGE and pool.idle_bytes == 0
+    pool.release(big, drop_pages=True)
+    assert pool.in_use_bytes == 0
+
+
+def test_parse_tcp_info_fields() -> None:
+    raw = bytearray(232)
+    struct.pack_into("<I", raw, 68, 1500)  # rtt us
+    struct.pack_into("<I", raw, 100, 7)  # total retrans
+    struct.pack_into("<I", raw, 148, 900)  # min rtt us
+    struct.pack_into("<Q", raw, 160, 125_000_000)  # delivery rate bytes/s
+    struct.pack_into("<Q", raw, 200, 4096)  # bytes sent
+    stats = parse_tcp_info(bytes(raw))
+    assert stats is not None
+    assert stats.rtt_s == 0.0015 and stats.min_rtt_s == 0.0009
+    assert stats.total_retransmits == 7 and stats.bytes_sent == 4096
+    assert stats.delivery_rate_bytes_per_s == 125e6
+    assert parse_tcp_info(b"\x00" * 10) is None
+
+
+def test_read_tcp_stats_on_a_live_loopback_connection() -> None:
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    client.sendall(b"x" * 100_000)
+    peer.recv(100_000)
+    stats = read_tcp_stats(client)
+    for s in (client, peer, server):
+        s.close()
+    assert stats is not None and stats.rtt_s > 0 and stats.bytes_acked > 0
+
+
+def test_link_view_sums_and_worst_cases() -> None:
+    raw = bytearray(232)
+    struct.pack_into("<I", raw, 68, 2000)
+    struct.pack_into("<I", raw, 100, 3)
+    a = parse_tcp_info(bytes(raw))
+    struct.pack_into("<I", raw, 68, 5000)
+    b = parse_tcp_info(bytes(raw))
+    assert a is not None and b is not None
+    view = summarize_link("h:1", [a, b], 1e9, num_transfers=4, num_failures=1)
+    assert view.rtt_s == 0.005 and view.total_retransmits == 6 and view.num_connections == 2

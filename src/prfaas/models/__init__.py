@@ -3,7 +3,8 @@
 Layer 1: standard library only. `load_model_spec("qwen3.5-397b").kv_bytes(32768)` is S_kv(32K).
 """
 
-from prfaas.models.hf_config import known_model_types, spec_from_config
+from prfaas.models.families import known_model_types
+from prfaas.models.hf_config import spec_from_config
 from prfaas.models.presets import PRESET_FILES, list_presets, load_model_spec
 from prfaas.models.spec import KVFootprint, LayerSpec, ModelSpec
 

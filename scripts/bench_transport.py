@@ -2,7 +2,8 @@
 
     PYTHONPATH=src python scripts/bench_transport.py [--quick] > transport.json
 
-Sections: checksum speed (crc32 vs adler32 on 1 MiB frames, 1 and 2 threads), loopback goodput vs
+Sections: checksum speed (CRC-32C vs zlib crc32 and adler32 on 1 and 4 MiB frames, 1 and 2
+threads), loopback goodput vs
 a raw socket loop (connections and frame sizes), TLS cost, `tc tbf`-shaped netns links at 1 and
 10 Gbit/s (skipped without root), and receiver RSS during a 1 GiB transfer.
 """
@@ -23,15 +24,17 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import crc32c
+
 from prfaas.transport.bench import BenchSpec, run_bench
 from prfaas.transport.netns import netns_unavailable_reason
 from prfaas.types import GIB, MIB
 
 
-def checksum_speed(fn: Callable[[bytes], int], num_threads: int) -> float:
-    """GB/s of `fn` over 1 MiB frames, summed over `num_threads` threads (2 s budget)."""
-    frame = os.urandom(MIB)
-    frames_per_thread = 256
+def checksum_speed(fn: Callable[[bytes], int], num_threads: int, frame_bytes: int) -> float:
+    """GB/s of `fn` over `frame_bytes` frames (2 GiB per thread), summed over the threads."""
+    frame = os.urandom(frame_bytes)
+    frames_per_thread = 2 * GIB // frame_bytes
 
     def work() -> None:
         for _ in range(frames_per_thread):
@@ -41,7 +44,7 @@ def checksum_speed(fn: Callable[[bytes], int], num_threads: int) -> float:
         t0 = time.perf_counter()
         list(pool.map(lambda _: work(), range(num_threads)))
         elapsed_s = time.perf_counter() - t0
-    return num_threads * frames_per_thread * MIB / elapsed_s / 1e9
+    return num_threads * frames_per_thread * frame_bytes / elapsed_s / 1e9
 
 
 def make_tls_dir() -> str | None:
@@ -74,9 +77,11 @@ def main() -> None:
     rounds = 1 if args.quick else 2
     size = 64 * MIB if args.quick else 256 * MIB
     out: dict[str, Any] = {"machine": "2-core CPU VM, 24 GiB, Python 3.11.7", "runs": []}
+    checksums = {"crc32c": crc32c.crc32c, "zlib.crc32": zlib.crc32, "zlib.adler32": zlib.adler32}
     out["checksum_gb_per_s"] = {
-        f"{fn.__name__}_{n}thread": checksum_speed(fn, n)
-        for fn in (zlib.crc32, zlib.adler32)
+        f"{name} {frame_bytes >> 20} MiB {n} thread": checksum_speed(fn, n, frame_bytes)
+        for name, fn in checksums.items()
+        for frame_bytes in (MIB, 4 * MIB)
         for n in (1, 2)
     }
     runs = out["runs"]

@@ -103,3 +103,29 @@ def test_zeroed_linear_control_touches_only_linear_state() -> None:
     llama = Engine(load_model("llama"))
     llama.prefill([GenerateRequest("r", (1, 2, 3), SamplingParams(max_tokens=2))])
     assert _control_payload("zeroed_linear_state", llama.export("r")) is None
+
+
+def test_decode_instance_takes_state_only_from_the_run_token() -> None:
+    """B's state arrives through the KV transport, whose receiver is keyed to a token generated
+    for this run: a sender with another token is refused before any payload, the run's own
+    sender gets its transfer acknowledged."""
+    import asyncio
+
+    from prfaas.cli.verify import DecodePeer
+    from prfaas.messages import KVManifest, LayerEntry, TensorEntry
+    from prfaas.transport.config import TransportConfig
+    from prfaas.transport.sender import KVSender
+
+    tensor = TensorEntry("L0/keys", 0, "float32", (4,), 0, 16)
+    layer = LayerEntry(0, "full_attention", "DynamicLayer", {}, (tensor,))
+    manifest = KVManifest("t-token", "r", "probe", 1, (layer,), 2, 7)
+
+    async def intrude(dest: str) -> None:
+        cfg = TransportConfig(token="not-the-run-token", num_connections=1, connect_timeout_s=5)
+        async with asyncio.timeout(20), KVSender(cfg) as bad:
+            with pytest.raises(ConnectionRefusedError, match="bad or missing token"):
+                await bad.connect(dest)
+
+    with DecodePeer() as peer:
+        asyncio.run(intrude(peer.kv_dest))
+        peer.send_state(manifest, [memoryview(bytes(16))])  # raises unless acknowledged

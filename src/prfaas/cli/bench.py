@@ -48,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     t.add_argument(
         "--no-payload-checksum",
         action="store_true",
-        help="with --tls-dir: skip payload CRC-32 (TLS authenticates every record)",
+        help="with --tls-dir: skip payload CRC-32C (TLS authenticates every record)",
     )
     t.add_argument("--io-threads", action="store_true", help="transport sends/receives on threads")
     t.add_argument("--only", choices=["kv", "raw"], default=None, help="run one mode only")

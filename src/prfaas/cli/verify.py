@@ -5,22 +5,32 @@ manifest and the raw tensor bytes cross a real loopback TCP connection to instan
 process that rebuilds the same weights (checked by checksum), imports the state and decodes.
 B's greedy tokens must equal an uninterrupted run on A, and the largest logit difference is
 reported. Two negative controls must change B's output: decoding with an empty cache, and with
-every conv / recurrent (linear) state zeroed. Bytes move with a small length-prefixed blocking
-socket exchange (`send_message` / `recv_message`), replaceable by `prfaas.transport`.
+every conv / recurrent (linear) state zeroed.
+
+The state moves through the project's transport (`prfaas.transport`: KVSender -> KVReceiver on
+127.0.0.1, authenticated by a shared token generated per run and handed to B in its environment):
+A streams each layer from the prefill's layer callback, as a prefill instance does, and B imports
+what the receiver delivered complete and CRC-verified. Requests (which model, which control) and
+B's answers (tokens, logits) use a small length-prefixed socket exchange (`send_message` /
+`recv_message`) beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
+import os
+import secrets
 import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+import threading
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, TypeVar
 
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
@@ -28,15 +38,18 @@ from prfaas.errors import UserError
 _LEN = struct.Struct("<QQ")  # header bytes, payload bytes
 _LINEAR_STATE_ATTRS = ("conv_states", "recurrent_states", "linear_cache")
 _CONTROLS = ("empty_cache", "zeroed_linear_state")
+_TOKEN_ENV = "PRFAAS_VERIFY_TOKEN"  # the transport's shared token, passed to B out of argv
+_TRANSFER_TIMEOUT_S = 120.0  # waits on the loop thread; over the transport's 60 s deadline
+_T = TypeVar("_T")
 
 
 def register(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "verify",
         help="check that disaggregated prefill/decode gives the single-instance answer",
-        description="Prefill on one instance, move the state over loopback TCP to a second "
-        "process, decode there, and compare with one uninterrupted instance (tokens, logits, "
-        "negative controls). Exit 1 if any architecture fails.",
+        description="Prefill on one instance, stream the state through the KV transport over "
+        "loopback TCP to a second process, decode there, and compare with one uninterrupted "
+        "instance (tokens, logits, negative controls). Exit 1 if any architecture fails.",
     )
     parser.add_argument("--arch", default=None, help="comma-separated tiny presets or model dirs")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
@@ -140,7 +153,7 @@ def _result_dict(r: ArchResult) -> dict[str, Any]:
     }
 
 
-# ---- the byte exchange (swap for prfaas.transport) ---------------------------------------------
+# ---- requests and answers beside the transport -----------------------------------------------
 def send_message(sock: socket.socket, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
     """One message: lengths, a JSON header, then the buffers' bytes back to back (no copies)."""
     head = json.dumps(header).encode()
@@ -175,36 +188,99 @@ def _recv_exact(sock: socket.socket, num_bytes: int) -> bytes:
     return bytes(buf)
 
 
+# ---- both instances: an event loop thread for the transport ----------------------------------
+class _LoopThread:
+    """An asyncio loop on a daemon thread, so the synchronous torch code can use the transport."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="prfaas-verify-io")
+        self._thread.daemon = True
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, _T], timeout_s: float = _TRANSFER_TIMEOUT_S) -> _T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+def _transport_config(token: str) -> Any:
+    from prfaas.transport.config import TransportConfig
+
+    return TransportConfig(token=token)
+
+
 # ---- instance A (this process) ------------------------------------------------------------------
 class DecodePeer:
-    """Instance B: `python -m prfaas.cli.verify --serve` listening on 127.0.0.1, port 0."""
+    """Instance B: `python -m prfaas.cli.verify --serve`: a KVReceiver and a request socket, both
+    on 127.0.0.1, port 0. A sends the state with a KVSender and the request on the socket."""
 
     def __enter__(self) -> DecodePeer:
+        from prfaas.transport.sender import KVSender
+
+        token = secrets.token_hex(16)
         cmd = [sys.executable, "-m", "prfaas.cli.verify", "--serve"]
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+        env = {**os.environ, _TOKEN_ENV: token}
+        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
         assert self._proc.stdout is not None
         line = self._proc.stdout.readline()
         if not line.startswith("port "):
             self._proc.kill()
+            self._proc.wait()
             raise RuntimeError(f"decode peer did not start: {line!r}")
-        self.sock = socket.create_connection(("127.0.0.1", int(line.split()[1])))
+        _, request_port, kv_port = line.split()
+        self.sock = socket.create_connection(("127.0.0.1", int(request_port)))
+        self.kv_dest = f"127.0.0.1:{kv_port}"
+        self._io = _LoopThread()
+        self._sender = KVSender(_transport_config(token))
         return self
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(OSError):  # the peer may already be gone
             send_message(self.sock, {"op": "bye"})
         self.sock.close()
+        with contextlib.suppress(Exception):  # closing must not hide the error that got us here
+            self._io.run(self._sender.close(), timeout_s=10)
+        self._io.close()
         try:
             self._proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
 
-    def decode(self, header: dict[str, Any], buffers: Sequence[Any]) -> tuple[dict[str, Any], Any]:
+    def stream_prefill(self, engine: Any, request: Any, transfer_id: str) -> Any:
+        """Prefill `request` on `engine`, handing each layer to the transport from the layer
+        callback (as a prefill instance does); then finish the transfer with the final manifest.
+        Returns the engine's export, whose bytes equal what was sent."""
+        transfer = self._transport(self._sender.begin(self.kv_dest, transfer_id, request.req_id))
+
+        def on_layer(_req_id: str, layer: Any) -> None:
+            self._transport(transfer.send_layer(layer.entry, layer.buffers))
+
+        engine.prefill([request], on_layer=on_layer)
+        exported = engine.export(request.req_id, transfer_id=transfer_id)
+        _check_ack(self._transport(transfer.finish(exported.manifest)))
+        return exported
+
+    def send_state(self, manifest: Any, views: Sequence[memoryview]) -> None:
+        """One-shot transfer of a whole state (the negative controls' altered copies)."""
+        _check_ack(self._transport(self._sender.send(self.kv_dest, manifest, views)))
+
+    def _transport(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        try:
+            return self._io.run(coro)
+        except OSError as exc:  # refused or reset: the decode process is gone
+            raise UserError(f"decode instance lost ({exc}); see its error above") from exc
+
+    def decode(self, header: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Ask B to decode the transfer `header["transfer_id"]` it received."""
         import torch
 
         try:
-            send_message(self.sock, header, buffers)
+            send_message(self.sock, header)
             reply, payload = recv_message(self.sock)
         except OSError as exc:  # ConnectionError included: the decode process died
             raise UserError(f"decode instance lost ({exc}); see its error above") from exc
@@ -212,6 +288,11 @@ class DecodePeer:
             raise UserError(f"decode instance: {reply['error']}")
         logits = torch.frombuffer(payload, dtype=torch.float32).view(reply["logits_shape"])
         return reply, logits
+
+
+def _check_ack(ack: Any) -> None:
+    if not ack.ok:
+        raise UserError(f"KV transfer to the decode instance failed: {ack.error}")
 
 
 def _prompt(seed: int, num_tokens: int) -> tuple[int, ...]:
@@ -236,9 +317,8 @@ def _verify_arch(peer: DecodePeer, arch: str, args: argparse.Namespace) -> ArchR
     ref = reference.requests["verify"]
     ref_logits = torch.stack(ref.logits[1:])  # [decode_tokens - 1, vocab]
 
-    prefill = Engine(loaded)
-    prefill.prefill([request])
-    exported = prefill.export("verify")
+    transfer_id = f"verify-{arch}-{secrets.token_hex(4)}"
+    exported = peer.stream_prefill(Engine(loaded), request, transfer_id)
     header = {
         "op": "decode",
         "arch": arch,
@@ -246,9 +326,9 @@ def _verify_arch(peer: DecodePeer, arch: str, args: argparse.Namespace) -> ArchR
         "seed": args.seed,
         "weights_checksum": weights_checksum(loaded.model),
         "sampling": sampling.to_dict(),
-        "manifest": exported.manifest.to_dict(),
+        "transfer_id": transfer_id,
     }
-    reply, logits = peer.decode(header, exported.buffers)
+    reply, logits = peer.decode(header)
     tokens = [exported.manifest.first_token_id, *reply["tokens"]]
     identical = tokens == ref.output_token_ids and reply["weights_match"]
     diff = float((logits - ref_logits).abs().max()) if logits.shape == ref_logits.shape else 1e30
@@ -274,9 +354,18 @@ def _run_controls(
         if payload is None:
             controls[control] = None
             continue
-        reply, _ = peer.decode({**header, "control": control}, [payload])
+        transfer_id = f"{header['transfer_id']}-{control}"
+        manifest = replace(exported.manifest, transfer_id=transfer_id)
+        peer.send_state(manifest, _tensor_views(manifest, payload))
+        reply, _ = peer.decode({**header, "control": control, "transfer_id": transfer_id})
         controls[control] = [tokens[0], *reply["tokens"]] != tokens
     return controls
+
+
+def _tensor_views(manifest: Any, payload: bytearray) -> list[memoryview]:
+    whole = memoryview(payload)
+    tensors = [t for layer in manifest.layers for t in layer.tensors]
+    return [whole[t.offset_bytes : t.offset_bytes + t.num_bytes] for t in tensors]
 
 
 def _control_payload(control: str, exported: Any) -> bytearray | None:
@@ -297,43 +386,81 @@ def _control_payload(control: str, exported: Any) -> bytearray | None:
 
 
 # ---- instance B (the --serve process) ---------------------------------------------------------
+class _StateInbox:
+    """B's KVReceiver on its loop thread; `take` returns one delivered transfer's manifest and a
+    copy of its tensors' bytes, and gives the pooled buffers back."""
+
+    def __init__(self, io: _LoopThread, token: str) -> None:
+        from prfaas.transport.receiver import KVReceiver
+
+        self._io = io
+        self._rx = KVReceiver(_transport_config(token), host="127.0.0.1", port=0)
+        io.run(self._rx.__aenter__(), timeout_s=30)
+        self.port = int(self._rx.address.rsplit(":", 1)[1])
+        self._early: dict[str, Any] = {}  # transfer_id -> delivered before it was asked for
+
+    def take(self, transfer_id: str) -> tuple[Any, bytearray]:
+        while transfer_id not in self._early:
+            got = self._io.run(self._rx.get())
+            self._early[got.manifest.transfer_id] = got
+        got = self._early.pop(transfer_id)
+        payload = bytearray(got.manifest.total_bytes)  # B's engine owns this copy after import
+        for layer in got.manifest.layers:
+            for t in layer.tensors:
+                payload[t.offset_bytes : t.offset_bytes + t.num_bytes] = got.tensor_view(t)
+        self._io.loop.call_soon_threadsafe(got.release)  # the pool is the loop's
+        return got.manifest, payload
+
+    def close(self) -> None:
+        self._io.run(self._rx.__aexit__(None, None, None), timeout_s=30)
+
+
 def _serve() -> None:
     import torch
 
     _single_thread()
     _quiet_transformers()
+    io = _LoopThread()
+    inbox = _StateInbox(io, os.environ[_TOKEN_ENV])
     listener = socket.create_server(("127.0.0.1", 0))
-    print(f"port {listener.getsockname()[1]}", flush=True)
+    print(f"port {listener.getsockname()[1]} {inbox.port}", flush=True)
     conn, _ = listener.accept()
     models: dict[tuple[str, str, int], Any] = {}
-    with conn:
-        while True:
-            header, payload = recv_message(conn)
-            if header["op"] == "bye":
-                return
-            try:
-                reply, logits = _decode_request(header, payload, models)
-            except UserError as exc:
-                send_message(conn, {"error": str(exc)})
-                continue
-            send_message(conn, reply, [logits.contiguous().view(torch.uint8).numpy()])
+    try:
+        with conn:
+            while True:
+                header, _ = recv_message(conn)
+                if header["op"] == "bye":
+                    return
+                try:
+                    manifest, payload = inbox.take(str(header["transfer_id"]))
+                    reply, logits = _decode_request(header, manifest, payload, models)
+                except UserError as exc:
+                    send_message(conn, {"error": str(exc)})
+                    continue
+                send_message(conn, reply, [logits.contiguous().view(torch.uint8).numpy()])
+    finally:
+        inbox.close()
+        io.close()
 
 
 def _decode_request(
-    header: dict[str, Any], payload: bytearray, models: dict[tuple[str, str, int], Any]
+    header: dict[str, Any],
+    manifest: Any,
+    payload: bytearray,
+    models: dict[tuple[str, str, int], Any],
 ) -> tuple[dict[str, Any], Any]:
     import torch
 
     from prfaas.engine.loading import load_model, weights_checksum
     from prfaas.engine.runner import Engine
-    from prfaas.messages import KVManifest, SamplingParams
+    from prfaas.messages import SamplingParams
 
     key = (header["arch"], header["dtype"], int(header["seed"]))
     if key not in models:
         loaded = load_model(*key)
         models[key] = (loaded, weights_checksum(loaded.model))
     loaded, checksum = models[key]
-    manifest = KVManifest.from_dict(header["manifest"])
     engine = Engine(loaded, record_logits=True)
     sampling = SamplingParams.from_dict(header["sampling"])
     if header.get("control") == "empty_cache":

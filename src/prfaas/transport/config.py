@@ -35,7 +35,7 @@ class TransportConfig:
     tls_ca: str | None = field(default=None, metadata={"help": "PEM CA that signs the peers"})
     payload_checksum: bool = field(
         default=True,
-        metadata={"help": "CRC-32 every payload frame; False only with TLS, on both sides"},
+        metadata={"help": "CRC-32C every payload frame; False only with TLS, on both sides"},
     )
     io_threads: bool = field(
         default=False,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 from prfaas.messages import KVManifest, TransferAck
 from prfaas.transport.channel import client_tls_context
@@ -32,8 +31,6 @@ class KVSender:
             self._tls = client_tls_context(config.tls_cert, config.tls_key, config.tls_ca)
         self._dests: dict[str, Destination] = {}
         self._lock = asyncio.Lock()
-        # zlib.crc32 releases the GIL: checksums run beside the event loop and the I/O threads
-        self._crc_pool = ThreadPoolExecutor(config.num_connections, "prfaas-kv-crc")
 
     async def __aenter__(self) -> KVSender:
         return self
@@ -71,13 +68,12 @@ class KVSender:
         for d in self._dests.values():
             await d.close()
         self._dests.clear()
-        self._crc_pool.shutdown(wait=False)
 
     async def _destination(self, dest: str) -> Destination:
         async with self._lock:
             if dest not in self._dests:
                 host, port = parse_address(dest)
-                d = Destination(host, port, self.config, self._tls, self._metrics, self._crc_pool)
+                d = Destination(host, port, self.config, self._tls, self._metrics)
                 await d.start()
                 self._dests[dest] = d
             return self._dests[dest]

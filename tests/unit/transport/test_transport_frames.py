@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import struct
-import zlib
 from typing import cast
 
 import pytest
@@ -12,6 +11,7 @@ from hypothesis import strategies as st
 
 from prfaas.transport.frames import (
     HEADER_BYTES,
+    VERSION,
     Frame,
     FrameDecoder,
     FrameError,
@@ -19,6 +19,7 @@ from prfaas.transport.frames import (
     FrameType,
     decode_control,
     encode_control,
+    frame_crc,
     pack_header,
     payload_header,
 )
@@ -140,12 +141,12 @@ def _frame_boundaries(items: list[object]) -> set[int]:
 
 
 def _header_fields(**overrides: int) -> bytes:
-    fields = {"magic": 0, "version": 1, "type": 5, "length": 10, "hcrc": None}
+    fields = {"magic": 0, "version": VERSION, "type": 5, "length": 10, "hcrc": None}
     fields.update(overrides)
     magic = b"XXXX" if fields["magic"] else b"PRFK"
     head = struct.pack("<4sBBHQQIHHI", magic, fields["version"], fields["type"], 0, 1, 0,
                        fields["length"], 0, 0, 0)  # fmt: skip
-    crc = zlib.crc32(head) if fields["hcrc"] is None else fields["hcrc"]
+    crc = frame_crc(head) if fields["hcrc"] is None else fields["hcrc"]
     return head + struct.pack("<I", crc)
 
 
@@ -153,7 +154,7 @@ def _header_fields(**overrides: int) -> bytes:
     ("raw", "reason"),
     [
         (_header_fields(magic=1), "bad magic"),
-        (_header_fields(version=2), "unsupported wire version 2"),
+        (_header_fields(version=1), "unsupported wire version 1"),
         (_header_fields(type=99), "unknown frame type 99"),
         (_header_fields(length=1 << 31), "exceeds the limit"),
         (_header_fields(hcrc=12345), "header checksum"),
@@ -221,3 +222,13 @@ def test_unknown_header_flags_are_refused() -> None:
     h = FrameHeader(FrameType.BEGIN, 1, 0, 0, flags=0x80)
     with pytest.raises(FrameError, match="unknown header flags"):
         FrameDecoder(Sink().place, MAX_PAYLOAD).feed(pack_header(h))
+
+
+def test_checksum_is_crc32c_and_header_crc_covers_the_header() -> None:
+    """Wire version 2 uses CRC-32C (Castagnoli); 0xE3069283 is its standard check value."""
+    assert frame_crc(b"123456789") == 0xE3069283
+    assert frame_crc(b"6789", frame_crc(b"12345")) == 0xE3069283  # incremental
+    assert frame_crc(memoryview(bytearray(b"123456789"))[2:]) == frame_crc(b"3456789")
+    head = pack_header(FrameHeader(FrameType.PAYLOAD, 3, 4096, 10, 1, 2, frame_crc(b"x" * 10)))
+    assert int.from_bytes(head[-4:], "little") == frame_crc(head[:-4])
+    assert head[4] == VERSION == 2

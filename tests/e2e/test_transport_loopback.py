@@ -481,3 +481,15 @@ def test_full_receive_pool_refuses_at_the_deadline_if_nothing_is_released() -> N
             assert any("out of buffer memory" in r or "deadline" in r for _, r in rx.failures)
 
     run(main)
+
+
+def test_bench_reports_goodput_and_cpu_per_transfer_for_both_modes() -> None:
+    from prfaas.transport.bench import BenchSpec, run_bench
+    from prfaas.types import MIB
+
+    r = run_bench(BenchSpec(8 * MIB, connections=2, repeats=2, rounds=1))
+    assert len(r["goodput_gbps_runs"]) == len(r["raw_socket_gbps_runs"]) == 2
+    assert r["ratio"] == r["goodput_gbps"] / r["raw_socket_gbps"]
+    for key in ("tx_cpu_s_per_transfer", "rx_cpu_s_per_transfer",
+                "raw_tx_cpu_s_per_transfer", "raw_rx_cpu_s_per_transfer"):  # fmt: skip
+        assert 0 < r[key] < 10, key

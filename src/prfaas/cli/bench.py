@@ -107,7 +107,8 @@ def _check_link(link_gbps: float) -> None:
 def _table(r: dict[str, Any]) -> str:
     rows: list[list[object]] = [["size_bytes", r["size_bytes"]], ["connections", r["connections"]]]
     keys = ("goodput_gbps", "raw_socket_gbps", "ratio", "ratio_best", "link_gbps",
-            "goodput_over_link")  # fmt: skip
+            "goodput_over_link", "tx_cpu_s_per_transfer", "rx_cpu_s_per_transfer",
+            "raw_tx_cpu_s_per_transfer", "raw_rx_cpu_s_per_transfer")  # fmt: skip
     for key in keys:
         if key in r:
             rows.append([key, f"{r[key]:.3f}"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -85,6 +86,28 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class _CpuMeter:
+    """CPU seconds (user + system, all threads) per transfer, after the warm-up transfer."""
+
+    def __init__(self, num_transfers: int) -> None:
+        self._num_timed = max(1, num_transfers - 1)
+        self._start_s = time.process_time()
+        self._num_done = 0
+
+    def transfer_done(self) -> None:
+        self._num_done += 1
+        if self._num_done == 1:  # the warm-up transfer fills pools and TCP windows
+            self._start_s = time.process_time()
+
+    def per_transfer_s(self) -> float:
+        return (time.process_time() - self._start_s) / self._num_timed
+
+
+def _pass_barrier(barrier: threading.Barrier) -> None:
+    with contextlib.suppress(threading.BrokenBarrierError):
+        barrier.wait(timeout=600)
+
+
 # ---------------- receiver role ----------------
 
 
@@ -94,10 +117,14 @@ async def _kv_receiver(args: argparse.Namespace, config: TransportConfig) -> Non
     async with KVReceiver(config, host=args.host, port=0) as rx:
         rss_before = _rss_bytes()
         _emit({"address": rx.address})
+        cpu = _CpuMeter(args.num_transfers)
         for _ in range(args.num_transfers):
             got = await rx.get()
             got.release()
-        _emit({"rss_before_bytes": rss_before, "peak_rss_bytes": _peak_rss_bytes()})
+            cpu.transfer_done()
+        cpu_s = cpu.per_transfer_s()
+        _emit({"rss_before_bytes": rss_before, "peak_rss_bytes": _peak_rss_bytes(),
+               "rx_cpu_s": [cpu_s]})  # fmt: skip
 
 
 def _raw_receiver(args: argparse.Namespace) -> None:
@@ -107,8 +134,10 @@ def _raw_receiver(args: argparse.Namespace) -> None:
     buf = memoryview(bytearray(args.size_bytes))
     parts = _split(args.size_bytes, args.connections)
 
+    warmed = threading.Barrier(args.connections + 1)  # all threads past the warm-up transfer
+
     def serve(sock: socket.socket, start: int, end: int) -> None:
-        for _ in range(args.num_transfers):
+        for i in range(args.num_transfers):
             pos = start
             while pos < end:
                 n = sock.recv_into(buf[pos:end])
@@ -116,6 +145,8 @@ def _raw_receiver(args: argparse.Namespace) -> None:
                     return
                 pos += n
             sock.sendall(b"k")
+            if i == 0:
+                _pass_barrier(warmed)
 
     threads = [
         threading.Thread(target=serve, args=(c, s, e))
@@ -123,9 +154,13 @@ def _raw_receiver(args: argparse.Namespace) -> None:
     ]
     for t in threads:
         t.start()
+    _pass_barrier(warmed)
+    cpu = _CpuMeter(args.num_transfers)
+    cpu.transfer_done()
     for t in threads:
         t.join()
-    _emit({"peak_rss_bytes": _peak_rss_bytes()})
+    cpu_s = cpu.per_transfer_s()
+    _emit({"peak_rss_bytes": _peak_rss_bytes(), "rx_cpu_s": [cpu_s]})
 
 
 # ---------------- sender role ----------------
@@ -139,16 +174,18 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
     seconds = []
     async with KVSender(config) as tx:
         await tx.connect(args.address)
+        cpu = _CpuMeter(args.num_transfers)
         for _ in range(args.num_transfers):
             t0 = time.perf_counter()
             ack = await tx.send(args.address, manifest, views)
+            cpu.transfer_done()
             seconds.append(time.perf_counter() - t0)
             if not ack.ok:
                 raise RuntimeError(f"transfer failed: {ack.error}")
+        cpu_s = cpu.per_transfer_s()
         view = tx.link_view(args.address)
-    _emit(
-        {"size_bytes": manifest.total_bytes, "seconds": seconds, "link": view and view.__repr__()}
-    )
+    _emit({"size_bytes": manifest.total_bytes, "seconds": seconds, "tx_cpu_s": [cpu_s],
+           "link": view and view.__repr__()})  # fmt: skip
 
 
 def _raw_sender(args: argparse.Namespace) -> None:
@@ -157,6 +194,7 @@ def _raw_sender(args: argparse.Namespace) -> None:
     payload = memoryview(filled_buffer(args.size_bytes))
     parts = _split(args.size_bytes, args.connections)
     seconds = []
+    cpu = _CpuMeter(args.num_transfers)
     for _ in range(args.num_transfers):
         t0 = time.perf_counter()
 
@@ -173,7 +211,9 @@ def _raw_sender(args: argparse.Namespace) -> None:
         for t in threads:
             t.join()
         seconds.append(time.perf_counter() - t0)
-    _emit({"size_bytes": args.size_bytes, "seconds": seconds})
+        cpu.transfer_done()
+    cpu_s = cpu.per_transfer_s()
+    _emit({"size_bytes": args.size_bytes, "seconds": seconds, "tx_cpu_s": [cpu_s]})
 
 
 def _split(total: int, parts: int) -> list[tuple[int, int]]:
@@ -279,7 +319,8 @@ def _run_pair(spec: BenchSpec, mode: str, wrap_rx: Any, wrap_tx: Any, host: str)
             rx.wait()
     timed = sent["seconds"][1:]  # the first transfer warms pools and TCP windows
     gbps = [sent["size_bytes"] * 8 / s / 1e9 for s in timed]
-    return {"gbps": gbps, "size_bytes": sent["size_bytes"], **received}
+    cpu = {"tx_cpu_s": sent.get("tx_cpu_s", []), "rx_cpu_s": received.pop("rx_cpu_s", [])}
+    return {"gbps": gbps, "size_bytes": sent["size_bytes"], **cpu, **received}
 
 
 def run_bench(spec: BenchSpec) -> dict[str, Any]:
@@ -299,10 +340,13 @@ def _alternate(spec: BenchSpec, wrap_rx: Any, wrap_tx: Any, host: str) -> dict[s
         for mode in spec.modes:
             r = _run_pair(spec, mode, wrap_rx, wrap_tx, host)
             if mode in results:
-                results[mode]["gbps"] += r["gbps"]
-                r["gbps"] = results[mode]["gbps"]
+                for key in _PER_RUN_LISTS:
+                    r[key] = results[mode][key] + r[key]
             results[mode] = r
     return results
+
+
+_PER_RUN_LISTS = ("gbps", "tx_cpu_s", "rx_cpu_s")  # concatenated over rounds
 
 
 def _same(argv: list[str]) -> list[str]:
@@ -321,12 +365,14 @@ def _summarize(spec: BenchSpec, results: dict[str, dict[str, Any]]) -> dict[str,
         out["goodput_gbps_best"] = max(kv["gbps"])
         out["goodput_gbps_runs"] = kv["gbps"]
         out["payload_bytes"] = kv["size_bytes"]
+        _add_cpu(out, "", kv)
         if "rss_before_bytes" in kv:
             out["receiver_rss_growth_bytes"] = kv["peak_rss_bytes"] - kv["rss_before_bytes"]
     if raw is not None:
         out["raw_socket_gbps"] = statistics.median(raw["gbps"])
         out["raw_socket_gbps_best"] = max(raw["gbps"])
         out["raw_socket_gbps_runs"] = raw["gbps"]
+        _add_cpu(out, "raw_", raw)
     if kv is not None and raw is not None:
         out["ratio"] = out["goodput_gbps"] / out["raw_socket_gbps"]
         out["ratio_best"] = out["goodput_gbps_best"] / out["raw_socket_gbps_best"]
@@ -337,6 +383,15 @@ def _summarize(spec: BenchSpec, results: dict[str, dict[str, Any]]) -> dict[str,
         if raw is not None:
             out["raw_over_link"] = out["raw_socket_gbps"] / spec.link_gbps
     return out
+
+
+def _add_cpu(out: dict[str, Any], prefix: str, result: dict[str, Any]) -> None:
+    """Median CPU seconds (user + system, all threads) per timed transfer of each role process
+    (after the warm-up transfer)."""
+    for role in ("tx", "rx"):
+        values = result.get(f"{role}_cpu_s") or []
+        if values:
+            out[f"{prefix}{role}_cpu_s_per_transfer"] = statistics.median(values)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ class PlainChannel:
         self._io: ThreadPoolExecutor | None = None
         self._is_closed = False
         self._is_reading_blocking = False
+        self._recv_low_water_bytes = 1  # the kernel's default SO_RCVLOWAT
         self.num_sent_bytes = 0
         self.num_received_bytes = 0
 
@@ -63,6 +64,19 @@ class PlainChannel:
         n = await self._loop.sock_recv_into(self.sock, view)
         self.num_received_bytes += n
         return n
+
+    def set_recv_low_water(self, num_bytes: int) -> None:
+        """Report the socket readable only once `num_bytes` are queued (SO_RCVLOWAT), so the event
+        loop wakes, and `recv_into` returns, once per that many bytes instead of once per burst.
+
+        The caller must know that at least `num_bytes` more will arrive (the rest of a frame whose
+        header it has read); end of stream and a full receive buffer still wake the reader."""
+        num_bytes = max(1, num_bytes)
+        if num_bytes == self._recv_low_water_bytes or self._is_closed:
+            return
+        with contextlib.suppress(OSError):
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, num_bytes)
+            self._recv_low_water_bytes = num_bytes
 
     def recv_into_blocking(self, view: memoryview) -> int:
         """For the connection's one reader thread: fill `view` (MSG_WAITALL, one system call per
@@ -162,6 +176,9 @@ class TlsChannel(PlainChannel):
 
     def submit(self, buffers: Sequence[Buffer]) -> asyncio.Future[None]:
         return asyncio.ensure_future(self.send(buffers))
+
+    def set_recv_low_water(self, num_bytes: int) -> None:
+        """No-op: socket bytes are TLS records, not frame bytes, so frame sizes say nothing."""
 
     async def send(self, buffers: Sequence[Buffer]) -> None:
         async with self._send_lock:

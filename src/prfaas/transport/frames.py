@@ -3,7 +3,7 @@
 Knows nothing about sockets, clocks or tensors. Rule 1: every frame is a header followed by exactly
 `length` body bytes. Rule 2: a header is trusted only after its own CRC, magic, version, type and
 length bound check pass; a payload body is written where the caller's `place` callback says, and
-counted only if its CRC-32C matches.
+counted only if its CRC-32C matches (computed chunk by chunk as the body arrives).
 
 Header layout (little endian):
 
@@ -184,6 +184,8 @@ class FrameDecoder:
         self._target: memoryview = memoryview(self._header_buf)
         self._filled = 0
         self._discarding = False
+        self._body_crc = 0  # CRC-32C of the placed payload body bytes received so far
+        self._is_crc_running = False  # the current payload body is checked chunk by chunk
 
     def want(self) -> memoryview:
         """The writable view the next received bytes should go into (never empty)."""
@@ -194,7 +196,13 @@ class FrameDecoder:
         return self._target[self._filled :]
 
     def advance(self, num_bytes: int) -> list[Frame]:
-        """Account for `num_bytes` written into `want()`; return the frames that completed."""
+        """Account for `num_bytes` written into `want()`; return the frames that completed.
+
+        A placed payload body is checksummed here, one received chunk at a time, while the chunk
+        is still in the CPU cache the socket copy just wrote it to (no second pass over memory)."""
+        if self._is_crc_running:
+            chunk = self._target[self._filled : self._filled + num_bytes]
+            self._body_crc = frame_crc(chunk, self._body_crc)
         self._filled += num_bytes
         frames: list[Frame] = []
         while True:
@@ -261,15 +269,21 @@ class FrameDecoder:
             raise FrameError("placement returned a view of the wrong length")
         else:
             self._target = placed
+            self._body_crc = 0
+            is_flagged = bool(header.flags & FLAG_NO_PAYLOAD_CRC)
+            self._is_crc_running = self._verify_payload and not is_flagged
 
     def _finish_body(self, header: FrameHeader) -> Frame:
         body = memoryview(b"") if self._discarding else self._target[: header.length]
         is_placed = header.frame_type is FrameType.PAYLOAD and not self._discarding
         if is_placed and header.flags & FLAG_NO_PAYLOAD_CRC:
             is_intact = True  # allowed by configuration (checked in _start_body)
+        elif self._is_crc_running:
+            is_intact = self._body_crc == header.body_crc
         else:
             is_checked = self._verify_payload or not is_placed
             is_intact = is_checked and not self._discarding and frame_crc(body) == header.body_crc
         self._header, self._filled, self._discarding = None, 0, False
+        self._is_crc_running = False
         self._target = memoryview(self._header_buf)
         return Frame(header, body, is_intact, is_placed)

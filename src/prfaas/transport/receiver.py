@@ -37,6 +37,7 @@ _HELLO_MAX_BYTES = 4096
 _CONTROL_MAX_BYTES = 16 << 20
 _EXPIRY_PERIOD_S = 0.1
 _CONTROL_WAIT_S = 60.0  # a reader thread waits this long for the loop to handle a frame
+_RECV_LOW_WATER_BYTES = 1 << 20  # loop reader: wake once per MiB of a frame body, at most
 
 
 class KVReceiver:
@@ -197,8 +198,15 @@ class KVReceiver:
     async def _read_on_loop(
         self, session: ReceiverSession, channel: PlainChannel, conn: int, decoder: FrameDecoder
     ) -> None:
+        """Receive on the event loop. SO_RCVLOWAT is set to what the current frame still owes (up
+        to 1 MiB), so the loop wakes about once per MiB instead of once per TCP burst."""
+        low_water_cap = _RECV_LOW_WATER_BYTES
+        if self.config.socket_buffer_bytes > 0:  # leave the kernel room to queue that much
+            low_water_cap = min(low_water_cap, self.config.socket_buffer_bytes // 4)
         while True:
-            n = await channel.recv_into(decoder.want())
+            want = decoder.want()  # never more than the rest of the current header or body
+            channel.set_recv_low_water(min(len(want), low_water_cap))
+            n = await channel.recv_into(want)
             if n == 0:
                 return _log_end(session, conn, decoder)
             for frame in decoder.advance(n):

@@ -51,3 +51,12 @@ def test_kv_shaped_payload_is_contiguous_and_close_to_the_asked_size() -> None:
         assert b.offset_bytes == a.offset_bytes + a.num_bytes
     assert abs(m.total_bytes - 256 * MIB) / (256 * MIB) < 0.01
     assert {layer.layer_kind for layer in m.layers} == {"full_attention", "linear_attention"}
+
+
+def test_table_shows_cpu_per_transfer_when_measured() -> None:
+    from prfaas.cli.bench import _table
+
+    row = {"size_bytes": 1, "connections": 4, "goodput_gbps": 2.0, "tx_cpu_s_per_transfer": 0.25}
+    text = _table(row)
+    assert "tx_cpu_s_per_transfer" in text and "0.250" in text
+    assert "rx_cpu_s_per_transfer" not in text

@@ -232,3 +232,26 @@ def test_checksum_is_crc32c_and_header_crc_covers_the_header() -> None:
     head = pack_header(FrameHeader(FrameType.PAYLOAD, 3, 4096, 10, 1, 2, frame_crc(b"x" * 10)))
     assert int.from_bytes(head[-4:], "little") == frame_crc(head[:-4])
     assert head[4] == VERSION == 2
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 7, 64, 10**6])
+def test_a_flipped_body_byte_is_caught_whatever_the_chunking(chunk_bytes: int) -> None:
+    """The body CRC runs chunk by chunk as bytes arrive; every position must still count."""
+    body = bytes(range(256)) * 2
+    clean = encode([(0, body)])
+    for pos in range(HEADER_BYTES, len(clean), 13):
+        data = bytearray(clean)
+        data[pos] ^= 0x01
+        cuts = list(range(chunk_bytes, len(data), chunk_bytes))
+        got, _, decoder = decode_in_chunks(bytes(data), cuts)
+        assert len(got) == 1 and not got[0].is_intact, pos
+        assert decoder.is_idle
+    got, _, _ = decode_in_chunks(clean, list(range(chunk_bytes, len(clean), chunk_bytes)))
+    assert got[0].is_intact
+
+
+def test_unverified_payload_is_not_reported_intact() -> None:
+    sink = Sink()
+    decoder = FrameDecoder(sink.place, MAX_PAYLOAD, verify_payload=False)
+    got = decoder.feed(encode([(0, b"abc")]))
+    assert got[0].is_placed and not got[0].is_intact

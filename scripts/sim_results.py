@@ -61,6 +61,17 @@ def save(fig: Any, name: str) -> str:
     return f"![{name}](img/{name})"
 
 
+def bar_section(
+    fig: Any, ax: Any, ylabel: str, img_name: str, title: str, headers: list[str], rows: list[Any]
+) -> str:
+    """Finish a bar chart (y label, legend, y grid), save it and return title, table and image."""
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    img = save(fig, img_name)
+    return "\n\n".join([title, table(headers, rows), img])
+
+
 def q(r: dict[str, Any], key: str, stat: str, scale: float = 1.0) -> float:
     value = r[key][stat]
     return math.nan if value is None else value * scale
@@ -88,10 +99,6 @@ def fluid_limit(case: CaseStudy) -> str:
     ax.bar([x - 0.2 for x in xs], [r[2] for r in rows], 0.4, label="model Λ_max (Eq. 6)")
     ax.bar([x + 0.2 for x in xs], [r[3] for r in rows], 0.4, label="simulated max stable rate")
     ax.set_xticks(list(xs), [r[0] for r in rows])
-    ax.set_ylabel("requests/s")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    img = save(fig, "sim_max_rate.png")
     headers = [
         "deployment",
         "paper Λ_max",
@@ -101,9 +108,8 @@ def fluid_limit(case: CaseStudy) -> str:
         "sim / model",
         "runs",
     ]
-    return "\n\n".join(
-        ["## 1. Fluid limit: simulated capacity vs the model", table(headers, rows), img]
-    )
+    title = "## 1. Fluid limit: simulated capacity vs the model"
+    return bar_section(fig, ax, "requests/s", "sim_max_rate.png", title, headers, rows)
 
 
 # --- 2. queueing at 70% / 90% of capacity ----------------------------------------------------
@@ -142,10 +148,6 @@ def queueing(case: CaseStudy) -> str:
             label=f"TTFT {stat}",
         )
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set_ylabel("seconds")
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    img = save(fig, "sim_ttft_load.png")
     headers = [
         "deployment",
         "load",
@@ -160,9 +162,8 @@ def queueing(case: CaseStudy) -> str:
         "unfinished",
         "paper TTFT mean / P90 (no queueing)",
     ]
-    return "\n\n".join(
-        ["## 2. Queueing: TTFT at 10%, 70% and 90% of capacity", table(headers, rows), img]
-    )
+    title = "## 2. Queueing: TTFT at 10%, 70% and 90% of capacity"
+    return bar_section(fig, ax, "seconds", "sim_ttft_load.png", title, headers, rows)
 
 
 # --- 3. link bandwidth ----------------------------------------------------------------------

@@ -19,6 +19,20 @@ def _pyplot() -> Any:
     return plt
 
 
+def _finish(
+    plt: Any, fig: Any, ax: Any, path: Path, title: str, ylabel: str, grid_axis: str
+) -> Path:
+    """Label, grid and legend the axes, then save the figure to `path` and close it."""
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(axis=grid_axis, alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_egress(results: Mapping[str, Any], path: Path, title: str) -> Path:
     """Mean egress per time bin of every run that used the link."""
     plt = _pyplot()
@@ -33,14 +47,7 @@ def plot_egress(results: Mapping[str, Any], path: Path, title: str) -> Path:
                 label=label,
             )
     ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("PrfaaS egress (Gbps, bin mean)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "PrfaaS egress (Gbps, bin mean)", grid_axis="both")
 
 
 def plot_ttft(results: Mapping[str, Any], path: Path, title: str) -> Path:
@@ -53,14 +60,7 @@ def plot_ttft(results: Mapping[str, Any], path: Path, title: str) -> Path:
         values = [results[label]["ttft_s"][q] or 0.0 for label in labels]
         ax.bar([i + (k - 1) * width for i in range(len(labels))], values, width, label=q)
     ax.set_xticks(range(len(labels)), labels, rotation=20, fontsize=8)
-    ax.set_ylabel("TTFT (s)")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "TTFT (s)", grid_axis="y")
 
 
 def plot_max_rate(results: Mapping[str, Any], path: Path, title: str) -> Path:
@@ -82,14 +82,7 @@ def plot_max_rate(results: Mapping[str, Any], path: Path, title: str) -> Path:
         label="simulated max rate",
     )
     ax.set_xticks(list(xs), labels)
-    ax.set_ylabel("requests/s")
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _finish(plt, fig, ax, path, title, "requests/s", grid_axis="y")
 
 
 def write_plots(

@@ -23,9 +23,10 @@ from prfaas.sim.presets import (
     model_lambda_max,
     trace_traffic,
 )
-from prfaas.sim.simulator import DecisionRecord, ProgressFn, Simulator
+from prfaas.sim.simulator import ProgressFn, Simulator
 from prfaas.sim.timeline import timeline_events
 from prfaas.sim.traffic import synthetic_requests, trace_requests
+from prfaas.sim.views import DecisionRecord
 from prfaas.types import DeploymentKind
 from prfaas.workload import TraceRequest
 

@@ -1,0 +1,290 @@
+"""The simulator's state and its per-event handlers: one `on_<event>` method per event type.
+
+Each handler updates the instances, the shared link and the request log at the current simulated
+time and returns its follow-up events; the loop in `prfaas.sim.simulator` schedules them. A request
+goes: arrival -> route -> prefill queue -> prefill steps -> (KV over the shared link | intra-cluster
+handover, taken as instantaneous) -> decode slot -> decode steps -> finished. Every routing decision
+comes from `prfaas.policy` (`RoutePolicy.choose`, `pick_instance`) on views built by
+`prfaas.sim.views`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from prfaas.errors import UserError
+from prfaas.policy.pick import pick_instance
+from prfaas.policy.route import RouteDecision, RoutePolicy, RouteTarget, make_route_policy
+from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
+from prfaas.prefix_cache.index import BlockPrefixIndex
+from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
+from prfaas.sim.events import (
+    Arrival,
+    BandwidthChange,
+    DecodeWake,
+    Event,
+    EventQueue,
+    LinkDrain,
+    PrefillStepDone,
+)
+from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
+from prfaas.sim.link import SharedLink, gbps_to_bytes_per_s
+from prfaas.sim.metrics import RequestLog
+from prfaas.sim.views import DecisionRecord, cached_tokens, cluster_view, decode_loads, link_view
+
+FollowUps = list[tuple[float, Event]]
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    """A flow on the shared link and what its completion unblocks."""
+
+    req_index: int  # the request the bytes belong to
+    is_prefix_move: bool  # True: a cached prefix moved before prefill; False: the request's KV
+
+
+class SimHandlers:
+    """State of one run of one deployment over one workload, and the handlers that advance it."""
+
+    def __init__(self, config: SimConfig, requests: Sequence[SimRequest]) -> None:
+        if any(b.arrived_at < a.arrived_at for a, b in itertools.pairwise(requests)):
+            raise UserError("requests must be sorted by arrival time")
+        dep = config.deployment
+        self.config = config
+        self.requests = requests
+        self.policy: RoutePolicy = make_route_policy(dep.kind, dep.route_config)
+        self.clusters: dict[RouteTarget, list[SimPrefill]] = {
+            RouteTarget.PRFAAS: _make_prefill(config, "prfaas", dep.prfaas),
+            RouteTarget.PD_PREFILL: _make_prefill(config, "pd-p", dep.pd_prefill),
+        }
+        self.decode = [
+            SimDecode(f"pd-d-{i}", dep.max_batch_size, dep.decode_step)
+            for i in range(dep.num_decode_instances)
+        ]
+        self.prefill_by_id = {p.instance_id: p for ps in self.clusters.values() for p in ps}
+        self.decode_by_id = {d.instance_id: d for d in self.decode}
+        self.decode_tokens = [0] * len(self.decode)  # output tokens assigned and not finished
+        self.indexes = {t: BlockPrefixIndex(config.prefix_cache_blocks) for t in self.clusters}
+        self.link = SharedLink(gbps_to_bytes_per_s(config.bandwidth[0].gbps))
+        self.transfers: dict[int, Transfer] = {}
+        self.decisions: list[RouteDecision | None] = [None] * len(requests)
+        self.decode_of = [0] * len(requests)
+        self.log = RequestLog(len(requests))
+        self.queue = EventQueue()
+        self.now = 0.0
+        self.num_finished = 0
+        self.num_events = 0
+        self.route_reasons: dict[str, int] = {}  # "<policy rule> -> <target>" -> decisions
+        self.decision_log: list[DecisionRecord] = []  # filled when config.record_decisions
+
+    @property
+    def arrivals_end_s(self) -> float:
+        return self.requests[-1].arrived_at if self.requests else 0.0
+
+    # --- handlers -------------------------------------------------------------------------------
+
+    def on_arrival(self, event: Arrival) -> FollowUps:
+        i = event.index
+        req = self.requests[i]
+        follow: FollowUps = []
+        if i + 1 < len(self.requests):
+            follow.append((self.requests[i + 1].arrived_at, Arrival(i + 1)))
+        decision = self.route(i, req)
+        self.decisions[i] = decision
+        if decision.num_prefix_transfer_tokens > 0:
+            moved_bytes = self.config.kv_size.kv_bytes(decision.num_prefix_transfer_tokens)
+            self.link.add(self.now, i, moved_bytes, 0.0, math.inf)
+            if self.link.release(self.now, i):  # nothing left to send
+                return follow + self._enqueue_prefill(i) + self._link_follow_ups()
+            self.transfers[i] = Transfer(i, is_prefix_move=True)
+            return follow + self._link_follow_ups()
+        return follow + self._enqueue_prefill(i)
+
+    def on_prefill_step_done(self, event: PrefillStepDone) -> FollowUps:
+        instance = self.prefill_by_id[event.instance_id]
+        follow: FollowUps = []
+        for job in instance.finish_step():
+            follow += self._on_prefill_finished(job.req_index)
+        return follow + self._start_prefill_step(instance)
+
+    def on_link_drain(self, event: LinkDrain) -> FollowUps:
+        if event.version != self.link.version:
+            return []
+        follow: FollowUps = []
+        for flow_id in self.link.pop_drained(self.now):
+            transfer = self.transfers.pop(flow_id)
+            if transfer.is_prefix_move:
+                follow += self._enqueue_prefill(transfer.req_index)
+            else:
+                follow += self._on_kv_ready(transfer.req_index)
+        return follow + self._link_follow_ups()
+
+    def on_bandwidth_change(self, event: BandwidthChange) -> FollowUps:
+        self.link.set_capacity(self.now, event.bytes_per_s)
+        return self._next_bandwidth_change(event.step_index + 1) + self._link_follow_ups()
+
+    def _next_bandwidth_change(self, step_index: int) -> FollowUps:
+        if step_index >= len(self.config.bandwidth):
+            return []
+        step = self.config.bandwidth[step_index]
+        return [(step.at, BandwidthChange(step_index, gbps_to_bytes_per_s(step.gbps)))]
+
+    def on_decode_wake(self, event: DecodeWake) -> FollowUps:
+        instance = self.decode_by_id[event.instance_id]
+        if event.version != instance.version:
+            return []
+        finished, admitted, wake_at = instance.on_wake(self.now)
+        for i in finished:
+            self._finish(i)
+        for i in admitted:
+            self.log.decode_started_at[i] = self.now
+        return (
+            []
+            if wake_at is None
+            else [(wake_at, DecodeWake(instance.instance_id, instance.version))]
+        )
+
+    # --- routing: views in, the policy's decision out ------------------------------------------
+
+    def route(self, i: int, req: SimRequest) -> RouteDecision:
+        cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, req)
+        cached_prfaas = self._cached_tokens(RouteTarget.PRFAAS, req)
+        link = self.link_view()
+        prfaas = self.cluster_view(RouteTarget.PRFAAS)
+        pd = self.cluster_view(RouteTarget.PD_PREFILL)
+        total = req.num_prompt_tokens
+        decision = self.policy.choose(total, cached_pd, cached_prfaas, link, prfaas, pd)
+        if self.config.record_decisions:
+            record = DecisionRecord(
+                i, self.now, total, cached_pd, cached_prfaas, link, prfaas, pd, decision
+            )
+            self.decision_log.append(record)
+        rule = f"{decision.reason.split(':')[0]} -> {decision.target}"
+        self.route_reasons[rule] = self.route_reasons.get(rule, 0) + 1
+        self.decode_of[i] = pick_instance(self.decode_loads())
+        self.decode_tokens[self.decode_of[i]] += req.num_output_tokens
+        log = self.log
+        log.arrived_at[i] = req.arrived_at
+        log.is_offloaded[i] = decision.target is RouteTarget.PRFAAS
+        log.num_prompt_tokens[i] = req.num_prompt_tokens
+        log.num_cached_tokens[i] = decision.num_prefix_hit_tokens
+        log.num_output_tokens[i] = req.num_output_tokens
+        log.decode_instance[i] = self.decode[self.decode_of[i]].instance_id
+        return decision
+
+    def link_view(self) -> LinkView:
+        """The shared link as the policy sees it now (see `prfaas.sim.views.link_view`)."""
+        return link_view(self.link, self.now, self.config.link_window_s)
+
+    def cluster_view(self, target: RouteTarget) -> ClusterView:
+        """Prefill loads of one cluster: queued tokens and seconds of queued prefill work."""
+        return cluster_view(str(target), self.clusters[target], self.now)
+
+    def decode_loads(self) -> list[InstanceLoad]:
+        """Decode load = output tokens assigned to the instance and not yet generated."""
+        return decode_loads(self.decode, self.decode_tokens)
+
+    def _cached_tokens(self, target: RouteTarget, req: SimRequest) -> int:
+        """Longest cached prefix in a cluster, leaving at least one token to compute."""
+        has_instances = bool(self.clusters[target])
+        return cached_tokens(self.indexes[target], has_instances, req, self.config.block_tokens)
+
+    # --- prefill --------------------------------------------------------------------------------
+
+    def _enqueue_prefill(self, i: int) -> FollowUps:
+        decision = self.decisions[i]
+        assert decision is not None
+        cluster = self.clusters[decision.target]
+        loads = [InstanceLoad(p.instance_id, p.num_queued_tokens) for p in cluster]
+        instance = cluster[pick_instance(loads)]
+        instance.enqueue(PrefillJob(i, decision.num_incremental_tokens))
+        return [] if instance.is_busy else self._start_prefill_step(instance)
+
+    def _start_prefill_step(self, instance: SimPrefill) -> FollowUps:
+        if not instance.queue:
+            return []
+        duration_s = instance.start_step(self.now)
+        follow: FollowUps = [(self.now + duration_s, PrefillStepDone(instance.instance_id))]
+        for chunk in instance.step:
+            if chunk.start_token == 0:
+                follow += self._on_prefill_started(chunk.job.req_index, instance)
+        return follow
+
+    def _on_prefill_started(self, i: int, instance: SimPrefill) -> FollowUps:
+        self.log.prefill_started_at[i] = self.now
+        self.log.prefill_instance[i] = instance.instance_id
+        if not self.log.is_offloaded[i]:
+            return []
+        kv_bytes = self._kv_transfer_bytes(i)
+        held_bytes = kv_bytes / self.config.num_kv_layers
+        lone_prefill_s = instance.latency.t_prefill_s(self._num_incremental(i))
+        cap = (kv_bytes - held_bytes) / lone_prefill_s if lone_prefill_s > 0 else math.inf
+        self.transfers[i] = Transfer(i, is_prefix_move=False)
+        self.link.add(self.now, i, kv_bytes, held_bytes, cap)
+        return self._link_follow_ups()
+
+    def _on_prefill_finished(self, i: int) -> FollowUps:
+        self.log.first_token_at[i] = self.now
+        decision = self.decisions[i]
+        assert decision is not None
+        self.indexes[decision.target].insert(self.requests[i].block_hashes)
+        if not self.log.is_offloaded[i]:
+            return self._on_kv_ready(i)
+        if self.link.release(self.now, i):
+            del self.transfers[i]
+            return self._on_kv_ready(i) + self._link_follow_ups()
+        return self._link_follow_ups()
+
+    def _num_incremental(self, i: int) -> int:
+        decision = self.decisions[i]
+        assert decision is not None
+        return decision.num_incremental_tokens
+
+    def _kv_transfer_bytes(self, i: int) -> float:
+        """KV crossing the link: the whole request's, minus the prefix already cached at PD."""
+        kv = self.config.kv_size
+        total = kv.kv_bytes(self.requests[i].num_prompt_tokens)
+        cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, self.requests[i])
+        if cached_pd == 0:
+            return float(total)
+        return float(total - kv.kv_bytes(cached_pd) + kv.kv_bytes(0))
+
+    # --- transfer and decode --------------------------------------------------------------------
+
+    def _link_follow_ups(self) -> FollowUps:
+        drain_at = self.link.next_drain_at()
+        if drain_at is None:
+            return []
+        return [(max(drain_at, self.now), LinkDrain(self.link.version))]
+
+    def _on_kv_ready(self, i: int) -> FollowUps:
+        self.log.kv_ready_at[i] = self.now
+        num_steps = self.requests[i].num_output_tokens - 1
+        if num_steps < 1:
+            self.log.decode_started_at[i] = self.now
+            self._finish(i)
+            return []
+        instance = self.decode[self.decode_of[i]]
+        admitted, wake_at = instance.add(self.now, i, num_steps)
+        for k in admitted:
+            self.log.decode_started_at[k] = self.now
+        return (
+            []
+            if wake_at is None
+            else [(wake_at, DecodeWake(instance.instance_id, instance.version))]
+        )
+
+    def _finish(self, i: int) -> None:
+        self.num_finished += 1
+        self.log.finished_at[i] = self.now
+        self.decode_tokens[self.decode_of[i]] -= self.requests[i].num_output_tokens
+
+
+def _make_prefill(config: SimConfig, prefix: str, spec: PrefillClusterSpec) -> list[SimPrefill]:
+    return [
+        SimPrefill(f"{prefix}-{k}", spec.latency, config.chunk_tokens)
+        for k in range(spec.num_instances)
+    ]

@@ -1,0 +1,66 @@
+"""The metrics summary of a finished simulation run: JSON-ready, floats rounded, no wall clock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from prfaas.policy.route import RouteTarget
+from prfaas.sim.config import SimConfig
+from prfaas.sim.instances import SimDecode, SimPrefill
+from prfaas.sim.link import SharedLink
+from prfaas.sim.metrics import RequestLog, egress_series, request_stats, round_floats
+
+
+def run_summary(
+    config: SimConfig,
+    log: RequestLog,
+    link: SharedLink,
+    clusters: Mapping[RouteTarget, Sequence[SimPrefill]],
+    decode: Sequence[SimDecode],
+    route_reasons: Mapping[str, int],
+    window_s: float,
+    end_s: float,
+    num_events: int,
+) -> dict[str, Any]:
+    """Metrics of a run over arrivals in [0, `window_s`] simulated until `end_s`."""
+    cfg = config
+    slo = (cfg.slo_ttft_s, cfg.slo_tpot_s)
+    series = egress_series(link.rate_segments, cfg.bandwidth, end_s, cfg.egress_bin_s)
+    sent_bytes = link.total_sent_bytes
+    result = {
+        "deployment": str(cfg.deployment.kind),
+        "window_s": window_s,
+        "sim_end_s": end_s,
+        "num_events": num_events,
+        **request_stats(log, window_s, end_s, slo),
+        "slo": {"ttft_s": slo[0], "tpot_s": slo[1]},
+        "egress": {
+            "mean_gbps": sent_bytes * 8 / 1e9 / end_s if end_s > 0 else 0.0,
+            "peak_bin_gbps": max(b["egress_gbps"] for b in series),
+            "series": series,
+        },
+        "utilization": utilization(clusters, decode, end_s),
+        "route_reasons": dict(sorted(route_reasons.items())),
+    }
+    return round_floats(result)  # type: ignore[no-any-return]
+
+
+def utilization(
+    clusters: Mapping[RouteTarget, Sequence[SimPrefill]],
+    decode: Sequence[SimDecode],
+    end_s: float,
+) -> dict[str, float | None]:
+    """Busy share of each prefill cluster and batch-slot share of the decode instances."""
+
+    def busy_share(instances: Sequence[SimPrefill]) -> float | None:
+        if not instances or end_s <= 0:
+            return None
+        return sum(p.busy_s for p in instances) / (len(instances) * end_s)
+
+    slots = sum(d.max_batch_size for d in decode)
+    return {
+        "prfaas_prefill": busy_share(clusters[RouteTarget.PRFAAS]),
+        "pd_prefill": busy_share(clusters[RouteTarget.PD_PREFILL]),
+        "pd_decode": sum(d.batch_seconds for d in decode) / (slots * end_s) if end_s > 0 else None,
+    }

@@ -69,7 +69,7 @@ def test_message_exchange_moves_buffers_intact() -> None:
     import socket
     import threading
 
-    from prfaas.cli.verify import recv_message, send_message
+    from prfaas.cli._verify_io import recv_message, send_message
 
     left, right = socket.socketpair()
     buffers = [bytes(range(256)) * 1000, bytearray(b"xyz"), memoryview(b"")]
@@ -111,7 +111,7 @@ def test_decode_instance_takes_state_only_from_the_run_token() -> None:
     sender gets its transfer acknowledged."""
     import asyncio
 
-    from prfaas.cli.verify import DecodePeer
+    from prfaas.cli._verify_peer import DecodePeer
     from prfaas.messages import KVManifest, LayerEntry, TensorEntry
     from prfaas.transport.config import TransportConfig
     from prfaas.transport.sender import KVSender

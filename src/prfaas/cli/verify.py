@@ -13,34 +13,27 @@ A streams each layer from the prefill's layer callback, as a prefill instance do
 what the receiver delivered complete and CRC-verified. Requests (which model, which control) and
 B's answers (tokens, logits) use a small length-prefixed socket exchange (`send_message` /
 `recv_message`) beside it.
+
+This module is the command; the framing and loop thread are in `_verify_io`, A's handle on B
+(`DecodePeer`) in `_verify_peer`, and B's `--serve` process in `_verify_serve`.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import json
-import os
 import secrets
-import socket
-import struct
-import subprocess
 import sys
-import threading
-from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, replace
-from typing import Any, TypeVar
+from typing import Any
 
 from prfaas.cli._output import add_json_flag, format_table, print_json
+from prfaas.cli._verify_io import quiet_transformers, single_thread
+from prfaas.cli._verify_peer import DecodePeer
+from prfaas.cli._verify_serve import serve
 from prfaas.errors import UserError
 
-_LEN = struct.Struct("<QQ")  # header bytes, payload bytes
 _LINEAR_STATE_ATTRS = ("conv_states", "recurrent_states", "linear_cache")
 _CONTROLS = ("empty_cache", "zeroed_linear_state")
-_TOKEN_ENV = "PRFAAS_VERIFY_TOKEN"  # the transport's shared token, passed to B out of argv
-_TRANSFER_TIMEOUT_S = 120.0  # waits on the loop thread; over the transport's 60 s deadline
-_T = TypeVar("_T")
 
 
 def register(subparsers: Any) -> None:
@@ -81,28 +74,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--prompt-tokens must be >= 2, got {args.prompt_tokens}")
     if args.decode_tokens < 2:
         raise UserError(f"--decode-tokens must be >= 2, got {args.decode_tokens}")
-    _quiet_transformers()
-    _single_thread()  # both instances reduce in the same order, as on identical hardware
+    quiet_transformers()
+    single_thread()  # both instances reduce in the same order, as on identical hardware
     with DecodePeer() as peer:
         results = [_verify_arch(peer, arch, args) for arch in archs]
     _report(results, args.json)
     return 0 if all(r.ok for r in results) else 1
-
-
-def _single_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _quiet_transformers() -> None:
-    import warnings
-
-    from transformers.utils import logging
-
-    hf_logging: Any = logging  # untyped in transformers
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", module="transformers")
 
 
 def _parse_archs(spec: str | None) -> list[str]:
@@ -151,148 +128,6 @@ def _result_dict(r: ArchResult) -> dict[str, Any]:
         "weights_match": r.weights_match,
         "transfer_bytes": r.transfer_bytes,
     }
-
-
-# ---- requests and answers beside the transport -----------------------------------------------
-def send_message(sock: socket.socket, header: dict[str, Any], buffers: Sequence[Any] = ()) -> None:
-    """One message: lengths, a JSON header, then the buffers' bytes back to back (no copies)."""
-    head = json.dumps(header).encode()
-    views = [memoryview(b).cast("B") for b in buffers]
-    sock.sendall(_LEN.pack(len(head), sum(v.nbytes for v in views)) + head)
-    for view in views:
-        sock.sendall(view)
-
-
-def recv_message(sock: socket.socket) -> tuple[dict[str, Any], bytearray]:
-    """The JSON header and the payload, received straight into one preallocated bytearray."""
-    head_len, payload_len = _LEN.unpack(_recv_exact(sock, _LEN.size))
-    header: dict[str, Any] = json.loads(_recv_exact(sock, head_len))
-    payload = bytearray(payload_len)
-    view = memoryview(payload)
-    got = 0
-    while got < payload_len:
-        n = sock.recv_into(view[got:])
-        if n == 0:
-            raise ConnectionError("peer closed during payload")
-        got += n
-    return header, payload
-
-
-def _recv_exact(sock: socket.socket, num_bytes: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < num_bytes:
-        chunk = sock.recv(num_bytes - len(buf))
-        if not chunk:
-            raise ConnectionError("peer closed")
-        buf += chunk
-    return bytes(buf)
-
-
-# ---- both instances: an event loop thread for the transport ----------------------------------
-class _LoopThread:
-    """An asyncio loop on a daemon thread, so the synchronous torch code can use the transport."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="prfaas-verify-io")
-        self._thread.daemon = True
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, _T], timeout_s: float = _TRANSFER_TIMEOUT_S) -> _T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
-
-
-def _transport_config(token: str) -> Any:
-    from prfaas.transport.config import TransportConfig
-
-    return TransportConfig(token=token)
-
-
-# ---- instance A (this process) ------------------------------------------------------------------
-class DecodePeer:
-    """Instance B: `python -m prfaas.cli.verify --serve`: a KVReceiver and a request socket, both
-    on 127.0.0.1, port 0. A sends the state with a KVSender and the request on the socket."""
-
-    def __enter__(self) -> DecodePeer:
-        from prfaas.transport.sender import KVSender
-
-        token = secrets.token_hex(16)
-        cmd = [sys.executable, "-m", "prfaas.cli.verify", "--serve"]
-        env = {**os.environ, _TOKEN_ENV: token}
-        self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
-        assert self._proc.stdout is not None
-        line = self._proc.stdout.readline()
-        if not line.startswith("port "):
-            self._proc.kill()
-            self._proc.wait()
-            raise RuntimeError(f"decode peer did not start: {line!r}")
-        _, request_port, kv_port = line.split()
-        self.sock = socket.create_connection(("127.0.0.1", int(request_port)))
-        self.kv_dest = f"127.0.0.1:{kv_port}"
-        self._io = _LoopThread()
-        self._sender = KVSender(_transport_config(token))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        with contextlib.suppress(OSError):  # the peer may already be gone
-            send_message(self.sock, {"op": "bye"})
-        self.sock.close()
-        with contextlib.suppress(Exception):  # closing must not hide the error that got us here
-            self._io.run(self._sender.close(), timeout_s=10)
-        self._io.close()
-        try:
-            self._proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self._proc.kill()
-            self._proc.wait()
-
-    def stream_prefill(self, engine: Any, request: Any, transfer_id: str) -> Any:
-        """Prefill `request` on `engine`, handing each layer to the transport from the layer
-        callback (as a prefill instance does); then finish the transfer with the final manifest.
-        Returns the engine's export, whose bytes equal what was sent."""
-        transfer = self._transport(self._sender.begin(self.kv_dest, transfer_id, request.req_id))
-
-        def on_layer(_req_id: str, layer: Any) -> None:
-            self._transport(transfer.send_layer(layer.entry, layer.buffers))
-
-        engine.prefill([request], on_layer=on_layer)
-        exported = engine.export(request.req_id, transfer_id=transfer_id)
-        _check_ack(self._transport(transfer.finish(exported.manifest)))
-        return exported
-
-    def send_state(self, manifest: Any, views: Sequence[memoryview]) -> None:
-        """One-shot transfer of a whole state (the negative controls' altered copies)."""
-        _check_ack(self._transport(self._sender.send(self.kv_dest, manifest, views)))
-
-    def _transport(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        try:
-            return self._io.run(coro)
-        except OSError as exc:  # refused or reset: the decode process is gone
-            raise UserError(f"decode instance lost ({exc}); see its error above") from exc
-
-    def decode(self, header: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        """Ask B to decode the transfer `header["transfer_id"]` it received."""
-        import torch
-
-        try:
-            send_message(self.sock, header)
-            reply, payload = recv_message(self.sock)
-        except OSError as exc:  # ConnectionError included: the decode process died
-            raise UserError(f"decode instance lost ({exc}); see its error above") from exc
-        if "error" in reply:
-            raise UserError(f"decode instance: {reply['error']}")
-        logits = torch.frombuffer(payload, dtype=torch.float32).view(reply["logits_shape"])
-        return reply, logits
-
-
-def _check_ack(ack: Any) -> None:
-    if not ack.ok:
-        raise UserError(f"KV transfer to the decode instance failed: {ack.error}")
 
 
 def _prompt(seed: int, num_tokens: int) -> tuple[int, ...]:
@@ -385,99 +220,6 @@ def _control_payload(control: str, exported: Any) -> bytearray | None:
     return payload
 
 
-# ---- instance B (the --serve process) ---------------------------------------------------------
-class _StateInbox:
-    """B's KVReceiver on its loop thread; `take` returns one delivered transfer's manifest and a
-    copy of its tensors' bytes, and gives the pooled buffers back."""
-
-    def __init__(self, io: _LoopThread, token: str) -> None:
-        from prfaas.transport.receiver import KVReceiver
-
-        self._io = io
-        self._rx = KVReceiver(_transport_config(token), host="127.0.0.1", port=0)
-        io.run(self._rx.__aenter__(), timeout_s=30)
-        self.port = int(self._rx.address.rsplit(":", 1)[1])
-        self._early: dict[str, Any] = {}  # transfer_id -> delivered before it was asked for
-
-    def take(self, transfer_id: str) -> tuple[Any, bytearray]:
-        while transfer_id not in self._early:
-            got = self._io.run(self._rx.get())
-            self._early[got.manifest.transfer_id] = got
-        got = self._early.pop(transfer_id)
-        payload = bytearray(got.manifest.total_bytes)  # B's engine owns this copy after import
-        for layer in got.manifest.layers:
-            for t in layer.tensors:
-                payload[t.offset_bytes : t.offset_bytes + t.num_bytes] = got.tensor_view(t)
-        self._io.loop.call_soon_threadsafe(got.release)  # the pool is the loop's
-        return got.manifest, payload
-
-    def close(self) -> None:
-        self._io.run(self._rx.__aexit__(None, None, None), timeout_s=30)
-
-
-def _serve() -> None:
-    import torch
-
-    _single_thread()
-    _quiet_transformers()
-    io = _LoopThread()
-    inbox = _StateInbox(io, os.environ[_TOKEN_ENV])
-    listener = socket.create_server(("127.0.0.1", 0))
-    print(f"port {listener.getsockname()[1]} {inbox.port}", flush=True)
-    conn, _ = listener.accept()
-    models: dict[tuple[str, str, int], Any] = {}
-    try:
-        with conn:
-            while True:
-                header, _ = recv_message(conn)
-                if header["op"] == "bye":
-                    return
-                try:
-                    manifest, payload = inbox.take(str(header["transfer_id"]))
-                    reply, logits = _decode_request(header, manifest, payload, models)
-                except UserError as exc:
-                    send_message(conn, {"error": str(exc)})
-                    continue
-                send_message(conn, reply, [logits.contiguous().view(torch.uint8).numpy()])
-    finally:
-        inbox.close()
-        io.close()
-
-
-def _decode_request(
-    header: dict[str, Any],
-    manifest: Any,
-    payload: bytearray,
-    models: dict[tuple[str, str, int], Any],
-) -> tuple[dict[str, Any], Any]:
-    import torch
-
-    from prfaas.engine.loading import load_model, weights_checksum
-    from prfaas.engine.runner import Engine
-    from prfaas.messages import SamplingParams
-
-    key = (header["arch"], header["dtype"], int(header["seed"]))
-    if key not in models:
-        loaded = load_model(*key)
-        models[key] = (loaded, weights_checksum(loaded.model))
-    loaded, checksum = models[key]
-    engine = Engine(loaded, record_logits=True)
-    sampling = SamplingParams.from_dict(header["sampling"])
-    if header.get("control") == "empty_cache":
-        state = engine.import_empty(manifest, sampling)
-    else:
-        state = engine.import_(manifest, [payload], sampling)
-    while engine.has_unfinished():
-        engine.step()
-    logits = torch.stack(state.logits) if state.logits else torch.empty(0, 0)
-    reply = {
-        "tokens": state.output_token_ids[1:],
-        "logits_shape": list(logits.shape),
-        "weights_match": checksum == header["weights_checksum"],
-    }
-    return reply, logits.float()
-
-
 if __name__ == "__main__":
     if sys.argv[1:] == ["--serve"]:
-        _serve()
+        serve()

@@ -1,7 +1,8 @@
 """KV transport: sans-IO wire format and transfer state machine, plus the asyncio TCP adapter.
 
     frames.py    versioned binary frames and the incremental decoder (sans-IO)
-    session.py   receiver state machine, range tracking, sender frame planning (sans-IO)
+    session.py   receiver state machine (sans-IO)
+    ranges.py    byte-range tracking, sender frame planning (sans-IO)
     pool.py      reusable receive buffers under a byte budget
     channel.py   plain (zero-copy, threaded I/O) and TLS byte channels over one TCP socket
     sender.py    KVSender: the entry point; one Destination per receiver address

@@ -33,7 +33,7 @@ from prfaas.transport.frames import (
     payload_header,
 )
 from prfaas.transport.linkstats import LinkView, TransportMetrics, read_tcp_stats, summarize_link
-from prfaas.transport.session import PayloadSlice
+from prfaas.transport.ranges import PayloadSlice
 from prfaas.transport.transfer import RECONNECT_BACKOFF_S, KVTransfer, Reply
 
 log = logging.getLogger(__name__)

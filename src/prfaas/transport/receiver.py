@@ -30,7 +30,8 @@ from prfaas.transport.frames import (
     encode_control,
 )
 from prfaas.transport.pool import BufferPool
-from prfaas.transport.session import Outcome, ReceivedTransfer, ReceiverSession, layer_span
+from prfaas.transport.ranges import layer_span
+from prfaas.transport.session import Outcome, ReceivedTransfer, ReceiverSession
 
 log = logging.getLogger(__name__)
 _HELLO_MAX_BYTES = 4096

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from prfaas.messages import KVManifest, LayerEntry, TransferAck
-from prfaas.transport.session import PayloadSlice, plan_slices, slices_for_ranges
+from prfaas.transport.ranges import PayloadSlice, plan_slices, slices_for_ranges
 
 if TYPE_CHECKING:
     from prfaas.transport.destination import Destination

@@ -18,14 +18,8 @@ from prfaas.transport.frames import (
     payload_header,
 )
 from prfaas.transport.pool import BufferPool
-from prfaas.transport.session import (
-    Outcome,
-    PayloadSlice,
-    RangeSet,
-    ReceiverSession,
-    plan_slices,
-    slices_for_ranges,
-)
+from prfaas.transport.ranges import PayloadSlice, RangeSet, plan_slices, slices_for_ranges
+from prfaas.transport.session import Outcome, ReceiverSession
 
 FRAME_BYTES = 1000
 

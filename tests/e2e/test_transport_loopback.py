@@ -210,7 +210,7 @@ def test_receiver_without_any_authentication_is_refused() -> None:
         KVReceiver(TransportConfig())
 
 
-def test_metrics_and_link_view_after_a_transfer() -> None:
+def test_metrics_and_link_stats_after_a_transfer() -> None:
     manifest, views = make_manifest(HYBRID)
     registry = CollectorRegistry()
 
@@ -219,8 +219,10 @@ def test_metrics_and_link_view_after_a_transfer() -> None:
         async with KVReceiver(cfg) as rx, KVSender(cfg, TransportMetrics(registry)) as tx:
             assert (await tx.send(rx.address, manifest, views)).ok
             (await rx.get()).release()
-            view = tx.link_view(rx.address)
+            view = tx.link_stats(rx.address)
             assert view is not None and view.num_connections == 2 and view.num_transfers == 1
+            policy_view = tx.link_view(rx.address, capacity_bytes_per_s=1e9)
+            assert policy_view is not None and policy_view.backlog_bytes == 0
             assert view.goodput_bytes_per_s > 0 and view.rtt_s > 0
             labels = {"dest": rx.address}
             got = registry.get_sample_value("prfaas:kv_transfer_bytes_total", labels)

@@ -9,7 +9,7 @@
     destination.py  N connections per destination, striping, reconnect, replies, link stats
     transfer.py  KVTransfer: layers in, END rounds, NACK resends, deadline, TransferAck out
     receiver.py  KVReceiver: authentication, recv_into pooled buffers, verified hand-over
-    linkstats.py TCP_INFO, LinkView, Prometheus metrics
+    linkstats.py TCP_INFO, LinkStats (-> policy LinkView), Prometheus metrics
     shaper.py    in-process shaped link (rate, latency, jitter, stalls, cuts) for tests
     netns.py     kernel-shaped link between two network namespaces (root) for benchmarks
     bench.py     `prfaas bench transport`: project transport vs a raw socket loop
@@ -18,7 +18,7 @@ Moves bytes and memoryviews only; never imports torch (the engine converts tenso
 """
 
 from prfaas.transport.config import TransportConfig
-from prfaas.transport.linkstats import LinkView, TransportMetrics
+from prfaas.transport.linkstats import LinkStats, TransportMetrics
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender, KVTransfer
 from prfaas.transport.session import ReceivedTransfer
@@ -27,7 +27,7 @@ __all__ = [
     "KVReceiver",
     "KVSender",
     "KVTransfer",
-    "LinkView",
+    "LinkStats",
     "ReceivedTransfer",
     "TransportConfig",
     "TransportMetrics",

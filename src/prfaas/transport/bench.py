@@ -183,7 +183,7 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
             if not ack.ok:
                 raise RuntimeError(f"transfer failed: {ack.error}")
         cpu_s = cpu.per_transfer_s()
-        view = tx.link_view(args.address)
+        view = tx.link_stats(args.address)
     _emit({"size_bytes": manifest.total_bytes, "seconds": seconds, "tx_cpu_s": [cpu_s],
            "link": view and view.__repr__()})  # fmt: skip
 

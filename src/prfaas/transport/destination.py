@@ -32,7 +32,7 @@ from prfaas.transport.frames import (
     encode_control,
     payload_header,
 )
-from prfaas.transport.linkstats import LinkView, TransportMetrics, read_tcp_stats, summarize_link
+from prfaas.transport.linkstats import LinkStats, TransportMetrics, read_tcp_stats, summarize_link
 from prfaas.transport.ranges import PayloadSlice
 from prfaas.transport.transfer import RECONNECT_BACKOFF_S, KVTransfer, Reply
 
@@ -143,14 +143,19 @@ class Destination:
         else:
             reason = (ack.error or "unknown").split(":")[0][:40]
             self._metrics.transfer_failures.labels(self.name, reason).inc()
-        view = self.link_view()
+        view = self.link_stats()
         self._metrics.observe_link(view, view.total_retransmits - self._last_retransmits)
         self._last_retransmits = max(self._last_retransmits, view.total_retransmits)
 
-    def link_view(self) -> LinkView:
+    def link_stats(self) -> LinkStats:
         stats = [s for c in self.conns.values() if (s := read_tcp_stats(c.channel.sock))]
         return summarize_link(
-            self.name, stats, self.goodput_bytes_per_s, self.num_transfers, self.num_failures
+            self.name,
+            stats,
+            self.goodput_bytes_per_s,
+            self.num_transfers,
+            self.num_failures,
+            self._queued_bytes,
         )
 
     async def close(self) -> None:

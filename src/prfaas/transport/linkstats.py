@@ -1,7 +1,8 @@
-"""Congestion signals per destination: kernel TCP_INFO, a LinkView snapshot and Prometheus metrics.
+"""Congestion signals per destination: kernel TCP_INFO, `LinkStats` snapshots, Prometheus metrics.
 
-The scheduler reads `LinkView`s (plain data); Prometheus scrapes `TransportMetrics`, which takes a
-registry so tests and several senders in one process do not clash.
+`LinkStats` is what the transport measures; `LinkStats.to_link_view(capacity)` turns it into the
+policy's `LinkView`, which the scheduler reads. Prometheus scrapes `TransportMetrics`, which takes
+a registry so tests and several senders in one process do not clash.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import struct
 from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
+
+from prfaas.policy import LinkView
 
 # Offsets into Linux `struct tcp_info` (include/uapi/linux/tcp.h); stable since kernel 4.x.
 _TCP_INFO_BYTES = 232
@@ -65,8 +68,8 @@ def parse_tcp_info(raw: bytes) -> TcpStats | None:
 
 
 @dataclass(frozen=True, slots=True)
-class LinkView:
-    """What the scheduler knows about the link to one destination, at one moment."""
+class LinkStats:
+    """What the sender has measured about the link to one destination, at one moment."""
 
     dest: str  # "host:port"
     num_connections: int  # live TCP connections
@@ -77,6 +80,22 @@ class LinkView:
     total_retransmits: int  # TCP segments retransmitted, summed over live connections
     num_transfers: int  # finished transfers (ok or not)
     num_failures: int  # transfers that did not end with an ACK
+    queued_bytes: int = 0  # payload bytes accepted by the sender and not yet written
+    bytes_sent: int = 0  # kernel bytes sent, summed over live connections
+    bytes_retransmitted: int = 0  # kernel bytes retransmitted, summed over live connections
+
+    def to_link_view(self, capacity_bytes_per_s: float) -> LinkView:
+        """The policy's view of this link, given its capacity (configured or provisioned)."""
+        rate = min(self.delivery_rate_bytes_per_s, self.goodput_bytes_per_s or float("inf"))
+        utilization = min(1.0, rate / capacity_bytes_per_s) if capacity_bytes_per_s > 0 else 1.0
+        retransmit_rate = self.bytes_retransmitted / self.bytes_sent if self.bytes_sent else 0.0
+        return LinkView(
+            bandwidth_bytes_per_s=capacity_bytes_per_s,
+            utilization=utilization,
+            backlog_bytes=float(self.queued_bytes),
+            rtt_s=self.rtt_s,
+            retransmit_rate=min(1.0, retransmit_rate),
+        )
 
 
 def summarize_link(
@@ -85,8 +104,9 @@ def summarize_link(
     goodput_bytes_per_s: float,
     num_transfers: int,
     num_failures: int,
-) -> LinkView:
-    return LinkView(
+    queued_bytes: int = 0,
+) -> LinkStats:
+    return LinkStats(
         dest=dest,
         num_connections=len(stats),
         rtt_s=max((s.rtt_s for s in stats), default=0.0),
@@ -96,6 +116,9 @@ def summarize_link(
         total_retransmits=sum(s.total_retransmits for s in stats),
         num_transfers=num_transfers,
         num_failures=num_failures,
+        queued_bytes=queued_bytes,
+        bytes_sent=sum(s.bytes_sent for s in stats),
+        bytes_retransmitted=sum(s.bytes_retransmitted for s in stats),
     )
 
 
@@ -136,7 +159,7 @@ class TransportMetrics:
             registry=reg,
         )
 
-    def observe_link(self, view: LinkView, new_retransmits: int) -> None:
+    def observe_link(self, view: LinkStats, new_retransmits: int) -> None:
         self.link_rtt.labels(view.dest).set(view.rtt_s)
         if new_retransmits > 0:
             self.link_retransmits.labels(view.dest).inc(new_retransmits)

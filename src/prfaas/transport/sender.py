@@ -11,10 +11,11 @@ import asyncio
 from collections.abc import Sequence
 
 from prfaas.messages import KVManifest, TransferAck
+from prfaas.policy import LinkView
 from prfaas.transport.channel import client_tls_context
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.destination import Destination
-from prfaas.transport.linkstats import LinkView, TransportMetrics
+from prfaas.transport.linkstats import LinkStats, TransportMetrics
 from prfaas.transport.transfer import KVTransfer, TransferFailedError
 
 __all__ = ["KVSender", "KVTransfer", "TransferFailedError", "parse_address"]
@@ -60,9 +61,15 @@ class KVSender:
             pos += n
         return await t.finish(manifest)
 
-    def link_view(self, dest: str) -> LinkView | None:
+    def link_stats(self, dest: str) -> LinkStats | None:
+        """What has been measured about the link to `dest` (None before the first connect)."""
         d = self._dests.get(dest)
-        return None if d is None else d.link_view()
+        return None if d is None else d.link_stats()
+
+    def link_view(self, dest: str, capacity_bytes_per_s: float) -> LinkView | None:
+        """The scheduler's view of the link to `dest`, whose capacity the caller knows."""
+        stats = self.link_stats(dest)
+        return None if stats is None else stats.to_link_view(capacity_bytes_per_s)
 
     async def close(self) -> None:
         for d in self._dests.values():

@@ -1,4 +1,4 @@
-"""Receive-buffer pool budget and reuse; TCP_INFO parsing and LinkView aggregation."""
+"""Receive-buffer pool budget and reuse; TCP_INFO parsing and LinkStats aggregation."""
 
 from __future__ import annotations
 
@@ -71,3 +71,19 @@ def test_link_view_sums_and_worst_cases() -> None:
     assert a is not None and b is not None
     view = summarize_link("h:1", [a, b], 1e9, num_transfers=4, num_failures=1)
     assert view.rtt_s == 0.005 and view.total_retransmits == 6 and view.num_connections == 2
+
+
+def test_link_stats_become_the_policy_link_view() -> None:
+    raw = bytearray(232)
+    struct.pack_into("<I", raw, 68, 4000)  # rtt 4 ms
+    struct.pack_into("<Q", raw, 160, 500_000_000)  # delivery rate 0.5 GB/s
+    struct.pack_into("<Q", raw, 200, 1000)  # bytes sent
+    struct.pack_into("<Q", raw, 208, 10)  # bytes retransmitted
+    tcp = parse_tcp_info(bytes(raw))
+    assert tcp is not None
+    stats = summarize_link("h:1", [tcp], 4e8, num_transfers=1, num_failures=0, queued_bytes=7)
+    view = stats.to_link_view(capacity_bytes_per_s=1e9)
+    assert view.bandwidth_bytes_per_s == 1e9 and view.backlog_bytes == 7
+    assert view.utilization == 0.4  # the lower of kernel delivery rate and measured goodput
+    assert view.rtt_s == 0.004 and view.retransmit_rate == 0.01
+    assert stats.to_link_view(capacity_bytes_per_s=1e8).utilization == 1.0

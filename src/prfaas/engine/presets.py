@@ -38,6 +38,13 @@ _BASE: dict[str, Any] = {
     "pad_token_id": 258,
 }
 _MOE = {"num_experts_per_tok": 2, "moe_intermediate_size": 64}
+# Gated DeltaNet widths shared by the Qwen3-Next and Qwen3.5 tiny presets
+_GDN = {
+    "linear_num_key_heads": 2,
+    "linear_num_value_heads": 4,
+    "linear_key_head_dim": 32,
+    "linear_value_head_dim": 32,
+}
 _MLA = {"kv_lora_rank": 32, "q_lora_rank": None, "qk_rope_head_dim": 16, "qk_nope_head_dim": 32}
 _MAMBA2 = {"mamba_n_heads": 8, "mamba_d_head": 32, "mamba_d_state": 16, "mamba_n_groups": 1}
 
@@ -81,10 +88,7 @@ PRESETS: dict[str, TinyPreset] = {
                 **_MOE,
                 "num_experts": 4,
                 "shared_expert_intermediate_size": 64,
-                "linear_num_key_heads": 2,
-                "linear_num_value_heads": 4,
-                "linear_key_head_dim": 32,
-                "linear_value_head_dim": 32,
+                **_GDN,
             },
             pattern=_types,
         ),
@@ -92,12 +96,7 @@ PRESETS: dict[str, TinyPreset] = {
             "qwen3_5_text",
             "qwen3_5_text",
             "Qwen__Qwen3.5-397B-A17B.json",
-            {
-                "linear_num_key_heads": 2,
-                "linear_num_value_heads": 4,
-                "linear_key_head_dim": 32,
-                "linear_value_head_dim": 32,
-            },
+            dict(_GDN),
             pattern=_types,
         ),
         TinyPreset(

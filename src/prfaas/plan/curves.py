@@ -6,8 +6,6 @@ from __future__ import annotations
 from prfaas.errors import UserError
 from prfaas.perf.latency import QuadraticLatency
 
-__all__ = ["QuadraticLatency", "parse_quadratic"]
-
 
 def parse_quadratic(text: str) -> QuadraticLatency:
     """'a,b,c' -> QuadraticLatency; a malformed list is a UserError."""

@@ -3,11 +3,14 @@
 ```
 client --HTTP--> router            GenerateRequest  (req_id, prompt_token_ids, SamplingParams)
 router (policy)                    RouteDecision    (in prfaas.policy: a decision, not a message)
-router --> prefill                 PrefillJob       (request, decode address, transfer_id)
+router --> decode                  DecodeJob        (request, transfer_id to wait for, policy)
+router --> prefill                 PrefillJob       (request, decode KV address, transfer_id)
 prefill --TCP--> decode            KVManifest       (what the KV frames carry, layer by layer)
                                    + KV frames      (prfaas.transport.frames: header + payload)
 decode --> prefill                 TransferAck      (transfer_id, ok | error)
+prefill --> router                 PrefillResult    (first token, KV bytes, timings | error)
 decode --> router --SSE--> client  TokenDelta       (req_id, token_ids, finish_reason | None)
+instance --> router (polled)       InstanceStats    (queues, transfers in flight, link stats)
 ```
 
 Control messages are JSON (`to_dict`/`from_dict`); KV payload bytes never pass through them.
@@ -18,6 +21,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from prfaas.errors import UserError
 
 JSONDict = dict[str, Any]
 
@@ -37,13 +42,13 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
-            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+            raise UserError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if not self.temperature >= 0:  # NaN fails too
+            raise UserError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+            raise UserError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+            raise UserError(f"top_k must be >= 0, got {self.top_k}")
 
     def to_dict(self) -> JSONDict:
         return asdict(self)
@@ -159,6 +164,7 @@ class KVManifest:
     num_computed_tokens: int  # prompt tokens whose state is included
     first_token_id: int | None  # token sampled from the last prefill logits, if any
     cache_meta: JSONDict = field(default_factory=dict)  # cache-level metadata (class name, ...)
+    model_fingerprint: str = ""  # identity of the producing weights; importers refuse a mismatch
 
     @property
     def total_bytes(self) -> int:
@@ -174,6 +180,7 @@ class KVManifest:
             "num_computed_tokens": self.num_computed_tokens,
             "first_token_id": self.first_token_id,
             "cache_meta": self.cache_meta,
+            "model_fingerprint": self.model_fingerprint,
         }
 
     @classmethod
@@ -188,6 +195,7 @@ class KVManifest:
             num_computed_tokens=int(d["num_computed_tokens"]),
             first_token_id=None if first is None else int(first),
             cache_meta=dict(d.get("cache_meta", {})),
+            model_fingerprint=str(d.get("model_fingerprint", "")),
         )
 
 
@@ -214,10 +222,137 @@ class TokenDelta:
     req_id: str
     token_ids: tuple[int, ...]  # tokens produced since the previous delta
     finish_reason: str | None = None  # "stop" | "length" | "error" when the request ends
+    error: str | None = None  # why, when finish_reason is "error"
 
     def to_dict(self) -> JSONDict:
         return {**asdict(self), "token_ids": list(self.token_ids)}
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> TokenDelta:
-        return cls(str(d["req_id"]), tuple(int(t) for t in d["token_ids"]), d.get("finish_reason"))
+        return cls(
+            str(d["req_id"]),
+            tuple(int(t) for t in d["token_ids"]),
+            d.get("finish_reason"),
+            d.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillJob:
+    """Router -> prefill instance: prefill the request, stream its state to a decode instance."""
+
+    request: GenerateRequest
+    transfer_id: str  # names the KV shipment; the decode instance waits for this id
+    decode_kv_address: str  # "host:port" of the chosen decode instance's KV receiver
+    deadline_s: float  # the transfer must be acknowledged within this many seconds
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "request": self.request.to_dict(),
+            "transfer_id": self.transfer_id,
+            "decode_kv_address": self.decode_kv_address,
+            "deadline_s": self.deadline_s,
+        }
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> PrefillJob:
+        return cls(
+            GenerateRequest.from_dict(d["request"]),
+            str(d["transfer_id"]),
+            str(d["decode_kv_address"]),
+            float(d["deadline_s"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillResult:
+    """Prefill instance -> router: how the prefill and its KV transfer went."""
+
+    req_id: str
+    transfer_id: str
+    ok: bool  # state computed, sent and acknowledged by the decode instance
+    first_token_id: int | None = None
+    num_kv_bytes: int = 0  # payload bytes sent
+    queue_s: float = 0.0  # waited in the instance's FCFS queue
+    prefill_s: float = 0.0  # forward pass, layer callback included
+    transfer_tail_s: float = 0.0  # from the end of the forward pass to the receiver's ACK
+    error: str | None = None  # why, when not ok
+
+    def to_dict(self) -> JSONDict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> PrefillResult:
+        first = d.get("first_token_id")
+        return cls(
+            req_id=str(d["req_id"]),
+            transfer_id=str(d["transfer_id"]),
+            ok=bool(d["ok"]),
+            first_token_id=None if first is None else int(first),
+            num_kv_bytes=int(d.get("num_kv_bytes", 0)),
+            queue_s=float(d.get("queue_s", 0.0)),
+            prefill_s=float(d.get("prefill_s", 0.0)),
+            transfer_tail_s=float(d.get("transfer_tail_s", 0.0)),
+            error=d.get("error"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeJob:
+    """Router -> decode instance: decode this request from the state `transfer_id` brings.
+
+    With `transfer_id` None the decode instance prefills the prompt itself (a colocated request).
+    """
+
+    request: GenerateRequest
+    transfer_id: str | None
+    deadline_s: float  # how long to wait for the state before the failure policy applies
+    failure_policy: str = "recompute"  # "recompute": prefill locally; "fail": end with an error
+
+    def to_dict(self) -> JSONDict:
+        return {
+            "request": self.request.to_dict(),
+            "transfer_id": self.transfer_id,
+            "deadline_s": self.deadline_s,
+            "failure_policy": self.failure_policy,
+        }
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> DecodeJob:
+        tid = d.get("transfer_id")
+        return cls(
+            GenerateRequest.from_dict(d["request"]),
+            None if tid is None else str(tid),
+            float(d["deadline_s"]),
+            str(d.get("failure_policy", "recompute")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceStats:
+    """Instance -> router, polled: the load numbers the routing policy reads, and link stats."""
+
+    instance_id: str
+    role: str  # "prefill" | "decode"
+    num_requests_waiting: int  # queued, not started
+    num_requests_running: int  # prefilling or decoding now
+    num_queued_tokens: int  # prompt tokens waiting or in prefill
+    queued_prefill_s: float  # expected seconds to finish the queued prefill work
+    num_transfers_in_flight: int = 0  # KV transfers sent and not yet acknowledged
+    links: tuple[JSONDict, ...] = ()  # per destination: measured LinkStats as a dict
+
+    def to_dict(self) -> JSONDict:
+        return {**asdict(self), "links": list(self.links)}
+
+    @classmethod
+    def from_dict(cls, d: JSONDict) -> InstanceStats:
+        return cls(
+            instance_id=str(d["instance_id"]),
+            role=str(d["role"]),
+            num_requests_waiting=int(d["num_requests_waiting"]),
+            num_requests_running=int(d["num_requests_running"]),
+            num_queued_tokens=int(d["num_queued_tokens"]),
+            queued_prefill_s=float(d["queued_prefill_s"]),
+            num_transfers_in_flight=int(d.get("num_transfers_in_flight", 0)),
+            links=tuple(dict(x) for x in d.get("links", ())),
+        )

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "sim": "prfaas.cli.sim",
     "verify": "prfaas.cli.verify",
     "bench": "prfaas.cli.bench",
+    "router, prefill, decode, up": "prfaas.cli.serve",  # the live services
 }
 
 
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"prfaas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module_name in COMMANDS.values():
+    for module_name in dict.fromkeys(COMMANDS.values()):
         importlib.import_module(module_name).register(sub)
     return parser
 

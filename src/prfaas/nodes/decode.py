@@ -1,0 +1,327 @@
+"""A decode instance (`prfaas decode`): a KV receiver plus the engine's continuous decode batch.
+
+`POST /internal/decode` takes a `DecodeJob` and answers with a stream of `TokenDelta`s (NDJSON,
+one per line). With a `transfer_id`, the instance waits for that transfer: the receiver hands
+over complete, CRC-verified state, which is imported into the engine (one copy out of the pooled
+receive buffers, which go straight back to the pool), the manifest's first token is streamed,
+and the request joins the decode batch. If the state does not arrive by the job's deadline, the
+transfer fails at the receiver, or the router reports that its prefill failed
+(`POST /internal/abort`), the failure policy applies: `recompute` prefills the prompt here
+(counted in `prfaas:fallback_prefills_total`), `fail` ends the request with a clear error.
+Without a `transfer_id` the request is prefilled and decoded here (colocated). A client that
+goes away cancels its request and frees its state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
+from prfaas.nodes.engines import PrefillRate, build_engine
+from prfaas.nodes.http import error_response, metrics_response, transport_config
+from prfaas.nodes.topology import InstanceConfig, Topology
+from prfaas.nodes.worker import EngineWorker
+from prfaas.transport.receiver import KVReceiver
+from prfaas.transport.session import ReceivedTransfer
+
+log = logging.getLogger(__name__)
+_FAILURE_POLL_S = 0.05
+_UNCLAIMED_TTL_S = 120.0  # a transfer nobody asks for is released after this long
+
+
+class TransferLost(Exception):
+    """The state of a request will not arrive: deadline, broken transfer, or failed prefill."""
+
+
+class DecodeService:
+    """The instance's state: engine thread, KV receiver, transfers waited for, metrics."""
+
+    def __init__(self, topology: Topology, instance: InstanceConfig, engine: Any) -> None:
+        self.topology, self.instance = topology, instance
+        self.loop = asyncio.get_running_loop()
+        self.worker = EngineWorker(engine, self.loop, name=instance.name)
+        self.rate = PrefillRate(engine)
+        self.registry = CollectorRegistry()
+        self.receiver = _make_receiver(topology, instance, self._on_transfer)
+        self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
+        self._waiters: dict[str, asyncio.Future[ReceivedTransfer]] = {}
+        self._lost: dict[str, tuple[str, float]] = {}  # transfer_id -> (reason, when)
+        self._num_failures_seen = 0
+        self.running: dict[str, int] = {}  # req_id -> prompt tokens, admitted and not finished
+        self.num_waiting = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._metrics(instance.name)
+
+    def _metrics(self, name: str) -> None:
+        reg = self.registry
+        self.fallbacks = Counter(
+            "prfaas:fallback_prefills",
+            "Requests prefilled here because their KV state was lost",
+            ["instance", "reason"],
+            registry=reg,
+        )
+        self.imports = Counter(
+            "prfaas:kv_imports",
+            "KV states imported into the decode batch",
+            ["instance"],
+            registry=reg,
+        ).labels(name)
+        self.failed = Counter(
+            "prfaas:failed_requests",
+            "Requests ended with an error",
+            ["instance", "reason"],
+            registry=reg,
+        )
+        self._g_waiting = Gauge(
+            "prfaas:num_requests_waiting",
+            "Requests waiting for their KV state",
+            ["instance"],
+            registry=reg,
+        ).labels(name)
+        self._g_running = Gauge(
+            "prfaas:num_requests_running",
+            "Requests in the decode batch",
+            ["instance"],
+            registry=reg,
+        ).labels(name)
+
+    async def start(self) -> None:
+        await self.receiver.start()
+        self._tasks.append(asyncio.create_task(self._watch_failures()))
+
+    # ---- transfers -------------------------------------------------------------------------
+    def _on_transfer(self, received: ReceivedTransfer) -> None:
+        tid = received.manifest.transfer_id
+        waiter = self._waiters.pop(tid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(received)
+        else:
+            self._arrived[tid] = (received, time.monotonic())
+
+    async def _watch_failures(self) -> None:
+        """Turn the receiver's failed transfers into lost waits; release unclaimed transfers."""
+        while True:
+            await asyncio.sleep(_FAILURE_POLL_S)
+            failures = self.receiver.failures
+            for tid, reason in failures[self._num_failures_seen :]:
+                self.abort(tid, f"transfer failed at the receiver: {reason}")
+            self._num_failures_seen = len(failures)
+            self._expire_unclaimed(time.monotonic())
+
+    def _expire_unclaimed(self, now: float) -> None:
+        for tid, (received, at) in list(self._arrived.items()):
+            if now - at > _UNCLAIMED_TTL_S:
+                del self._arrived[tid]
+                received.release()
+        for tid, (_, at) in list(self._lost.items()):
+            if now - at > _UNCLAIMED_TTL_S:
+                del self._lost[tid]
+
+    def abort(self, transfer_id: str, reason: str) -> None:
+        """The state of `transfer_id` will not come (the router or the receiver says why)."""
+        waiter = self._waiters.pop(transfer_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TransferLost(reason))
+        else:
+            self._lost[transfer_id] = (reason, time.monotonic())
+
+    async def _wait_transfer(self, transfer_id: str, deadline_s: float) -> ReceivedTransfer:
+        if transfer_id in self._arrived:
+            return self._arrived.pop(transfer_id)[0]
+        if transfer_id in self._lost:
+            raise TransferLost(self._lost.pop(transfer_id)[0])
+        waiter: asyncio.Future[ReceivedTransfer] = self.loop.create_future()
+        self._waiters[transfer_id] = waiter
+        try:
+            async with asyncio.timeout(deadline_s):
+                return await waiter
+        except TimeoutError:
+            raise TransferLost(f"KV state did not arrive within {deadline_s:g} s") from None
+        finally:
+            self._waiters.pop(transfer_id, None)
+
+    # ---- requests --------------------------------------------------------------------------
+    async def decode(self, job: DecodeJob) -> AsyncIterator[TokenDelta]:
+        """The request's deltas, first token first; always ends with a finish_reason."""
+        req_id = job.request.req_id
+        stream = self.worker.open_stream(req_id)
+        try:
+            error = await self._admit(job)
+            if error is not None:
+                yield error
+                return
+            while True:
+                delta = await stream.get()
+                yield delta
+                if delta.finish_reason is not None:
+                    if delta.finish_reason == "error":
+                        self.failed.labels(self.instance.name, "engine").inc()
+                    return
+        finally:  # finished, failed, or the client went away
+            self.running.pop(req_id, None)
+            self.worker.close_stream(req_id)
+            self._publish_gauges()
+
+    async def _admit(self, job: DecodeJob) -> TokenDelta | None:
+        """Start the request in the engine; an error delta if it cannot start."""
+        req_id = job.request.req_id
+        if job.transfer_id is None:
+            return await self._prefill_here(job, reason=None)
+        self.num_waiting += 1
+        self._publish_gauges()
+        try:
+            received = await self._wait_transfer(job.transfer_id, job.deadline_s)
+        except TransferLost as exc:
+            return await self._on_lost(job, str(exc))
+        finally:
+            self.num_waiting -= 1
+        try:
+            await self.worker.call(lambda engine: self._import(engine, job, received))
+        except Exception as exc:  # broken or foreign state (ManifestMismatch, ...)
+            return await self._on_lost(job, f"KV state refused: {exc}")
+        finally:
+            received.release()
+        self.imports.inc()
+        self.running[req_id] = len(job.request.prompt_token_ids)
+        self._publish_gauges()
+        return None
+
+    def _import(self, engine: Any, job: DecodeJob, received: ReceivedTransfer) -> None:
+        """Engine thread: adopt the state (one copy out of the pool) and stream the first token."""
+        manifest = received.manifest
+        if manifest.req_id != job.request.req_id:
+            raise TransferLost(f"transfer {manifest.transfer_id} carries {manifest.req_id!r}")
+        views = [received.tensor_view(t) for layer in manifest.layers for t in layer.tensors]
+        engine.import_(manifest, views, job.request.sampling, copy=True)
+        self.worker.emit(engine.first_delta(job.request.req_id))
+
+    async def _on_lost(self, job: DecodeJob, reason: str) -> TokenDelta | None:
+        req_id = job.request.req_id
+        log.warning("req_id=%s transfer_id=%s state lost: %s", req_id, job.transfer_id, reason)
+        if job.failure_policy == "recompute":
+            return await self._prefill_here(job, reason)
+        self.failed.labels(self.instance.name, "kv_lost").inc()
+        return TokenDelta(req_id, (), "error", f"KV state lost ({reason}); failure policy 'fail'")
+
+    async def _prefill_here(self, job: DecodeJob, reason: str | None) -> TokenDelta | None:
+        req_id = job.request.req_id
+        if reason is not None:
+            self.fallbacks.labels(self.instance.name, _reason_label(reason)).inc()
+            log.info("req_id=%s recomputing the prefill locally", req_id)
+        try:
+            await self.worker.call(lambda engine: engine.add_request(job.request))
+        except Exception as exc:
+            self.failed.labels(self.instance.name, "rejected").inc()
+            return TokenDelta(req_id, (), "error", f"request refused: {exc}")
+        self.running[req_id] = len(job.request.prompt_token_ids)
+        self._publish_gauges()
+        return None
+
+    # ---- reporting -------------------------------------------------------------------------
+    def stats(self) -> InstanceStats:
+        num_tokens = sum(self.running.values())
+        return InstanceStats(
+            instance_id=self.instance.name,
+            role="decode",
+            num_requests_waiting=self.num_waiting,
+            num_requests_running=len(self.running),
+            num_queued_tokens=num_tokens,
+            queued_prefill_s=0.0,
+            num_transfers_in_flight=self.num_waiting,
+        )
+
+    def _publish_gauges(self) -> None:
+        self._g_waiting.set(self.num_waiting)
+        self._g_running.set(len(self.running))
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for received, _ in self._arrived.values():
+            received.release()
+        await self.receiver.close()
+        await asyncio.to_thread(self.worker.stop)
+
+
+def _make_receiver(topology: Topology, instance: InstanceConfig, on_transfer: Any) -> KVReceiver:
+    from prfaas.transport.sender import parse_address
+
+    host, port = parse_address(instance.kv or "127.0.0.1:0")
+    return KVReceiver(transport_config(topology), host, port, on_transfer=on_transfer)
+
+
+def _reason_label(reason: str) -> str:
+    if "did not arrive" in reason:
+        return "deadline"
+    if "refused" in reason:
+        return "refused"
+    if "receiver" in reason:
+        return "transfer_failed"
+    return "prefill_failed"
+
+
+def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
+    """The decode instance's HTTP app; the engine loads and the receiver listens at start."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(build_engine, topology, instance)
+        service = DecodeService(topology, instance, engine)
+        await service.start()
+        app.state.service = service
+        log.info(
+            "decode instance %s ready on %s (KV %s)", instance.name, instance.http, instance.kv
+        )
+        yield
+        await service.close()
+
+    app = FastAPI(title=f"prfaas decode {instance.name}", lifespan=lifespan)
+
+    @app.post("/internal/decode")
+    async def decode(request: Request) -> Response:
+        try:
+            job = DecodeJob.from_dict(await request.json())
+        except Exception as exc:  # malformed job
+            return error_response(400, f"bad decode job: {exc}", "invalid_request_error")
+        deltas = app.state.service.decode(job)
+        return StreamingResponse(_ndjson(deltas), media_type="application/x-ndjson")
+
+    @app.post("/internal/abort")
+    async def abort(request: Request) -> JSONResponse:
+        try:
+            body = await request.json()
+            transfer_id, reason = str(body["transfer_id"]), str(body.get("reason", "aborted"))
+        except Exception as exc:
+            return error_response(400, f"bad abort: {exc}", "invalid_request_error")
+        app.state.service.abort(transfer_id, reason)
+        return JSONResponse({"ok": True})
+
+    @app.get("/internal/stats")
+    async def stats() -> JSONResponse:
+        return JSONResponse(app.state.service.stats().to_dict())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "instance": instance.name, "role": "decode"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return metrics_response(app.state.service.registry)
+
+    return app
+
+
+async def _ndjson(deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[bytes]:
+    async for delta in deltas:
+        yield (json.dumps(delta.to_dict()) + "\n").encode()

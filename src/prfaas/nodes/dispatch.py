@@ -1,0 +1,212 @@
+"""The router's data path: ask the policy where a request prefills, then drive the two instances.
+
+`Dispatcher.decide` builds the policy's views from the monitor, calls `RoutePolicy.choose` and
+`pick_instance` (the same `prfaas.policy` code the simulator runs), and turns the decision into a
+`Dispatch`: which prefill instance, which decode instance, which transfer id, and why.
+`Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the state) and the
+`PrefillJob` at the same time, relays the decode instance's `TokenDelta`s, and when the prefill
+side fails (instance gone, engine error, transfer refused) tells the decode instance at once, so
+its failure policy applies without waiting for the deadline. No decision is made here that the
+policy did not make, except one: a target with no ready instance is not a target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from prfaas.messages import DecodeJob, GenerateRequest, PrefillJob, PrefillResult, TokenDelta
+from prfaas.nodes.monitor import ClusterMonitor, InstanceState
+from prfaas.nodes.router_metrics import RouterMetrics
+from prfaas.nodes.topology import ClusterConfig, Topology
+from prfaas.policy import RoutePolicy, RoutePolicyConfig, RouteTarget, make_route_policy
+from prfaas.policy import pick_instance as pick_least_loaded
+from prfaas.types import DeploymentKind
+
+log = logging.getLogger("prfaas.router")
+_RESULT_GRACE_S = 2.0  # after the last token, how long a prefill answer may still take
+_PREFILL_SLACK_S = 300.0  # a prefill job may queue this long past its transfer deadline
+
+
+class NoInstanceError(Exception):
+    """No ready instance can take the request (HTTP 503)."""
+
+
+@dataclass
+class Dispatch:
+    """Where one request goes and why: the routing decision made concrete."""
+
+    req_id: str
+    transfer_id: str
+    route: str  # RouteTarget value: "prfaas" | "pd_prefill"
+    reason: str  # the policy's reason ("<rule>: <details>")
+    num_prompt_tokens: int
+    decode: InstanceState
+    prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
+    result: PrefillResult | None = None  # filled in once the prefill instance answers
+
+    @property
+    def rule(self) -> str:
+        return self.reason.split(":", 1)[0]
+
+    def log_fields(self) -> dict[str, object]:
+        return {
+            "req_id": self.req_id,
+            "transfer_id": self.transfer_id,
+            "route": self.route,
+            "reason": self.reason,
+            "prefill_instance": self.prefill.config.name if self.prefill else None,
+            "decode_instance": self.decode.config.name,
+            "num_prompt_tokens": self.num_prompt_tokens,
+        }
+
+
+def make_policy(topology: Topology) -> RoutePolicy:
+    kind = DeploymentKind(topology.policy.deployment)
+    return make_route_policy(kind, RoutePolicyConfig(topology.policy.threshold_tokens))
+
+
+class Dispatcher:
+    """Routes and drives requests over the instances the monitor sees."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        monitor: ClusterMonitor,
+        client: httpx.AsyncClient,
+        metrics: RouterMetrics,
+    ) -> None:
+        self.topology, self.monitor, self.client, self.metrics = topology, monitor, client, metrics
+        self.policy = make_policy(topology)
+        self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
+        self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    # ---- decision --------------------------------------------------------------------------
+    def decide(self, req_id: str, num_prompt_tokens: int) -> Dispatch:
+        decoders = self.monitor.ready(self.pd, "decode")
+        if not decoders:
+            raise NoInstanceError("no decode instance of the PD cluster is ready")
+        link = self.monitor.link_view(self.prfaas, self.pd)
+        decision = self.policy.choose(
+            num_prompt_tokens,
+            0,  # cached prefix tokens: no prefix cache yet, the whole prompt is incremental
+            0,
+            link,
+            self.monitor.cluster_view(self.prfaas),
+            self.monitor.cluster_view(self.pd),
+        )
+        route, reason = decision.target, decision.reason
+        prefill = self._prefill_instance(route)
+        if prefill is None and route is RouteTarget.PRFAAS:
+            route, reason = RouteTarget.PD_PREFILL, f"prfaas-unavailable: {reason}"
+            prefill = self._prefill_instance(route)
+        decode = decoders[pick_least_loaded([s.load() for s in decoders])]
+        return Dispatch(
+            req_id, uuid.uuid4().hex, route.value, reason, num_prompt_tokens, decode, prefill
+        )
+
+    def _prefill_instance(self, route: RouteTarget) -> InstanceState | None:
+        cluster = self.prfaas if route is RouteTarget.PRFAAS else self.pd
+        if cluster is None:
+            return None
+        ready = self.monitor.ready(cluster, "prefill")
+        return ready[pick_least_loaded([s.load() for s in ready])] if ready else None
+
+    # ---- driving ---------------------------------------------------------------------------
+    async def run(self, d: Dispatch, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
+        """The request's token deltas from its decode instance; ends with a finish_reason."""
+        policy = self.topology.policy
+        transfer_id = d.transfer_id if d.prefill is not None else None
+        job = DecodeJob(request, transfer_id, policy.transfer_deadline_s, policy.failure)
+        prefill_task = None
+        if d.prefill is not None:
+            prefill_task = asyncio.create_task(self._prefill(d, request))
+        _add_pending(d.decode, d.num_prompt_tokens, +1)
+        try:
+            async for delta in self._decode_stream(d, job):
+                yield delta
+        finally:
+            _add_pending(d.decode, d.num_prompt_tokens, -1)
+            if prefill_task is not None:
+                await self._settle(prefill_task)
+
+    async def _decode_stream(self, d: Dispatch, job: DecodeJob) -> AsyncIterator[TokenDelta]:
+        url = f"http://{d.decode.config.http}/internal/decode"
+        timeout = httpx.Timeout(10.0, read=self.topology.policy.transfer_deadline_s + 120.0)
+        try:
+            async with self.client.stream("POST", url, json=job.to_dict(), timeout=timeout) as r:
+                if r.status_code != 200:
+                    body = (await r.aread())[:300].decode(errors="replace")
+                    yield _error(d, f"decode instance answered {r.status_code}: {body}")
+                    return
+                async for line in r.aiter_lines():
+                    if line:
+                        yield TokenDelta.from_dict(json.loads(line))
+        except httpx.ConnectError as exc:
+            self.monitor.mark_down(d.decode.config.name, str(exc))
+            yield _error(d, f"decode instance {d.decode.config.name} unreachable: {exc}")
+        except (httpx.HTTPError, ValueError) as exc:
+            yield _error(d, f"decode instance {d.decode.config.name} failed: {exc!r}")
+
+    async def _prefill(self, d: Dispatch, request: GenerateRequest) -> None:
+        assert d.prefill is not None
+        deadline_s = self.topology.policy.transfer_deadline_s
+        kv = d.decode.config.kv
+        assert kv is not None
+        job = PrefillJob(request, d.transfer_id, kv, deadline_s)
+        url = f"http://{d.prefill.config.http}/internal/prefill"
+        started_at = time.monotonic()
+        timeout = httpx.Timeout(10.0, read=deadline_s + _PREFILL_SLACK_S)
+        _add_pending(d.prefill, d.num_prompt_tokens, +1)
+        try:
+            reply = await self.client.post(url, json=job.to_dict(), timeout=timeout)
+            reply.raise_for_status()
+            result = PrefillResult.from_dict(reply.json())
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            if isinstance(exc, httpx.ConnectError):
+                self.monitor.mark_down(d.prefill.config.name, str(exc))
+            error = f"prefill instance {d.prefill.config.name} failed: {exc!r}"
+            result = PrefillResult(request.req_id, d.transfer_id, ok=False, error=error)
+        finally:
+            _add_pending(d.prefill, d.num_prompt_tokens, -1)
+        d.result = result
+        if result.ok:
+            self.metrics.kv_seconds.labels(d.route).observe(time.monotonic() - started_at)
+            self.metrics.kv_bytes.labels(d.route).inc(result.num_kv_bytes)
+            return
+        log.warning(
+            json.dumps({"event": "prefill_failed", **d.log_fields(), "error": result.error})
+        )
+        await self._abort(d, result.error or "prefill failed")
+
+    async def _abort(self, d: Dispatch, reason: str) -> None:
+        url = f"http://{d.decode.config.http}/internal/abort"
+        with contextlib.suppress(httpx.HTTPError):
+            await self.client.post(url, json={"transfer_id": d.transfer_id, "reason": reason})
+
+    async def _settle(self, task: asyncio.Task[None]) -> None:
+        """Give the prefill answer a moment after the last token, then stop waiting for it."""
+        done, _ = await asyncio.wait({task}, timeout=_RESULT_GRACE_S)
+        if not done:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def _add_pending(state: InstanceState, num_tokens: int, sign: int) -> None:
+    state.pending_requests += sign
+    state.pending_tokens += sign * num_tokens
+
+
+def _error(d: Dispatch, message: str) -> TokenDelta:
+    log.warning(json.dumps({"event": "request_failed", **d.log_fields(), "error": message}))
+    return TokenDelta(d.req_id, (), "error", message)

@@ -1,0 +1,69 @@
+"""Building an instance's engine from the topology, and what the services measure about it.
+
+`build_engine` gives a real `prfaas.engine.Engine` (tiny preset or local checkpoint) or an
+`EmulatedEngine` timed by the cost model for the topology's `model.emulate` on the instance's
+hardware. `PrefillRate` turns queued prompt tokens into expected seconds: the cost model for an
+emulated engine, the measured tokens per second of this instance's own prefills for a real one.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from prfaas.nodes.topology import InstanceConfig, Topology
+
+TORCH_THREADS_ENV = "PRFAAS_TORCH_THREADS"  # intra-op threads per instance (default 1)
+_RATE_EWMA_WEIGHT = 0.3
+_INITIAL_TOKENS_PER_S = 2000.0  # until the first prefill has been measured
+
+
+def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
+    """The engine `instance` runs: emulated (cost model + real-size payloads) or torch."""
+    model = topology.model
+    if instance.engine == "emulated":
+        from prfaas.engine.emulated import make_emulated_engine
+
+        return make_emulated_engine(
+            model.emulate, instance.hardware, instance.num_gpus, seed=model.seed
+        )
+    import torch
+
+    from prfaas.engine.loading import load_model
+    from prfaas.engine.runner import Engine
+
+    torch.set_num_threads(int(os.environ.get(TORCH_THREADS_ENV, "1")))
+    _quiet_transformers()
+    return Engine(load_model(model.name, model.dtype, model.seed))
+
+
+def _quiet_transformers() -> None:
+    import warnings
+
+    from transformers.utils import logging
+
+    hf_logging: Any = logging  # untyped in transformers
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", module="transformers")
+
+
+class PrefillRate:
+    """Expected prefill seconds for queued tokens on one instance."""
+
+    def __init__(self, engine: Any) -> None:
+        self._cost = getattr(engine, "cost", None)  # EmulatedEngine's CostModel
+        self.tokens_per_s = _INITIAL_TOKENS_PER_S
+
+    def expected_s(self, num_tokens: int) -> float:
+        if num_tokens <= 0:
+            return 0.0
+        if self._cost is not None:
+            return float(self._cost.t_prefill_s(num_tokens))
+        return num_tokens / self.tokens_per_s
+
+    def observe(self, num_tokens: int, elapsed_s: float) -> None:
+        """Fold one measured prefill into the rate (real engines only)."""
+        if self._cost is not None or elapsed_s <= 0 or num_tokens <= 0:
+            return
+        rate = num_tokens / elapsed_s
+        self.tokens_per_s += _RATE_EWMA_WEIGHT * (rate - self.tokens_per_s)

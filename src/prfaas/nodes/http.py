@@ -1,0 +1,79 @@
+"""HTTP plumbing every service shares: running an app under uvicorn, OpenAI-style JSON errors,
+the `/metrics` response, and the transport settings taken from the topology."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from prfaas.errors import UserError
+from prfaas.nodes.topology import Topology
+from prfaas.transport.config import TransportConfig
+from prfaas.transport.sender import parse_address
+
+TOKEN_ENV = "PRFAAS_TRANSPORT_TOKEN"  # overrides / supplies the transport token (kept out of argv)
+INTERNAL_PREFIX = "/internal"
+
+
+def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """The OpenAI error body: {"error": {"message", "type", "code"}}."""
+    body = {"error": {"message": message, "type": kind, "code": code or kind, "param": None}}
+    return JSONResponse(body, status_code=status)
+
+
+def metrics_response(registry: CollectorRegistry) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:
+    """The KV transport's settings: the topology's security section, or the token from the
+    environment (how `prfaas up` hands a generated token to its children)."""
+    sec = topology.transport
+    token = os.environ.get(TOKEN_ENV) or sec.token
+    if token is None and sec.tls_cert is None:
+        raise UserError(f"transport: set token, token_file or TLS files (or ${TOKEN_ENV})")
+    return TransportConfig(
+        num_connections=sec.num_connections,
+        token=token,
+        tls_cert=sec.tls_cert,
+        tls_key=sec.tls_key,
+        tls_ca=sec.tls_ca,
+        deadline_s=deadline_s or topology.policy.transfer_deadline_s,
+    )
+
+
+def serve_app(app: Any, address: str, name: str) -> None:
+    """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both)."""
+    import uvicorn
+
+    host, port = parse_address(address)
+    configure_logging(name)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=5,
+        h11_max_incomplete_event_size=64 * 1024,  # header block limit
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
+        raise UserError(f"{name}: cannot serve on {address} (address in use?)") from exc
+
+
+def configure_logging(name: str) -> None:
+    """One line per event on stderr, prefixed with the process's role."""
+    level = os.environ.get("PRFAAS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,224 @@
+"""Starting services: one plain function per process, and `prfaas up`'s child-process launcher.
+
+`serve_instance(topology, name)` and `serve_router(topology)` each run one service until it is
+stopped; a subprocess launcher calls them today and a Ray actor can call them later. `Launcher`
+starts a topology's router and instances as child processes of this one (each child dies with its
+parent: PR_SET_PDEATHSIG), waits until the router reports every cluster ready, and stops them all
+on `stop()` (SIGTERM, then SIGKILL after a grace period). `embedded_topology` writes the default
+deployment of `prfaas up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from prfaas.errors import UserError
+from prfaas.nodes.topology import Topology
+
+_PR_SET_PDEATHSIG = 1
+_STOP_GRACE_S = 10.0
+
+
+def serve_instance(topology: Topology, name: str) -> None:
+    """Run instance `name` of the topology (prefill or decode) until SIGINT/SIGTERM."""
+    from prfaas.nodes.http import serve_app
+
+    instance = topology.instance(name)
+    if instance.role == "prefill":
+        from prfaas.nodes.prefill import build_prefill_app
+
+        serve_app(build_prefill_app(topology, instance), instance.http, name)
+    else:
+        from prfaas.nodes.decode import build_decode_app
+
+        serve_app(build_decode_app(topology, instance), instance.http, name)
+
+
+def serve_router(topology: Topology) -> None:
+    """Run the topology's router until SIGINT/SIGTERM."""
+    from prfaas.nodes.http import serve_app
+    from prfaas.nodes.router import build_router_app
+
+    serve_app(build_router_app(topology), topology.router.http, "router")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the kernel had free a moment ago (the caller binds it soon after)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    """What `prfaas up` without --config can change about the embedded deployment."""
+
+    model: str = "qwen3_next"
+    router_port: int = 8000
+    threshold_tokens: int = 128
+    engine: str = "torch"
+    failure: str = "recompute"
+    transfer_deadline_s: float = 30.0
+    host: str = "127.0.0.1"
+    api_keys: tuple[str, ...] = ()  # required Bearer keys; empty: open
+
+
+def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
+    """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token."""
+    token_file = directory / "transport.token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    host = options.host
+    ports = [free_port(host) for _ in range(4)]
+    model = options.model if "/" not in options.model else str(Path(options.model).resolve())
+    text = f"""\
+# prfaas up: the embedded deployment (one machine, three instances, loopback link)
+[model]
+name = {json.dumps(model)}
+
+[router]
+http = "{host}:{options.router_port}"
+api_keys = {json.dumps(list(options.api_keys))}
+
+[link]
+gbps = 10
+
+[policy]
+threshold = {options.threshold_tokens}
+failure = "{options.failure}"
+transfer_deadline_s = {options.transfer_deadline_s}
+
+[transport]
+token_file = "{token_file}"
+
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"
+  [[clusters.instances]]
+  name = "prfaas-prefill-0"
+  role = "prefill"
+  http = "{host}:{ports[0]}"
+  engine = "{options.engine}"
+  hardware = "h200"
+
+[[clusters]]
+name = "pd"
+kind = "pd"
+  [[clusters.instances]]
+  name = "pd-prefill-0"
+  role = "prefill"
+  http = "{host}:{ports[1]}"
+  engine = "{options.engine}"
+  hardware = "h20"
+  [[clusters.instances]]
+  name = "pd-decode-0"
+  role = "decode"
+  http = "{host}:{ports[2]}"
+  kv = "{host}:{ports[3]}"
+  engine = "{options.engine}"
+  hardware = "h20"
+"""
+    path = directory / "topology.toml"
+    path.write_text(text)
+    return path
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launcher dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Launcher:
+    """Child processes for a topology's router and instances."""
+
+    def __init__(self, config_path: Path, topology: Topology, log_dir: Path | None = None) -> None:
+        self.config_path = config_path
+        self.topology = topology
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self) -> None:
+        for inst in self.topology.instances:
+            self._spawn(inst.name, [inst.role, "--instance", inst.name])
+        self._spawn("router", ["router"])
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        cmd = [sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
+        out = None
+        if self.log_dir is not None:
+            out = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.topology.router.http}"
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the router's /ready answers 200; UserError if a child exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise UserError(f"{name} exited with status {proc.returncode} while starting")
+            if router_is_ready(self.router_url):
+                return
+            time.sleep(0.25)
+        raise UserError(f"the deployment was not ready within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one child (fault tests)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def restart(self, name: str) -> None:
+        """Start child `name` again with its original command (fault tests, `up` supervision)."""
+        old = self.procs[name]
+        if old.poll() is None:
+            self.kill(name)
+        args = old.args[3:-2] if isinstance(old.args, list) else []
+        self._spawn(name, [str(a) for a in args])
+
+    def __enter__(self) -> Launcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def router_is_ready(url: str) -> bool:
+    """Whether the router at `url` answers 200 on /ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

@@ -1,0 +1,143 @@
+"""The router's picture of the deployment: every instance's last `InstanceStats`, whether it
+answers, and the policy views built from them (`ClusterView`s and the inter-cluster `LinkView`).
+
+A poller asks each instance's `/internal/stats` every `poll_s`; an instance is ready after one
+good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
+it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
+requests spreads over instances instead of piling on the one that looked idle at the last poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+
+from prfaas.messages import InstanceStats
+from prfaas.nodes.topology import ClusterConfig, InstanceConfig, Topology
+from prfaas.policy import ClusterView, InstanceLoad, LinkView
+from prfaas.transport.linkstats import LinkStats
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class InstanceState:
+    config: InstanceConfig
+    stats: InstanceStats | None = None
+    is_ready: bool = False
+    num_misses: int = 0
+    pending_tokens: int = 0  # dispatched by this router and not yet finished there
+    pending_requests: int = 0
+
+    def load(self) -> InstanceLoad:
+        s = self.stats
+        polled_tokens = 0 if s is None else s.num_queued_tokens
+        return InstanceLoad(
+            instance_id=self.config.name,
+            num_queued_tokens=max(polled_tokens, self.pending_tokens),
+            num_running_requests=max(
+                0 if s is None else s.num_requests_running + s.num_requests_waiting,
+                self.pending_requests,
+            ),
+            queued_prefill_s=0.0 if s is None else s.queued_prefill_s,
+        )
+
+
+@dataclass
+class ClusterMonitor:
+    """Polls every instance; answers which are ready and what the policy should see."""
+
+    topology: Topology
+    client: httpx.AsyncClient
+    poll_s: float = 0.25
+    max_misses: int = 3
+    states: dict[str, InstanceState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.states = {i.name: InstanceState(i) for i in self.topology.instances}
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._poll(s) for s in self.states.values()))
+            await asyncio.sleep(self.poll_s)
+
+    async def _poll(self, state: InstanceState) -> None:
+        url = f"http://{state.config.http}/internal/stats"
+        try:
+            reply = await self.client.get(url, timeout=max(2.0, 4 * self.poll_s))
+            reply.raise_for_status()
+            state.stats = InstanceStats.from_dict(reply.json())
+        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            state.num_misses += 1
+            if state.is_ready and state.num_misses >= self.max_misses:
+                state.is_ready = False
+                log.warning("instance %s is down: %s", state.config.name, exc)
+            return
+        if not state.is_ready:
+            log.info("instance %s is ready", state.config.name)
+        state.is_ready, state.num_misses = True, 0
+
+    def mark_down(self, name: str, reason: str) -> None:
+        state = self.states[name]
+        if state.is_ready:
+            log.warning("instance %s is down: %s", name, reason)
+        state.is_ready = False
+
+    # ---- views -----------------------------------------------------------------------------
+    def ready(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:
+        return [self.states[i.name] for i in cluster.by_role(role) if self.states[i.name].is_ready]
+
+    def is_ready(self) -> bool:
+        """Every cluster has at least one ready instance."""
+        return all(
+            any(self.states[i.name].is_ready for i in c.instances) for c in self.topology.clusters
+        )
+
+    def cluster_view(self, cluster: ClusterConfig | None) -> ClusterView | None:
+        if cluster is None:
+            return None
+        return ClusterView(
+            cluster.name,
+            tuple(s.load() for s in self.ready(cluster, "prefill")),
+            tuple(s.load() for s in self.ready(cluster, "decode")),
+        )
+
+    def link_view(self, prfaas: ClusterConfig | None, pd: ClusterConfig | None) -> LinkView | None:
+        """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it."""
+        if prfaas is None or pd is None:
+            return None
+        dests = {i.kv for i in pd.by_role("decode")}
+        capacity = self.topology.link.bytes_per_s
+        views = []
+        for state in self.ready(prfaas, "prefill"):
+            for link in () if state.stats is None else state.stats.links:
+                if link.get("dest") in dests:
+                    views.append(LinkStats(**link).to_link_view(capacity))
+        return combine_link_views(views, capacity)
+
+
+def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:
+    """Several senders share one link: backlogs and rates add up, RTT and loss take the worst."""
+    if not views:
+        return None
+    return LinkView(
+        bandwidth_bytes_per_s=capacity_bytes_per_s,
+        utilization=min(1.0, sum(v.utilization for v in views)),
+        backlog_bytes=sum(v.backlog_bytes for v in views),
+        rtt_s=max(v.rtt_s for v in views),
+        retransmit_rate=max(v.retransmit_rate for v in views),
+    )

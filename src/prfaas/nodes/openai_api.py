@@ -1,0 +1,187 @@
+"""The OpenAI-compatible surface: request schemas (pydantic), their checks, and response bodies.
+
+Supported: `/v1/completions` (prompt as a string, a one-element list of strings, or token ids)
+and `/v1/chat/completions` (messages with string or text-part content), `stream` with
+`stream_options.include_usage`, `max_tokens` (`max_completion_tokens` for chat), `temperature`,
+`top_p`, `top_k` (vLLM's extension; 0 or -1 = off), `seed`, `stop`, `ignore_eos`, `n` = 1.
+Fields the engine does not implement (penalties, logprobs, echo, n > 1, ...) are refused with
+a 400 naming them when set to anything but their neutral value; other unknown fields are ignored
+as OpenAI's own server does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from prfaas.errors import UserError
+from prfaas.messages import SamplingParams
+
+MAX_STOP_STRINGS = 16
+MAX_STOP_CHARS = 256
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    include_usage: bool = False
+
+
+class _SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: str
+    max_tokens: int | None = Field(default=None)
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    n: int = 1
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logprobs: Any = None
+    best_of: int | None = None
+    echo: bool = False
+
+
+class CompletionRequest(_SamplingFields):
+    prompt: str | list[str] | list[int]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True)
+    role: Literal["system", "user", "assistant", "developer", "tool"]
+    content: str | list[dict[str, Any]] | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for part in self.content:
+            if part.get("type") != "text" or not isinstance(part.get("text"), str):
+                raise UserError("only text content parts are supported")
+            parts.append(part["text"])
+        return "".join(parts)
+
+
+class ChatCompletionRequest(_SamplingFields):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = None
+
+
+def parse_body(model: type[_SamplingFields], body: Any) -> Any:
+    """Validate a decoded JSON body; UserError with pydantic's first complaint otherwise."""
+    if not isinstance(body, dict):
+        raise UserError("request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise UserError(f"{where}: {first['msg']}") from None
+
+
+def check_unsupported(req: _SamplingFields) -> None:
+    """400 for features this server does not implement, set to non-neutral values."""
+    if req.n != 1:
+        raise UserError(f"n must be 1 (got {req.n}); one choice per request is supported")
+    if req.best_of not in (None, 1):
+        raise UserError("best_of is not supported")
+    if req.echo:
+        raise UserError("echo is not supported")
+    if req.logprobs not in (None, False, 0):
+        raise UserError("logprobs are not supported")
+    if req.presence_penalty != 0 or req.frequency_penalty != 0:
+        raise UserError("presence_penalty and frequency_penalty are not supported")
+
+
+def stop_strings(req: _SamplingFields) -> tuple[str, ...]:
+    stop = req.stop
+    items = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+    if len(items) > MAX_STOP_STRINGS:
+        raise UserError(f"stop: at most {MAX_STOP_STRINGS} stop strings")
+    if any(len(s) > MAX_STOP_CHARS for s in items):
+        raise UserError(f"stop: each stop string has at most {MAX_STOP_CHARS} characters")
+    return tuple(s for s in items if s)
+
+
+def sampling_params(
+    req: _SamplingFields, max_tokens: int, eos_token_id: int | None
+) -> SamplingParams:
+    """The engine's SamplingParams; UserError for values out of range (NaN and inf included)."""
+    for name in ("temperature", "top_p"):
+        value = getattr(req, name)
+        if not math.isfinite(value):
+            raise UserError(f"{name} must be a finite number, got {value}")
+    if req.seed is not None and not 0 <= req.seed < 2**63:
+        raise UserError(f"seed must be in [0, 2^63), got {req.seed}")
+    top_k = 0 if req.top_k == -1 else req.top_k
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=req.temperature,
+        top_p=req.top_p,
+        top_k=top_k,
+        seed=req.seed,
+        stop=stop_strings(req),
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def usage(num_prompt_tokens: int, num_completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": num_prompt_tokens,
+        "completion_tokens": num_completion_tokens,
+        "total_tokens": num_prompt_tokens + num_completion_tokens,
+    }
+
+
+class ResponseShape:
+    """Bodies of one request's responses: completion or chat, whole or as stream chunks."""
+
+    def __init__(self, is_chat: bool, response_id: str, model: str) -> None:
+        self.is_chat = is_chat
+        self.id = response_id
+        self.model = model
+        self.created = int(time.time())
+
+    def _base(self, kind: str) -> dict[str, Any]:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def whole(self, text: str, finish_reason: str | None, usage_: dict[str, int]) -> dict[str, Any]:
+        if self.is_chat:
+            choice: dict[str, Any] = {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+            return {**self._base("chat.completion"), "choices": [choice], "usage": usage_}
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {**self._base("text_completion"), "choices": [choice], "usage": usage_}
+
+    def chunk(self, text: str, finish_reason: str | None, is_first: bool) -> dict[str, Any]:
+        if self.is_chat:
+            delta: dict[str, Any] = {"content": text}
+            if is_first:
+                delta["role"] = "assistant"
+            choice: dict[str, Any] = {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": finish_reason,
+                "logprobs": None,
+            }
+            return {**self._base("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": text, "finish_reason": finish_reason, "logprobs": None}
+        return {**self._base("text_completion"), "choices": [choice]}
+
+    def usage_chunk(self, usage_: dict[str, int]) -> dict[str, Any]:
+        kind = "chat.completion.chunk" if self.is_chat else "text_completion"
+        return {**self._base(kind), "choices": [], "usage": usage_}

@@ -1,0 +1,224 @@
+"""A prefill instance (`prfaas prefill`): PrfaaS cluster or local PD-P, same code.
+
+`POST /internal/prefill` takes a `PrefillJob`, queues it FCFS on the engine thread, and prefills
+it with the layer callback: each layer's state is handed to the KV transport as soon as it is
+final, so it crosses the link while the next layer computes. Then the manifest goes out with
+END, and the decode instance's ACK ends the job; the answer is a `PrefillResult`. The request's
+state stays in the engine until the ACK (NACKed ranges are resent from it), then it is freed.
+`GET /internal/stats` reports queue depth, queued prefill seconds, transfers in flight and the
+measured link to every decode instance this instance sends to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge
+
+from prfaas.messages import InstanceStats, KVManifest, PrefillJob, PrefillResult, TransferAck
+from prfaas.nodes.engines import PrefillRate, build_engine
+from prfaas.nodes.http import error_response, metrics_response, transport_config
+from prfaas.nodes.topology import InstanceConfig, Topology
+from prfaas.nodes.worker import EngineWorker
+from prfaas.transport.linkstats import TransportMetrics
+from prfaas.transport.sender import KVSender, KVTransfer
+
+log = logging.getLogger(__name__)
+_LAYER_QUEUE_TIMEOUT_S = 120.0  # engine thread waits this long for the transport to take a layer
+
+
+@dataclass
+class _Job:
+    job: PrefillJob
+    queued_at: float
+    num_tokens: int
+    started_at: float | None = None
+    layers: list[Any] = field(default_factory=list)  # LayerStates: their buffers must outlive END
+
+
+class PrefillService:
+    """The instance's state: engine thread, KV sender, FCFS queue bookkeeping, metrics."""
+
+    def __init__(self, topology: Topology, instance: InstanceConfig, engine: Any) -> None:
+        self.topology, self.instance = topology, instance
+        self.loop = asyncio.get_running_loop()
+        self.worker = EngineWorker(engine, self.loop, name=instance.name)
+        self.rate = PrefillRate(engine)
+        self.registry = CollectorRegistry()
+        self.sender = KVSender(transport_config(topology), TransportMetrics(self.registry))
+        self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
+        self._waiting = Gauge(
+            "prfaas:num_requests_waiting",
+            "Prefill jobs queued",
+            ["instance"],
+            registry=self.registry,
+        ).labels(instance.name)
+        self._running = Gauge(
+            "prfaas:num_requests_running",
+            "Prefills computing or sending",
+            ["instance"],
+            registry=self.registry,
+        ).labels(instance.name)
+
+    async def run(self, job: PrefillJob) -> PrefillResult:
+        """Prefill `job` after the jobs before it, stream its state, wait for the ACK."""
+        entry = _Job(job, time.monotonic(), len(job.request.prompt_token_ids))
+        self.jobs[job.transfer_id] = entry
+        self._publish_gauges()
+        try:
+            return await self._run(entry)
+        finally:
+            self.jobs.pop(job.transfer_id, None)
+            self._publish_gauges()
+
+    async def _run(self, entry: _Job) -> PrefillResult:
+        job, req_id = entry.job, entry.job.request.req_id
+        try:
+            transfer = await self.sender.begin(
+                job.decode_kv_address, job.transfer_id, req_id, job.deadline_s
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            return self._failed(job, f"cannot reach decode instance {job.decode_kv_address}: {exc}")
+        try:
+            manifest = await self.worker.call(lambda engine: self._prefill(engine, entry, transfer))
+        except Exception as exc:  # the engine refused the request or failed on it
+            await transfer.cancel(f"prefill failed: {exc}")
+            self.worker.call(lambda engine: engine.free(req_id))
+            return self._failed(job, f"prefill failed: {exc}")
+        forward_done_at = time.monotonic()
+        try:
+            ack = await transfer.finish(manifest)
+        except Exception as exc:  # the transport's own failures come back as a failed ACK
+            log.exception("req_id=%s transfer_id=%s finish failed", req_id, job.transfer_id)
+            ack = TransferAck(job.transfer_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.worker.call(lambda engine: engine.free(req_id))
+        assert entry.started_at is not None
+        result = PrefillResult(
+            req_id=req_id,
+            transfer_id=job.transfer_id,
+            ok=ack.ok,
+            first_token_id=manifest.first_token_id,
+            num_kv_bytes=manifest.total_bytes,
+            queue_s=entry.started_at - entry.queued_at,
+            prefill_s=forward_done_at - entry.started_at,
+            transfer_tail_s=time.monotonic() - forward_done_at,
+            error=None if ack.ok else f"KV transfer failed: {ack.error}",
+        )
+        log.info(
+            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d kv_bytes=%d queue_s=%.3f "
+            "prefill_s=%.3f tail_s=%.3f",
+            req_id,
+            job.transfer_id,
+            ack.ok,
+            entry.num_tokens,
+            manifest.total_bytes,
+            result.queue_s,
+            result.prefill_s,
+            result.transfer_tail_s,
+        )
+        return result
+
+    def _prefill(self, engine: Any, entry: _Job, transfer: KVTransfer) -> KVManifest:
+        """Engine thread: forward pass with each final layer handed to the transport."""
+        entry.started_at = time.monotonic()
+        self.loop.call_soon_threadsafe(self._publish_gauges)
+
+        def on_layer(_req_id: str, layer: Any) -> None:
+            entry.layers.append(layer)
+            coro = transfer.send_layer(layer.entry, layer.buffers)
+            asyncio.run_coroutine_threadsafe(coro, self.loop).result(_LAYER_QUEUE_TIMEOUT_S)
+
+        request = entry.job.request
+        engine.prefill([request], on_layer=on_layer)
+        self.rate.observe(entry.num_tokens, time.monotonic() - entry.started_at)
+        exported = engine.export(request.req_id, transfer_id=entry.job.transfer_id)
+        manifest: KVManifest = exported.manifest
+        return manifest
+
+    def _failed(self, job: PrefillJob, error: str) -> PrefillResult:
+        log.warning("req_id=%s transfer_id=%s %s", job.request.req_id, job.transfer_id, error)
+        return PrefillResult(job.request.req_id, job.transfer_id, ok=False, error=error)
+
+    def stats(self) -> InstanceStats:
+        queued = [j for j in self.jobs.values() if j.started_at is None]
+        computing = [j for j in self.jobs.values() if j.started_at is not None]
+        num_tokens = sum(j.num_tokens for j in self.jobs.values())
+        links = []
+        for dest in {j.job.decode_kv_address for j in self.jobs.values()} | self._known_dests():
+            link = self.sender.link_stats(dest)
+            if link is not None:
+                links.append(_link_dict(link))
+        return InstanceStats(
+            instance_id=self.instance.name,
+            role="prefill",
+            num_requests_waiting=len(queued),
+            num_requests_running=len(computing),
+            num_queued_tokens=num_tokens,
+            queued_prefill_s=sum(self.rate.expected_s(j.num_tokens) for j in self.jobs.values()),
+            num_transfers_in_flight=len(computing),
+            links=tuple(links),
+        )
+
+    def _known_dests(self) -> set[str]:
+        return {i.kv for i in self.topology.instances if i.kv is not None}
+
+    def _publish_gauges(self) -> None:
+        queued = sum(1 for j in self.jobs.values() if j.started_at is None)
+        self._waiting.set(queued)
+        self._running.set(len(self.jobs) - queued)
+
+    async def close(self) -> None:
+        await self.sender.close()
+        await asyncio.to_thread(self.worker.stop)
+
+
+def _link_dict(link: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return dict(asdict(link))
+
+
+def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
+    """The prefill instance's HTTP app; the engine loads when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(build_engine, topology, instance)
+        app.state.service = PrefillService(topology, instance, engine)
+        log.info("prefill instance %s ready on %s", instance.name, instance.http)
+        yield
+        await app.state.service.close()
+
+    app = FastAPI(title=f"prfaas prefill {instance.name}", lifespan=lifespan)
+
+    @app.post("/internal/prefill")
+    async def prefill(request: Request) -> Response:
+        try:
+            job = PrefillJob.from_dict(await request.json())
+        except Exception as exc:  # malformed job: the router's bug or a stray client
+            return error_response(400, f"bad prefill job: {exc}", "invalid_request_error")
+        result = await app.state.service.run(job)
+        return JSONResponse(result.to_dict())
+
+    @app.get("/internal/stats")
+    async def stats() -> JSONResponse:
+        return JSONResponse(app.state.service.stats().to_dict())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok", "instance": instance.name, "role": "prefill"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return metrics_response(app.state.service.registry)
+
+    return app

@@ -1,0 +1,364 @@
+"""The router (`prfaas router`): the OpenAI-compatible front door of a PrfaaS deployment.
+
+Per request: check the API key, parse and validate the body, tokenize (chat template for chat),
+ask the `Dispatcher` (policy + instance picking), log the decision as one JSON line with `req_id`
+and `transfer_id`, count it, put it in the `x-prfaas-route` / `x-prfaas-route-reason` headers,
+and relay the decode instance's tokens as text: whole, or as server-sent events ending with
+`data: [DONE]`. Errors are OpenAI-shaped (`{"error": {"message", "type", "code"}}`) with a 4xx
+status for the client's mistakes and 503 when no instance can serve.
+Also: `/v1/models`, `/health` (the process is alive), `/ready` (every cluster has a ready
+instance) and `/metrics` (Prometheus).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from prfaas.errors import UserError
+from prfaas.messages import GenerateRequest, TokenDelta
+from prfaas.nodes.dispatch import Dispatch, Dispatcher, NoInstanceError
+from prfaas.nodes.http import error_response, metrics_response
+from prfaas.nodes.limits import BodySizeLimit
+from prfaas.nodes.monitor import ClusterMonitor
+from prfaas.nodes.openai_api import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    ResponseShape,
+    check_unsupported,
+    parse_body,
+    sampling_params,
+    usage,
+)
+from prfaas.nodes.router_metrics import RouterMetrics
+from prfaas.nodes.text import TextCodec, TextStream, load_codec
+from prfaas.nodes.topology import Topology
+
+log = logging.getLogger("prfaas.router")
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI JSON with this status."""
+
+    def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.kind, self.code = status, kind, code
+
+
+@dataclass
+class Prepared:
+    """A validated request, ready to dispatch."""
+
+    request: GenerateRequest
+    shape: ResponseShape
+    is_stream: bool
+    include_usage: bool
+    stop: tuple[str, ...]
+    arrived_at: float = field(default_factory=time.monotonic)
+
+
+class RouterService:
+    """Everything the handlers share: codec, monitor, dispatcher, metrics, HTTP client."""
+
+    def __init__(self, topology: Topology, codec: TextCodec) -> None:
+        self.topology, self.codec = topology, codec
+        self.metrics = RouterMetrics()
+        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
+        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0))
+        self.monitor = ClusterMonitor(topology, self.client)
+        self.dispatcher = Dispatcher(topology, self.monitor, self.client, self.metrics)
+        self.model_id = topology.model.served_name
+
+    async def start(self) -> None:
+        await self.monitor.start()
+
+    async def close(self) -> None:
+        await self.monitor.close()
+        await self.client.aclose()
+
+    # ---- request preparation ---------------------------------------------------------------
+    def check_auth(self, request: Request) -> None:
+        keys = self.topology.router.api_keys
+        if not keys:
+            return
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
+            raise ApiError(
+                401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
+            )
+
+    def prepare(self, body: Any, is_chat: bool) -> Prepared:
+        schema = ChatCompletionRequest if is_chat else CompletionRequest
+        req = parse_body(schema, body)
+        check_unsupported(req)
+        if req.model != self.model_id:
+            raise ApiError(
+                404,
+                f"model {req.model!r} does not exist; serving {self.model_id!r}",
+                "invalid_request_error",
+                "model_not_found",
+            )
+        prompt_ids = self._prompt_ids(req, is_chat)
+        max_tokens = self._max_tokens(req, is_chat, len(prompt_ids))
+        sampling = sampling_params(req, max_tokens, self.codec.eos_token_id)
+        prefix = "chatcmpl" if is_chat else "cmpl"
+        req_id = f"{prefix}-{uuid.uuid4().hex}"
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return Prepared(
+            GenerateRequest(req_id, tuple(prompt_ids), sampling),
+            ResponseShape(is_chat, req_id, self.model_id),
+            req.stream,
+            include_usage,
+            sampling.stop,
+        )
+
+    def _prompt_ids(self, req: Any, is_chat: bool) -> list[int]:
+        if is_chat:
+            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
+            ids = self.codec.encode(self.codec.chat_prompt(messages))
+        elif isinstance(req.prompt, str):
+            ids = self.codec.encode(req.prompt)
+        elif req.prompt and all(isinstance(p, str) for p in req.prompt):
+            if len(req.prompt) != 1:
+                raise UserError("prompt: a list of several prompts is not supported (send one)")
+            ids = self.codec.encode(req.prompt[0])
+        else:
+            ids = list(req.prompt)
+            bad = next((t for t in ids if not 0 <= t < self.codec.vocab_size), None)
+            if bad is not None:
+                raise UserError(f"prompt: token id {bad} is outside [0, {self.codec.vocab_size})")
+        if not ids:
+            raise UserError("prompt is empty")
+        return ids
+
+    def _max_tokens(self, req: Any, is_chat: bool, num_prompt: int) -> int:
+        asked = req.max_completion_tokens if is_chat and req.max_tokens is None else req.max_tokens
+        max_tokens = DEFAULT_MAX_TOKENS if asked is None else asked
+        if max_tokens < 1:
+            raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
+        limit = self.codec.max_model_len
+        if num_prompt + max_tokens > limit:
+            raise ApiError(
+                400,
+                f"this model's maximum context length is {limit} tokens; the request has "
+                f"{num_prompt} prompt tokens and asks for {max_tokens} more",
+                "invalid_request_error",
+                "context_length_exceeded",
+            )
+        return max_tokens
+
+    # ---- dispatch and relay ----------------------------------------------------------------
+    def route(self, prepared: Prepared) -> Dispatch:
+        req = prepared.request
+        try:
+            d = self.dispatcher.decide(req.req_id, len(req.prompt_token_ids))
+        except NoInstanceError as exc:
+            raise ApiError(503, str(exc), "service_unavailable", "no_instance") from exc
+        log.info(json.dumps({"event": "route", **d.log_fields()}))
+        self.metrics.decisions.labels(d.route, d.rule).inc()
+        self.metrics.prompt_tokens.labels(d.route).inc(d.num_prompt_tokens)
+        return d
+
+    async def texts(self, d: Dispatch, prepared: Prepared) -> AsyncIterator[Piece]:
+        """The request's text as it grows, timing the stream; the last piece has a finish."""
+        text = TextStream(self.codec, prepared.stop)
+        route, last_at, finish = d.route, prepared.arrived_at, None
+        try:
+            async for delta in self.dispatcher.run(d, prepared.request):
+                now = time.monotonic()
+                if delta.token_ids:
+                    hist = self.metrics.itl if text.num_tokens else self.metrics.ttft
+                    hist.labels(route).observe(now - last_at)
+                    last_at = now
+                finish = _finish_reason(delta, text)
+                new = text.add(delta.token_ids, is_final=finish is not None)
+                self.metrics.generation_tokens.labels(route).inc(len(delta.token_ids))
+                yield Piece(new, finish, delta.error, text.num_tokens)
+                if finish is not None:
+                    return
+        finally:
+            self._record_done(d, prepared, finish, text.num_tokens)
+
+    def _record_done(
+        self, d: Dispatch, prepared: Prepared, finish: str | None, num_tokens: int
+    ) -> None:
+        e2e_s = time.monotonic() - prepared.arrived_at
+        self.metrics.requests.labels(d.route, finish or "cancelled").inc()
+        self.metrics.e2e.labels(d.route).observe(e2e_s)
+        done = {
+            "event": "done",
+            "req_id": d.req_id,
+            "transfer_id": d.transfer_id,
+            "route": d.route,
+            "finish_reason": finish,
+            "num_output_tokens": num_tokens,
+            "kv_bytes": d.result.num_kv_bytes if d.result else 0,
+            "e2e_s": round(e2e_s, 4),
+        }
+        log.info(json.dumps(done))
+
+    async def whole(self, d: Dispatch, prepared: Prepared) -> Response:
+        parts, last = [], Piece("", None, None, 0)
+        async for piece in self.texts(d, prepared):
+            parts.append(piece.text)
+            last = piece
+        if last.finish_reason == "error" or last.finish_reason is None:
+            message = last.error or "generation ended without a finish reason"
+            raise ApiError(503, message, "service_unavailable", "generation_failed")
+        n_prompt = len(prepared.request.prompt_token_ids)
+        body = prepared.shape.whole(
+            "".join(parts), last.finish_reason, usage(n_prompt, last.num_tokens)
+        )
+        return JSONResponse(body, headers=route_headers(d))
+
+    async def sse(self, d: Dispatch, prepared: Prepared) -> AsyncIterator[bytes]:
+        is_first, last = True, Piece("", None, None, 0)
+        async for piece in self.texts(d, prepared):
+            last = piece
+            if piece.finish_reason == "error":
+                error = {"message": piece.error, "type": "service_unavailable"}
+                yield _event({"error": {**error, "code": "generation_failed"}})
+                break
+            if piece.text or piece.finish_reason is not None or is_first:
+                yield _event(prepared.shape.chunk(piece.text, piece.finish_reason, is_first))
+                is_first = False
+        if prepared.include_usage:
+            n_prompt = len(prepared.request.prompt_token_ids)
+            yield _event(prepared.shape.usage_chunk(usage(n_prompt, last.num_tokens)))
+        yield b"data: [DONE]\n\n"
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Text that may be sent now, and where the request stands."""
+
+    text: str
+    finish_reason: str | None
+    error: str | None
+    num_tokens: int  # completion tokens so far
+
+
+def _finish_reason(delta: TokenDelta, text: TextStream) -> str | None:
+    if text.hit_stop:
+        return "stop"
+    return delta.finish_reason
+
+
+def _event(body: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
+
+
+def route_headers(d: Dispatch) -> dict[str, str]:
+    return {
+        "x-prfaas-route": d.route,
+        "x-prfaas-route-reason": d.reason.encode("ascii", "replace").decode(),
+        "x-prfaas-transfer-id": d.transfer_id,
+        "x-request-id": d.req_id,
+    }
+
+
+def build_router_app(topology: Topology) -> FastAPI:
+    """The router's HTTP app; the tokenizer loads and the instance poller starts at start-up."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = RouterService(topology, load_codec(topology.model))
+        await service.start()
+        app.state.service = service
+        yield
+        await service.close()
+
+    app = FastAPI(title="prfaas router", lifespan=lifespan)
+    app.add_middleware(BodySizeLimit, max_body_bytes=topology.router.max_body_bytes)
+    _add_error_handlers(app)
+
+    async def generate(request: Request, is_chat: bool) -> Response:
+        service: RouterService = app.state.service
+        service.check_auth(request)
+        try:
+            body = json.loads(await request.body())
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(
+                400,
+                f"request body is not valid JSON: {exc}",
+                "invalid_request_error",
+                "invalid_json",
+            ) from exc
+        prepared = service.prepare(body, is_chat)
+        d = service.route(prepared)
+        if prepared.is_stream:
+            return StreamingResponse(
+                service.sse(d, prepared),
+                media_type="text/event-stream",
+                headers=route_headers(d),
+            )
+        return await service.whole(d, prepared)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await generate(request, is_chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await generate(request, is_chat=True)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        service: RouterService = app.state.service
+        service.check_auth(request)
+        card = {
+            "id": service.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "prfaas",
+            "max_model_len": service.codec.max_model_len,
+        }
+        return JSONResponse({"object": "list", "data": [card]})
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        monitor = app.state.service.monitor
+        states = {n: s.is_ready for n, s in monitor.states.items()}
+        status = 200 if monitor.is_ready() else 503
+        return JSONResponse({"ready": status == 200, "instances": states}, status_code=status)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        service: RouterService = app.state.service
+        service.metrics.refresh_instances(service.monitor)
+        return metrics_response(service.metrics.registry)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, str(exc), exc.kind, exc.code)
+
+    @app.exception_handler(UserError)
+    async def user_error(_: Request, exc: UserError) -> JSONResponse:
+        return error_response(400, str(exc), "invalid_request_error", "invalid_request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return error_response(exc.status_code, str(exc.detail), kind)

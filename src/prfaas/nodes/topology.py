@@ -1,0 +1,185 @@
+"""The topology file (TOML): one model, the router, clusters and their instances, the link, the
+policy and transport security. `load_topology(path)` parses and validates it into frozen
+dataclasses; every problem is reported as one `UserError` line naming the key at fault
+(`prfaas.nodes.topology_check`), and threshold "auto" is resolved by the planner's Eq. 7
+(`prfaas.nodes.topology_threshold`). Loading imports no torch.
+
+Schema (documented for users in docs/serving.md, examples under examples/):
+
+```toml
+[model]
+name = "qwen3_next"          # tiny preset name, or a local Hugging Face checkpoint directory
+dtype = "fp32"               # fp32 | bf16
+seed = 0                     # weights seed of tiny presets
+emulate = "paper-1t"         # prfaas.models preset sized/timed by engine = "emulated" instances
+
+[router]                     # optional
+http = "127.0.0.1:8000"
+api_keys = ["sk-..."]        # optional: required `Authorization: Bearer` keys
+# api_keys_file = "keys.txt" # or: one key per line (blank lines and # comments ignored)
+max_body_bytes = 4194304
+
+[link]                       # optional
+gbps = 100                   # nominal inter-cluster link, PrfaaS -> PD
+
+[policy]
+threshold = 64               # tokens, or "auto" (Eq. 7 over the planner's inputs)
+failure = "recompute"        # recompute | fail
+transfer_deadline_s = 30
+deployment = "prfaas"        # prfaas | homogeneous | naive
+
+[transport]
+token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)
+num_connections = 2          # TCP connections per KV destination
+
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"              # prfaas | pd
+  [[clusters.instances]]
+  name = "prfaas-p0"
+  role = "prefill"           # prefill | decode
+  http = "127.0.0.1:8101"
+  kv = "127.0.0.1:8102"      # decode instances only (required there): KV receiver address
+  engine = "torch"           # torch | emulated
+  hardware = "h200"          # hardware preset, timing of the emulated engine
+  num_gpus = 8
+```
+
+Relative paths (checkpoint directory, token_file, TLS files, api_keys_file) resolve against the
+topology file's directory and are stored absolute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("fp32", "bf16")
+ENGINES = ("torch", "emulated")
+ROLES = ("prefill", "decode")
+CLUSTER_KINDS = ("prfaas", "pd")
+FAILURE_POLICIES = ("recompute", "fail")
+
+
+@dataclass(frozen=True, slots=True)
+class ModelConfig:
+    name: str  # tiny preset name or checkpoint directory
+    dtype: str = "fp32"
+    seed: int = 0
+    emulate: str = "paper-1t"  # prfaas.models preset used by emulated engines
+
+    @property
+    def served_name(self) -> str:
+        """The model id in the OpenAI API: the preset name or the directory's base name."""
+        return Path(self.name).name if "/" in self.name else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceConfig:
+    name: str  # unique in the topology, e.g. "prfaas-p0"
+    cluster: str  # name of its cluster
+    role: str  # "prefill" | "decode"
+    http: str  # "host:port" of its HTTP API
+    kv: str | None = None  # "host:port" of its KV receiver; decode instances only
+    engine: str = "torch"  # "torch" | "emulated"
+    hardware: str = "h200"  # hardware preset timing the emulated engine
+    num_gpus: int = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterConfig:
+    name: str
+    kind: str  # "prfaas" | "pd"
+    instances: tuple[InstanceConfig, ...]
+
+    def by_role(self, role: str) -> tuple[InstanceConfig, ...]:
+        return tuple(i for i in self.instances if i.role == role)
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    http: str = "127.0.0.1:8000"
+    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    max_body_bytes: int = 4 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class LinkConfig:
+    gbps: float = 100.0  # nominal PrfaaS -> PD link
+
+    @property
+    def bytes_per_s(self) -> float:
+        return self.gbps * 1e9 / 8
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    threshold_tokens: float  # resolved t ("auto" is resolved at load time)
+    threshold_source: str = "fixed"  # "fixed" | "auto: <how it was computed>"
+    failure: str = "recompute"
+    transfer_deadline_s: float = 30.0
+    deployment: str = "prfaas"  # prfaas | homogeneous | naive (prfaas.types.DeploymentKind)
+
+
+@dataclass(frozen=True, slots=True)
+class SecurityConfig:
+    token: str | None = None  # shared transport token (inline or read from token_file)
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_ca: str | None = None
+    num_connections: int = 2  # TCP connections per KV destination
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    model: ModelConfig
+    clusters: tuple[ClusterConfig, ...]
+    policy: PolicyConfig
+    router: RouterConfig = field(default_factory=RouterConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    transport: SecurityConfig = field(default_factory=SecurityConfig)
+
+    @property
+    def instances(self) -> tuple[InstanceConfig, ...]:
+        return tuple(i for c in self.clusters for i in c.instances)
+
+    def instance(self, name: str) -> InstanceConfig:
+        """The instance called `name`; UserError naming the known ones otherwise."""
+        for inst in self.instances:
+            if inst.name == name:
+                return inst
+        from prfaas.errors import UserError
+
+        known = ", ".join(i.name for i in self.instances)
+        raise UserError(f"no instance {name!r} in the topology; known: {known}")
+
+    def clusters_of_kind(self, kind: str) -> tuple[ClusterConfig, ...]:
+        return tuple(c for c in self.clusters if c.kind == kind)
+
+
+def load_topology(path: str | Path, *, allow_generated_token: bool = False) -> Topology:
+    """Read, parse and validate a topology file; `UserError` lists every problem, one a line.
+
+    `allow_generated_token`: a file without a `[transport]` table is accepted and its token
+    stays None, for a launcher that generates a token and hands it to the services it starts.
+    """
+    from prfaas.nodes.topology_check import parse, read_toml
+
+    file = Path(path)
+    data = read_toml(file)
+    return parse(data, file.parent, str(path), allow_generated_token=allow_generated_token)
+
+
+def parse_topology(
+    data: dict[str, Any],
+    base_dir: Path,
+    *,
+    source: str = "topology",
+    allow_generated_token: bool = False,
+) -> Topology:
+    """Validate already parsed TOML; relative paths resolve against `base_dir`, and every
+    problem line starts with `source`. Same rules as `load_topology`."""
+    from prfaas.nodes.topology_check import parse
+
+    return parse(data, base_dir, source, allow_generated_token=allow_generated_token)

@@ -1,0 +1,681 @@
+"""Reading and validating a topology file into the dataclasses of `prfaas.nodes.topology`.
+
+Checks run in passes so that every problem is reported, each as one line that names its key:
+
+1. every key on its own: unknown keys, types (a bool is not a number), ranges, choices,
+   addresses, and the files and presets a value names; a bad value is replaced by a placeholder
+   so that parsing goes on;
+2. the topology as a whole: unique names and addresses, what each cluster holds, what the
+   deployment needs;
+3. threshold "auto" (`prfaas.nodes.topology_threshold`), on a topology that passed 1 and 2.
+
+A pass that found problems raises `TopologyError` (a `UserError`) with all of them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from prfaas.errors import UserError
+from prfaas.nodes.topology import (
+    CLUSTER_KINDS,
+    DTYPES,
+    ENGINES,
+    FAILURE_POLICIES,
+    ROLES,
+    ClusterConfig,
+    InstanceConfig,
+    LinkConfig,
+    ModelConfig,
+    PolicyConfig,
+    RouterConfig,
+    SecurityConfig,
+    Topology,
+)
+from prfaas.types import DeploymentKind
+
+TOP_KEYS = ("model", "router", "link", "policy", "transport", "clusters")
+MODEL_KEYS = ("name", "dtype", "seed", "emulate")
+ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
+LINK_KEYS = ("gbps",)
+POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment")
+TRANSPORT_KEYS = ("token", "token_file", "tls_cert", "tls_key", "tls_ca", "num_connections")
+TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
+CLUSTER_KEYS = ("name", "kind", "instances")
+INSTANCE_KEYS = ("name", "role", "http", "kv", "engine", "hardware", "num_gpus")
+DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
+AUTO = "auto"
+NO_CREDENTIALS = "set token, token_file or tls_cert/tls_key/tls_ca"
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_TOML_TYPES: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+)
+# defaults of the dataclasses (slots hide them as class attributes)
+_MODEL = ModelConfig(name="")
+_ROUTER = RouterConfig()
+_LINK = LinkConfig()
+_POLICY = PolicyConfig(threshold_tokens=0.0)
+_SECURITY = SecurityConfig()
+_INSTANCE = InstanceConfig(name="", cluster="", role="", http="")
+
+
+class TopologyError(UserError):
+    """Every problem found in one topology, one line each (also in `problems`)."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = tuple(problems)
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """'host:port' or '[ipv6]:port' -> (host, port); ValueError saying what is wrong.
+
+    Strict: the host is non-empty without spaces, an IPv6 host is bracketed, and the port is
+    decimal digits in 1..65535 (0, "pick any free port", has no place in a topology).
+    """
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError("an IPv6 host must be written [host]:port")
+        port_text = rest[1:]
+    else:
+        host, colon, port_text = text.rpartition(":")
+        if not colon:
+            raise ValueError("expected host:port")
+        if ":" in host:
+            raise ValueError("an IPv6 host must be written [host]:port")
+    if not host or any(c.isspace() for c in host):
+        raise ValueError("the host must be non-empty, without spaces")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"the port must be a number, got {port_text!r}")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"the port must be in 1..65535, got {port}")
+    return host, port
+
+
+def _toml_type(value: object) -> str:
+    return next((name for kind, name in _TOML_TYPES if isinstance(value, kind)), "datetime")
+
+
+def _show(value: object) -> str:
+    """A value as a problem line quotes it: strings in quotes, anything else with its type."""
+    if isinstance(value, str):
+        return repr(value)
+    text = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{text} ({_toml_type(value)})"
+
+
+def _one_of(choices: Sequence[str]) -> str:
+    """'a or b', 'a, b or c'."""
+    return " or ".join([", ".join(choices[:-1]), choices[-1]] if len(choices) > 1 else choices)
+
+
+def _is_kind(value: object, kinds: tuple[type, ...]) -> bool:
+    """isinstance, except that a bool counts only where bool itself is asked for."""
+    if isinstance(value, bool) and bool not in kinds:
+        return False
+    return isinstance(value, kinds)
+
+
+def _resolve(path_text: str, base_dir: Path) -> Path:
+    path = Path(path_text).expanduser()
+    return (path if path.is_absolute() else base_dir / path).resolve()
+
+
+class Problems:
+    """The problem lines of one topology, each starting with where the topology came from."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.lines.append(f"{self.source}: {key}: {message}")
+
+    def raise_if_any(self) -> None:
+        if self.lines:
+            raise TopologyError(self.lines)
+
+
+class Table:
+    """One TOML table at a key path. Its getters record a problem for a missing or bad value and
+    then return a placeholder (the default), so that the rest of the file is still checked."""
+
+    def __init__(
+        self,
+        problems: Problems,
+        data: Mapping[str, Any],
+        path: str,
+        allowed: Sequence[str],
+        base_dir: Path,
+    ) -> None:
+        self.problems, self.data, self.path, self.base_dir = problems, data, path, base_dir
+        for name in data:
+            if name not in allowed:
+                problems.add(self.key(name), f"unknown key; allowed: {', '.join(allowed)}")
+
+    def key(self, name: str) -> str:
+        """The dotted key path of `name` in this table."""
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, message: str) -> None:
+        self.problems.add(self.key(name), message)
+
+    def has(self, name: str) -> bool:
+        return name in self.data
+
+    def raw(self, name: str, kinds: tuple[type, ...], what: str, required: bool = False) -> Any:
+        """The value if present and of one of `kinds`; None (and a problem if due) otherwise."""
+        if name not in self.data:
+            if required:
+                self.fail(name, f"missing required key ({what})")
+            return None
+        value = self.data[name]
+        if not _is_kind(value, kinds):
+            self.fail(name, f"must be {what}, got {_show(value)}")
+            return None
+        return value
+
+    def string(self, name: str, default: str = "", *, required: bool = False) -> str:
+        """A non-empty string."""
+        value = self.raw(name, (str,), "a string", required)
+        if value is None:
+            return default
+        if not value.strip():
+            self.fail(name, "must not be empty")
+            return default
+        return str(value)
+
+    def optional_string(self, name: str) -> str | None:
+        """A non-empty string, or None when absent (or bad)."""
+        return self.string(name) or None
+
+    def name(self, name: str = "name") -> str:
+        """A required name: letters, digits, '.', '_' and '-', starting with a letter or digit."""
+        value = self.string(name, required=True)
+        if value and not _NAME_PATTERN.fullmatch(value):
+            self.fail(name, f"must be letters, digits, '.', '_' or '-', got {value!r}")
+        return value
+
+    def choice(self, name: str, choices: Sequence[str], default: str = "") -> str:
+        """One of `choices`; required when there is no default."""
+        what = _one_of(choices)
+        value = self.raw(name, (str,), what, required=not default)
+        if value is not None and value not in choices:
+            self.fail(name, f"must be {what}, got {value!r}")
+            return default
+        return default if value is None else str(value)
+
+    def integer(self, name: str, default: int, minimum: int) -> int:
+        """An integer >= minimum (a bool or a float is refused)."""
+        value = self.raw(name, (int,), f"an integer >= {minimum}")
+        if value is None:
+            return default
+        if value < minimum:
+            self.fail(name, f"must be an integer >= {minimum}, got {value}")
+            return default
+        return int(value)
+
+    def positive(self, name: str, default: float) -> float:
+        """A finite number > 0 (integer or float, not a bool)."""
+        value = self.raw(name, (int, float), "a finite number > 0")
+        if value is None:
+            return default
+        if not (math.isfinite(value) and value > 0):
+            self.fail(name, f"must be a finite number > 0, got {value}")
+            return default
+        return float(value)
+
+    def address(self, name: str, default: str = "", *, required: bool = False) -> str:
+        """A strict "host:port" (see `parse_host_port`)."""
+        value = self.raw(name, (str,), '"host:port"', required)
+        if value is None:
+            return default
+        try:
+            parse_host_port(value)
+        except ValueError as exc:
+            self.fail(name, f"bad address {value!r}: {exc}")
+            return default
+        return str(value)
+
+    def file_path(self, name: str) -> Path | None:
+        """A path, resolved against the topology file's directory; None when absent or bad."""
+        value = self.string(name)
+        return _resolve(value, self.base_dir) if value else None
+
+    def readable_file(self, name: str) -> Path | None:
+        """A path naming an existing, readable regular file."""
+        path = self.file_path(name)
+        if path is None:
+            return None
+        if not path.is_file():
+            problem = "is not a regular file" if path.exists() else "does not exist"
+            self.fail(name, f"{path} {problem}")
+            return None
+        try:
+            with path.open("rb"):
+                pass
+        except OSError as exc:
+            self.fail(name, f"cannot read {path}: {exc.strerror or exc}")
+            return None
+        return path
+
+    def table(self, name: str, allowed: Sequence[str], *, required: bool = False) -> Table | None:
+        value = self.raw(name, (dict,), "a table", required)
+        if value is None:
+            return None
+        return Table(self.problems, value, self.key(name), allowed, self.base_dir)
+
+    def tables(self, name: str, allowed: Sequence[str]) -> list[Table]:
+        """A required, non-empty array of tables (`[[name]]`)."""
+        value = self.raw(name, (list,), "an array of tables", required=True)
+        if value is None:
+            return []
+        if not value:
+            self.fail(name, "must not be empty")
+        tables = []
+        for index, item in enumerate(value):
+            key = f"{name}[{index}]"
+            if not isinstance(item, dict):
+                self.fail(key, f"must be a table, got {_show(item)}")
+                continue
+            tables.append(Table(self.problems, item, self.key(key), allowed, self.base_dir))
+        return tables
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The parsed TOML of `path`; TopologyError for an unreadable, non-UTF-8 or invalid file."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise TopologyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise TopologyError([f"{path}: line {line}: not UTF-8 text ({exc.reason})"]) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        where = f"at end of document, line {text.count(chr(10)) + 1}"
+        message = str(exc).replace("at end of document", where)
+        raise TopologyError([f"{path}: invalid TOML: {message}"]) from None
+
+
+# ---- pass 1: each section on its own --------------------------------------------------------
+
+
+def _model(table: Table | None) -> ModelConfig:
+    if table is None:
+        return ModelConfig(name="")
+    return ModelConfig(
+        name=_model_name(table),
+        dtype=table.choice("dtype", DTYPES, _MODEL.dtype),
+        seed=table.integer("seed", _MODEL.seed, minimum=0),
+        emulate=_emulated_model(table),
+    )
+
+
+def _model_name(table: Table) -> str:
+    """A tiny preset name as is (presets win over directories of the same name), or the
+    absolute path of a checkpoint directory holding a config.json."""
+    from prfaas.engine.presets import PRESETS
+
+    name = table.string("name", required=True)
+    if not name or name in PRESETS:
+        return name
+    directory = _resolve(name, table.base_dir)
+    if not (directory / "config.json").is_file():
+        table.fail(
+            "name",
+            f"missing checkpoint: {name!r} is neither a tiny preset ({', '.join(PRESETS)}) nor a "
+            f"directory with a config.json ({directory})",
+        )
+        return name
+    return str(directory)
+
+
+def _emulated_model(table: Table) -> str:
+    from prfaas.models import list_presets
+    from prfaas.models.presets import preset_file_name
+
+    name = table.string("emulate", _MODEL.emulate)
+    if preset_file_name(name) is None:
+        table.fail("emulate", f"unknown model preset {name!r}; known: {', '.join(list_presets())}")
+    return name
+
+
+def _router(table: Table | None) -> RouterConfig:
+    if table is None:
+        return RouterConfig()
+    return RouterConfig(
+        http=table.address("http", _ROUTER.http),
+        api_keys=_api_keys(table),
+        max_body_bytes=table.integer("max_body_bytes", _ROUTER.max_body_bytes, minimum=1),
+    )
+
+
+def _api_keys(table: Table) -> tuple[str, ...]:
+    """`api_keys` (an array) or the lines of `api_keys_file`; no whitespace inside a key."""
+    if table.has("api_keys") and table.has("api_keys_file"):
+        table.fail("api_keys_file", "api_keys and api_keys_file are exclusive")
+        return ()
+    if table.has("api_keys_file"):
+        return _api_keys_from_file(table)
+    value = table.raw("api_keys", (list,), "an array of strings")
+    keys = []
+    for index, key in enumerate(value or []):
+        if not isinstance(key, str) or not key or any(c.isspace() for c in key):
+            table.fail(
+                f"api_keys[{index}]", f"must be a non-empty string without spaces, got {_show(key)}"
+            )
+        else:
+            keys.append(key)
+    return tuple(keys)
+
+
+def _api_keys_from_file(table: Table) -> tuple[str, ...]:
+    path = table.readable_file("api_keys_file")
+    if path is None:
+        return ()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        table.fail("api_keys_file", f"cannot read {path}: {exc}")
+        return ()
+    keys = [line.strip() for line in lines]
+    keys = [k for k in keys if k and not k.startswith("#")]
+    for key in keys:
+        if any(c.isspace() for c in key):
+            table.fail("api_keys_file", f"{path}: a key contains spaces")
+            return ()
+    if not keys:
+        table.fail("api_keys_file", f"{path} holds no key")
+    return tuple(keys)
+
+
+def _link(table: Table | None) -> LinkConfig:
+    if table is None:
+        return LinkConfig()
+    return LinkConfig(gbps=table.positive("gbps", _LINK.gbps))
+
+
+def _threshold(table: Table) -> float | str | None:
+    """A finite number of tokens >= 0, "auto", or None when absent (or bad)."""
+    what = 'a finite number of tokens >= 0 or "auto"'
+    value = table.raw("threshold", (int, float, str), what)
+    if value is None:
+        return None
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str) or not (math.isfinite(value) and value >= 0):
+        table.fail("threshold", f"must be {what}, got {_show(value)}")
+        return None
+    return float(value)
+
+
+def _policy(table: Table | None) -> tuple[PolicyConfig, bool]:
+    """The policy, and whether its threshold is "auto" (still 0 here, resolved in pass 3).
+
+    Only a PrfaaS deployment needs a threshold; without one, homogeneous keeps every prefill
+    local (t = inf) and naive offloads every prefill (t = 0)."""
+    if table is None:
+        return PolicyConfig(threshold_tokens=0.0), False
+    deployment = table.choice("deployment", DEPLOYMENTS, _POLICY.deployment)
+    threshold = _threshold(table)
+    if not table.has("threshold") and deployment == DeploymentKind.PRFAAS:
+        table.fail(
+            "threshold",
+            f'missing required key (tokens or "auto"): deployment {deployment!r} needs it',
+        )
+    tokens = threshold if isinstance(threshold, float) else 0.0  # "auto": resolved in pass 3
+    source = "fixed"
+    if not table.has("threshold"):
+        tokens = math.inf if deployment == DeploymentKind.HOMOGENEOUS else 0.0
+        source = f"implied by deployment {deployment!r}"
+    policy = PolicyConfig(
+        threshold_tokens=tokens,
+        threshold_source=source,
+        failure=table.choice("failure", FAILURE_POLICIES, _POLICY.failure),
+        transfer_deadline_s=table.positive("transfer_deadline_s", _POLICY.transfer_deadline_s),
+        deployment=deployment,
+    )
+    return policy, threshold == AUTO
+
+
+def _transport(
+    problems: Problems, table: Table | None, is_present: bool, allow_generated_token: bool
+) -> SecurityConfig:
+    """Credentials are required, except that a launcher generating a token may allow a file
+    without any `[transport]` table (the token then stays None). `is_present`: the file has a
+    `transport` key (None then means it was not a table, already reported)."""
+    if table is None:
+        if not (allow_generated_token or is_present):
+            problems.add("transport", NO_CREDENTIALS)
+        return SecurityConfig()
+    if not any(table.has(name) for name in ("token", "token_file", *TLS_KEYS)):
+        problems.add("transport", NO_CREDENTIALS)
+    tls = _tls_files(table)
+    cert, key, ca = tls or (None, None, None)
+    return SecurityConfig(
+        token=_token(table),
+        tls_cert=cert,
+        tls_key=key,
+        tls_ca=ca,
+        num_connections=table.integer("num_connections", _SECURITY.num_connections, 1),
+    )
+
+
+def _token(table: Table) -> str | None:
+    """The inline token, or the stripped content of token_file; not both."""
+    if table.has("token") and table.has("token_file"):
+        table.fail("token_file", "token and token_file are exclusive")
+        return None
+    if table.has("token"):
+        return table.optional_string("token")
+    path = table.readable_file("token_file")
+    if path is None:
+        return None
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        table.fail("token_file", f"cannot read {path}: {exc}")
+        return None
+    if not token:
+        table.fail("token_file", f"{path} is empty")
+        return None
+    return token
+
+
+def _tls_files(table: Table) -> tuple[str, str, str] | None:
+    """(cert, key, CA) as absolute paths when all three are given; None when none is."""
+    given = [name for name in TLS_KEYS if table.has(name)]
+    if not given:
+        return None
+    missing = [name for name in TLS_KEYS if name not in given]
+    if missing:
+        table.fail(missing[0], f"tls_cert, tls_key and tls_ca go together; missing {missing[0]}")
+        return None
+    paths = [table.readable_file(name) for name in TLS_KEYS]
+    if any(p is None for p in paths):
+        return None
+    cert, key, ca = (str(p) for p in paths)
+    return cert, key, ca
+
+
+def _instance(table: Table, cluster: str) -> InstanceConfig:
+    role = table.choice("role", ROLES)
+    return InstanceConfig(
+        name=table.name(),
+        cluster=cluster,
+        role=role,
+        http=table.address("http", required=True),
+        kv=_kv_address(table, role),
+        engine=table.choice("engine", ENGINES, _INSTANCE.engine),
+        hardware=_hardware(table),
+        num_gpus=table.integer("num_gpus", _INSTANCE.num_gpus, minimum=1),
+    )
+
+
+def _kv_address(table: Table, role: str) -> str | None:
+    """The KV receiver: required on a decode instance, refused on a prefill one."""
+    if role == "prefill" and table.has("kv"):
+        table.fail("kv", "a prefill instance receives no KV; kv belongs to decode instances")
+        return None
+    if role == "decode" and not table.has("kv"):
+        table.fail("kv", 'missing required key ("host:port" of the decode KV receiver)')
+        return None
+    return table.address("kv") or None
+
+
+def _hardware(table: Table) -> str:
+    """A `prfaas.perf` hardware preset name, lower case."""
+    from prfaas.perf import get_hardware, list_hardware
+
+    name = table.string("hardware", _INSTANCE.hardware)
+    try:
+        get_hardware(name)
+    except UserError:
+        known = ", ".join(h.lower() for h in list_hardware())
+        table.fail("hardware", f"unknown hardware preset {name!r}; known: {known}")
+    return name.strip().lower()
+
+
+def _cluster(table: Table) -> ClusterConfig:
+    name = table.name()
+    kind = table.choice("kind", CLUSTER_KINDS)
+    instances = tuple(_instance(t, name) for t in table.tables("instances", INSTANCE_KEYS))
+    return ClusterConfig(name=name, kind=kind, instances=instances)
+
+
+# ---- pass 2: the topology as a whole --------------------------------------------------------
+
+
+def _instance_keys(clusters: Sequence[ClusterConfig]) -> Iterable[tuple[str, InstanceConfig]]:
+    """(key path, instance) of every instance, e.g. ("clusters[1].instances[0]", ...)."""
+    for ci, cluster in enumerate(clusters):
+        for ii, instance in enumerate(cluster.instances):
+            yield f"clusters[{ci}].instances[{ii}]", instance
+
+
+def _report_duplicates(problems: Problems, items: Iterable[tuple[str, object]], what: str) -> None:
+    """One problem per (key, value) whose value an earlier key already has."""
+    first: dict[object, str] = {}
+    for key, value in items:
+        if value in first:
+            problems.add(key, f"duplicate {what} (also at {first[value]})")
+        else:
+            first[value] = key
+
+
+def _check_names(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:
+    cluster_names = ((f"clusters[{i}].name", c.name) for i, c in enumerate(clusters))
+    _report_duplicates(problems, cluster_names, "cluster name")
+    instance_names = ((f"{key}.name", i.name) for key, i in _instance_keys(clusters))
+    _report_duplicates(problems, instance_names, "instance name")
+
+
+def _endpoint(address: str) -> tuple[str, int]:
+    """An address as compared for duplicates: host case-folded, port as a number."""
+    host, port = parse_host_port(address)
+    return host.lower(), port
+
+
+def _check_addresses(
+    problems: Problems, router: RouterConfig, clusters: Sequence[ClusterConfig]
+) -> None:
+    """Every HTTP and KV endpoint, the router's included, is distinct."""
+    endpoints = [("router.http", router.http)]
+    for key, instance in _instance_keys(clusters):
+        endpoints.append((f"{key}.http", instance.http))
+        if instance.kv is not None:
+            endpoints.append((f"{key}.kv", instance.kv))
+    items = ((key, _endpoint(address)) for key, address in endpoints)
+    _report_duplicates(problems, items, "address")
+
+
+def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:
+    """A PD cluster decodes, a PrfaaS cluster only prefills, and there is a PD cluster."""
+    for ci, cluster in enumerate(clusters):
+        if cluster.kind == "pd" and not cluster.by_role("decode"):
+            problems.add(f"clusters[{ci}].instances", "a pd cluster needs a decode instance")
+        if cluster.kind != "prfaas":
+            continue
+        for ii, instance in enumerate(cluster.instances):
+            if instance.role == "decode":
+                problems.add(
+                    f"clusters[{ci}].instances[{ii}].role",
+                    "a prfaas cluster only prefills; decode instances belong in a pd cluster",
+                )
+    if clusters and not any(c.kind == "pd" for c in clusters):
+        problems.add("clusters", "no cluster of kind 'pd': a topology needs one to decode")
+
+
+def _check_deployment(
+    problems: Problems, policy: PolicyConfig, clusters: Sequence[ClusterConfig]
+) -> None:
+    """PrfaaS and naive deployments prefill remotely; homogeneous prefills on PD."""
+    kind = policy.deployment
+    needs_prfaas = kind in (DeploymentKind.PRFAAS, DeploymentKind.NAIVE)
+    if needs_prfaas and not any(c.kind == "prfaas" for c in clusters):
+        problems.add("policy.deployment", f"deployment {kind!r} needs a cluster of kind 'prfaas'")
+    pd_prefill = [i for c in clusters if c.kind == "pd" for i in c.by_role("prefill")]
+    if kind == DeploymentKind.HOMOGENEOUS and not pd_prefill:
+        problems.add(
+            "policy.deployment", f"deployment {kind!r} needs a prefill instance in a pd cluster"
+        )
+
+
+# ---- the passes -----------------------------------------------------------------------------
+
+
+def _with_auto_threshold(problems: Problems, topology: Topology) -> Topology:
+    """Pass 3: threshold "auto" resolved by Eq. 7, or a problem saying why it cannot be."""
+    from prfaas.nodes.topology_threshold import resolve_auto_threshold
+
+    try:
+        tokens, source = resolve_auto_threshold(topology)
+    except UserError as exc:
+        problems.add("policy.threshold", f'"auto": {exc}')
+        return topology
+    policy = dataclasses.replace(topology.policy, threshold_tokens=tokens, threshold_source=source)
+    return dataclasses.replace(topology, policy=policy)
+
+
+def parse(
+    data: Mapping[str, Any], base_dir: Path, source: str, *, allow_generated_token: bool
+) -> Topology:
+    """Validate parsed TOML into a `Topology` (see the module docstring for the passes)."""
+    problems = Problems(source)
+    top = Table(problems, data, "", TOP_KEYS, base_dir)
+    model = _model(top.table("model", MODEL_KEYS, required=True))
+    router = _router(top.table("router", ROUTER_KEYS))
+    link = _link(top.table("link", LINK_KEYS))
+    policy, is_auto = _policy(top.table("policy", POLICY_KEYS, required=True))
+    transport_table = top.table("transport", TRANSPORT_KEYS)
+    transport = _transport(problems, transport_table, top.has("transport"), allow_generated_token)
+    clusters = tuple(_cluster(t) for t in top.tables("clusters", CLUSTER_KEYS))
+    problems.raise_if_any()
+    _check_names(problems, clusters)
+    _check_addresses(problems, router, clusters)
+    _check_clusters(problems, clusters)
+    _check_deployment(problems, policy, clusters)
+    problems.raise_if_any()
+    topology = Topology(model, clusters, policy, router, link, transport)
+    if is_auto:
+        topology = _with_auto_threshold(problems, topology)
+        problems.raise_if_any()
+    return topology

@@ -1,0 +1,167 @@
+"""Threshold "auto": the planner's Eq. 7 threshold search at the topology's own instance split.
+
+`prfaas plan` searches the threshold t together with the PD split N_p / N_d
+(`prfaas.plan.search.plan_prfaas`). A topology fixes its instances, so only t is searched here,
+the same way: the planner's threshold grid over the length range, then Eq. 7 (`best_threshold`)
+solved within one grid step of the best grid point, kept if no worse. The planner's inputs come
+from the topology:
+
+- prefill latency: `prfaas.perf.CostModel` of `model.emulate` on each cluster's prefill hardware
+  and GPUs per instance (the durations an emulated engine sleeps);
+- N_prfaas, N_p, N_d: the PrfaaS cluster's prefill instances, the PD cluster's prefill and
+  decode instances;
+- S_kv(l) of `model.emulate` (bf16 KV), and the link's Gbps;
+- the paper's case-study length distribution and decode parameters (`prfaas.casestudy`). With
+  N_d fixed, decode binds equally at every t, so the decode parameters do not move t.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from prfaas.casestudy import PAPER_CASE_STUDY
+from prfaas.errors import UserError
+from prfaas.plan.inputs import ClusterSpec, PlanInputs
+from prfaas.plan.search import rank_point, threshold_grid
+from prfaas.policy.throughput import (
+    LatencyCurve,
+    SizeCurve,
+    StagePoint,
+    best_threshold,
+    evaluate_split,
+    split_lengths,
+)
+
+if TYPE_CHECKING:
+    from prfaas.models import ModelSpec
+    from prfaas.nodes.topology import ClusterConfig, Topology
+
+_CASE = PAPER_CASE_STUDY
+CASE_STUDY_LENGTHS = (
+    f"case-study lengths (truncated log-normal mu={_CASE.length_mu:g} "
+    f"sigma={_CASE.length_sigma:g} in [{_CASE.min_tokens}, {_CASE.max_tokens}] tokens)"
+)
+REFINE_TOLERANCE_TOKENS = 0.5  # the planner's bisection tolerance
+
+
+def _only_cluster(topology: Topology, kind: str) -> ClusterConfig:
+    clusters = topology.clusters_of_kind(kind)
+    if len(clusters) != 1:
+        raise UserError(f"needs exactly one cluster of kind {kind!r}, found {len(clusters)}")
+    return clusters[0]
+
+
+def _prefill_shape(cluster: ClusterConfig) -> tuple[str, int]:
+    """(hardware, GPUs per instance) shared by every prefill instance of `cluster`."""
+    prefill = cluster.by_role("prefill")
+    if not prefill:
+        raise UserError(f"needs a prefill instance in cluster {cluster.name!r}")
+    shapes = sorted({(i.hardware, i.num_gpus) for i in prefill})
+    if len(shapes) > 1:
+        listed = ", ".join(f"{n} x {hw}" for hw, n in shapes)
+        raise UserError(
+            f"needs one hardware and num_gpus across the prefill instances of cluster "
+            f"{cluster.name!r}, got {listed}"
+        )
+    return shapes[0]
+
+
+def _prefill_curve(model: ModelSpec, hardware: str, num_gpus: int) -> LatencyCurve:
+    """The cost model's prefill latency at any real length (rounded, cached)."""
+    from prfaas.perf import CostModel, get_hardware
+
+    cost = CostModel(model, get_hardware(hardware), num_gpus)
+    at_tokens = functools.lru_cache(maxsize=1 << 16)(cost.t_prefill_s)
+
+    def t_prefill_s(num_tokens: float) -> float:
+        return at_tokens(max(1, round(num_tokens)))
+
+    return t_prefill_s
+
+
+def _kv_curve(model: ModelSpec) -> SizeCurve:
+    footprint = model.footprint()
+
+    def kv_bytes(num_tokens: float) -> float:
+        return float(footprint.bytes_for(max(0, round(num_tokens))))
+
+    return kv_bytes
+
+
+def _cluster_spec(model: ModelSpec, cluster: ClusterConfig, num_instances: int) -> ClusterSpec:
+    hardware, gpus_per_instance = _prefill_shape(cluster)
+    return ClusterSpec(
+        hardware=hardware,
+        num_gpus=num_instances * gpus_per_instance,
+        gpus_per_instance=gpus_per_instance,
+        t_prefill_s=_prefill_curve(model, hardware, gpus_per_instance),
+        latency_source=f"perf cost model of {model.name} on {gpus_per_instance} x {hardware}",
+    )
+
+
+def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
+    """The planner's inputs for this topology, and its N_p (PD prefill instances).
+
+    `homogeneous` (unused by the threshold) is the PD hardware with as many instances as the
+    topology has prefill and decode instances, so `run_plan` works on these inputs too."""
+    from prfaas.models import load_model_spec
+
+    model = load_model_spec(topology.model.emulate)
+    prfaas, pd = _only_cluster(topology, "prfaas"), _only_cluster(topology, "pd")
+    num_prfaas = len(prfaas.by_role("prefill"))
+    num_pd_p, num_pd_d = len(pd.by_role("prefill")), len(pd.by_role("decode"))
+    pd_spec = _cluster_spec(model, pd, num_pd_p + num_pd_d)
+    homogeneous_gpus = (num_prfaas + num_pd_p + num_pd_d) * pd_spec.gpus_per_instance
+    inputs = PlanInputs(
+        prfaas=_cluster_spec(model, prfaas, num_prfaas),
+        pd=pd_spec,
+        homogeneous=replace(pd_spec, num_gpus=homogeneous_gpus),
+        kv_bytes=_kv_curve(model),
+        kv_source=f"model {model.name}",
+        lengths=_CASE.lengths(),
+        lengths_source=CASE_STUDY_LENGTHS,
+        link_bytes_per_s=topology.link.bytes_per_s,
+        num_output_tokens=_CASE.output_tokens,
+        max_batch_size=_CASE.max_batch_size,
+        t_decode_step_s=_CASE.t_decode_step_s,
+    )
+    return inputs, num_pd_p
+
+
+def search_threshold(inputs: PlanInputs, num_pd_p: int) -> StagePoint:
+    """The planner's search for t at a fixed split: grid, then Eq. 7 within one grid step."""
+    costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
+    num_prfaas, num_pd_d = inputs.prfaas.num_instances, inputs.pd.num_instances - num_pd_p
+
+    def at(threshold_tokens: float) -> StagePoint:
+        split = split_lengths(inputs.lengths, threshold_tokens)
+        return evaluate_split(costs, split, num_prfaas, num_pd_p, num_pd_d)
+
+    step = inputs.threshold_step_tokens
+    best = max((at(t) for t in threshold_grid(inputs.lengths, step)), key=rank_point)
+    lo = max(best.threshold_tokens - step, inputs.lengths.quantile(0.0))
+    hi = min(best.threshold_tokens + step, inputs.lengths.quantile(1.0))
+    if not lo < hi:
+        return best
+    t = best_threshold(
+        costs, inputs.lengths, num_prfaas, num_pd_p, lo, hi, tol_tokens=REFINE_TOLERANCE_TOKENS
+    )
+    refined = at(t)
+    return refined if rank_point(refined) >= rank_point(best) else best
+
+
+def resolve_auto_threshold(topology: Topology) -> tuple[float, str]:
+    """(t, how it was computed); UserError in one line when the topology does not allow it."""
+    inputs, num_pd_p = planner_inputs(topology)
+    point = search_threshold(inputs, num_pd_p)
+    prfaas, pd = inputs.prfaas, inputs.pd
+    source = (
+        f"auto: Eq. 7 over {topology.model.emulate}, PrfaaS {prfaas.num_instances} x "
+        f"{prfaas.gpus_per_instance} {prfaas.hardware}, PD {num_pd_p} prefill + "
+        f"{pd.num_instances - num_pd_p} decode x {pd.gpus_per_instance} {pd.hardware}, "
+        f"{topology.link.gbps:g} Gbps link, {CASE_STUDY_LENGTHS} -> "
+        f"t={point.threshold_tokens:.0f} tokens (offloads {point.offload_fraction:.0%})"
+    )
+    return point.threshold_tokens, source

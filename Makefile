@@ -1,5 +1,6 @@
 # PrfaaS developer entry points. `make demo` and `make test` work on a machine with only Python:
 # they create .venv, install torch==2.13.0 first (the CPU wheel), then the pinned rest.
+# `make demo` starts the live system on localhost, sends two requests and stops it again.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -17,9 +18,7 @@ $(STAMP): pyproject.toml requirements.lock
 install: $(STAMP)
 
 demo: install
-	$(BIN)/prfaas plan --preset paper-case-study
-	$(BIN)/prfaas kv --profile paper-1t-h200
-	$(BIN)/prfaas kv --model minimax-m2.5 --lengths 1K,8K,32K,128K
+	$(BIN)/prfaas demo
 
 lint: install
 	$(BIN)/ruff check src tests scripts

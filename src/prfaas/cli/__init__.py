@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "verify": "prfaas.cli.verify",
     "bench": "prfaas.cli.bench",
     "router, prefill, decode, up": "prfaas.cli.serve",  # the live services
+    "demo": "prfaas.cli.demo",
 }
 
 

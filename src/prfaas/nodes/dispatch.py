@@ -21,7 +21,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 from prfaas.messages import DecodeJob, GenerateRequest, PrefillJob, PrefillResult, TokenDelta
 from prfaas.nodes.monitor import ClusterMonitor, InstanceState
@@ -34,6 +34,7 @@ from prfaas.types import DeploymentKind
 log = logging.getLogger("prfaas.router")
 _RESULT_GRACE_S = 2.0  # after the last token, how long a prefill answer may still take
 _PREFILL_SLACK_S = 300.0  # a prefill job may queue this long past its transfer deadline
+_ABORT_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 class NoInstanceError(Exception):
@@ -56,6 +57,22 @@ class Dispatch:
     @property
     def rule(self) -> str:
         return self.reason.split(":", 1)[0]
+
+    def summary(self, ttft_s: float | None) -> dict[str, object]:
+        """The `prfaas` extension field of a response: route, reason, KV moved, timings."""
+        r = self.result
+        return {
+            "route": self.route,
+            "reason": self.reason,
+            "transfer_id": self.transfer_id if self.prefill is not None else None,
+            "prefill_instance": self.prefill.config.name if self.prefill else None,
+            "decode_instance": self.decode.config.name,
+            "ttft_s": None if ttft_s is None else round(ttft_s, 6),
+            "kv_bytes": r.num_kv_bytes if r and r.ok else 0,
+            "prefill_queue_s": round(r.queue_s, 6) if r else None,
+            "prefill_s": round(r.prefill_s, 6) if r else None,
+            "kv_transfer_tail_s": round(r.transfer_tail_s, 6) if r else None,
+        }
 
     def log_fields(self) -> dict[str, object]:
         return {
@@ -81,7 +98,7 @@ class Dispatcher:
         self,
         topology: Topology,
         monitor: ClusterMonitor,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         metrics: RouterMetrics,
     ) -> None:
         self.topology, self.monitor, self.client, self.metrics = topology, monitor, client, metrics
@@ -141,20 +158,21 @@ class Dispatcher:
 
     async def _decode_stream(self, d: Dispatch, job: DecodeJob) -> AsyncIterator[TokenDelta]:
         url = f"http://{d.decode.config.http}/internal/decode"
-        timeout = httpx.Timeout(10.0, read=self.topology.policy.transfer_deadline_s + 120.0)
+        read_s = self.topology.policy.transfer_deadline_s + 120.0
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
         try:
-            async with self.client.stream("POST", url, json=job.to_dict(), timeout=timeout) as r:
-                if r.status_code != 200:
-                    body = (await r.aread())[:300].decode(errors="replace")
-                    yield _error(d, f"decode instance answered {r.status_code}: {body}")
+            async with self.client.post(url, json=job.to_dict(), timeout=timeout) as r:
+                if r.status != 200:
+                    body = (await r.read())[:300].decode(errors="replace")
+                    yield _error(d, f"decode instance answered {r.status}: {body}")
                     return
-                async for line in r.aiter_lines():
-                    if line:
+                async for line in r.content:
+                    if line.strip():
                         yield TokenDelta.from_dict(json.loads(line))
-        except httpx.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:
             self.monitor.mark_down(d.decode.config.name, str(exc))
             yield _error(d, f"decode instance {d.decode.config.name} unreachable: {exc}")
-        except (httpx.HTTPError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             yield _error(d, f"decode instance {d.decode.config.name} failed: {exc!r}")
 
     async def _prefill(self, d: Dispatch, request: GenerateRequest) -> None:
@@ -165,14 +183,15 @@ class Dispatcher:
         job = PrefillJob(request, d.transfer_id, kv, deadline_s)
         url = f"http://{d.prefill.config.http}/internal/prefill"
         started_at = time.monotonic()
-        timeout = httpx.Timeout(10.0, read=deadline_s + _PREFILL_SLACK_S)
+        read_s = deadline_s + _PREFILL_SLACK_S
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
         _add_pending(d.prefill, d.num_prompt_tokens, +1)
         try:
-            reply = await self.client.post(url, json=job.to_dict(), timeout=timeout)
-            reply.raise_for_status()
-            result = PrefillResult.from_dict(reply.json())
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
-            if isinstance(exc, httpx.ConnectError):
+            async with self.client.post(url, json=job.to_dict(), timeout=timeout) as reply:
+                reply.raise_for_status()
+                result = PrefillResult.from_dict(await reply.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
                 self.monitor.mark_down(d.prefill.config.name, str(exc))
             error = f"prefill instance {d.prefill.config.name} failed: {exc!r}"
             result = PrefillResult(request.req_id, d.transfer_id, ok=False, error=error)
@@ -190,8 +209,10 @@ class Dispatcher:
 
     async def _abort(self, d: Dispatch, reason: str) -> None:
         url = f"http://{d.decode.config.http}/internal/abort"
-        with contextlib.suppress(httpx.HTTPError):
-            await self.client.post(url, json={"transfer_id": d.transfer_id, "reason": reason})
+        body = {"transfer_id": d.transfer_id, "reason": reason}
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with self.client.post(url, json=body, timeout=_ABORT_TIMEOUT) as reply:
+                await reply.read()
 
     async def _settle(self, task: asyncio.Task[None]) -> None:
         """Give the prefill answer a moment after the last token, then stop waiting for it."""

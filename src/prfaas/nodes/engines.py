@@ -9,6 +9,7 @@ emulated engine, the measured tokens per second of this instance's own prefills 
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from prfaas.nodes.topology import InstanceConfig, Topology
@@ -24,8 +25,13 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
     if instance.engine == "emulated":
         from prfaas.engine.emulated import make_emulated_engine
 
+        scale = model.time_scale
         return make_emulated_engine(
-            model.emulate, instance.hardware, instance.num_gpus, seed=model.seed
+            model.emulate,
+            instance.hardware,
+            instance.num_gpus,
+            seed=model.seed,
+            sleep=lambda seconds: time.sleep(seconds * scale) if scale > 0 else None,
         )
     import torch
 

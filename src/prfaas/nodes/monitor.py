@@ -14,7 +14,7 @@ import contextlib
 import logging
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from prfaas.messages import InstanceStats
 from prfaas.nodes.topology import ClusterConfig, InstanceConfig, Topology
@@ -52,7 +52,7 @@ class ClusterMonitor:
     """Polls every instance; answers which are ready and what the policy should see."""
 
     topology: Topology
-    client: httpx.AsyncClient
+    client: aiohttp.ClientSession
     poll_s: float = 0.25
     max_misses: int = 3
     states: dict[str, InstanceState] = field(default_factory=dict)
@@ -77,11 +77,12 @@ class ClusterMonitor:
 
     async def _poll(self, state: InstanceState) -> None:
         url = f"http://{state.config.http}/internal/stats"
+        timeout = aiohttp.ClientTimeout(total=max(2.0, 4 * self.poll_s))
         try:
-            reply = await self.client.get(url, timeout=max(2.0, 4 * self.poll_s))
-            reply.raise_for_status()
-            state.stats = InstanceStats.from_dict(reply.json())
-        except (httpx.HTTPError, ValueError, KeyError) as exc:
+            async with self.client.get(url, timeout=timeout) as reply:
+                reply.raise_for_status()
+                state.stats = InstanceStats.from_dict(await reply.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             state.num_misses += 1
             if state.is_ready and state.num_misses >= self.max_misses:
                 state.is_ready = False

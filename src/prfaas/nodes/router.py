@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -68,6 +68,11 @@ class Prepared:
     include_usage: bool
     stop: tuple[str, ...]
     arrived_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+
+    @property
+    def ttft_s(self) -> float | None:
+        return None if self.first_token_at is None else self.first_token_at - self.arrived_at
 
 
 class RouterService:
@@ -76,18 +81,19 @@ class RouterService:
     def __init__(self, topology: Topology, codec: TextCodec) -> None:
         self.topology, self.codec = topology, codec
         self.metrics = RouterMetrics()
-        limits = httpx.Limits(max_connections=1024, max_keepalive_connections=256)
-        self.client = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(10.0))
-        self.monitor = ClusterMonitor(topology, self.client)
-        self.dispatcher = Dispatcher(topology, self.monitor, self.client, self.metrics)
         self.model_id = topology.model.served_name
 
     async def start(self) -> None:
+        """Open the connection pool to the instances (on the serving loop) and start polling."""
+        connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30)
+        self.client = aiohttp.ClientSession(connector=connector)
+        self.monitor = ClusterMonitor(self.topology, self.client)
+        self.dispatcher = Dispatcher(self.topology, self.monitor, self.client, self.metrics)
         await self.monitor.start()
 
     async def close(self) -> None:
         await self.monitor.close()
-        await self.client.aclose()
+        await self.client.close()
 
     # ---- request preparation ---------------------------------------------------------------
     def check_auth(self, request: Request) -> None:
@@ -184,6 +190,8 @@ class RouterService:
                     hist = self.metrics.itl if text.num_tokens else self.metrics.ttft
                     hist.labels(route).observe(now - last_at)
                     last_at = now
+                    if prepared.first_token_at is None:
+                        prepared.first_token_at = now
                 finish = _finish_reason(delta, text)
                 new = text.add(delta.token_ids, is_final=finish is not None)
                 self.metrics.generation_tokens.labels(route).inc(len(delta.token_ids))
@@ -223,6 +231,7 @@ class RouterService:
         body = prepared.shape.whole(
             "".join(parts), last.finish_reason, usage(n_prompt, last.num_tokens)
         )
+        body["prfaas"] = d.summary(prepared.ttft_s)
         return JSONResponse(body, headers=route_headers(d))
 
     async def sse(self, d: Dispatch, prepared: Prepared) -> AsyncIterator[bytes]:
@@ -234,7 +243,10 @@ class RouterService:
                 yield _event({"error": {**error, "code": "generation_failed"}})
                 break
             if piece.text or piece.finish_reason is not None or is_first:
-                yield _event(prepared.shape.chunk(piece.text, piece.finish_reason, is_first))
+                chunk = prepared.shape.chunk(piece.text, piece.finish_reason, is_first)
+                if piece.finish_reason is not None:
+                    chunk["prfaas"] = d.summary(prepared.ttft_s)
+                yield _event(chunk)
                 is_first = False
         if prepared.include_usage:
             n_prompt = len(prepared.request.prompt_token_ids)

@@ -12,6 +12,7 @@ name = "qwen3_next"          # tiny preset name, or a local Hugging Face checkpo
 dtype = "fp32"               # fp32 | bf16
 seed = 0                     # weights seed of tiny presets
 emulate = "paper-1t"         # prfaas.models preset sized/timed by engine = "emulated" instances
+time_scale = 1.0             # emulated engines sleep time_scale x the predicted durations
 
 [router]                     # optional
 http = "127.0.0.1:8000"
@@ -68,6 +69,7 @@ class ModelConfig:
     dtype: str = "fp32"
     seed: int = 0
     emulate: str = "paper-1t"  # prfaas.models preset used by emulated engines
+    time_scale: float = 1.0  # emulated engines sleep this times the predicted durations (0: none)
 
     @property
     def served_name(self) -> str:

@@ -41,7 +41,7 @@ from prfaas.nodes.topology import (
 from prfaas.types import DeploymentKind
 
 TOP_KEYS = ("model", "router", "link", "policy", "transport", "clusters")
-MODEL_KEYS = ("name", "dtype", "seed", "emulate")
+MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
 LINK_KEYS = ("gbps",)
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment")
@@ -239,6 +239,16 @@ class Table:
             return default
         return float(value)
 
+    def non_negative(self, name: str, default: float) -> float:
+        """A finite number >= 0 (integer or float, not a bool)."""
+        value = self.raw(name, (int, float), "a finite number >= 0")
+        if value is None:
+            return default
+        if not (math.isfinite(value) and value >= 0):
+            self.fail(name, f"must be a finite number >= 0, got {value}")
+            return default
+        return float(value)
+
     def address(self, name: str, default: str = "", *, required: bool = False) -> str:
         """A strict "host:port" (see `parse_host_port`)."""
         value = self.raw(name, (str,), '"host:port"', required)
@@ -326,6 +336,7 @@ def _model(table: Table | None) -> ModelConfig:
         dtype=table.choice("dtype", DTYPES, _MODEL.dtype),
         seed=table.integer("seed", _MODEL.seed, minimum=0),
         emulate=_emulated_model(table),
+        time_scale=table.non_negative("time_scale", _MODEL.time_scale),
     )
 
 

@@ -1,0 +1,291 @@
+"""Benchmarks of the live services (results in docs/benchmarks/services.md).
+
+    overhead    the router's added latency: the same requests at 20 req/s sent (a) to a decode
+                instance directly and (b) through the router, side by side in one run, with an
+                emulated engine that does not sleep (time_scale = 0), so what differs is the
+                router's own work (validation, tokenizing, policy, one more HTTP hop, relay).
+    throughput  short non-streaming completions through the router at rising open-loop rates,
+                until errors appear or p99 latency doubles over the lowest rate's.
+    torch       the tiny Qwen3-Next on torch engines (the embedded topology): TTFT and
+                inter-token latency of local vs offloaded requests, KV bytes and transfer time.
+
+Usage: .venv/bin/python scripts/bench_services.py [overhead|throughput|torch|all] [--json OUT]
+Every process (router, instances, this load generator) shares this machine's cores; the numbers
+are for that setting and say so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from prfaas.messages import DecodeJob, GenerateRequest, SamplingParams
+from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology, free_port
+from prfaas.nodes.topology import Topology, load_topology
+
+PROMPT = "Where does this request run?"
+
+
+def emulated_topology(directory: Path) -> Path:
+    """One idle PrfaaS prefill instance and one PD decode instance that prefills itself
+    (threshold beyond any prompt), emulated engines that do not sleep."""
+    token = directory / "token"
+    token.write_text("bench-token")
+    ports = [free_port() for _ in range(4)]
+    text = f"""
+[model]
+name = "qwen3_next"
+emulate = "paper-1t"
+time_scale = 0
+[router]
+http = "127.0.0.1:{ports[0]}"
+[policy]
+threshold = 1000000000
+[transport]
+token_file = "{token}"
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"
+  [[clusters.instances]]
+  name = "prfaas-prefill-0"
+  role = "prefill"
+  http = "127.0.0.1:{ports[1]}"
+  engine = "emulated"
+  hardware = "h200"
+[[clusters]]
+name = "pd"
+kind = "pd"
+  [[clusters.instances]]
+  name = "pd-decode-0"
+  role = "decode"
+  http = "127.0.0.1:{ports[2]}"
+  kv = "127.0.0.1:{ports[3]}"
+  engine = "emulated"
+  hardware = "h20"
+"""
+    path = directory / "topology.toml"
+    path.write_text(text)
+    return path
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def summary_ms(latencies_s: list[float]) -> dict[str, float]:
+    ms = [x * 1000 for x in latencies_s]
+    return {"p50_ms": statistics.median(ms), "p99_ms": percentile(ms, 99), "n": len(ms)}
+
+
+async def open_loop(
+    send: Callable[[int], Awaitable[float]], rate_per_s: float, duration_s: float
+) -> tuple[list[float], int, float]:
+    """Start one request every 1/rate s for duration_s; (latencies, errors, achieved req/s)."""
+    tasks = []
+    start = time.monotonic()
+    n = int(rate_per_s * duration_s)
+    for i in range(n):
+        await asyncio.sleep(max(0.0, start + i / rate_per_s - time.monotonic()))
+        tasks.append(asyncio.create_task(_timed(send, i)))
+    results = await asyncio.gather(*tasks)
+    elapsed = time.monotonic() - start
+    ok = [r for r in results if r is not None]
+    return ok, n - len(ok), len(ok) / elapsed
+
+
+async def _timed(send: Callable[[int], Awaitable[float]], i: int) -> float | None:
+    try:
+        return await send(i)
+    except (httpx.HTTPError, AssertionError):
+        return None
+
+
+def direct_sender(client: httpx.AsyncClient, topology: Topology) -> Callable[[int], Any]:
+    url = f"http://{topology.instance('pd-decode-0').http}/internal/decode"
+    prompt = tuple(PROMPT.encode())
+
+    async def send(i: int) -> float:
+        job = DecodeJob(GenerateRequest(f"direct-{i}", prompt, SamplingParams(4)), None, 30.0)
+        t0 = time.monotonic()
+        reply = await client.post(url, json=job.to_dict())
+        assert reply.status_code == 200 and b'"finish_reason": "length"' in reply.content
+        return time.monotonic() - t0
+
+    return send
+
+
+def router_sender(client: httpx.AsyncClient, topology: Topology) -> Callable[[int], Any]:
+    url = f"http://{topology.router.http}/v1/completions"
+    body = {"model": topology.model.served_name, "prompt": PROMPT, "max_tokens": 4}
+
+    async def send(i: int) -> float:
+        t0 = time.monotonic()
+        reply = await client.post(url, json=body)
+        assert reply.status_code == 200, reply.text
+        return time.monotonic() - t0
+
+    return send
+
+
+async def bench_overhead(topology: Topology, rounds: int, duration_s: float) -> dict[str, Any]:
+    limits = httpx.Limits(max_connections=512)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        direct, routed = direct_sender(client, topology), router_sender(client, topology)
+        await open_loop(routed, 20, 2)  # warm both paths
+        await open_loop(direct, 20, 2)
+        lat: dict[str, list[float]] = {"direct": [], "router": []}
+        errors = {"direct": 0, "router": 0}
+        for _ in range(rounds):  # alternate, so drift hits both sides alike
+            for name, send in (("direct", direct), ("router", routed)):
+                ok, err, _ = await open_loop(send, 20, duration_s)
+                lat[name].extend(ok)
+                errors[name] += err
+    d, r = summary_ms(lat["direct"]), summary_ms(lat["router"])
+    return {
+        "rate_per_s": 20,
+        "direct": {**d, "errors": errors["direct"]},
+        "router": {**r, "errors": errors["router"]},
+        "overhead_p50_ms": r["p50_ms"] - d["p50_ms"],
+        "overhead_p99_ms": r["p99_ms"] - d["p99_ms"],
+    }
+
+
+async def bench_throughput(topology: Topology, rates: list[float], duration_s: float) -> Any:
+    limits = httpx.Limits(max_connections=2048)
+    steps = []
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        send = router_sender(client, topology)
+        await open_loop(send, 20, 2)
+        base_p99 = None
+        for rate in rates:
+            ok, err, achieved = await open_loop(send, rate, duration_s)
+            s = {"offered_per_s": rate, "achieved_per_s": achieved, "errors": err, **summary_ms(ok)}
+            steps.append(s)
+            print(json.dumps(s), flush=True)
+            base_p99 = base_p99 or s["p99_ms"]
+            if err or s["p99_ms"] > 2 * base_p99 or achieved < 0.9 * rate:
+                break
+    sustained = [
+        s
+        for s in steps
+        if not s["errors"]
+        and s["p99_ms"] <= 2 * steps[0]["p99_ms"]
+        and s["achieved_per_s"] >= 0.9 * s["offered_per_s"]
+    ]
+    return {
+        "steps": steps,
+        "max_sustained_per_s": max((s["achieved_per_s"] for s in sustained), default=0.0),
+    }
+
+
+def stream_one(url: str, model: str, prompt: str, max_tokens: int) -> dict[str, Any]:
+    """One streamed completion: client TTFT, mean gap between chunks, the `prfaas` field."""
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "ignore_eos": True,
+    }
+    t0 = time.monotonic()
+    stamps, info = [], {}
+    with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as reply:
+        for line in reply.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            stamps.append(time.monotonic())
+            info = chunk.get("prfaas", info)
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    return {"ttft_s": stamps[0] - t0, "itl_s": statistics.mean(gaps) if gaps else 0.0, **info}
+
+
+def bench_torch(repeats: int, long_tokens: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        options = EmbeddedOptions(router_port=free_port(), threshold_tokens=128)
+        path = embedded_topology(Path(tmp), options)
+        topology = load_topology(path)
+        with Launcher(path, topology, Path(tmp)) as launcher:
+            launcher.wait_ready(600)
+            url, model = launcher.router_url, topology.model.served_name
+            long_prompt = ("The KV cache crosses the link layer by layer. " * 400)[:long_tokens]
+            stream_one(url, model, PROMPT, 4)  # warm-up
+            stream_one(url, model, long_prompt, 4)
+            rows: dict[str, list[dict[str, Any]]] = {"local": [], "offloaded": []}
+            for _ in range(repeats):  # alternate, side by side
+                rows["local"].append(stream_one(url, model, long_prompt[:100], 32))
+                rows["offloaded"].append(stream_one(url, model, long_prompt, 32))
+    out = {}
+    for name, runs in rows.items():
+        out[name] = {
+            "route": runs[0]["route"],
+            "prompt_tokens": 100 if name == "local" else long_tokens,
+            "ttft_ms_p50": 1000 * statistics.median(r["ttft_s"] for r in runs),
+            "itl_ms_p50": 1000 * statistics.median(r["itl_s"] for r in runs),
+            "kv_bytes": runs[0]["kv_bytes"],
+            "prefill_s_p50": statistics.median(r["prefill_s"] for r in runs),
+            "kv_tail_ms_p50": 1000 * statistics.median(r["kv_transfer_tail_s"] for r in runs),
+            "n": len(runs),
+        }
+    out["long_prompt_tokens"] = long_tokens
+    return out
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    import os
+
+    return {"cpu": cpu, "cores": str(os.cpu_count()), "python": platform.python_version()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "which", nargs="?", default="all", choices=["overhead", "throughput", "torch", "all"]
+    )
+    parser.add_argument("--json", default=None, help="write results to this file")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    args = parser.parse_args()
+    results: dict[str, Any] = {"machine": machine()}
+    if args.which in ("overhead", "throughput", "all"):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = emulated_topology(Path(tmp))
+            topology = load_topology(path)
+            with Launcher(path, topology, Path(tmp)) as launcher:
+                launcher.wait_ready(600)
+                if args.which in ("overhead", "all"):
+                    results["overhead"] = asyncio.run(
+                        bench_overhead(topology, args.rounds, args.seconds)
+                    )
+                    print(json.dumps(results["overhead"], indent=1), flush=True)
+                if args.which in ("throughput", "all"):
+                    rates = [50, 100, 150, 200, 250, 300, 400, 500]
+                    results["throughput"] = asyncio.run(
+                        bench_throughput(topology, rates, args.seconds)
+                    )
+    if args.which in ("torch", "all"):
+        results["torch"] = bench_torch(repeats=7, long_tokens=4096)
+    print(json.dumps(results, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -99,6 +100,7 @@ class EngineWorker:
         self.num_steps += 1
         for delta in deltas:
             self.emit(delta)
+        time.sleep(0)  # let the event loop thread take the GIL between steps
 
     def emit(self, delta: TokenDelta) -> None:
         """Engine thread only: hand `delta` to its stream (in order with the steps' deltas) and

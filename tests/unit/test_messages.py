@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from prfaas.errors import UserError
 from prfaas.messages import (
     GenerateRequest,
     KVManifest,
@@ -26,7 +27,8 @@ def _manifest() -> KVManifest:
         ),
         LayerEntry(1, "full_attention", "DynamicLayer", {}, (t1,)),
     )
-    return KVManifest("t-1", "r-1", "qwen3_next", 2, layers, 10, 7, {"cache_class": "DynamicCache"})
+    meta = {"cache_class": "DynamicCache"}
+    return KVManifest("t-1", "r-1", "qwen3_next", 2, layers, 10, 7, meta, "ab12" * 16)
 
 
 def _json_round_trip(obj):  # type: ignore[no-untyped-def]
@@ -41,6 +43,7 @@ def _json_round_trip(obj):  # type: ignore[no-untyped-def]
         _manifest(),
         TransferAck("t-1", False, "checksum mismatch"),
         TokenDelta("r-1", (5, 6), "length"),
+        TokenDelta("r-1", (), "error", "decode failed: IndexError: index out of range"),
     ],
 )
 def test_json_round_trip_is_identity(message: object) -> None:
@@ -52,8 +55,21 @@ def test_manifest_total_bytes_sums_layers() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_tokens": 0}, {"temperature": -1.0}, {"top_p": 0.0}, {"top_k": -1}]
+    "kwargs",
+    [
+        {"max_tokens": 0},
+        {"temperature": -1.0},
+        {"temperature": float("nan")},
+        {"top_p": 0.0},
+        {"top_k": -1},
+    ],
 )
 def test_sampling_params_reject_impossible_values(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
+    with pytest.raises(UserError):
         SamplingParams(**kwargs)  # type: ignore[arg-type]
+
+
+def test_manifest_without_fingerprint_reads_as_unstated() -> None:
+    old_sender = _manifest().to_dict()
+    del old_sender["model_fingerprint"]
+    assert KVManifest.from_dict(old_sender).model_fingerprint == ""

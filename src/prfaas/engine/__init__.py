@@ -1,4 +1,5 @@
-"""The only torch package: model runner, KV export/import, sampling, and an emulated engine.
+"""The only torch package: model runner, KV export/import, sampling, an emulated engine, and
+tiny checkpoints on disk.
 
 Names are imported lazily, so `import prfaas.engine.presets` stays light:
 `from prfaas.engine import Engine, load_model` loads torch and transformers on first use.
@@ -19,6 +20,8 @@ _EXPORTS: dict[str, str] = {
     "ExportedState": "prfaas.engine.kv_state",
     "LayerState": "prfaas.engine.kv_state",
     "ManifestMismatch": "prfaas.engine.kv_state",
+    "InvalidRequest": "prfaas.engine.validation",
+    "save_tiny_checkpoint": "prfaas.engine.checkpoint",
     "EmulatedEngine": "prfaas.engine.emulated",
     "make_emulated_engine": "prfaas.engine.emulated",
     "PRESETS": "prfaas.engine.presets",

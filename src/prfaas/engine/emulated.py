@@ -8,6 +8,10 @@ per layer, full-attention/MLA KV or the sliding window, recurrent and conv state
 synthetic but checkable: every tensor repeats an 8-byte pattern derived from (seed, req_id,
 tensor name), and `import_` verifies every byte, so a misrouted or corrupted transfer is caught.
 Output tokens are drawn from the request's seed.
+
+Requests are checked on entry as the real engine checks them (`validation`): prompt ids inside the
+spec's vocabulary, lengths within a position limit when one is known, and manifests from the same
+emulated model (fingerprint `emulated:{spec name}:{seed}`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,14 @@ from typing import Any
 import torch
 
 from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
+from prfaas.engine.validation import (
+    check_distinct_ids,
+    check_exportable,
+    check_manifest_request,
+    check_prompt,
+    fingerprint_mismatch,
+    one_line,
+)
 from prfaas.errors import UserError
 from prfaas.messages import (
     GenerateRequest,
@@ -51,6 +63,7 @@ class EmulatedRequest:
     num_computed_tokens: int = 0
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    error: str | None = None  # why, when finish_reason is "error"
 
 
 def layer_tensor_sizes(
@@ -110,7 +123,10 @@ class EmulatedEngine:
         seed: int = 0,
         max_batch_size: int = 256,
         sleep: Callable[[float], None] = time.sleep,
+        max_positions: int | None = None,
     ):
+        """`max_positions` caps prompt + generated tokens; None takes the spec's
+        `max_position_embeddings` when it has one, else there is no limit."""
         self.spec = spec
         self.cost = cost
         self.kv_dtype = kv_dtype
@@ -120,14 +136,28 @@ class EmulatedEngine:
         self.requests: dict[str, EmulatedRequest] = {}
         self._waiting: list[str] = []
         self._rng = random.Random(seed)
+        spec_limit = getattr(spec, "max_position_embeddings", None)
+        self.max_positions: int | None = max_positions if max_positions is not None else spec_limit
+        self._vocab_size = spec.vocab_size if spec.vocab_size > 0 else None
 
     @property
     def arch(self) -> str:
         return self.spec.name
 
+    @property
+    def fingerprint(self) -> str:
+        """The emulated model's identity: its spec and the seed of its payload patterns."""
+        return f"emulated:{self.spec.name}:{self.seed}"
+
     def add_request(self, request: GenerateRequest) -> None:
+        self._check_request(request)
         self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
         self._waiting.append(request.req_id)
+
+    def _check_request(self, request: GenerateRequest) -> None:
+        check_prompt(request.req_id, request.prompt_token_ids, self._vocab_size, self.max_positions)
+        if request.req_id in self.requests:
+            raise UserError(f"request {request.req_id!r} is already in this engine")
 
     def _register(self, req_id: str, num_prompt: int, sampling: SamplingParams) -> EmulatedRequest:
         if req_id in self.requests:
@@ -154,11 +184,22 @@ class EmulatedEngine:
         on_layer: LayerCallback | None = None,
         chunk_size: int | None = None,
     ) -> list[int]:
-        """Sleep each request's predicted prefill time, layer by layer; first tokens."""
+        """Sleep each request's predicted prefill time, layer by layer; first tokens.
+
+        Every request is checked before any is prefilled; one whose prefill raises (`on_layer`)
+        is dropped from the engine and the error propagates.
+        """
+        check_distinct_ids([request.req_id for request in requests])
+        for request in requests:
+            self._check_request(request)
         first_tokens = []
         for request in requests:
             state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
-            first_tokens.append(self._prefill_one(state, on_layer))
+            try:
+                first_tokens.append(self._prefill_one(state, on_layer))
+            except BaseException:
+                self.free(state.req_id)
+                raise
         return first_tokens
 
     def _prefill_one(self, state: EmulatedRequest, on_layer: LayerCallback | None) -> int:
@@ -195,10 +236,12 @@ class EmulatedEngine:
         return LayerState(entry, buffers)
 
     def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
-        """Manifest and synthetic payload of the model's real state size at this length."""
+        """Manifest and synthetic payload of the model's real state size at this length.
+
+        Only a request holding just its first output token can be exported, as with `Engine`.
+        """
         state = self._get(req_id)
-        if not state.output_token_ids:
-            raise UserError(f"request {req_id!r} has not been prefilled")
+        check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
         layers, buffers, offset = [], [], 0
         for layer in self.spec.layers:
             layer_state = self._export_layer(state, layer, offset)
@@ -214,6 +257,7 @@ class EmulatedEngine:
             num_computed_tokens=state.num_computed_tokens,
             first_token_id=state.output_token_ids[0],
             cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
+            model_fingerprint=self.fingerprint,
         )
         return ExportedState(manifest, buffers)
 
@@ -227,16 +271,27 @@ class EmulatedEngine:
         copy: bool = False,
     ) -> EmulatedRequest:
         """Check every byte of an emulated payload, then decode the request on `step`."""
-        if manifest.first_token_id is None:
-            raise UserError(f"manifest of {manifest.req_id!r} carries no first token")
+        check_manifest_request(manifest, self._vocab_size, self.max_positions)
         self._check(manifest, buffers)
         state = self._register(
             manifest.req_id, manifest.num_computed_tokens, sampling or SamplingParams()
         )
         state.num_computed_tokens = manifest.num_computed_tokens
-        state.output_token_ids.append(manifest.first_token_id)
+        state.output_token_ids.append(int(manifest.first_token_id or 0))
         self._finish_if_done(state)
         return state
+
+    def first_delta(self, req_id: str) -> TokenDelta:
+        """The delta of the request's first output token, to stream right after `import_` or
+        prefill, with its finish reason when the request ended on it (a stop token is not
+        emitted)."""
+        state = self._get(req_id)
+        if not state.output_token_ids:
+            if state.finish_reason == "error":
+                return TokenDelta(req_id, (), "error", state.error)
+            raise UserError(f"request {req_id!r} has not been prefilled")
+        finish_reason = state.finish_reason if len(state.output_token_ids) == 1 else None
+        return self._token_delta(state, state.output_token_ids[0], finish_reason)
 
     def _check(self, manifest: KVManifest, buffers: Sequence[Any]) -> None:
         if manifest.arch != self.arch or manifest.num_layers != self.spec.num_layers:
@@ -244,6 +299,9 @@ class EmulatedEngine:
                 f"manifest is for {manifest.arch!r} ({manifest.num_layers} layers), this engine "
                 f"emulates {self.arch!r} ({self.spec.num_layers} layers)"
             )
+        mismatch = fingerprint_mismatch(manifest, self.fingerprint)
+        if mismatch is not None:
+            raise ManifestMismatch(mismatch)
         payload = PayloadView(buffers)
         seed = int(manifest.cache_meta.get("seed", self.seed))
         for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
@@ -260,8 +318,7 @@ class EmulatedEngine:
         """Prefill one waiting request, else one decode step (predicted time) of all running."""
         if self._waiting:
             state = self.requests[self._waiting.pop(0)]
-            self._prefill_one(state, None)
-            return [self._delta(state)]
+            return [self._prefill_waiting(state)]
         running = [r for r in self.requests.values() if r.finish_reason is None]
         deltas: list[TokenDelta] = []
         for start in range(0, len(running), self.max_batch_size):
@@ -274,6 +331,15 @@ class EmulatedEngine:
                 self._finish_if_done(state)
                 deltas.append(self._delta(state))
         return deltas
+
+    def _prefill_waiting(self, state: EmulatedRequest) -> TokenDelta:
+        try:
+            self._prefill_one(state, None)
+        except Exception as exc:  # this request's own failure: it ends, the engine goes on
+            state.finish_reason = "error"
+            state.error = f"prefill failed: {one_line(exc)}"
+            return TokenDelta(state.req_id, (), "error", state.error)
+        return self._delta(state)
 
     def generate(self, requests: Sequence[GenerateRequest]) -> dict[str, list[int]]:
         for request in requests:
@@ -295,11 +361,19 @@ class EmulatedEngine:
             state.finish_reason = "stop"
         elif len(state.output_token_ids) >= state.sampling.max_tokens:
             state.finish_reason = "length"
+        elif self.max_positions is not None and state.num_computed_tokens >= self.max_positions:
+            state.finish_reason = "length"  # the next token would need a position past the limit
 
     def _delta(self, state: EmulatedRequest) -> TokenDelta:
-        token = state.output_token_ids[-1]
-        emitted = () if token in state.sampling.stop_token_ids else (token,)
-        return TokenDelta(state.req_id, emitted, state.finish_reason)
+        return self._token_delta(state, state.output_token_ids[-1], state.finish_reason)
+
+    def _token_delta(
+        self, state: EmulatedRequest, token: int, finish_reason: str | None
+    ) -> TokenDelta:
+        """A one-token delta; a stop token that ended the request is not emitted."""
+        is_stop_token = finish_reason == "stop" and token in state.sampling.stop_token_ids
+        error = state.error if finish_reason == "error" else None
+        return TokenDelta(state.req_id, () if is_stop_token else (token,), finish_reason, error)
 
     def _get(self, req_id: str) -> EmulatedRequest:
         if req_id not in self.requests:

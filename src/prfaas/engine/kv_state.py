@@ -163,6 +163,7 @@ def export_state(
     transfer_id: str,
     num_computed_tokens: int,
     first_token_id: int | None,
+    model_fingerprint: str = "",
 ) -> ExportedState:
     """Manifest and buffers of a whole batch-1 cache, layer by layer."""
     layers: list[LayerEntry] = []
@@ -182,6 +183,7 @@ def export_state(
         num_computed_tokens=num_computed_tokens,
         first_token_id=first_token_id,
         cache_meta=cache_meta(cache),
+        model_fingerprint=model_fingerprint,
     )
     return ExportedState(manifest, buffers)
 

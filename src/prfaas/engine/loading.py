@@ -7,6 +7,7 @@ checksum proves it. Nothing is downloaded: local paths load with `local_files_on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,23 @@ class LoadedModel:
     @property
     def config(self) -> Any:
         return self.model.config
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """The weights' identity (`weights_checksum`), hashed on first use and kept."""
+        return weights_checksum(self.model)
+
+    @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding: token ids must lie in [0, vocab_size)."""
+        return int(self.model.get_input_embeddings().num_embeddings)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The config's `max_position_embeddings`, or None when it states none."""
+        text_config = self.config.get_text_config(decoder=True)
+        limit = getattr(text_config, "max_position_embeddings", None)
+        return None if limit is None else int(limit)
 
 
 def parse_dtype(name: str) -> torch.dtype:

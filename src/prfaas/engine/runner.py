@@ -5,6 +5,13 @@ instance calls `import_` then `step` until its requests finish; a colocated inst
 `add_request` + `step`. Requests prefill one at a time (batch 1, chunked where the architecture is
 exact under chunking), and decode together: every `step` runs one forward over all running
 requests whose caches can be stacked (see `batching`), with explicit position ids per row.
+
+Requests are checked on entry (`validation`): token ids inside the vocabulary, lengths within the
+model's positions, imported state from the same weights (`LoadedModel.fingerprint`). A request
+that still fails inside `step` fails alone: it ends with finish_reason "error" and a reason in its
+`TokenDelta`, its cache is dropped, and the others go on. When a batched decode forward raises,
+the batch cache is rolled back (`rollback`) and its requests are decoded one by one, so only the
+culprits end.
 """
 
 from __future__ import annotations
@@ -24,16 +31,28 @@ from prfaas.engine.kv_state import (
     CacheTemplate,
     ExportedState,
     LayerState,
+    ManifestMismatch,
+    check_manifest,
     export_layer,
     export_state,
     import_state,
 )
 from prfaas.engine.loading import LoadedModel
+from prfaas.engine.rollback import CacheSnapshot
 from prfaas.engine.sampling import sample_token
+from prfaas.engine.validation import (
+    check_distinct_ids,
+    check_exportable,
+    check_manifest_request,
+    check_prompt,
+    fingerprint_mismatch,
+    one_line,
+)
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, KVManifest, SamplingParams, TokenDelta
 
 LayerCallback = Callable[[str, LayerState], None]  # (req_id, that layer's state) -> None
+STOP_MARGIN_CHARS = 8  # characters decoded beyond the longest stop string
 
 
 @dataclass
@@ -49,6 +68,7 @@ class RequestState:
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logits: list[torch.Tensor] = field(default_factory=list)  # per sampled token, if recorded
+    error: str | None = None  # why, when finish_reason is "error"
 
     @property
     def last_token_id(self) -> int:
@@ -86,19 +106,30 @@ class Engine:
         self._batch: _DecodeBatch | None = None
         self._rng = random.Random(seed)
         self._template: CacheTemplate | None = None
+        self._vocab_size = loaded.vocab_size
+        self._max_positions = loaded.max_positions
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, request: GenerateRequest) -> None:
         """Queue a request for local prefill + decode by `step`."""
-        _check_prompt(request)
+        self._check_request(request)
         self._register(request.req_id, request.prompt_token_ids, request.sampling)
         self._waiting.append(request.req_id)
+
+    def _check_request(self, request: GenerateRequest) -> None:
+        check_prompt(
+            request.req_id, request.prompt_token_ids, self._vocab_size, self._max_positions
+        )
+        self._check_new_id(request.req_id)
+
+    def _check_new_id(self, req_id: str) -> None:
+        if req_id in self.requests:
+            raise UserError(f"request {req_id!r} is already in this engine")
 
     def _register(
         self, req_id: str, prompt: Sequence[int], sampling: SamplingParams
     ) -> RequestState:
-        if req_id in self.requests:
-            raise UserError(f"request {req_id!r} is already in this engine")
+        self._check_new_id(req_id)
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(31)
         state = RequestState(req_id, tuple(prompt), sampling, seed)
         self.requests[req_id] = state
@@ -125,15 +156,24 @@ class Engine:
 
         `on_layer(req_id, LayerState)` fires for layer i as soon as its state is final (during the
         last chunk), in layer order, with global payload offsets; return values are first tokens.
+        Every request is checked before any is prefilled. If a prefill raises (the model or
+        `on_layer`), that request is dropped from the engine and the error propagates; requests
+        before it stay prefilled.
         """
         chunk = chunk_size if chunk_size is not None else self.chunk_size
         if chunk is not None:
             check_chunking(self.loaded, chunk)
+        check_distinct_ids([request.req_id for request in requests])
+        for request in requests:
+            self._check_request(request)
         first_tokens = []
         for request in requests:
-            _check_prompt(request)
             state = self._register(request.req_id, request.prompt_token_ids, request.sampling)
-            first_tokens.append(self._prefill_one(state, on_layer, chunk))
+            try:
+                first_tokens.append(self._prefill_one(state, on_layer, chunk))
+            except BaseException:
+                self.free(state.req_id)
+                raise
         return first_tokens
 
     @torch.inference_mode()
@@ -190,11 +230,14 @@ class Engine:
 
     # ---- export / import ------------------------------------------------------------------
     def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
-        """Manifest and zero-copy buffers of one prefilled request's state."""
+        """Manifest and zero-copy buffers of one prefilled request's state.
+
+        Only a request that holds just its first output token can be exported: the manifest
+        resumes decoding from that token, so state that has decoded further would continue wrong.
+        """
         state = self._get(req_id)
+        check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
         self._leave_batch()
-        if not state.output_token_ids:
-            raise UserError(f"request {req_id!r} has not been prefilled")
         return export_state(
             state.cache,
             self.kinds,
@@ -203,6 +246,7 @@ class Engine:
             transfer_id=transfer_id or uuid.uuid4().hex,
             num_computed_tokens=state.num_computed_tokens,
             first_token_id=state.output_token_ids[0],
+            model_fingerprint=self.loaded.fingerprint,
         )
 
     def import_(
@@ -217,7 +261,7 @@ class Engine:
 
         Writable buffers are used in place (the engine owns them afterwards) unless `copy`.
         """
-        _check_first_token(manifest)
+        self._check_manifest(manifest)
         cache = import_state(new_cache(self.model), manifest, buffers, self.template(), copy=copy)
         return self._adopt(manifest, cache, sampling)
 
@@ -228,8 +272,18 @@ class Engine:
 
         Decoding it must give other tokens than `import_`; if it does not, the check is vacuous.
         """
-        _check_first_token(manifest)
+        self._check_manifest(manifest)
         return self._adopt(manifest, new_cache(self.model), sampling)
+
+    def _check_manifest(self, manifest: KVManifest) -> None:
+        """Refuse a manifest this engine cannot continue: bad first token, too long, other model."""
+        check_manifest_request(manifest, self._vocab_size, self._max_positions)
+        self._check_new_id(manifest.req_id)
+        check_manifest(manifest, self.template())  # layout first: its reasons are the plainer
+        if manifest.model_fingerprint:  # hash the weights only when there is something to match
+            mismatch = fingerprint_mismatch(manifest, self.loaded.fingerprint)
+            if mismatch is not None:
+                raise ManifestMismatch(mismatch)
 
     def _adopt(
         self, manifest: KVManifest, cache: Any, sampling: SamplingParams | None
@@ -242,6 +296,18 @@ class Engine:
         self._finish_if_done(state)
         return state
 
+    def first_delta(self, req_id: str) -> TokenDelta:
+        """The delta of the request's first output token, to stream right after `import_` or
+        prefill: with its finish reason when the request ended on it (a stop token or EOS is
+        then not emitted, as in `step`'s deltas)."""
+        state = self._get(req_id)
+        if not state.output_token_ids:
+            if state.finish_reason == "error":
+                return self._token_delta(state, [], "error")
+            raise UserError(f"request {req_id!r} has not been prefilled")
+        finish_reason = state.finish_reason if len(state.output_token_ids) == 1 else None
+        return self._token_delta(state, state.output_token_ids[:1], finish_reason)
+
     def template(self) -> CacheTemplate:
         """The receiving side's expected manifest layout, probed once with a 2-token prefill."""
         if self._template is None:
@@ -252,34 +318,87 @@ class Engine:
 
     # ---- decode ---------------------------------------------------------------------------
     def step(self) -> list[TokenDelta]:
-        """Prefill one waiting request if any, else one decode step of all running requests."""
+        """Prefill one waiting request if any, else one decode step of all running requests.
+
+        A request whose prefill or decode raises ends with finish_reason "error" (the delta says
+        why) and loses its cache; the other requests are not affected.
+        """
         if self._waiting:
             state = self.requests[self._waiting.pop(0)]
-            self._prefill_one(state, None, self.chunk_size)
-            return [self._delta(state, 1)]
+            return [self._prefill_waiting(state)]
         running = [r for r in self.requests.values() if r.finish_reason is None]
         deltas = []
         for group in _chunks(running, self.max_batch_size):
             deltas.extend(self._decode(group))
         return deltas
 
+    def _prefill_waiting(self, state: RequestState) -> TokenDelta:
+        try:
+            self._prefill_one(state, None, self.chunk_size)
+        except Exception as exc:  # this request's own failure: it ends, the engine goes on
+            return self._fail(state, f"prefill failed: {one_line(exc)}")
+        return self._delta(state, 1)
+
     @torch.inference_mode()
     def _decode(self, group: list[RequestState]) -> list[TokenDelta]:
-        cache, mask = self._batch_cache(group)
-        lengths = [r.num_computed_tokens for r in group]
+        """One decode step of a group: one batched forward, or one forward per request if the
+        caches cannot be stacked or the batched forward raises (then rolled back first)."""
+        if len(group) == 1:
+            return [self._decode_alone(group[0])]
+        try:
+            cache, mask = self._batch_cache(group)
+        except Exception:  # unstackable caches: each request keeps its own, decode them alone
+            return [self._decode_alone(state) for state in group]
+        snapshot = CacheSnapshot.take(cache)
+        try:
+            logits = self._forward_decode(group, cache, mask)  # [batch, vocab_size]
+        except Exception:  # some row broke the forward: undo it and find the row(s) alone
+            snapshot.restore()
+            self._leave_batch()
+            return [self._decode_alone(state) for state in group]
+        for state in group:  # every row's cache grew; count it before any split
+            state.num_computed_tokens += 1
+        return [self._advance(state, logits[row]) for row, state in enumerate(group)]
+
+    def _decode_alone(self, state: RequestState) -> TokenDelta:
+        if state.cache is None:
+            self._leave_batch()
+        try:
+            logits = self._forward_decode([state], state.cache, None)  # [1, vocab_size]
+        except Exception as exc:  # this request's own failure: it ends, the engine goes on
+            return self._fail(state, f"decode failed: {one_line(exc)}")
+        state.num_computed_tokens += 1
+        return self._advance(state, logits[0])
+
+    def _forward_decode(self, group: list[RequestState], cache: Any, mask: Any) -> torch.Tensor:
+        """Last-position logits [batch, vocab_size] of one decode forward over the group."""
         out = self.model(
             input_ids=torch.tensor([[r.last_token_id] for r in group]),  # [batch, 1]
-            position_ids=torch.tensor([[n] for n in lengths]),  # [batch, 1]
+            position_ids=torch.tensor([[r.num_computed_tokens] for r in group]),  # [batch, 1]
             attention_mask=mask,
             cache=cache,
             use_cache=True,
         )
-        for row, state in enumerate(group):  # every row's cache grew; count it before any split
-            state.num_computed_tokens += 1
-            self._sample(state, out.logits[row, -1])
-        for state in group:
+        logits: torch.Tensor = out.logits[:, -1]  # [batch, vocab_size]
+        return logits
+
+    def _advance(self, state: RequestState, logits: torch.Tensor) -> TokenDelta:
+        """Sample the request's next token from its logits [vocab_size] and check stopping."""
+        try:
+            self._sample(state, logits)
             self._finish_if_done(state)
-        return [self._delta(state, 1) for state in group]
+        except Exception as exc:  # this request's own failure: it ends, the engine goes on
+            return self._fail(state, f"sampling failed: {one_line(exc)}")
+        return self._delta(state, 1)
+
+    def _fail(self, state: RequestState, reason: str) -> TokenDelta:
+        """End a request with an error and drop its cache; the delta carries the reason."""
+        state.finish_reason = "error"
+        state.error = reason
+        if self._batch is not None and state.req_id in self._batch.req_ids:
+            self._leave_batch()
+        state.cache = None
+        return self._token_delta(state, [], "error")
 
     def _batch_cache(self, group: list[RequestState]) -> tuple[Any, Any]:
         ids = tuple(r.req_id for r in group)
@@ -314,36 +433,63 @@ class Engine:
     def _sample(self, state: RequestState, logits: torch.Tensor) -> int:
         if self.record_logits:
             state.logits.append(logits.detach().float().clone())
+        if not bool(torch.isfinite(logits).all()):
+            raise FloatingPointError("the model's logits hold NaN or infinity")
         token = sample_token(logits, state.sampling, state.seed, len(state.output_token_ids))
         state.output_token_ids.append(token)
         return token
 
+    def _is_stop_token(self, params: SamplingParams, token: int) -> bool:
+        """A token that ends the request and is not emitted: a stop token id, or EOS."""
+        eos = self.loaded.tokenizer.eos_token_id
+        return token in params.stop_token_ids or (token == eos and not params.ignore_eos)
+
     def _finish_if_done(self, state: RequestState) -> None:
         params = state.sampling
-        token = state.last_token_id
-        eos = self.loaded.tokenizer.eos_token_id
-        is_stop_token = token in params.stop_token_ids or (token == eos and not params.ignore_eos)
-        if is_stop_token or (params.stop and self._hits_stop_string(state)):
+        if self._is_stop_token(params, state.last_token_id) or self._hits_stop_string(state):
             state.finish_reason = "stop"
         elif len(state.output_token_ids) >= params.max_tokens:
             state.finish_reason = "length"
+        elif self._max_positions is not None and state.num_computed_tokens >= self._max_positions:
+            state.finish_reason = "length"  # the next token would need a position past the model's
         if state.finish_reason is not None and state.cache is None:
             self._leave_batch()
 
     def _hits_stop_string(self, state: RequestState) -> bool:
-        """Match on the decoded tail only: enough tokens to hold the longest stop string."""
-        tail = max(len(s) for s in state.sampling.stop) + 8
-        text = self.loaded.tokenizer.decode(state.output_token_ids[-tail:])
-        return any(s in text for s in state.sampling.stop)
+        stops = [s for s in state.sampling.stop if s]
+        if not stops:
+            return False
+        text = self._output_tail_text(state, max(len(s) for s in stops) + STOP_MARGIN_CHARS)
+        return any(s in text for s in stops)
+
+    def _output_tail_text(self, state: RequestState, num_chars: int) -> str:
+        """The decoded end of the output, at least `num_chars` characters long (or all of it).
+
+        Tokens per character vary: one per ASCII byte and three per CJK character with the byte
+        tokenizer, fractions of one with BPE, none for skipped specials. So the tail starts at
+        `num_chars` tokens and doubles until its text is long enough.
+        """
+        output = state.output_token_ids
+        num_tokens = num_chars
+        while True:
+            text = self.loaded.tokenizer.decode(output[-num_tokens:])
+            if len(text) >= num_chars or num_tokens >= len(output):
+                return text
+            num_tokens *= 2
 
     def _delta(self, state: RequestState, num_new: int) -> TokenDelta:
-        new = state.output_token_ids[-num_new:]
-        is_stop_token = state.finish_reason == "stop" and (
-            new[-1] in state.sampling.stop_token_ids
-            or new[-1] == self.loaded.tokenizer.eos_token_id
+        return self._token_delta(state, state.output_token_ids[-num_new:], state.finish_reason)
+
+    def _token_delta(
+        self, state: RequestState, new: Sequence[int], finish_reason: str | None
+    ) -> TokenDelta:
+        """A delta of `new` tokens; a stop token that ended the request is not emitted."""
+        drops_last = (
+            finish_reason == "stop" and bool(new) and self._is_stop_token(state.sampling, new[-1])
         )
-        emitted = tuple(new[:-1] if is_stop_token else new)
-        return TokenDelta(state.req_id, emitted, state.finish_reason)
+        emitted = tuple(new[:-1] if drops_last else new)
+        error = state.error if finish_reason == "error" else None
+        return TokenDelta(state.req_id, emitted, finish_reason, error)
 
     def _get(self, req_id: str) -> RequestState:
         if req_id not in self.requests:
@@ -359,16 +505,6 @@ class Engine:
             for delta in self.step():
                 outputs[delta.req_id].extend(delta.token_ids)
         return outputs
-
-
-def _check_prompt(request: GenerateRequest) -> None:
-    if not request.prompt_token_ids:
-        raise UserError(f"request {request.req_id!r} has an empty prompt")
-
-
-def _check_first_token(manifest: KVManifest) -> None:
-    if manifest.first_token_id is None:
-        raise UserError(f"manifest of {manifest.req_id!r} carries no first token")
 
 
 def check_chunking(loaded: LoadedModel, chunk_size: int) -> None:

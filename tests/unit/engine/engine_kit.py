@@ -1,11 +1,13 @@
-"""Helpers shared by the engine tests: tiny models cached per (preset, dtype), prompts, requests."""
+"""Helpers shared by the engine tests: tiny models cached per (preset, dtype), prompts, requests,
+and draining an engine's deltas."""
 
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from prfaas.engine.loading import LoadedModel, load_model
-from prfaas.messages import GenerateRequest, SamplingParams
+from prfaas.messages import GenerateRequest, SamplingParams, TokenDelta
 
 
 @functools.cache
@@ -24,3 +26,17 @@ def greedy(max_tokens: int) -> SamplingParams:
 
 def request(req_id: str, num_tokens: int, max_tokens: int = 6, offset: int = 0) -> GenerateRequest:
     return GenerateRequest(req_id, prompt(num_tokens, offset), greedy(max_tokens))
+
+
+def drain(engine: Any) -> dict[str, list[TokenDelta]]:
+    """Step an engine until nothing is left to do; every delta, per request, in order."""
+    deltas: dict[str, list[TokenDelta]] = {}
+    while engine.has_unfinished() or engine._waiting:
+        for delta in engine.step():
+            deltas.setdefault(delta.req_id, []).append(delta)
+    return deltas
+
+
+def emitted(deltas: list[TokenDelta]) -> list[int]:
+    """The token ids a client would have received from these deltas."""
+    return [t for delta in deltas for t in delta.token_ids]

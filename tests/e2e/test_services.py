@@ -334,3 +334,34 @@ def _is_running(pid: int) -> bool:
         return "zombie" not in status.read_text().lower()
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture(scope="module")
+def checkpoint_system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    from prfaas.engine.checkpoint import save_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("ckpt")
+    directory = save_tiny_checkpoint("qwen3_next", root / "tiny-qwen3-next")
+    system = start_system(root, str(directory))
+    try:
+        yield system
+    finally:
+        system.launcher.stop()
+
+
+def test_a_checkpoint_directory_serves_with_its_own_tokenizer_and_template(
+    checkpoint_system: System,
+) -> None:
+    """`model.name` a local checkpoint (weights, tokenizer files, chat template): the router
+    tokenizes and applies the template with the checkpoint's tokenizer, offloads, and the output
+    equals one process loading the same directory."""
+    system = checkpoint_system
+    assert system.model == "tiny-qwen3-next"
+    ref = Reference(system.topology.model.name)
+    messages = [{"role": "user", "content": LONG_PROMPT}]
+    raw = system.openai().chat.completions.with_raw_response.create(
+        model=system.model, messages=messages, max_tokens=MAX_TOKENS, temperature=0
+    )
+    assert raw.headers["x-prfaas-route"] == "prfaas"
+    text = raw.parse().choices[0].message.content
+    assert text == ref.text(plain_chat_prompt(messages), MAX_TOKENS)

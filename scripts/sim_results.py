@@ -483,11 +483,11 @@ The paper's headline numbers (Table 6) come from an analytical model with no que
 replays the same case study as a discrete-event simulation: FCFS prefill queues, continuous decode
 batching up to BS_max = 20 at 25 ms per step, KV streamed layer by layer over one shared
 inter-cluster link with max-min fair sharing, and every routing decision taken by the project's
-`prfaas.policy` code. Setup (PAPER.md §6): PrfaaS cluster 4 x 8xH200 (Table 5 profile), local PD
-cluster 8 x 8xH20 (H20 prefill curve inferred from Table 6), homogeneous baseline 12 x 8xH20,
-splits 4/3/5, 9/3 and 4/-/8; the 1T hybrid model's S_kv from `prfaas.models`; uncached lengths
-~ truncated log-normal(9.90, 1.00) in [128, 128K]; 1024 output tokens. PrfaaS-PD's threshold t is
-solved with Eq. 7 for the traffic and link of each run.
+`prfaas.policy` code. Setup (the paper's case study, docs/paper.md section 6): PrfaaS cluster
+4 x 8xH200 (Table 5 profile), local PD cluster 8 x 8xH20 (H20 prefill curve inferred from Table 6),
+homogeneous baseline 12 x 8xH20, splits 4/3/5, 9/3 and 4/-/8; the 1T hybrid model's S_kv from
+`prfaas.models`; uncached lengths ~ truncated log-normal(9.90, 1.00) in [128, 128K]; 1024 output
+tokens. PrfaaS-PD's threshold t is solved with Eq. 7 for the traffic and link of each run.
 
 Definitions used below (see `prfaas.sim.metrics`): TTFT = arrival to the first token, which is
 sampled at the end of prefill (as in the paper); transfer and decode-slot waits therefore show up
@@ -571,10 +571,10 @@ have headroom at the trace's own rate; "1.5x" compresses the time axis. The mode
 the empirical uncached lengths with an infinite cache; the simulator's finite, per-cluster caches
 hit slightly less. Only the incremental part of an offloaded request's KV crosses the link when the
 PD cluster already holds its prefix.""",
-    "h20_curve": """Issue #5 asks how well `prfaas.perf`'s cost model, calibrated on the H200
-profile only, transfers to H20. Predicted H20 prefill is markedly slower than the curve inferred
-from Table 6 at long prompts, which roughly halves homogeneous PD's capacity and shifts PrfaaS-PD's
-t and offload ratio; naive heterogeneous does not prefill on H20 and is unchanged.""",
+    "h20_curve": """How well does `prfaas.perf`'s cost model, calibrated on the H200 profile only,
+transfer to H20? Predicted H20 prefill is markedly slower than the curve inferred from Table 6 at
+long prompts, which roughly halves homogeneous PD's capacity and shifts PrfaaS-PD's t and offload
+ratio; naive heterogeneous does not prefill on H20 and is unchanged.""",
 }
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The paper's case study (PAPER.md §4 and §6) as one frozen record of its *inputs*.
+"""The paper's case study (its section 4; docs/paper.md) as one frozen record of its *inputs*.
 
 Both `prfaas.plan` (preset `paper-case-study`) and `prfaas.sim` (preset `paper-case-study`) read the
 deployment, workload and decode parameters from `PAPER_CASE_STUDY`, so the two cannot drift apart.
@@ -46,7 +46,7 @@ class CaseStudySpec:
         )
 
 
-# 8xH20 prefill of the paper's 1T model, back-solved from Table 6 (PAPER.md §6): an inference.
+# 8xH20 prefill of the paper's 1T model, back-solved from Table 6 (docs/paper.md): an inference.
 H20_INFERRED_LATENCY = QuadraticLatency(0.469, 1.300e-4, 2.945e-10)
 
 PAPER_CASE_STUDY = CaseStudySpec(
@@ -55,7 +55,7 @@ PAPER_CASE_STUDY = CaseStudySpec(
     pd_hardware="h20",
     prfaas_profile="paper-1t-h200",
     pd_latency=H20_INFERRED_LATENCY,
-    pd_latency_note="inferred from the paper's Table 6, PAPER.md §6",
+    pd_latency_note="inferred from the paper's Table 6, see docs/paper.md",
     prfaas_gpus=32,
     pd_gpus=64,
     gpus_per_instance=8,

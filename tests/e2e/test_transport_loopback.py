@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,16 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
+import prfaas.transport.receiver as receiver_module
 from prfaas.messages import KVManifest
 from prfaas.transport.config import TransportConfig
-from prfaas.transport.frames import FrameType, encode_control
+from prfaas.transport.frames import (
+    HEADER_BYTES,
+    FrameType,
+    encode_control,
+    parse_header,
+    payload_header,
+)
 from prfaas.transport.linkstats import TransportMetrics
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender
@@ -418,34 +426,117 @@ def _rss_bytes() -> int:
         return int(f.read().split()[1]) * 4096
 
 
+class _ReceiverClock:
+    """Stands in for the `time` module of `prfaas.transport.receiver`: `monotonic()` moves only
+    when the test advances it, so a receiver deadline passes exactly when the test says."""
+
+    def __init__(self) -> None:
+        self.now = time.monotonic()
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout_s`."""
+    loop = asyncio.get_running_loop()
+    give_up_at = loop.time() + timeout_s
+    while not condition():
+        assert loop.time() < give_up_at, f"still waiting for {what} after {timeout_s} s"
+        await asyncio.sleep(0.01)
+
+
 @pytest.mark.parametrize("io_threads", [False, True])
-def test_deadline_expiry_gives_the_memory_back_to_the_kernel(io_threads: bool) -> None:
+def test_deadline_expiry_gives_the_memory_back_to_the_kernel(
+    io_threads: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sender that dies after sending all 64 MiB but before END: at the deadline the receiver
+    drops the transfer and its pages go back to the kernel (MADV_DONTNEED), not only to the pool.
+
+    The receiver's clock stands still until every byte has demonstrably arrived, then jumps past
+    the deadline, so a slow (loaded) machine cannot make the deadline fire mid-transfer.
+    """
+    clock = _ReceiverClock()
+    monkeypatch.setattr(receiver_module, "time", clock)
     manifest, views = make_manifest([[16 * MIB]] * 4, seed=1)
+    deadline_s = 0.5
 
     async def main() -> None:
         cfg = config(num_connections=2, io_threads=io_threads)
         async with KVReceiver(cfg) as rx, KVSender(cfg) as tx:
             rss_before = _rss_bytes()
-            t = await tx.begin(rx.address, "t1", "r1", deadline_s=0.5)
+            t = await tx.begin(rx.address, "t1", "r1", deadline_s=deadline_s)
             for layer, lv in zip(manifest.layers, views_by_layer(manifest, views), strict=True):
-                await t.send_layer(layer, lv)  # never finished: the sender "dies"
-            for _ in range(200):
-                if rx.sessions and all(
-                    s.transfers
-                    and next(iter(s.transfers.values())).verified.covered_bytes
-                    == manifest.total_bytes
-                    for s in rx.sessions.values()
-                ):
-                    break
-                await asyncio.sleep(0.01)
+                await t.send_layer(layer, lv)  # never finished: the sender "dies" before END
+
+            def covered_bytes() -> int:
+                inbound = [x for s in rx.sessions.values() for x in s.transfers.values()]
+                return sum(x.verified.covered_bytes for x in inbound)
+
+            await _until(lambda: covered_bytes() == manifest.total_bytes, 30.0, "the payload")
+            assert rx.pool.in_use_bytes == manifest.total_bytes
+            assert rx.failures == []
             rss_full = _rss_bytes()
-            await asyncio.sleep(0.8)
-            rss_after = _rss_bytes()
-            assert rss_full - rss_before > 48 * MIB  # the payload really was resident
-            assert rss_after - rss_before < 16 * MIB  # and is given back after the deadline
+            assert rss_full - rss_before > 48 * MIB  # the payload really is resident
+
+            clock.now += deadline_s + 0.01
+            await _until(lambda: rx.pool.in_use_bytes == 0, 10.0, "the expiry to free the pool")
+            await _until(lambda: bool(rx.failures), 10.0, "the expiry to be recorded")
+            assert rx.failures == [("t1", "deadline exceeded")]
+            assert all(not s.transfers for s in rx.sessions.values())
+            assert _rss_bytes() - rss_before < 16 * MIB  # given back to the kernel
+
+    run(main, timeout_s=60.0)
+
+
+@pytest.mark.parametrize("io_threads", [False, True])
+def test_a_buffer_dropped_mid_write_returns_to_the_pool_when_the_sender_leaves(
+    io_threads: bool,
+) -> None:
+    """Connection 0 is in the middle of a payload body when connection 1 cancels the transfer;
+    then the sender goes away. The buffer could not be freed while it was being written, and
+    must go back to the pool once the last connection has closed and the session is forgotten."""
+    manifest, views = make_manifest([[4 * MIB]])
+    body = views[0]
+
+    async def main() -> None:
+        async with KVReceiver(config(io_threads=io_threads)) as rx:
+            host, port = rx.address.split(":")
+            writers = []
+            for conn_index in range(2):
+                reader, writer = await asyncio.open_connection(host, int(port))
+                hello = {"session": "s1", "conn_index": conn_index, "token": TOKEN}
+                writer.write(encode_control(FrameType.HELLO, 0, hello))
+                await writer.drain()
+                reply = await reader.readexactly(HEADER_BYTES)
+                assert parse_header(reply, 1 << 16).frame_type is FrameType.HELLO_OK
+                await reader.readexactly(parse_header(reply, 1 << 16).length)
+                writers.append(writer)
+            begin = {"transfer_id": "t1", "req_id": "r1", "deadline_s": 30.0}
+            writers[0].write(encode_control(FrameType.BEGIN, 1, begin))
+            writers[0].write(encode_control(FrameType.LAYER, 1, manifest.layers[0].to_dict()))
+            writers[0].write(payload_header(1, 0, 0, 0, body) + bytes(body[:MIB]))  # 1 of 4 MiB
+            await writers[0].drain()
+
+            def first_mib_written() -> bool:
+                session = rx.sessions.get("s1")
+                inbound = session.transfers.get(1) if session is not None else None
+                slot = inbound.layers.get(0) if inbound is not None else None
+                buf = slot.buffer if slot is not None else None
+                return buf is not None and buf.view[:MIB] == body[:MIB]
+
+            await _until(first_mib_written, 30.0, "the first MiB of the body")
+            writers[1].write(encode_control(FrameType.CANCEL, 1, {}))
+            await writers[1].drain()
+            await _until(lambda: bool(rx.failures), 10.0, "the cancel")
+            assert rx.failures == [("t1", "cancelled by sender")]
+            assert rx.pool.in_use_bytes == 4 * MIB  # still being written: not reusable yet
+            for writer in writers:
+                writer.close()
+            await _until(lambda: not rx.sessions, 10.0, "the session to be forgotten")
             assert rx.pool.in_use_bytes == 0
 
-    run(main)
+    run(main, timeout_s=60.0)
 
 
 def test_full_receive_pool_holds_the_sender_back_until_buffers_are_released() -> None:

@@ -16,7 +16,8 @@ from prfaas.errors import UserError
 @dataclass(frozen=True, slots=True)
 class QuadraticLatency:
     """T(l) = a + b*l + c*l^2 seconds for one instance (l in tokens), e.g. the H20 curve inferred
-    in PAPER.md section 6. Coefficients must be finite and >= 0 with a + b > 0 (UserError)."""
+    from the paper's Table 6 (docs/paper.md). Coefficients must be finite and >= 0 with a + b > 0
+    (UserError)."""
 
     a_s: float  # fixed cost per prefill, seconds
     b_s_per_token: float  # linear (GEMM) cost, seconds per token

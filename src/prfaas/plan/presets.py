@@ -31,7 +31,7 @@ from prfaas.workload import (
 )
 
 _CASE = PAPER_CASE_STUDY
-PAPER_H20_QUADRATIC = _CASE.pd_latency.as_spec()  # PAPER.md §6, inferred from Table 6
+PAPER_H20_QUADRATIC = _CASE.pd_latency.as_spec()  # inferred from Table 6 (docs/paper.md)
 COST_MODEL = "cost-model"
 
 

@@ -1,7 +1,7 @@
 """Per-request routing: PrfaaS cluster or local PD-P, from lengths, prefix hits, link and queues.
 
 Implements the paper's selective offloading (§3.3: incremental length l > t -> PrfaaS) and the
-short-timescale rules of §3.4.3 and §5, in this order:
+short-timescale rules of §3.4.3 (summarized in docs/paper.md, section 5), in this order:
 
 1. *Prefix rule.* Bandwidth scarce (egress utilization >= `scarce_utilization`, congestion seen,
    or no link view): *cache-affine*, each cluster's cache judged on its own: l_total - l_pd <= t

@@ -1,4 +1,4 @@
-"""Named simulation setups. `paper-case-study`: the paper's section 4 deployments (PAPER.md §6).
+"""Named simulation setups. `paper-case-study`: the paper's section 4 deployments (docs/paper.md).
 
 The inputs come from `prfaas.casestudy.PAPER_CASE_STUDY` (shared with the planner): PrfaaS cluster
 4 x 8xH200 (Table 5 profile), local PD cluster 8 x 8xH20 (H20 prefill curve inferred from Table 6,

@@ -190,9 +190,11 @@ class KVReceiver:
             self._forget_if_idle(session)
 
     def _forget_if_idle(self, session: ReceiverSession) -> None:
-        """A session with no connection left keeps its transfers until they expire."""
+        """A session with no connection left keeps its transfers until they expire. Once it has
+        none either, the buffers of transfers dropped mid-write go back to the pool with it."""
         sid = session.session_id
         if not self._session_channels.get(sid) and not session.transfers:
+            session.close()
             self._session_channels.pop(sid, None)
             self.sessions.pop(sid, None)
 

@@ -172,8 +172,10 @@ class ReceiverSession:
         return out
 
     def close(self) -> None:
+        """Drop every transfer; buffers whose last write has ended go back to the pool."""
         for tag in list(self.transfers):
             self._drop(tag, "receiver closed", Outcome())
+        self._release_orphans()
 
     @property
     def buffered_bytes(self) -> int:

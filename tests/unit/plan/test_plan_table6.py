@@ -1,4 +1,4 @@
-"""`prfaas plan --preset paper-case-study --json` reproduces the paper's Table 6 (issue #5 targets).
+"""`prfaas plan --preset paper-case-study --json` reproduces the paper's Table 6.
 
 Targets: every Λ and Θ within 3%, t within 3% of 19.4K, the splits exactly (4/3/5, 9/3, 4/-/8),
 p within 1 point of 49.6%, egress within 15% of 13 Gbps, mean and P90 TTFT within 5%.

@@ -15,7 +15,7 @@ PAPER = TruncatedLogNormal(mu=9.90, sigma=1.00, min_tokens=128, max_tokens=13107
 
 
 def test_paper_distribution_matches_the_paper_numbers() -> None:
-    """p(19.4K) = 49.6%, mean about 27K, P90 = 62.4K (PAPER.md §6)."""
+    """p(19.4K) = 49.6%, mean about 27K, P90 = 62.4K (the case study, docs/paper.md)."""
     assert PAPER.prob_greater(19400) == pytest.approx(0.496, abs=0.001)
     assert PAPER.mean() == pytest.approx(27.5e3, rel=0.01)
     assert PAPER.quantile(0.9) == pytest.approx(62.4e3, rel=0.002)

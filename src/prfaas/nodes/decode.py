@@ -151,20 +151,23 @@ class DecodeService:
             self._waiters.pop(transfer_id, None)
 
     # ---- requests --------------------------------------------------------------------------
-    async def decode(self, job: DecodeJob) -> AsyncIterator[TokenDelta]:
-        """The request's deltas, first token first; always ends with a finish_reason."""
+    async def decode(self, job: DecodeJob) -> AsyncIterator[list[TokenDelta]]:
+        """The request's deltas, first token first, in batches of what is ready (one write per
+        batch); the last one has a finish_reason."""
         req_id = job.request.req_id
         stream = self.worker.open_stream(req_id)
         try:
             error = await self._admit(job)
             if error is not None:
-                yield error
+                yield [error]
                 return
             while True:
-                delta = await stream.get()
-                yield delta
-                if delta.finish_reason is not None:
-                    if delta.finish_reason == "error":
+                ready = [await stream.get()]
+                while not stream.empty() and ready[-1].finish_reason is None:
+                    ready.append(stream.get_nowait())
+                yield ready
+                if ready[-1].finish_reason is not None:
+                    if ready[-1].finish_reason == "error":
                         self.failed.labels(self.instance.name, "engine").inc()
                     return
         finally:  # finished, failed, or the client went away
@@ -288,7 +291,6 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
 
     app = FastAPI(title=f"prfaas decode {instance.name}", lifespan=lifespan)
 
-    @app.post("/internal/decode")
     async def decode(request: Request) -> Response:
         try:
             job = DecodeJob.from_dict(await request.json())
@@ -296,6 +298,9 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
             return error_response(400, f"bad decode job: {exc}", "invalid_request_error")
         deltas = app.state.service.decode(job)
         return StreamingResponse(_ndjson(deltas), media_type="application/x-ndjson")
+
+    # a plain Starlette route: the hot internal path skips FastAPI's request handling
+    app.add_route("/internal/decode", decode, methods=["POST"])
 
     @app.post("/internal/abort")
     async def abort(request: Request) -> JSONResponse:
@@ -322,6 +327,6 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     return app
 
 
-async def _ndjson(deltas: AsyncIterator[TokenDelta]) -> AsyncIterator[bytes]:
-    async for delta in deltas:
-        yield (json.dumps(delta.to_dict()) + "\n").encode()
+async def _ndjson(batches: AsyncIterator[list[TokenDelta]]) -> AsyncIterator[bytes]:
+    async for batch in batches:
+        yield "".join(json.dumps(delta.to_dict()) + "\n" for delta in batch).encode()

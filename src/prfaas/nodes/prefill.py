@@ -200,7 +200,6 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
 
     app = FastAPI(title=f"prfaas prefill {instance.name}", lifespan=lifespan)
 
-    @app.post("/internal/prefill")
     async def prefill(request: Request) -> Response:
         try:
             job = PrefillJob.from_dict(await request.json())
@@ -208,6 +207,9 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
             return error_response(400, f"bad prefill job: {exc}", "invalid_request_error")
         result = await app.state.service.run(job)
         return JSONResponse(result.to_dict())
+
+    # a plain Starlette route: the hot internal path skips FastAPI's request handling
+    app.add_route("/internal/prefill", prefill, methods=["POST"])
 
     @app.get("/internal/stats")
     async def stats() -> JSONResponse:

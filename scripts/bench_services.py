@@ -284,7 +284,7 @@ def main() -> None:
                     )
                     print(json.dumps(results["overhead"], indent=1), flush=True)
                 if args.which in ("throughput", "all"):
-                    rates = [50, 100, 150, 200, 250, 300, 400, 500]
+                    rates = [50, 100, 150, 200, 250, 300, 350, 400, 500]
                     results["throughput"] = asyncio.run(
                         bench_throughput(topology, rates, args.seconds)
                     )

@@ -308,6 +308,7 @@ class DecodeJob:
     transfer_id: str | None
     deadline_s: float  # how long to wait for the state before the failure policy applies
     failure_policy: str = "recompute"  # "recompute": prefill locally; "fail": end with an error
+    stream: bool = True  # deltas as they come; False: all of them in one response at the end
 
     def to_dict(self) -> JSONDict:
         return {
@@ -315,6 +316,7 @@ class DecodeJob:
             "transfer_id": self.transfer_id,
             "deadline_s": self.deadline_s,
             "failure_policy": self.failure_policy,
+            "stream": self.stream,
         }
 
     @classmethod
@@ -325,6 +327,7 @@ class DecodeJob:
             None if tid is None else str(tid),
             float(d["deadline_s"]),
             str(d.get("failure_policy", "recompute")),
+            bool(d.get("stream", True)),
         )
 
 

@@ -16,6 +16,7 @@ emulated model (fingerprint `emulated:{spec name}:{seed}`).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import time
@@ -129,6 +130,9 @@ class EmulatedEngine:
         `max_position_embeddings` when it has one, else there is no limit."""
         self.spec = spec
         self.cost = cost
+        # the cost model is pure: remember its answers (steady traffic repeats them)
+        self._t_prefill_s = functools.lru_cache(maxsize=4096)(cost.t_prefill_s)
+        self._t_decode_step_s = functools.lru_cache(maxsize=4096)(cost.t_decode_step_s)
         self.kv_dtype = kv_dtype
         self.seed = seed
         self.max_batch_size = max_batch_size
@@ -203,7 +207,7 @@ class EmulatedEngine:
         return first_tokens
 
     def _prefill_one(self, state: EmulatedRequest, on_layer: LayerCallback | None) -> int:
-        per_layer_s = self.cost.t_prefill_s(state.num_prompt_tokens) / self.spec.num_layers
+        per_layer_s = self._t_prefill_s(state.num_prompt_tokens) / self.spec.num_layers
         state.num_computed_tokens = state.num_prompt_tokens
         offset = 0
         for layer in self.spec.layers:
@@ -324,7 +328,7 @@ class EmulatedEngine:
         for start in range(0, len(running), self.max_batch_size):
             group = running[start : start + self.max_batch_size]
             context = sum(r.num_computed_tokens for r in group) // len(group)
-            self.sleep(self.cost.t_decode_step_s(len(group), context))
+            self.sleep(self._t_decode_step_s(len(group), context))
             for state in group:
                 state.num_computed_tokens += 1
                 self._next_token(state)

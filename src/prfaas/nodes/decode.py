@@ -28,7 +28,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
 from prfaas.nodes.engines import PrefillRate, build_engine
-from prfaas.nodes.http import error_response, metrics_response, transport_config
+from prfaas.nodes.http import (
+    FIRST_TOKEN_HEADER,
+    error_response,
+    metrics_response,
+    transport_config,
+)
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 from prfaas.transport.receiver import KVReceiver
@@ -297,6 +302,8 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         except Exception as exc:  # malformed job
             return error_response(400, f"bad decode job: {exc}", "invalid_request_error")
         deltas = app.state.service.decode(job)
+        if not job.stream:
+            return await _whole(deltas)
         return StreamingResponse(_ndjson(deltas), media_type="application/x-ndjson")
 
     # a plain Starlette route: the hot internal path skips FastAPI's request handling
@@ -325,6 +332,19 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         return metrics_response(app.state.service.registry)
 
     return app
+
+
+async def _whole(batches: AsyncIterator[list[TokenDelta]]) -> Response:
+    """Every delta in one plain response (cheaper than a stream for a whole answer); the header
+    `x-prfaas-first-token-s` says when the first token was ready, from the job's arrival."""
+    received_at, first_token_s = time.monotonic(), None
+    lines: list[str] = []
+    async for batch in batches:
+        if first_token_s is None and any(d.token_ids for d in batch):
+            first_token_s = time.monotonic() - received_at
+        lines.extend(json.dumps(delta.to_dict()) + "\n" for delta in batch)
+    headers = {} if first_token_s is None else {FIRST_TOKEN_HEADER: f"{first_token_s:.6f}"}
+    return Response("".join(lines), media_type="application/x-ndjson", headers=headers)
 
 
 async def _ndjson(batches: AsyncIterator[list[TokenDelta]]) -> AsyncIterator[bytes]:

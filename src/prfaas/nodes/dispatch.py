@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from prfaas.messages import DecodeJob, GenerateRequest, PrefillJob, PrefillResult, TokenDelta
+from prfaas.nodes.http import FIRST_TOKEN_HEADER
 from prfaas.nodes.monitor import ClusterMonitor, InstanceState
 from prfaas.nodes.router_metrics import RouterMetrics
 from prfaas.nodes.topology import ClusterConfig, Topology
@@ -53,6 +54,8 @@ class Dispatch:
     decode: InstanceState
     prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
     result: PrefillResult | None = None  # filled in once the prefill instance answers
+    decode_sent_at: float | None = None  # monotonic s when the decode job went out
+    first_token_s: float | None = None  # non-streamed: the decode side's first-token offset
 
     @property
     def rule(self) -> str:
@@ -139,11 +142,14 @@ class Dispatcher:
         return ready[pick_least_loaded([s.load() for s in ready])] if ready else None
 
     # ---- driving ---------------------------------------------------------------------------
-    async def run(self, d: Dispatch, request: GenerateRequest) -> AsyncIterator[TokenDelta]:
-        """The request's token deltas from its decode instance; ends with a finish_reason."""
+    async def run(
+        self, d: Dispatch, request: GenerateRequest, stream: bool = True
+    ) -> AsyncIterator[TokenDelta]:
+        """The request's token deltas from its decode instance; ends with a finish_reason.
+        With `stream` False the decode instance answers once, at the end."""
         policy = self.topology.policy
         transfer_id = d.transfer_id if d.prefill is not None else None
-        job = DecodeJob(request, transfer_id, policy.transfer_deadline_s, policy.failure)
+        job = DecodeJob(request, transfer_id, policy.transfer_deadline_s, policy.failure, stream)
         prefill_task = None
         if d.prefill is not None:
             prefill_task = asyncio.create_task(self._prefill(d, request))
@@ -160,8 +166,11 @@ class Dispatcher:
         url = f"http://{d.decode.config.http}/internal/decode"
         read_s = self.topology.policy.transfer_deadline_s + 120.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
+        d.decode_sent_at = time.monotonic()
         try:
             async with self.client.post(url, json=job.to_dict(), timeout=timeout) as r:
+                if FIRST_TOKEN_HEADER in r.headers:
+                    d.first_token_s = float(r.headers[FIRST_TOKEN_HEADER])
                 if r.status != 200:
                     body = (await r.read())[:300].decode(errors="replace")
                     yield _error(d, f"decode instance answered {r.status}: {body}")

@@ -16,7 +16,7 @@ from prfaas.transport.config import TransportConfig
 from prfaas.transport.sender import parse_address
 
 TOKEN_ENV = "PRFAAS_TRANSPORT_TOKEN"  # overrides / supplies the transport token (kept out of argv)
-INTERNAL_PREFIX = "/internal"
+FIRST_TOKEN_HEADER = "x-prfaas-first-token-s"  # non-streamed decode answer: first token ready at
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:

@@ -184,14 +184,15 @@ class RouterService:
         text = TextStream(self.codec, prepared.stop)
         route, last_at, finish = d.route, prepared.arrived_at, None
         try:
-            async for delta in self.dispatcher.run(d, prepared.request):
+            async for delta in self.dispatcher.run(d, prepared.request, prepared.is_stream):
                 now = time.monotonic()
-                if delta.token_ids:
-                    hist = self.metrics.itl if text.num_tokens else self.metrics.ttft
-                    hist.labels(route).observe(now - last_at)
+                if delta.token_ids and prepared.first_token_at is None:
+                    prepared.first_token_at = _first_token_at(d, now)
+                    self.metrics.ttft.labels(route).observe(prepared.first_token_at - last_at)
                     last_at = now
-                    if prepared.first_token_at is None:
-                        prepared.first_token_at = now
+                elif delta.token_ids and prepared.is_stream:  # whole answers have no gaps
+                    self.metrics.itl.labels(route).observe(now - last_at)
+                    last_at = now
                 finish = _finish_reason(delta, text)
                 new = text.add(delta.token_ids, is_final=finish is not None)
                 self.metrics.generation_tokens.labels(route).inc(len(delta.token_ids))
@@ -207,6 +208,8 @@ class RouterService:
         e2e_s = time.monotonic() - prepared.arrived_at
         self.metrics.requests.labels(d.route, finish or "cancelled").inc()
         self.metrics.e2e.labels(d.route).observe(e2e_s)
+        if not log.isEnabledFor(logging.DEBUG):
+            return
         done = {
             "event": "done",
             "req_id": d.req_id,
@@ -217,7 +220,7 @@ class RouterService:
             "kv_bytes": d.result.num_kv_bytes if d.result else 0,
             "e2e_s": round(e2e_s, 4),
         }
-        log.info(json.dumps(done))
+        log.debug(json.dumps(done))
 
     async def whole(self, d: Dispatch, prepared: Prepared) -> Response:
         parts, last = [], Piece("", None, None, 0)
@@ -262,6 +265,15 @@ class Piece:
     finish_reason: str | None
     error: str | None
     num_tokens: int  # completion tokens so far
+
+
+def _first_token_at(d: Dispatch, now: float) -> float:
+    """When the first token was ready: now for a stream; for a whole answer, the decode job's
+    send time plus the decode instance's own first-token offset (same machine clock or not,
+    only durations cross)."""
+    if d.first_token_s is None or d.decode_sent_at is None:
+        return now
+    return min(now, d.decode_sent_at + d.first_token_s)
 
 
 def _finish_reason(delta: TokenDelta, text: TextStream) -> str | None:

@@ -99,7 +99,10 @@ class EngineWorker:
             deltas = self._fail_all(f"engine step failed: {exc}")
         self.num_steps += 1
         for delta in deltas:
-            self.emit(delta)
+            if delta.finish_reason is not None:
+                self.engine.free(delta.req_id)
+        if deltas:  # one wake-up of the loop per step, not one per request
+            self._loop.call_soon_threadsafe(self._deliver_all, deltas)
         time.sleep(0)  # let the event loop thread take the GIL between steps
 
     def emit(self, delta: TokenDelta) -> None:
@@ -112,6 +115,10 @@ class EngineWorker:
     def _fail_all(self, reason: str) -> list[TokenDelta]:
         failed = [req_id for req_id, r in self.engine.requests.items() if r.finish_reason is None]
         return [TokenDelta(req_id, (), "error", reason) for req_id in failed]
+
+    def _deliver_all(self, deltas: list[TokenDelta]) -> None:
+        for delta in deltas:
+            self._deliver(delta)
 
     def _deliver(self, delta: TokenDelta) -> None:
         stream = self._streams.get(delta.req_id)

@@ -103,9 +103,12 @@ class ClusterMonitor:
         return [self.states[i.name] for i in cluster.by_role(role) if self.states[i.name].is_ready]
 
     def is_ready(self) -> bool:
-        """Every cluster has at least one ready instance."""
+        """Every cluster has a ready instance of each role it has (a PD cluster with prefill and
+        decode instances needs one of each; a PrfaaS cluster a prefill instance)."""
         return all(
-            any(self.states[i.name].is_ready for i in c.instances) for c in self.topology.clusters
+            bool(self.ready(c, role))
+            for c in self.topology.clusters
+            for role in {i.role for i in c.instances}
         )
 
     def cluster_view(self, cluster: ClusterConfig | None) -> ClusterView | None:

@@ -30,8 +30,8 @@ from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
 from prfaas.nodes.engines import PrefillRate, build_engine
 from prfaas.nodes.http import (
     FIRST_TOKEN_HEADER,
+    add_instance_routes,
     error_response,
-    metrics_response,
     transport_config,
 )
 from prfaas.nodes.topology import InstanceConfig, Topology
@@ -319,18 +319,7 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         app.state.service.abort(transfer_id, reason)
         return JSONResponse({"ok": True})
 
-    @app.get("/internal/stats")
-    async def stats() -> JSONResponse:
-        return JSONResponse(app.state.service.stats().to_dict())
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "instance": instance.name, "role": "decode"})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return metrics_response(app.state.service.registry)
-
+    add_instance_routes(app, instance)
     return app
 
 

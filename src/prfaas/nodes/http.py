@@ -7,11 +7,12 @@ import logging
 import os
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from prfaas.errors import UserError
-from prfaas.nodes.topology import Topology
+from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.sender import parse_address
 
@@ -27,6 +28,24 @@ def error_response(status: int, message: str, kind: str, code: str | None = None
 
 def metrics_response(registry: CollectorRegistry) -> Response:
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
+    """`/internal/stats`, `/health` and `/metrics` of an instance whose service (on
+    `app.state.service`) has `stats()` and a Prometheus `registry`."""
+
+    @app.get("/internal/stats")
+    async def stats() -> JSONResponse:
+        return JSONResponse(app.state.service.stats().to_dict())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        body = {"status": "ok", "instance": instance.name, "role": instance.role}
+        return JSONResponse(body)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return metrics_response(app.state.service.registry)
 
 
 def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:

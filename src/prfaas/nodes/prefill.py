@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Gauge
 
 from prfaas.messages import InstanceStats, KVManifest, PrefillJob, PrefillResult, TransferAck
 from prfaas.nodes.engines import PrefillRate, build_engine
-from prfaas.nodes.http import error_response, metrics_response, transport_config
+from prfaas.nodes.http import add_instance_routes, error_response, transport_config
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 from prfaas.transport.linkstats import TransportMetrics
@@ -211,16 +211,5 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     # a plain Starlette route: the hot internal path skips FastAPI's request handling
     app.add_route("/internal/prefill", prefill, methods=["POST"])
 
-    @app.get("/internal/stats")
-    async def stats() -> JSONResponse:
-        return JSONResponse(app.state.service.stats().to_dict())
-
-    @app.get("/health")
-    async def health() -> JSONResponse:
-        return JSONResponse({"status": "ok", "instance": instance.name, "role": "prefill"})
-
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        return metrics_response(app.state.service.registry)
-
+    add_instance_routes(app, instance)
     return app

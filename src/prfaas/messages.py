@@ -51,7 +51,16 @@ class SamplingParams:
             raise UserError(f"top_k must be >= 0, got {self.top_k}")
 
     def to_dict(self) -> JSONDict:
-        return asdict(self)
+        return {
+            "max_tokens": self.max_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "seed": self.seed,
+            "stop": list(self.stop),
+            "stop_token_ids": list(self.stop_token_ids),
+            "ignore_eos": self.ignore_eos,
+        }
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> SamplingParams:
@@ -224,8 +233,13 @@ class TokenDelta:
     finish_reason: str | None = None  # "stop" | "length" | "error" when the request ends
     error: str | None = None  # why, when finish_reason is "error"
 
-    def to_dict(self) -> JSONDict:
-        return {**asdict(self), "token_ids": list(self.token_ids)}
+    def to_dict(self) -> JSONDict:  # on every streamed delta: explicit, not dataclasses.asdict
+        return {
+            "req_id": self.req_id,
+            "token_ids": list(self.token_ids),
+            "finish_reason": self.finish_reason,
+            "error": self.error,
+        }
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> TokenDelta:

@@ -5,7 +5,9 @@
                 emulated engine that does not sleep (time_scale = 0), so what differs is the
                 router's own work (validation, tokenizing, policy, one more HTTP hop, relay).
     throughput  short non-streaming completions through the router at rising open-loop rates,
-                until errors appear or p99 latency doubles over the lowest rate's.
+                until errors appear or p99 latency doubles over the lowest rate's; sent by a
+                minimal keep-alive HTTP client, so the load generator takes little of the CPU
+                the system under test needs.
     torch       the tiny Qwen3-Next on torch engines (the embedded topology): TTFT and
                 inter-token latency of local vs offloaded requests, KV bytes and transfer time.
 
@@ -109,7 +111,7 @@ async def open_loop(
 async def _timed(send: Callable[[int], Awaitable[float]], i: int) -> float | None:
     try:
         return await send(i)
-    except (aiohttp.ClientError, TimeoutError, AssertionError):
+    except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError, AssertionError):
         return None
 
 
@@ -142,6 +144,55 @@ def router_sender(client: aiohttp.ClientSession, topology: Topology) -> Callable
     return send
 
 
+class RawHttpClient:
+    """A minimal HTTP/1.1 keep-alive client for the throughput sweep: one pre-built request,
+    connections reused from an idle pool, responses read by Content-Length. It costs a fraction
+    of a general client's CPU, which matters when the load generator shares 2 cores with the
+    system it measures."""
+
+    def __init__(self, address: str, path: str, body: dict[str, Any]) -> None:
+        self.host, port = address.rsplit(":", 1)
+        self.port = int(port)
+        payload = json.dumps(body).encode()
+        head = (
+            f"POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\n\r\n"
+        )
+        self.request = head.encode() + payload
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def send(self, _i: int) -> float:
+        t0 = time.monotonic()
+        if self.idle:
+            try:  # the server may have closed an idle keep-alive connection: then a new one
+                body = await self._exchange(*self.idle.pop())
+            except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise
+                body = await self._exchange(*await self._connect())
+        else:
+            body = await self._exchange(*await self._connect())
+        assert body is not None
+        return time.monotonic() - t0
+
+    async def _exchange(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        writer.write(self.request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+        body = await reader.readexactly(length)
+        assert status == 200, body
+        self.idle.append((reader, writer))
+        return body
+
+    async def _connect(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        return await asyncio.open_connection(self.host, self.port)
+
+    def close(self) -> None:
+        for _, writer in self.idle:
+            writer.close()
+
+
 async def bench_overhead(topology: Topology, rounds: int, duration_s: float) -> dict[str, Any]:
     async with _session() as client:
         direct, routed = direct_sender(client, topology), router_sender(client, topology)
@@ -166,8 +217,10 @@ async def bench_overhead(topology: Topology, rounds: int, duration_s: float) -> 
 
 async def bench_throughput(topology: Topology, rates: list[float], duration_s: float) -> Any:
     steps = []
-    async with _session() as client:
-        send = router_sender(client, topology)
+    body = {"model": topology.model.served_name, "prompt": PROMPT, "max_tokens": 4}
+    client = RawHttpClient(topology.router.http, "/v1/completions", body)
+    try:
+        send = client.send
         await open_loop(send, 20, 2)
         base_p99 = None
         for rate in rates:
@@ -178,6 +231,8 @@ async def bench_throughput(topology: Topology, rates: list[float], duration_s: f
             base_p99 = base_p99 or s["p99_ms"]
             if err or s["p99_ms"] > 2 * base_p99 or achieved < 0.9 * rate:
                 break
+    finally:
+        client.close()
     sustained = [
         s
         for s in steps
@@ -208,7 +263,8 @@ def stream_one(url: str, model: str, prompt: str, max_tokens: int) -> dict[str, 
         "ignore_eos": True,
     }
     t0 = time.monotonic()
-    stamps, info = [], {}
+    stamps: list[float] = []
+    info: dict[str, Any] = {}
     with httpx.stream("POST", f"{url}/v1/completions", json=body, timeout=300) as reply:
         for line in reply.iter_lines():
             if not line.startswith("data: {"):
@@ -235,7 +291,7 @@ def bench_torch(repeats: int, long_tokens: int) -> dict[str, Any]:
             for _ in range(repeats):  # alternate, side by side
                 rows["local"].append(stream_one(url, model, long_prompt[:100], 32))
                 rows["offloaded"].append(stream_one(url, model, long_prompt, 32))
-    out = {}
+    out: dict[str, Any] = {}
     for name, runs in rows.items():
         out[name] = {
             "route": runs[0]["route"],
@@ -284,7 +340,7 @@ def main() -> None:
                     )
                     print(json.dumps(results["overhead"], indent=1), flush=True)
                 if args.which in ("throughput", "all"):
-                    rates = [50, 100, 150, 200, 250, 300, 350, 400, 500]
+                    rates = [50.0, 100, 150, 200, 250, 300, 350, 400, 500]
                     results["throughput"] = asyncio.run(
                         bench_throughput(topology, rates, args.seconds)
                     )

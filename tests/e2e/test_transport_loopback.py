@@ -586,3 +586,23 @@ def test_bench_reports_goodput_and_cpu_per_transfer_for_both_modes() -> None:
     for key in ("tx_cpu_s_per_transfer", "rx_cpu_s_per_transfer",
                 "raw_tx_cpu_s_per_transfer", "raw_rx_cpu_s_per_transfer"):  # fmt: skip
         assert 0 < r[key] < 10, key
+
+
+def test_on_failure_hears_every_failed_transfer() -> None:
+    """A transfer the sender cancels is reported to `on_failure` with its id and reason."""
+    manifest, views = make_manifest([[2 * MIB], [2 * MIB]])
+    heard: list[tuple[str, str]] = []
+
+    async def main() -> None:
+        cfg = config(num_connections=1)
+        on_failure = lambda tid, reason: heard.append((tid, reason))  # noqa: E731
+        async with KVReceiver(cfg, on_failure=on_failure) as rx, KVSender(cfg) as tx:
+            t = await tx.begin(rx.address, "t-cancel", "r1")
+            await t.send_layer(manifest.layers[0], views_by_layer(manifest, views)[0])
+            begun = lambda: any(s.transfers for s in rx.sessions.values())  # noqa: E731
+            await _until(begun, 10.0, "the receiver to hear of the transfer")
+            await t.cancel("client went away")
+            await _until(lambda: bool(heard), 10.0, "the failure callback")
+            assert heard == [("t-cancel", "cancelled by sender")] == rx.failures
+
+    run(main)

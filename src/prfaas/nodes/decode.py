@@ -40,7 +40,7 @@ from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.session import ReceivedTransfer
 
 log = logging.getLogger(__name__)
-_FAILURE_POLL_S = 0.05
+_UNCLAIMED_CHECK_S = 1.0
 _UNCLAIMED_TTL_S = 120.0  # a transfer nobody asks for is released after this long
 
 
@@ -57,11 +57,10 @@ class DecodeService:
         self.worker = EngineWorker(engine, self.loop, name=instance.name)
         self.rate = PrefillRate(engine)
         self.registry = CollectorRegistry()
-        self.receiver = _make_receiver(topology, instance, self._on_transfer)
+        self.receiver = _make_receiver(topology, instance, self._on_transfer, self._on_failure)
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
         self._waiters: dict[str, asyncio.Future[ReceivedTransfer]] = {}
         self._lost: dict[str, tuple[str, float]] = {}  # transfer_id -> (reason, when)
-        self._num_failures_seen = 0
         self.running: dict[str, int] = {}  # req_id -> prompt tokens, admitted and not finished
         self.num_waiting = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -102,7 +101,7 @@ class DecodeService:
 
     async def start(self) -> None:
         await self.receiver.start()
-        self._tasks.append(asyncio.create_task(self._watch_failures()))
+        self._tasks.append(asyncio.create_task(self._release_unclaimed()))
 
     # ---- transfers -------------------------------------------------------------------------
     def _on_transfer(self, received: ReceivedTransfer) -> None:
@@ -113,14 +112,14 @@ class DecodeService:
         else:
             self._arrived[tid] = (received, time.monotonic())
 
-    async def _watch_failures(self) -> None:
-        """Turn the receiver's failed transfers into lost waits; release unclaimed transfers."""
+    def _on_failure(self, transfer_id: str, reason: str) -> None:
+        """The receiver gave up on a transfer: whoever waits for it applies the failure policy."""
+        self.abort(transfer_id, f"transfer failed at the receiver: {reason}")
+
+    async def _release_unclaimed(self) -> None:
+        """Transfers and failures nobody asked for are dropped after a while."""
         while True:
-            await asyncio.sleep(_FAILURE_POLL_S)
-            failures = self.receiver.failures
-            for tid, reason in failures[self._num_failures_seen :]:
-                self.abort(tid, f"transfer failed at the receiver: {reason}")
-            self._num_failures_seen = len(failures)
+            await asyncio.sleep(_UNCLAIMED_CHECK_S)
             self._expire_unclaimed(time.monotonic())
 
     def _expire_unclaimed(self, now: float) -> None:
@@ -262,11 +261,14 @@ class DecodeService:
         await asyncio.to_thread(self.worker.stop)
 
 
-def _make_receiver(topology: Topology, instance: InstanceConfig, on_transfer: Any) -> KVReceiver:
+def _make_receiver(
+    topology: Topology, instance: InstanceConfig, on_transfer: Any, on_failure: Any
+) -> KVReceiver:
     from prfaas.transport.sender import parse_address
 
     host, port = parse_address(instance.kv or "127.0.0.1:0")
-    return KVReceiver(transport_config(topology), host, port, on_transfer=on_transfer)
+    config = transport_config(topology)
+    return KVReceiver(config, host, port, on_transfer=on_transfer, on_failure=on_failure)
 
 
 def _reason_label(reason: str) -> str:

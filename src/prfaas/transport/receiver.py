@@ -38,6 +38,7 @@ _HELLO_MAX_BYTES = 4096
 _CONTROL_MAX_BYTES = 16 << 20
 _EXPIRY_PERIOD_S = 0.1
 _CONTROL_WAIT_S = 60.0  # a reader thread waits this long for the loop to handle a frame
+_MAX_FAILURES_KEPT = 1024  # `failures` is a bounded record, not a log
 _RECV_LOW_WATER_BYTES = 1 << 20  # loop reader: wake once per MiB of a frame body, at most
 
 
@@ -54,12 +55,14 @@ class KVReceiver:
         host: str = "127.0.0.1",
         port: int = 0,
         on_transfer: Callable[[ReceivedTransfer], None] | None = None,
+        on_failure: Callable[[str, str], None] | None = None,
     ) -> None:
         if config.token is None and not config.is_tls:
             raise ValueError("a receiver needs TLS certificates or a shared token")
         self.config = config
         self._host, self._port = host, port
         self._on_transfer = on_transfer
+        self._on_failure = on_failure  # (transfer_id, reason) for every failed transfer
         self._tls = None
         if config.tls_cert is not None and config.tls_key and config.tls_ca:
             self._tls = server_tls_context(config.tls_cert, config.tls_key, config.tls_ca)
@@ -72,7 +75,7 @@ class KVReceiver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
         self.num_rejected_connections = 0
-        self.failures: list[tuple[str, str]] = []  # (transfer_id, reason), most recent last
+        self.failures: list[tuple[str, str]] = []  # (transfer_id, reason), the most recent last
 
     async def __aenter__(self) -> KVReceiver:
         await self.start()
@@ -290,12 +293,21 @@ class KVReceiver:
             if channel is not None:
                 with contextlib.suppress(OSError):
                     await channel.send([data])
-        self.failures.extend(outcome.failed)
+        self._record_failures(outcome.failed)
         for received in outcome.delivered:
             if self._on_transfer is not None:
                 self._on_transfer(received)
             else:
                 self._queue.put_nowait(received)
+
+    def _record_failures(self, failed: list[tuple[str, str]]) -> None:
+        """Keep the last `_MAX_FAILURES_KEPT` failures for inspection; tell `on_failure`."""
+        self.failures.extend(failed)
+        if len(self.failures) > 2 * _MAX_FAILURES_KEPT:
+            del self.failures[:-_MAX_FAILURES_KEPT]
+        if self._on_failure is not None:
+            for transfer_id, reason in failed:
+                self._on_failure(transfer_id, reason)
 
     async def _expiry_loop(self) -> None:
         while True:

@@ -117,12 +117,13 @@ async def _timed(send: Callable[[int], Awaitable[float]], i: int) -> float | Non
 
 def direct_sender(client: aiohttp.ClientSession, topology: Topology) -> Callable[[int], Any]:
     url = f"http://{topology.instance('pd-decode-0').http}/internal/decode"
+    auth = {"Authorization": f"Bearer {topology.transport.token}"}  # as the router sends it
     prompt = tuple(PROMPT.encode())
 
     async def send(i: int) -> float:
         job = DecodeJob(GenerateRequest(f"direct-{i}", prompt, SamplingParams(4)), None, 30.0)
         t0 = time.monotonic()
-        async with client.post(url, json=job.to_dict()) as reply:
+        async with client.post(url, json=job.to_dict(), headers=auth) as reply:
             content = await reply.read()
         assert reply.status == 200 and b'"finish_reason": "length"' in content
         return time.monotonic() - t0

@@ -38,6 +38,10 @@ class System:
     def instance_url(self, name: str) -> str:
         return f"http://{self.topology.instance(name).http}"
 
+    def internal_headers(self) -> dict[str, str]:
+        """What the router sends to `/internal/*`: the deployment's token."""
+        return {"Authorization": f"Bearer {self.topology.transport.token}"}
+
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text(errors="replace")
 
@@ -79,8 +83,9 @@ def start_system(
     return System(launcher, topology, log_dir)
 
 
-def get_json(url: str, timeout_s: float = 10.0) -> Any:
-    with urllib.request.urlopen(url, timeout=timeout_s) as reply:
+def get_json(url: str, timeout_s: float = 10.0, headers: dict[str, str] | None = None) -> Any:
+    request = urllib.request.Request(url, headers=headers or {})
+    with urllib.request.urlopen(request, timeout=timeout_s) as reply:
         return json.loads(reply.read())
 
 

@@ -134,6 +134,17 @@ def test_header_log_and_metrics_agree(qwen: System) -> None:
     assert re.fullmatch(r"(cache-affine|global-prefix): l=\d+ > t=64", mine[0]["reason"])
 
 
+def test_internal_apis_need_the_deployment_token(qwen: System) -> None:
+    stats_url = f"{qwen.instance_url('pd-decode-0')}/internal/stats"
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        reply = httpx.get(stats_url, headers=headers, timeout=30)
+        assert reply.status_code == 401 and reply.json()["error"]["code"] == "invalid_token"
+    reply = httpx.post(f"{qwen.instance_url('prfaas-prefill-0')}/internal/prefill", json={})
+    assert reply.status_code == 401
+    assert get_json(stats_url, headers=qwen.internal_headers())["role"] == "decode"
+    assert get_json(f"{qwen.instance_url('pd-decode-0')}/health")["status"] == "ok"  # open
+
+
 def test_models_health_ready(qwen: System) -> None:
     assert [m.id for m in qwen.openai().models.list()] == ["qwen3_next"]
     assert get_json(f"{qwen.url}/health")["status"] == "ok"
@@ -232,8 +243,9 @@ def _kill_prefill_mid_request(system: System, prompt: str) -> dict[str, object]:
     thread = threading.Thread(target=send)
     thread.start()
     stats_url = f"{system.instance_url('prfaas-prefill-0')}/internal/stats"
+    headers = system.internal_headers()
     wait_for(
-        lambda: get_json(stats_url)["num_requests_running"] >= 1,
+        lambda: get_json(stats_url, headers=headers)["num_requests_running"] >= 1,
         120,
         "the prefill to start",
         period_s=0.01,

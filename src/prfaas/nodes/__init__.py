@@ -12,6 +12,7 @@
     worker.py         the engine thread every instance runs its engine on
     engines.py        engine construction (torch or emulated), prefill-rate estimates
     http.py, limits.py, router_metrics.py   uvicorn, errors, body limits, Prometheus metrics
+    auth.py           the deployment token required on the instances' /internal/* APIs
 
 No routing decision is made here: `prfaas.policy` makes them, the same code the simulator runs.
 """

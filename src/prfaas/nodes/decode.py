@@ -27,6 +27,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
+from prfaas.nodes.auth import InternalAuth, deployment_token
 from prfaas.nodes.engines import PrefillRate, build_engine
 from prfaas.nodes.http import (
     FIRST_TOKEN_HEADER,
@@ -297,6 +298,7 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         await service.close()
 
     app = FastAPI(title=f"prfaas decode {instance.name}", lifespan=lifespan)
+    app.add_middleware(InternalAuth, token=deployment_token(topology))
 
     async def decode(request: Request) -> Response:
         try:

@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge
 
 from prfaas.messages import InstanceStats, KVManifest, PrefillJob, PrefillResult, TransferAck
+from prfaas.nodes.auth import InternalAuth, deployment_token
 from prfaas.nodes.engines import PrefillRate, build_engine
 from prfaas.nodes.http import add_instance_routes, error_response, transport_config
 from prfaas.nodes.topology import InstanceConfig, Topology
@@ -199,6 +200,7 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         await app.state.service.close()
 
     app = FastAPI(title=f"prfaas prefill {instance.name}", lifespan=lifespan)
+    app.add_middleware(InternalAuth, token=deployment_token(topology))
 
     async def prefill(request: Request) -> Response:
         try:

@@ -29,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, TokenDelta
+from prfaas.nodes.auth import bearer, deployment_token
 from prfaas.nodes.dispatch import Dispatch, Dispatcher, NoInstanceError
 from prfaas.nodes.http import error_response, metrics_response
 from prfaas.nodes.limits import BodySizeLimit
@@ -86,7 +87,9 @@ class RouterService:
     async def start(self) -> None:
         """Open the connection pool to the instances (on the serving loop) and start polling."""
         connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=30)
-        self.client = aiohttp.ClientSession(connector=connector)
+        token = deployment_token(self.topology)
+        headers = bearer(token) if token else None
+        self.client = aiohttp.ClientSession(connector=connector, headers=headers)
         self.monitor = ClusterMonitor(self.topology, self.client)
         self.dispatcher = Dispatcher(self.topology, self.monitor, self.client, self.metrics)
         await self.monitor.start()

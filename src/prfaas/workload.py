@@ -278,12 +278,14 @@ def load_trace(path: str | Path) -> list[TraceRequest]:
     p = Path(path)
     if not p.is_file():
         raise UserError(f"trace file not found: {p}")
-    if p.suffix == ".jsonl":
-        requests = _load_mooncake(p)
-    elif p.suffix == ".csv":
-        requests = _load_azure(p)
-    else:
+    if p.suffix not in (".jsonl", ".csv"):
         raise UserError(f"{p}: unknown trace format (expected .jsonl Mooncake or .csv Azure)")
+    try:
+        requests = _load_mooncake(p) if p.suffix == ".jsonl" else _load_azure(p)
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {p}: {exc.strerror or exc}") from None
     if not requests:
         raise UserError(f"{p}: trace holds no requests")
     return sorted(requests, key=lambda r: r.arrival_s)

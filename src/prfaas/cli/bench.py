@@ -7,6 +7,7 @@ import argparse
 import re
 from typing import Any
 
+from prfaas.cli._args import bounded_int, positive_float, positive_int
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
@@ -39,11 +40,19 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "shaped by `tc tbf` (needs root).",
     )
     t.add_argument("--size", default="256MiB", help="payload per transfer (default 256MiB)")
-    t.add_argument("--connections", type=int, default=4, help="TCP connections (default 4)")
+    t.add_argument(
+        "--connections", type=bounded_int(1, 64), default=4, help="TCP connections (default 4)"
+    )
     t.add_argument("--frame-bytes", default="4MiB", help="payload bytes per frame (default 4MiB)")
-    t.add_argument("--repeats", type=int, default=3, help="timed transfers per round (default 3)")
-    t.add_argument("--rounds", type=int, default=2, help="alternating kv/raw rounds (default 2)")
-    t.add_argument("--link-gbps", type=float, default=None, help="shape the link to R Gbit/s")
+    t.add_argument(
+        "--repeats", type=positive_int, default=3, help="timed transfers per round (default 3)"
+    )
+    t.add_argument(
+        "--rounds", type=positive_int, default=2, help="alternating kv/raw rounds (default 2)"
+    )
+    t.add_argument(
+        "--link-gbps", type=positive_float, default=None, help="shape the link to R Gbit/s"
+    )
     t.add_argument("--tls-dir", default=None, help="dir with ca.crt, node.crt, node.key: use TLS")
     t.add_argument(
         "--no-payload-checksum",

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from prfaas.cli._args import positive_int
 from prfaas.cli._output import add_json_flag, format_table, print_json
 
 SHORT_PROMPT = "Hello! Where does my prefill run?"
@@ -50,7 +51,9 @@ def register(subparsers: Any) -> None:
         "tokens/s, KV bytes moved and text of each, and stop everything.",
     )
     p.add_argument("--model", default="qwen3_next", help="tiny preset or checkpoint directory")
-    p.add_argument("--max-tokens", type=int, default=24, help="tokens to generate per request")
+    p.add_argument(
+        "--max-tokens", type=positive_int, default=24, help="tokens to generate per request"
+    )
     p.add_argument("--log-dir", default=None, help="keep the processes' logs in DIR")
     add_json_flag(p)
     p.set_defaults(handler=run)

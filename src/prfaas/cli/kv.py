@@ -11,6 +11,7 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any
 
+from prfaas.cli._args import positive_int
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
@@ -55,7 +56,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="latency from the roofline cost model on this GPU type; with --profile its "
         "efficiencies are first fitted to the profile's hardware",
     )
-    parser.add_argument("--gpus", type=int, default=8, help="GPUs per instance (default 8)")
+    parser.add_argument(
+        "--gpus", type=positive_int, default=8, help="GPUs per instance (default 8)"
+    )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 

@@ -4,15 +4,19 @@ naive heterogeneous deployments (Table 6 and Figure 5 of the paper, for any inpu
 from __future__ import annotations
 
 import argparse
+import math
 from typing import TYPE_CHECKING
 
-from prfaas.cli._output import add_json_flag, format_table, print_json
+from prfaas.cli._args import finite_float, positive_float, positive_int
+from prfaas.cli._output import add_json_flag, format_table, prepare_output_dir, print_json
 from prfaas.errors import UserError
 
 if TYPE_CHECKING:
     from prfaas.plan import PlanSettings
+    from prfaas.plan.inputs import PlanInputs
 
 PRESET_NAMES = ("paper-case-study", "paper-case-study-costmodel")
+MAX_THRESHOLD_GRID_POINTS = 100_000
 
 
 def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
@@ -31,15 +35,19 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
         help="PD prefill latency: profile:NAME|PATH, quadratic:a,b,c or cost-model "
         "(the perf cost model calibrated on the PrfaaS profile only)",
     )
-    g.add_argument("--prfaas-gpus", type=int, help="GPUs in the PrfaaS cluster (preset: 32)")
-    g.add_argument("--pd-gpus", type=int, help="GPUs in the local PD cluster (preset: 64)")
+    g.add_argument(
+        "--prfaas-gpus", type=positive_int, help="GPUs in the PrfaaS cluster (preset: 32)"
+    )
+    g.add_argument("--pd-gpus", type=positive_int, help="GPUs in the local PD cluster (preset: 64)")
     g.add_argument(
         "--homogeneous-gpus",
-        type=int,
+        type=positive_int,
         help="GPUs of the homogeneous baseline (default: PrfaaS + PD GPUs)",
     )
-    g.add_argument("--gpus-per-instance", type=int, help="GPUs per instance (preset: 8)")
-    g.add_argument("--link-gbps", type=float, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)")
+    g.add_argument("--gpus-per-instance", type=positive_int, help="GPUs per instance (preset: 8)")
+    g.add_argument(
+        "--link-gbps", type=positive_float, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)"
+    )
     g.add_argument("--model", help="model preset or config.json for S_kv (preset: paper-1t)")
     g.add_argument(
         "--price",
@@ -50,25 +58,33 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("workload and decode")
-    g.add_argument("--mu", type=float, help="log-normal mu of the uncached length (preset: 9.90)")
-    g.add_argument("--sigma", type=float, help="log-normal sigma (preset: 1.00)")
-    g.add_argument("--min-tokens", type=float, help="lower truncation, tokens (preset: 128)")
-    g.add_argument("--max-tokens", type=float, help="upper truncation, tokens (preset: 131072)")
+    g.add_argument(
+        "--mu", type=finite_float, help="log-normal mu of the uncached length (preset: 9.90)"
+    )
+    g.add_argument("--sigma", type=positive_float, help="log-normal sigma (preset: 1.00)")
+    g.add_argument(
+        "--min-tokens", type=positive_float, help="lower truncation, tokens (preset: 128)"
+    )
+    g.add_argument(
+        "--max-tokens", type=positive_float, help="upper truncation, tokens (preset: 131072)"
+    )
     g.add_argument("--trace", help="Mooncake .jsonl or Azure .csv: use its uncached lengths")
     g.add_argument(
         "--no-prefix-cache",
         action="store_true",
         help="with --trace: use full input lengths instead of subtracting prefix hits",
     )
-    g.add_argument("--output-tokens", type=float, help="output length L_out (preset: 1024)")
-    g.add_argument("--bs-max", type=int, help="max decode batch per instance (preset: 20)")
+    g.add_argument(
+        "--output-tokens", type=positive_float, help="output length L_out (preset: 1024)"
+    )
+    g.add_argument("--bs-max", type=positive_int, help="max decode batch per instance (preset: 20)")
     slo = g.add_mutually_exclusive_group()
-    slo.add_argument("--t-decode-ms", type=float, help="decode step time, ms (preset: 25)")
+    slo.add_argument("--t-decode-ms", type=positive_float, help="decode step time, ms (preset: 25)")
     slo.add_argument(
-        "--decode-slo-tps", type=float, help="decode SLO in tokens/s; T_decode = 1 / SLO"
+        "--decode-slo-tps", type=positive_float, help="decode SLO in tokens/s; T_decode = 1 / SLO"
     )
     g.add_argument(
-        "--threshold-step", type=float, help="threshold grid step, tokens (default: 100)"
+        "--threshold-step", type=positive_float, help="threshold grid step, tokens (default: 100)"
     )
 
 
@@ -108,8 +124,8 @@ def parse_prices(text: str) -> dict[str, float]:
             price = float(value)
         except ValueError:
             price = float("nan")
-        if not sep or not hw.strip() or not price > 0:
-            raise UserError(f"--price wants HW=PRICE pairs with PRICE > 0, got {item!r}")
+        if not sep or not hw.strip() or not 0 < price < math.inf:
+            raise UserError(f"--price wants HW=PRICE pairs with a finite PRICE > 0, got {item!r}")
         prices[hw.strip().lower()] = price
     return prices
 
@@ -157,11 +173,27 @@ def settings_from_args(args: argparse.Namespace) -> PlanSettings:
     )
 
 
+def _check_grid_size(inputs: PlanInputs) -> None:
+    """Refuse a threshold step so fine that the grid over the length range would be huge."""
+    step = inputs.threshold_step_tokens
+    span = inputs.lengths.quantile(1.0) - inputs.lengths.quantile(0.0)
+    points = math.ceil(span / step) + 1
+    if points > MAX_THRESHOLD_GRID_POINTS:
+        raise UserError(
+            f"--threshold-step {step:g} makes {points:,} thresholds over {span:g} tokens; "
+            f"at most {MAX_THRESHOLD_GRID_POINTS:,} are allowed (use a step >= "
+            f"{span / (MAX_THRESHOLD_GRID_POINTS - 1):.3g})"
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     from prfaas.plan import resolve, run_plan
     from prfaas.plan.report import equal_cost_lines, input_lines, result_dict, table6
 
     inputs = resolve(settings_from_args(args))
+    _check_grid_size(inputs)
+    if args.plot:
+        prepare_output_dir(args.plot, "--plot")
     result = run_plan(inputs)
     if args.plot:
         from prfaas.plan.plot import write_figure5

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prfaas.cli._args import bounded_int, nonnegative_int, positive_float
 from prfaas.cli._output import add_json_flag, print_json
 from prfaas.errors import UserError
 
@@ -54,26 +55,42 @@ def _register_up(subparsers: Any) -> None:
     )
     p.add_argument("--config", default=None, help="topology TOML file (default: embedded)")
     p.add_argument("--model", default="qwen3_next", help="tiny preset or checkpoint directory")
-    p.add_argument("--port", type=int, default=8000, help="router port (embedded topology)")
-    p.add_argument("--threshold", type=int, default=128, help="offload threshold t, tokens")
+    p.add_argument(
+        "--port", type=bounded_int(1, 65535), default=8000, help="router port (embedded topology)"
+    )
+    p.add_argument(
+        "--threshold", type=nonnegative_int, default=128, help="offload threshold t, tokens"
+    )
     p.add_argument("--engine", choices=["torch", "emulated"], default="torch")
     p.add_argument("--failure", choices=["recompute", "fail"], default="recompute")
     p.add_argument("--log-dir", default=None, help="write each child's log to DIR/NAME.log")
-    p.add_argument("--ready-timeout", type=float, default=_READY_TIMEOUT_S, help="seconds")
+    p.add_argument("--ready-timeout", type=positive_float, default=_READY_TIMEOUT_S, help="seconds")
     add_json_flag(p)
     p.set_defaults(handler=_run_up)
 
 
 def _load(path: str) -> Any:
+    from prfaas.files import check_regular_file
     from prfaas.nodes.topology import load_topology
 
+    check_regular_file(Path(path))
     return load_topology(path)
+
+
+def _check_transport(topology: Any) -> None:
+    """Fail before serving when the topology's TLS files do not load (a service would only
+    find out inside its HTTP server's startup)."""
+    from prfaas.nodes.http import transport_config
+
+    if topology.transport.tls_cert is not None:
+        transport_config(topology)
 
 
 def _run_instance(args: argparse.Namespace) -> int:
     from prfaas.nodes.launcher import serve_instance
 
     topology = _load(args.config)
+    _check_transport(topology)
     instance = topology.instance(args.instance)
     if instance.role != args.command:
         raise UserError(
@@ -86,7 +103,9 @@ def _run_instance(args: argparse.Namespace) -> int:
 def _run_router(args: argparse.Namespace) -> int:
     from prfaas.nodes.launcher import serve_router
 
-    serve_router(_load(args.config))
+    topology = _load(args.config)
+    _check_transport(topology)
+    serve_router(topology)
     return 0
 
 
@@ -110,6 +129,7 @@ def _run_up(args: argparse.Namespace) -> int:
         else:
             config_path = Path(args.config).resolve()
         topology = _load(str(config_path))
+        _check_transport(topology)
         log_dir = Path(args.log_dir) if args.log_dir else None
         if log_dir is not None:
             log_dir.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from typing import Any
 
-from prfaas.cli._output import add_json_flag, format_table
+from prfaas.cli._args import (
+    bounded_int,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from prfaas.cli._output import add_json_flag, check_writable_dir, format_table, prepare_output_dir
 from prfaas.errors import UserError
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
+MAX_REQUESTS = 10_000_000  # arrivals one run may generate
+MAX_DURATION_S = 30 * 86400.0  # arrival window
+MAX_LINK_STEPS = 1_000_000  # link capacity changes over the simulated horizon
 
 
 def register(subparsers: Any) -> None:
@@ -35,28 +46,44 @@ def register(subparsers: Any) -> None:
         choices=["fixed", "cost-model"],
         help="decode step time: the paper's fixed 25 ms, or prfaas.perf's cost model on H20",
     )
-    p.add_argument("--rate", type=float, help="arrival rate, requests/s")
-    p.add_argument("--load", type=float, default=0.8, help="rate as a share of Λ_max (0.8)")
-    p.add_argument("--duration-s", type=float, help="arrival window, seconds (default 3600)")
-    p.add_argument("--num-requests", type=int, help="stop after this many arrivals")
+    p.add_argument("--rate", type=positive_float, help="arrival rate, requests/s")
+    p.add_argument(
+        "--load", type=positive_float, default=0.8, help="rate as a share of Λ_max (0.8)"
+    )
+    p.add_argument(
+        "--duration-s", type=positive_float, help="arrival window, seconds (default 3600)"
+    )
+    p.add_argument(
+        "--num-requests", type=bounded_int(1, MAX_REQUESTS), help="stop after this many arrivals"
+    )
     p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
-    p.add_argument("--cv", type=float, default=2.0, help="gamma inter-arrival CV (2.0)")
+    p.add_argument("--cv", type=positive_float, default=2.0, help="gamma inter-arrival CV (2.0)")
     p.add_argument("--trace", help="Mooncake .jsonl or Azure .csv trace to replay")
-    p.add_argument("--link-gbps", type=float, default=100.0, help="inter-cluster link (100)")
+    p.add_argument(
+        "--link-gbps", type=positive_float, default=100.0, help="inter-cluster link (100)"
+    )
     p.add_argument("--link-drop", metavar="AT_S:GBPS", help="link capacity drops at AT_S")
     p.add_argument(
         "--link-fluctuation", metavar="LOW:PERIOD_S", help="capacity uniform in [LOW,1]x per period"
     )
-    p.add_argument("--chunk-tokens", type=int, help="chunked prefill budget per step (tokens)")
-    p.add_argument("--slo-ttft-s", type=float, default=10.0, help="goodput TTFT SLO (10 s)")
-    p.add_argument("--slo-tpot-s", type=float, default=0.030, help="goodput TPOT SLO (0.030 s)")
-    p.add_argument("--drain-s", type=float, default=600.0, help="run after last arrival (600)")
+    p.add_argument(
+        "--chunk-tokens", type=positive_int, help="chunked prefill budget per step (tokens)"
+    )
+    p.add_argument(
+        "--slo-ttft-s", type=positive_float, default=10.0, help="goodput TTFT SLO (10 s)"
+    )
+    p.add_argument(
+        "--slo-tpot-s", type=positive_float, default=0.030, help="goodput TPOT SLO (0.030 s)"
+    )
+    p.add_argument(
+        "--drain-s", type=nonnegative_float, default=600.0, help="run after last arrival (600)"
+    )
     p.add_argument(
         "--static-threshold",
         action="store_true",
         help="route by t and global best prefix only (offload-delay and cache-affine rules off)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--find-max-rate", action="store_true", help="bisect the highest stable rate")
     p.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR")
     p.add_argument(
@@ -100,6 +127,30 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--link-gbps must be > 0, got {args.link_gbps}")
     if args.drain_s < 0:
         raise UserError(f"--drain-s must be >= 0, got {args.drain_s}")
+    _check_bounds(args)
+    if args.timeline is not None:
+        check_writable_dir(os.path.dirname(args.timeline) or ".", "--timeline")
+
+
+def _check_bounds(args: argparse.Namespace) -> None:
+    """Refuse runs whose request list or link schedule would be unbounded in practice."""
+    if args.duration_s is not None and args.duration_s > MAX_DURATION_S:
+        raise UserError(f"--duration-s must be <= {MAX_DURATION_S:g} s, got {args.duration_s:g}")
+    expected = None if args.rate is None else args.rate * (args.duration_s or 3600.0)
+    if args.num_requests is None and expected is not None and expected > MAX_REQUESTS:
+        raise UserError(
+            f"--rate x --duration-s makes about {expected:,.0f} requests; at most "
+            f"{MAX_REQUESTS:,} are allowed (lower one, or give --num-requests)"
+        )
+    fluctuation = _pair(args.link_fluctuation, "--link-fluctuation")
+    if fluctuation is not None and fluctuation[1] > 0:
+        horizon_s = (args.duration_s or 3600.0) + args.drain_s
+        if horizon_s / fluctuation[1] > MAX_LINK_STEPS:
+            raise UserError(
+                f"--link-fluctuation period {fluctuation[1]:g} s makes over {MAX_LINK_STEPS:,} "
+                f"capacity steps over {horizon_s:g} s; use a period >= "
+                f"{horizon_s / MAX_LINK_STEPS:.3g} s"
+            )
 
 
 def _scenarios(args: argparse.Namespace) -> list[Any]:
@@ -155,6 +206,8 @@ def run(args: argparse.Namespace) -> int:
     _check_args(args)
     check_preset(args.preset)
     scenarios = _scenarios(args)
+    if args.plot:
+        prepare_output_dir(args.plot, "--plot")
     case = load_case_study(args.h20_curve)
     show_progress = not args.json and sys.stderr.isatty()
     timeline: list[dict[str, Any]] | None = None if args.timeline is None else []
@@ -165,10 +218,7 @@ def run(args: argparse.Namespace) -> int:
     if timeline is not None:
         _write_timeline(args.timeline, timeline)
     if args.plot:
-        from prfaas.sim.report import write_plots
-
-        for path in write_plots(results, args.plot, is_max_rate=args.find_max_rate):
-            print(f"wrote {path}", file=sys.stderr)
+        _write_plots(args, results)
     if args.json:
         sys.stdout.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
     elif args.find_max_rate:
@@ -176,6 +226,17 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(_summary_table(results))
     return 0
+
+
+def _write_plots(args: argparse.Namespace, results: dict[str, Any]) -> None:
+    from prfaas.sim.report import write_plots
+
+    try:
+        written = write_plots(results, args.plot, is_max_rate=args.find_max_rate)
+    except OSError as exc:
+        raise UserError(f"cannot write plots into {args.plot}: {exc.strerror or exc}") from None
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
 
 
 def _write_timeline(path: str, events: list[dict[str, Any]]) -> None:

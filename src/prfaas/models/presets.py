@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.files import read_text_file
 from prfaas.models.hf_config import spec_from_config
 from prfaas.models.spec import ModelSpec
 
@@ -65,12 +66,9 @@ def _preset_name_of(file_name: str) -> str:
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a config.json; a missing, unreadable or malformed file is a UserError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    return _parse_json(text, str(path))
+    """Parse a config.json; a missing, unreadable, special, oversized, non-UTF-8 or malformed
+    file is a UserError."""
+    return _parse_json(read_text_file(path), str(path))
 
 
 def _parse_json(text: str, where: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 from typing import Any
 
 from fastapi import FastAPI
@@ -55,6 +56,8 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
     token = os.environ.get(TOKEN_ENV) or sec.token
     if token is None and sec.tls_cert is None:
         raise UserError(f"transport: set token, token_file or TLS files (or ${TOKEN_ENV})")
+    if sec.tls_cert is not None:
+        _check_tls_files(sec.tls_cert, sec.tls_key, sec.tls_ca)
     return TransportConfig(
         num_connections=sec.num_connections,
         token=token,
@@ -63,6 +66,20 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         tls_ca=sec.tls_ca,
         deadline_s=deadline_s or topology.policy.transfer_deadline_s,
     )
+
+
+def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:
+    """UserError unless the certificate, key and CA load as both sides' TLS contexts."""
+    from prfaas.transport.channel import client_tls_context, server_tls_context
+
+    if key is None or ca is None:
+        raise UserError("transport: TLS needs tls_cert, tls_key and tls_ca")
+    try:
+        client_tls_context(cert, key, ca)
+        server_tls_context(cert, key, ca)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise UserError(f"transport: cannot load TLS files {cert}, {key}, {ca}: {reason}") from None
 
 
 def serve_app(app: Any, address: str, name: str) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.files import read_text_file
 from prfaas.types import MIB
 
 TOKENS_COLUMNS = ("tokens", "num_tokens", "length", "prompt_tokens")
@@ -99,10 +100,7 @@ def load_profile(name_or_path: str | Path) -> PrefillProfile:
             f"unknown profile {text!r}: not a preset ({', '.join(list_profiles())}) "
             "and no such file"
         )
-    try:
-        content = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    content = read_text_file(path)
     kind = "json" if path.suffix.lower() == ".json" else "csv"
     return _from_text(content, kind, path.stem, str(path))
 

@@ -18,6 +18,7 @@ from typing import cast
 
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
+from prfaas.files import read_text_file
 from prfaas.plan.curves import parse_quadratic
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
 from prfaas.policy.throughput import LatencyCurve, SizeCurve
@@ -129,9 +130,7 @@ def settings_from_toml(path: str | Path, base: PlanSettings) -> PlanSettings:
     """`base` with the keys of a TOML file applied (keys are PlanSettings field names)."""
     file = Path(path)
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UserError(f"cannot read {file}: {exc.strerror or exc}") from None
+        data = tomllib.loads(read_text_file(file))
     except tomllib.TOMLDecodeError as exc:
         raise UserError(f"{file}: invalid TOML: {exc}") from None
     for key, value in data.items():
@@ -251,7 +250,9 @@ def resolve(settings: PlanSettings) -> PlanInputs:
         settings.pd_latency,
         settings.pd_latency_note,
     )
-    homogeneous_gpus = settings.homogeneous_gpus or settings.prfaas_gpus + settings.pd_gpus
+    homogeneous_gpus = settings.homogeneous_gpus
+    if homogeneous_gpus is None:  # not given; 0 is given, and refused by ClusterSpec
+        homogeneous_gpus = settings.prfaas_gpus + settings.pd_gpus
     homogeneous = replace(pd, num_gpus=homogeneous_gpus)
     kv_bytes, kv_source = _kv_curve(settings.model)
     lengths, lengths_source = _lengths(settings)

@@ -43,43 +43,14 @@ PROMPT = "Where does this request run?"
 def emulated_topology(directory: Path) -> Path:
     """One idle PrfaaS prefill instance and one PD decode instance that prefills itself
     (threshold beyond any prompt), emulated engines that do not sleep."""
-    token = directory / "token"
-    token.write_text("bench-token")
-    ports = [free_port() for _ in range(4)]
-    text = f"""
-[model]
-name = "qwen3_next"
-emulate = "paper-1t"
-time_scale = 0
-[router]
-http = "127.0.0.1:{ports[0]}"
-[policy]
-threshold = 1000000000
-[transport]
-token_file = "{token}"
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-  [[clusters.instances]]
-  name = "prfaas-prefill-0"
-  role = "prefill"
-  http = "127.0.0.1:{ports[1]}"
-  engine = "emulated"
-  hardware = "h200"
-[[clusters]]
-name = "pd"
-kind = "pd"
-  [[clusters.instances]]
-  name = "pd-decode-0"
-  role = "decode"
-  http = "127.0.0.1:{ports[2]}"
-  kv = "127.0.0.1:{ports[3]}"
-  engine = "emulated"
-  hardware = "h20"
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    return path
+    options = EmbeddedOptions(
+        router_port=free_port(),
+        threshold_tokens=1_000_000_000,
+        engine="emulated",
+        pd_prefill=False,
+        time_scale=0.0,
+    )
+    return embedded_topology(directory, options)
 
 
 def percentile(values: list[float], q: float) -> float:

@@ -16,9 +16,11 @@ def check_regular_file(path: Path, max_bytes: int = CONFIG_MAX_BYTES) -> None:
     try:
         info = path.stat()
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UserError(f"{path}: cannot read: Is a directory")
     if not stat.S_ISREG(info.st_mode):
-        raise UserError(f"{path} is not a regular file")
+        raise UserError(f"{path}: cannot read: not a regular file")
     if info.st_size > max_bytes:
         raise UserError(f"{path} is larger than the {max_bytes // 2**20} MiB allowed")
 
@@ -30,7 +32,7 @@ def read_text_file(path: Path, max_bytes: int = CONFIG_MAX_BYTES) -> str:
         with path.open("rb") as file:
             raw = file.read(max_bytes + 1)
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise UserError(f"{path}: cannot read: {exc.strerror or exc}") from None
     if len(raw) > max_bytes:
         raise UserError(f"{path} is larger than the {max_bytes // 2**20} MiB allowed")
     return decode_utf8(raw, path)

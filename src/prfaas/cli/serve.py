@@ -70,10 +70,8 @@ def _register_up(subparsers: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from prfaas.files import check_regular_file
     from prfaas.nodes.topology import load_topology
 
-    check_regular_file(Path(path))
     return load_topology(path)
 
 

@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
 from prfaas.nodes.auth import InternalAuth, deployment_token
-from prfaas.nodes.engines import PrefillRate, build_engine
+from prfaas.nodes.engines import build_engine
 from prfaas.nodes.http import (
     FIRST_TOKEN_HEADER,
     add_instance_routes,
@@ -56,7 +56,6 @@ class DecodeService:
         self.topology, self.instance = topology, instance
         self.loop = asyncio.get_running_loop()
         self.worker = EngineWorker(engine, self.loop, name=instance.name)
-        self.rate = PrefillRate(engine)
         self.registry = CollectorRegistry()
         self.receiver = _make_receiver(topology, instance, self._on_transfer, self._on_failure)
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}

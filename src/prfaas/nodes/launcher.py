@@ -73,6 +73,8 @@ class EmbeddedOptions:
     transfer_deadline_s: float = 30.0
     host: str = "127.0.0.1"
     api_keys: tuple[str, ...] = ()  # required Bearer keys; empty: open
+    pd_prefill: bool = True  # False: the PD decode instance prefills local requests itself
+    time_scale: float = 1.0  # emulated engines: multiple of the predicted durations slept
 
 
 def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
@@ -81,12 +83,16 @@ def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
     token_file.write_text(secrets.token_hex(16))
     token_file.chmod(0o600)
     host = options.host
-    ports = [free_port(host) for _ in range(4)]
     model = options.model if "/" not in options.model else str(Path(options.model).resolve())
+    instances = [("prfaas", "prfaas-prefill-0", "prefill", "h200")]
+    if options.pd_prefill:
+        instances.append(("pd", "pd-prefill-0", "prefill", "h20"))
+    instances.append(("pd", "pd-decode-0", "decode", "h20"))
     text = f"""\
-# prfaas up: the embedded deployment (one machine, three instances, loopback link)
+# prfaas up: the embedded deployment (one machine, loopback link)
 [model]
 name = {json.dumps(model)}
+time_scale = {options.time_scale}
 
 [router]
 http = "{host}:{options.router_port}"
@@ -102,37 +108,24 @@ transfer_deadline_s = {options.transfer_deadline_s}
 
 [transport]
 token_file = "{token_file}"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-  [[clusters.instances]]
-  name = "prfaas-prefill-0"
-  role = "prefill"
-  http = "{host}:{ports[0]}"
-  engine = "{options.engine}"
-  hardware = "h200"
-
-[[clusters]]
-name = "pd"
-kind = "pd"
-  [[clusters.instances]]
-  name = "pd-prefill-0"
-  role = "prefill"
-  http = "{host}:{ports[1]}"
-  engine = "{options.engine}"
-  hardware = "h20"
-  [[clusters.instances]]
-  name = "pd-decode-0"
-  role = "decode"
-  http = "{host}:{ports[2]}"
-  kv = "{host}:{ports[3]}"
-  engine = "{options.engine}"
-  hardware = "h20"
 """
+    for cluster in ("prfaas", "pd"):
+        text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
+        for _, name, role, hardware in (i for i in instances if i[0] == cluster):
+            text += _instance_toml(name, role, host, hardware, options.engine)
     path = directory / "topology.toml"
     path.write_text(text)
     return path
+
+
+def _instance_toml(name: str, role: str, host: str, hardware: str, engine: str) -> str:
+    """One `[[clusters.instances]]` entry on free ports of `host` (a KV port for decode)."""
+    kv = f'  kv = "{host}:{free_port(host)}"\n' if role == "decode" else ""
+    return (
+        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
+        f'  http = "{host}:{free_port(host)}"\n{kv}  engine = "{engine}"\n'
+        f'  hardware = "{hardware}"\n'
+    )
 
 
 def _die_with_parent() -> None:

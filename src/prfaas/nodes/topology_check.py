@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.files import read_text_file
 from prfaas.nodes.topology import (
     CLUSTER_KINDS,
     DTYPES,
@@ -307,16 +308,12 @@ class Table:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    """The parsed TOML of `path`; TopologyError for an unreadable, non-UTF-8 or invalid file."""
+    """The parsed TOML of `path`; TopologyError for an unreadable, special, oversized, non-UTF-8
+    or invalid file (reading is `prfaas.files`', like every other user file)."""
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise TopologyError([f"{path}: cannot read: {exc.strerror or exc}"]) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise TopologyError([f"{path}: line {line}: not UTF-8 text ({exc.reason})"]) from None
+        text = read_text_file(path)
+    except UserError as exc:
+        raise TopologyError([str(exc)]) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -2,7 +2,8 @@
 
     topology.py       the topology file (TOML) -> frozen configs, validated
     launcher.py       serve_instance / serve_router (one plain function per process), `prfaas up`
-    router.py         OpenAI-compatible front door: validate, tokenize, route, relay tokens
+    router.py         OpenAI-compatible front door: route, relay tokens, metrics, the app
+    intake.py         API key, body validation, tokenizing, max_tokens bounds -> GenerateRequest
     openai_api.py     request schemas and response bodies of the OpenAI API
     text.py           tokenizer and chat template on the router; incremental detokenization, stops
     dispatch.py       policy decision -> instances; drives the decode and prefill jobs

@@ -1,6 +1,6 @@
 """The router (`prfaas router`): the OpenAI-compatible front door of a PrfaaS deployment.
 
-Per request: check the API key, parse and validate the body, tokenize (chat template for chat),
+Per request: the `RequestIntake` (`intake.py`) checks the API key, validates and tokenizes; then
 ask the `Dispatcher` (policy + instance picking), log the decision as one JSON line with `req_id`
 and `transfer_id`, count it, put it in the `x-prfaas-route` / `x-prfaas-route-reason` headers,
 and relay the decode instance's tokens as text: whole, or as server-sent events ending with
@@ -13,13 +13,11 @@ instance) and `/metrics` (Prometheus).
 from __future__ import annotations
 
 import contextlib
-import hmac
 import json
 import logging
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -28,19 +26,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prfaas.errors import UserError
-from prfaas.messages import GenerateRequest, TokenDelta
+from prfaas.messages import TokenDelta
 from prfaas.nodes.auth import bearer, deployment_token
 from prfaas.nodes.dispatch import Dispatch, Dispatcher, NoInstanceError
 from prfaas.nodes.http import error_response, metrics_response
+from prfaas.nodes.intake import ApiError, Prepared, RequestIntake
 from prfaas.nodes.limits import BodySizeLimit
 from prfaas.nodes.monitor import ClusterMonitor
 from prfaas.nodes.openai_api import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    ResponseShape,
-    check_unsupported,
-    parse_body,
-    sampling_params,
     usage,
 )
 from prfaas.nodes.router_metrics import RouterMetrics
@@ -48,41 +41,16 @@ from prfaas.nodes.text import TextCodec, TextStream, load_codec
 from prfaas.nodes.topology import Topology
 
 log = logging.getLogger("prfaas.router")
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI JSON with this status."""
-
-    def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.kind, self.code = status, kind, code
-
-
-@dataclass
-class Prepared:
-    """A validated request, ready to dispatch."""
-
-    request: GenerateRequest
-    shape: ResponseShape
-    is_stream: bool
-    include_usage: bool
-    stop: tuple[str, ...]
-    arrived_at: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
-
-    @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.arrived_at
 
 
 class RouterService:
-    """Everything the handlers share: codec, monitor, dispatcher, metrics, HTTP client."""
+    """Everything the handlers share: intake, monitor, dispatcher, metrics, HTTP client."""
 
     def __init__(self, topology: Topology, codec: TextCodec) -> None:
         self.topology, self.codec = topology, codec
+        self.intake = RequestIntake(topology, codec)
         self.metrics = RouterMetrics()
-        self.model_id = topology.model.served_name
+        self.model_id = self.intake.model_id
 
     async def start(self) -> None:
         """Open the connection pool to the instances (on the serving loop) and start polling."""
@@ -97,78 +65,6 @@ class RouterService:
     async def close(self) -> None:
         await self.monitor.close()
         await self.client.close()
-
-    # ---- request preparation ---------------------------------------------------------------
-    def check_auth(self, request: Request) -> None:
-        keys = self.topology.router.api_keys
-        if not keys:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-            raise ApiError(
-                401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
-            )
-
-    def prepare(self, body: Any, is_chat: bool) -> Prepared:
-        schema = ChatCompletionRequest if is_chat else CompletionRequest
-        req = parse_body(schema, body)
-        check_unsupported(req)
-        if req.model != self.model_id:
-            raise ApiError(
-                404,
-                f"model {req.model!r} does not exist; serving {self.model_id!r}",
-                "invalid_request_error",
-                "model_not_found",
-            )
-        prompt_ids = self._prompt_ids(req, is_chat)
-        max_tokens = self._max_tokens(req, is_chat, len(prompt_ids))
-        sampling = sampling_params(req, max_tokens, self.codec.eos_token_id)
-        prefix = "chatcmpl" if is_chat else "cmpl"
-        req_id = f"{prefix}-{uuid.uuid4().hex}"
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return Prepared(
-            GenerateRequest(req_id, tuple(prompt_ids), sampling),
-            ResponseShape(is_chat, req_id, self.model_id),
-            req.stream,
-            include_usage,
-            sampling.stop,
-        )
-
-    def _prompt_ids(self, req: Any, is_chat: bool) -> list[int]:
-        if is_chat:
-            messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            ids = self.codec.encode(self.codec.chat_prompt(messages))
-        elif isinstance(req.prompt, str):
-            ids = self.codec.encode(req.prompt)
-        elif req.prompt and all(isinstance(p, str) for p in req.prompt):
-            if len(req.prompt) != 1:
-                raise UserError("prompt: a list of several prompts is not supported (send one)")
-            ids = self.codec.encode(req.prompt[0])
-        else:
-            ids = list(req.prompt)
-            bad = next((t for t in ids if not 0 <= t < self.codec.vocab_size), None)
-            if bad is not None:
-                raise UserError(f"prompt: token id {bad} is outside [0, {self.codec.vocab_size})")
-        if not ids:
-            raise UserError("prompt is empty")
-        return ids
-
-    def _max_tokens(self, req: Any, is_chat: bool, num_prompt: int) -> int:
-        asked = req.max_completion_tokens if is_chat and req.max_tokens is None else req.max_tokens
-        max_tokens = DEFAULT_MAX_TOKENS if asked is None else asked
-        if max_tokens < 1:
-            raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
-        limit = self.codec.max_model_len
-        if num_prompt + max_tokens > limit:
-            raise ApiError(
-                400,
-                f"this model's maximum context length is {limit} tokens; the request has "
-                f"{num_prompt} prompt tokens and asks for {max_tokens} more",
-                "invalid_request_error",
-                "context_length_exceeded",
-            )
-        return max_tokens
 
     # ---- dispatch and relay ----------------------------------------------------------------
     def route(self, prepared: Prepared) -> Dispatch:
@@ -315,7 +211,7 @@ def build_router_app(topology: Topology) -> FastAPI:
 
     async def generate(request: Request, is_chat: bool) -> Response:
         service: RouterService = app.state.service
-        service.check_auth(request)
+        service.intake.check_auth(request)
         try:
             body = json.loads(await request.body())
         except (ValueError, UnicodeDecodeError) as exc:
@@ -325,7 +221,7 @@ def build_router_app(topology: Topology) -> FastAPI:
                 "invalid_request_error",
                 "invalid_json",
             ) from exc
-        prepared = service.prepare(body, is_chat)
+        prepared = service.intake.prepare(body, is_chat)
         d = service.route(prepared)
         if prepared.is_stream:
             return StreamingResponse(
@@ -346,7 +242,7 @@ def build_router_app(topology: Topology) -> FastAPI:
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         service: RouterService = app.state.service
-        service.check_auth(request)
+        service.intake.check_auth(request)
         card = {
             "id": service.model_id,
             "object": "model",

@@ -1,6 +1,7 @@
 """The live services: thin glue between HTTP, the engine, the KV transport and the policy.
 
-    topology.py       the topology file (TOML) -> frozen configs, validated
+    topology.py       the topology file (TOML) -> frozen configs; topology_table.py reads typed
+                      keys, topology_check.py is the schema and its cross-checks
     launcher.py       serve_instance / serve_router (one plain function per process), `prfaas up`
     router.py         OpenAI-compatible front door: route, relay tokens, metrics, the app
     intake.py         API key, body validation, tokenizing, max_tokens bounds -> GenerateRequest

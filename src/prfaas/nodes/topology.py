@@ -166,7 +166,8 @@ def load_topology(path: str | Path, *, allow_generated_token: bool = False) -> T
     `allow_generated_token`: a file without a `[transport]` table is accepted and its token
     stays None, for a launcher that generates a token and hands it to the services it starts.
     """
-    from prfaas.nodes.topology_check import parse, read_toml
+    from prfaas.nodes.topology_check import parse
+    from prfaas.nodes.topology_table import read_toml
 
     file = Path(path)
     data = read_toml(file)

@@ -12,7 +12,7 @@ import platform
 import resource
 import time
 
-from prfaas.sim.presets import load_case_study
+from prfaas.cli._sim_setup import load_preset_setup
 from prfaas.sim.scenario import Scenario, build_config, build_requests
 from prfaas.sim.simulator import Simulator
 from prfaas.types import DeploymentKind
@@ -20,7 +20,7 @@ from prfaas.types import DeploymentKind
 
 def bench_one(case: object, scenario: Scenario, repeat: int) -> dict[str, float]:
     config = build_config(case, scenario)  # type: ignore[arg-type]
-    requests = build_requests(scenario, scenario.rate_per_s)
+    requests = build_requests(case, scenario, scenario.rate_per_s)  # type: ignore[arg-type]
     best_s = float("inf")
     result: dict[str, object] = {}
     for _ in range(repeat):
@@ -49,7 +49,7 @@ def main() -> int:
         "--fluctuation-period-s", type=float, help="random link capacity in [0.5, 1] x per period"
     )
     args = parser.parse_args()
-    case = load_case_study()
+    case = load_preset_setup()
     print(f"python {platform.python_version()}, {platform.machine()}, rate {args.rate:.4f} req/s")
     print("| deployment | requests | completed | events | wall (s) | events/s | sim end (s) |")
     print("|---|---|---|---|---|---|---|")

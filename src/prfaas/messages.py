@@ -174,6 +174,18 @@ class KVManifest:
     first_token_id: int | None  # token sampled from the last prefill logits, if any
     cache_meta: JSONDict = field(default_factory=dict)  # cache-level metadata (class name, ...)
     model_fingerprint: str = ""  # identity of the producing weights; importers refuse a mismatch
+    # tokens at the start of every full-attention/MLA layer that this payload does NOT carry
+    # because the receiver holds them in its prefix cache (0: the payload carries all of them)
+    num_prefix_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_prefix_tokens < 0 or (
+            self.num_prefix_tokens > 0 and self.num_prefix_tokens >= self.num_computed_tokens
+        ):
+            raise UserError(
+                f"manifest of {self.req_id!r}: num_prefix_tokens must be in "
+                f"[0, num_computed_tokens={self.num_computed_tokens}), got {self.num_prefix_tokens}"
+            )
 
     @property
     def total_bytes(self) -> int:
@@ -190,6 +202,7 @@ class KVManifest:
             "first_token_id": self.first_token_id,
             "cache_meta": self.cache_meta,
             "model_fingerprint": self.model_fingerprint,
+            "num_prefix_tokens": self.num_prefix_tokens,
         }
 
     @classmethod
@@ -205,6 +218,7 @@ class KVManifest:
             first_token_id=None if first is None else int(first),
             cache_meta=dict(d.get("cache_meta", {})),
             model_fingerprint=str(d.get("model_fingerprint", "")),
+            num_prefix_tokens=int(d.get("num_prefix_tokens", 0)),
         )
 
 
@@ -259,6 +273,9 @@ class PrefillJob:
     transfer_id: str  # names the KV shipment; the decode instance waits for this id
     decode_kv_address: str  # "host:port" of the chosen decode instance's KV receiver
     deadline_s: float  # the transfer must be acknowledged within this many seconds
+    # leading prompt tokens whose full-attention KV the decode instance already caches: the
+    # payload leaves them out (fixed-size states always travel whole)
+    num_receiver_prefix_tokens: int = 0
 
     def to_dict(self) -> JSONDict:
         return {
@@ -266,15 +283,20 @@ class PrefillJob:
             "transfer_id": self.transfer_id,
             "decode_kv_address": self.decode_kv_address,
             "deadline_s": self.deadline_s,
+            "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
         }
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> PrefillJob:
+        num_prefix = _non_negative_int(
+            d.get("num_receiver_prefix_tokens", 0), "num_receiver_prefix_tokens"
+        )
         return cls(
             GenerateRequest.from_dict(d["request"]),
             str(d["transfer_id"]),
             str(d["decode_kv_address"]),
             float(d["deadline_s"]),
+            num_prefix,
         )
 
 
@@ -291,6 +313,7 @@ class PrefillResult:
     prefill_s: float = 0.0  # forward pass, layer callback included
     transfer_tail_s: float = 0.0  # from the end of the forward pass to the receiver's ACK
     error: str | None = None  # why, when not ok
+    num_cached_tokens: int = 0  # prompt tokens reused from the instance's prefix cache
 
     def to_dict(self) -> JSONDict:
         return asdict(self)
@@ -308,6 +331,7 @@ class PrefillResult:
             prefill_s=float(d.get("prefill_s", 0.0)),
             transfer_tail_s=float(d.get("transfer_tail_s", 0.0)),
             error=d.get("error"),
+            num_cached_tokens=int(d.get("num_cached_tokens", 0)),
         )
 
 
@@ -323,6 +347,7 @@ class DecodeJob:
     deadline_s: float  # how long to wait for the state before the failure policy applies
     failure_policy: str = "recompute"  # "recompute": prefill locally; "fail": end with an error
     stream: bool = True  # deltas as they come; False: all of them in one response at the end
+    num_prefix_tokens: int = 0  # prefix KV expected from this instance's cache, not in transfer
 
     def to_dict(self) -> JSONDict:
         return {
@@ -331,6 +356,7 @@ class DecodeJob:
             "deadline_s": self.deadline_s,
             "failure_policy": self.failure_policy,
             "stream": self.stream,
+            "num_prefix_tokens": self.num_prefix_tokens,
         }
 
     @classmethod
@@ -342,6 +368,7 @@ class DecodeJob:
             float(d["deadline_s"]),
             str(d.get("failure_policy", "recompute")),
             bool(d.get("stream", True)),
+            _non_negative_int(d.get("num_prefix_tokens", 0), "num_prefix_tokens"),
         )
 
 
@@ -357,6 +384,8 @@ class InstanceStats:
     queued_prefill_s: float  # expected seconds to finish the queued prefill work
     num_transfers_in_flight: int = 0  # KV transfers sent and not yet acknowledged
     links: tuple[JSONDict, ...] = ()  # per destination: measured LinkStats as a dict
+    prefix_cache_bytes: int = 0  # bytes held by the instance's prefix cache (0: none)
+    prefill_tokens_per_s: float = 0.0  # measured prefill rate of this instance (0: unknown)
 
     def to_dict(self) -> JSONDict:
         return {**asdict(self), "links": list(self.links)}
@@ -372,4 +401,13 @@ class InstanceStats:
             queued_prefill_s=float(d["queued_prefill_s"]),
             num_transfers_in_flight=int(d.get("num_transfers_in_flight", 0)),
             links=tuple(dict(x) for x in d.get("links", ())),
+            prefix_cache_bytes=int(d.get("prefix_cache_bytes", 0)),
+            prefill_tokens_per_s=float(d.get("prefill_tokens_per_s", 0.0)),
         )
+
+
+def _non_negative_int(value: object, name: str) -> int:
+    number = int(str(value))
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number

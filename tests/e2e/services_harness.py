@@ -60,6 +60,7 @@ def start_system(
     failure: str = "recompute",
     threshold: int = 64,
     deadline_s: float = 60.0,
+    prefix_block_tokens: int | None = None,
 ) -> System:
     options = EmbeddedOptions(
         model=preset,
@@ -68,6 +69,7 @@ def start_system(
         failure=failure,
         transfer_deadline_s=deadline_s,
         api_keys=(API_KEY,),
+        prefix_block_tokens=prefix_block_tokens,
     )
     path = embedded_topology(tmp, options)
     topology = load_topology(path)

@@ -17,6 +17,7 @@ from prfaas.cli._args import (
     positive_int,
 )
 from prfaas.cli._output import add_json_flag, check_writable_dir, format_table, prepare_output_dir
+from prfaas.cli._plan_inputs import add_input_flags, settings_from_args
 from prfaas.errors import UserError
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
@@ -30,15 +31,18 @@ def register(subparsers: Any) -> None:
         "sim",
         help="simulate PrfaaS-PD, homogeneous PD and naive heterogeneous deployments",
         description="Discrete-event simulation with queueing, batching, a shared link and the "
-        "real routing policy. Without --rate each deployment runs at --load x its model Λ_max.",
+        "real routing policy. Takes the inputs of `prfaas plan`; each deployment starts from the "
+        "planner's split and threshold for its own link and workload. Without --rate each "
+        "deployment runs at --load x its model Λ_max.",
     )
-    p.add_argument("--preset", default="paper-case-study", help="setup (paper-case-study)")
+    add_input_flags(p)
     p.add_argument("--deployment", default="all", choices=[*DEPLOYMENTS, "all"])
     p.add_argument(
-        "--h20-curve",
-        default="inferred",
-        choices=["inferred", "predicted"],
-        help="H20 prefill latency: inferred from Table 6, or predicted by prfaas.perf",
+        "--routing",
+        default="cache-aware",
+        choices=["cache-aware", "length-only"],
+        help="PrfaaS-PD routes on the uncached length (cache-aware) or on the whole prompt "
+        "(length-only; the chosen cluster still reuses its own cached prefix)",
     )
     p.add_argument(
         "--decode-step",
@@ -58,10 +62,6 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
     p.add_argument("--cv", type=positive_float, default=2.0, help="gamma inter-arrival CV (2.0)")
-    p.add_argument("--trace", help="Mooncake .jsonl or Azure .csv trace to replay")
-    p.add_argument(
-        "--link-gbps", type=positive_float, default=100.0, help="inter-cluster link (100)"
-    )
     p.add_argument("--link-drop", metavar="AT_S:GBPS", help="link capacity drops at AT_S")
     p.add_argument(
         "--link-fluctuation", metavar="LOW:PERIOD_S", help="capacity uniform in [LOW,1]x per period"
@@ -83,8 +83,32 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="route by t and global best prefix only (offload-delay and cache-affine rules off)",
     )
+    p.add_argument(
+        "--controller",
+        default="static",
+        choices=["static", "adaptive"],
+        help="PrfaaS-PD: keep the planned t and split (static), or re-search t and convert PD "
+        "roles every period, with routing hysteresis (adaptive; JSON 'controller' has the log)",
+    )
+    p.add_argument(
+        "--controller-period-s",
+        type=positive_float,
+        default=30.0,
+        help="with --controller adaptive: seconds between controller ticks (30)",
+    )
     p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--find-max-rate", action="store_true", help="bisect the highest stable rate")
+    p.add_argument(
+        "--max-ttft-p90-s",
+        type=positive_float,
+        help="with --find-max-rate: a stable rate also keeps the run's TTFT p90 at most this",
+    )
+    p.add_argument(
+        "--window-s",
+        type=positive_float,
+        default=300.0,
+        help="arrival windows of the JSON 'windows' series, seconds (300)",
+    )
     p.add_argument("--plot", metavar="DIR", help="write PNG plots to DIR")
     p.add_argument(
         "--timeline", metavar="FILE", help="write a Chrome trace (Perfetto) of every request"
@@ -117,14 +141,16 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--load must be > 0, got {args.load}")
     if args.timeline is not None and args.find_max_rate:
         raise UserError("--timeline records one run; it does not apply to --find-max-rate")
-    if args.trace is not None and args.arrival == "gamma":
-        raise UserError("--arrival gamma does not apply to --trace (the trace has its own timing)")
+    if args.max_ttft_p90_s is not None and not args.find_max_rate:
+        raise UserError("--max-ttft-p90-s is a criterion of --find-max-rate")
+    if args.controller == "adaptive" and args.find_max_rate:
+        raise UserError("--controller adaptive applies to single runs, not --find-max-rate")
+    if not (math.isfinite(args.controller_period_s) and args.controller_period_s > 0):
+        raise UserError(f"--controller-period-s must be > 0, got {args.controller_period_s}")
     if args.chunk_tokens is not None and args.chunk_tokens < 1:
         raise UserError(f"--chunk-tokens must be >= 1, got {args.chunk_tokens}")
     if args.num_requests is not None and args.num_requests < 1:
         raise UserError(f"--num-requests must be >= 1, got {args.num_requests}")
-    if not (math.isfinite(args.link_gbps) and args.link_gbps > 0):
-        raise UserError(f"--link-gbps must be > 0, got {args.link_gbps}")
     if args.drain_s < 0:
         raise UserError(f"--drain-s must be >= 0, got {args.drain_s}")
     _check_bounds(args)
@@ -153,14 +179,15 @@ def _check_bounds(args: argparse.Namespace) -> None:
             )
 
 
-def _scenarios(args: argparse.Namespace) -> list[Any]:
+def _scenarios(args: argparse.Namespace, settings: Any) -> list[Any]:
+    """One scenario per deployment; a trace is replayed whole unless limited."""
     from prfaas.sim.scenario import Scenario
     from prfaas.types import DeploymentKind
-    from prfaas.workload import load_trace
 
-    trace = tuple(load_trace(args.trace)) if args.trace else None
+    if settings.trace is not None and args.arrival == "gamma":
+        raise UserError("--arrival gamma does not apply to --trace (the trace has its own timing)")
     duration_s = args.duration_s
-    if duration_s is None and args.num_requests is None:
+    if duration_s is None and args.num_requests is None and settings.trace is None:
         duration_s = 3600.0
     kinds = DEPLOYMENTS if args.deployment == "all" else (args.deployment,)
     return [
@@ -171,8 +198,7 @@ def _scenarios(args: argparse.Namespace) -> list[Any]:
             cv=args.cv if args.arrival == "gamma" else None,
             duration_s=duration_s,
             num_requests=args.num_requests,
-            trace=trace,
-            link_gbps=args.link_gbps,
+            link_gbps=settings.link_gbps,
             link_drop=_pair(args.link_drop, "--link-drop"),
             link_fluctuation=_pair(args.link_fluctuation, "--link-fluctuation"),
             seed=args.seed,
@@ -182,6 +208,8 @@ def _scenarios(args: argparse.Namespace) -> list[Any]:
             drain_s=args.drain_s,
             static_threshold=args.static_threshold,
             decode_step=args.decode_step,
+            routing=args.routing,
+            window_s=args.window_s,
         )
         for kind in kinds
     ]
@@ -201,20 +229,20 @@ def _progress_bar(enabled: bool, total_s: float, label: str) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    from prfaas.sim.presets import check_preset, load_case_study
+    from prfaas.cli._sim_setup import load_setup
 
     _check_args(args)
-    check_preset(args.preset)
-    scenarios = _scenarios(args)
+    settings = settings_from_args(args)
+    scenarios = _scenarios(args, settings)
     if args.plot:
         prepare_output_dir(args.plot, "--plot")
-    case = load_case_study(args.h20_curve)
+    case = load_setup(settings)
     show_progress = not args.json and sys.stderr.isatty()
     timeline: list[dict[str, Any]] | None = None if args.timeline is None else []
     if args.find_max_rate:
-        results = _find_max_rates(case, scenarios, show_progress, args)
+        results = _find_max_rates(case, scenarios, show_progress, args.max_ttft_p90_s)
     else:
-        results = _simulate_all(case, scenarios, show_progress, timeline)
+        results = _simulate_all(case, scenarios, show_progress, timeline, _controller(args))
     if timeline is not None:
         _write_timeline(args.timeline, timeline)
     if args.plot:
@@ -253,7 +281,9 @@ def _simulate_all(
     scenarios: list[Any],
     show_progress: bool,
     timeline: list[dict[str, Any]] | None = None,
+    controller: Any = None,
 ) -> dict[str, Any]:
+    from prfaas.sim.adaptive import run_adaptive
     from prfaas.sim.scenario import run_scenario
 
     results = {}
@@ -264,58 +294,55 @@ def _simulate_all(
             def progress(now: float, bar: Any = bar) -> None:
                 bar.update(max(0, round(now) - bar.n))
 
-            results[str(scenario.kind)] = run_scenario(case, scenario, progress, timeline)
+            if controller is None:
+                results[str(scenario.kind)] = run_scenario(case, scenario, progress, timeline)
+            else:
+                run = run_adaptive(case, scenario, controller, progress, timeline)
+                results[str(scenario.kind)] = run
     return results
 
 
+def _controller(args: argparse.Namespace) -> Any:
+    """The adaptive controller's config (`--controller adaptive`), or None (static)."""
+    if args.controller != "adaptive":
+        return None
+    from prfaas.policy.controller import ControllerConfig
+
+    return ControllerConfig(period_s=args.controller_period_s)
+
+
 def _find_max_rates(
-    case: Any, scenarios: list[Any], show_progress: bool, args: argparse.Namespace
+    case: Any, scenarios: list[Any], show_progress: bool, max_ttft_p90_s: float | None
 ) -> dict[str, Any]:
     from prfaas.sim.scenario import max_rate
 
-    planner = _planner_optima(args)
     results = {}
     for scenario in scenarios:
         if show_progress:
             print(f"searching max rate: {scenario.kind}", file=sys.stderr)
-        found = max_rate(case, scenario)
-        found["planner"] = planner[str(scenario.kind)]
-        results[str(scenario.kind)] = found
+        results[str(scenario.kind)] = max_rate(case, scenario, max_ttft_p90_s=max_ttft_p90_s)
     return results
-
-
-def _planner_optima(args: argparse.Namespace) -> dict[str, Any]:
-    """`prfaas plan`'s own optimum per deployment (its split may differ from the simulated one)."""
-    from prfaas.plan import get_preset, resolve, run_plan, with_overrides
-
-    settings = with_overrides(
-        get_preset(args.preset),
-        link_gbps=args.link_gbps,
-        trace=args.trace,
-        pd_latency="cost-model" if args.h20_curve == "predicted" else None,
-    )
-    result = run_plan(resolve(settings))
-    return {
-        str(plan.kind): {
-            "lambda_max": round(plan.point.lambda_max_per_s, 6),
-            "split": [plan.num_prfaas, plan.num_pd_p, plan.num_pd_d],
-        }
-        for plan in (result.prfaas, result.homogeneous, result.naive)
-    }
 
 
 def _fmt(value: Any, digits: int = 2) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _split(split: list[int]) -> str:
+    """N_prfaas / N_p / N_d, '-' for a cluster the deployment does not have."""
+    return "/".join(str(n) if n else "-" for n in split)
+
+
 def _summary_table(results: dict[str, Any]) -> str:
     headers = [
-        "deployment", "rate", "Λ_max", "thru", "goodput", "TTFT p50", "p90", "p99",
+        "deployment", "split", "t", "rate", "Λ_max", "thru", "goodput", "TTFT p50", "p90", "p99",
         "TPOT p99 ms", "offload", "egress Gbps", "unfinished",
     ]  # fmt: skip
     rows = [
         [
             kind,
+            _split(r["split"]),
+            _fmt(r["threshold_tokens"], 0),
             _fmt(r["offered_rate_rps"]),
             _fmt(r["model_lambda_max_rps"]),
             _fmt(r["throughput_rps"]),
@@ -334,23 +361,16 @@ def _summary_table(results: dict[str, Any]) -> str:
 
 
 def _max_rate_table(results: dict[str, Any]) -> str:
-    headers = [
-        "deployment",
-        "max rate (req/s)",
-        "model Λ_max",
-        "sim / model",
-        "planner Λ_max",
-        "planner split",
-        "probes",
-    ]
+    headers = ["deployment", "split", "t", "max rate (req/s)", "model Λ_max", "sim / model"]
+    headers.append("probes")
     rows = [
         [
             kind,
+            _split(r["split"]),
+            _fmt(r["threshold_tokens"], 0),
             _fmt(r["max_rate"], 3),
             _fmt(r["model_lambda_max"], 3),
             _fmt(r["ratio_vs_model"], 3),
-            _fmt(r["planner"]["lambda_max"], 3),
-            "/".join("-" if n is None else str(n) for n in r["planner"]["split"]),
             len(r["probes"]),
         ]
         for kind, r in results.items()

@@ -21,7 +21,7 @@ import hashlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import torch
 
 from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
 from prfaas.engine.validation import (
+    PrefixMiss,
     check_distinct_ids,
     check_exportable,
     check_manifest_request,
@@ -47,6 +48,8 @@ from prfaas.messages import (
 )
 from prfaas.models import LayerSpec, ModelSpec, load_model_spec
 from prfaas.perf import CostModel, get_hardware
+from prfaas.prefix_cache import HybridPrefixPool, block_hashes
+from prfaas.prefix_cache.config import PrefixCacheConfig
 
 LayerCallback = Callable[[str, LayerState], None]
 _PATTERN_BYTES = 8
@@ -65,13 +68,23 @@ class EmulatedRequest:
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     error: str | None = None  # why, when finish_reason is "error"
+    prompt_token_ids: tuple[int, ...] = ()  # known for local prefills and for imports given them
+    num_cached_tokens: int = 0  # prompt tokens reused from the prefix cache
+    transfer_id: str | None = None  # exported state held for this transfer until `free`
+    lease_id: int | None = None  # prefix-cache pin held until import or `free`
 
 
 def layer_tensor_sizes(
-    layer: LayerSpec, num_tokens: int, kv_dtype: str, state_dtype: str, conv_dtype: str
+    layer: LayerSpec,
+    num_tokens: int,
+    kv_dtype: str,
+    state_dtype: str,
+    conv_dtype: str,
+    num_prefix_tokens: int = 0,
 ) -> list[tuple[str, int]]:
-    """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out."""
-    kv = layer.kv_bytes_per_token(kv_dtype) * num_tokens
+    """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out; the
+    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it)."""
+    kv = layer.kv_bytes_per_token(kv_dtype) * (num_tokens - num_prefix_tokens)
     kv += layer.window_bytes_per_token(kv_dtype) * min(num_tokens, layer.window)
     parts = [
         ("kv", kv),
@@ -125,9 +138,11 @@ class EmulatedEngine:
         max_batch_size: int = 256,
         sleep: Callable[[float], None] = time.sleep,
         max_positions: int | None = None,
+        prefix_cache: PrefixCacheConfig | None = None,
     ):
         """`max_positions` caps prompt + generated tokens; None takes the spec's
-        `max_position_embeddings` when it has one, else there is no limit."""
+        `max_position_embeddings` when it has one, else there is no limit. With `prefix_cache`
+        the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`)."""
         self.spec = spec
         self.cost = cost
         # the cost model is pure: remember its answers (steady traffic repeats them)
@@ -143,6 +158,14 @@ class EmulatedEngine:
         spec_limit = getattr(spec, "max_position_embeddings", None)
         self.max_positions: int | None = max_positions if max_positions is not None else spec_limit
         self._vocab_size = spec.vocab_size if spec.vocab_size > 0 else None
+        self.prefix = (
+            None if prefix_cache is None else EmulatedPrefixCache(spec, kv_dtype, prefix_cache)
+        )
+
+    @property
+    def prefix_pool(self) -> HybridPrefixPool | None:
+        """The prefix cache's bookkeeping (events, bytes), or None without a prefix cache."""
+        return None if self.prefix is None else self.prefix.pool
 
     @property
     def arch(self) -> str:
@@ -155,7 +178,8 @@ class EmulatedEngine:
 
     def add_request(self, request: GenerateRequest) -> None:
         self._check_request(request)
-        self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
+        state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
+        state.prompt_token_ids = tuple(request.prompt_token_ids)
         self._waiting.append(request.req_id)
 
     def _check_request(self, request: GenerateRequest) -> None:
@@ -174,9 +198,30 @@ class EmulatedEngine:
         return state
 
     def free(self, req_id: str) -> None:
-        self.requests.pop(req_id, None)
+        """Drop a request; its transfer reservation and pins end, and a finished request's
+        blocks (prompt and output) stay in the prefix cache."""
+        state = self.requests.pop(req_id, None)
         if req_id in self._waiting:
             self._waiting.remove(req_id)
+        if self.prefix is not None:
+            self.prefix.unpin(req_id)
+            if state is not None:
+                self.prefix.retire(state)
+
+    def num_cached_tokens(self, req_id: str) -> int:
+        """Prompt tokens the request's prefill reused from the prefix cache."""
+        return self._get(req_id).num_cached_tokens
+
+    def pin_prefix(self, req_id: str, prompt_token_ids: Sequence[int], num_tokens: int) -> bool:
+        """Keep the full-attention KV of the prompt's first `num_tokens` tokens cached until
+        `req_id` is imported or freed; False when they are not (all) cached."""
+        if self.prefix is None:
+            return False
+        return self.prefix.pin(req_id, prompt_token_ids, num_tokens)
+
+    def cached_prefix_tokens(self, prompt_token_ids: Sequence[int]) -> int:
+        """Prompt tokens whose full-attention KV this engine holds (what a receiver can skip)."""
+        return 0 if self.prefix is None else self.prefix.receiver_tokens(prompt_token_ids)
 
     def has_unfinished(self) -> bool:
         return any(r.finish_reason is None for r in self.requests.values())
@@ -187,11 +232,15 @@ class EmulatedEngine:
         requests: Sequence[GenerateRequest],
         on_layer: LayerCallback | None = None,
         chunk_size: int | None = None,
+        skip_tokens: Mapping[str, int] | None = None,
     ) -> list[int]:
         """Sleep each request's predicted prefill time, layer by layer; first tokens.
 
-        Every request is checked before any is prefilled; one whose prefill raises (`on_layer`)
-        is dropped from the engine and the error propagates.
+        With a prefix cache only the tokens after the longest usable cached prefix are computed
+        (and timed). `skip_tokens[req_id]` leaves that many leading tokens' full-attention KV out
+        of the layer callback's states (the receiver has them). Every request is checked before
+        any is prefilled; one whose prefill raises (`on_layer`) is dropped from the engine and
+        the error propagates.
         """
         check_distinct_ids([request.req_id for request in requests])
         for request in requests:
@@ -199,39 +248,55 @@ class EmulatedEngine:
         first_tokens = []
         for request in requests:
             state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
+            state.prompt_token_ids = tuple(request.prompt_token_ids)
+            num_skip = (skip_tokens or {}).get(request.req_id, 0)
             try:
-                first_tokens.append(self._prefill_one(state, on_layer))
+                first_tokens.append(self._prefill_one(state, on_layer, num_skip))
             except BaseException:
                 self.free(state.req_id)
                 raise
         return first_tokens
 
-    def _prefill_one(self, state: EmulatedRequest, on_layer: LayerCallback | None) -> int:
-        per_layer_s = self._t_prefill_s(state.num_prompt_tokens) / self.spec.num_layers
+    def _prefill_one(
+        self, state: EmulatedRequest, on_layer: LayerCallback | None, num_skip: int = 0
+    ) -> int:
+        check_skip_tokens(state.req_id, num_skip, state.num_prompt_tokens)
+        if self.prefix is not None and state.prompt_token_ids:
+            state.num_cached_tokens = self.prefix.reusable_tokens(state.prompt_token_ids)
+        num_computed = state.num_prompt_tokens - state.num_cached_tokens
+        per_layer_s = self._t_prefill_s(num_computed) / self.spec.num_layers
         state.num_computed_tokens = state.num_prompt_tokens
         offset = 0
         for layer in self.spec.layers:
             self.sleep(per_layer_s)
             if on_layer is not None:
-                layer_state = self._export_layer(state, layer, offset)
+                layer_state = self._export_layer(state, layer, offset, num_skip)
                 offset += layer_state.entry.num_bytes
                 on_layer(state.req_id, layer_state)
+        if self.prefix is not None and state.prompt_token_ids:
+            self.prefix.store_prompt(state.prompt_token_ids)
         token = self._next_token(state)
         self._finish_if_done(state)
         return token
 
-    def _tensor_sizes(self, layer: LayerSpec, num_tokens: int) -> list[tuple[str, int]]:
+    def _tensor_sizes(
+        self, layer: LayerSpec, num_tokens: int, num_prefix_tokens: int = 0
+    ) -> list[tuple[str, int]]:
         return layer_tensor_sizes(
             layer,
             num_tokens,
             self.kv_dtype,
             self.spec.recurrent_state_dtype,
             self.spec.activation_dtype,
+            num_prefix_tokens,
         )
 
-    def _export_layer(self, state: EmulatedRequest, layer: LayerSpec, offset: int) -> LayerState:
+    def _export_layer(
+        self, state: EmulatedRequest, layer: LayerSpec, offset: int, num_prefix_tokens: int = 0
+    ) -> LayerState:
         entries, buffers = [], []
-        for suffix, size in self._tensor_sizes(layer, state.num_computed_tokens):
+        sizes = self._tensor_sizes(layer, state.num_computed_tokens, num_prefix_tokens)
+        for suffix, size in sizes:
             name = f"L{layer.index}/{suffix}"
             entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
             buffers.append(pattern_tensor(self.seed, state.req_id, name, size).numpy().data)
@@ -239,16 +304,21 @@ class EmulatedEngine:
         entry = LayerEntry(layer.index, layer.kind.value, "EmulatedLayer", {}, tuple(entries))
         return LayerState(entry, buffers)
 
-    def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
-        """Manifest and synthetic payload of the model's real state size at this length.
+    def export(
+        self, req_id: str, transfer_id: str | None = None, num_prefix_tokens: int = 0
+    ) -> ExportedState:
+        """Manifest and synthetic payload of the model's real state size at this length,
+        without the full-attention KV of the first `num_prefix_tokens` tokens.
 
         Only a request holding just its first output token can be exported, as with `Engine`.
+        With a prefix cache the payload's bytes are reserved in its budget until `free`.
         """
         state = self._get(req_id)
         check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
+        check_skip_tokens(req_id, num_prefix_tokens, state.num_computed_tokens)
         layers, buffers, offset = [], [], 0
         for layer in self.spec.layers:
-            layer_state = self._export_layer(state, layer, offset)
+            layer_state = self._export_layer(state, layer, offset, num_prefix_tokens)
             layers.append(layer_state.entry)
             buffers.extend(layer_state.buffers)
             offset += layer_state.entry.num_bytes
@@ -262,7 +332,10 @@ class EmulatedEngine:
             first_token_id=state.output_token_ids[0],
             cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
             model_fingerprint=self.fingerprint,
+            num_prefix_tokens=num_prefix_tokens,
         )
+        if self.prefix is not None:
+            self.prefix.reserve(state, manifest.transfer_id, offset)
         return ExportedState(manifest, buffers)
 
     # ---- import and decode ------------------------------------------------------------------
@@ -273,13 +346,22 @@ class EmulatedEngine:
         sampling: SamplingParams | None = None,
         *,
         copy: bool = False,
+        prompt_token_ids: Sequence[int] | None = None,
     ) -> EmulatedRequest:
-        """Check every byte of an emulated payload, then decode the request on `step`."""
+        """Check every byte of an emulated payload, then decode the request on `step`.
+
+        A manifest that leaves out a prefix (`num_prefix_tokens`) needs the prompt's ids and that
+        prefix in this engine's cache (`PrefixMiss` otherwise)."""
         check_manifest_request(manifest, self._vocab_size, self.max_positions)
         self._check(manifest, buffers)
+        if manifest.num_prefix_tokens > 0:
+            self._check_local_prefix(manifest, prompt_token_ids)
+        if self.prefix is not None:
+            self.prefix.unpin(manifest.req_id)
         state = self._register(
             manifest.req_id, manifest.num_computed_tokens, sampling or SamplingParams()
         )
+        state.prompt_token_ids = tuple(prompt_token_ids or ())
         state.num_computed_tokens = manifest.num_computed_tokens
         state.output_token_ids.append(int(manifest.first_token_id or 0))
         self._finish_if_done(state)
@@ -297,6 +379,22 @@ class EmulatedEngine:
         finish_reason = state.finish_reason if len(state.output_token_ids) == 1 else None
         return self._token_delta(state, state.output_token_ids[0], finish_reason)
 
+    def _check_local_prefix(
+        self, manifest: KVManifest, prompt_token_ids: Sequence[int] | None
+    ) -> None:
+        num_prefix = manifest.num_prefix_tokens
+        if not prompt_token_ids:
+            raise PrefixMiss(
+                f"{manifest.req_id}: a transfer without its first {num_prefix} "
+                "tokens needs the prompt's token ids"
+            )
+        held = self.cached_prefix_tokens(prompt_token_ids)
+        if held < num_prefix:
+            raise PrefixMiss(
+                f"{manifest.req_id}: the transfer leaves out {num_prefix} prefix tokens, this "
+                f"instance's prefix cache holds {held}"
+            )
+
     def _check(self, manifest: KVManifest, buffers: Sequence[Any]) -> None:
         if manifest.arch != self.arch or manifest.num_layers != self.spec.num_layers:
             raise ManifestMismatch(
@@ -309,7 +407,9 @@ class EmulatedEngine:
         payload = PayloadView(buffers)
         seed = int(manifest.cache_meta.get("seed", self.seed))
         for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
-            expected = self._tensor_sizes(layer, manifest.num_computed_tokens)
+            expected = self._tensor_sizes(
+                layer, manifest.num_computed_tokens, manifest.num_prefix_tokens
+            )
             got = [(t.name.split("/", 1)[1], t.num_bytes) for t in entry.tensors]
             if got != expected:
                 raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
@@ -383,3 +483,95 @@ class EmulatedEngine:
         if req_id not in self.requests:
             raise UserError(f"unknown request {req_id!r}")
         return self.requests[req_id]
+
+
+class EmulatedPrefixCache:
+    """The bookkeeping of a hybrid prefix cache for an engine without tensors: the same pool,
+    hashes, exact-state rule and byte sizes as the real engine's (`ModelSpec` per layer)."""
+
+    def __init__(self, spec: ModelSpec, kv_dtype: str, config: PrefixCacheConfig) -> None:
+        self.block_tokens = config.block_tokens
+        needs_state = any(
+            layer.recurrent_state_bytes(spec.recurrent_state_dtype) > 0
+            or layer.conv_state_bytes(spec.activation_dtype) > 0
+            or layer.window > 0
+            for layer in spec.layers
+        )
+        self.pool = HybridPrefixPool(config.budget_bytes, config.block_tokens, needs_state)
+        self.attention_bytes_per_block = (
+            sum(layer.kv_bytes_per_token(kv_dtype) for layer in spec.layers) * config.block_tokens
+        )
+        self.state_bytes = sum(
+            layer.recurrent_state_bytes(spec.recurrent_state_dtype)
+            + layer.conv_state_bytes(spec.activation_dtype)
+            + layer.window_bytes_per_token(kv_dtype) * layer.window
+            for layer in spec.layers
+        )
+        self._leases: dict[str, int] = {}  # req_id -> pin on the prefix its transfer leaves out
+
+    def reusable_tokens(self, prompt_token_ids: Sequence[int]) -> int:
+        """Prefix a prefill can start from: attention blocks and an exact state checkpoint,
+        leaving at least one token to compute."""
+        hashes = block_hashes(prompt_token_ids, self.block_tokens)
+        blocks = self.pool.match(hashes).num_usable_blocks
+        return min(blocks * self.block_tokens, self._max_reusable(len(prompt_token_ids)))
+
+    def receiver_tokens(self, prompt_token_ids: Sequence[int]) -> int:
+        """Prefix whose full-attention KV is held (a receiver gets the states whole)."""
+        hashes = block_hashes(prompt_token_ids, self.block_tokens)
+        blocks = self.pool.match(hashes).num_attention_blocks
+        return min(blocks * self.block_tokens, self._max_reusable(len(prompt_token_ids)))
+
+    def _max_reusable(self, num_tokens: int) -> int:
+        return max(0, (num_tokens - 1) // self.block_tokens * self.block_tokens)
+
+    def store_prompt(self, prompt_token_ids: Sequence[int]) -> None:
+        """After a prefill: the prompt's complete blocks, and the state at the last block
+        boundary before its end (where a longer prompt with this prefix can resume)."""
+        hashes = block_hashes(prompt_token_ids, self.block_tokens)
+        checkpoint = self._max_reusable(len(prompt_token_ids)) // self.block_tokens - 1
+        states = {checkpoint: self.state_bytes} if self.pool.needs_state and checkpoint >= 0 else {}
+        self.pool.store(hashes, self.attention_bytes_per_block, states)
+
+    def retire(self, state: EmulatedRequest) -> None:
+        """A request leaves the engine: end its reservation and pin; keep a finished request's
+        attention blocks (prompt and every output token whose KV was computed)."""
+        self.unpin(state.req_id)
+        if state.transfer_id is not None:
+            self.pool.release_transfer(state.transfer_id)
+        if state.finish_reason in ("stop", "length") and state.prompt_token_ids:
+            tokens = state.prompt_token_ids + tuple(state.output_token_ids[:-1])
+            hashes = block_hashes(tokens, self.block_tokens)
+            self.pool.store(hashes, self.attention_bytes_per_block)
+
+    def reserve(self, state: EmulatedRequest, transfer_id: str, num_bytes: int) -> None:
+        """Hold the exported payload's bytes in the budget until the request is freed."""
+        if self.pool.reserve_transfer(transfer_id, num_bytes) is not None:
+            state.transfer_id = transfer_id
+
+    def pin(self, req_id: str, prompt_token_ids: Sequence[int], num_tokens: int) -> bool:
+        if num_tokens % self.block_tokens or num_tokens <= 0:
+            raise UserError(
+                f"a pinned prefix must be a positive multiple of {self.block_tokens} tokens, "
+                f"got {num_tokens}"
+            )
+        if self.receiver_tokens(prompt_token_ids) < num_tokens:
+            return False
+        self.unpin(req_id)
+        hashes = block_hashes(prompt_token_ids, self.block_tokens)
+        num_blocks = num_tokens // self.block_tokens
+        self._leases[req_id] = self.pool.acquire(hashes, num_blocks, with_state=False)
+        return True
+
+    def unpin(self, req_id: str) -> None:
+        lease = self._leases.pop(req_id, None)
+        if lease is not None:
+            self.pool.release(lease)
+
+
+def check_skip_tokens(req_id: str, num_skip: int, num_tokens: int) -> None:
+    """A left-out prefix is whole tokens before the last computed one."""
+    if not 0 <= num_skip < max(num_tokens, 1):
+        raise UserError(
+            f"{req_id}: cannot leave out {num_skip} prefix tokens of {num_tokens} computed"
+        )

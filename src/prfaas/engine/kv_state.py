@@ -12,11 +12,17 @@ Import rebuilds the cache the receiving model would build itself, checks the man
 (architecture, layer count, layer classes, tensor names, dtypes and shapes), and wraps the received
 bytes with `torch.frombuffer` at their offsets: no copy for writable buffers, one copy for
 read-only ones (recurrent states are updated in place during decode). No pickle anywhere.
+
+Partial state: full-attention/MLA K/V (`is_prefix_attention`) hold every token from the start, so
+an export may leave out their first `num_prefix_tokens` tokens when the receiver already holds
+them (its prefix cache); the manifest says how many, and import puts the receiver's own prefix
+tensors back in front. Every other tensor (linear, conv, SSM state, sliding windows) always
+travels whole: it is the state at the full length.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +90,18 @@ def _decode_flag(value: Any) -> Any:
     return value
 
 
+def is_prefix_attention(flags: JSONDict, name: str) -> bool:
+    """Whether tensor `name` ("L3/keys" or "keys") of a layer with these manifest `flags` is
+    full-attention/MLA K/V [batch, heads, num_tokens, dim] holding every token since the start.
+
+    Those are the tensors a prefix cache keeps per block and a partial export shortens; a sliding
+    window's K/V (its flags carry `sliding_window`) is fixed-size state like a recurrent one.
+    """
+    return name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS and "sliding_window" not in flags.get(
+        "attrs", {}
+    )
+
+
 def _layer_parts(layer: Any) -> tuple[JSONDict, list[tuple[str, torch.Tensor]]]:
     """Split one cache layer object into JSON flags and named tensors."""
     attrs: JSONDict = {}
@@ -117,13 +135,45 @@ def _layer_object(cache: Any, layer_index: int) -> Any:
     return cache.layer_class_to_replicate()
 
 
-def export_layer(cache: Any, layer_index: int, kind: LayerKind, offset_bytes: int) -> LayerState:
-    """Describe and expose layer `layer_index` of a batch-1 cache, starting at `offset_bytes`."""
+def layer_parts(
+    cache: Any, layer_index: int
+) -> tuple[str, JSONDict, list[tuple[str, torch.Tensor]]]:
+    """Layer `layer_index` of a cache as export sees it: its class name, its manifest flags and
+    its named tensors in payload order (names without the "L{i}/" prefix)."""
     layer = _layer_object(cache, layer_index)
     flags, named = _layer_parts(layer)
     linear = _linear_cache_tensor(cache, layer_index)
     if linear is not None:
         named.append(("linear_cache", linear))
+    return type(layer).__name__, flags, named
+
+
+def export_layer(
+    cache: Any, layer_index: int, kind: LayerKind, offset_bytes: int, num_prefix_tokens: int = 0
+) -> LayerState:
+    """Describe and expose layer `layer_index` of a batch-1 cache, starting at `offset_bytes`.
+
+    With `num_prefix_tokens` p > 0, full-attention/MLA K/V are exported from token p on only
+    (a copy of that slice); everything else whole.
+    """
+    cls, flags, named = layer_parts(cache, layer_index)
+    if num_prefix_tokens:
+        named = [
+            (name, tensor[:, :, num_prefix_tokens:] if is_prefix_attention(flags, name) else tensor)
+            for name, tensor in named
+        ]  # K/V: [batch, heads, num_tokens - p, dim]
+    return layer_state(layer_index, kind.value, cls, flags, named, offset_bytes)
+
+
+def layer_state(
+    layer_index: int,
+    layer_kind: str,
+    cache_class: str,
+    flags: JSONDict,
+    named: Sequence[tuple[str, torch.Tensor]],
+    offset_bytes: int,
+) -> LayerState:
+    """One layer's manifest entry and byte views from its named tensors, from `offset_bytes` on."""
     entries: list[TensorEntry] = []
     buffers: list[memoryview] = []
     for name, tensor in named:
@@ -140,8 +190,7 @@ def export_layer(cache: Any, layer_index: int, kind: LayerKind, offset_bytes: in
         )
         buffers.append(buf)
         offset_bytes += buf.nbytes
-    cls = type(layer).__name__
-    entry = LayerEntry(layer_index, kind.value, cls, flags, tuple(entries))
+    entry = LayerEntry(layer_index, layer_kind, cache_class, flags, tuple(entries))
     return LayerState(entry, buffers)
 
 
@@ -164,13 +213,15 @@ def export_state(
     num_computed_tokens: int,
     first_token_id: int | None,
     model_fingerprint: str = "",
+    num_prefix_tokens: int = 0,
 ) -> ExportedState:
-    """Manifest and buffers of a whole batch-1 cache, layer by layer."""
+    """Manifest and buffers of a batch-1 cache, layer by layer; full-attention/MLA K/V from token
+    `num_prefix_tokens` on (the receiver holds the tokens before)."""
     layers: list[LayerEntry] = []
     buffers: list[memoryview] = []
     offset = 0
     for i, kind in enumerate(kinds):
-        state = export_layer(cache, i, kind, offset)
+        state = export_layer(cache, i, kind, offset, num_prefix_tokens)
         layers.append(state.entry)
         buffers.extend(state.buffers)
         offset += state.entry.num_bytes
@@ -184,6 +235,7 @@ def export_state(
         first_token_id=first_token_id,
         cache_meta=cache_meta(cache),
         model_fingerprint=model_fingerprint,
+        num_prefix_tokens=num_prefix_tokens,
     )
     return ExportedState(manifest, buffers)
 
@@ -279,22 +331,35 @@ def check_manifest(manifest: KVManifest, template: CacheTemplate) -> None:
         )
     for layer in manifest.layers:
         for entry in layer.tensors:
-            _check_tensor(entry, template.tensors[entry.name], manifest.num_computed_tokens)
+            skipped = (
+                manifest.num_prefix_tokens if is_prefix_attention(layer.flags, entry.name) else 0
+            )
+            _check_tensor(
+                entry, template.tensors[entry.name], manifest.num_computed_tokens, skipped
+            )
 
 
 def _check_tensor(
-    entry: TensorEntry, expected: tuple[str, tuple[int, ...]], num_tokens: int
+    entry: TensorEntry,
+    expected: tuple[str, tuple[int, ...]],
+    num_tokens: int,
+    num_skipped_tokens: int = 0,
 ) -> None:
+    """Dtype, shape and size of one tensor; its token axis (K/V) may hold at most the computed
+    tokens, less the `num_skipped_tokens` that the receiver's prefix cache supplies."""
     dtype, shape = expected
     if entry.dtype != dtype:
         raise ManifestMismatch(f"{entry.name}: dtype {entry.dtype}, expected {dtype}")
     is_token_axis = entry.name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS and len(shape) == 4
     got = list(entry.shape)
     want = list(shape)
-    if is_token_axis:
-        if not 0 < got[-2] <= num_tokens:
+    if is_token_axis and len(got) == 4:
+        num_carried = num_tokens - num_skipped_tokens
+        if not 0 < got[-2] <= num_carried:
+            skipped = f" ({num_skipped_tokens} left to the receiver's prefix)"
             raise ManifestMismatch(
                 f"{entry.name}: {got[-2]} cached tokens for {num_tokens} computed tokens"
+                + (skipped if num_skipped_tokens else "")
             )
         got[-2] = want[-2] = 0
     if got != want:
@@ -318,15 +383,48 @@ def import_state(
     template: CacheTemplate,
     *,
     copy: bool = False,
+    prefix_tensors: Mapping[str, torch.Tensor] | None = None,
 ) -> Any:
-    """Fill `fresh_cache` (built by the receiving model) with the manifest's state; return it."""
+    """Fill `fresh_cache` (built by the receiving model) with the manifest's state; return it.
+
+    When the manifest leaves out `num_prefix_tokens` p > 0 tokens of every full-attention/MLA
+    K/V, `prefix_tensors` must give each such tensor's first p tokens (by manifest name,
+    [1, heads, p, dim]); they are put in front of the received tokens.
+    """
     check_manifest(manifest, template)
     payload = PayloadView(buffers)
     _ensure_layers(fresh_cache, manifest)
     for entry in manifest.layers:
-        tensors = {t.name.split("/", 1)[1]: payload.tensor(t, copy=copy) for t in entry.tensors}
+        tensors = {}
+        for t in entry.tensors:
+            tensor = payload.tensor(t, copy=copy)
+            if manifest.num_prefix_tokens and is_prefix_attention(entry.flags, t.name):
+                tensor = _behind_prefix(t.name, tensor, manifest.num_prefix_tokens, prefix_tensors)
+            tensors[t.name.split("/", 1)[1]] = tensor
         _restore_layer(fresh_cache, entry, tensors)
     return fresh_cache
+
+
+def _behind_prefix(
+    name: str,
+    received: torch.Tensor,
+    num_prefix_tokens: int,
+    prefix_tensors: Mapping[str, torch.Tensor] | None,
+) -> torch.Tensor:
+    """The receiver's prefix [1, heads, p, dim] followed by the received tokens, on one axis."""
+    prefix = None if prefix_tensors is None else prefix_tensors.get(name)
+    if prefix is None:
+        raise ManifestMismatch(
+            f"{name}: the manifest leaves out {num_prefix_tokens} prefix tokens and no local "
+            "prefix was given for it"
+        )
+    expected = (*received.shape[:2], num_prefix_tokens, *received.shape[3:])
+    if tuple(prefix.shape) != expected or prefix.dtype != received.dtype:
+        raise ManifestMismatch(
+            f"{name}: local prefix is {prefix.dtype} {tuple(prefix.shape)}, expected "
+            f"{received.dtype} {expected}"
+        )
+    return torch.cat([prefix, received], dim=-2)  # [1, heads, p + carried, dim]
 
 
 def _ensure_layers(cache: Any, manifest: KVManifest) -> None:

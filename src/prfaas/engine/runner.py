@@ -12,6 +12,13 @@ that still fails inside `step` fails alone: it ends with finish_reason "error" a
 `TokenDelta`, its cache is dropped, and the others go on. When a batched decode forward raises,
 the batch cache is rolled back (`rollback`) and its requests are decoded one by one, so only the
 culprits end.
+
+With a prefix cache (`PrefixCacheConfig`, `prefix_store`) a prefill starts from the longest
+usable cached prefix of its prompt (whole blocks, at least one token left to compute), checkpoints
+its fixed-size state at the prompt's last block boundary and stores its complete blocks when it is
+done; an export may leave out the first tokens of full-attention/MLA K/V that the receiver holds,
+and an import puts this engine's own cached blocks in front of them; a finished request's blocks
+(prompt and output) are kept when it is freed.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from __future__ import annotations
 import itertools
 import random
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +45,7 @@ from prfaas.engine.kv_state import (
     import_state,
 )
 from prfaas.engine.loading import LoadedModel
+from prfaas.engine.prefix_store import PrefixCacheConfig, PrefixMiss, PrefixStore, take_checkpoint
 from prfaas.engine.rollback import CacheSnapshot
 from prfaas.engine.sampling import sample_token
 from prfaas.engine.validation import (
@@ -50,6 +58,7 @@ from prfaas.engine.validation import (
 )
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, KVManifest, SamplingParams, TokenDelta
+from prfaas.prefix_cache.pool import HybridPrefixPool
 
 LayerCallback = Callable[[str, LayerState], None]  # (req_id, that layer's state) -> None
 STOP_MARGIN_CHARS = 8  # characters decoded beyond the longest stop string
@@ -65,6 +74,7 @@ class RequestState:
     seed: int  # resolved per-request sampling seed
     cache: Any = None  # batch-1 cache, or None while the request sits in a decode batch
     num_computed_tokens: int = 0
+    num_cached_tokens: int = 0  # leading prompt tokens taken from this engine's prefix cache
     output_token_ids: list[int] = field(default_factory=list)
     finish_reason: str | None = None
     logits: list[torch.Tensor] = field(default_factory=list)  # per sampled token, if recorded
@@ -92,9 +102,12 @@ class Engine:
         max_batch_size: int = 64,
         seed: int = 0,
         record_logits: bool = False,
+        prefix_cache: PrefixCacheConfig | None = None,
     ):
         if chunk_size is not None:
             check_chunking(loaded, chunk_size)
+        if prefix_cache is not None:
+            check_prefix_caching(loaded)
         self.loaded = loaded
         self.model = loaded.model
         self.kinds = layer_kinds(self.model.config)
@@ -108,6 +121,10 @@ class Engine:
         self._template: CacheTemplate | None = None
         self._vocab_size = loaded.vocab_size
         self._max_positions = loaded.max_positions
+        self._prefix: PrefixStore | None = None
+        if prefix_cache is not None:
+            self._prefix = PrefixStore(prefix_cache, self.kinds, loaded.arch)
+        self._transfers: dict[str, list[str]] = {}  # req_id -> transfers reserved in the pool
 
     # ---- requests -------------------------------------------------------------------------
     def add_request(self, request: GenerateRequest) -> None:
@@ -136,11 +153,33 @@ class Engine:
         return state
 
     def free(self, req_id: str) -> None:
-        """Drop a request and its state."""
+        """Drop a request and its state.
+
+        With a prefix cache: its pin and transfer reservations are released, and a request that
+        finished well ("stop" or "length") leaves its complete blocks of prompt and output in
+        the cache (attention K/V only) if the engine knows its prompt ids.
+        """
         self._leave_batch()
-        self.requests.pop(req_id, None)
+        state = self.requests.pop(req_id, None)
         if req_id in self._waiting:
             self._waiting.remove(req_id)
+        if self._prefix is not None:
+            self._prefix.unpin(req_id)
+            for transfer_id in self._transfers.pop(req_id, []):
+                self._prefix.release_transfer(transfer_id)
+            if state is not None:
+                self._retain(state)
+
+    def _retain(self, state: RequestState) -> None:
+        """Store the attention blocks of a finished request's computed tokens: the prompt and
+        every output token but the last, whose K/V was never computed."""
+        if self._prefix is None or state.cache is None or not state.prompt_token_ids:
+            return
+        if state.finish_reason not in ("stop", "length"):
+            return
+        tokens = (*state.prompt_token_ids, *state.output_token_ids)[: state.num_computed_tokens]
+        if len(tokens) == state.num_computed_tokens:
+            self._prefix.store(self._prefix.hashes(tokens), state.cache)
 
     def has_unfinished(self) -> bool:
         return any(r.finish_reason is None for r in self.requests.values())
@@ -151,11 +190,14 @@ class Engine:
         requests: Sequence[GenerateRequest],
         on_layer: LayerCallback | None = None,
         chunk_size: int | None = None,
+        skip_tokens: Mapping[str, int] | None = None,
     ) -> list[int]:
         """Prefill each request (batch 1, chunked if asked) and sample its first token.
 
         `on_layer(req_id, LayerState)` fires for layer i as soon as its state is final (during the
         last chunk), in layer order, with global payload offsets; return values are first tokens.
+        `skip_tokens[req_id]` = p > 0 leaves the first p tokens of full-attention/MLA K/V out of
+        that request's layer states (the receiver holds them), as `export(num_prefix_tokens=p)`.
         Every request is checked before any is prefilled. If a prefill raises (the model or
         `on_layer`), that request is dropped from the engine and the error propagates; requests
         before it stay prefilled.
@@ -166,11 +208,14 @@ class Engine:
         check_distinct_ids([request.req_id for request in requests])
         for request in requests:
             self._check_request(request)
+        skips = dict(skip_tokens or {})
+        _check_skip_tokens(requests, skips)
         first_tokens = []
         for request in requests:
             state = self._register(request.req_id, request.prompt_token_ids, request.sampling)
             try:
-                first_tokens.append(self._prefill_one(state, on_layer, chunk))
+                skip = skips.get(request.req_id, 0)
+                first_tokens.append(self._prefill_one(state, on_layer, chunk, skip))
             except BaseException:
                 self.free(state.req_id)
                 raise
@@ -178,27 +223,57 @@ class Engine:
 
     @torch.inference_mode()
     def _prefill_one(
-        self, state: RequestState, on_layer: LayerCallback | None, chunk: int | None
+        self,
+        state: RequestState,
+        on_layer: LayerCallback | None,
+        chunk: int | None,
+        skip_tokens: int = 0,
     ) -> int:
+        """Prefill one request from its longest usable cached prefix (if any) and sample its
+        first token; with a prefix cache, checkpoint the state and store the prompt's blocks."""
         prompt = state.prompt_token_ids
-        step = chunk or len(prompt)
-        state.cache = new_cache(self.model)
+        hashes = self._prefix.hashes(prompt) if self._prefix is not None else []
+        start = self._start_cache(state, hashes)
+        cut = self._prefix.checkpoint_tokens(len(prompt)) if self._prefix is not None else 0
+        checkpoint = None
         logits = torch.empty(0)
-        for start in range(0, len(prompt), step):
-            is_last = start + step >= len(prompt)
-            callback = on_layer if is_last else None
-            logits = self._forward_chunk(state, prompt[start : start + step], callback)
+        for begin, end in chunk_bounds(start, len(prompt), chunk, cut):
+            callback = on_layer if end == len(prompt) else None
+            logits = self._forward_chunk(state, prompt[begin:end], callback, skip_tokens)
+            if end == cut:
+                checkpoint = take_checkpoint(state.cache, len(self.kinds), cut)
         token = self._sample(state, logits)
+        if self._prefix is not None:
+            self._prefix.store(hashes, state.cache, checkpoint)
         self._finish_if_done(state)
         return token
 
+    def _start_cache(self, state: RequestState, hashes: Sequence[int]) -> int:
+        """Give the request a fresh cache, or one holding its longest usable cached prefix;
+        return the number of prompt tokens that cache already holds."""
+        num_blocks = 0
+        if self._prefix is not None:
+            num_blocks = self._prefix.usable_blocks(hashes, len(state.prompt_token_ids))
+        if self._prefix is None or num_blocks == 0:
+            state.cache = new_cache(self.model)
+            return 0
+        fresh = new_cache(self.model)
+        state.cache = self._prefix.restore(fresh, hashes, num_blocks, self.template())
+        state.num_computed_tokens = num_blocks * self._prefix.block_tokens
+        state.num_cached_tokens = state.num_computed_tokens
+        return state.num_computed_tokens
+
     def _forward_chunk(
-        self, state: RequestState, token_ids: Sequence[int], on_layer: LayerCallback | None
+        self,
+        state: RequestState,
+        token_ids: Sequence[int],
+        on_layer: LayerCallback | None,
+        skip_tokens: int = 0,
     ) -> torch.Tensor:
         start = state.num_computed_tokens
         input_ids = torch.tensor([list(token_ids)])  # [1, chunk_len]
         positions = torch.arange(start, start + len(token_ids)).unsqueeze(0)  # [1, chunk_len]
-        hooks = self._layer_hooks(state, on_layer) if on_layer is not None else []
+        hooks = self._layer_hooks(state, on_layer, skip_tokens) if on_layer is not None else []
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -214,12 +289,15 @@ class Engine:
         logits: torch.Tensor = out.logits[0, -1]  # [vocab_size]
         return logits
 
-    def _layer_hooks(self, state: RequestState, on_layer: LayerCallback) -> list[Any]:
+    def _layer_hooks(
+        self, state: RequestState, on_layer: LayerCallback, skip_tokens: int = 0
+    ) -> list[Any]:
         offset = [0]
 
         def make_hook(index: int) -> Callable[..., None]:
             def hook(*_: Any) -> None:
-                layer_state = export_layer(state.cache, index, self.kinds[index], offset[0])
+                kind = self.kinds[index]
+                layer_state = export_layer(state.cache, index, kind, offset[0], skip_tokens)
                 offset[0] += layer_state.entry.num_bytes
                 on_layer(state.req_id, layer_state)
 
@@ -229,16 +307,22 @@ class Engine:
         return [layer.register_forward_hook(make_hook(i)) for i, layer in enumerate(layers)]
 
     # ---- export / import ------------------------------------------------------------------
-    def export(self, req_id: str, transfer_id: str | None = None) -> ExportedState:
+    def export(
+        self, req_id: str, transfer_id: str | None = None, *, num_prefix_tokens: int = 0
+    ) -> ExportedState:
         """Manifest and zero-copy buffers of one prefilled request's state.
 
         Only a request that holds just its first output token can be exported: the manifest
         resumes decoding from that token, so state that has decoded further would continue wrong.
+        `num_prefix_tokens` p > 0 leaves the first p tokens of every full-attention/MLA K/V out
+        (the receiver holds them; those slices are copied); fixed-size states travel whole. With
+        a prefix cache, the exported bytes are reserved in its pool until `free(req_id)`.
         """
         state = self._get(req_id)
         check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
+        _check_skip(req_id, num_prefix_tokens, state.num_computed_tokens)
         self._leave_batch()
-        return export_state(
+        exported = export_state(
             state.cache,
             self.kinds,
             arch=self.loaded.arch,
@@ -247,7 +331,24 @@ class Engine:
             num_computed_tokens=state.num_computed_tokens,
             first_token_id=state.output_token_ids[0],
             model_fingerprint=self.loaded.fingerprint,
+            num_prefix_tokens=num_prefix_tokens,
         )
+        self._reserve_transfer(req_id, exported.manifest)
+        return exported
+
+    def _reserve_transfer(self, req_id: str, manifest: KVManifest) -> None:
+        """Count an outgoing transfer's bytes in the prefix pool until the request is freed.
+
+        Never fails the export: bytes that do not fit are simply not reserved.
+        """
+        if self._prefix is None:
+            return
+        transfer_id = manifest.transfer_id
+        self._prefix.release_transfer(transfer_id)  # a repeated export replaces its reservation
+        if self._prefix.reserve_transfer(transfer_id, manifest.total_bytes):
+            reserved = self._transfers.setdefault(req_id, [])
+            if transfer_id not in reserved:
+                reserved.append(transfer_id)
 
     def import_(
         self,
@@ -256,14 +357,70 @@ class Engine:
         sampling: SamplingParams | None = None,
         *,
         copy: bool = False,
+        prompt_token_ids: Sequence[int] | None = None,
     ) -> RequestState:
         """Adopt a request prefilled elsewhere; it decodes on the next `step`.
 
         Writable buffers are used in place (the engine owns them afterwards) unless `copy`.
+        `prompt_token_ids` (the request's prompt, num_computed_tokens long) lets the engine find
+        a prefix the manifest left out (`num_prefix_tokens` p > 0: this engine's cached blocks
+        0..p/B-1 go in front of the received K/V; PrefixMiss if one is missing) and keep the
+        request's blocks when it is freed. Any pin of this request is released.
         """
-        self._check_manifest(manifest)
-        cache = import_state(new_cache(self.model), manifest, buffers, self.template(), copy=copy)
-        return self._adopt(manifest, cache, sampling)
+        try:
+            self._check_manifest(manifest)
+            prompt = self._checked_import_prompt(manifest, prompt_token_ids)
+            prefix = self._local_prefix(manifest, prompt)
+            cache = import_state(
+                new_cache(self.model),
+                manifest,
+                buffers,
+                self.template(),
+                copy=copy,
+                prefix_tensors=prefix,
+            )
+        finally:
+            if self._prefix is not None:
+                self._prefix.unpin(manifest.req_id)
+        state = self._adopt(manifest, cache, sampling, prompt)
+        state.num_cached_tokens = manifest.num_prefix_tokens
+        return state
+
+    def _checked_import_prompt(
+        self, manifest: KVManifest, prompt_token_ids: Sequence[int] | None
+    ) -> tuple[int, ...]:
+        """The imported request's prompt ids (empty when not given), checked against it."""
+        if prompt_token_ids is None:
+            return ()
+        prompt = tuple(prompt_token_ids)
+        check_prompt(manifest.req_id, prompt, self._vocab_size, self._max_positions)
+        if len(prompt) != manifest.num_computed_tokens:
+            raise UserError(
+                f"request {manifest.req_id!r}: {len(prompt)} prompt token ids for a state of "
+                f"{manifest.num_computed_tokens} computed tokens"
+            )
+        return prompt
+
+    def _local_prefix(
+        self, manifest: KVManifest, prompt: tuple[int, ...]
+    ) -> dict[str, torch.Tensor] | None:
+        """This engine's cached K/V of the prefix a manifest left out, by manifest tensor name."""
+        num_prefix = manifest.num_prefix_tokens
+        if num_prefix == 0:
+            return None
+        what = f"manifest of {manifest.req_id!r} leaves out {num_prefix} prefix tokens"
+        if self._prefix is None:
+            raise PrefixMiss(f"{what}, but this engine has no prefix cache")
+        if not prompt:
+            raise PrefixMiss(f"{what}; finding them needs the prompt's token ids")
+        block_tokens = self._prefix.block_tokens
+        if num_prefix % block_tokens:
+            raise PrefixMiss(f"{what}, not a whole number of {block_tokens}-token blocks")
+        hashes = self._prefix.hashes(prompt[:num_prefix])
+        try:
+            return self._prefix.prefix_tensors(hashes, len(hashes))
+        except PrefixMiss as exc:
+            raise PrefixMiss(f"{what}: {exc}") from None
 
     def import_empty(
         self, manifest: KVManifest, sampling: SamplingParams | None = None
@@ -286,10 +443,15 @@ class Engine:
                 raise ManifestMismatch(mismatch)
 
     def _adopt(
-        self, manifest: KVManifest, cache: Any, sampling: SamplingParams | None
+        self,
+        manifest: KVManifest,
+        cache: Any,
+        sampling: SamplingParams | None,
+        prompt: tuple[int, ...] = (),
     ) -> RequestState:
-        """Register a request whose prompt was computed elsewhere (its ids are not shipped)."""
-        state = self._register(manifest.req_id, (), sampling or SamplingParams())
+        """Register a request whose prompt was computed elsewhere (its ids, when the caller
+        passes them, are kept for the prefix cache; they are not shipped with the state)."""
+        state = self._register(manifest.req_id, prompt, sampling or SamplingParams())
         state.cache = cache
         state.num_computed_tokens = manifest.num_computed_tokens
         state.output_token_ids.append(int(manifest.first_token_id or 0))
@@ -307,6 +469,40 @@ class Engine:
             raise UserError(f"request {req_id!r} has not been prefilled")
         finish_reason = state.finish_reason if len(state.output_token_ids) == 1 else None
         return self._token_delta(state, state.output_token_ids[:1], finish_reason)
+
+    # ---- prefix cache ---------------------------------------------------------------------
+    @property
+    def prefix_pool(self) -> HybridPrefixPool | None:
+        """The prefix cache's bookkeeping (events, stats), or None without a prefix cache."""
+        return None if self._prefix is None else self._prefix.pool
+
+    def num_cached_tokens(self, req_id: str) -> int:
+        """Leading prompt tokens of a request taken from this engine's prefix cache (0: none)."""
+        return self._get(req_id).num_cached_tokens
+
+    def cached_prefix_tokens(self, prompt_token_ids: Sequence[int]) -> int:
+        """Leading prompt tokens this engine could supply as a receiver: whole blocks whose
+        attention K/V it holds, at least one token short of the prompt. Fixed-size states come
+        whole with every transfer, so no state checkpoint is needed."""
+        if self._prefix is None or not prompt_token_ids:
+            return 0
+        hashes = self._prefix.hashes(prompt_token_ids)
+        num_blocks = self._prefix.held_blocks(hashes, len(prompt_token_ids))
+        return num_blocks * self._prefix.block_tokens
+
+    def pin_prefix(self, req_id: str, prompt_token_ids: Sequence[int], num_tokens: int) -> bool:
+        """Hold the cached blocks of the first `num_tokens` prompt tokens for `req_id` until its
+        `import_` or `free`; False (nothing pinned) when they are not all here, `num_tokens` is
+        not a whole number of blocks, or the prompt would be left with no token to transfer.
+        A request has at most one pin: pinning again replaces it."""
+        if self._prefix is None:
+            return False
+        self._prefix.unpin(req_id)
+        block_tokens = self._prefix.block_tokens
+        if not 0 <= num_tokens < len(prompt_token_ids) or num_tokens % block_tokens:
+            return False
+        hashes = self._prefix.hashes(prompt_token_ids[:num_tokens])
+        return self._prefix.pin(req_id, hashes, len(hashes))
 
     def template(self) -> CacheTemplate:
         """The receiving side's expected manifest layout, probed once with a 2-token prefill."""
@@ -505,6 +701,47 @@ class Engine:
             for delta in self.step():
                 outputs[delta.req_id].extend(delta.token_ids)
         return outputs
+
+
+def check_prefix_caching(loaded: LoadedModel) -> None:
+    """Refuse a prefix cache where resuming from cached state is not exact."""
+    if not loaded.is_chunk_exact:
+        raise UserError(
+            f"a prefix cache is not exact for {loaded.arch}: resuming a prefill from a cached "
+            "prefix is a multi-token update of existing state, which transformers does not "
+            "compute exactly for it (as with chunked prefill)"
+        )
+
+
+def chunk_bounds(
+    start: int, end: int, chunk_size: int | None, cut_at: int = 0
+) -> list[tuple[int, int]]:
+    """(begin, end) token ranges of a prefill from `start` to `end`: chunks end at the multiples
+    of `chunk_size` (counted from token 0), at `cut_at` if it lies inside, and at `end`."""
+    ends = {end}
+    if chunk_size is not None:
+        first = (start // chunk_size + 1) * chunk_size
+        ends.update(range(first, end, chunk_size))
+    if start < cut_at < end:
+        ends.add(cut_at)
+    ordered = sorted(ends)
+    return list(zip([start, *ordered[:-1]], ordered, strict=True))
+
+
+def _check_skip(req_id: str, num_prefix_tokens: int, num_tokens: int) -> None:
+    if not 0 <= num_prefix_tokens < num_tokens:
+        raise UserError(
+            f"request {req_id!r}: can leave out 0 to {num_tokens - 1} prefix tokens of its "
+            f"{num_tokens}, not {num_prefix_tokens}"
+        )
+
+
+def _check_skip_tokens(requests: Sequence[GenerateRequest], skips: Mapping[str, int]) -> None:
+    lengths = {request.req_id: len(request.prompt_token_ids) for request in requests}
+    for req_id, num_prefix_tokens in skips.items():
+        if req_id not in lengths:
+            raise UserError(f"skip_tokens names request {req_id!r}, which is not being prefilled")
+        _check_skip(req_id, num_prefix_tokens, lengths[req_id])
 
 
 def check_chunking(loaded: LoadedModel, chunk_size: int) -> None:

@@ -124,3 +124,8 @@ def one_line(exc: BaseException) -> str:
     """An exception as one line: its type and the first line of its message."""
     lines = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+
+
+class PrefixMiss(UserError):
+    """A prefix this engine was asked to supply is not (wholly) in its cache: the state must come
+    whole, or the request be prefilled here."""

@@ -35,6 +35,7 @@ from prfaas.nodes.http import (
     error_response,
     transport_config,
 )
+from prfaas.nodes.kv_events import add_kv_event_route
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 from prfaas.transport.receiver import KVReceiver
@@ -86,6 +87,12 @@ class DecodeService:
             ["instance", "reason"],
             registry=reg,
         )
+        self.prefix_misses = Counter(
+            "prfaas:prefix_cache_receiver_misses",
+            "Transfers that left out a prefix this instance no longer caches",
+            ["instance"],
+            registry=reg,
+        ).labels(name)
         self._g_waiting = Gauge(
             "prfaas:num_requests_waiting",
             "Requests waiting for their KV state",
@@ -186,6 +193,8 @@ class DecodeService:
             return await self._prefill_here(job, reason=None)
         self.num_waiting += 1
         self._publish_gauges()
+        if job.num_prefix_tokens > 0:
+            await self._pin_prefix(job)
         try:
             received = await self._wait_transfer(job.transfer_id, job.deadline_s)
         except TransferLost as exc:
@@ -203,13 +212,35 @@ class DecodeService:
         self._publish_gauges()
         return None
 
+    async def _pin_prefix(self, job: DecodeJob) -> None:
+        """Keep the prefix the transfer will leave out from being evicted until the import; a
+        prefix already gone is counted (the import then fails and the failure policy applies)."""
+        req = job.request
+        try:
+            pinned = await self.worker.call(
+                lambda engine: engine.pin_prefix(
+                    req.req_id, req.prompt_token_ids, job.num_prefix_tokens
+                )
+            )
+        except Exception as exc:  # no prefix cache here, or a bad length: the import will say
+            log.warning("req_id=%s cannot pin its prefix: %s", req.req_id, exc)
+            pinned = False
+        if not pinned:
+            self.prefix_misses.inc()
+
     def _import(self, engine: Any, job: DecodeJob, received: ReceivedTransfer) -> None:
         """Engine thread: adopt the state (one copy out of the pool) and stream the first token."""
         manifest = received.manifest
         if manifest.req_id != job.request.req_id:
             raise TransferLost(f"transfer {manifest.transfer_id} carries {manifest.req_id!r}")
         views = [received.tensor_view(t) for layer in manifest.layers for t in layer.tensors]
-        engine.import_(manifest, views, job.request.sampling, copy=True)
+        engine.import_(
+            manifest,
+            views,
+            job.request.sampling,
+            copy=True,
+            prompt_token_ids=job.request.prompt_token_ids,
+        )
         self.worker.emit(engine.first_delta(job.request.req_id))
 
     async def _on_lost(self, job: DecodeJob, reason: str) -> TokenDelta | None:
@@ -245,7 +276,14 @@ class DecodeService:
             num_queued_tokens=num_tokens,
             queued_prefill_s=0.0,
             num_transfers_in_flight=self.num_waiting,
+            prefix_cache_bytes=self.prefix_cache_bytes,
         )
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
+        pool = getattr(self.worker.engine, "prefix_pool", None)
+        return 0 if pool is None else int(pool.used_bytes)
 
     def _publish_gauges(self) -> None:
         self._g_waiting.set(self.num_waiting)
@@ -272,6 +310,8 @@ def _make_receiver(
 
 
 def _reason_label(reason: str) -> str:
+    if "prefix" in reason:
+        return "prefix_miss"
     if "did not arrive" in reason:
         return "deadline"
     if "refused" in reason:
@@ -323,6 +363,7 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         return JSONResponse({"ok": True})
 
     add_instance_routes(app, instance)
+    add_kv_event_route(app)
     return app
 
 

@@ -18,7 +18,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 import aiohttp
@@ -26,16 +26,28 @@ import aiohttp
 from prfaas.messages import DecodeJob, GenerateRequest, PrefillJob, PrefillResult, TokenDelta
 from prfaas.nodes.http import FIRST_TOKEN_HEADER
 from prfaas.nodes.monitor import ClusterMonitor, InstanceState
+from prfaas.nodes.prefix_index import RouterPrefixIndex
 from prfaas.nodes.router_metrics import RouterMetrics
 from prfaas.nodes.topology import ClusterConfig, Topology
-from prfaas.policy import RoutePolicy, RoutePolicyConfig, RouteTarget, make_route_policy
-from prfaas.policy import pick_instance as pick_least_loaded
+from prfaas.policy import (
+    RoutePolicy,
+    RoutePolicyConfig,
+    RouteTarget,
+    make_route_policy,
+    pick_cached_instance,
+)
 from prfaas.types import DeploymentKind
 
 log = logging.getLogger("prfaas.router")
 _RESULT_GRACE_S = 2.0  # after the last token, how long a prefill answer may still take
 _PREFILL_SLACK_S = 300.0  # a prefill job may queue this long past its transfer deadline
 _ABORT_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+
+
+@dataclass(frozen=True)
+class _Candidates:
+    best: InstanceState | None  # the prefill instance to use in this cluster (None: none ready)
+    best_tokens: int  # prompt tokens it can reuse from its prefix cache
 
 
 class NoInstanceError(Exception):
@@ -53,6 +65,9 @@ class Dispatch:
     num_prompt_tokens: int
     decode: InstanceState
     prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
+    num_cached_tokens: int = 0  # prefix the router expects the prefilling instance to reuse
+    num_receiver_prefix_tokens: int = 0  # prefix KV the decode instance holds: not sent
+    cluster: str = ""  # name of the cluster that prefills
     result: PrefillResult | None = None  # filled in once the prefill instance answers
     decode_sent_at: float | None = None  # monotonic s when the decode job went out
     first_token_s: float | None = None  # non-streamed: the decode side's first-token offset
@@ -72,6 +87,8 @@ class Dispatch:
             "decode_instance": self.decode.config.name,
             "ttft_s": None if ttft_s is None else round(ttft_s, 6),
             "kv_bytes": r.num_kv_bytes if r and r.ok else 0,
+            "num_cached_tokens": r.num_cached_tokens if r and r.ok else self.num_cached_tokens,
+            "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
             "prefill_queue_s": round(r.queue_s, 6) if r else None,
             "prefill_s": round(r.prefill_s, 6) if r else None,
             "kv_transfer_tail_s": round(r.transfer_tail_s, 6) if r else None,
@@ -86,6 +103,8 @@ class Dispatch:
             "prefill_instance": self.prefill.config.name if self.prefill else None,
             "decode_instance": self.decode.config.name,
             "num_prompt_tokens": self.num_prompt_tokens,
+            "num_cached_tokens": self.num_cached_tokens,
+            "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
         }
 
 
@@ -103,43 +122,77 @@ class Dispatcher:
         monitor: ClusterMonitor,
         client: aiohttp.ClientSession,
         metrics: RouterMetrics,
+        prefixes: RouterPrefixIndex,
     ) -> None:
         self.topology, self.monitor, self.client, self.metrics = topology, monitor, client, metrics
+        self.prefixes = prefixes
         self.policy = make_policy(topology)
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- decision --------------------------------------------------------------------------
-    def decide(self, req_id: str, num_prompt_tokens: int) -> Dispatch:
+    def decide(self, req_id: str, prompt_token_ids: Sequence[int]) -> Dispatch:
+        """Route one request: the policy's target from prompt length, cached prefixes, link and
+        queues; inside each cluster the instance caching the longest prefix (least loaded among
+        equals)."""
         decoders = self.monitor.ready(self.pd, "decode")
         if not decoders:
             raise NoInstanceError("no decode instance of the PD cluster is ready")
-        link = self.monitor.link_view(self.prfaas, self.pd)
+        num_prompt = len(prompt_token_ids)
+        hashes = self.prefixes.hashes(prompt_token_ids)
+        pd_prefill = self._prefill_candidates(RouteTarget.PD_PREFILL, hashes, num_prompt)
+        prfaas = self._prefill_candidates(RouteTarget.PRFAAS, hashes, num_prompt)
         decision = self.policy.choose(
-            num_prompt_tokens,
-            0,  # cached prefix tokens: no prefix cache yet, the whole prompt is incremental
-            0,
-            link,
+            num_prompt,
+            pd_prefill.best_tokens,
+            prfaas.best_tokens,
+            self.monitor.link_view(self.prfaas, self.pd),
             self.monitor.cluster_view(self.prfaas),
             self.monitor.cluster_view(self.pd),
         )
         route, reason = decision.target, decision.reason
-        prefill = self._prefill_instance(route)
-        if prefill is None and route is RouteTarget.PRFAAS:
-            route, reason = RouteTarget.PD_PREFILL, f"prfaas-unavailable: {reason}"
-            prefill = self._prefill_instance(route)
-        decode = decoders[pick_least_loaded([s.load() for s in decoders])]
+        chosen = prfaas if route is RouteTarget.PRFAAS else pd_prefill
+        if chosen.best is None and route is RouteTarget.PRFAAS:
+            route, reason, chosen = (
+                RouteTarget.PD_PREFILL,
+                f"prfaas-unavailable: {reason}",
+                pd_prefill,
+            )
+        receiver_tokens = [
+            self.prefixes.receiver_tokens(s.config.name, hashes, num_prompt) for s in decoders
+        ]
+        k = pick_cached_instance([s.load() for s in decoders], receiver_tokens)
+        decode = decoders[k]
+        prefill = chosen.best
+        if prefill is None:  # colocated: the decode instance prefills, reusing its own cache
+            expected = self.prefixes.compute_tokens(decode.config.name, hashes, num_prompt)
+        else:
+            expected = chosen.best_tokens
         return Dispatch(
-            req_id, uuid.uuid4().hex, route.value, reason, num_prompt_tokens, decode, prefill
+            req_id,
+            uuid.uuid4().hex,
+            route.value,
+            reason,
+            num_prompt,
+            decode,
+            prefill,
+            num_cached_tokens=expected,
+            num_receiver_prefix_tokens=receiver_tokens[k] if prefill is not None else 0,
+            cluster=(self.prfaas if route is RouteTarget.PRFAAS else self.pd).name,  # type: ignore[union-attr]
         )
 
-    def _prefill_instance(self, route: RouteTarget) -> InstanceState | None:
+    def _prefill_candidates(
+        self, route: RouteTarget, hashes: Sequence[int], num_prompt: int
+    ) -> _Candidates:
+        """The cluster's ready prefill instances and the one to use (cache-affine, then load)."""
         cluster = self.prfaas if route is RouteTarget.PRFAAS else self.pd
-        if cluster is None:
-            return None
-        ready = self.monitor.ready(cluster, "prefill")
-        return ready[pick_least_loaded([s.load() for s in ready])] if ready else None
+        ready = [] if cluster is None else self.monitor.ready(cluster, "prefill")
+        if not ready:
+            return _Candidates(None, 0)
+        cached = [self.prefixes.compute_tokens(s.config.name, hashes, num_prompt) for s in ready]
+        k = pick_cached_instance([s.load() for s in ready], cached)
+        return _Candidates(ready[k], cached[k])
 
     # ---- driving ---------------------------------------------------------------------------
     async def run(
@@ -149,7 +202,14 @@ class Dispatcher:
         With `stream` False the decode instance answers once, at the end."""
         policy = self.topology.policy
         transfer_id = d.transfer_id if d.prefill is not None else None
-        job = DecodeJob(request, transfer_id, policy.transfer_deadline_s, policy.failure, stream)
+        job = DecodeJob(
+            request,
+            transfer_id,
+            policy.transfer_deadline_s,
+            policy.failure,
+            stream,
+            d.num_receiver_prefix_tokens,
+        )
         prefill_task = None
         if d.prefill is not None:
             prefill_task = asyncio.create_task(self._prefill(d, request))
@@ -189,7 +249,7 @@ class Dispatcher:
         deadline_s = self.topology.policy.transfer_deadline_s
         kv = d.decode.config.kv
         assert kv is not None
-        job = PrefillJob(request, d.transfer_id, kv, deadline_s)
+        job = PrefillJob(request, d.transfer_id, kv, deadline_s, d.num_receiver_prefix_tokens)
         url = f"http://{d.prefill.config.http}/internal/prefill"
         started_at = time.monotonic()
         read_s = deadline_s + _PREFILL_SLACK_S
@@ -210,11 +270,20 @@ class Dispatcher:
         if result.ok:
             self.metrics.kv_seconds.labels(d.route).observe(time.monotonic() - started_at)
             self.metrics.kv_bytes.labels(d.route).inc(result.num_kv_bytes)
+            self._record_prefix_hit(d, result.num_cached_tokens)
             return
         log.warning(
             json.dumps({"event": "prefill_failed", **d.log_fields(), "error": result.error})
         )
         await self._abort(d, result.error or "prefill failed")
+
+    def _record_prefix_hit(self, d: Dispatch, num_cached_tokens: int) -> None:
+        """Count the prefix the prefilling instance reused, and an index miss when it reused
+        less than the index promised (an evicted or never-stored block: computed instead)."""
+        if num_cached_tokens > 0:
+            self.metrics.prefix_hit_tokens.labels(d.cluster).inc(num_cached_tokens)
+        if num_cached_tokens < d.num_cached_tokens:
+            self.metrics.prefix_index_misses.labels(d.cluster).inc()
 
     async def _abort(self, d: Dispatch, reason: str) -> None:
         url = f"http://{d.decode.config.http}/internal/abort"

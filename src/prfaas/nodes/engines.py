@@ -8,11 +8,15 @@ emulated engine, the measured tokens per second of this instance's own prefills 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Any
 
 from prfaas.nodes.topology import InstanceConfig, Topology
+from prfaas.prefix_cache.config import PrefixCacheConfig
+
+log = logging.getLogger(__name__)
 
 TORCH_THREADS_ENV = "PRFAAS_TORCH_THREADS"  # intra-op threads per instance (default 1)
 _RATE_EWMA_WEIGHT = 0.3
@@ -22,6 +26,7 @@ _INITIAL_TOKENS_PER_S = 2000.0  # until the first prefill has been measured
 def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
     """The engine `instance` runs: emulated (cost model + real-size payloads) or torch."""
     model = topology.model
+    prefix_cache = _prefix_cache_config(topology)
     if instance.engine == "emulated":
         from prfaas.engine.emulated import make_emulated_engine
 
@@ -32,6 +37,7 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
             instance.num_gpus,
             seed=model.seed,
             sleep=lambda seconds: time.sleep(seconds * scale) if scale > 0 else None,
+            prefix_cache=prefix_cache,
         )
     import torch
 
@@ -40,7 +46,22 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
 
     torch.set_num_threads(int(os.environ.get(TORCH_THREADS_ENV, "1")))
     _quiet_transformers()
-    return Engine(load_model(model.name, model.dtype, model.seed))
+    loaded = load_model(model.name, model.dtype, model.seed)
+    if prefix_cache is not None and not loaded.is_chunk_exact:
+        log.warning(
+            "%s: prefix cache off for %s (transformers' chunked prefill is not exact for it)",
+            instance.name,
+            loaded.arch,
+        )
+        prefix_cache = None
+    return Engine(loaded, prefix_cache=prefix_cache)
+
+
+def _prefix_cache_config(topology: Topology) -> PrefixCacheConfig | None:
+    settings = topology.prefix_cache
+    if not settings.enabled:
+        return None
+    return PrefixCacheConfig(settings.block_tokens, settings.budget_bytes)
 
 
 def _quiet_transformers() -> None:

@@ -75,6 +75,8 @@ class EmbeddedOptions:
     api_keys: tuple[str, ...] = ()  # required Bearer keys; empty: open
     pd_prefill: bool = True  # False: the PD decode instance prefills local requests itself
     time_scale: float = 1.0  # emulated engines: multiple of the predicted durations slept
+    prefix_block_tokens: int | None = None  # every instance keeps a prefix cache of such blocks
+    prefix_budget_bytes: int = 256 << 20  # bytes per instance's prefix cache
 
 
 def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
@@ -109,6 +111,11 @@ transfer_deadline_s = {options.transfer_deadline_s}
 [transport]
 token_file = "{token_file}"
 """
+    if options.prefix_block_tokens is not None:
+        text += (
+            f"\n[prefix_cache]\nblock_tokens = {options.prefix_block_tokens}\n"
+            f"budget_bytes = {options.prefix_budget_bytes}\n"
+        )
     for cluster in ("prfaas", "pd"):
         text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
         for _, name, role, hardware in (i for i in instances if i[0] == cluster):

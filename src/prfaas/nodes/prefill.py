@@ -27,6 +27,7 @@ from prfaas.messages import InstanceStats, KVManifest, PrefillJob, PrefillResult
 from prfaas.nodes.auth import InternalAuth, deployment_token
 from prfaas.nodes.engines import PrefillRate, build_engine
 from prfaas.nodes.http import add_instance_routes, error_response, transport_config
+from prfaas.nodes.kv_events import add_kv_event_route
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 from prfaas.transport.linkstats import TransportMetrics
@@ -42,6 +43,7 @@ class _Job:
     queued_at: float
     num_tokens: int
     started_at: float | None = None
+    num_cached_tokens: int = 0  # prompt tokens reused from this instance's prefix cache
     layers: list[Any] = field(default_factory=list)  # LayerStates: their buffers must outlive END
 
 
@@ -113,14 +115,16 @@ class PrefillService:
             prefill_s=forward_done_at - entry.started_at,
             transfer_tail_s=time.monotonic() - forward_done_at,
             error=None if ack.ok else f"KV transfer failed: {ack.error}",
+            num_cached_tokens=entry.num_cached_tokens,
         )
         log.info(
-            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d kv_bytes=%d queue_s=%.3f "
-            "prefill_s=%.3f tail_s=%.3f",
+            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d cached=%d kv_bytes=%d "
+            "queue_s=%.3f prefill_s=%.3f tail_s=%.3f",
             req_id,
             job.transfer_id,
             ack.ok,
             entry.num_tokens,
+            entry.num_cached_tokens,
             manifest.total_bytes,
             result.queue_s,
             result.prefill_s,
@@ -138,10 +142,15 @@ class PrefillService:
             coro = transfer.send_layer(layer.entry, layer.buffers)
             asyncio.run_coroutine_threadsafe(coro, self.loop).result(_LAYER_QUEUE_TIMEOUT_S)
 
-        request = entry.job.request
-        engine.prefill([request], on_layer=on_layer)
-        self.rate.observe(entry.num_tokens, time.monotonic() - entry.started_at)
-        exported = engine.export(request.req_id, transfer_id=entry.job.transfer_id)
+        request, num_skip = entry.job.request, entry.job.num_receiver_prefix_tokens
+        skip = {request.req_id: num_skip} if num_skip > 0 else None
+        engine.prefill([request], on_layer=on_layer, skip_tokens=skip)
+        entry.num_cached_tokens = engine.num_cached_tokens(request.req_id)
+        num_computed = entry.num_tokens - entry.num_cached_tokens
+        self.rate.observe(num_computed, time.monotonic() - entry.started_at)
+        exported = engine.export(
+            request.req_id, transfer_id=entry.job.transfer_id, num_prefix_tokens=num_skip
+        )
         manifest: KVManifest = exported.manifest
         return manifest
 
@@ -167,7 +176,15 @@ class PrefillService:
             queued_prefill_s=sum(self.rate.expected_s(j.num_tokens) for j in self.jobs.values()),
             num_transfers_in_flight=len(computing),
             links=tuple(links),
+            prefix_cache_bytes=self.prefix_cache_bytes,
+            prefill_tokens_per_s=self.rate.tokens_per_s,
         )
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
+        pool = getattr(self.worker.engine, "prefix_pool", None)
+        return 0 if pool is None else int(pool.used_bytes)
 
     def _known_dests(self) -> set[str]:
         return {i.kv for i in self.topology.instances if i.kv is not None}
@@ -214,4 +231,5 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     app.add_route("/internal/prefill", prefill, methods=["POST"])
 
     add_instance_routes(app, instance)
+    add_kv_event_route(app)
     return app

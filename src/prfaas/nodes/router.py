@@ -36,6 +36,7 @@ from prfaas.nodes.monitor import ClusterMonitor
 from prfaas.nodes.openai_api import (
     usage,
 )
+from prfaas.nodes.prefix_index import RouterPrefixIndex
 from prfaas.nodes.router_metrics import RouterMetrics
 from prfaas.nodes.text import TextCodec, TextStream, load_codec
 from prfaas.nodes.topology import Topology
@@ -59,10 +60,18 @@ class RouterService:
         headers = bearer(token) if token else None
         self.client = aiohttp.ClientSession(connector=connector, headers=headers)
         self.monitor = ClusterMonitor(self.topology, self.client)
-        self.dispatcher = Dispatcher(self.topology, self.monitor, self.client, self.metrics)
+        self.prefixes = RouterPrefixIndex(
+            self.topology.prefix_cache, self.topology.instances, self.client
+        )
+        self.dispatcher = Dispatcher(
+            self.topology, self.monitor, self.client, self.metrics, self.prefixes
+        )
+        self.metrics.threshold_tokens.set(self.topology.policy.threshold_tokens)
         await self.monitor.start()
+        await self.prefixes.start()
 
     async def close(self) -> None:
+        await self.prefixes.close()
         await self.monitor.close()
         await self.client.close()
 
@@ -70,7 +79,7 @@ class RouterService:
     def route(self, prepared: Prepared) -> Dispatch:
         req = prepared.request
         try:
-            d = self.dispatcher.decide(req.req_id, len(req.prompt_token_ids))
+            d = self.dispatcher.decide(req.req_id, req.prompt_token_ids)
         except NoInstanceError as exc:
             raise ApiError(503, str(exc), "service_unavailable", "no_instance") from exc
         log.info(json.dumps({"event": "route", **d.log_fields()}))
@@ -267,6 +276,7 @@ def build_router_app(topology: Topology) -> FastAPI:
     async def metrics() -> Response:
         service: RouterService = app.state.service
         service.metrics.refresh_instances(service.monitor)
+        service.metrics.refresh_prefix_index(service.prefixes)
         return metrics_response(service.metrics.registry)
 
     return app

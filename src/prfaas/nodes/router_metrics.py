@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from prfaas.nodes.monitor import ClusterMonitor
+from prfaas.nodes.prefix_index import RouterPrefixIndex
 
 _LATENCY_BUCKETS_S = (
     0.001,
@@ -121,6 +122,61 @@ class RouterMetrics:
             ["instance"],
             registry=reg,
         )
+        self._prefix_cache_metrics(reg)
+        self._scheduler_metrics(reg)
+
+    def _prefix_cache_metrics(self, reg: CollectorRegistry) -> None:
+        self.prefix_hit_tokens = Counter(
+            "prfaas:prefix_cache_hit_tokens",
+            "Prompt tokens reused from a prefix cache instead of computed, by prefilling cluster",
+            ["cluster"],
+            registry=reg,
+        )
+        self.prefix_index_misses = Counter(
+            "prfaas:prefix_cache_index_misses",
+            "Requests whose instance reused less than the global KV index promised",
+            ["cluster"],
+            registry=reg,
+        )
+        self.prefix_index_blocks = Gauge(
+            "prfaas:prefix_index_blocks",
+            "Attention blocks the router's global KV index places at the instance",
+            ["instance"],
+            registry=reg,
+        )
+        self.prefix_cache_bytes = Gauge(
+            "prfaas:prefix_cache_bytes",
+            "Bytes held by the instance's prefix cache (last poll)",
+            ["instance"],
+            registry=reg,
+        )
+
+    def _scheduler_metrics(self, reg: CollectorRegistry) -> None:
+        self.threshold_tokens = Gauge(
+            "prfaas:threshold_tokens",
+            "Offload threshold t in force: incremental lengths above it prefill on PrfaaS",
+            registry=reg,
+        )
+        self.threshold_updates = Counter(
+            "prfaas:threshold_updates",
+            "Threshold changes made by the long-timescale controller",
+            registry=reg,
+        )
+        self.role_changes = Counter(
+            "prfaas:role_changes",
+            "PD instances converted between prefill and decode roles",
+            ["to_role"],
+            registry=reg,
+        )
+
+    def refresh_prefix_index(self, prefixes: RouterPrefixIndex) -> None:
+        """Copy the global KV index's block counts per instance into the gauge."""
+        if prefixes.index is None:
+            return
+        for instance in prefixes.instances:
+            self.prefix_index_blocks.labels(instance.name).set(
+                prefixes.index.num_blocks(instance.name)
+            )
 
     def refresh_instances(self, monitor: ClusterMonitor) -> None:
         """Copy the last polled queue numbers into the gauges (before each scrape)."""
@@ -129,3 +185,4 @@ class RouterMetrics:
             if state.stats is not None:
                 self.waiting.labels(name).set(state.stats.num_requests_waiting)
                 self.running.labels(name).set(state.stats.num_requests_running)
+                self.prefix_cache_bytes.labels(name).set(state.stats.prefix_cache_bytes)

@@ -29,6 +29,10 @@ failure = "recompute"        # recompute | fail
 transfer_deadline_s = 30
 deployment = "prfaas"        # prfaas | homogeneous | naive
 
+[prefix_cache]               # optional; present = every instance keeps a hybrid prefix cache
+block_tokens = 64            # tokens per cached block (hashes chain block by block)
+budget_bytes = 268435456     # bytes of cached KV and state per instance (LRU beyond it)
+
 [transport]
 token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)
 num_connections = 2          # TCP connections per KV destination
@@ -125,6 +129,15 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class PrefixCacheConfig:
+    """The instances' hybrid prefix cache (off unless the file has a `[prefix_cache]` table)."""
+
+    enabled: bool = False
+    block_tokens: int = 64  # tokens per block; fixed-size states are checkpointed at multiples
+    budget_bytes: int = 256 << 20  # cached KV + state per instance, evicted LRU beyond it
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     token: str | None = None  # shared transport token (inline or read from token_file)
     tls_cert: str | None = None
@@ -141,6 +154,7 @@ class Topology:
     router: RouterConfig = field(default_factory=RouterConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     transport: SecurityConfig = field(default_factory=SecurityConfig)
+    prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
 
     @property
     def instances(self) -> tuple[InstanceConfig, ...]:

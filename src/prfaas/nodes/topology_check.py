@@ -33,6 +33,7 @@ from prfaas.nodes.topology import (
     LinkConfig,
     ModelConfig,
     PolicyConfig,
+    PrefixCacheConfig,
     RouterConfig,
     SecurityConfig,
     Topology,
@@ -49,7 +50,8 @@ from prfaas.types import DeploymentKind
 
 __all__ = ["TopologyError", "parse", "parse_host_port"]  # the errors and parser of the schema
 
-TOP_KEYS = ("model", "router", "link", "policy", "transport", "clusters")
+TOP_KEYS = ("model", "router", "link", "policy", "transport", "prefix_cache", "clusters")
+PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
 LINK_KEYS = ("gbps",)
@@ -67,6 +69,7 @@ _ROUTER = RouterConfig()
 _LINK = LinkConfig()
 _POLICY = PolicyConfig(threshold_tokens=0.0)
 _SECURITY = SecurityConfig()
+_PREFIX_CACHE = PrefixCacheConfig()
 _INSTANCE = InstanceConfig(name="", cluster="", role="", http="")
 
 
@@ -233,6 +236,16 @@ def _transport(
         tls_key=key,
         tls_ca=ca,
         num_connections=table.integer("num_connections", _SECURITY.num_connections, 1),
+    )
+
+
+def _prefix_cache(table: Table | None) -> PrefixCacheConfig:
+    if table is None:
+        return PrefixCacheConfig()
+    return PrefixCacheConfig(
+        enabled=True,
+        block_tokens=table.integer("block_tokens", _PREFIX_CACHE.block_tokens, 1),
+        budget_bytes=table.integer("budget_bytes", _PREFIX_CACHE.budget_bytes, 0),
     )
 
 
@@ -424,6 +437,7 @@ def parse(
     policy, is_auto = _policy(top.table("policy", POLICY_KEYS, required=True))
     transport_table = top.table("transport", TRANSPORT_KEYS)
     transport = _transport(problems, transport_table, top.has("transport"), allow_generated_token)
+    prefix_cache = _prefix_cache(top.table("prefix_cache", PREFIX_CACHE_KEYS))
     clusters = tuple(_cluster(t) for t in top.tables("clusters", CLUSTER_KEYS))
     problems.raise_if_any()
     _check_names(problems, clusters)
@@ -431,7 +445,7 @@ def parse(
     _check_clusters(problems, clusters)
     _check_deployment(problems, policy, clusters)
     problems.raise_if_any()
-    topology = Topology(model, clusters, policy, router, link, transport)
+    topology = Topology(model, clusters, policy, router, link, transport, prefix_cache)
     if is_auto:
         topology = _with_auto_threshold(problems, topology)
         problems.raise_if_any()

@@ -1,9 +1,10 @@
 """Planner settings as flat values (what the CLI and presets set) and their resolution to inputs.
 
 `PlanSettings` is plain data; `resolve` reads profiles, model specs and traces and builds the
-`PlanInputs` the search runs on. The paper's case study is the preset `paper-case-study`;
-`paper-case-study-costmodel` replaces the inferred H20 curve by `prfaas.perf`'s cost model
-calibrated on the H200 profile only.
+`PlanInputs` the search runs on. `prfaas plan` and `prfaas sim` both build their settings here (the
+flags are `prfaas.cli._plan_inputs`), so the same inputs give the same plan. The paper's case study
+is the preset `paper-case-study`; `paper-case-study-costmodel` replaces the inferred H20 curve by
+`prfaas.perf`'s cost model calibrated on the H200 profile only.
 """
 
 from __future__ import annotations
@@ -11,10 +12,10 @@ from __future__ import annotations
 import functools
 import math
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
@@ -26,10 +27,14 @@ from prfaas.types import GBPS
 from prfaas.workload import (
     EmpiricalLengths,
     LengthDistribution,
+    TraceRequest,
     TruncatedLogNormal,
     load_trace,
     uncached_lengths,
 )
+
+if TYPE_CHECKING:
+    from prfaas.perf import CostModel
 
 _CASE = PAPER_CASE_STUDY
 PAPER_H20_QUADRATIC = _CASE.pd_latency.as_spec()  # inferred from Table 6 (docs/paper.md)
@@ -59,7 +64,7 @@ class PlanSettings:
     max_tokens: float = _CASE.max_tokens
     trace: str | None = None  # a trace file replaces the log-normal by its uncached lengths
     trace_prefix_cache: bool = True  # subtract infinite-cache prefix hits from trace lengths
-    output_tokens: float = _CASE.output_tokens
+    output_tokens: float | None = None  # None: a trace's mean output, else the case study's 1024
     bs_max: int = _CASE.max_batch_size
     t_decode_s: float = _CASE.t_decode_step_s
     prices_per_gpu: Mapping[str, float] = field(default_factory=dict)
@@ -152,25 +157,32 @@ def _profile_curve(name_or_path: str) -> tuple[LatencyCurve, str]:
     return curve, f"profile {profile.name or name_or_path} (linear interpolation)"
 
 
-def _cost_model_curve(settings: PlanSettings, hardware: str) -> tuple[LatencyCurve, str]:
+def calibrated_cost_model(settings: PlanSettings, hardware: str) -> CostModel:
+    """`prfaas.perf`'s cost model of one instance of `hardware`, calibrated on the PrfaaS
+    cluster's profile only (the `cost-model` latency; the simulator's cost-model decode step)."""
     from prfaas.models import load_model_spec
     from prfaas.perf import calibrate, get_hardware
     from prfaas.perf.profile import load_profile
 
     kind, _, reference = settings.prfaas_latency.partition(":")
-    if kind != "profile":
-        raise UserError("'cost-model' latency needs the PrfaaS cluster's latency from a profile")
+    if kind != "profile" or not reference:
+        raise UserError("the perf cost model needs the PrfaaS cluster's latency from a profile")
     model = load_model_spec(settings.model)
     profile = load_profile(reference)
     fitted = calibrate(
         model, get_hardware(settings.prfaas_hardware), settings.gpus_per_instance, profile
     )
-    target = fitted.on(get_hardware(hardware), settings.gpus_per_instance)
+    return fitted.on(get_hardware(hardware), settings.gpus_per_instance)
+
+
+def _cost_model_curve(settings: PlanSettings, hardware: str) -> tuple[LatencyCurve, str]:
+    target = calibrated_cost_model(settings, hardware)
     at_tokens = functools.lru_cache(maxsize=1 << 16)(target.t_prefill_s)
 
     def t_prefill_s(num_tokens: float) -> float:
         return at_tokens(max(1, round(num_tokens)))
 
+    reference = settings.prfaas_latency.partition(":")[2]
     eff = target.efficiency
     return t_prefill_s, (
         f"perf cost model on {hardware.upper()}, calibrated on profile {reference} only "
@@ -208,7 +220,12 @@ def _kv_curve(model_name: str) -> tuple[SizeCurve, str]:
     )
 
 
-def _lengths(settings: PlanSettings) -> tuple[LengthDistribution, str]:
+def resolve_lengths(
+    settings: PlanSettings, trace: Sequence[TraceRequest] | None = None
+) -> tuple[LengthDistribution, str]:
+    """The uncached-length distribution and its description: the log-normal, or the trace's
+    lengths after infinite-cache prefix hits (full input lengths without `trace_prefix_cache`).
+    `trace`: the requests of `settings.trace`, when the caller has already read them."""
     if settings.trace is None:
         dist = TruncatedLogNormal(
             settings.mu, settings.sigma, settings.min_tokens, settings.max_tokens
@@ -217,7 +234,7 @@ def _lengths(settings: PlanSettings) -> tuple[LengthDistribution, str]:
             f"truncated log-normal mu={settings.mu:g} sigma={settings.sigma:g} in "
             f"[{settings.min_tokens:g}, {settings.max_tokens:g}] tokens"
         )
-    requests = load_trace(settings.trace)
+    requests = load_trace(settings.trace) if trace is None else trace
     if settings.trace_prefix_cache:
         values = uncached_lengths(requests)
         how = "uncached after infinite-cache prefix hits"
@@ -225,6 +242,16 @@ def _lengths(settings: PlanSettings) -> tuple[LengthDistribution, str]:
         values = [r.num_input_tokens for r in requests]
         how = "full input lengths"
     return EmpiricalLengths(values), f"trace {settings.trace} ({len(values)} requests, {how})"
+
+
+def output_tokens_of(settings: PlanSettings, trace: Sequence[TraceRequest] | None) -> float:
+    """L_out: `settings.output_tokens` when set, else the trace's mean output length, else the
+    case study's."""
+    if settings.output_tokens is not None:
+        return settings.output_tokens
+    if settings.trace is not None and trace:
+        return sum(r.num_output_tokens for r in trace) / len(trace)
+    return float(_CASE.output_tokens)
 
 
 def _cluster(
@@ -236,8 +263,11 @@ def _cluster(
     return ClusterSpec(hardware, num_gpus, settings.gpus_per_instance, curve, source)
 
 
-def resolve(settings: PlanSettings) -> PlanInputs:
-    """Read every file and preset the settings name and build the planner's inputs."""
+def resolve(settings: PlanSettings, trace: Sequence[TraceRequest] | None = None) -> PlanInputs:
+    """Read every file and preset the settings name and build the planner's inputs.
+
+    `trace`: the requests of `settings.trace` when the caller has already read them (the
+    simulator replays them), so the file is read once."""
     if not (math.isfinite(settings.link_gbps) and settings.link_gbps > 0):
         raise UserError(f"link bandwidth must be > 0 Gbps, got {settings.link_gbps}")
     prfaas = _cluster(
@@ -255,7 +285,9 @@ def resolve(settings: PlanSettings) -> PlanInputs:
         homogeneous_gpus = settings.prfaas_gpus + settings.pd_gpus
     homogeneous = replace(pd, num_gpus=homogeneous_gpus)
     kv_bytes, kv_source = _kv_curve(settings.model)
-    lengths, lengths_source = _lengths(settings)
+    if settings.trace is not None and trace is None:
+        trace = load_trace(settings.trace)
+    lengths, lengths_source = resolve_lengths(settings, trace)
     return PlanInputs(
         prfaas=prfaas,
         pd=pd,
@@ -265,7 +297,7 @@ def resolve(settings: PlanSettings) -> PlanInputs:
         lengths=lengths,
         lengths_source=lengths_source,
         link_bytes_per_s=settings.link_gbps * GBPS / 8,
-        num_output_tokens=settings.output_tokens,
+        num_output_tokens=output_tokens_of(settings, trace),
         max_batch_size=settings.bs_max,
         t_decode_step_s=settings.t_decode_s,
         prices_per_gpu={k.lower(): v for k, v in settings.prices_per_gpu.items()},

@@ -3,13 +3,13 @@
 - `route`: per-request routing (threshold, cache-affine / global best prefix, congestion, and the
   offload-delay rule on link backlog and both clusters' queues) and the deployment-kind factory
   `make_route_policy`.
-- `pick`: least-loaded instance inside a cluster.
+- `pick`: least-loaded instance inside a cluster, or the one caching the longest prefix.
 - `throughput`: the paper's Eqs. 2-7 and the Eq. 7 threshold search, used by the planner and by a
   router re-searching t over observed lengths.
 - `views`: the snapshots (LinkView, InstanceLoad, ClusterView) the policy reads.
 """
 
-from prfaas.policy.pick import pick_instance
+from prfaas.policy.pick import pick_cached_instance, pick_instance
 from prfaas.policy.route import (
     PathDelays,
     RouteDecision,
@@ -49,6 +49,7 @@ __all__ = [
     "lambda_max",
     "make_route_policy",
     "path_delays",
+    "pick_cached_instance",
     "pick_instance",
     "theta_pd_decode",
     "theta_pd_prefill",

@@ -27,6 +27,18 @@ short-timescale rules of §3.4.3 (summarized in docs/paper.md, section 5), in th
    behind (bandwidth drop, burst), the backlog's drain time outgrows the prefill and only then do
    requests stay local, just enough to even out the two paths' delays.
 
+*Hysteresis* (optional: pass a `RouteState`, which the driver owns and keeps between requests).
+Without one, rules 1 and 3 compare against one level each and a request near it may flip from the
+previous one. With one, each rule has two levels and a mode that only the far level changes:
+
+- rule 1 enters *scarce* at utilization >= `scarce_utilization` and leaves it only below
+  `abundant_utilization`;
+- rule 3 enters *diverting* when offload_ready > `local_delay_ratio` x local_ready and, once
+  diverting, keeps requests local until offload_ready <= `exit_delay_ratio` x local_ready.
+
+Under a constant load the inputs stay between the two levels after the first switch, so the
+decisions do not alternate. `state=None` keeps the single-level behaviour exactly.
+
 The deployment kind is part of the policy: HOMOGENEOUS sends everything to PD-P, NAIVE everything to
 PrfaaS, so a driver (router or simulator) never decides on its own. Every decision carries a
 `reason` whose text before the first ':' names the rule that made it.
@@ -60,6 +72,9 @@ class RoutePolicyConfig:
     threshold_raise_factor: float = 2.0  # t multiplier under congestion (>= 1)
     max_retransmit_rate: float = 0.01  # at/above: link congested (scarce, and t raised)
     local_delay_ratio: float = 1.5  # stay local when offload_ready > ratio x local_ready (>= 1)
+    # Hysteresis levels, used only with a RouteState; each is capped at its entering level above.
+    exit_delay_ratio: float = 1.2  # diverting ends once offload_ready <= this x local_ready
+    abundant_utilization: float = 0.5  # scarce mode ends once utilization < this
 
     def __post_init__(self) -> None:
         if math.isnan(self.threshold_tokens) or self.threshold_tokens < 0:
@@ -76,6 +91,33 @@ class RoutePolicyConfig:
             raise ValueError(
                 f"max_retransmit_rate must be in [0, 1], got {self.max_retransmit_rate}"
             )
+        if not self.exit_delay_ratio >= 1:
+            raise ValueError(f"exit_delay_ratio must be >= 1, got {self.exit_delay_ratio}")
+        if math.isnan(self.abundant_utilization) or self.abundant_utilization < 0:
+            raise ValueError(f"abundant_utilization must be >= 0, got {self.abundant_utilization}")
+
+    @property
+    def exit_ratio(self) -> float:
+        """Rule 3's leaving level: `exit_delay_ratio`, at most `local_delay_ratio`."""
+        return min(self.exit_delay_ratio, self.local_delay_ratio)
+
+    @property
+    def exit_utilization(self) -> float:
+        """Rule 1's leaving level: `abundant_utilization`, at most `scarce_utilization`."""
+        return min(self.abundant_utilization, self.scarce_utilization)
+
+
+@dataclass(slots=True)
+class RouteState:
+    """The modes of the hysteresis rules, carried from one request to the next by the driver.
+
+    The only mutable policy object: `choose_route` reads it and updates it in place. One per
+    router (or simulator run); start from the default (not scarce, not diverting).
+    """
+
+    is_scarce: bool = False  # rule 1 routes cache-affine
+    is_diverting: bool = False  # rule 3 keeps offloads local
+    num_switches: int = 0  # mode changes so far (either rule), for metrics and tests
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,11 +160,27 @@ def effective_threshold(config: RoutePolicyConfig, link: LinkView | None) -> flo
     return config.threshold_tokens
 
 
-def is_bandwidth_scarce(config: RoutePolicyConfig, link: LinkView | None) -> bool:
-    """Cache-affine routing applies: no link view, high egress utilization, or congestion."""
+def is_bandwidth_scarce(
+    config: RoutePolicyConfig, link: LinkView | None, state: RouteState | None = None
+) -> bool:
+    """Cache-affine routing applies: no link view, high egress utilization, or congestion.
+
+    With a `state`, the utilization test has two levels (see the module docstring) and the
+    state's scarce mode follows it; a missing link view or congestion does not change the mode.
+    """
     if link is None:
         return True
-    return link.utilization >= config.scarce_utilization or _is_congested(link, config)
+    if state is None:
+        return link.utilization >= config.scarce_utilization or _is_congested(link, config)
+    level = config.exit_utilization if state.is_scarce else config.scarce_utilization
+    _set_mode(state, "is_scarce", link.utilization >= level)
+    return state.is_scarce or _is_congested(link, config)
+
+
+def _set_mode(state: RouteState, name: str, value: bool) -> None:
+    if getattr(state, name) != value:
+        setattr(state, name, value)
+        state.num_switches += 1
 
 
 def path_delays(
@@ -174,8 +232,13 @@ def _check_offload_delay(
     link: LinkView | None,
     prfaas: ClusterView | None,
     pd: ClusterView | None,
+    state: RouteState | None = None,
 ) -> RouteDecision:
-    """Rule 3: keep an offload decision unless the local path would be ready sooner."""
+    """Rule 3: keep an offload decision unless the local path would be ready sooner.
+
+    With a `state`, the ratio is `local_delay_ratio` while not diverting and `exit_ratio` while
+    diverting, and the state's diverting mode follows the outcome.
+    """
     if config.costs is None or link is None or prfaas is None or pd is None:
         return offload
     total = offload.num_incremental_tokens + offload.num_prefix_hit_tokens
@@ -184,13 +247,20 @@ def _check_offload_delay(
     d = path_delays(
         config.costs, link, prfaas, pd, offload.num_incremental_tokens, num_kv_tokens, num_kv_tokens
     )
-    if d.offload_ready_s <= config.local_delay_ratio * d.local_ready_s:
+    held = state is not None and state.is_diverting
+    ratio = config.exit_ratio if held else config.local_delay_ratio
+    stay_local = d.offload_ready_s > ratio * d.local_ready_s
+    if state is not None:
+        _set_mode(state, "is_diverting", stay_local)
+    if not stay_local:
         return offload
     cause = "link-backlog" if d.link_drain_s >= d.prfaas_done_s else "prfaas-delay"
     why = (
         f"{cause}: offload ready in {d.offload_ready_s:.2f} s (link {d.link_drain_s:.2f} s, "
         f"PrfaaS {d.prfaas_done_s:.2f} s) > local {d.local_ready_s:.2f} s"
     )
+    if held:
+        why += f" (diverting until <= {ratio:g}x)"
     return _to_pd(total, cached_pd, 0, why)
 
 
@@ -202,21 +272,24 @@ def choose_route(
     link: LinkView | None,
     prfaas: ClusterView | None = None,
     pd: ClusterView | None = None,
+    *,
+    state: RouteState | None = None,
 ) -> RouteDecision:
     """PrfaaS-PD routing of one request (see the module docstring for the rules).
 
     `prfaas` and `pd` are the two clusters' prefill loads (`InstanceLoad.queued_prefill_s`); the
-    offload-delay rule runs only when both, the link view and `config.costs` are given.
+    offload-delay rule runs only when both, the link view and `config.costs` are given. `state`
+    turns on hysteresis and is updated in place; None keeps the single-level rules.
     """
     total, c_pd, c_prfaas = num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas
     _check_tokens(total, c_pd, c_prfaas)
     t = effective_threshold(config, link)
-    if is_bandwidth_scarce(config, link):
+    if is_bandwidth_scarce(config, link, state):
         decision = _cache_affine(total, c_pd, c_prfaas, t)
     else:
         decision = _global_best(total, c_pd, c_prfaas, t)
     if decision.target is RouteTarget.PRFAAS:
-        return _check_offload_delay(decision, c_pd, config, link, prfaas, pd)
+        return _check_offload_delay(decision, c_pd, config, link, prfaas, pd, state)
     return decision
 
 
@@ -235,8 +308,12 @@ class RoutePolicy:
         link: LinkView | None,
         prfaas: ClusterView | None = None,
         pd: ClusterView | None = None,
+        *,
+        state: RouteState | None = None,
     ) -> RouteDecision:
-        """Route one request; cached counts are the longest cached prefix in each cluster."""
+        """Route one request; cached counts are the longest cached prefix in each cluster.
+
+        `state` (PrfaaS-PD only) turns on the hysteresis rules; see `choose_route`."""
         total, c_pd, c_prfaas = num_prompt_tokens, num_cached_tokens_pd, num_cached_tokens_prfaas
         _check_tokens(total, c_pd, c_prfaas)
         if self.kind is DeploymentKind.HOMOGENEOUS:
@@ -244,7 +321,7 @@ class RoutePolicy:
         if self.kind is DeploymentKind.NAIVE:
             return _to_prfaas(total, c_prfaas, 0, "naive: all prefill on PrfaaS")
         assert self.config is not None
-        return choose_route(total, c_pd, c_prfaas, self.config, link, prfaas, pd)
+        return choose_route(total, c_pd, c_prfaas, self.config, link, prfaas, pd, state=state)
 
 
 def make_route_policy(kind: DeploymentKind, config: RoutePolicyConfig | None = None) -> RoutePolicy:

@@ -1,1 +1,35 @@
-"""Hybrid prefix cache bookkeeping: block hashes, pools and the global index (no tensors)."""
+"""Hybrid prefix cache bookkeeping: block hashes, pools and the global index (no tensors).
+
+- `hashing.block_hashes`: chained, process-independent hashes of complete token blocks.
+- `pool.HybridPrefixPool`: one instance's cached attention blocks and fixed-state checkpoints
+  within a byte budget (LRU, leaf-first, pins, transfer reservations, a bounded event log).
+- `index.GlobalKVIndex`: the router's copy of every pool, rebuilt from pool events;
+  `index.BlockPrefixIndex`: the simulator's per-cluster LRU set of block hashes.
+"""
+
+from prfaas.prefix_cache.hashing import block_hashes
+from prfaas.prefix_cache.index import BlockPrefixIndex, GlobalKVIndex
+from prfaas.prefix_cache.pool import (
+    EVENT_REMOVED,
+    EVENT_STORED,
+    HybridPrefixPool,
+    PoolEvent,
+    PoolPart,
+    PrefixMatch,
+    StoreResult,
+    match_prefix,
+)
+
+__all__ = [
+    "EVENT_REMOVED",
+    "EVENT_STORED",
+    "BlockPrefixIndex",
+    "GlobalKVIndex",
+    "HybridPrefixPool",
+    "PoolEvent",
+    "PoolPart",
+    "PrefixMatch",
+    "StoreResult",
+    "block_hashes",
+    "match_prefix",
+]

@@ -10,6 +10,7 @@ import math
 from dataclasses import dataclass
 
 from prfaas.errors import UserError
+from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.sim.cost import DecodeStepTime, KVSize, PrefillLatency
 from prfaas.sim.link import BandwidthStep
@@ -71,6 +72,17 @@ class SimConfig:
     egress_bin_s: float = 60.0  # width of the egress-utilization time series bins, seconds
     link_window_s: float = 1.0  # the router sees egress utilization averaged over this window
     record_decisions: bool = False  # keep every routing decision with its inputs (decision_log)
+    # Adaptive control (PrfaaS-PD only): the long-timescale controller ticking every period, and
+    # the routing rules' hysteresis (a RouteState kept across requests). None / False: static.
+    controller: ControllerConfig | None = None
+    route_hysteresis: bool = False
+    # Without a controller: record the same time series (t, N_p, N_d, throughput, link) this often
+    series_period_s: float | None = None
+
+    @property
+    def tick_period_s(self) -> float | None:
+        """Period of the ControllerTick events: the controller's, else `series_period_s`."""
+        return self.controller.period_s if self.controller is not None else self.series_period_s
 
     def __post_init__(self) -> None:
         if not self.bandwidth or self.bandwidth[0].at != 0.0:
@@ -87,6 +99,14 @@ class SimConfig:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.drain_s < 0:
             raise UserError(f"drain_s must be >= 0, got {self.drain_s}")
+        if self.series_period_s is not None and not (
+            math.isfinite(self.series_period_s) and self.series_period_s > 0
+        ):
+            raise UserError(f"series_period_s must be > 0, got {self.series_period_s}")
+        is_prfaas = self.deployment.kind is DeploymentKind.PRFAAS
+        if (self.controller is not None or self.route_hysteresis) and not is_prfaas:
+            kind = self.deployment.kind
+            raise UserError(f"the adaptive controller needs a PrfaaS-PD deployment, not {kind}")
 
 
 @dataclass(frozen=True, slots=True)

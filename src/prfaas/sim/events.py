@@ -25,7 +25,8 @@ class Priority(IntEnum):
     LINK_DRAIN = 1  # transfers that finish now free the link and deliver KV to decode
     DECODE_WAKE = 2  # decode steps that end now release slots before KV arrivals are admitted
     PREFILL_STEP_DONE = 3  # prefill steps end, hand KV over and start the next step
-    ARRIVAL = 4  # new requests are routed against the state left by everything above
+    CONTROLLER_TICK = 4  # the long-timescale controller reads the settled state, then arrivals
+    ARRIVAL = 5  # new requests are routed against the state left by everything above
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,15 @@ class DecodeWake:
     priority = Priority.DECODE_WAKE
 
 
-Event = Arrival | PrefillStepDone | LinkDrain | BandwidthChange | DecodeWake
+@dataclass(frozen=True, slots=True)
+class ControllerTick:
+    """The long-timescale controller's periodic tick (`prfaas.policy.controller`)."""
+
+    tick_index: int  # 1 for the first tick, at one period
+    priority = Priority.CONTROLLER_TICK
+
+
+Event = Arrival | PrefillStepDone | LinkDrain | BandwidthChange | DecodeWake | ControllerTick
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,11 @@ goes: arrival -> route -> prefill queue -> prefill steps -> (KV over the shared 
 handover, taken as instantaneous) -> decode slot -> decode steps -> finished. Every routing decision
 comes from `prfaas.policy` (`RoutePolicy.choose`, `pick_instance`) on views built by
 `prfaas.sim.views`.
+
+With `config.controller`, a `ControllerTick` every period asks the long-timescale controller
+(`prfaas.sim.control`) for decisions and carries them out: a new t replaces the routing policy's; a
+role change drains PD instances (no new work, finish what they hold), then retires each and starts
+an instance of the other role in its place. PrfaaS instances keep their role.
 """
 
 from __future__ import annotations
@@ -13,17 +18,26 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from prfaas.errors import UserError
+from prfaas.policy.controller import ControlDecision, PdRole, RoleChange
 from prfaas.policy.pick import pick_instance
-from prfaas.policy.route import RouteDecision, RoutePolicy, RouteTarget, make_route_policy
+from prfaas.policy.route import (
+    RouteDecision,
+    RoutePolicy,
+    RouteState,
+    RouteTarget,
+    make_route_policy,
+)
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 from prfaas.prefix_cache.index import BlockPrefixIndex
 from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
+from prfaas.sim.control import SimControl, TickState
 from prfaas.sim.events import (
     Arrival,
     BandwidthChange,
+    ControllerTick,
     DecodeWake,
     Event,
     EventQueue,
@@ -79,6 +93,12 @@ class SimHandlers:
         self.num_events = 0
         self.route_reasons: dict[str, int] = {}  # "<policy rule> -> <target>" -> decisions
         self.decision_log: list[DecisionRecord] = []  # filled when config.record_decisions
+        self.route_state = RouteState() if config.route_hysteresis else None
+        self.control = None if config.tick_period_s is None else SimControl(config)
+        self.num_route_flips = 0  # consecutive requests with l > t routed to different targets
+        self._last_long_target: RouteTarget | None = None
+        self.pd_prefill_all = list(self.clusters[RouteTarget.PD_PREFILL])  # retired ones too
+        self.decode_requests = [0] * len(self.decode)  # requests assigned and not finished
 
     @property
     def arrivals_end_s(self) -> float:
@@ -108,6 +128,9 @@ class SimHandlers:
         follow: FollowUps = []
         for job in instance.finish_step():
             follow += self._on_prefill_finished(job.req_index)
+        if instance.is_drained:
+            self._retire_prefill(instance)
+            return follow
         return follow + self._start_prefill_step(instance)
 
     def on_link_drain(self, event: LinkDrain) -> FollowUps:
@@ -156,16 +179,23 @@ class SimHandlers:
         prfaas = self.cluster_view(RouteTarget.PRFAAS)
         pd = self.cluster_view(RouteTarget.PD_PREFILL)
         total = req.num_prompt_tokens
-        decision = self.policy.choose(total, cached_pd, cached_prfaas, link, prfaas, pd)
+        decision = self.policy.choose(
+            total, cached_pd, cached_prfaas, link, prfaas, pd, state=self.route_state
+        )
+        if self.control is not None:
+            best_prefix = max(cached_pd, cached_prfaas)
+            self.control.observe(self.now, total - best_prefix, req.num_output_tokens)
         if self.config.record_decisions:
             record = DecisionRecord(
                 i, self.now, total, cached_pd, cached_prfaas, link, prfaas, pd, decision
             )
             self.decision_log.append(record)
+        self._count_flip(decision, total - max(cached_pd, cached_prfaas))
         rule = f"{decision.reason.split(':')[0]} -> {decision.target}"
         self.route_reasons[rule] = self.route_reasons.get(rule, 0) + 1
-        self.decode_of[i] = pick_instance(self.decode_loads())
+        self.decode_of[i] = self._pick_decode()
         self.decode_tokens[self.decode_of[i]] += req.num_output_tokens
+        self.decode_requests[self.decode_of[i]] += 1
         log = self.log
         log.arrived_at[i] = req.arrived_at
         log.is_offloaded[i] = decision.target is RouteTarget.PRFAAS
@@ -174,6 +204,16 @@ class SimHandlers:
         log.num_output_tokens[i] = req.num_output_tokens
         log.decode_instance[i] = self.decode[self.decode_of[i]].instance_id
         return decision
+
+    def _count_flip(self, decision: RouteDecision, num_incremental_tokens: int) -> None:
+        """Count a flip when a request the threshold would offload goes elsewhere than the
+        previous such request (the offload-delay rule switching on or off)."""
+        config = self.policy.config
+        if config is None or num_incremental_tokens <= config.threshold_tokens:
+            return
+        if self._last_long_target not in (None, decision.target):
+            self.num_route_flips += 1
+        self._last_long_target = decision.target
 
     def link_view(self) -> LinkView:
         """The shared link as the policy sees it now (see `prfaas.sim.views.link_view`)."""
@@ -186,6 +226,12 @@ class SimHandlers:
     def decode_loads(self) -> list[InstanceLoad]:
         """Decode load = output tokens assigned to the instance and not yet generated."""
         return decode_loads(self.decode, self.decode_tokens)
+
+    def _pick_decode(self) -> int:
+        """Position in `self.decode` of the least-loaded decode instance taking new work."""
+        active = [k for k, d in enumerate(self.decode) if _takes_work(d)]
+        loads = self.decode_loads()
+        return active[pick_instance([loads[k] for k in active])]
 
     def _cached_tokens(self, target: RouteTarget, req: SimRequest) -> int:
         """Longest cached prefix in a cluster, leaving at least one token to compute."""
@@ -280,7 +326,114 @@ class SimHandlers:
     def _finish(self, i: int) -> None:
         self.num_finished += 1
         self.log.finished_at[i] = self.now
-        self.decode_tokens[self.decode_of[i]] -= self.requests[i].num_output_tokens
+        k = self.decode_of[i]
+        self.decode_tokens[k] -= self.requests[i].num_output_tokens
+        self.decode_requests[k] -= 1
+        if self.decode[k].is_draining and self.decode_requests[k] == 0:
+            self._retire_decode(k)
+
+    # --- the long-timescale controller ----------------------------------------------------------
+
+    def on_controller_tick(self, event: ControllerTick) -> FollowUps:
+        control = self._control()
+        measured = control.measurements(self.now, self.link.bytes_per_s, self.role_counts())
+        for decision in control.tick(self.now, measured):
+            self._apply(decision)
+        control.record(self.now, self._tick_state(control.period_s))
+        next_tick = ControllerTick(event.tick_index + 1)
+        return [(self.now + control.period_s, next_tick)]
+
+    def _tick_state(self, period_s: float) -> TickState:
+        num_p, num_d, draining = self.active_counts()
+        config = self.policy.config
+        return TickState(
+            threshold_tokens=None if config is None else config.threshold_tokens,
+            num_pd_p=num_p,
+            num_pd_d=num_d,
+            num_draining=draining,
+            num_finished=self.num_finished,
+            link_bytes_per_s=self.link.bytes_per_s,
+            backlog_bytes=self.link.backlog_bytes(self.now),
+            egress_bytes_per_s=self.link.mean_rate_bytes_per_s(self.now, period_s),
+        )
+
+    def role_counts(self) -> tuple[int, int, int]:
+        """(N_p, N_d, converting), each draining instance counted in the role it is heading to."""
+        p_active, d_active, _ = self.active_counts()
+        to_p = sum(1 for d in self.decode if d.is_draining and d.active_until_s is None)
+        to_d = sum(1 for p in self.pd_prefill_all if p.is_draining and p.active_until_s is None)
+        return p_active + to_p, d_active + to_d, to_p + to_d
+
+    def active_counts(self) -> tuple[int, int, int]:
+        """(PD-P taking work, PD-D taking work, PD instances draining)."""
+        num_p = len(self.clusters[RouteTarget.PD_PREFILL])
+        num_d = sum(1 for d in self.decode if _takes_work(d))
+        draining = sum(1 for p in self.pd_prefill_all if p.is_draining and p.active_until_s is None)
+        draining += sum(1 for d in self.decode if d.is_draining and d.active_until_s is None)
+        return num_p, num_d, draining
+
+    def _apply(self, decision: ControlDecision) -> None:
+        if isinstance(decision, RoleChange):
+            for _ in range(decision.num_instances):
+                self._start_conversion(decision.from_role)
+            return
+        assert self.policy.config is not None
+        config = replace(self.policy.config, threshold_tokens=decision.new_threshold_tokens)
+        self.policy = replace(self.policy, config=config)  # keeps a wrapping policy's class
+
+    def _start_conversion(self, from_role: PdRole) -> None:
+        """Drain the least-loaded instance of `from_role`; retire it at once if it is idle."""
+        if from_role is PdRole.PD_PREFILL:
+            cluster = self.clusters[RouteTarget.PD_PREFILL]
+            if len(cluster) < 2:
+                raise RuntimeError("a role change would leave no PD-P instance taking work")
+            instance = min(cluster, key=lambda p: p.remaining_work_s(self.now))
+            cluster.remove(instance)
+            instance.is_draining = True
+            self._control().conversion_started(self.now, instance.instance_id, from_role)
+            if instance.is_drained:
+                self._retire_prefill(instance)
+            return
+        active = [k for k, d in enumerate(self.decode) if _takes_work(d)]
+        if len(active) < 2:
+            raise RuntimeError("a role change would leave no PD-D instance taking work")
+        k = min(active, key=lambda k: (self.decode_tokens[k], k))
+        self.decode[k].is_draining = True
+        self._control().conversion_started(self.now, self.decode[k].instance_id, from_role)
+        if self.decode_requests[k] == 0:
+            self._retire_decode(k)
+
+    def _retire_prefill(self, instance: SimPrefill) -> None:
+        """A drained PD-P instance becomes a new PD-D instance."""
+        instance.active_until_s = self.now
+        dep = self.config.deployment
+        decode = SimDecode(f"pd-d-{len(self.decode)}", dep.max_batch_size, dep.decode_step)
+        decode.active_from_s = self.now
+        self.decode.append(decode)
+        self.decode_by_id[decode.instance_id] = decode
+        self.decode_tokens.append(0)
+        self.decode_requests.append(0)
+        self._control().conversion_done(self.now, instance.instance_id, decode.instance_id)
+
+    def _retire_decode(self, k: int) -> None:
+        """A drained PD-D instance becomes a new PD-P instance."""
+        self.decode[k].active_until_s = self.now
+        spec = self.config.deployment.pd_prefill
+        name = f"pd-p-{len(self.pd_prefill_all)}"
+        instance = SimPrefill(name, spec.latency, self.config.chunk_tokens)
+        instance.active_from_s = self.now
+        self.clusters[RouteTarget.PD_PREFILL].append(instance)
+        self.pd_prefill_all.append(instance)
+        self.prefill_by_id[name] = instance
+        self._control().conversion_done(self.now, self.decode[k].instance_id, name)
+
+    def _control(self) -> SimControl:
+        assert self.control is not None  # role changes come only from the controller
+        return self.control
+
+
+def _takes_work(decode: SimDecode) -> bool:
+    return not decode.is_draining and decode.active_until_s is None
 
 
 def _make_prefill(config: SimConfig, prefix: str, spec: PrefillClusterSpec) -> list[SimPrefill]:

@@ -9,6 +9,10 @@ whole request per step.
 Decode: every step emits one token for each running request. The instance is only woken where its
 batch changes (a request finishes, or a waiting request can join at the next step boundary), so the
 event count does not grow with output length.
+
+Role changes (the adaptive controller): an instance is *active* from `active_from_s` until
+`active_until_s` (None: still active). A *draining* instance takes no new work and finishes what it
+holds; the simulator then retires it and starts an instance of the other role in its place.
 """
 
 from __future__ import annotations
@@ -54,10 +58,18 @@ class SimPrefill:
         self.num_queued_tokens = 0  # tokens not yet computed, queued or in the running step
         self.queued_work_s = 0.0  # prefill seconds not yet done, queued or in the running step
         self.busy_s = 0.0  # total seconds spent in steps
+        self.active_from_s = 0.0  # simulated time this instance took its role, seconds
+        self.active_until_s: float | None = None  # when it was retired (None: still active)
+        self.is_draining = False  # takes no new work; retired once its queue is empty
 
     @property
     def is_busy(self) -> bool:
         return bool(self.step)
+
+    @property
+    def is_drained(self) -> bool:
+        """Draining, and nothing is left to prefill."""
+        return self.is_draining and not self.queue and not self.step
 
     def enqueue(self, job: PrefillJob) -> None:
         self.queue.append(job)
@@ -131,6 +143,9 @@ class SimDecode:
         self.wake_at: float | None = None  # next planned batch change
         self.version = 0
         self.batch_seconds = 0.0  # integral of the batch size over time, request-seconds
+        self.active_from_s = 0.0  # simulated time this instance took its role, seconds
+        self.active_until_s: float | None = None  # when it was retired (None: still active)
+        self.is_draining = False  # gets no new request; retired once its last one finishes
 
     @property
     def num_assigned(self) -> int:

@@ -6,6 +6,10 @@ by at most 3% of what arrived. Below capacity the backlog is stationary and the 
 capacity the backlog grows at (rate - capacity) and the ratio falls to capacity / rate. The answer
 can therefore sit up to ~3% above the true capacity, and a finite run adds noise of
 ~1/sqrt(arrivals).
+
+A caller may add criteria (a TTFT p90 limit, in `prfaas.sim.scenario.max_rate`) by building its
+own `Probe`s for `bisect_rate`; the search assumes only that a rate meeting them is also met by
+every lower rate.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ class Probe:
 
     rate_per_s: float  # offered arrival rate, requests/s
     completion_ratio: float  # second-half completions / arrivals
-    is_stable: bool  # completion_ratio >= the criterion
+    is_stable: bool  # meets every criterion (completion_ratio, and a TTFT limit when given)
+    ttft_p90_s: float | None = None  # the run's TTFT p90, when a TTFT limit is a criterion
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,9 +58,27 @@ def find_max_rate(
     max_probes: int = 24,
     min_completion_ratio: float = MIN_COMPLETION_RATIO,
 ) -> MaxRate:
-    """Bracket the capacity from `initial_rate_per_s` (doubling/halving), then bisect.
+    """Highest rate with bounded queues: `bisect_rate` on the completion criterion alone.
 
     `ratio_at(rate)` runs the simulation at `rate` and returns its second-half completion ratio.
+    """
+
+    def run_at(rate: float) -> Probe:
+        ratio = ratio_at(rate)
+        return Probe(rate, ratio, ratio >= min_completion_ratio)
+
+    return bisect_rate(run_at, initial_rate_per_s, rel_tol=rel_tol, max_probes=max_probes)
+
+
+def bisect_rate(
+    run_at: Callable[[float], Probe],
+    initial_rate_per_s: float,
+    *,
+    rel_tol: float = 0.01,
+    max_probes: int = 24,
+) -> MaxRate:
+    """Bracket the highest rate whose probe `is_stable` from `initial_rate_per_s`
+    (doubling/halving), then bisect. `run_at(rate)` simulates at `rate` and judges the run.
     Stops when the bracket is within `rel_tol` of its upper end or after `max_probes` runs.
     """
     if not (math.isfinite(initial_rate_per_s) and initial_rate_per_s > 0):
@@ -63,8 +86,7 @@ def find_max_rate(
     probes: list[Probe] = []
 
     def probe(rate: float) -> bool:
-        ratio = ratio_at(rate)
-        probes.append(Probe(rate, ratio, ratio >= min_completion_ratio))
+        probes.append(run_at(rate))
         return probes[-1].is_stable
 
     lo, hi = 0.0, math.inf

@@ -1,68 +1,93 @@
-"""Named simulation setups. `paper-case-study`: the paper's section 4 deployments (docs/paper.md).
+"""What the simulator builds its deployments from: the planner's inputs and the planner's answer.
 
-The inputs come from `prfaas.casestudy.PAPER_CASE_STUDY` (shared with the planner): PrfaaS cluster
-4 x 8xH200 (Table 5 profile), local PD cluster 8 x 8xH20 (H20 prefill curve inferred from Table 6,
-labelled as such), 100 Gbps between them, the 1T hybrid model's S_kv, BS_max 20 at T_decode 25 ms,
-uncached lengths ~ truncated log-normal(9.90, 1.00) in [128, 128K], 1024 output tokens. Instance
-splits are the planner's optima (Table 6); the PrfaaS threshold t is solved with Eq. 7
-(`prfaas.policy.throughput.best_threshold`) for the split, so nothing here copies a result.
+`prfaas sim` takes the same inputs as `prfaas plan` (a `prfaas.plan.PlanSettings`: preset, then
+`--config`, then flags). `prfaas.sim` does not import `prfaas.plan` (the two are independent
+layers), so the command line resolves the settings (`prfaas.cli._sim_setup.load_setup`) into a
+`SimSetup` of plain curves and numbers plus a `Planner`: a function of the link bandwidth that
+returns `prfaas plan`'s answer for that link and the setup's workload. Each deployment then starts
+from that answer (`build_deployment`): the instance split, the PrfaaS threshold t (Eq. 7, refined
+as the planner does) and the model's Λ_max, so nothing here copies a result.
+
+Routing (`ROUTINGS`, `prfaas.sim.routing`) is a run-time choice of the router: "cache-aware" (the
+policy as it is) or "length-only". Both run the same deployment, planned on the uncached lengths,
+so a comparison of the two changes nothing but the routing decision.
+
+The `paper-case-study` constants below (`prfaas.casestudy.PAPER_CASE_STUDY`) are the defaults of
+the preset of that name: PrfaaS cluster 4 x 8xH200, local PD cluster 8 x 8xH20, 100 Gbps,
+uncached lengths ~ truncated log-normal(9.90, 1.00) in [128, 128K], 1024 output tokens, BS_max 20
+at T_decode 25 ms.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.policy.route import RoutePolicyConfig
-from prfaas.policy.throughput import StageCosts, best_threshold, evaluate
+from prfaas.policy.throughput import LatencyCurve, StageCosts
 from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec
 from prfaas.sim.cost import (
     DecodeStepByContext,
     DecodeStepTime,
     FixedDecodeStep,
-    KVSize,
-    PrefillLatency,
     context_decode_step,
 )
 from prfaas.types import DeploymentKind
-from prfaas.workload import (
-    EmpiricalLengths,
-    LengthDistribution,
-    TraceRequest,
-    uncached_lengths,
-)
+from prfaas.workload import LengthDistribution, TraceRequest
 
-PRESETS = ("paper-case-study",)
 _CASE = PAPER_CASE_STUDY
 CASE_LENGTHS = _CASE.lengths()
 CASE_OUTPUT_TOKENS = _CASE.output_tokens
 CASE_MAX_BATCH_SIZE = _CASE.max_batch_size
 CASE_DECODE_STEP_S = _CASE.t_decode_step_s
 CASE_LINK_GBPS = _CASE.link_gbps
-# (N_prfaas, N_p, N_d) per deployment: the planner's optima of the paper's Table 6
-CASE_SPLITS: dict[DeploymentKind, tuple[int, int, int]] = {
-    DeploymentKind.PRFAAS: (4, 3, 5),
-    DeploymentKind.HOMOGENEOUS: (0, 9, 3),
-    DeploymentKind.NAIVE: (4, 0, 8),
-}
+ROUTINGS = ("cache-aware", "length-only")
+DECODE_STEPS = ("fixed", "cost-model")
 
 
 @dataclass(frozen=True, slots=True)
-class CaseStudy:
-    """The resolved inputs of the case study, shared by its three deployments."""
+class PlannedSplit:
+    """The planner's optimum of one deployment at one link and workload."""
 
-    h200: PrefillLatency  # 8xH200 prefill latency (Table 5 profile)
-    h20: PrefillLatency  # 8xH20 prefill latency (inferred curve)
-    kv_size: KVSize  # S_kv(l) of the 1T hybrid model
-    num_kv_layers: int  # decoder layers of the model (KV streams layer by layer)
-    pd_cost_model: DecodeStepByContext  # prfaas.perf model of one PD instance (H200-calibrated)
+    num_prfaas: int  # PrfaaS prefill instances (0: none)
+    num_pd_p: int  # PD-P instances (0: none)
+    num_pd_d: int  # PD-D instances
+    threshold_tokens: float | None  # PrfaaS-PD's t (None for the other deployments)
+    lambda_max_per_s: float  # Eq. 6 at that point
+
+    @property
+    def split(self) -> tuple[int, int, int]:
+        return (self.num_prfaas, self.num_pd_p, self.num_pd_d)
 
 
 @dataclass(frozen=True, slots=True)
-class _FootprintSize:
+class PlannedLink:
+    """`prfaas plan`'s answer for one link bandwidth and length distribution."""
+
+    splits: Mapping[DeploymentKind, PlannedSplit]  # per deployment
+    costs: StageCosts  # T_prefill per cluster, S_kv, link: what the offload-delay rule reads
+
+
+# link Gbps -> the planner's answer for that link and the setup's workload
+Planner = Callable[[float], PlannedLink]
+
+
+@dataclass(frozen=True, slots=True)
+class CurveLatency:
+    """A planner latency curve (tokens -> seconds) as the simulator's `PrefillLatency`."""
+
+    curve: LatencyCurve
+
+    def t_prefill_s(self, num_tokens: int) -> float:
+        return self.curve(num_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class FootprintSize:
+    """S_kv(l) in whole bytes: fixed per-request state plus bytes per token."""
+
     bytes_per_token: int
     fixed_bytes: int
 
@@ -70,132 +95,93 @@ class _FootprintSize:
         return self.fixed_bytes + self.bytes_per_token * num_tokens
 
 
-H20_CURVES = ("inferred", "predicted")
+@dataclass(frozen=True)
+class SimSetup:
+    """The resolved inputs of one `prfaas sim` invocation, shared by its deployments and runs.
 
-
-def load_case_study(h20_curve: str = "inferred") -> CaseStudy:
-    """Read the 1T model spec and the H200 profile (prfaas.models, prfaas.perf).
-
-    `h20_curve`: "inferred" is the curve back-solved from Table 6; "predicted" is `prfaas.perf`'s
-    roofline model calibrated on the H200 profile only, moved to H20 hardware.
+    Plans are cached per link bandwidth, so a max-rate search or a table of runs plans once.
     """
-    from prfaas.models import load_model_spec
-    from prfaas.perf import calibrate, get_hardware, load_profile
 
-    if h20_curve not in H20_CURVES:
-        raise UserError(f"unknown H20 curve {h20_curve!r}; known: {', '.join(H20_CURVES)}")
-    spec = load_model_spec(_CASE.model)
-    footprint = spec.footprint()
-    size = _FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request)
-    h200 = load_profile(_CASE.prfaas_profile)
-    prfaas_hw = get_hardware(_CASE.prfaas_hardware)
-    calibrated = calibrate(spec, prfaas_hw, _CASE.gpus_per_instance, h200)
-    pd_model = replace(calibrated, hardware=get_hardware(_CASE.pd_hardware))
-    h20: PrefillLatency = pd_model if h20_curve == "predicted" else _CASE.pd_latency
-    return CaseStudy(h200, h20, size, spec.num_layers, pd_model)
-
-
-def stage_costs(
-    case: CaseStudy, link_gbps: float, num_output_tokens: float = CASE_OUTPUT_TOKENS
-) -> StageCosts:
-    return StageCosts(
-        t_prefill_prfaas_s=lambda n: case.h200.t_prefill_s(round(n)),
-        t_prefill_pd_s=lambda n: case.h20.t_prefill_s(round(n)),
-        kv_bytes=lambda n: float(case.kv_size.kv_bytes(round(n))),
-        egress_bytes_per_s=link_gbps * 1e9 / 8,
-        max_batch_size=CASE_MAX_BATCH_SIZE,
-        t_decode_step_s=CASE_DECODE_STEP_S,
-        num_output_tokens=num_output_tokens,
-    )
+    prfaas_latency: LatencyCurve  # T_prefill(l) of one PrfaaS instance
+    pd_latency: LatencyCurve  # T_prefill(l) of one PD (and homogeneous) instance
+    prfaas_label: str  # e.g. "8xH200", for reports
+    pd_label: str  # e.g. "8xH20"
+    kv_size: FootprintSize  # S_kv(l) of the model, whole bytes
+    num_kv_layers: int  # decoder layers (KV streams layer by layer)
+    lengths: LengthDistribution  # uncached prompt lengths the synthetic workload draws from
+    num_output_tokens: float  # L_out the planner uses (a trace's mean unless given)
+    output_tokens_override: int | None  # every request's output length (None: the trace's own)
+    max_batch_size: int  # BS_max per decode instance
+    t_decode_step_s: float  # the planner's T_decode (the "fixed" decode step)
+    trace: tuple[TraceRequest, ...] | None  # requests to replay (None: synthetic arrivals)
+    reuses_prefixes: bool  # the replayed requests carry their prefix blocks
+    planner: Planner  # `prfaas plan` for a link (see `Planner`)
+    pd_cost_model: Callable[[], DecodeStepByContext] | None = None  # perf model of a PD instance
+    _plans: dict[float, PlannedLink] = field(default_factory=dict, compare=False, repr=False)
 
 
-@dataclass(frozen=True, slots=True)
-class Traffic:
-    """What the planner's equations need to know about the workload."""
-
-    lengths: LengthDistribution  # uncached prompt lengths (after prefix hits), tokens
-    num_output_tokens: float  # mean output length, tokens
+def check_routing(routing: str) -> None:
+    if routing not in ROUTINGS:
+        raise UserError(f"unknown routing {routing!r}; known: {', '.join(ROUTINGS)}")
 
 
-CASE_TRAFFIC = Traffic(CASE_LENGTHS, CASE_OUTPUT_TOKENS)
+def plan_for(setup: SimSetup, link_gbps: float) -> PlannedLink:
+    """The planner's answer for this link (cached on the setup)."""
+    if link_gbps not in setup._plans:
+        setup._plans[link_gbps] = setup.planner(link_gbps)
+    return setup._plans[link_gbps]
 
 
-def trace_traffic(trace: Sequence[TraceRequest]) -> Traffic:
-    """The empirical uncached lengths (infinite prefix cache) and mean output of a trace."""
-    mean_output = sum(r.num_output_tokens for r in trace) / len(trace)
-    return Traffic(EmpiricalLengths(uncached_lengths(trace)), mean_output)
+def planned_split(setup: SimSetup, kind: DeploymentKind, link_gbps: float) -> PlannedSplit:
+    """The planner's optimum of one deployment for this link."""
+    return plan_for(setup, link_gbps).splits[DeploymentKind(kind)]
 
 
-def case_threshold(case: CaseStudy, link_gbps: float, traffic: Traffic = CASE_TRAFFIC) -> float:
-    """Eq. 7's t for the PrfaaS-PD split (the planner's rule, from prfaas.policy)."""
-    n_prfaas, n_p, _ = CASE_SPLITS[DeploymentKind.PRFAAS]
-    lengths = traffic.lengths
-    costs = stage_costs(case, link_gbps, traffic.num_output_tokens)
-    return best_threshold(costs, lengths, n_prfaas, n_p, lengths.quantile(0), lengths.quantile(1))
+def model_lambda_max(setup: SimSetup, kind: DeploymentKind, link_gbps: float) -> float:
+    """Λ_max of Eq. 6 at the planner's optimum (the fluid limit the simulation should reach)."""
+    return planned_split(setup, kind, link_gbps).lambda_max_per_s
 
 
-def model_lambda_max(
-    case: CaseStudy, kind: DeploymentKind, link_gbps: float, traffic: Traffic = CASE_TRAFFIC
-) -> float:
-    """Λ_max of Eq. 6 for a deployment of the case study (the fluid limit the sim should reach)."""
-    n_prfaas, n_p, n_d = CASE_SPLITS[kind]
-    t = {
-        DeploymentKind.PRFAAS: case_threshold(case, link_gbps, traffic),
-        DeploymentKind.HOMOGENEOUS: math.inf,
-        DeploymentKind.NAIVE: -math.inf,
-    }[kind]
-    costs = stage_costs(case, link_gbps, traffic.num_output_tokens)
-    point = evaluate(costs, traffic.lengths, t, n_prfaas, n_p, n_d)
-    return point.lambda_max_per_s
-
-
-DECODE_STEPS = ("fixed", "cost-model")
-
-
-def decode_step_of(case: CaseStudy, how: str, traffic: Traffic = CASE_TRAFFIC) -> DecodeStepTime:
-    """T_decode(batch): "fixed" is the paper's 25 ms SLO step; "cost-model" reads `prfaas.perf`'s
-    roofline model of one PD instance at the workload's mean context (mean prompt + half the
-    output), per batch size."""
+def decode_step_of(setup: SimSetup, how: str) -> DecodeStepTime:
+    """T_decode(batch): "fixed" is the planner's T_decode (the decode SLO step); "cost-model"
+    reads `prfaas.perf`'s roofline model of one PD instance (calibrated on the PrfaaS profile) at
+    the workload's mean context (mean uncached prompt + half the output), per batch size."""
     if how == "fixed":
-        return FixedDecodeStep(CASE_DECODE_STEP_S)
+        return FixedDecodeStep(setup.t_decode_step_s)
     if how == "cost-model":
-        context = round(traffic.lengths.mean() + traffic.num_output_tokens / 2)
-        return context_decode_step(case.pd_cost_model, context, CASE_MAX_BATCH_SIZE)
+        if setup.pd_cost_model is None:
+            raise UserError("--decode-step cost-model needs the PrfaaS latency from a profile")
+        context = round(setup.lengths.mean() + setup.num_output_tokens / 2)
+        return context_decode_step(setup.pd_cost_model(), context, setup.max_batch_size)
     raise UserError(f"unknown decode step {how!r}; known: {', '.join(DECODE_STEPS)}")
 
 
-def case_deployment(
-    case: CaseStudy,
-    kind: DeploymentKind,
-    link_gbps: float = CASE_LINK_GBPS,
-    traffic: Traffic = CASE_TRAFFIC,
-    decode_step: str = "fixed",
+def build_deployment(
+    setup: SimSetup, kind: DeploymentKind, link_gbps: float, decode_step: str = "fixed"
 ) -> DeploymentSpec:
-    """One of the three case-study deployments; PrfaaS-PD's t is solved for `traffic`.
+    """One deployment at the planner's split for this link; PrfaaS-PD routes with the planner's t
+    and stage costs (the offload-delay rule's T_prefill and S_kv).
 
-    `decode_step` picks T_decode (see `decode_step_of`); the threshold and Λ_max always use the
-    paper's fixed 25 ms step."""
-    n_prfaas, n_p, n_d = CASE_SPLITS[kind]
+    `decode_step` picks T_decode (see `decode_step_of`); t and Λ_max always use the planner's."""
+    kind = DeploymentKind(kind)
+    planned = plan_for(setup, link_gbps)
+    split = planned.splits[kind]
     route_config = None
     if kind is DeploymentKind.PRFAAS:
-        t = case_threshold(case, link_gbps, traffic)
-        costs = stage_costs(case, link_gbps, traffic.num_output_tokens)
-        route_config = RoutePolicyConfig(threshold_tokens=t, costs=costs)
+        assert split.threshold_tokens is not None
+        route_config = RoutePolicyConfig(
+            threshold_tokens=split.threshold_tokens, costs=planned.costs
+        )
     return DeploymentSpec(
         kind=kind,
-        prfaas=PrefillClusterSpec(n_prfaas, case.h200, _label(_CASE.prfaas_hardware)),
-        pd_prefill=PrefillClusterSpec(n_p, case.h20, _label(_CASE.pd_hardware)),
-        num_decode_instances=n_d,
-        max_batch_size=CASE_MAX_BATCH_SIZE,
-        decode_step=decode_step_of(case, decode_step, traffic),
+        prfaas=PrefillClusterSpec(
+            split.num_prfaas, CurveLatency(setup.prfaas_latency), setup.prfaas_label
+        ),
+        pd_prefill=PrefillClusterSpec(
+            split.num_pd_p, CurveLatency(setup.pd_latency), setup.pd_label
+        ),
+        num_decode_instances=split.num_pd_d,
+        max_batch_size=setup.max_batch_size,
+        decode_step=decode_step_of(setup, decode_step),
         route_config=route_config,
     )
-
-
-def _label(hardware: str) -> str:
-    return f"{_CASE.gpus_per_instance}x{hardware.upper()}"
-
-
-def check_preset(name: str) -> None:
-    if name not in PRESETS:
-        raise UserError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")

@@ -8,9 +8,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prfaas.policy.route import RouteTarget
 from prfaas.sim.config import SimConfig, SimRequest
-from prfaas.sim.events import Arrival, DecodeWake, Event, LinkDrain, PrefillStepDone
+from prfaas.sim.events import (
+    Arrival,
+    ControllerTick,
+    DecodeWake,
+    Event,
+    LinkDrain,
+    PrefillStepDone,
+)
 from prfaas.sim.handlers import FollowUps, SimHandlers
+from prfaas.sim.metrics import round_floats
 from prfaas.sim.summary import run_summary
 from prfaas.sim.views import DecisionRecord
 
@@ -29,6 +38,8 @@ class Simulator(SimHandlers):
             self.queue.push(self.requests[0].arrived_at, Arrival(0))
         for at, event in self._next_bandwidth_change(1):
             self.queue.push(at, event)
+        if self.control is not None:
+            self.queue.push(self.control.period_s, ControllerTick(1))
         stop_at = self.arrivals_end_s + self.config.drain_s
         num_events = 0
         while (
@@ -55,23 +66,36 @@ class Simulator(SimHandlers):
             return self.on_link_drain(event)
         if isinstance(event, DecodeWake):
             return self.on_decode_wake(event)
+        if isinstance(event, ControllerTick):
+            return self.on_controller_tick(event)
         return self.on_bandwidth_change(event)
 
     def summary(self) -> dict[str, Any]:
         """Metrics of the run as a JSON-ready dict (floats rounded, no wall-clock values)."""
         window_s = self.arrivals_end_s
         end_s = max(self.now, window_s)
-        return run_summary(
+        # every prefill instance that ever ran, retired ones included (role changes)
+        clusters = {
+            RouteTarget.PRFAAS: self.clusters[RouteTarget.PRFAAS],
+            RouteTarget.PD_PREFILL: self.pd_prefill_all,
+        }
+        summary = run_summary(
             self.config,
             self.log,
             self.link,
-            self.clusters,
+            clusters,
             self.decode,
             self.route_reasons,
             window_s,
             end_s,
             self.num_events,
         )
+        if self.route_state is not None:
+            summary["route_mode_switches"] = self.route_state.num_switches
+        if self.control is not None:
+            summary["controller"] = round_floats(self.control.summary())
+            summary["route_flips"] = self.num_route_flips
+        return summary
 
 
 def simulate(

@@ -51,16 +51,25 @@ def utilization(
     decode: Sequence[SimDecode],
     end_s: float,
 ) -> dict[str, float | None]:
-    """Busy share of each prefill cluster and batch-slot share of the decode instances."""
+    """Busy share of each prefill cluster and batch-slot share of the decode instances, over the
+    seconds each instance held its role (the whole run unless a role change retired it)."""
 
     def busy_share(instances: Sequence[SimPrefill]) -> float | None:
-        if not instances or end_s <= 0:
+        role_s = sum(_role_s(p.active_from_s, p.active_until_s, end_s) for p in instances)
+        if not instances or role_s <= 0:
             return None
-        return sum(p.busy_s for p in instances) / (len(instances) * end_s)
+        return sum(p.busy_s for p in instances) / role_s
 
-    slots = sum(d.max_batch_size for d in decode)
+    slot_s = sum(
+        d.max_batch_size * _role_s(d.active_from_s, d.active_until_s, end_s) for d in decode
+    )
     return {
         "prfaas_prefill": busy_share(clusters[RouteTarget.PRFAAS]),
         "pd_prefill": busy_share(clusters[RouteTarget.PD_PREFILL]),
-        "pd_decode": sum(d.batch_seconds for d in decode) / (slots * end_s) if end_s > 0 else None,
+        "pd_decode": sum(d.batch_seconds for d in decode) / slot_s if slot_s > 0 else None,
     }
+
+
+def _role_s(from_s: float, until_s: float | None, end_s: float) -> float:
+    """Seconds within [0, end_s] an instance held its role."""
+    return max(0.0, min(end_s, end_s if until_s is None else until_s) - from_s)

@@ -30,9 +30,7 @@ def test_sim_preset_is_the_case_study() -> None:
     assert sim_presets.CASE_OUTPUT_TOKENS == case.output_tokens == 1024
     assert case.max_batch_size == sim_presets.CASE_MAX_BATCH_SIZE
     assert case.t_decode_step_s == sim_presets.CASE_DECODE_STEP_S
-    n_prfaas, n_p, n_d = sim_presets.CASE_SPLITS[sim_presets.DeploymentKind.PRFAAS]
-    assert n_prfaas * case.gpus_per_instance == case.prfaas_gpus
-    assert (n_p + n_d) * case.gpus_per_instance == case.pd_gpus
+    assert case.link_gbps == sim_presets.CASE_LINK_GBPS
 
 
 def test_inferred_h20_curve_by_hand() -> None:

@@ -1,9 +1,13 @@
-"""Routing table tests: the threshold rule, cache-affine vs global best prefix, congestion, and
-the offload-delay rule (link backlog and both clusters' queues)."""
+"""Routing table tests: the threshold rule, cache-affine vs global best prefix, congestion, the
+offload-delay rule (link backlog and both clusters' queues) and the hysteresis of a RouteState."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prfaas.policy import (
     ClusterView,
@@ -15,7 +19,7 @@ from prfaas.policy import (
     choose_route,
     make_route_policy,
 )
-from prfaas.policy.route import effective_threshold
+from prfaas.policy.route import RouteState, effective_threshold
 from prfaas.policy.throughput import StageCosts
 from prfaas.types import DeploymentKind
 
@@ -216,3 +220,105 @@ def test_views_drain_and_wait() -> None:
     assert _link(0.0, 0.0, bandwidth=0.0).drain_s() == 0.0
     assert _cluster("p", 4.0, 1.0, 2.0).prefill_wait_s() == 1.0
     assert ClusterView("empty").prefill_wait_s() == float("inf")
+
+
+# --- hysteresis (RouteState) ----------------------------------------------------------------------
+# HCFG: enter diverting at offload_ready > 1.5 x local_ready, leave at <= 1.2 x. A 2000-token
+# request prefills in 4 s on PD-P, so the ratio is (backlog_s + 0.2 s) / 4 s: a backlog of
+# 5.8 s gives 1.5, 4.6 s gives 1.2.
+
+HCFG = RoutePolicyConfig(threshold_tokens=1000, costs=COSTS, local_delay_ratio=1.5)
+IDLE_P, IDLE_PD = _cluster("prfaas", 0.0), _cluster("pd-p", 0.0)
+
+
+def _at_ratio(ratio: float) -> LinkView:
+    """A link whose backlog puts a 2000-token request's offload/local ratio at `ratio`."""
+    return _link(ratio * 4e6 - 0.2e6)
+
+
+def _route(ratio: float, state: RouteState | None) -> RouteDecision:
+    return choose_route(2000, 0, 0, HCFG, _at_ratio(ratio), IDLE_P, IDLE_PD, state=state)
+
+
+def test_hysteresis_has_a_gap_between_enter_and_exit() -> None:
+    state = RouteState(is_scarce=True)  # the link is fully utilized: scarce from the start
+    targets = [_route(r, state).target for r in (1.35, 1.6, 1.35, 1.25, 1.15, 1.35)]
+    # below 1.5: offload; above: divert; between 1.2 and 1.5 the mode holds; <= 1.2: offload
+    assert targets == [PRFAAS, PD, PD, PD, PRFAAS, PRFAAS]
+    assert state.num_switches == 2 and not state.is_diverting
+    held = _route(1.6, state), _route(1.35, state)
+    assert "diverting until <= 1.2x" in held[1].reason
+    assert held[1].reason.startswith("link-backlog:")
+    # without a state the same inputs are today's single-level rule
+    assert [_route(r, None).target for r in (1.35, 1.6, 1.35)] == [PRFAAS, PD, PRFAAS]
+
+
+def test_constant_load_gives_no_alternation_beyond_the_first_switch() -> None:
+    """Backlog noise around the entering level: the single-level rule flips on almost every
+    request; with a state, routing switches once and stays."""
+    ratios = [1.5 + (0.04 if k % 2 else -0.04) for k in range(40)]
+    plain = [_route(r, None).target for r in ratios]
+    state = RouteState(is_scarce=True)
+    kept = [_route(r, state).target for r in ratios]
+    flips = sum(a != b for a, b in itertools.pairwise(plain))
+    assert flips == len(ratios) - 1
+    assert sum(a != b for a, b in itertools.pairwise(kept)) == 1
+    assert kept[0] is PRFAAS and kept[-1] is PD and state.num_switches == 1
+
+
+def test_scarce_mode_has_hysteresis_too() -> None:
+    state = RouteState()
+
+    def rule(utilization: float, s: RouteState | None) -> str:
+        link = LinkView(12.5e9, utilization)
+        return choose_route(5000, 0, 4500, CFG, link, state=s).reason.split(":")[0]
+
+    assert [rule(u, state) for u in (0.55, 0.65, 0.55, 0.45, 0.55)] == [
+        "global-prefix",
+        "cache-affine",
+        "cache-affine",  # held: above abundant_utilization (0.5)
+        "global-prefix",
+        "global-prefix",
+    ]
+    assert rule(0.55, None) == "global-prefix"
+    assert state.num_switches == 2
+
+
+def test_exit_levels_are_capped_by_the_entering_ones() -> None:
+    assert HCFG.exit_ratio == 1.2 and HCFG.exit_utilization == 0.5
+    tight = RoutePolicyConfig(threshold_tokens=1, local_delay_ratio=1.0, scarce_utilization=0.3)
+    assert tight.exit_ratio == 1.0 and tight.exit_utilization == 0.3
+    with pytest.raises(ValueError):
+        RoutePolicyConfig(threshold_tokens=1, exit_delay_ratio=0.9)
+    with pytest.raises(ValueError):
+        RoutePolicyConfig(threshold_tokens=1, abundant_utilization=-0.1)
+
+
+def test_route_policy_passes_the_state_and_kinds_ignore_it() -> None:
+    state = RouteState()
+    policy = make_route_policy(DeploymentKind.PRFAAS, HCFG)
+    assert policy.choose(2000, 0, 0, _at_ratio(1.6), IDLE_P, IDLE_PD, state=state).target is PD
+    assert state.is_diverting
+    assert policy.choose(2000, 0, 0, _at_ratio(1.35), IDLE_P, IDLE_PD, state=state).target is PD
+    homo = make_route_policy(DeploymentKind.HOMOGENEOUS)
+    fresh = RouteState()
+    assert homo.choose(2000, 0, 0, _at_ratio(9.0), state=fresh).target is PD
+    assert fresh == RouteState()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    ratio=st.floats(0.5, 3.0),
+    utilization=st.floats(0.0, 1.0),
+    prompt=st.integers(1, 5000),
+    cached=st.integers(0, 5000),
+)
+def test_a_fresh_state_only_differs_inside_the_gaps(
+    ratio: float, utilization: float, prompt: int, cached: int
+) -> None:
+    """A new RouteState (not scarce, not diverting) decides like no state at all: the modes only
+    matter once they were entered."""
+    cached = min(cached, prompt)
+    link = LinkView(1e6, utilization, max(0.0, ratio * 4e6 - 0.2e6))
+    with_state = choose_route(prompt, cached, 0, HCFG, link, IDLE_P, IDLE_PD, state=RouteState())
+    assert with_state == choose_route(prompt, cached, 0, HCFG, link, IDLE_P, IDLE_PD)

@@ -1,9 +1,11 @@
-"""`prfaas sim` rejects bad input with one line and exit status 2; JSON output is deterministic."""
+"""`prfaas sim` rejects bad input with one line and exit status 2; JSON output is deterministic;
+it takes `prfaas plan`'s inputs and starts every deployment from the planner's answer."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +29,11 @@ from prfaas.cli import main
         ["--num-requests", "0"],
         ["--link-gbps", "0"],
         ["--arrival", "gamma", "--trace", "x.jsonl"],
+        ["--max-ttft-p90-s", "5"],
+        ["--sigma", "0"],
+        ["--pd-gpus", "8"],
+        ["--pd-latency", "linear:1"],
+        ["--threshold-step", "0.001"],
     ],
 )
 def test_bad_input_is_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
@@ -36,7 +43,9 @@ def test_bad_input_is_one_line_exit_2(argv: list[str], capsys: pytest.CaptureFix
     assert err.startswith("prfaas sim: error:")
 
 
-@pytest.mark.parametrize("argv", [["--deployment", "hybrid"], ["--h20-curve", "guess"]])
+@pytest.mark.parametrize(
+    "argv", [["--deployment", "hybrid"], ["--routing", "guess"], ["--h20-curve", "predicted"]]
+)
 def test_bad_choices_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", *argv]) == 2
     assert "Traceback" not in capsys.readouterr().err
@@ -44,12 +53,73 @@ def test_bad_choices_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
 
 def _case_study_available() -> bool:
     try:
-        from prfaas.sim.presets import load_case_study
+        from prfaas.cli._sim_setup import load_preset_setup
 
-        load_case_study()
+        load_preset_setup()
     except Exception:
         return False
     return True
+
+
+def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
+    assert main(list(argv)) == 0
+    out: dict[str, Any] = json.loads(capsys.readouterr().out)
+    return out
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--link-gbps", "10"],
+        ["--mu", "9", "--sigma", "0.8", "--output-tokens", "512"],
+        ["--pd-gpus", "48", "--homogeneous-gpus", "64", "--t-decode-ms", "30"],
+    ],
+    ids=["10gbps", "workload", "clusters"],
+)
+def test_sim_starts_from_the_planner_answer(
+    capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    """The same flags give `prfaas plan`'s split, t and Λ_max in `prfaas sim` (at 10 Gbps the
+    planner picks 4/4/4, not the 100 Gbps case study's 4/3/5)."""
+    plan = _json(capsys, "plan", *flags, "--json")
+    sim = _json(capsys, "sim", *flags, "--num-requests", "30", "--drain-s", "60", "--json")
+    for kind in ("prfaas", "homogeneous", "naive"):
+        p, s = plan[kind], sim[kind]
+        assert s["split"] == [p["n_prfaas"] or 0, p["n_p"] or 0, p["n_d"]]
+        assert s["model_lambda_max_rps"] == pytest.approx(p["lambda_max"], rel=1e-5)
+    assert sim["prfaas"]["threshold_tokens"] == pytest.approx(
+        plan["prfaas"]["threshold_tokens"], abs=0.05
+    )
+    if flags[:2] == ["--link-gbps", "10"]:
+        assert sim["prfaas"]["split"] == [4, 4, 4]
+
+
+def test_trace_runs_report_prefix_hits_per_cluster(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two conversations growing turn by turn: every later turn hits its earlier turns' blocks
+    somewhere; per-cluster hits add up to the run's prefix-hit ratio; windows count arrivals."""
+    lines = []
+    for turn in range(1, 9):
+        for conv in range(2):
+            blocks = [1000 * conv + b for b in range(8 * turn)]
+            request = {"input_length": 512 * len(blocks), "output_length": 8, "hash_ids": blocks}
+            lines.append(json.dumps({"timestamp": 1000 * (2 * turn + conv), **request}))
+    trace = tmp_path / "conv.jsonl"
+    trace.write_text("\n".join(lines) + "\n")
+    argv = ["sim", "--trace", str(trace), "--deployment", "prfaas", "--window-s", "10", "--json"]
+    for routing in ("cache-aware", "length-only"):
+        r = _json(capsys, *argv, "--routing", routing)["prfaas"]
+        hits = r["prefix_hits"]
+        assert r["routing"] == routing
+        assert sum(c["num_requests"] for c in hits.values()) == r["num_arrived"] == 16
+        hit_tokens = sum(c["hit_tokens"] for c in hits.values())
+        prompt_tokens = sum(c["prompt_tokens"] for c in hits.values())
+        assert hit_tokens > 0
+        assert hit_tokens / prompt_tokens == pytest.approx(r["prefix_hit_ratio"], abs=1e-5)
+        assert sum(w["num_arrived"] for w in r["windows"]) == 16
+        if routing == "length-only":
+            assert all(c["moved_tokens"] == 0 for c in hits.values())
 
 
 @pytest.mark.slow
@@ -79,8 +149,8 @@ def test_find_max_rate_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert set(result) == {"prfaas"}
     found = result["prfaas"]
     assert 0.85 <= found["max_rate"] / found["model_lambda_max"] <= 1.1
-    assert found["planner"]["split"] == [4, 3, 5]
-    assert found["planner"]["lambda_max"] == pytest.approx(found["model_lambda_max"], rel=0.01)
+    assert found["split"] == [4, 3, 5]
+    assert found["model_lambda_max"] == pytest.approx(3.195, rel=0.01)  # `prfaas plan`'s
     assert (tmp_path / "sim_max_rate.png").stat().st_size > 0
 
 
@@ -91,3 +161,17 @@ def test_plots_of_a_short_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["sim", "--num-requests", "60", "--plot", str(tmp_path)]) == 0
     assert "deployment" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"sim_egress.png", "sim_ttft.png"}
+
+
+def test_max_rate_at_a_ttft_p90_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    """With --max-ttft-p90-s the highest rate found keeps TTFT p90 under the limit and the first
+    rate found too high breaks it (or the queue bound); the limit lowers the rate found."""
+    argv = ["sim", "--find-max-rate", "--deployment", "homogeneous", "--duration-s", "600"]
+    free = _json(capsys, *argv, "--json")["homogeneous"]
+    limited = _json(capsys, *argv, "--max-ttft-p90-s", "15", "--json")["homogeneous"]
+    assert limited["max_ttft_p90_s"] == 15
+    by_rate = {p["rate"]: p for p in limited["probes"]}
+    assert by_rate[limited["max_rate"]]["ttft_p90_s"] <= 15
+    upper = by_rate[limited["upper_rate"]]
+    assert upper["ttft_p90_s"] > 15 or upper["completion_ratio"] < 0.97
+    assert limited["max_rate"] < free["max_rate"]

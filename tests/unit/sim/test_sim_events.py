@@ -7,6 +7,7 @@ from sim_factories import make_config, requests_at
 from prfaas.sim.events import (
     Arrival,
     BandwidthChange,
+    ControllerTick,
     DecodeWake,
     EventQueue,
     LinkDrain,
@@ -23,8 +24,10 @@ def test_priority_table_order() -> None:
         "LINK_DRAIN",
         "DECODE_WAKE",
         "PREFILL_STEP_DONE",
+        "CONTROLLER_TICK",
         "ARRIVAL",
     ]
+    assert ControllerTick(1).priority is Priority.CONTROLLER_TICK
     assert Arrival(0).priority is Priority.ARRIVAL
     assert LinkDrain(0).priority is Priority.LINK_DRAIN
     assert PrefillStepDone("p").priority is Priority.PREFILL_STEP_DONE

@@ -1,5 +1,5 @@
-"""Case-study scenarios: link rules on/off, the link-bound regression, trace-derived thresholds,
-bandwidth series."""
+"""Case-study scenarios: link rules on/off, the link-bound regression, trace-derived inputs,
+bandwidth series, the cost-model decode step."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import math
 
 import pytest
 
+from prfaas.cli._sim_setup import load_preset_setup, load_setup
 from prfaas.errors import UserError
-from prfaas.sim.presets import CASE_TRAFFIC, load_case_study, trace_traffic
+from prfaas.plan import PlanSettings
+from prfaas.sim.presets import CASE_LENGTHS
 from prfaas.sim.scenario import Scenario, bandwidth_of, build_config, run_scenario
 from prfaas.types import DeploymentKind
-from prfaas.workload import TraceRequest
 
 
 @pytest.fixture(scope="module")
 def case():  # type: ignore[no-untyped-def]
     try:
-        return load_case_study()
+        return load_preset_setup()
     except ImportError:
         pytest.skip("prfaas.models / prfaas.perf case-study inputs not available")
 
@@ -56,15 +57,22 @@ def test_only_prfaas_gets_a_route_config(case) -> None:  # type: ignore[no-untyp
         assert build_config(case, Scenario(kind)).deployment.route_config is None
 
 
-def test_trace_traffic_uses_uncached_lengths() -> None:
-    trace = [
-        TraceRequest(0.0, 1024, 10, (1, 2)),
-        TraceRequest(1.0, 1024, 30, (1, 2)),  # full hit: nothing uncached
-    ]
-    traffic = trace_traffic(trace)
-    assert traffic.lengths.mean() == pytest.approx(512.0)
-    assert traffic.num_output_tokens == pytest.approx(20.0)
-    assert CASE_TRAFFIC.num_output_tokens == 1024
+def test_trace_setup_uses_uncached_lengths_and_mean_output(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    trace = tmp_path / "t.jsonl"
+    trace.write_text(
+        '{"timestamp": 0, "input_length": 1024, "output_length": 10, "hash_ids": [1, 2]}\n'
+        # full hit: nothing uncached
+        '{"timestamp": 1000, "input_length": 1024, "output_length": 30, "hash_ids": [1, 2]}\n'
+    )
+    setup = load_setup(PlanSettings(trace=str(trace)))
+    assert setup.lengths.mean() == pytest.approx(512.0)
+    assert setup.num_output_tokens == pytest.approx(20.0)
+    assert setup.output_tokens_override is None and setup.reuses_prefixes
+    fixed = load_setup(PlanSettings(trace=str(trace), output_tokens=7, trace_prefix_cache=False))
+    assert fixed.num_output_tokens == 7 and fixed.output_tokens_override == 7
+    assert fixed.lengths.mean() == pytest.approx(1024.0) and not fixed.reuses_prefixes
+    assert load_preset_setup().num_output_tokens == 1024
+    assert load_preset_setup().lengths == CASE_LENGTHS
 
 
 def test_bandwidth_series_from_flags() -> None:
@@ -87,9 +95,9 @@ def test_cost_model_decode_step(case) -> None:  # type: ignore[no-untyped-def]
         case, Scenario(DeploymentKind.PRFAAS, decode_step="cost-model")
     ).deployment.decode_step
     assert fixed.t_decode_step_s(1) == fixed.t_decode_step_s(20) == 0.025
-    context = round(CASE_TRAFFIC.lengths.mean() + 1024 / 2)
+    context = round(CASE_LENGTHS.mean() + 1024 / 2)
     assert model.t_decode_step_s(20) == pytest.approx(
-        case.pd_cost_model.t_decode_step_s(20, context)
+        case.pd_cost_model().t_decode_step_s(20, context)
     )
     assert model.t_decode_step_s(1) < model.t_decode_step_s(20)  # batching costs per step
     with pytest.raises(UserError):

@@ -1,0 +1,162 @@
+"""The workload and cluster flags `prfaas plan` and `prfaas sim` share, and the `PlanSettings` they
+make: preset, then `--config FILE.toml`, then each flag (one flag overrides one setting). Both
+commands read them with the same code, so the same flags give the same plan."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import TYPE_CHECKING
+
+from prfaas.cli._args import finite_float, positive_float, positive_int
+from prfaas.errors import UserError
+
+if TYPE_CHECKING:
+    from prfaas.plan import PlanSettings
+    from prfaas.plan.inputs import PlanInputs
+
+PRESET_NAMES = ("paper-case-study", "paper-case-study-costmodel")
+MAX_THRESHOLD_GRID_POINTS = 100_000
+
+
+def add_input_flags(parser: argparse.ArgumentParser) -> None:
+    """`--preset`, `--config` and the cluster, workload and decode flags."""
+    parser.add_argument(
+        "--preset",
+        choices=PRESET_NAMES,
+        default="paper-case-study",
+        help="starting inputs; every other flag overrides one of them",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help="TOML file of planner settings (keys as in prfaas.plan.PlanSettings), applied "
+        "after the preset and before the other flags",
+    )
+    _add_cluster_flags(parser)
+    _add_workload_flags(parser)
+
+
+def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("clusters")
+    g.add_argument("--prfaas-hardware", help="PrfaaS cluster GPU type (preset: h200)")
+    g.add_argument("--pd-hardware", help="local PD cluster GPU type (preset: h20)")
+    g.add_argument(
+        "--prfaas-latency",
+        metavar="SPEC",
+        help="PrfaaS prefill latency: profile:NAME|PATH, quadratic:a,b,c (seconds) "
+        "(preset: profile:paper-1t-h200)",
+    )
+    g.add_argument(
+        "--pd-latency",
+        metavar="SPEC",
+        help="PD prefill latency: profile:NAME|PATH, quadratic:a,b,c or cost-model "
+        "(the perf cost model calibrated on the PrfaaS profile only)",
+    )
+    g.add_argument(
+        "--prfaas-gpus", type=positive_int, help="GPUs in the PrfaaS cluster (preset: 32)"
+    )
+    g.add_argument("--pd-gpus", type=positive_int, help="GPUs in the local PD cluster (preset: 64)")
+    g.add_argument(
+        "--homogeneous-gpus",
+        type=positive_int,
+        help="GPUs of the homogeneous baseline (default: PrfaaS + PD GPUs)",
+    )
+    g.add_argument("--gpus-per-instance", type=positive_int, help="GPUs per instance (preset: 8)")
+    g.add_argument(
+        "--link-gbps", type=positive_float, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)"
+    )
+    g.add_argument("--model", help="model preset or config.json for S_kv (preset: paper-1t)")
+
+
+def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("workload and decode")
+    g.add_argument(
+        "--mu", type=finite_float, help="log-normal mu of the uncached length (preset: 9.90)"
+    )
+    g.add_argument("--sigma", type=positive_float, help="log-normal sigma (preset: 1.00)")
+    g.add_argument(
+        "--min-tokens", type=positive_float, help="lower truncation, tokens (preset: 128)"
+    )
+    g.add_argument(
+        "--max-tokens", type=positive_float, help="upper truncation, tokens (preset: 131072)"
+    )
+    g.add_argument(
+        "--trace", help="Mooncake .jsonl or Azure .csv: its uncached lengths (and its requests)"
+    )
+    g.add_argument(
+        "--no-prefix-cache",
+        action="store_true",
+        help="with --trace: use full input lengths instead of subtracting prefix hits",
+    )
+    g.add_argument(
+        "--output-tokens",
+        type=positive_float,
+        help="output length L_out (preset: 1024; with --trace: the trace's mean)",
+    )
+    g.add_argument("--bs-max", type=positive_int, help="max decode batch per instance (preset: 20)")
+    slo = g.add_mutually_exclusive_group()
+    slo.add_argument("--t-decode-ms", type=positive_float, help="decode step time, ms (preset: 25)")
+    slo.add_argument(
+        "--decode-slo-tps", type=positive_float, help="decode SLO in tokens/s; T_decode = 1 / SLO"
+    )
+    g.add_argument(
+        "--threshold-step", type=positive_float, help="threshold grid step, tokens (default: 100)"
+    )
+
+
+def _t_decode_s(args: argparse.Namespace) -> float | None:
+    if args.t_decode_ms is not None:
+        return float(args.t_decode_ms) / 1000
+    if args.decode_slo_tps is not None:
+        if not args.decode_slo_tps > 0:
+            raise UserError(f"--decode-slo-tps must be > 0, got {args.decode_slo_tps}")
+        return 1.0 / float(args.decode_slo_tps)
+    return None
+
+
+def settings_from_args(args: argparse.Namespace, **extra: object) -> PlanSettings:
+    """The preset, then `--config`, then the flags (and `extra`, e.g. prices) that were given."""
+    from prfaas.plan import get_preset, with_overrides
+    from prfaas.plan.presets import settings_from_toml
+
+    base = get_preset(args.preset)
+    if args.config:
+        base = settings_from_toml(args.config, base)
+    return with_overrides(
+        base,
+        model=args.model,
+        prfaas_hardware=args.prfaas_hardware,
+        pd_hardware=args.pd_hardware,
+        prfaas_latency=args.prfaas_latency,
+        pd_latency=args.pd_latency,
+        prfaas_gpus=args.prfaas_gpus,
+        pd_gpus=args.pd_gpus,
+        homogeneous_gpus=args.homogeneous_gpus,
+        gpus_per_instance=args.gpus_per_instance,
+        link_gbps=args.link_gbps,
+        mu=args.mu,
+        sigma=args.sigma,
+        min_tokens=args.min_tokens,
+        max_tokens=args.max_tokens,
+        trace=args.trace,
+        trace_prefix_cache=False if args.no_prefix_cache else None,
+        output_tokens=args.output_tokens,
+        bs_max=args.bs_max,
+        t_decode_s=_t_decode_s(args),
+        threshold_step_tokens=args.threshold_step,
+        **extra,
+    )
+
+
+def check_grid_size(inputs: PlanInputs) -> None:
+    """Refuse a threshold step so fine that the grid over the length range would be huge."""
+    step = inputs.threshold_step_tokens
+    span = inputs.lengths.quantile(1.0) - inputs.lengths.quantile(0.0)
+    points = math.ceil(span / step) + 1
+    if points > MAX_THRESHOLD_GRID_POINTS:
+        raise UserError(
+            f"--threshold-step {step:g} makes {points:,} thresholds over {span:g} tokens; "
+            f"at most {MAX_THRESHOLD_GRID_POINTS:,} are allowed (use a step >= "
+            f"{span / (MAX_THRESHOLD_GRID_POINTS - 1):.3g})"
+        )

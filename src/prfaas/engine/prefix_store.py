@@ -1,0 +1,317 @@
+"""The engine's hybrid prefix cache: tensors kept per block hash, accounted by a HybridPrefixPool.
+
+Owns `PrefixMiss`, `StateCheckpoint` and `PrefixStore` (sized by the shared
+`prfaas.prefix_cache.config.PrefixCacheConfig`, re-exported here). The pool
+(`prfaas.prefix_cache.pool`) decides what is cached and what is evicted; this store holds the
+tensors under the same (block hash, part) keys and deletes those of every entry the pool reports
+removed, so the two stay in step:
+
+- ATTENTION entry of block j: the full-attention/MLA K/V of its `block_tokens` tokens, one clone
+  per such tensor ("L3/keys", ...) sliced from a batch-1 cache, [1, heads, block_tokens, dim].
+- STATE entry of block j: a `StateCheckpoint` at (j + 1) * block_tokens tokens: clones of every
+  other tensor (linear-attention/recurrent, conv and SSM states, sliding-window K/V) and every
+  layer's class, flags and tensor names.
+
+A cache for the first k blocks is the state the engine would export at k * block_tokens tokens:
+attention tensors concatenated from blocks 0..k-1, everything else from the checkpoint at block
+k - 1 (models without fixed-size state need none). It is built as a `KVManifest` plus buffers and
+imported with the ordinary `kv_state.import_state`, so the prefix path checks the same layout the
+transfer path does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from prfaas.engine.kv_state import (
+    CacheTemplate,
+    cache_meta,
+    import_state,
+    is_prefix_attention,
+    layer_parts,
+    layer_state,
+)
+from prfaas.engine.validation import PrefixMiss
+from prfaas.messages import JSONDict, KVManifest, LayerEntry
+from prfaas.prefix_cache.config import PrefixCacheConfig
+from prfaas.prefix_cache.hashing import block_hashes
+from prfaas.prefix_cache.pool import EntryKey, HybridPrefixPool, PoolPart
+from prfaas.types import LayerKind
+
+__all__ = [
+    "LayerLayout",
+    "PrefixCacheConfig",
+    "PrefixMiss",
+    "PrefixStore",
+    "StateCheckpoint",
+    "attention_tensors",
+    "cache_layout",
+    "needs_state",
+    "take_checkpoint",
+]
+
+_STATELESS_KINDS = frozenset({LayerKind.FULL_ATTENTION, LayerKind.MLA, LayerKind.MLP_ONLY})
+_PREFIX_ID = "prefix-cache"  # transfer and request id of the manifests the store builds
+
+
+def needs_state(kinds: Iterable[LayerKind]) -> bool:
+    """Whether a model with these layer kinds has fixed-size state besides attention K/V."""
+    return any(kind not in _STATELESS_KINDS for kind in kinds)
+
+
+@dataclass(frozen=True)
+class LayerLayout:
+    """What one cache layer holds, without its data: class, manifest flags, tensor names."""
+
+    cache_class: str
+    flags: JSONDict
+    names: tuple[str, ...]  # tensor names in payload order, without the "L{i}/" prefix
+
+
+def cache_layout(cache: Any, num_layers: int) -> tuple[LayerLayout, ...]:
+    """Every layer's class, flags and tensor names, as export would describe them now."""
+    layout = []
+    for i in range(num_layers):
+        cache_class, flags, named = layer_parts(cache, i)
+        layout.append(LayerLayout(cache_class, flags, tuple(name for name, _ in named)))
+    return tuple(layout)
+
+
+@dataclass(frozen=True)
+class StateCheckpoint:
+    """A batch-1 cache's fixed-size part at `num_tokens` tokens (a multiple of the block size)."""
+
+    num_tokens: int
+    layers: tuple[LayerLayout, ...]  # every layer's flags at num_tokens
+    tensors: dict[str, torch.Tensor] = field(repr=False)  # manifest name -> clone; no K/V of
+    # full-attention/MLA layers
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def take_checkpoint(cache: Any, num_layers: int, num_tokens: int) -> StateCheckpoint:
+    """Clone every tensor of the cache but full-attention/MLA K/V, with every layer's flags.
+
+    Clones, because transformers updates conv and recurrent states in place as the prefill goes on.
+    """
+    layout = cache_layout(cache, num_layers)
+    tensors: dict[str, torch.Tensor] = {}
+    for i, layer in enumerate(layout):
+        _, _, named = layer_parts(cache, i)
+        for name, tensor in named:
+            if not is_prefix_attention(layer.flags, name):
+                tensors[f"L{i}/{name}"] = tensor.detach().clone()
+    return StateCheckpoint(num_tokens, layout, tensors)
+
+
+def attention_tensors(cache: Any, num_layers: int) -> dict[str, torch.Tensor]:
+    """The cache's full-attention/MLA K/V by manifest name: [1, heads, num_tokens, dim] each."""
+    found: dict[str, torch.Tensor] = {}
+    for i in range(num_layers):
+        _, flags, named = layer_parts(cache, i)
+        found.update((f"L{i}/{n}", t) for n, t in named if is_prefix_attention(flags, n))
+    return found
+
+
+def _bytes_per_token(tensor: torch.Tensor) -> int:
+    """Bytes one token takes in a [batch, heads, num_tokens, dim] tensor."""
+    return tensor.shape[1] * tensor.shape[3] * tensor.shape[0] * tensor.element_size()
+
+
+class PrefixStore:
+    """The tensors of one engine's prefix cache and the pool that accounts for them."""
+
+    def __init__(self, config: PrefixCacheConfig, kinds: Sequence[LayerKind], arch: str):
+        self.block_tokens = config.block_tokens
+        self.kinds = tuple(kinds)
+        self.arch = arch
+        self.pool = HybridPrefixPool(config.budget_bytes, config.block_tokens, needs_state(kinds))
+        self._attention: dict[int, dict[str, torch.Tensor]] = {}  # block hash -> name -> K/V
+        self._states: dict[int, StateCheckpoint] = {}  # block hash -> checkpoint at its end
+        self._layout: tuple[LayerLayout, ...] | None = None  # of the latest stored cache
+        self._cache_meta: JSONDict = {}
+        self._pins: dict[str, int] = {}  # owner (request id) -> pool lease id
+
+    @property
+    def needs_state(self) -> bool:
+        return self.pool.needs_state
+
+    # ---- lengths ----------------------------------------------------------------------------
+    def hashes(self, token_ids: Sequence[int]) -> list[int]:
+        """Chained hashes of the complete blocks of `token_ids`."""
+        return block_hashes(token_ids, self.block_tokens)
+
+    def usable_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
+        """Blocks a prefill of `num_tokens` tokens can take from here (exact-state rule), leaving
+        at least one token to compute (the first output token needs its logits)."""
+        return min(self.pool.match(hashes).num_usable_blocks, (num_tokens - 1) // self.block_tokens)
+
+    def held_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
+        """Leading blocks whose attention K/V are here, leaving at least one token to send: what
+        a receiver can supply itself (its fixed-size state comes whole with the transfer)."""
+        num_attention = self.pool.match(hashes).num_attention_blocks
+        return min(num_attention, (num_tokens - 1) // self.block_tokens)
+
+    def checkpoint_tokens(self, num_tokens: int) -> int:
+        """Where a prefill of `num_tokens` tokens checkpoints its fixed-size state: the largest
+        multiple of the block size below `num_tokens`, so a later prompt that extends this one
+        can resume there with at least one token left to compute. 0: no checkpoint."""
+        if not self.needs_state:
+            return 0
+        return (num_tokens - 1) // self.block_tokens * self.block_tokens
+
+    # ---- store and evict --------------------------------------------------------------------
+    def store(
+        self, hashes: Sequence[int], cache: Any, checkpoint: StateCheckpoint | None = None
+    ) -> None:
+        """Cache blocks `hashes` of a batch-1 cache whose full-attention K/V hold at least
+        len(hashes) blocks of tokens, and the state checkpoint if given (at a block boundary
+        within them). The pool decides what fits; evicted entries' tensors are deleted."""
+        if not hashes:
+            return
+        self._layout = cache_layout(cache, len(self.kinds))
+        self._cache_meta = cache_meta(cache)
+        attention = attention_tensors(cache, len(self.kinds))
+        per_block = self.block_tokens * sum(_bytes_per_token(t) for t in attention.values())
+        states = {}
+        if checkpoint is not None and self.needs_state:
+            states[checkpoint.num_tokens // self.block_tokens - 1] = checkpoint.num_bytes
+        result = self.pool.store(hashes, per_block, states)
+        self._drop(result.removed)
+        index_of = {block_hash: j for j, block_hash in enumerate(hashes)}
+        for block_hash, part in result.stored:
+            if not self.pool.has(block_hash, part):  # stored, then evicted by a later block
+                continue
+            if part is PoolPart.ATTENTION:
+                self._attention[block_hash] = self._block(attention, index_of[block_hash])
+            elif checkpoint is not None:
+                self._states[block_hash] = checkpoint
+
+    def _block(self, attention: Mapping[str, torch.Tensor], index: int) -> dict[str, torch.Tensor]:
+        start = index * self.block_tokens
+        end = start + self.block_tokens
+        return {name: t[:, :, start:end].clone() for name, t in attention.items()}
+
+    def _drop(self, removed: Iterable[EntryKey]) -> None:
+        for block_hash, part in removed:
+            if part is PoolPart.ATTENTION:
+                self._attention.pop(block_hash, None)
+            else:
+                self._states.pop(block_hash, None)
+
+    def reserve_transfer(self, transfer_id: str, num_bytes: int) -> bool:
+        """Count a transfer's bytes against the budget until `release_transfer` (may evict);
+        False when they cannot fit (nothing is reserved then)."""
+        result = self.pool.reserve_transfer(transfer_id, num_bytes)
+        if result is None:
+            return False
+        self._drop(result.removed)
+        return True
+
+    def release_transfer(self, transfer_id: str) -> None:
+        self.pool.release_transfer(transfer_id)
+
+    # ---- pins -------------------------------------------------------------------------------
+    def pin(self, owner: str, hashes: Sequence[int], num_blocks: int) -> bool:
+        """Lease attention blocks 0..num_blocks-1 for `owner` until `unpin` (the pool will not
+        evict them); False (nothing held) if one is missing. Attention only: a receiver gets the
+        fixed-size state whole with the transfer, so it needs no checkpoint."""
+        self.unpin(owner)
+        try:
+            self._pins[owner] = self.pool.acquire(hashes, num_blocks, with_state=False)
+        except KeyError:
+            return False
+        return True
+
+    def unpin(self, owner: str) -> None:
+        lease_id = self._pins.pop(owner, None)
+        if lease_id is not None:
+            self.pool.release(lease_id)
+
+    # ---- reuse ------------------------------------------------------------------------------
+    def prefix_tensors(self, hashes: Sequence[int], num_blocks: int) -> dict[str, torch.Tensor]:
+        """Full-attention/MLA K/V of blocks 0..num_blocks-1 by manifest name, concatenated on
+        the token axis ([1, heads, num_blocks * block_tokens, dim]); PrefixMiss if one is not
+        here."""
+        blocks = []
+        for j, block_hash in enumerate(hashes[:num_blocks]):
+            block = self._attention.get(block_hash)
+            if block is None:
+                raise PrefixMiss(
+                    f"block {j} of the {num_blocks}-block prefix ({num_blocks * self.block_tokens} "
+                    "tokens) is not in this engine's prefix cache"
+                )
+            blocks.append(block)
+        if len(blocks) < num_blocks:
+            raise PrefixMiss(f"the prompt has {len(blocks)} complete blocks, not {num_blocks}")
+        names = list(blocks[0]) if blocks else []
+        return {name: torch.cat([block[name] for block in blocks], dim=-2) for name in names}
+
+    def restore(
+        self, fresh_cache: Any, hashes: Sequence[int], num_blocks: int, template: CacheTemplate
+    ) -> Any:
+        """Fill `fresh_cache` with the state after blocks 0..num_blocks-1 (all usable here),
+        pinning them while it copies; returns the cache."""
+        lease_id = self.pool.acquire(hashes, num_blocks)
+        try:
+            manifest, buffers = self._prefix_state(hashes, num_blocks)
+            return import_state(fresh_cache, manifest, buffers, template, copy=True)
+        finally:
+            self.pool.release(lease_id)
+
+    def _prefix_state(
+        self, hashes: Sequence[int], num_blocks: int
+    ) -> tuple[KVManifest, list[memoryview]]:
+        """The manifest and buffers an export at num_blocks * block_tokens tokens would give."""
+        checkpoint = self._states.get(hashes[num_blocks - 1]) if self.needs_state else None
+        if self.needs_state and checkpoint is None:
+            raise PrefixMiss(f"no state checkpoint at block {num_blocks - 1}")
+        layout = checkpoint.layers if checkpoint is not None else self._layout
+        if layout is None:
+            raise PrefixMiss("nothing has been stored in this prefix cache")
+        prefix = self.prefix_tensors(hashes, num_blocks)
+        state = checkpoint.tensors if checkpoint is not None else {}
+        layers: list[LayerEntry] = []
+        buffers: list[memoryview] = []
+        offset = 0
+        for i, layer in enumerate(layout):
+            named = []
+            for name in layer.names:
+                full = f"L{i}/{name}"
+                tensor = (
+                    prefix.get(full) if is_prefix_attention(layer.flags, name) else state.get(full)
+                )
+                if tensor is None:
+                    raise PrefixMiss(f"{full} is not in this engine's prefix cache")
+                named.append((name, tensor))
+            kind = self.kinds[i].value
+            exported = layer_state(i, kind, layer.cache_class, layer.flags, named, offset)
+            layers.append(exported.entry)
+            buffers.extend(exported.buffers)
+            offset += exported.entry.num_bytes
+        manifest = KVManifest(
+            transfer_id=_PREFIX_ID,
+            req_id=_PREFIX_ID,
+            arch=self.arch,
+            num_layers=len(layers),
+            layers=tuple(layers),
+            num_computed_tokens=num_blocks * self.block_tokens,
+            first_token_id=None,
+            cache_meta=self._cache_meta,
+        )
+        return manifest, buffers
+
+    def stats(self) -> dict[str, int]:
+        """The pool's numbers plus the tensors held here (they must agree)."""
+        return {
+            **self.pool.stats(),
+            "num_attention_tensors_held": len(self._attention),
+            "num_state_checkpoints_held": len(self._states),
+            "num_pinned_requests": len(self._pins),
+        }

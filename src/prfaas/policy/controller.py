@@ -1,0 +1,561 @@
+"""The long-timescale controller (§3.4.3): re-search t and convert PD instances between roles.
+
+Pure and sans-IO like the rest of `prfaas.policy`: the driver (live router or simulator) feeds it
+the incremental length of every routed request (`observe`) and, once a period, what it measured
+(`tick(now, Measurements)`); `tick` returns the decisions to carry out, as immutable data. It reads
+no clock: `now` is always a parameter.
+
+Each tick, over the sliding window of recent incremental lengths (an empirical length model) and
+the measured rates (link capacity B_out, decode step time, mean output length, prefill speed
+against the profile):
+
+0. *Window.* Samples older than `window_s` leave it. When the lengths seen since the previous tick
+   differ from the older ones by at least `shift_z` standard errors (Welch's z on the mean
+   log-length), the older ones are dropped, so a shift in traffic is acted on within a few periods
+   instead of after a whole window.
+
+1. *Roles (Eq. 8).* For every split N_p + N_d = const with at least `min_pd_prefill` and
+   `min_pd_decode`, Eq. 7's t and Eq. 6's Λ_max. When the best split beats the current one by at
+   least `min_role_gain` (prefill binds: Θ_prfaas + Θ_pd-p < Θ_pd-d, the best split has more PD-P;
+   decode binds: the reverse), for `persistence_ticks` consecutive ticks in the same direction,
+   outside the `cooldown_s` after the previous change and with no conversion in progress, convert
+   up to `max_instances_per_change` instances one way (`RoleChange`). The gain margin is the
+   hysteresis: a change and its reverse cannot both clear it on the same lengths, so roles do not
+   flap under a constant load. PrfaaS instances are never converted.
+2. *Threshold (Eq. 7).* The t that balances the two prefill paths for the (new) split. It is
+   adopted (`ThresholdUpdate`) only when it raises the prefill paths' capacity
+   min(Θ_prfaas / p, Θ_pd-p / (1 - p)) by at least `threshold_min_gain` over the current t, in the
+   same direction for `threshold_persistence_ticks` ticks (at once after a role change), so
+   sampling noise in the window rarely moves t under a constant load, while a link drop or a
+   shift in lengths does.
+
+Every decision carries a `reason` (its rule, then the numbers) and `inputs`, the snapshot it was
+computed from.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from typing import Any
+
+from prfaas.policy.throughput import (
+    StageCosts,
+    StagePoint,
+    best_threshold,
+    evaluate,
+    lambda_max,
+)
+
+
+class PdRole(StrEnum):
+    """Role of an instance of the local PD cluster."""
+
+    PD_PREFILL = "pd_prefill"
+    PD_DECODE = "pd_decode"
+
+
+class DecisionKind(StrEnum):
+    """What a controller decision changes."""
+
+    THRESHOLD = "threshold"
+    ROLE_CHANGE = "role_change"
+
+
+@dataclass(frozen=True, slots=True)
+class ControllerConfig:
+    """Knobs of the long-timescale controller. Times in seconds, gains as shares (0.05 = 5%)."""
+
+    period_s: float = 30.0  # the driver calls tick() this often
+    window_s: float = 300.0  # incremental lengths older than this leave the window
+    max_samples: int = 4096  # and at most this many (the most recent) stay in it
+    min_samples: int = 50  # fewer samples in the window: no decision
+    threshold_min_gain: float = 0.05  # adopt a new t only if prefill capacity rises this much
+    min_role_gain: float = 0.05  # convert only if Λ_max of the better split is this much higher
+    persistence_ticks: int = 3  # the same conversion must be best for this many ticks in a row
+    threshold_persistence_ticks: int = 2  # t must be off the same way for this many ticks
+    cooldown_s: float = 60.0  # no conversion within this long after the previous one
+    max_instances_per_change: int = 1  # instances converted by one decision
+    shift_z: float = 5.0  # lengths shifted: the last period's mean log-length is this many
+    #                       standard errors from the rest of the window's (inf: never)
+    min_shift_samples: int = 20  # ...with at least this many samples on each side
+    min_pd_prefill: int = 1  # no conversion leaves fewer PD-P instances than this
+    min_pd_decode: int = 1  # no conversion leaves fewer PD-D instances than this
+
+    def __post_init__(self) -> None:
+        for name in ("period_s", "window_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be finite and > 0, got {value}")
+        if not self.shift_z > 0:
+            raise ValueError(f"shift_z must be > 0, got {self.shift_z}")
+        for name in ("threshold_min_gain", "min_role_gain", "cooldown_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be finite and >= 0, got {value}")
+        for name in (
+            "max_samples",
+            "min_samples",
+            "persistence_ticks",
+            "threshold_persistence_ticks",
+            "max_instances_per_change",
+            "min_shift_samples",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("min_pd_prefill", "min_pd_decode"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (one PD-P and one PD-D at least)")
+        if self.min_samples > self.max_samples:
+            raise ValueError(
+                f"min_samples ({self.min_samples}) must be <= max_samples ({self.max_samples})"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class Measurements:
+    """What the driver measured over the last period, and the PD cluster's roles now.
+
+    Instances being converted count in their *new* role; `num_converting` says how many are
+    still draining. The prefill time scales are measured time / profiled time (1.0: as profiled).
+    """
+
+    egress_bytes_per_s: float  # B_out: the link's capacity as measured now, bytes/s
+    t_decode_step_s: float  # decode step time at a full batch, seconds
+    num_output_tokens: float  # mean output length of recent requests, tokens
+    num_pd_p: int  # PD-P instances (converting ones by their new role)
+    num_pd_d: int  # PD-D instances (converting ones by their new role)
+    num_converting: int = 0  # PD instances still draining for a role change
+    prefill_time_scale_pd: float = 1.0  # measured / profiled prefill time on PD-P
+    prefill_time_scale_prfaas: float = 1.0  # measured / profiled prefill time on PrfaaS
+
+    def __post_init__(self) -> None:
+        for name in ("egress_bytes_per_s", "t_decode_step_s", "num_output_tokens"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Measurements.{name} must be finite and > 0, got {value}")
+        for name in ("prefill_time_scale_pd", "prefill_time_scale_prfaas"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"Measurements.{name} must be finite and > 0, got {value}")
+        if self.num_pd_p < 1 or self.num_pd_d < 1:
+            raise ValueError(
+                f"need at least one PD-P and one PD-D, got {self.num_pd_p} / {self.num_pd_d}"
+            )
+        if self.num_converting < 0:
+            raise ValueError(f"num_converting must be >= 0, got {self.num_converting}")
+
+
+@dataclass(frozen=True, slots=True)
+class ControlInputs:
+    """The snapshot one tick decided from (rates in requests/s, lengths in tokens)."""
+
+    at_s: float  # the tick's time
+    num_samples: int  # incremental lengths in the window
+    mean_tokens: float  # their mean
+    p90_tokens: float  # their 90th percentile
+    egress_bytes_per_s: float  # measured B_out
+    t_decode_step_s: float  # measured decode step
+    num_output_tokens: float  # measured mean output length
+    num_prfaas: int  # PrfaaS instances (fixed)
+    num_pd_p: int  # PD-P now
+    num_pd_d: int  # PD-D now
+    num_converting: int  # conversions in progress
+    threshold_tokens: float  # t in force before this tick
+    prefill_rate_per_s: float  # min(Θ_prfaas/p, Θ_pd-p/(1-p)) now, at the current t
+    decode_rate_per_s: float  # Θ_pd-d now
+    lambda_max_per_s: float  # Eq. 6 now (current split, Eq. 7's t)
+    best_num_pd_p: int  # the split with the highest Λ_max
+    best_lambda_max_per_s: float  # its Λ_max
+    streak_ticks: int  # consecutive ticks the same conversion has been best
+    shift_z: float  # the last period's mean log-length vs the window's, in standard errors
+    window_reset: bool  # |shift_z| crossed the limit: the older samples were dropped
+
+
+@dataclass(frozen=True, slots=True)
+class ThresholdUpdate:
+    """Set the routing threshold t to `new_threshold_tokens`."""
+
+    at_s: float  # simulated or wall time of the tick that decided it
+    old_threshold_tokens: float
+    new_threshold_tokens: float
+    reason: str  # "<rule>: <numbers>"
+    inputs: ControlInputs
+    kind: DecisionKind = field(default=DecisionKind.THRESHOLD, init=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RoleChange:
+    """Convert `num_instances` PD instances from `from_role` to `to_role` (drain, switch,
+    re-register); the driver picks which ones."""
+
+    at_s: float
+    from_role: PdRole
+    to_role: PdRole
+    num_instances: int
+    reason: str
+    inputs: ControlInputs
+    kind: DecisionKind = field(default=DecisionKind.ROLE_CHANGE, init=False)
+
+
+ControlDecision = ThresholdUpdate | RoleChange
+
+
+def decision_dict(decision: ControlDecision) -> dict[str, Any]:
+    """A decision as plain JSON-ready data (for logs and the simulator's summary)."""
+    return asdict(decision)
+
+
+class WindowLengths:
+    """An empirical length model over the window's samples (what `best_threshold` needs)."""
+
+    __slots__ = ("_prefix_sums", "_values")
+
+    def __init__(self, values: list[float]) -> None:
+        if not values:
+            raise ValueError("a length window needs at least one sample")
+        self._values = sorted(values)
+        self._prefix_sums = [0.0, *itertools.accumulate(self._values)]
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    @property
+    def max_tokens(self) -> float:
+        return self._values[-1]
+
+    def mean(self) -> float:
+        return self._prefix_sums[-1] / len(self._values)
+
+    def quantile(self, q: float) -> float:
+        """The sample at rank ceil(q * n) (nearest rank), q in [0, 1]."""
+        k = min(len(self._values) - 1, max(0, math.ceil(q * len(self._values)) - 1))
+        return self._values[k]
+
+    def prob_greater(self, num_tokens: float) -> float:
+        n = len(self._values)
+        return (n - bisect.bisect_right(self._values, num_tokens)) / n
+
+    def mean_between(self, lo_tokens: float, hi_tokens: float) -> float:
+        i = bisect.bisect_right(self._values, lo_tokens)
+        j = bisect.bisect_right(self._values, hi_tokens)
+        if j <= i:
+            raise ValueError(f"no samples in ({lo_tokens}, {hi_tokens}]")
+        return (self._prefix_sums[j] - self._prefix_sums[i]) / (j - i)
+
+
+@dataclass(frozen=True, slots=True)
+class SplitPlan:
+    """One candidate split at Eq. 7's t."""
+
+    num_pd_p: int
+    num_pd_d: int
+    threshold_tokens: float  # Eq. 7's t for this split
+    point: StagePoint  # Eqs. 3-6 at that t
+
+
+def prefill_rate(point: StagePoint) -> float:
+    """Capacity of the two prefill paths together: Eq. 6 without the decode term."""
+    return lambda_max(
+        point.theta_prfaas_per_s, point.theta_pd_p_per_s, math.inf, point.offload_fraction
+    )
+
+
+def _mean_var(values: list[float]) -> tuple[float, float]:
+    """Mean and sample variance (n - 1) of at least two values."""
+    mean = math.fsum(values) / len(values)
+    return mean, math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
+
+
+def _scaled(curve: Any, scale: float) -> Any:
+    return curve if scale == 1.0 else (lambda n: scale * curve(n))
+
+
+def measured_costs(costs: StageCosts, measured: Measurements) -> StageCosts:
+    """The profiled stage costs with the measured link, decode and prefill rates swapped in."""
+    return replace(
+        costs,
+        t_prefill_pd_s=_scaled(costs.t_prefill_pd_s, measured.prefill_time_scale_pd),
+        t_prefill_prfaas_s=_scaled(costs.t_prefill_prfaas_s, measured.prefill_time_scale_prfaas),
+        egress_bytes_per_s=measured.egress_bytes_per_s,
+        t_decode_step_s=measured.t_decode_step_s,
+        num_output_tokens=measured.num_output_tokens,
+    )
+
+
+class AdaptiveController:
+    """State of the long-timescale loop: the window, the threshold in force, the persistence
+    streak and the time of the last conversion. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        config: ControllerConfig,
+        costs: StageCosts,
+        num_prfaas: int,
+        threshold_tokens: float,
+    ) -> None:
+        if num_prfaas < 1:
+            raise ValueError(f"the controller needs a PrfaaS cluster, got {num_prfaas} instances")
+        if not (math.isfinite(threshold_tokens) and threshold_tokens >= 0):
+            raise ValueError(f"threshold_tokens must be finite and >= 0, got {threshold_tokens}")
+        self.config = config
+        self.costs = costs
+        self.num_prfaas = num_prfaas
+        self.threshold_tokens = float(threshold_tokens)
+        self.num_role_changes = 0  # instances converted so far (prfaas:role_changes_total)
+        self.num_threshold_updates = 0
+        self._samples: deque[tuple[float, float]] = deque()  # (time, incremental tokens)
+        self._streak_direction = 0  # +1: toward more PD-P, -1: toward more PD-D, 0: none
+        self._streak_ticks = 0
+        self._t_direction = 0  # +1: Eq. 7 wants a higher t, -1: lower, 0: t is fine
+        self._t_streak_ticks = 0
+        self._last_change_at: float | None = None
+        self._last_time = -math.inf
+        self._last_tick_s = -math.inf
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def observe(self, now: float, num_incremental_tokens: float) -> None:
+        """One routed request's incremental length (prompt minus its best usable prefix)."""
+        self._advance(now)
+        if not (math.isfinite(num_incremental_tokens) and num_incremental_tokens >= 0):
+            raise ValueError(f"incremental length must be >= 0, got {num_incremental_tokens}")
+        self._samples.append((now, float(num_incremental_tokens)))
+        if len(self._samples) > self.config.max_samples:
+            self._samples.popleft()
+
+    def window(self, now: float) -> list[float]:
+        """The incremental lengths in the window at `now`."""
+        lo = now - self.config.window_s
+        return [tokens for at, tokens in self._samples if at > lo]
+
+    def metrics(self) -> dict[str, float]:
+        """The controller's gauges and counters, under their exported names."""
+        return {
+            "prfaas:threshold_tokens": self.threshold_tokens,
+            "prfaas:role_changes_total": float(self.num_role_changes),
+        }
+
+    # --- the tick ---------------------------------------------------------------------------
+
+    def tick(self, now: float, measured: Measurements) -> list[ControlDecision]:
+        """Decide at `now`: at most one role change, then at most one threshold update."""
+        self._advance(now)
+        self._prune(now)
+        shift_z = self._shift_z()
+        window_reset = abs(shift_z) >= self.config.shift_z
+        if window_reset:
+            while self._samples and self._samples[0][0] <= self._last_tick_s:
+                self._samples.popleft()
+        self._last_tick_s = now
+        values = [tokens for _, tokens in self._samples]
+        if len(values) < self.config.min_samples or max(values) <= 0:
+            self._streak_direction, self._streak_ticks = 0, 0
+            self._t_direction, self._t_streak_ticks = 0, 0
+            return []
+        lengths = WindowLengths(values)
+        costs = measured_costs(self.costs, measured)
+        plans = self._plans(costs, lengths, measured.num_pd_p + measured.num_pd_d)
+        current = plans[measured.num_pd_p]
+        best = max(
+            self._allowed(plans.values(), current),
+            key=lambda p: (p.point.lambda_max_per_s, -abs(p.num_pd_p - current.num_pd_p)),
+        )
+        self._update_streak(current, best)
+        inputs = self._inputs(now, measured, lengths, costs, current, best, shift_z, window_reset)
+        decisions: list[ControlDecision] = []
+        target = current
+        change = self._role_change(now, measured, current, best, plans, inputs)
+        if change is not None:
+            decisions.append(change[0])
+            target = change[1]
+        update = self._threshold_update(now, costs, lengths, target, inputs, change is not None)
+        if update is not None:
+            decisions.append(update)
+        return decisions
+
+    def _inputs(
+        self,
+        now: float,
+        measured: Measurements,
+        lengths: WindowLengths,
+        costs: StageCosts,
+        current: SplitPlan,
+        best: SplitPlan,
+        shift_z: float,
+        window_reset: bool,
+    ) -> ControlInputs:
+        in_force = evaluate(
+            costs,
+            lengths,
+            self.threshold_tokens,
+            self.num_prfaas,
+            current.num_pd_p,
+            current.num_pd_d,
+        )
+        return ControlInputs(
+            at_s=now,
+            num_samples=len(lengths),
+            mean_tokens=lengths.mean(),
+            p90_tokens=lengths.quantile(0.9),
+            egress_bytes_per_s=measured.egress_bytes_per_s,
+            t_decode_step_s=measured.t_decode_step_s,
+            num_output_tokens=measured.num_output_tokens,
+            num_prfaas=self.num_prfaas,
+            num_pd_p=measured.num_pd_p,
+            num_pd_d=measured.num_pd_d,
+            num_converting=measured.num_converting,
+            threshold_tokens=self.threshold_tokens,
+            prefill_rate_per_s=prefill_rate(in_force),
+            decode_rate_per_s=in_force.theta_pd_d_per_s,
+            lambda_max_per_s=current.point.lambda_max_per_s,
+            best_num_pd_p=best.num_pd_p,
+            best_lambda_max_per_s=best.point.lambda_max_per_s,
+            streak_ticks=self._streak_ticks,
+            shift_z=shift_z,
+            window_reset=window_reset,
+        )
+
+    def _advance(self, now: float) -> None:
+        if not math.isfinite(now) or now < self._last_time:
+            raise ValueError(f"time must be finite and not go backwards: {now} < {self._last_time}")
+        self._last_time = now
+
+    def _shift_z(self) -> float:
+        """Welch's z of the mean log-length since the last tick against the older samples
+        (log: lengths are heavy-tailed, their logs close to normal); 0 with too few samples."""
+        recent = [math.log1p(x) for at, x in self._samples if at > self._last_tick_s]
+        older = [math.log1p(x) for at, x in self._samples if at <= self._last_tick_s]
+        if min(len(recent), len(older)) < self.config.min_shift_samples:
+            return 0.0
+        (m1, v1), (m2, v2) = _mean_var(recent), _mean_var(older)
+        se = math.sqrt(v1 / len(recent) + v2 / len(older))
+        if se == 0:
+            return 0.0 if m1 == m2 else math.copysign(math.inf, m1 - m2)
+        return (m1 - m2) / se
+
+    def _prune(self, now: float) -> None:
+        lo = now - self.config.window_s
+        while self._samples and self._samples[0][0] <= lo:
+            self._samples.popleft()
+
+    def _plans(
+        self, costs: StageCosts, lengths: WindowLengths, num_pd: int
+    ) -> dict[int, SplitPlan]:
+        """Eq. 7's t and Eq. 6's Λ_max for every split with one PD-P and one PD-D at least."""
+        plans = {}
+        for num_pd_p in range(1, num_pd):
+            t = best_threshold(costs, lengths, self.num_prfaas, num_pd_p, 0.0, lengths.max_tokens)
+            point = evaluate(costs, lengths, t, self.num_prfaas, num_pd_p, num_pd - num_pd_p)
+            plans[num_pd_p] = SplitPlan(num_pd_p, num_pd - num_pd_p, t, point)
+        return plans
+
+    def _allowed(self, plans: Iterable[SplitPlan], current: SplitPlan) -> list[SplitPlan]:
+        """The splits within `min_pd_prefill` / `min_pd_decode`, and the current one."""
+        cfg = self.config
+        return [
+            p
+            for p in plans
+            if p is current
+            or (p.num_pd_p >= cfg.min_pd_prefill and p.num_pd_d >= cfg.min_pd_decode)
+        ]
+
+    def _update_streak(self, current: SplitPlan, best: SplitPlan) -> None:
+        gain_needed = (1 + self.config.min_role_gain) * current.point.lambda_max_per_s
+        direction = 0
+        if best.point.lambda_max_per_s >= gain_needed and best.num_pd_p != current.num_pd_p:
+            direction = 1 if best.num_pd_p > current.num_pd_p else -1
+        if direction == 0 or direction != self._streak_direction:
+            self._streak_ticks = 0
+        self._streak_direction = direction
+        if direction != 0:
+            self._streak_ticks += 1
+
+    def _role_change(
+        self,
+        now: float,
+        measured: Measurements,
+        current: SplitPlan,
+        best: SplitPlan,
+        plans: dict[int, SplitPlan],
+        inputs: ControlInputs,
+    ) -> tuple[RoleChange, SplitPlan] | None:
+        """The conversion due now and the split it leads to, or None."""
+        cfg = self.config
+        if self._streak_direction == 0 or self._streak_ticks < cfg.persistence_ticks:
+            return None
+        if measured.num_converting > 0:
+            return None
+        if self._last_change_at is not None and now - self._last_change_at < cfg.cooldown_s:
+            return None
+        step = min(cfg.max_instances_per_change, abs(best.num_pd_p - current.num_pd_p))
+        target = plans[current.num_pd_p + self._streak_direction * step]
+        num = abs(target.num_pd_p - current.num_pd_p)
+        grow_prefill = self._streak_direction > 0
+        side = "prefill binds" if grow_prefill else "decode binds"
+        sign = "<" if grow_prefill else ">"
+        reason = (
+            f"{side}: prefill {prefill_rate(current.point):.3f} req/s {sign} decode "
+            f"{current.point.theta_pd_d_per_s:.3f} req/s (Eq. 8) for {self._streak_ticks} ticks; "
+            f"N_p/N_d {current.num_pd_p}/{current.num_pd_d} -> {target.num_pd_p}/"
+            f"{target.num_pd_d} raises Λ_max {current.point.lambda_max_per_s:.3f} -> "
+            f"{target.point.lambda_max_per_s:.3f} req/s (best split N_p={best.num_pd_p})"
+        )
+        from_role, to_role = PdRole.PD_DECODE, PdRole.PD_PREFILL
+        if not grow_prefill:
+            from_role, to_role = to_role, from_role
+        self._last_change_at = now
+        self._streak_direction, self._streak_ticks = 0, 0
+        self.num_role_changes += num
+        return RoleChange(now, from_role, to_role, num, reason, inputs), target
+
+    def _threshold_update(
+        self,
+        now: float,
+        costs: StageCosts,
+        lengths: WindowLengths,
+        target: SplitPlan,
+        inputs: ControlInputs,
+        after_role_change: bool,
+    ) -> ThresholdUpdate | None:
+        kept = evaluate(
+            costs,
+            lengths,
+            self.threshold_tokens,
+            self.num_prfaas,
+            target.num_pd_p,
+            target.num_pd_d,
+        )
+        gain = prefill_rate(target.point) / prefill_rate(kept) - 1 if prefill_rate(kept) else 1.0
+        direction = 0
+        if gain >= self.config.threshold_min_gain:
+            direction = 1 if target.threshold_tokens > self.threshold_tokens else -1
+        if direction == 0 or direction != self._t_direction:
+            self._t_streak_ticks = 0
+        self._t_direction = direction
+        if direction == 0:
+            return None
+        self._t_streak_ticks += 1
+        needed = 1 if after_role_change else self.config.threshold_persistence_ticks
+        if self._t_streak_ticks < needed:
+            return None
+        self._t_direction, self._t_streak_ticks = 0, 0
+        old = self.threshold_tokens
+        new = target.threshold_tokens
+        why = "after role change, " if after_role_change else ""
+        if inputs.window_reset:
+            why += f"lengths shifted (z={inputs.shift_z:.1f}, older samples dropped), "
+        reason = (
+            f"eq7: {why}{len(lengths)} lengths (mean {lengths.mean():.0f}), "
+            f"B_out {costs.egress_bytes_per_s * 8 / 1e9:.3g} Gbps, N_p={target.num_pd_p}: "
+            f"t {old:.0f} -> {new:.0f} raises prefill capacity by {gain:.1%} "
+            f"({prefill_rate(kept):.3f} -> {prefill_rate(target.point):.3f} req/s)"
+        )
+        self.threshold_tokens = new
+        self.num_threshold_updates += 1
+        return ThresholdUpdate(now, old, new, reason, inputs)

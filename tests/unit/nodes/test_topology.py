@@ -22,6 +22,7 @@ from prfaas.nodes.topology_check import (
     LINK_KEYS,
     MODEL_KEYS,
     POLICY_KEYS,
+    PREFIX_CACHE_KEYS,
     ROUTER_KEYS,
     TOP_KEYS,
     TRANSPORT_KEYS,
@@ -748,5 +749,5 @@ def test_docs_describe_every_key() -> None:
     section = text[text.index("## Topology file") :]
     assert [k for k in TOP_KEYS if f"[{k}]" not in section] == []
     keys = MODEL_KEYS + ROUTER_KEYS + LINK_KEYS + POLICY_KEYS + TRANSPORT_KEYS
-    keys += CLUSTER_KEYS + INSTANCE_KEYS
+    keys += CLUSTER_KEYS + INSTANCE_KEYS + PREFIX_CACHE_KEYS
     assert [k for k in keys if f"`{k}`" not in section] == []

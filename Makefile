@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		-c requirements.lock -e '.[dev,plot,client]'
+		-c requirements.lock -e '.[dev,plot,client,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

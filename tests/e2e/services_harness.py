@@ -71,14 +71,17 @@ def start_system(
         api_keys=(API_KEY,),
         prefix_block_tokens=prefix_block_tokens,
     )
-    path = embedded_topology(tmp, options)
+    return launch(embedded_topology(tmp, options), tmp / "logs")
+
+
+def launch(path: Path, log_dir: Path, ready_timeout_s: float = READY_TIMEOUT_S) -> System:
+    """Start the topology file at `path` as processes and wait until the router is ready."""
     topology = load_topology(path)
-    log_dir = tmp / "logs"
     log_dir.mkdir()
     launcher = Launcher(path, topology, log_dir)
     launcher.start()
     try:
-        launcher.wait_ready(READY_TIMEOUT_S)
+        launcher.wait_ready(ready_timeout_s)
     except BaseException:
         launcher.stop()
         raise

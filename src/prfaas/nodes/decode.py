@@ -53,10 +53,18 @@ class TransferLost(Exception):
 class DecodeService:
     """The instance's state: engine thread, KV receiver, transfers waited for, metrics."""
 
-    def __init__(self, topology: Topology, instance: InstanceConfig, engine: Any) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        instance: InstanceConfig,
+        engine: Any,
+        worker: EngineWorker | None = None,
+    ) -> None:
+        """`worker`: an engine thread shared with the instance's other role (convertible PD
+        instances); by default the service starts its own."""
         self.topology, self.instance = topology, instance
         self.loop = asyncio.get_running_loop()
-        self.worker = EngineWorker(engine, self.loop, name=instance.name)
+        self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
         self.registry = CollectorRegistry()
         self.receiver = _make_receiver(topology, instance, self._on_transfer, self._on_failure)
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
@@ -321,6 +329,29 @@ def _reason_label(reason: str) -> str:
     return "prefill_failed"
 
 
+async def handle_decode(service: DecodeService, request: Request) -> Response:
+    """`POST /internal/decode`: the job's deltas, streamed (NDJSON) or whole."""
+    try:
+        job = DecodeJob.from_dict(await request.json())
+    except Exception as exc:  # malformed job
+        return error_response(400, f"bad decode job: {exc}", "invalid_request_error")
+    deltas = service.decode(job)
+    if not job.stream:
+        return await _whole(deltas)
+    return StreamingResponse(_ndjson(deltas), media_type="application/x-ndjson")
+
+
+async def handle_abort(service: DecodeService, request: Request) -> Response:
+    """`POST /internal/abort`: the router says a transfer's state will not come."""
+    try:
+        body = await request.json()
+        transfer_id, reason = str(body["transfer_id"]), str(body.get("reason", "aborted"))
+    except Exception as exc:
+        return error_response(400, f"bad abort: {exc}", "invalid_request_error")
+    service.abort(transfer_id, reason)
+    return JSONResponse({"ok": True})
+
+
 def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The decode instance's HTTP app; the engine loads and the receiver listens at start."""
 
@@ -340,27 +371,14 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     app.add_middleware(InternalAuth, token=deployment_token(topology))
 
     async def decode(request: Request) -> Response:
-        try:
-            job = DecodeJob.from_dict(await request.json())
-        except Exception as exc:  # malformed job
-            return error_response(400, f"bad decode job: {exc}", "invalid_request_error")
-        deltas = app.state.service.decode(job)
-        if not job.stream:
-            return await _whole(deltas)
-        return StreamingResponse(_ndjson(deltas), media_type="application/x-ndjson")
+        return await handle_decode(app.state.service, request)
 
     # a plain Starlette route: the hot internal path skips FastAPI's request handling
     app.add_route("/internal/decode", decode, methods=["POST"])
 
     @app.post("/internal/abort")
-    async def abort(request: Request) -> JSONResponse:
-        try:
-            body = await request.json()
-            transfer_id, reason = str(body["transfer_id"]), str(body.get("reason", "aborted"))
-        except Exception as exc:
-            return error_response(400, f"bad abort: {exc}", "invalid_request_error")
-        app.state.service.abort(transfer_id, reason)
-        return JSONResponse({"ok": True})
+    async def abort(request: Request) -> Response:
+        return await handle_abort(app.state.service, request)
 
     add_instance_routes(app, instance)
     add_kv_event_route(app)

@@ -19,7 +19,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import aiohttp
 
@@ -36,6 +36,7 @@ from prfaas.policy import (
     make_route_policy,
     pick_cached_instance,
 )
+from prfaas.policy.route import RouteState
 from prfaas.types import DeploymentKind
 
 log = logging.getLogger("prfaas.router")
@@ -67,6 +68,7 @@ class Dispatch:
     prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
     num_cached_tokens: int = 0  # prefix the router expects the prefilling instance to reuse
     num_receiver_prefix_tokens: int = 0  # prefix KV the decode instance holds: not sent
+    num_best_prefix_tokens: int = 0  # longest usable prefix in either cluster (l = prompt - it)
     cluster: str = ""  # name of the cluster that prefills
     result: PrefillResult | None = None  # filled in once the prefill instance answers
     decode_sent_at: float | None = None  # monotonic s when the decode job went out
@@ -127,6 +129,8 @@ class Dispatcher:
         self.topology, self.monitor, self.client, self.metrics = topology, monitor, client, metrics
         self.prefixes = prefixes
         self.policy = make_policy(topology)
+        # the short-timescale hysteresis runs with the long-timescale controller, as in the sim
+        self.route_state = RouteState() if topology.controller.enabled else None
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
         self._tasks: set[asyncio.Task[None]] = set()
@@ -150,6 +154,7 @@ class Dispatcher:
             self.monitor.link_view(self.prfaas, self.pd),
             self.monitor.cluster_view(self.prfaas),
             self.monitor.cluster_view(self.pd),
+            state=self.route_state,
         )
         route, reason = decision.target, decision.reason
         chosen = prfaas if route is RouteTarget.PRFAAS else pd_prefill
@@ -179,8 +184,15 @@ class Dispatcher:
             prefill,
             num_cached_tokens=expected,
             num_receiver_prefix_tokens=receiver_tokens[k] if prefill is not None else 0,
+            num_best_prefix_tokens=max(pd_prefill.best_tokens, prfaas.best_tokens),
             cluster=(self.prfaas if route is RouteTarget.PRFAAS else self.pd).name,  # type: ignore[union-attr]
         )
+
+    def set_threshold(self, threshold_tokens: float) -> None:
+        """The long-timescale controller moved t (the same replacement the simulator makes)."""
+        assert self.policy.config is not None  # the controller runs on PrfaaS-PD only
+        config = replace(self.policy.config, threshold_tokens=threshold_tokens)
+        self.policy = replace(self.policy, config=config)
 
     def _prefill_candidates(
         self, route: RouteTarget, hashes: Sequence[int], num_prompt: int

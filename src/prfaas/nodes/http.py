@@ -41,7 +41,8 @@ def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
 
     @app.get("/health")
     async def health() -> JSONResponse:
-        body = {"status": "ok", "instance": instance.name, "role": instance.role}
+        role = getattr(getattr(app.state, "service", None), "role", instance.role)
+        body = {"status": "ok", "instance": instance.name, "role": role}
         return JSONResponse(body)
 
     @app.get("/metrics")

@@ -36,7 +36,11 @@ def serve_instance(topology: Topology, name: str) -> None:
     from prfaas.nodes.http import serve_app
 
     instance = topology.instance(name)
-    if instance.role == "prefill":
+    if topology.is_convertible(instance):
+        from prfaas.nodes.pd_instance import build_pd_app
+
+        serve_app(build_pd_app(topology, instance), instance.http, name)
+    elif instance.role == "prefill":
         from prfaas.nodes.prefill import build_prefill_app
 
         serve_app(build_prefill_app(topology, instance), instance.http, name)

@@ -32,6 +32,19 @@ class InstanceState:
     num_misses: int = 0
     pending_tokens: int = 0  # dispatched by this router and not yet finished there
     pending_requests: int = 0
+    converting_to: str | None = None  # the router is changing its role: route nothing to it
+
+    @property
+    def role(self) -> str:
+        """The role it serves now: as its stats report it (a convertible PD instance may have
+        changed), the topology's before the first poll."""
+        return self.config.role if self.stats is None else self.stats.role
+
+    @property
+    def takes_work(self) -> bool:
+        """Ready, and neither draining for a role change nor being converted by the router."""
+        draining = self.stats is not None and self.stats.draining_to is not None
+        return self.is_ready and self.converting_to is None and not draining
 
     def load(self) -> InstanceLoad:
         s = self.stats
@@ -59,6 +72,8 @@ class ClusterMonitor:
 
     def __post_init__(self) -> None:
         self.states = {i.name: InstanceState(i) for i in self.topology.instances}
+        # the PrfaaS -> PD link's capacity: the topology's, until an operator reports a change
+        self.link_capacity_bytes_per_s = self.topology.link.bytes_per_s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -100,7 +115,14 @@ class ClusterMonitor:
 
     # ---- views -----------------------------------------------------------------------------
     def ready(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:
-        return [self.states[i.name] for i in cluster.by_role(role) if self.states[i.name].is_ready]
+        """The instances of `cluster` serving `role` now that can take work, in topology order."""
+        states = (self.states[i.name] for i in cluster.instances)
+        return [s for s in states if s.role == role and s.takes_work]
+
+    def in_role(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:
+        """The instances of `cluster` in `role` (a converting one counts in its new role)."""
+        states = (self.states[i.name] for i in cluster.instances)
+        return [s for s in states if (s.converting_to or s.role) == role]
 
     def is_ready(self) -> bool:
         """Every cluster has a ready instance of each role it has (a PD cluster with prefill and
@@ -124,8 +146,8 @@ class ClusterMonitor:
         """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it."""
         if prfaas is None or pd is None:
             return None
-        dests = {i.kv for i in pd.by_role("decode")}
-        capacity = self.topology.link.bytes_per_s
+        dests = {i.kv for i in pd.instances if i.kv is not None}
+        capacity = self.link_capacity_bytes_per_s
         views = []
         for state in self.ready(prfaas, "prefill"):
             for link in () if state.stats is None else state.stats.links:

@@ -50,10 +50,18 @@ class _Job:
 class PrefillService:
     """The instance's state: engine thread, KV sender, FCFS queue bookkeeping, metrics."""
 
-    def __init__(self, topology: Topology, instance: InstanceConfig, engine: Any) -> None:
+    def __init__(
+        self,
+        topology: Topology,
+        instance: InstanceConfig,
+        engine: Any,
+        worker: EngineWorker | None = None,
+    ) -> None:
+        """`worker`: an engine thread shared with the instance's other role (convertible PD
+        instances); by default the service starts its own."""
         self.topology, self.instance = topology, instance
         self.loop = asyncio.get_running_loop()
-        self.worker = EngineWorker(engine, self.loop, name=instance.name)
+        self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
         self.rate = PrefillRate(engine)
         self.registry = CollectorRegistry()
         self.sender = KVSender(transport_config(topology), TransportMetrics(self.registry))
@@ -205,6 +213,16 @@ def _link_dict(link: Any) -> dict[str, Any]:
     return dict(asdict(link))
 
 
+async def handle_prefill(service: PrefillService, request: Request) -> Response:
+    """`POST /internal/prefill`: run the job, answer its `PrefillResult`."""
+    try:
+        job = PrefillJob.from_dict(await request.json())
+    except Exception as exc:  # malformed job: the router's bug or a stray client
+        return error_response(400, f"bad prefill job: {exc}", "invalid_request_error")
+    result = await service.run(job)
+    return JSONResponse(result.to_dict())
+
+
 def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The prefill instance's HTTP app; the engine loads when the app starts."""
 
@@ -220,12 +238,7 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     app.add_middleware(InternalAuth, token=deployment_token(topology))
 
     async def prefill(request: Request) -> Response:
-        try:
-            job = PrefillJob.from_dict(await request.json())
-        except Exception as exc:  # malformed job: the router's bug or a stray client
-            return error_response(400, f"bad prefill job: {exc}", "invalid_request_error")
-        result = await app.state.service.run(job)
-        return JSONResponse(result.to_dict())
+        return await handle_prefill(app.state.service, request)
 
     # a plain Starlette route: the hot internal path skips FastAPI's request handling
     app.add_route("/internal/prefill", prefill, methods=["POST"])

@@ -27,7 +27,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from prfaas.errors import UserError
 from prfaas.messages import TokenDelta
-from prfaas.nodes.auth import bearer, deployment_token
+from prfaas.nodes.auth import InternalAuth, bearer, deployment_token
+from prfaas.nodes.control_loop import RouterControl
+from prfaas.nodes.control_routes import add_control_routes
 from prfaas.nodes.dispatch import Dispatch, Dispatcher, NoInstanceError
 from prfaas.nodes.http import error_response, metrics_response
 from prfaas.nodes.intake import ApiError, Prepared, RequestIntake
@@ -67,10 +69,22 @@ class RouterService:
             self.topology, self.monitor, self.client, self.metrics, self.prefixes
         )
         self.metrics.threshold_tokens.set(self.topology.policy.threshold_tokens)
+        self.control: RouterControl | None = None
+        if self.topology.controller.enabled:
+            self.control = RouterControl(
+                self.topology,
+                self.monitor,
+                self.client,
+                self.metrics,
+                self.dispatcher.set_threshold,
+            )
+            await self.control.start()
         await self.monitor.start()
         await self.prefixes.start()
 
     async def close(self) -> None:
+        if self.control is not None:
+            await self.control.close()
         await self.prefixes.close()
         await self.monitor.close()
         await self.client.close()
@@ -83,6 +97,8 @@ class RouterService:
         except NoInstanceError as exc:
             raise ApiError(503, str(exc), "service_unavailable", "no_instance") from exc
         log.info(json.dumps({"event": "route", **d.log_fields()}))
+        if self.control is not None:
+            self.control.observe_routed(d.num_prompt_tokens - d.num_best_prefix_tokens)
         self.metrics.decisions.labels(d.route, d.rule).inc()
         self.metrics.prompt_tokens.labels(d.route).inc(d.num_prompt_tokens)
         return d
@@ -116,6 +132,8 @@ class RouterService:
         e2e_s = time.monotonic() - prepared.arrived_at
         self.metrics.requests.labels(d.route, finish or "cancelled").inc()
         self.metrics.e2e.labels(d.route).observe(e2e_s)
+        if self.control is not None and finish not in (None, "error"):
+            self.control.observe_finished(num_tokens)
         if not log.isEnabledFor(logging.DEBUG):
             return
         done = {
@@ -216,7 +234,9 @@ def build_router_app(topology: Topology) -> FastAPI:
 
     app = FastAPI(title="prfaas router", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_body_bytes=topology.router.max_body_bytes)
+    app.add_middleware(InternalAuth, token=deployment_token(topology))
     _add_error_handlers(app)
+    add_control_routes(app)
 
     async def generate(request: Request, is_chat: bool) -> Response:
         service: RouterService = app.state.service

@@ -33,6 +33,13 @@ deployment = "prfaas"        # prfaas | homogeneous | naive
 block_tokens = 64            # tokens per cached block (hashes chain block by block)
 budget_bytes = 268435456     # bytes of cached KV and state per instance (LRU beyond it)
 
+[controller]                 # optional; present = the long-timescale loop runs in the router
+period_s = 30                # tick period (re-search t, maybe convert one PD instance)
+window_s = 300               # sliding window of incremental lengths
+driven = false               # true: no timer; ticks come from POST /internal/control/tick
+# also: min_samples, persistence_ticks, threshold_persistence_ticks, cooldown_s,
+# min_role_gain, threshold_min_gain (prfaas.policy.ControllerConfig)
+
 [transport]
 token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)
 num_connections = 2          # TCP connections per KV destination
@@ -44,7 +51,8 @@ kind = "prfaas"              # prfaas | pd
   name = "prfaas-p0"
   role = "prefill"           # prefill | decode
   http = "127.0.0.1:8101"
-  kv = "127.0.0.1:8102"      # decode instances only (required there): KV receiver address
+  kv = "127.0.0.1:8102"      # KV receiver: required on decode instances; on a PD prefill
+                             # instance it makes the instance convertible (needed with [controller])
   engine = "torch"           # torch | emulated
   hardware = "h200"          # hardware preset, timing of the emulated engine
   num_gpus = 8
@@ -59,6 +67,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from prfaas.policy.controller import ControllerConfig
 
 DTYPES = ("fp32", "bf16")
 ENGINES = ("torch", "emulated")
@@ -138,6 +148,18 @@ class PrefixCacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ControllerSettings:
+    """The router's long-timescale loop (off unless the file has a `[controller]` table).
+
+    `config` holds the pure controller's knobs; `driven` replaces the router's timer by ticks
+    that an operator or a test sends (`POST /internal/control/tick`, with the tick's time)."""
+
+    enabled: bool = False
+    config: ControllerConfig = field(default_factory=ControllerConfig)
+    driven: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class SecurityConfig:
     token: str | None = None  # shared transport token (inline or read from token_file)
     tls_cert: str | None = None
@@ -155,6 +177,7 @@ class Topology:
     link: LinkConfig = field(default_factory=LinkConfig)
     transport: SecurityConfig = field(default_factory=SecurityConfig)
     prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
 
     @property
     def instances(self) -> tuple[InstanceConfig, ...]:
@@ -172,6 +195,12 @@ class Topology:
 
     def clusters_of_kind(self, kind: str) -> tuple[ClusterConfig, ...]:
         return tuple(c for c in self.clusters if c.kind == kind)
+
+    def is_convertible(self, instance: InstanceConfig) -> bool:
+        """Whether `instance` may change role: a PD instance under the `[controller]`."""
+        if not self.controller.enabled:
+            return False
+        return any(c.kind == "pd" and instance in c.instances for c in self.clusters)
 
 
 def load_topology(path: str | Path, *, allow_generated_token: bool = False) -> Topology:

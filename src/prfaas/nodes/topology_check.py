@@ -29,6 +29,7 @@ from prfaas.nodes.topology import (
     FAILURE_POLICIES,
     ROLES,
     ClusterConfig,
+    ControllerSettings,
     InstanceConfig,
     LinkConfig,
     ModelConfig,
@@ -46,11 +47,24 @@ from prfaas.nodes.topology_table import (
     resolve_path,
     show_value,
 )
+from prfaas.policy.controller import ControllerConfig
 from prfaas.types import DeploymentKind
 
 __all__ = ["TopologyError", "parse", "parse_host_port"]  # the errors and parser of the schema
 
-TOP_KEYS = ("model", "router", "link", "policy", "transport", "prefix_cache", "clusters")
+TOP_KEYS = (
+    "model",
+    "router",
+    "link",
+    "policy",
+    "transport",
+    "prefix_cache",
+    "controller",
+    "clusters",
+)
+CONTROLLER_INT_KEYS = ("min_samples", "persistence_ticks", "threshold_persistence_ticks")
+CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain")
+CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
@@ -286,24 +300,46 @@ def _tls_files(table: Table) -> tuple[str, str, str] | None:
     return cert, key, ca
 
 
-def _instance(table: Table, cluster: str) -> InstanceConfig:
+def _controller(table: Table | None) -> ControllerSettings:
+    if table is None:
+        return ControllerSettings()
+    default = ControllerConfig()
+    knobs: dict[str, Any] = {
+        "period_s": table.positive("period_s", default.period_s),
+        "window_s": table.positive("window_s", default.window_s),
+    }
+    for name in CONTROLLER_INT_KEYS:
+        knobs[name] = table.integer(name, getattr(default, name), minimum=1)
+    for name in CONTROLLER_RATE_KEYS:
+        knobs[name] = table.non_negative(name, getattr(default, name))
+    driven = table.raw("driven", (bool,), "true or false")
+    try:
+        config = ControllerConfig(**knobs)
+    except ValueError as exc:
+        table.fail("min_samples", str(exc))
+        config = default
+    return ControllerSettings(enabled=True, config=config, driven=bool(driven))
+
+
+def _instance(table: Table, cluster: str, cluster_kind: str) -> InstanceConfig:
     role = table.choice("role", ROLES)
     return InstanceConfig(
         name=table.name(),
         cluster=cluster,
         role=role,
         http=table.address("http", required=True),
-        kv=_kv_address(table, role),
+        kv=_kv_address(table, role, cluster_kind),
         engine=table.choice("engine", ENGINES, _INSTANCE.engine),
         hardware=_hardware(table),
         num_gpus=table.integer("num_gpus", _INSTANCE.num_gpus, minimum=1),
     )
 
 
-def _kv_address(table: Table, role: str) -> str | None:
-    """The KV receiver: required on a decode instance, refused on a prefill one."""
-    if role == "prefill" and table.has("kv"):
-        table.fail("kv", "a prefill instance receives no KV; kv belongs to decode instances")
+def _kv_address(table: Table, role: str, cluster_kind: str) -> str | None:
+    """The KV receiver: required on a decode instance, refused on a PrfaaS prefill one (a PD
+    prefill instance with one can be converted to decode)."""
+    if role == "prefill" and cluster_kind != "pd" and table.has("kv"):
+        table.fail("kv", "a PrfaaS prefill instance receives no KV; kv belongs to PD instances")
         return None
     if role == "decode" and not table.has("kv"):
         table.fail("kv", 'missing required key ("host:port" of the decode KV receiver)')
@@ -327,7 +363,7 @@ def _hardware(table: Table) -> str:
 def _cluster(table: Table) -> ClusterConfig:
     name = table.name()
     kind = table.choice("kind", CLUSTER_KINDS)
-    instances = tuple(_instance(t, name) for t in table.tables("instances", INSTANCE_KEYS))
+    instances = tuple(_instance(t, name, kind) for t in table.tables("instances", INSTANCE_KEYS))
     return ClusterConfig(name=name, kind=kind, instances=instances)
 
 
@@ -409,6 +445,25 @@ def _check_deployment(
         )
 
 
+def _check_controller(
+    problems: Problems,
+    controller: ControllerSettings,
+    policy: PolicyConfig,
+    clusters: Sequence[ClusterConfig],
+) -> None:
+    """The controller converts PD instances: each needs a KV receiver; it adapts PrfaaS-PD only."""
+    if not controller.enabled:
+        return
+    if policy.deployment != DeploymentKind.PRFAAS:
+        problems.add("controller", f"only a 'prfaas' deployment adapts, not {policy.deployment!r}")
+    for key, instance in _instance_keys(clusters):
+        cluster = next(c for c in clusters if c.name == instance.cluster)
+        if cluster.kind == "pd" and instance.kv is None:
+            problems.add(
+                f"{key}.kv", "with [controller], every PD instance needs kv (it may change role)"
+            )
+
+
 # ---- the passes -----------------------------------------------------------------------------
 
 
@@ -438,14 +493,16 @@ def parse(
     transport_table = top.table("transport", TRANSPORT_KEYS)
     transport = _transport(problems, transport_table, top.has("transport"), allow_generated_token)
     prefix_cache = _prefix_cache(top.table("prefix_cache", PREFIX_CACHE_KEYS))
+    controller = _controller(top.table("controller", CONTROLLER_KEYS))
     clusters = tuple(_cluster(t) for t in top.tables("clusters", CLUSTER_KEYS))
     problems.raise_if_any()
     _check_names(problems, clusters)
     _check_addresses(problems, router, clusters)
     _check_clusters(problems, clusters)
     _check_deployment(problems, policy, clusters)
+    _check_controller(problems, controller, policy, clusters)
     problems.raise_if_any()
-    topology = Topology(model, clusters, policy, router, link, transport, prefix_cache)
+    topology = Topology(model, clusters, policy, router, link, transport, prefix_cache, controller)
     if is_auto:
         topology = _with_auto_threshold(problems, topology)
         problems.raise_if_any()

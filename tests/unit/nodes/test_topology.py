@@ -18,6 +18,7 @@ from prfaas.errors import UserError
 from prfaas.nodes.topology import Topology, load_topology, parse_topology
 from prfaas.nodes.topology_check import (
     CLUSTER_KEYS,
+    CONTROLLER_KEYS,
     INSTANCE_KEYS,
     LINK_KEYS,
     MODEL_KEYS,
@@ -372,7 +373,7 @@ BAD_VALUES = [
     (
         _set((*INSTANCE_R0, "kv"), "127.0.0.1:18999"),
         "clusters[0].instances[0].kv",
-        "a prefill instance receives no KV",
+        "a PrfaaS prefill instance receives no KV",
     ),
     (_set((*INSTANCE_D0, "kv"), "127.0.0.1:0"), "clusters[1].instances[1].kv", "1..65535"),
     # router keys
@@ -749,5 +750,5 @@ def test_docs_describe_every_key() -> None:
     section = text[text.index("## Topology file") :]
     assert [k for k in TOP_KEYS if f"[{k}]" not in section] == []
     keys = MODEL_KEYS + ROUTER_KEYS + LINK_KEYS + POLICY_KEYS + TRANSPORT_KEYS
-    keys += CLUSTER_KEYS + INSTANCE_KEYS + PREFIX_CACHE_KEYS
+    keys += CLUSTER_KEYS + INSTANCE_KEYS + PREFIX_CACHE_KEYS + CONTROLLER_KEYS
     assert [k for k in keys if f"`{k}`" not in section] == []

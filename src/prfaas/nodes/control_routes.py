@@ -1,0 +1,102 @@
+"""The router's `/internal/control*` endpoints: the long-timescale controller's state, and the
+inputs an operator, a testbed or a scripted test gives it. Behind the deployment token, like every
+`/internal/*` path; refused (403) on a deployment without one.
+
+- `GET /internal/control`: t, N_p / N_d, conversions under way, the decision log.
+- `POST /internal/control/link {"gbps": G}`: the PrfaaS -> PD link's capacity changed.
+- `POST /internal/control/clock {"at_s": T}` (driven mode): the controller's time is now T.
+- `POST /internal/control/tick {"at_s": T}` (driven mode): time T, then one tick; answers the
+  decisions it made.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from prfaas.nodes.auth import deployment_token
+from prfaas.nodes.http import error_response
+from prfaas.nodes.topology import Topology
+
+_MAX_LINK_GBPS = 1e6
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _control(app: FastAPI, topology: Topology) -> Any:
+    if deployment_token(topology) is None:
+        raise _Refused(403, "the control API needs the deployment's transport token")
+    control = getattr(app.state.service, "control", None)
+    if control is None:
+        raise _Refused(404, "this deployment has no [controller]")
+    return control
+
+
+async def _number(request: Request, key: str, low: float, high: float) -> float:
+    """`key` of the JSON body: a finite number in [low, high]."""
+    try:
+        body = await request.json()
+        value = float(body[key])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise _Refused(400, f"body must be a JSON object with a number {key!r}: {exc!r}") from exc
+    if not (math.isfinite(value) and low <= value <= high):
+        raise _Refused(400, f"{key} must be a finite number in [{low:g}, {high:g}], got {value}")
+    return value
+
+
+def add_control_routes(app: FastAPI) -> None:
+    """Mount the control endpoints on the router's app (its service on `app.state.service`)."""
+
+    def refused(exc: _Refused) -> Response:
+        return error_response(exc.status, str(exc), "invalid_request_error", "control")
+
+    @app.get("/internal/control")
+    async def status() -> Response:
+        try:
+            control = _control(app, app.state.service.topology)
+        except _Refused as exc:
+            return refused(exc)
+        return JSONResponse(control.status())
+
+    @app.post("/internal/control/link")
+    async def link(request: Request) -> Response:
+        try:
+            control = _control(app, app.state.service.topology)
+            gbps = await _number(request, "gbps", 1e-6, _MAX_LINK_GBPS)
+        except _Refused as exc:
+            return refused(exc)
+        control.set_link_capacity(gbps * 1e9 / 8)
+        return JSONResponse({"link_bytes_per_s": gbps * 1e9 / 8})
+
+    async def move_clock(request: Request) -> Any:
+        """The controller, its clock moved to the body's `at_s` (a `Response` if refused)."""
+        try:
+            control = _control(app, app.state.service.topology)
+            control.set_clock(await _number(request, "at_s", 0.0, math.inf))
+        except _Refused as exc:
+            return refused(exc)
+        except ValueError as exc:  # driven = false, or time going backwards
+            return error_response(409, str(exc), "invalid_request_error", "control")
+        return control
+
+    @app.post("/internal/control/clock")
+    async def clock(request: Request) -> Response:
+        control = await move_clock(request)
+        if isinstance(control, Response):
+            return control
+        return JSONResponse({"now_s": control.now()})
+
+    @app.post("/internal/control/tick")
+    async def tick(request: Request) -> Response:
+        control = await move_clock(request)
+        if isinstance(control, Response):
+            return control
+        now = control.now()
+        return JSONResponse({"now_s": now, "decisions": control.tick(now)})

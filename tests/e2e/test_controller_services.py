@@ -17,114 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from services_harness import get_json, get_text, launch, metric_value, wait_for
+from controller_harness import INITIAL_THRESHOLD, MAX_TOKENS, TOKEN, Live, start_live
+from services_harness import get_text, metric_value, wait_for
 
-from prfaas.nodes.launcher import Launcher, free_port
 from prfaas.nodes.topology import Topology
 from prfaas.nodes.topology_threshold import planner_inputs
 from prfaas.policy.controller import AdaptiveController, Measurements, decision_dict
 
 pytestmark = pytest.mark.slow
-READY_TIMEOUT_S = 300.0
-EMULATE = "nemotron-3-nano"  # a small hybrid KV: every request moves tens of MiB on loopback
-INITIAL_THRESHOLD = 100000  # nothing offloads at first: PD prefill binds
-MAX_TOKENS = 4
-TOKEN = "controller-test-token"
-
-
-def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
-    lines = [
-        "  [[clusters.instances]]",
-        f'  name = "{name}"',
-        f'  role = "{role}"',
-        f'  http = "127.0.0.1:{free_port()}"',
-        '  engine = "emulated"',
-        f'  hardware = "{hardware}"',
-    ]
-    if kv:
-        lines.append(f'  kv = "127.0.0.1:{free_port()}"')
-    return "\n".join(lines) + "\n"
-
-
-def _write_topology(directory: Path, with_controller: bool) -> Path:
-    controller = (
-        "[controller]\ndriven = true\nperiod_s = 10\nwindow_s = 1000\nmin_samples = 10\n"
-        "persistence_ticks = 1\nthreshold_persistence_ticks = 1\ncooldown_s = 0\n"
-    )
-    text = f"""\
-[model]
-name = "qwen3_next"
-emulate = "{EMULATE}"
-time_scale = 0
-
-[router]
-http = "127.0.0.1:{free_port()}"
-
-[link]
-gbps = 10
-
-[policy]
-threshold = {INITIAL_THRESHOLD}
-
-[transport]
-token = "{TOKEN}"
-
-{controller if with_controller else ""}
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{_instance("prfaas-p0", "prefill", "h200", kv=False)}
-[[clusters]]
-name = "pd"
-kind = "pd"
-{_instance("pd-p0", "prefill", "h20", kv=True)}
-{_instance("pd-d0", "decode", "h20", kv=True)}
-{_instance("pd-d1", "decode", "h20", kv=True)}
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    return path
-
-
-class Live:
-    def __init__(self, launcher: Launcher, topology: Topology) -> None:
-        self.launcher, self.topology = launcher, topology
-        self.url = launcher.router_url
-
-    def post(self, path: str, body: dict[str, Any], internal: bool = False) -> Any:
-        headers = {"Content-Type": "application/json"}
-        if internal:
-            headers["Authorization"] = f"Bearer {TOKEN}"
-        request = urllib.request.Request(
-            self.url + path, json.dumps(body).encode(), headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=120) as reply:
-            return json.loads(reply.read())
-
-    def complete(self, num_tokens: int, seed: int) -> dict[str, Any]:
-        rng = random.Random(seed)
-        prompt = [rng.randrange(10, 250) for _ in range(num_tokens)]
-        body = {"model": "qwen3_next", "prompt": prompt, "max_tokens": MAX_TOKENS}
-        reply: dict[str, Any] = self.post("/v1/completions", body)
-        return reply
-
-    def control(self) -> dict[str, Any]:
-        status: dict[str, Any] = get_json(
-            self.url + "/internal/control", headers={"Authorization": f"Bearer {TOKEN}"}
-        )
-        return status
-
-    def instance_stats(self, name: str) -> dict[str, Any]:
-        http = self.topology.instance(name).http
-        stats: dict[str, Any] = get_json(
-            f"http://{http}/internal/stats", headers={"Authorization": f"Bearer {TOKEN}"}
-        )
-        return stats
-
-
-def _start(tmp: Path, with_controller: bool) -> Live:
-    system = launch(_write_topology(tmp, with_controller), tmp / "logs", READY_TIMEOUT_S)
-    return Live(system.launcher, system.topology)
 
 
 def _lengths(n: int, seed: int) -> list[int]:
@@ -168,7 +68,7 @@ def _summary(decisions: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    system = _start(tmp_path_factory.mktemp("controller"), with_controller=True)
+    system = start_live(tmp_path_factory.mktemp("controller"), with_controller=True)
     yield system
     system.launcher.stop()
 
@@ -272,7 +172,7 @@ def test_role_change_api_refuses_bad_input(live: Live) -> None:
 
 def test_without_controller_threshold_and_roles_stay(tmp_path: Path) -> None:
     """Negative control: the same traffic without `[controller]` changes nothing."""
-    system = _start(tmp_path, with_controller=False)
+    system = start_live(tmp_path, with_controller=False)
     try:
         for k, n in enumerate(_lengths(12, seed=0)):
             assert system.complete(n, seed=k)["prfaas"]["route"] == "pd_prefill"

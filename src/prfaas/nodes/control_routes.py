@@ -2,7 +2,8 @@
 inputs an operator, a testbed or a scripted test gives it. Behind the deployment token, like every
 `/internal/*` path; refused (403) on a deployment without one.
 
-- `GET /internal/control`: t, N_p / N_d, conversions under way, the decision log.
+- `GET /internal/control`: t, N_p / N_d, conversions under way, the decision log, the link as
+  the policy sees it, and how far the global KV index has read each instance's events.
 - `POST /internal/control/link {"gbps": G}`: the PrfaaS -> PD link's capacity changed.
 - `POST /internal/control/clock {"at_s": T}` (driven mode): the controller's time is now T.
 - `POST /internal/control/tick {"at_s": T}` (driven mode): time T, then one tick; answers the
@@ -63,7 +64,14 @@ def add_control_routes(app: FastAPI) -> None:
             control = _control(app, app.state.service.topology)
         except _Refused as exc:
             return refused(exc)
-        return JSONResponse(control.status())
+        service = app.state.service
+        link = service.monitor.link_view(service.dispatcher.prfaas, service.dispatcher.pd)
+        extra = {
+            "link_utilization": None if link is None else link.utilization,
+            "link_backlog_bytes": None if link is None else link.backlog_bytes,
+            "prefix_index": service.prefixes.cursors(),
+        }
+        return JSONResponse({**control.status(), **extra})
 
     @app.post("/internal/control/link")
     async def link(request: Request) -> Response:

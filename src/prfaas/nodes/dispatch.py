@@ -68,7 +68,8 @@ class Dispatch:
     prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
     num_cached_tokens: int = 0  # prefix the router expects the prefilling instance to reuse
     num_receiver_prefix_tokens: int = 0  # prefix KV the decode instance holds: not sent
-    num_best_prefix_tokens: int = 0  # longest usable prefix in either cluster (l = prompt - it)
+    num_best_prefix_tokens: int = 0  # longest usable prefix in either cluster
+    num_incremental_tokens: int = 0  # the policy's l: prompt tokens it expects to be computed
     cluster: str = ""  # name of the cluster that prefills
     result: PrefillResult | None = None  # filled in once the prefill instance answers
     decode_sent_at: float | None = None  # monotonic s when the decode job went out
@@ -91,6 +92,7 @@ class Dispatch:
             "kv_bytes": r.num_kv_bytes if r and r.ok else 0,
             "num_cached_tokens": r.num_cached_tokens if r and r.ok else self.num_cached_tokens,
             "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
+            "num_incremental_tokens": self.num_incremental_tokens,
             "prefill_queue_s": round(r.queue_s, 6) if r else None,
             "prefill_s": round(r.prefill_s, 6) if r else None,
             "kv_transfer_tail_s": round(r.transfer_tail_s, 6) if r else None,
@@ -185,6 +187,7 @@ class Dispatcher:
             num_cached_tokens=expected,
             num_receiver_prefix_tokens=receiver_tokens[k] if prefill is not None else 0,
             num_best_prefix_tokens=max(pd_prefill.best_tokens, prfaas.best_tokens),
+            num_incremental_tokens=decision.num_incremental_tokens,
             cluster=(self.prfaas if route is RouteTarget.PRFAAS else self.pd).name,  # type: ignore[union-attr]
         )
 

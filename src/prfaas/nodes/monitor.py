@@ -5,13 +5,18 @@ A poller asks each instance's `/internal/stats` every `poll_s`; an instance is r
 good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
 it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
 requests spreads over instances instead of piling on the one that looked idle at the last poll.
+The link's utilization and retransmitted share are measured between two polls (growth of the
+kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads idle and one lost
+segment of a small transfer does not read as congestion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import time
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -22,6 +27,7 @@ from prfaas.policy import ClusterView, InstanceLoad, LinkView
 from prfaas.transport.linkstats import LinkStats
 
 log = logging.getLogger(__name__)
+_MIN_RETRANSMIT_SAMPLE_BYTES = 64 << 10  # a window that sent less says nothing about loss
 
 
 @dataclass
@@ -33,6 +39,28 @@ class InstanceState:
     pending_tokens: int = 0  # dispatched by this router and not yet finished there
     pending_requests: int = 0
     converting_to: str | None = None  # the router is changing its role: route nothing to it
+    # per KV destination, between the last two polls: egress rate and retransmitted share; and
+    # the kernel counters (time, bytes sent, bytes retransmitted) of the last poll
+    egress_bytes_per_s: dict[str, float] = field(default_factory=dict)
+    retransmit_rate: dict[str, float] = field(default_factory=dict)
+    last_sent: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+
+    def update_egress(self, at_s: float) -> None:
+        """Egress and retransmissions per destination from the growth of the kernel's counters
+        since the previous poll (a new connection restarts its count: no negative rate). Fewer
+        than `_MIN_RETRANSMIT_SAMPLE_BYTES` sent: too few to judge, the share reads 0."""
+        for link in () if self.stats is None else self.stats.links:
+            dest = str(link.get("dest"))
+            sent, retrans = int(link.get("bytes_sent", 0)), int(link.get("bytes_retransmitted", 0))
+            before = self.last_sent.get(dest)
+            self.last_sent[dest] = (at_s, sent, retrans)
+            if before is None or at_s <= before[0]:
+                continue
+            num_sent = max(0, sent - before[1])
+            self.egress_bytes_per_s[dest] = num_sent / (at_s - before[0])
+            num_retrans = max(0, retrans - before[2])
+            is_sample = num_sent >= _MIN_RETRANSMIT_SAMPLE_BYTES
+            self.retransmit_rate[dest] = min(1.0, num_retrans / num_sent) if is_sample else 0.0
 
     @property
     def role(self) -> str:
@@ -97,6 +125,7 @@ class ClusterMonitor:
             async with self.client.get(url, timeout=timeout) as reply:
                 reply.raise_for_status()
                 state.stats = InstanceStats.from_dict(await reply.json())
+                state.update_egress(time.monotonic())
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             state.num_misses += 1
             if state.is_ready and state.num_misses >= self.max_misses:
@@ -143,17 +172,32 @@ class ClusterMonitor:
         )
 
     def link_view(self, prfaas: ClusterConfig | None, pd: ClusterConfig | None) -> LinkView | None:
-        """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it."""
+        """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it; an
+        idle link of the known capacity while none has sent anything yet (None: no ready PrfaaS
+        instance, so no link to judge)."""
         if prfaas is None or pd is None:
             return None
         dests = {i.kv for i in pd.instances if i.kv is not None}
         capacity = self.link_capacity_bytes_per_s
+        senders = self.ready(prfaas, "prefill")
         views = []
-        for state in self.ready(prfaas, "prefill"):
+        for state in senders:
             for link in () if state.stats is None else state.stats.links:
                 if link.get("dest") in dests:
-                    views.append(LinkStats(**link).to_link_view(capacity))
+                    views.append(_measured_view(state, LinkStats(**link), capacity))
+        if senders and not views:
+            return LinkView(capacity, utilization=0.0, backlog_bytes=0.0)
         return combine_link_views(views, capacity)
+
+
+def _measured_view(state: InstanceState, link: LinkStats, capacity: float) -> LinkView:
+    """The link as the policy sees it, utilization and retransmissions measured between polls:
+    an idle link reads idle, whatever its last transfer reached or lost."""
+    rate = state.egress_bytes_per_s.get(link.dest, 0.0)
+    utilization = min(1.0, rate / capacity) if capacity > 0 else 1.0
+    retransmit_rate = state.retransmit_rate.get(link.dest, 0.0)
+    view = link.to_link_view(capacity)
+    return dataclasses.replace(view, utilization=utilization, retransmit_rate=retransmit_rate)
 
 
 def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:

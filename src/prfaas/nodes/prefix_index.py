@@ -89,6 +89,10 @@ class RouterPrefixIndex:
         blocks = self.index.match(instance, hashes).num_attention_blocks
         return min(blocks * self.block_tokens, max_reusable_tokens(num_prompt, self.block_tokens))
 
+    def cursors(self) -> dict[str, dict[str, object]]:
+        """Per instance: the epoch and the last event applied (for operators and tests)."""
+        return {name: {"epoch": c.epoch, "seq": c.seq} for name, c in self._cursors.items()}
+
     # ---- polling ---------------------------------------------------------------------------
     async def start(self) -> None:
         if self.enabled:

@@ -1,0 +1,65 @@
+"""A topology as the simulator sees it: the same instances, costs, link, threshold, prefix blocks
+and controller, so one scripted workload runs through the live router and through the simulator
+alike (the router/simulator parity test), and a user can simulate the deployment they serve.
+
+The costs are the ones the live controller and threshold "auto" use
+(`prfaas.nodes.topology_threshold.planner_inputs`): the cost model of `model.emulate` on each
+cluster's hardware (what emulated engines sleep), the case study's T_decode and batch size, and
+S_kv(l) of `model.emulate`. Routing starts from the topology's t, with the hysteresis and the
+long-timescale controller on when the topology has a `[controller]` table, as in the router.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from prfaas.nodes.topology import Topology
+from prfaas.nodes.topology_threshold import planner_inputs
+from prfaas.plan.inputs import ClusterSpec
+from prfaas.policy.route import RoutePolicyConfig
+from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig
+from prfaas.sim.cost import FixedDecodeStep
+from prfaas.sim.link import BandwidthStep
+from prfaas.sim.presets import CurveLatency, FootprintSize
+from prfaas.types import DeploymentKind
+
+_PREFIX_CACHE_BLOCKS = 1 << 20  # per cluster: the live budget is in bytes; the sim counts blocks
+
+
+def sim_config_of(
+    topology: Topology, bandwidth: Sequence[BandwidthStep] | None = None
+) -> SimConfig:
+    """The `SimConfig` of `topology`; `bandwidth` overrides its constant `[link]` (steps from
+    time 0). Needs one PrfaaS and one PD cluster with one hardware per cluster, like "auto"."""
+    from prfaas.models import load_model_spec
+
+    inputs, num_pd_p = planner_inputs(topology)
+    pd = topology.clusters_of_kind("pd")[0]
+    footprint = load_model_spec(topology.model.emulate).footprint()
+    deployment = DeploymentSpec(
+        kind=DeploymentKind(topology.policy.deployment),
+        prfaas=_prefill_spec(inputs.prfaas),
+        pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
+        num_decode_instances=len(pd.by_role("decode")),
+        max_batch_size=inputs.max_batch_size,
+        decode_step=FixedDecodeStep(inputs.t_decode_step_s),
+        route_config=RoutePolicyConfig(topology.policy.threshold_tokens),
+    )
+    controller = topology.controller
+    return SimConfig(
+        deployment=deployment,
+        kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
+        num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
+        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, topology.link.gbps),)),
+        block_tokens=topology.prefix_cache.block_tokens,
+        prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
+        record_decisions=True,
+        controller=controller.config if controller.enabled else None,
+        route_hysteresis=controller.enabled,
+    )
+
+
+def _prefill_spec(cluster: ClusterSpec, num_instances: int | None = None) -> PrefillClusterSpec:
+    count = cluster.num_instances if num_instances is None else num_instances
+    label = f"{cluster.gpus_per_instance}x{cluster.hardware.upper()}"
+    return PrefillClusterSpec(count, CurveLatency(cluster.t_prefill_s), label)

@@ -1,0 +1,134 @@
+"""Helpers for the live controller tests: a topology of emulated instances (1 PrfaaS prefill,
+PD prefill + 2 PD decode, every PD instance convertible), started as processes, and a small client
+for its OpenAI and control APIs."""
+
+from __future__ import annotations
+
+import json
+import random
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from services_harness import get_json, launch
+
+from prfaas.nodes.launcher import Launcher, free_port
+from prfaas.nodes.topology import Topology
+
+READY_TIMEOUT_S = 300.0
+EMULATE = "nemotron-3-nano"  # a small hybrid KV: every request moves tens of MiB on loopback
+INITIAL_THRESHOLD = 100000  # nothing offloads at first: PD prefill binds
+MAX_TOKENS = 4
+TOKEN = "controller-test-token"
+
+
+def instance_toml(name: str, role: str, hardware: str, kv: bool) -> str:
+    lines = [
+        "  [[clusters.instances]]",
+        f'  name = "{name}"',
+        f'  role = "{role}"',
+        f'  http = "127.0.0.1:{free_port()}"',
+        '  engine = "emulated"',
+        f'  hardware = "{hardware}"',
+    ]
+    if kv:
+        lines.append(f'  kv = "127.0.0.1:{free_port()}"')
+    return "\n".join(lines) + "\n"
+
+
+def write_topology(
+    directory: Path,
+    with_controller: bool,
+    period_s: float = 10.0,
+    prefix_block_tokens: int | None = None,
+) -> Path:
+    """The test topology; a driven `[controller]` that decides on the first tick it can."""
+    controller = (
+        f"[controller]\ndriven = true\nperiod_s = {period_s}\nwindow_s = 1000\n"
+        "min_samples = 10\npersistence_ticks = 1\nthreshold_persistence_ticks = 1\n"
+        "cooldown_s = 0\n"
+    )
+    if prefix_block_tokens is not None:
+        controller += (
+            f"\n[prefix_cache]\nblock_tokens = {prefix_block_tokens}\nbudget_bytes = {8 << 30}\n"
+        )
+    text = f"""\
+[model]
+name = "qwen3_next"
+emulate = "{EMULATE}"
+time_scale = 0
+
+[router]
+http = "127.0.0.1:{free_port()}"
+
+[link]
+gbps = 10
+
+[policy]
+threshold = {INITIAL_THRESHOLD}
+
+[transport]
+token = "{TOKEN}"
+
+{controller if with_controller else ""}
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"
+{instance_toml("prfaas-p0", "prefill", "h200", kv=False)}
+[[clusters]]
+name = "pd"
+kind = "pd"
+{instance_toml("pd-p0", "prefill", "h20", kv=True)}
+{instance_toml("pd-d0", "decode", "h20", kv=True)}
+{instance_toml("pd-d1", "decode", "h20", kv=True)}
+"""
+    path = directory / "topology.toml"
+    path.write_text(text)
+    return path
+
+
+class Live:
+    """A started topology: its processes, and calls to its router and instances."""
+
+    def __init__(self, launcher: Launcher, topology: Topology) -> None:
+        self.launcher, self.topology = launcher, topology
+        self.url = launcher.router_url
+
+    def post(self, path: str, body: dict[str, Any], internal: bool = False) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if internal:
+            headers["Authorization"] = f"Bearer {TOKEN}"
+        request = urllib.request.Request(
+            self.url + path, json.dumps(body).encode(), headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=120) as reply:
+            return json.loads(reply.read())
+
+    def complete(self, num_tokens: int, seed: int) -> dict[str, Any]:
+        rng = random.Random(seed)
+        return self.complete_ids([rng.randrange(10, 250) for _ in range(num_tokens)])
+
+    def complete_ids(self, prompt: Sequence[int]) -> dict[str, Any]:
+        body = {"model": "qwen3_next", "prompt": list(prompt), "max_tokens": MAX_TOKENS}
+        reply: dict[str, Any] = self.post("/v1/completions", body)
+        return reply
+
+    def control(self) -> dict[str, Any]:
+        status: dict[str, Any] = get_json(
+            self.url + "/internal/control", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        return status
+
+    def instance_stats(self, name: str) -> dict[str, Any]:
+        http = self.topology.instance(name).http
+        stats: dict[str, Any] = get_json(
+            f"http://{http}/internal/stats", headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        return stats
+
+
+def start_live(tmp: Path, with_controller: bool, **options: Any) -> Live:
+    path = write_topology(tmp, with_controller, **options)
+    system = launch(path, tmp / "logs", READY_TIMEOUT_S)
+    return Live(system.launcher, system.topology)

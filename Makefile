@@ -1,5 +1,6 @@
 # PrfaaS developer entry points. `make demo` and `make test` work on a machine with only Python:
-# they create .venv, install torch==2.13.0 first (the CPU wheel), then the pinned rest.
+# they create .venv, install torch==2.13.0 first (the CPU wheel), then the pinned rest with every
+# extra (the Dockerfile runs the same two pip lines; tests/unit/test_packaging.py compares them).
 # `make demo` starts the live system on localhost, sends two requests and stops it again.
 PYTHON ?= python3
 VENV := .venv
@@ -12,7 +13,7 @@ $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check \
-		-c requirements.lock -e '.[dev,plot,client,ray]'
+		-c requirements.lock -e '.[dev,plot,client,ray,engine]'
 	touch $(STAMP)
 
 install: $(STAMP)

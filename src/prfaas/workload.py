@@ -25,8 +25,11 @@ from statistics import NormalDist
 from typing import Protocol
 
 from prfaas.errors import UserError
+from prfaas.files import check_regular_file
 
 MOONCAKE_BLOCK_TOKENS = 512  # tokens per hash_id in the Mooncake traces
+MAX_TRACE_BYTES = 2**30  # a trace file larger than this is refused before reading
+MAX_TRACE_REQUESTS = 10_000_000  # rows of one trace (a simulation replays at most as many)
 EXPECTATION_POINTS = 4096  # quadrature nodes for E[f(L)] of a continuous distribution
 _STD_NORMAL = NormalDist()
 
@@ -276,14 +279,17 @@ class TraceRequest:
 def load_trace(path: str | Path) -> list[TraceRequest]:
     """Read a Mooncake JSONL (`.jsonl`) or Azure CSV (`.csv`) trace, sorted by arrival time."""
     p = Path(path)
-    if not p.is_file():
+    if not p.exists():
         raise UserError(f"trace file not found: {p}")
+    check_regular_file(p, MAX_TRACE_BYTES)  # not a directory, FIFO or device; at most 1 GiB
     if p.suffix not in (".jsonl", ".csv"):
         raise UserError(f"{p}: unknown trace format (expected .jsonl Mooncake or .csv Azure)")
     try:
         requests = _load_mooncake(p) if p.suffix == ".jsonl" else _load_azure(p)
     except UnicodeDecodeError as exc:
         raise UserError(f"{p}: not UTF-8 text ({exc.reason})") from None
+    except csv.Error as exc:
+        raise UserError(f"{p}: not a readable CSV trace ({exc})") from None
     except OSError as exc:
         raise UserError(f"cannot read {p}: {exc.strerror or exc}") from None
     if not requests:
@@ -334,7 +340,13 @@ def _load_mooncake(path: Path) -> list[TraceRequest]:
             except json.JSONDecodeError as exc:
                 raise UserError(f"{where}: malformed JSON ({exc.msg})") from None
             requests.append(_mooncake_row(row, where))
+            _check_trace_rows(len(requests), where)
     return requests
+
+
+def _check_trace_rows(num_rows: int, where: str) -> None:
+    if num_rows > MAX_TRACE_REQUESTS:
+        raise UserError(f"{where}: a trace may hold at most {MAX_TRACE_REQUESTS:,} requests")
 
 
 _AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
@@ -358,9 +370,10 @@ def _load_azure(path: Path) -> list[TraceRequest]:
         missing = [c for c in _AZURE_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise UserError(f"{path}:1: missing column(s) {', '.join(missing)}")
-        rows = []
+        rows: list[tuple[float, int, int]] = []
         for row in reader:
             where = f"{path}:{reader.line_num}"
+            _check_trace_rows(len(rows) + 1, where)
             if any(row.get(c) in (None, "") for c in _AZURE_COLUMNS):
                 raise UserError(f"{where}: row has an empty or missing value")
             rows.append(

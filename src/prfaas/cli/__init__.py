@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "bench": "prfaas.cli.bench",
     "router, prefill, decode, up": "prfaas.cli.serve",  # the live services
     "demo": "prfaas.cli.demo",
+    "status": "prfaas.cli.status",
 }
 
 

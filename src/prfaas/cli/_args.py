@@ -1,11 +1,20 @@
-"""Argparse `type=` converters shared by the subcommands: numbers are refused, with the reason,
-when they are not finite (`nan`, `inf`, `1e999`) or outside the range a flag allows."""
+"""Argparse `type=` converters shared by the subcommands, and the bounds they enforce: numbers are
+refused, with the reason, when they are not finite (`nan`, `inf`, `1e999`) or outside the range
+a flag allows. A bound is stated in the message, so a refused value says what would be accepted."""
 
 from __future__ import annotations
 
 import argparse
 import math
 from collections.abc import Callable
+
+# Upper bounds of counts that size a search, a request list or an allocation. Each is far above
+# any real deployment; they exist so that a typo cannot make a command run forever.
+MAX_GPUS = 1_000_000  # GPUs in one cluster
+MAX_GPUS_PER_INSTANCE = 1024  # GPUs of one prefill or decode instance
+MAX_LENGTH_TOKENS = 2**30  # one prompt, output or length bound, tokens
+MAX_BATCH_SIZE = 65_536  # decode batch of one instance, requests
+MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes a signed 64-bit integer
 
 
 def finite_float(text: str) -> float:
@@ -35,6 +44,27 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
+def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """A converter to a finite float in [low, high] (or (low, high] with `low_open`)."""
+
+    def convert(text: str) -> float:
+        value = finite_float(text)
+        if value < low or (low_open and value == low):
+            sign = ">" if low_open else ">="
+            raise argparse.ArgumentTypeError(f"must be {sign} {_show(low)}, got {text!r}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {_show(high)}, got {text!r}")
+        return value
+
+    convert.__name__ = "number"
+    return convert
+
+
+def _show(bound: float) -> str:
+    """A bound as a message states it: 1,073,741,824 or 0.01."""
+    return f"{int(bound):,}" if float(bound).is_integer() else f"{bound:g}"
+
+
 def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
     """A converter to an integer in [low, high] (no upper bound when `high` is None)."""
 
@@ -55,3 +85,7 @@ def bounded_int(low: int, high: int | None = None) -> Callable[[str], int]:
 
 positive_int = bounded_int(1)
 nonnegative_int = bounded_int(0)
+gpu_count = bounded_int(1, MAX_GPUS)
+gpus_per_instance = bounded_int(1, MAX_GPUS_PER_INSTANCE)
+torch_seed = bounded_int(0, MAX_SEED)  # a seed torch.manual_seed accepts
+token_count = float_in(0, MAX_LENGTH_TOKENS, low_open=True)  # a length in tokens, > 0

@@ -8,7 +8,18 @@ import argparse
 import math
 from typing import TYPE_CHECKING
 
-from prfaas.cli._args import finite_float, positive_float, positive_int
+from prfaas.cli._args import (
+    MAX_BATCH_SIZE,
+    MAX_GPUS,
+    MAX_GPUS_PER_INSTANCE,
+    MAX_LENGTH_TOKENS,
+    bounded_int,
+    finite_float,
+    gpu_count,
+    gpus_per_instance,
+    positive_float,
+    token_count,
+)
 from prfaas.errors import UserError
 
 if TYPE_CHECKING:
@@ -16,7 +27,9 @@ if TYPE_CHECKING:
     from prfaas.plan.inputs import PlanInputs
 
 PRESET_NAMES = ("paper-case-study", "paper-case-study-costmodel")
-MAX_THRESHOLD_GRID_POINTS = 100_000
+MAX_THRESHOLD_GRID_POINTS = 100_000  # thresholds t one search tries
+MAX_SWEEP_POINTS = 1_000_000  # (t, N_p) pairs of the PrfaaS-PD search: ~20 s, ~400 MB
+MAX_SEARCHED_INSTANCES = 100_000  # instances of a homogeneous cluster whose split is searched
 
 
 def add_input_flags(parser: argparse.ArgumentParser) -> None:
@@ -53,16 +66,16 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
         help="PD prefill latency: profile:NAME|PATH, quadratic:a,b,c or cost-model "
         "(the perf cost model calibrated on the PrfaaS profile only)",
     )
-    g.add_argument(
-        "--prfaas-gpus", type=positive_int, help="GPUs in the PrfaaS cluster (preset: 32)"
-    )
-    g.add_argument("--pd-gpus", type=positive_int, help="GPUs in the local PD cluster (preset: 64)")
+    g.add_argument("--prfaas-gpus", type=gpu_count, help="GPUs in the PrfaaS cluster (preset: 32)")
+    g.add_argument("--pd-gpus", type=gpu_count, help="GPUs in the local PD cluster (preset: 64)")
     g.add_argument(
         "--homogeneous-gpus",
-        type=positive_int,
+        type=gpu_count,
         help="GPUs of the homogeneous baseline (default: PrfaaS + PD GPUs)",
     )
-    g.add_argument("--gpus-per-instance", type=positive_int, help="GPUs per instance (preset: 8)")
+    g.add_argument(
+        "--gpus-per-instance", type=gpus_per_instance, help="GPUs per instance (preset: 8)"
+    )
     g.add_argument(
         "--link-gbps", type=positive_float, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)"
     )
@@ -75,11 +88,9 @@ def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
         "--mu", type=finite_float, help="log-normal mu of the uncached length (preset: 9.90)"
     )
     g.add_argument("--sigma", type=positive_float, help="log-normal sigma (preset: 1.00)")
+    g.add_argument("--min-tokens", type=token_count, help="lower truncation, tokens (preset: 128)")
     g.add_argument(
-        "--min-tokens", type=positive_float, help="lower truncation, tokens (preset: 128)"
-    )
-    g.add_argument(
-        "--max-tokens", type=positive_float, help="upper truncation, tokens (preset: 131072)"
+        "--max-tokens", type=token_count, help="upper truncation, tokens (preset: 131072)"
     )
     g.add_argument(
         "--trace", help="Mooncake .jsonl or Azure .csv: its uncached lengths (and its requests)"
@@ -91,17 +102,21 @@ def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--output-tokens",
-        type=positive_float,
+        type=token_count,
         help="output length L_out (preset: 1024; with --trace: the trace's mean)",
     )
-    g.add_argument("--bs-max", type=positive_int, help="max decode batch per instance (preset: 20)")
+    g.add_argument(
+        "--bs-max",
+        type=bounded_int(1, MAX_BATCH_SIZE),
+        help="max decode batch per instance (preset: 20)",
+    )
     slo = g.add_mutually_exclusive_group()
     slo.add_argument("--t-decode-ms", type=positive_float, help="decode step time, ms (preset: 25)")
     slo.add_argument(
         "--decode-slo-tps", type=positive_float, help="decode SLO in tokens/s; T_decode = 1 / SLO"
     )
     g.add_argument(
-        "--threshold-step", type=positive_float, help="threshold grid step, tokens (default: 100)"
+        "--threshold-step", type=token_count, help="threshold grid step, tokens (default: 100)"
     )
 
 
@@ -116,14 +131,15 @@ def _t_decode_s(args: argparse.Namespace) -> float | None:
 
 
 def settings_from_args(args: argparse.Namespace, **extra: object) -> PlanSettings:
-    """The preset, then `--config`, then the flags (and `extra`, e.g. prices) that were given."""
+    """The preset, then `--config`, then the flags (and `extra`, e.g. prices) that were given;
+    the result is checked against the flags' bounds, whichever of the three set a value."""
     from prfaas.plan import get_preset, with_overrides
     from prfaas.plan.presets import settings_from_toml
 
     base = get_preset(args.preset)
     if args.config:
         base = settings_from_toml(args.config, base)
-    return with_overrides(
+    settings = with_overrides(
         base,
         model=args.model,
         prfaas_hardware=args.prfaas_hardware,
@@ -147,10 +163,40 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> PlanSetting
         threshold_step_tokens=args.threshold_step,
         **extra,
     )
+    check_settings(settings)
+    return settings
+
+
+# setting -> (upper bound, unit); the lower bounds are the planner's own checks
+_SETTING_BOUNDS: dict[str, tuple[float, str]] = {
+    "prfaas_gpus": (MAX_GPUS, "GPUs"),
+    "pd_gpus": (MAX_GPUS, "GPUs"),
+    "homogeneous_gpus": (MAX_GPUS, "GPUs"),
+    "gpus_per_instance": (MAX_GPUS_PER_INSTANCE, "GPUs"),
+    "min_tokens": (MAX_LENGTH_TOKENS, "tokens"),
+    "max_tokens": (MAX_LENGTH_TOKENS, "tokens"),
+    "output_tokens": (MAX_LENGTH_TOKENS, "tokens"),
+    "threshold_step_tokens": (MAX_LENGTH_TOKENS, "tokens"),
+    "bs_max": (MAX_BATCH_SIZE, "requests"),
+}
+
+
+def check_settings(settings: PlanSettings) -> None:
+    """UserError for a setting above its bound (a `--config` file bypasses the flags' own
+    checks). Hardware names are labels (and price keys) unless a cost model needs them, so an
+    unknown one is not refused here."""
+    for name, (bound, unit) in _SETTING_BOUNDS.items():
+        value = getattr(settings, name)
+        if value is not None and value > bound:
+            raise UserError(
+                f"{name} (--{name.replace('_', '-')} or the --config key) must be <= "
+                f"{bound:,} {unit}, got {value:,}"
+            )
 
 
 def check_grid_size(inputs: PlanInputs) -> None:
-    """Refuse a threshold step so fine that the grid over the length range would be huge."""
+    """Refuse a search so large it would run for hours: a threshold grid too fine for the
+    length range, or more (t, N_p) pairs or homogeneous instances than the bounds above."""
     step = inputs.threshold_step_tokens
     span = inputs.lengths.quantile(1.0) - inputs.lengths.quantile(0.0)
     points = math.ceil(span / step) + 1
@@ -160,3 +206,32 @@ def check_grid_size(inputs: PlanInputs) -> None:
             f"at most {MAX_THRESHOLD_GRID_POINTS:,} are allowed (use a step >= "
             f"{span / (MAX_THRESHOLD_GRID_POINTS - 1):.3g})"
         )
+    sweep = points * (inputs.pd.num_instances - 1)
+    if sweep > MAX_SWEEP_POINTS:
+        raise UserError(
+            f"{inputs.pd.num_instances:,} PD instances x {points:,} thresholds make {sweep:,} "
+            f"splits to search; at most {MAX_SWEEP_POINTS:,} are allowed (fewer PD GPUs, more "
+            "--gpus-per-instance or a coarser --threshold-step)"
+        )
+    _check_instances("homogeneous", inputs.homogeneous.num_instances)
+    _check_instances("equal-cost homogeneous", _equal_cost_instances(inputs))
+
+
+def _check_instances(what: str, num_instances: int) -> None:
+    if num_instances > MAX_SEARCHED_INSTANCES:
+        raise UserError(
+            f"the {what} cluster would have {num_instances:,} instances to split; at most "
+            f"{MAX_SEARCHED_INSTANCES:,} are allowed (fewer GPUs, or prices closer together)"
+        )
+
+
+def _equal_cost_instances(inputs: PlanInputs) -> int:
+    """Instances of the homogeneous cluster that costs what PrfaaS-PD costs (0 without prices);
+    PrfaaS-PD uses every GPU of both clusters, so its cost is known before the search."""
+    if not inputs.has_prices():
+        return 0
+    prices = inputs.prices_per_gpu
+    cost = sum(prices[c.hardware] * c.num_gpus for c in (inputs.prfaas, inputs.pd))
+    base = inputs.homogeneous
+    instances = cost / (prices[base.hardware] * base.gpus_per_instance)
+    return math.floor(instances) if math.isfinite(instances) else MAX_SEARCHED_INSTANCES + 1

@@ -5,27 +5,34 @@ from __future__ import annotations
 
 import argparse
 import re
+from pathlib import Path
 from typing import Any
 
-from prfaas.cli._args import bounded_int, positive_float, positive_int
+from prfaas.cli._args import bounded_int, positive_float
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
 _SIZE_UNITS = {"": 1, "b": 1, "kib": 2**10, "mib": 2**20, "gib": 2**30, "kb": 10**3, "mb": 10**6,
                "gb": 10**9}  # fmt: skip
 _MAX_SIZE_BYTES = 64 * 2**30
+_MAX_FRAME_BYTES = 64 * 2**20  # the transport's own bound (TransportConfig)
+MAX_REPEATS = 100  # timed transfers per round
+MAX_ROUNDS = 20  # alternating kv/raw rounds
 
 
-def parse_size_bytes(text: str) -> int:
-    """'256MiB', '1GiB', '1048576' -> bytes; UserError on anything else."""
+def parse_size_bytes(text: str, max_bytes: int = _MAX_SIZE_BYTES, flag: str = "--size") -> int:
+    """'256MiB', '1GiB', '1048576' -> bytes in [4 KiB, max_bytes]; UserError on anything else."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     unit = m.group(2).lower() if m else ""
     if m is None or unit not in _SIZE_UNITS:
-        raise UserError(f"bad size {text!r}: use a number with an optional unit (KiB, MiB, GiB)")
-    size = int(float(m.group(1)) * _SIZE_UNITS[unit])
-    if not 4096 <= size <= _MAX_SIZE_BYTES:
-        raise UserError(f"size must be between 4 KiB and 64 GiB, got {text!r}")
-    return size
+        raise UserError(
+            f"{flag}: bad size {text!r}: use a number with an optional unit (KiB, MiB, GiB)"
+        )
+    size = float(m.group(1)) * _SIZE_UNITS[unit]  # inf for a number of hundreds of digits
+    if not 4096 <= size <= max_bytes:
+        limit = f"{max_bytes // 2**30} GiB" if max_bytes >= 2**30 else f"{max_bytes // 2**20} MiB"
+        raise UserError(f"{flag} must be between 4 KiB and {limit}, got {text!r}")
+    return int(size)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,10 +52,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     t.add_argument("--frame-bytes", default="4MiB", help="payload bytes per frame (default 4MiB)")
     t.add_argument(
-        "--repeats", type=positive_int, default=3, help="timed transfers per round (default 3)"
+        "--repeats",
+        type=bounded_int(1, MAX_REPEATS),
+        default=3,
+        help=f"timed transfers per round (default 3, at most {MAX_REPEATS})",
     )
     t.add_argument(
-        "--rounds", type=positive_int, default=2, help="alternating kv/raw rounds (default 2)"
+        "--rounds",
+        type=bounded_int(1, MAX_ROUNDS),
+        default=2,
+        help=f"alternating kv/raw rounds (default 2, at most {MAX_ROUNDS})",
     )
     t.add_argument(
         "--link-gbps", type=positive_float, default=None, help="shape the link to R Gbit/s"
@@ -66,8 +79,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_transport(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from prfaas.transport.bench import BenchSpec, run_bench
 
     if not 1 <= args.connections <= 64:
@@ -76,20 +87,13 @@ def _run_transport(args: argparse.Namespace) -> int:
         raise UserError(f"--repeats and --rounds must be >= 1, got {args.repeats}, {args.rounds}")
     if args.link_gbps is not None:
         _check_link(args.link_gbps)
-    tls = None
-    if args.tls_dir is not None:
-        d = Path(args.tls_dir)
-        files = (d / "node.crt", d / "node.key", d / "ca.crt")
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise UserError(f"--tls-dir lacks {', '.join(missing)}")
-        tls = (str(files[0]), str(files[1]), str(files[2]))
+    tls = None if args.tls_dir is None else _tls_files(Path(args.tls_dir))
     if args.no_payload_checksum and tls is None:
         raise UserError("--no-payload-checksum needs --tls-dir (TLS then protects the payload)")
     spec = BenchSpec(
         size_bytes=parse_size_bytes(args.size),
         connections=args.connections,
-        frame_bytes=parse_size_bytes(args.frame_bytes),
+        frame_bytes=parse_size_bytes(args.frame_bytes, _MAX_FRAME_BYTES, "--frame-bytes"),
         repeats=args.repeats,
         rounds=args.rounds,
         link_gbps=args.link_gbps,
@@ -101,6 +105,27 @@ def _run_transport(args: argparse.Namespace) -> int:
     result = run_bench(spec)
     print_json(result) if args.json else print(_table(result))
     return 0
+
+
+def _tls_files(directory: Path) -> tuple[str, str, str]:
+    """(cert, key, CA) of `--tls-dir`, loaded once here so that a broken file is one error line
+    now rather than a failed child process later."""
+    import ssl
+
+    from prfaas.transport.channel import client_tls_context, server_tls_context
+
+    files = (directory / "node.crt", directory / "node.key", directory / "ca.crt")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"--tls-dir lacks {', '.join(missing)}")
+    cert, key, ca = (str(f) for f in files)
+    try:
+        client_tls_context(cert, key, ca)
+        server_tls_context(cert, key, ca)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise UserError(f"--tls-dir {directory}: cannot load its TLS files: {reason}") from None
+    return cert, key, ca
 
 
 def _check_link(link_gbps: float) -> None:

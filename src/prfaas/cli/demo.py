@@ -16,9 +16,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from prfaas.cli._args import positive_int
-from prfaas.cli._output import add_json_flag, format_table, print_json
+from prfaas.cli._args import bounded_int
+from prfaas.cli._output import add_json_flag, format_table, prepare_output_dir, print_json
 
+MAX_TOKENS = 4096  # generated per demo request; the tiny model's context is far larger
 SHORT_PROMPT = "Hello! Where does my prefill run?"
 LONG_PROMPT = (
     "Hybrid-attention models keep only a few full-attention layers; the rest are linear "
@@ -52,7 +53,10 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--model", default="qwen3_next", help="tiny preset or checkpoint directory")
     p.add_argument(
-        "--max-tokens", type=positive_int, default=24, help="tokens to generate per request"
+        "--max-tokens",
+        type=bounded_int(1, MAX_TOKENS),
+        default=24,
+        help=f"tokens to generate per request (24; at most {MAX_TOKENS})",
     )
     p.add_argument("--log-dir", default=None, help="keep the processes' logs in DIR")
     add_json_flag(p)
@@ -66,6 +70,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    if args.log_dir:
+        prepare_output_dir(args.log_dir, "--log-dir")  # before any process starts
     with tempfile.TemporaryDirectory(prefix="prfaas-demo-") as tmp:
         options = EmbeddedOptions(model=args.model, router_port=free_port())
         path = embedded_topology(Path(tmp), options)

@@ -11,7 +11,7 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any
 
-from prfaas.cli._args import positive_int
+from prfaas.cli._args import MAX_LENGTH_TOKENS, gpus_per_instance
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
@@ -57,14 +57,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "efficiencies are first fitted to the profile's hardware",
     )
     parser.add_argument(
-        "--gpus", type=positive_int, default=8, help="GPUs per instance (default 8)"
+        "--gpus", type=gpus_per_instance, default=8, help="GPUs per instance (default 8)"
     )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
 
 def parse_lengths(text: str) -> list[int]:
-    """ "1K,8192,128k" -> [1024, 8192, 131072]; every length must be a positive integer."""
+    """ "1K,8192,128k" -> [1024, 8192, 131072]; every length must be a positive integer of at
+    most `MAX_LENGTH_TOKENS`."""
     lengths = []
     for item in text.split(","):
         token = item.strip()
@@ -73,6 +74,8 @@ def parse_lengths(text: str) -> list[int]:
             raise UserError(f"bad length {token!r}: use positive integers like 8192 or 8K")
         scale = {"": 1, "k": 1024, "m": 1024 * 1024}[match.group(2).lower()]
         value = float(match.group(1)) * scale
+        if not value <= MAX_LENGTH_TOKENS:  # also inf, from a number of hundreds of digits
+            raise UserError(f"bad length {token!r}: at most {MAX_LENGTH_TOKENS:,} tokens")
         if value != int(value) or value < 1:
             raise UserError(f"bad length {token!r}: lengths must be positive whole tokens")
         lengths.append(int(value))

@@ -4,21 +4,22 @@
 instances are named with `--instance`. `up` starts a whole topology as child processes of this
 one (the embedded default when no `--config` is given: a router, one PrfaaS prefill instance, one
 PD prefill and one PD decode instance on localhost with a tiny Qwen3-Next model), prints how to
-reach it, and stops every child on Ctrl-C or SIGTERM.
+reach it, and stops every child on Ctrl-C or SIGTERM; with `--ray [ADDRESS]` it starts them as
+Ray actors instead (`prfaas.cli._ray_up`).
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from prfaas.cli._args import bounded_int, nonnegative_int, positive_float
-from prfaas.cli._output import add_json_flag, print_json
+from prfaas.cli._args import MAX_LENGTH_TOKENS, bounded_int, positive_float
+from prfaas.cli._output import add_json_flag, prepare_output_dir, print_json
+from prfaas.cli._signals import stop_on_sigterm
 from prfaas.errors import UserError
 
 _READY_TIMEOUT_S = 300.0
@@ -59,12 +60,25 @@ def _register_up(subparsers: Any) -> None:
         "--port", type=bounded_int(1, 65535), default=8000, help="router port (embedded topology)"
     )
     p.add_argument(
-        "--threshold", type=nonnegative_int, default=128, help="offload threshold t, tokens"
+        "--threshold",
+        type=bounded_int(0, MAX_LENGTH_TOKENS),
+        default=128,
+        help="offload threshold t, tokens",
     )
     p.add_argument("--engine", choices=["torch", "emulated"], default="torch")
     p.add_argument("--failure", choices=["recompute", "fail"], default="recompute")
     p.add_argument("--log-dir", default=None, help="write each child's log to DIR/NAME.log")
     p.add_argument("--ready-timeout", type=positive_float, default=_READY_TIMEOUT_S, help="seconds")
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="ADDRESS",
+        help="run every service as a Ray actor, placed by cluster resource (prfaas-cluster-NAME) "
+        "on the Ray cluster at ADDRESS, or on a local Ray instance when no ADDRESS is given "
+        "(needs prfaas[ray]; docs/deploy.md)",
+    )
     add_json_flag(p)
     p.set_defaults(handler=_run_up)
 
@@ -110,6 +124,8 @@ def _run_router(args: argparse.Namespace) -> int:
 def _run_up(args: argparse.Namespace) -> int:
     from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology
 
+    if args.log_dir:
+        prepare_output_dir(args.log_dir, "--log-dir")  # before any process starts
     with tempfile.TemporaryDirectory(prefix="prfaas-up-") as tmp:
         if args.config is None:
             if not 1 <= args.port <= 65535:
@@ -129,10 +145,12 @@ def _run_up(args: argparse.Namespace) -> int:
         topology = _load(str(config_path))
         _check_transport(topology)
         log_dir = Path(args.log_dir) if args.log_dir else None
-        if log_dir is not None:
-            log_dir.mkdir(parents=True, exist_ok=True)
+        if args.ray is not None:
+            from prfaas.cli._ray_up import run_up_on_ray
+
+            return run_up_on_ray(args, config_path, topology, log_dir or Path(tmp))
         launcher = Launcher(config_path, topology, log_dir)
-        _stop_on_sigterm()
+        stop_on_sigterm()
         try:
             launcher.start()
             launcher.wait_ready(args.ready_timeout)
@@ -143,13 +161,6 @@ def _run_up(args: argparse.Namespace) -> int:
         finally:
             launcher.stop()
     return 0
-
-
-def _stop_on_sigterm() -> None:
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _supervise(launcher: Any) -> None:

@@ -10,20 +10,26 @@ import sys
 from typing import Any
 
 from prfaas.cli._args import (
+    MAX_LENGTH_TOKENS,
     bounded_int,
-    nonnegative_float,
+    float_in,
     nonnegative_int,
     positive_float,
-    positive_int,
 )
 from prfaas.cli._output import add_json_flag, check_writable_dir, format_table, prepare_output_dir
 from prfaas.cli._plan_inputs import add_input_flags, settings_from_args
+from prfaas.cli._sim_bounds import (
+    MAX_CV,
+    MAX_DURATION_S,
+    MAX_REQUESTS,
+    MIN_CV,
+    check_flags,
+    check_run,
+    parse_pair,
+)
 from prfaas.errors import UserError
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
-MAX_REQUESTS = 10_000_000  # arrivals one run may generate
-MAX_DURATION_S = 30 * 86400.0  # arrival window
-MAX_LINK_STEPS = 1_000_000  # link capacity changes over the simulated horizon
 
 
 def register(subparsers: Any) -> None:
@@ -61,13 +67,20 @@ def register(subparsers: Any) -> None:
         "--num-requests", type=bounded_int(1, MAX_REQUESTS), help="stop after this many arrivals"
     )
     p.add_argument("--arrival", choices=["poisson", "gamma"], default="poisson")
-    p.add_argument("--cv", type=positive_float, default=2.0, help="gamma inter-arrival CV (2.0)")
+    p.add_argument(
+        "--cv",
+        type=float_in(MIN_CV, MAX_CV),
+        default=2.0,
+        help=f"gamma inter-arrival CV in [{MIN_CV:g}, {MAX_CV:g}] (2.0)",
+    )
     p.add_argument("--link-drop", metavar="AT_S:GBPS", help="link capacity drops at AT_S")
     p.add_argument(
         "--link-fluctuation", metavar="LOW:PERIOD_S", help="capacity uniform in [LOW,1]x per period"
     )
     p.add_argument(
-        "--chunk-tokens", type=positive_int, help="chunked prefill budget per step (tokens)"
+        "--chunk-tokens",
+        type=bounded_int(1, MAX_LENGTH_TOKENS),
+        help="chunked prefill budget per step (tokens)",
     )
     p.add_argument(
         "--slo-ttft-s", type=positive_float, default=10.0, help="goodput TTFT SLO (10 s)"
@@ -76,7 +89,10 @@ def register(subparsers: Any) -> None:
         "--slo-tpot-s", type=positive_float, default=0.030, help="goodput TPOT SLO (0.030 s)"
     )
     p.add_argument(
-        "--drain-s", type=nonnegative_float, default=600.0, help="run after last arrival (600)"
+        "--drain-s",
+        type=float_in(0, MAX_DURATION_S),
+        default=600.0,
+        help="run after last arrival (600)",
     )
     p.add_argument(
         "--static-threshold",
@@ -117,19 +133,6 @@ def register(subparsers: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def _pair(text: str | None, flag: str) -> tuple[float, float] | None:
-    if text is None:
-        return None
-    parts = text.split(":")
-    try:
-        a, b = (float(x) for x in parts)
-    except ValueError:
-        raise UserError(f"{flag} expects two numbers as A:B, got {text!r}") from None
-    if not (math.isfinite(a) and math.isfinite(b)):
-        raise UserError(f"{flag} expects finite numbers, got {text!r}")
-    return a, b
-
-
 def _check_args(args: argparse.Namespace) -> None:
     if args.rate is not None and not (math.isfinite(args.rate) and args.rate > 0):
         raise UserError(f"--rate must be > 0 requests/s, got {args.rate}")
@@ -153,30 +156,9 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--num-requests must be >= 1, got {args.num_requests}")
     if args.drain_s < 0:
         raise UserError(f"--drain-s must be >= 0, got {args.drain_s}")
-    _check_bounds(args)
+    check_flags(args)
     if args.timeline is not None:
         check_writable_dir(os.path.dirname(args.timeline) or ".", "--timeline")
-
-
-def _check_bounds(args: argparse.Namespace) -> None:
-    """Refuse runs whose request list or link schedule would be unbounded in practice."""
-    if args.duration_s is not None and args.duration_s > MAX_DURATION_S:
-        raise UserError(f"--duration-s must be <= {MAX_DURATION_S:g} s, got {args.duration_s:g}")
-    expected = None if args.rate is None else args.rate * (args.duration_s or 3600.0)
-    if args.num_requests is None and expected is not None and expected > MAX_REQUESTS:
-        raise UserError(
-            f"--rate x --duration-s makes about {expected:,.0f} requests; at most "
-            f"{MAX_REQUESTS:,} are allowed (lower one, or give --num-requests)"
-        )
-    fluctuation = _pair(args.link_fluctuation, "--link-fluctuation")
-    if fluctuation is not None and fluctuation[1] > 0:
-        horizon_s = (args.duration_s or 3600.0) + args.drain_s
-        if horizon_s / fluctuation[1] > MAX_LINK_STEPS:
-            raise UserError(
-                f"--link-fluctuation period {fluctuation[1]:g} s makes over {MAX_LINK_STEPS:,} "
-                f"capacity steps over {horizon_s:g} s; use a period >= "
-                f"{horizon_s / MAX_LINK_STEPS:.3g} s"
-            )
 
 
 def _scenarios(args: argparse.Namespace, settings: Any) -> list[Any]:
@@ -199,8 +181,8 @@ def _scenarios(args: argparse.Namespace, settings: Any) -> list[Any]:
             duration_s=duration_s,
             num_requests=args.num_requests,
             link_gbps=settings.link_gbps,
-            link_drop=_pair(args.link_drop, "--link-drop"),
-            link_fluctuation=_pair(args.link_fluctuation, "--link-fluctuation"),
+            link_drop=parse_pair(args.link_drop, "--link-drop"),
+            link_fluctuation=parse_pair(args.link_fluctuation, "--link-fluctuation"),
             seed=args.seed,
             chunk_tokens=args.chunk_tokens,
             slo_ttft_s=args.slo_ttft_s,
@@ -237,6 +219,9 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         prepare_output_dir(args.plot, "--plot")
     case = load_setup(settings)
+    if not args.find_max_rate:
+        for scenario in scenarios:
+            check_run(args, case, scenario)
     show_progress = not args.json and sys.stderr.isatty()
     timeline: list[dict[str, Any]] | None = None if args.timeline is None else []
     if args.find_max_rate:

@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prfaas.cli._args import bounded_int, torch_seed
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.cli._verify_io import quiet_transformers, single_thread
 from prfaas.cli._verify_peer import DecodePeer
@@ -34,6 +35,8 @@ from prfaas.errors import UserError
 
 _LINEAR_STATE_ATTRS = ("conv_states", "recurrent_states", "linear_cache")
 _CONTROLS = ("empty_cache", "zeroed_linear_state")
+MAX_PROMPT_TOKENS = 16_384  # a verify prompt; the tiny presets hold 64K positions
+MAX_DECODE_TOKENS = 4096  # tokens each decode generates
 
 
 def register(subparsers: Any) -> None:
@@ -46,9 +49,19 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--arch", default=None, help="comma-separated tiny presets or model dirs")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--prompt-tokens", type=int, default=200, help="prompt length")
-    parser.add_argument("--decode-tokens", type=int, default=16, help="tokens to generate")
-    parser.add_argument("--seed", type=int, default=0, help="weight and prompt seed")
+    parser.add_argument(
+        "--prompt-tokens",
+        type=bounded_int(2, MAX_PROMPT_TOKENS),
+        default=200,
+        help=f"prompt length (200; at most {MAX_PROMPT_TOKENS:,})",
+    )
+    parser.add_argument(
+        "--decode-tokens",
+        type=bounded_int(2, MAX_DECODE_TOKENS),
+        default=16,
+        help=f"tokens to generate (16; at most {MAX_DECODE_TOKENS:,})",
+    )
+    parser.add_argument("--seed", type=torch_seed, default=0, help="weight and prompt seed (0)")
     add_json_flag(parser)
     parser.set_defaults(handler=run)
 
@@ -86,6 +99,7 @@ def _parse_archs(spec: str | None) -> list[str]:
     from pathlib import Path
 
     from prfaas.engine.presets import PRESETS
+    from prfaas.models.presets import read_config_file
 
     if spec is None:
         return list(PRESETS)
@@ -93,8 +107,12 @@ def _parse_archs(spec: str | None) -> list[str]:
     if not archs:
         raise UserError("--arch is empty")
     for arch in archs:
-        if arch not in PRESETS and not (Path(arch) / "config.json").is_file():
+        if arch in PRESETS:
+            continue
+        config = Path(arch) / "config.json"
+        if not config.is_file():
             raise UserError(f"unknown arch {arch!r}; tiny presets: {', '.join(PRESETS)}")
+        read_config_file(config)  # a bad config.json is refused before torch loads
     return archs
 
 

@@ -79,6 +79,7 @@ class EmbeddedOptions:
     api_keys: tuple[str, ...] = ()  # required Bearer keys; empty: open
     pd_prefill: bool = True  # False: the PD decode instance prefills local requests itself
     time_scale: float = 1.0  # emulated engines: multiple of the predicted durations slept
+    emulate: str = "paper-1t"  # the model preset emulated engines time and size
     prefix_block_tokens: int | None = None  # every instance keeps a prefix cache of such blocks
     prefix_budget_bytes: int = 256 << 20  # bytes per instance's prefix cache
 
@@ -99,6 +100,7 @@ def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
 [model]
 name = {json.dumps(model)}
 time_scale = {options.time_scale}
+emulate = "{options.emulate}"
 
 [router]
 http = "{host}:{options.router_port}"

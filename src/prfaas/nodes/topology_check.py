@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.files import read_text_file
 from prfaas.nodes.topology import (
     CLUSTER_KINDS,
     DTYPES,
@@ -76,6 +77,8 @@ CLUSTER_KEYS = ("name", "kind", "instances")
 INSTANCE_KEYS = ("name", "role", "http", "kv", "engine", "hardware", "num_gpus")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 AUTO = "auto"
+MAX_CONNECTIONS = 64  # KV transport connections per destination
+MAX_INSTANCE_GPUS = 1024  # GPUs of one instance
 NO_CREDENTIALS = "set token, token_file or tls_cert/tls_key/tls_ca"
 # defaults of the dataclasses (slots hide them as class attributes)
 _MODEL = ModelConfig(name="")
@@ -166,9 +169,9 @@ def _api_keys_from_file(table: Table) -> tuple[str, ...]:
     if path is None:
         return ()
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        table.fail("api_keys_file", f"cannot read {path}: {exc}")
+        lines = read_text_file(path).splitlines()
+    except UserError as exc:
+        table.fail("api_keys_file", str(exc))
         return ()
     keys = [line.strip() for line in lines]
     keys = [k for k in keys if k and not k.startswith("#")]
@@ -249,7 +252,9 @@ def _transport(
         tls_cert=cert,
         tls_key=key,
         tls_ca=ca,
-        num_connections=table.integer("num_connections", _SECURITY.num_connections, 1),
+        num_connections=table.integer(
+            "num_connections", _SECURITY.num_connections, 1, MAX_CONNECTIONS
+        ),
     )
 
 
@@ -274,9 +279,9 @@ def _token(table: Table) -> str | None:
     if path is None:
         return None
     try:
-        token = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        table.fail("token_file", f"cannot read {path}: {exc}")
+        token = read_text_file(path).strip()
+    except UserError as exc:
+        table.fail("token_file", str(exc))
         return None
     if not token:
         table.fail("token_file", f"{path} is empty")
@@ -331,7 +336,7 @@ def _instance(table: Table, cluster: str, cluster_kind: str) -> InstanceConfig:
         kv=_kv_address(table, role, cluster_kind),
         engine=table.choice("engine", ENGINES, _INSTANCE.engine),
         hardware=_hardware(table),
-        num_gpus=table.integer("num_gpus", _INSTANCE.num_gpus, minimum=1),
+        num_gpus=table.integer("num_gpus", _INSTANCE.num_gpus, 1, MAX_INSTANCE_GPUS),
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.files import read_text_file
 
+MAX_INTEGER = 2**63 - 1  # TOML integers are 64-bit; tomllib reads larger ones without complaint
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _TOML_TYPES: tuple[tuple[type, str], ...] = (
     (bool, "boolean"),
@@ -176,13 +177,16 @@ class Table:
             return default
         return default if value is None else str(value)
 
-    def integer(self, name: str, default: int, minimum: int) -> int:
-        """An integer >= minimum (a bool or a float is refused)."""
+    def integer(self, name: str, default: int, minimum: int, maximum: int = MAX_INTEGER) -> int:
+        """An integer in [minimum, maximum] (a bool or a float is refused)."""
         value = self.raw(name, (int,), f"an integer >= {minimum}")
         if value is None:
             return default
         if value < minimum:
             self.fail(name, f"must be an integer >= {minimum}, got {value}")
+            return default
+        if value > maximum:
+            self.fail(name, f"must be an integer <= {maximum:,}, got {value}")
             return default
         return int(value)
 

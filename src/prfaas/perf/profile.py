@@ -118,7 +118,10 @@ def _from_text(content: str, kind: str, name: str, where: str) -> PrefillProfile
             raise UserError(f"{where}: expected a list of row objects (or an object with 'rows')")
         rows: list[Mapping[str, Any]] = data
     else:
-        rows = list(csv.DictReader(io.StringIO(content)))
+        try:
+            rows = list(csv.DictReader(io.StringIO(content)))
+        except csv.Error as exc:
+            raise UserError(f"{where} is not a readable CSV profile: {exc}") from None
     try:
         return profile_from_rows(rows, name=str(meta.get("name", name)), source=where, meta=meta)
     except ValueError as exc:

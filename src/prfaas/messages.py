@@ -14,11 +14,15 @@ instance --> router (polled)       InstanceStats    (queues, transfers in flight
 ```
 
 Control messages are JSON (`to_dict`/`from_dict`); KV payload bytes never pass through them.
+`from_dict` of what a peer sends (jobs, sampling, manifests and their layers) checks types and
+ranges strictly: integers are JSON integers (no strings, booleans or floats), numbers finite,
+deadlines positive; anything else is a ValueError (or UserError) naming the field.
 Layer 1: standard library only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -64,10 +68,20 @@ class SamplingParams:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> SamplingParams:
-        d = dict(d)
-        d["stop"] = tuple(d.get("stop", ()))
-        d["stop_token_ids"] = tuple(d.get("stop_token_ids", ()))
-        return cls(**d)
+        unknown = set(_mapping(d, "sampling")) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"sampling: unknown fields {sorted(unknown)}")
+        seed = d.get("seed")
+        return cls(
+            max_tokens=_int(d.get("max_tokens", 16), "max_tokens"),
+            temperature=_number(d.get("temperature", 0.0), "temperature"),
+            top_p=_number(d.get("top_p", 1.0), "top_p"),
+            top_k=_int(d.get("top_k", 0), "top_k"),
+            seed=None if seed is None else _int(seed, "seed"),
+            stop=tuple(_str(s, "stop") for s in _list(d.get("stop", []), "stop")),
+            stop_token_ids=_token_ids(d.get("stop_token_ids", []), "stop_token_ids"),
+            ignore_eos=_bool(d.get("ignore_eos", False), "ignore_eos"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +103,12 @@ class GenerateRequest:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> GenerateRequest:
+        d = _mapping(d, "request")
         return cls(
-            req_id=str(d["req_id"]),
-            prompt_token_ids=tuple(int(t) for t in d["prompt_token_ids"]),
+            req_id=_str(d["req_id"], "req_id", min_chars=1),
+            prompt_token_ids=_token_ids(d["prompt_token_ids"], "prompt_token_ids"),
             sampling=SamplingParams.from_dict(d.get("sampling", {})),
-            arrived_at=float(d.get("arrived_at", 0.0)),
+            arrived_at=_number(d.get("arrived_at", 0.0), "arrived_at"),
         )
 
 
@@ -113,13 +128,14 @@ class TensorEntry:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> TensorEntry:
+        d = _mapping(d, "tensor")
         return cls(
-            name=str(d["name"]),
-            layer_index=int(d["layer_index"]),
-            dtype=str(d["dtype"]),
-            shape=tuple(int(x) for x in d["shape"]),
-            offset_bytes=int(d["offset_bytes"]),
-            num_bytes=int(d["num_bytes"]),
+            name=_str(d["name"], "name"),
+            layer_index=_int(d["layer_index"], "layer_index", minimum=0),
+            dtype=_str(d["dtype"], "dtype"),
+            shape=tuple(_int(x, "shape", minimum=0) for x in _list(d["shape"], "shape")),
+            offset_bytes=_int(d["offset_bytes"], "offset_bytes", minimum=0),
+            num_bytes=_int(d["num_bytes"], "num_bytes", minimum=0),
         )
 
 
@@ -148,12 +164,16 @@ class LayerEntry:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> LayerEntry:
+        d = _mapping(d, "layer")
         return cls(
-            layer_index=int(d["layer_index"]),
-            layer_kind=str(d["layer_kind"]),
-            cache_class=str(d["cache_class"]),
-            flags=dict(d.get("flags", {})),
-            tensors=tuple(TensorEntry.from_dict(t) for t in d["tensors"]),
+            layer_index=_int(d["layer_index"], "layer_index", minimum=0),
+            layer_kind=_str(d["layer_kind"], "layer_kind"),
+            cache_class=_str(d["cache_class"], "cache_class"),
+            flags=dict(_mapping(d.get("flags", {}), "flags")),
+            tensors=tuple(
+                TensorEntry.from_dict(_mapping(t, "tensors"))
+                for t in _list(d["tensors"], "tensors")
+            ),
         )
 
 
@@ -207,18 +227,20 @@ class KVManifest:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> KVManifest:
+        d = _mapping(d, "manifest")
         first = d.get("first_token_id")
+        layers = _list(d["layers"], "layers")
         return cls(
-            transfer_id=str(d["transfer_id"]),
-            req_id=str(d["req_id"]),
-            arch=str(d["arch"]),
-            num_layers=int(d["num_layers"]),
-            layers=tuple(LayerEntry.from_dict(x) for x in d["layers"]),
-            num_computed_tokens=int(d["num_computed_tokens"]),
-            first_token_id=None if first is None else int(first),
-            cache_meta=dict(d.get("cache_meta", {})),
-            model_fingerprint=str(d.get("model_fingerprint", "")),
-            num_prefix_tokens=int(d.get("num_prefix_tokens", 0)),
+            transfer_id=_str(d["transfer_id"], "transfer_id", min_chars=1),
+            req_id=_str(d["req_id"], "req_id"),
+            arch=_str(d["arch"], "arch"),
+            num_layers=_int(d["num_layers"], "num_layers", minimum=0),
+            layers=tuple(LayerEntry.from_dict(_mapping(x, "layers")) for x in layers),
+            num_computed_tokens=_int(d["num_computed_tokens"], "num_computed_tokens", minimum=0),
+            first_token_id=None if first is None else _int(first, "first_token_id", minimum=0),
+            cache_meta=dict(_mapping(d.get("cache_meta", {}), "cache_meta")),
+            model_fingerprint=_str(d.get("model_fingerprint", ""), "model_fingerprint"),
+            num_prefix_tokens=_int(d.get("num_prefix_tokens", 0), "num_prefix_tokens", minimum=0),
         )
 
 
@@ -288,14 +310,15 @@ class PrefillJob:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> PrefillJob:
+        d = _mapping(d, "prefill job")
         num_prefix = _non_negative_int(
             d.get("num_receiver_prefix_tokens", 0), "num_receiver_prefix_tokens"
         )
         return cls(
-            GenerateRequest.from_dict(d["request"]),
-            str(d["transfer_id"]),
-            str(d["decode_kv_address"]),
-            float(d["deadline_s"]),
+            GenerateRequest.from_dict(_mapping(d["request"], "request")),
+            _str(d["transfer_id"], "transfer_id", min_chars=1),
+            _str(d["decode_kv_address"], "decode_kv_address", min_chars=1),
+            _seconds(d["deadline_s"], "deadline_s"),
             num_prefix,
         )
 
@@ -361,13 +384,17 @@ class DecodeJob:
 
     @classmethod
     def from_dict(cls, d: JSONDict) -> DecodeJob:
+        d = _mapping(d, "decode job")
         tid = d.get("transfer_id")
+        policy = d.get("failure_policy", "recompute")
+        if policy not in ("recompute", "fail"):
+            raise ValueError(f"failure_policy must be recompute or fail, got {str(policy)[:40]}")
         return cls(
-            GenerateRequest.from_dict(d["request"]),
-            None if tid is None else str(tid),
-            float(d["deadline_s"]),
-            str(d.get("failure_policy", "recompute")),
-            bool(d.get("stream", True)),
+            GenerateRequest.from_dict(_mapping(d["request"], "request")),
+            None if tid is None else _str(tid, "transfer_id", min_chars=1),
+            _seconds(d["deadline_s"], "deadline_s"),
+            policy,
+            _bool(d.get("stream", True), "stream"),
             _non_negative_int(d.get("num_prefix_tokens", 0), "num_prefix_tokens"),
         )
 
@@ -409,7 +436,66 @@ class InstanceStats:
 
 
 def _non_negative_int(value: object, name: str) -> int:
-    number = int(str(value))
-    if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
+    return _int(value, name, minimum=0)
+
+
+# ---- strict field readers for from_dict (ValueError naming the field) ----------------------
+
+
+def _int(value: object, name: str, minimum: int | None = None) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {_short(value)}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: object, name: str) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f"{name} must be a number, got {_short(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise ValueError(f"{name} must be finite, got {_short(value)}") from None
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be finite, got {number}")
     return number
+
+
+def _seconds(value: object, name: str) -> float:
+    seconds = _number(value, name)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be > 0, got {seconds}")
+    return seconds
+
+
+def _str(value: object, name: str, min_chars: int = 0) -> str:
+    if not isinstance(value, str) or len(value) < min_chars:
+        raise ValueError(f"{name} must be a string of at least {min_chars} characters")
+    return value
+
+
+def _bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {_short(value)}")
+    return value
+
+
+def _list(value: object, name: str) -> list[Any]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name} must be a list, got {_short(value)}")
+    return list(value)
+
+
+def _mapping(value: object, name: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} must be an object, got {_short(value)}")
+    return value
+
+
+def _token_ids(value: object, name: str) -> tuple[int, ...]:
+    return tuple(_int(t, name, minimum=0) for t in _list(value, name))
+
+
+def _short(value: object) -> str:
+    return f"{type(value).__name__} {str(value)[:40]!r}"

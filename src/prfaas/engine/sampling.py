@@ -22,7 +22,7 @@ def sample_token(logits: torch.Tensor, params: SamplingParams, seed: int, output
     scores = _top_k(scores, params.top_k)
     scores = _top_p(scores, params.top_p)
     probs = torch.softmax(scores, dim=-1)  # [vocab_size]
-    generator = torch.Generator().manual_seed(seed * _SEED_STRIDE + output_index)
+    generator = torch.Generator().manual_seed((seed * _SEED_STRIDE + output_index) % (1 << 64))
     return int(torch.multinomial(probs, 1, generator=generator).item())
 
 

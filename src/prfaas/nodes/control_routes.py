@@ -45,7 +45,7 @@ async def _number(request: Request, key: str, low: float, high: float) -> float:
     try:
         body = await request.json()
         value = float(body[key])
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise _Refused(400, f"body must be a JSON object with a number {key!r}: {exc!r}") from exc
     if not (math.isfinite(value) and low <= value <= high):
         raise _Refused(400, f"{key} must be a finite number in [{low:g}, {high:g}], got {value}")

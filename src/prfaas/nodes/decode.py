@@ -125,6 +125,10 @@ class DecodeService:
         if waiter is not None and not waiter.done():
             waiter.set_result(received)
         else:
+            earlier = self._arrived.pop(tid, None)
+            if earlier is not None:  # the same transfer id twice: keep the newest, free the other
+                log.warning("transfer_id=%s arrived twice; the earlier copy is released", tid)
+                earlier[0].release()
             self._arrived[tid] = (received, time.monotonic())
 
     def _on_failure(self, transfer_id: str, reason: str) -> None:

@@ -1,5 +1,7 @@
-"""HTTP plumbing every service shares: running an app under uvicorn, OpenAI-style JSON errors,
-the `/metrics` response, and the transport settings taken from the topology."""
+"""HTTP plumbing every service shares: running an app under uvicorn (with the request limits of
+`prfaas.nodes.limits`: bounded request heads, head and body timeouts), OpenAI-style JSON errors,
+the routes and body limit every instance has, the `/metrics` response, and the transport
+settings taken from the topology."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from prfaas.errors import UserError
+from prfaas.nodes.limits import INSTANCE_MAX_BODY_BYTES, BodySizeLimit, BoundedHttpToolsProtocol
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.sender import parse_address
@@ -33,7 +36,10 @@ def metrics_response(registry: CollectorRegistry) -> Response:
 
 def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
     """`/internal/stats`, `/health` and `/metrics` of an instance whose service (on
-    `app.state.service`) has `stats()` and a Prometheus `registry`."""
+    `app.state.service`) has `stats()` and a Prometheus `registry`; and the instance's body
+    limit (`INSTANCE_MAX_BODY_BYTES`, with the body timeouts), outermost: it bounds every
+    request, with or without the token."""
+    app.add_middleware(BodySizeLimit, max_body_bytes=INSTANCE_MAX_BODY_BYTES)
 
     @app.get("/internal/stats")
     async def stats() -> JSONResponse:
@@ -96,7 +102,7 @@ def serve_app(app: Any, address: str, name: str) -> None:
         log_level="warning",
         access_log=False,
         timeout_graceful_shutdown=5,
-        h11_max_incomplete_event_size=64 * 1024,  # header block limit
+        http=BoundedHttpToolsProtocol,  # request head <= 64 KiB and within 10 s (limits.py)
     )
     server = uvicorn.Server(config)
     try:

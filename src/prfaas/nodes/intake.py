@@ -1,14 +1,18 @@
 """The router's intake: from an HTTP request to a validated, tokenized `GenerateRequest`.
 
-Checks the API key, parses the body against the OpenAI schemas, refuses what the engine does not
-implement, tokenizes (with the chat template for chat), bounds `max_tokens` by the model's
-context and builds the engine's `SamplingParams`. Everything it refuses is an `ApiError` (or a
-`UserError`, answered 400) with an OpenAI-shaped body; nothing here touches an instance.
+Checks the API key, decodes the JSON body (`parse_json_body`: any bytes give a value or a 400,
+deep nesting and huge integers included), parses it against the OpenAI schemas, refuses what the
+engine does not implement, tokenizes (with the chat template for chat), bounds the prompt and
+`max_tokens` by the model's context and builds the engine's `SamplingParams`. Everything it
+refuses is an `ApiError` (or a `UserError`, answered 400) with an OpenAI-shaped body, logged as
+one JSON line with its reason (never the key); nothing here touches an instance.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +35,8 @@ from prfaas.nodes.topology import Topology
 
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions; used for chat too
 
+log = logging.getLogger("prfaas.router")
+
 
 class ApiError(Exception):
     """An error answered as OpenAI JSON with this status."""
@@ -38,6 +44,28 @@ class ApiError(Exception):
     def __init__(self, status: int, message: str, kind: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status, self.kind, self.code = status, kind, code
+
+
+def parse_json_body(raw: bytes) -> Any:
+    """The request body as JSON; ApiError 400 (`invalid_json`) for anything else: invalid UTF-8
+    or JSON, integers past Python's 4300-digit limit, nesting past the recursion limit."""
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        message = f"request body is not valid JSON: {reason}"
+        error = ApiError(400, message, "invalid_request_error", "invalid_json")
+        log_rejected(error)
+        raise error from None
+
+
+def log_rejected(exc: ApiError | UserError, client: str = "") -> None:
+    """One JSON line per refused request, with its status and reason."""
+    status, code = (exc.status, exc.code) if isinstance(exc, ApiError) else (400, "invalid_request")
+    fields = {"event": "rejected", "status": status, "code": code, "reason": str(exc)[:300]}
+    if client:
+        fields["client"] = client
+    log.info(json.dumps(fields))
 
 
 @dataclass
@@ -71,11 +99,22 @@ class RequestIntake:
         header = request.headers.get("authorization", "")
         given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         if not any(hmac.compare_digest(given.encode(), k.encode()) for k in keys):
-            raise ApiError(
+            error = ApiError(
                 401, "invalid or missing API key", "invalid_request_error", "invalid_api_key"
             )
+            client = request.client
+            log_rejected(error, f"{client.host}:{client.port}" if client else "")
+            raise error
 
     def prepare(self, body: Any, is_chat: bool) -> Prepared:
+        """The validated, tokenized request; ApiError or UserError (logged) otherwise."""
+        try:
+            return self._prepare(body, is_chat)
+        except (ApiError, UserError) as exc:
+            log_rejected(exc)
+            raise
+
+    def _prepare(self, body: Any, is_chat: bool) -> Prepared:
         schema = ChatCompletionRequest if is_chat else CompletionRequest
         req = parse_body(schema, body)
         check_unsupported(req)

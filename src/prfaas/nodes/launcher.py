@@ -128,6 +128,7 @@ token_file = "{token_file}"
             text += _instance_toml(name, role, host, hardware, options.engine)
     path = directory / "topology.toml"
     path.write_text(text)
+    path.chmod(0o600)  # it may hold API keys
     return path
 
 

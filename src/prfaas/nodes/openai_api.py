@@ -6,11 +6,14 @@ and `/v1/chat/completions` (messages with string or text-part content), `stream`
 `top_p`, `top_k` (vLLM's extension; 0 or -1 = off), `seed`, `stop`, `ignore_eos`, `n` = 1.
 Fields the engine does not implement (penalties, logprobs, echo, n > 1, ...) are refused with
 a 400 naming them when set to anything but their neutral value; other unknown fields are ignored
-as OpenAI's own server does.
+as OpenAI's own server does. `with_request_schemas` adds these request schemas, the error
+responses and the bearer-key scheme to the router's OpenAPI document (its handlers read the raw
+body, so FastAPI cannot infer them).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from typing import Any, Literal
@@ -185,3 +188,71 @@ class ResponseShape:
     def usage_chunk(self, usage_: dict[str, int]) -> dict[str, Any]:
         kind = "chat.completion.chunk" if self.is_chat else "text_completion"
         return {**self._base(kind), "choices": [], "usage": usage_}
+
+
+# ---- the published OpenAPI document -------------------------------------------------------
+
+_REQUEST_SCHEMAS = {
+    "/v1/completions": "CompletionRequest",
+    "/v1/chat/completions": "ChatCompletionRequest",
+}
+_ERROR_STATUSES = {
+    "400": "invalid request: bad JSON, a missing or mistyped field, a value out of range",
+    "401": "API keys are configured and this request has none or a wrong one",
+    "404": "unknown model",
+    "408": "request head or body too slow",
+    "413": "request body too large",
+    "429": "too many concurrent requests for this API key",
+    "503": "no instance can serve, or the request failed after routing",
+}
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["message", "type", "code"],
+            "properties": {
+                "message": {"type": "string"},
+                "type": {"type": "string"},
+                "code": {"type": ["string", "null"]},
+                "param": {"type": ["string", "null"]},
+            },
+        }
+    },
+}
+
+
+def with_request_schemas(openapi: dict[str, Any], model_id: str | None = None) -> dict[str, Any]:
+    """A copy of the router's OpenAPI document with the request bodies of the two generation
+    endpoints, their error responses (OpenAI's error shape) and the bearer API-key scheme.
+
+    Fills only what is missing, so it is idempotent. `model_id` documents the served model as
+    the only valid `model` value."""
+    doc = copy.deepcopy(openapi)
+    components = doc.setdefault("components", {})
+    schemas = components.setdefault("schemas", {})
+    components.setdefault("securitySchemes", {})["apiKey"] = {"type": "http", "scheme": "bearer"}
+    schemas.setdefault("Error", _ERROR_SCHEMA)
+    for model in (CompletionRequest, ChatCompletionRequest):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        for name, definition in body.pop("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        if model_id is not None:
+            body["properties"]["model"] = {"type": "string", "enum": [model_id]}
+        schemas.setdefault(model.__name__, body)
+    for path, schema_name in _REQUEST_SCHEMAS.items():
+        operation = doc.get("paths", {}).get(path, {}).get("post")
+        if operation is None:
+            continue
+        ref = {"$ref": f"#/components/schemas/{schema_name}"}
+        operation.setdefault(
+            "requestBody", {"required": True, "content": {"application/json": {"schema": ref}}}
+        )
+        operation.setdefault("security", [{"apiKey": []}])
+        responses = operation.setdefault("responses", {})
+        for status, description in _ERROR_STATUSES.items():
+            error = {"$ref": "#/components/schemas/Error"}
+            content = {"application/json": {"schema": error}}
+            responses.setdefault(status, {"description": description, "content": content})
+    return doc

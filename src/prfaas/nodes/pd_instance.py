@@ -194,8 +194,8 @@ def build_pd_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
             status = app.state.service.change_role(str(body["role"]))
         except RoleConflict as exc:
             return error_response(409, str(exc), "conflict", "role_change_in_progress")
-        except (ValueError, KeyError, TypeError) as exc:
-            return error_response(400, f"bad role change: {exc!r}", "invalid_request_error")
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
+            return error_response(400, f"bad role change: {exc!r}"[:300], "invalid_request_error")
         return JSONResponse(status, status_code=202)
 
     add_instance_routes(app, instance)

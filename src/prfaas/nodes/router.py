@@ -32,12 +32,10 @@ from prfaas.nodes.control_loop import RouterControl
 from prfaas.nodes.control_routes import add_control_routes
 from prfaas.nodes.dispatch import Dispatch, Dispatcher, NoInstanceError
 from prfaas.nodes.http import error_response, metrics_response
-from prfaas.nodes.intake import ApiError, Prepared, RequestIntake
-from prfaas.nodes.limits import BodySizeLimit
+from prfaas.nodes.intake import ApiError, Prepared, RequestIntake, parse_json_body
+from prfaas.nodes.limits import BodySizeLimit, ConcurrencyLimit
 from prfaas.nodes.monitor import ClusterMonitor
-from prfaas.nodes.openai_api import (
-    usage,
-)
+from prfaas.nodes.openai_api import usage, with_request_schemas
 from prfaas.nodes.prefix_index import RouterPrefixIndex
 from prfaas.nodes.router_metrics import RouterMetrics
 from prfaas.nodes.text import TextCodec, TextStream, load_codec
@@ -234,22 +232,24 @@ def build_router_app(topology: Topology) -> FastAPI:
 
     app = FastAPI(title="prfaas router", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_body_bytes=topology.router.max_body_bytes)
+    app.add_middleware(ConcurrencyLimit)  # concurrent requests per API key (limits.py)
     app.add_middleware(InternalAuth, token=deployment_token(topology))
+    inferred_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # the request bodies FastAPI cannot infer from raw handlers
+        if app.openapi_schema is None:
+            served = topology.model.served_name
+            app.openapi_schema = with_request_schemas(inferred_openapi(), served)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     _add_error_handlers(app)
     add_control_routes(app)
 
     async def generate(request: Request, is_chat: bool) -> Response:
         service: RouterService = app.state.service
         service.intake.check_auth(request)
-        try:
-            body = json.loads(await request.body())
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApiError(
-                400,
-                f"request body is not valid JSON: {exc}",
-                "invalid_request_error",
-                "invalid_json",
-            ) from exc
+        body = parse_json_body(await request.body())  # 400 for any bad JSON, deep nesting too
         prepared = service.intake.prepare(body, is_chat)
         d = service.route(prepared)
         if prepared.is_stream:

@@ -116,7 +116,7 @@ class ClusterConfig:
 @dataclass(frozen=True, slots=True)
 class RouterConfig:
     http: str = "127.0.0.1:8000"
-    api_keys: tuple[str, ...] = ()  # empty: no authentication
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
     max_body_bytes: int = 4 << 20
 
 
@@ -161,7 +161,7 @@ class ControllerSettings:
 
 @dataclass(frozen=True, slots=True)
 class SecurityConfig:
-    token: str | None = None  # shared transport token (inline or read from token_file)
+    token: str | None = field(default=None, repr=False)  # shared transport token (secret)
     tls_cert: str | None = None
     tls_key: str | None = None
     tls_ca: str | None = None

@@ -29,7 +29,9 @@ class TransportConfig:
     deadline_s: float = field(default=60.0, metadata={"help": "per-transfer deadline"})
     connect_timeout_s: float = field(default=10.0, metadata={"help": "connect + handshake limit"})
     max_resends: int = field(default=8, metadata={"help": "NACK rounds before a transfer fails"})
-    token: str | None = field(default=None, metadata={"help": "shared secret when TLS is off"})
+    token: str | None = field(
+        default=None, repr=False, metadata={"help": "shared secret when TLS is off"}
+    )
     tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate of this side"})
     tls_key: str | None = field(default=None, metadata={"help": "PEM private key of this side"})
     tls_ca: str | None = field(default=None, metadata={"help": "PEM CA that signs the peers"})

@@ -133,11 +133,14 @@ def payload_header(
 
 
 def decode_control(body: bytes | bytearray | memoryview) -> dict[str, Any]:
-    """Parse a control body; raise FrameError unless it is a JSON object."""
+    """Parse a control body; raise FrameError unless it is a JSON object.
+
+    Any input gives a dict or a FrameError: invalid UTF-8 or JSON, integers past Python's digit
+    limit (a plain ValueError) and nesting past the recursion limit (RecursionError) included."""
     try:
         obj = json.loads(bytes(body))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise FrameError(f"control body is not JSON: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # bad UTF-8 or JSON, huge ints, deep nesting
+        raise FrameError(f"control body is not JSON: {str(exc)[:200]}") from None
     if not isinstance(obj, dict):
         raise FrameError("control body is not a JSON object")
     return obj

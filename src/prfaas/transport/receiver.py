@@ -3,7 +3,11 @@
 Payload bytes are received straight into pooled, reused buffers (`recv_into` via the frame
 decoder's placement), never into a growing `bytes`. A connection must authenticate (TLS client
 certificate, and/or the shared token in HELLO) before any other frame is read; anything else is
-refused with a logged reason. Transfers past their deadline are dropped and their buffers freed.
+refused with a logged reason and counted (`num_rejected_connections` before authentication,
+`num_protocol_errors` after it). At most `_MAX_PENDING_HANDSHAKES` connections may be
+unauthenticated at once, each for at most `connect_timeout_s`; a failed `accept` (out of file
+descriptors) is logged and retried, so the listener never stops. Transfers past their deadline
+are dropped and their buffers freed.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from prfaas.transport.frames import (
 )
 from prfaas.transport.pool import BufferPool
 from prfaas.transport.ranges import layer_span
-from prfaas.transport.session import Outcome, ReceivedTransfer, ReceiverSession
+from prfaas.transport.session import FinishedTags, Outcome, ReceivedTransfer, ReceiverSession
 
 log = logging.getLogger(__name__)
 _HELLO_MAX_BYTES = 4096
@@ -40,6 +44,8 @@ _EXPIRY_PERIOD_S = 0.1
 _CONTROL_WAIT_S = 60.0  # a reader thread waits this long for the loop to handle a frame
 _MAX_FAILURES_KEPT = 1024  # `failures` is a bounded record, not a log
 _RECV_LOW_WATER_BYTES = 1 << 20  # loop reader: wake once per MiB of a frame body, at most
+_MAX_PENDING_HANDSHAKES = 256  # connections not yet authenticated; more are closed at once
+_ACCEPT_RETRY_S = 0.1  # pause after a failed accept (EMFILE: wait for descriptors to free up)
 
 
 class KVReceiver:
@@ -70,11 +76,14 @@ class KVReceiver:
         self._pool_room = asyncio.Event()  # set when buffers return to the pool
         self.pool.on_release = self._pool_room.set
         self.sessions: dict[str, ReceiverSession] = {}
+        self._finished = FinishedTags()  # outlives forgotten sessions: replays stay ignored
         self._session_channels: dict[str, set[PlainChannel]] = {}
         self._queue: asyncio.Queue[ReceivedTransfer] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None
-        self.num_rejected_connections = 0
+        self.num_rejected_connections = 0  # refused before authentication (logged with reason)
+        self.num_protocol_errors = 0  # authenticated connections closed for a protocol violation
+        self._num_pending_handshakes = 0
         self.failures: list[tuple[str, str]] = []  # (transfer_id, reason), the most recent last
 
     async def __aenter__(self) -> KVReceiver:
@@ -124,8 +133,24 @@ class KVReceiver:
     async def _accept_loop(self, listener: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            sock, peer = await loop.sock_accept(listener)
-            self._spawn(self._serve(sock, f"{peer[0]}:{peer[1]}"))
+            try:
+                sock, peer = await loop.sock_accept(listener)
+            except OSError as exc:  # EMFILE, ENFILE, ENOBUFS, ECONNABORTED: keep listening
+                log.warning("accept failed: %s; retrying in %g s", exc, _ACCEPT_RETRY_S)
+                await asyncio.sleep(_ACCEPT_RETRY_S)
+                continue
+            address = f"{peer[0]}:{peer[1]}"
+            if self._num_pending_handshakes >= _MAX_PENDING_HANDSHAKES:
+                self.num_rejected_connections += 1
+                log.warning(
+                    "refused connection from %s: %d connections already authenticating",
+                    address,
+                    self._num_pending_handshakes,
+                )
+                sock.close()
+                continue
+            self._num_pending_handshakes += 1
+            self._spawn(self._serve(sock, address))
 
     async def _serve(self, sock: socket.socket, peer: str) -> None:
         channel: PlainChannel | None = None
@@ -137,10 +162,13 @@ class KVReceiver:
                 session_id, conn_index = await self._authenticate(channel, peer)
         except (OSError, TimeoutError, FrameError) as exc:  # ssl.SSLError is an OSError
             self.num_rejected_connections += 1
-            log.warning("refused connection from %s: %s", peer, exc)
-            await _refuse(channel, str(exc))
+            reason = str(exc) or type(exc).__name__  # a TimeoutError has no message
+            log.warning("refused connection from %s: %s", peer, reason)
+            await _refuse(channel, reason)
             sock.close()
             return
+        finally:
+            self._num_pending_handshakes -= 1
         await self._run_session(channel, session_id, conn_index, peer)
 
     async def _authenticate(self, channel: PlainChannel, peer: str) -> tuple[str, int]:
@@ -148,9 +176,11 @@ class KVReceiver:
         if frame.header.frame_type is not FrameType.HELLO or not frame.is_intact:
             raise FrameError(f"expected HELLO, got {frame.header.frame_type.name}")
         hello = decode_control(frame.body)
-        token = str(hello.get("token", ""))
-        if self.config.token is not None and not hmac.compare_digest(token, self.config.token):
-            raise FrameError("bad or missing token")
+        token = hello.get("token")
+        given = token.encode("utf-8", "surrogatepass") if isinstance(token, str) else b""
+        expected = self.config.token
+        if expected is not None and not hmac.compare_digest(given, expected.encode()):
+            raise FrameError("bad or missing token")  # bytes: any str compares, in constant time
         session_id, conn_index = str(hello.get("session", "")), hello.get("conn_index")
         if not session_id or not isinstance(conn_index, int) or conn_index < 0:
             raise FrameError("HELLO needs a session id and a conn_index")
@@ -163,7 +193,9 @@ class KVReceiver:
     ) -> None:
         session = self.sessions.get(session_id)
         if session is None:
-            session = ReceiverSession(session_id, self.pool, self.config.max_transfer_bytes)
+            session = ReceiverSession(
+                session_id, self.pool, self.config.max_transfer_bytes, self._finished
+            )
             self.sessions[session_id] = session
         channels = self._session_channels.setdefault(session_id, set())
         channels.add(channel)
@@ -179,11 +211,16 @@ class KVReceiver:
             else:
                 await self._read_on_loop(session, channel, conn_index, decoder)
         except FrameError as exc:
+            self.num_protocol_errors += 1
             log.warning("session=%s conn=%d from %s: protocol error: %s", session_id, conn_index,
                         peer, exc)  # fmt: skip
             await _refuse(channel, str(exc))
         except OSError as exc:
             log.warning("session=%s conn=%d from %s: %s", session_id, conn_index, peer, exc)
+        except Exception:  # a bug in handling this peer's frames: close it, keep serving others
+            log.exception(
+                "session=%s conn=%d from %s: internal error", session_id, conn_index, peer
+            )
         finally:
             channels.discard(channel)
             channel.close()

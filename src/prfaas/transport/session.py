@@ -5,6 +5,10 @@ Rule 2: BEGIN, then a layer's LAYER frame, must precede that layer's payload on 
 (the sender repeats them on every connection it stripes to). Rule 3: an END for epoch e on every
 connection it lists means all frames sent before it have arrived; then the receiver either ACKs
 (every tensor byte covered by frames whose CRC matched) or NACKs the exact missing ranges.
+Rule 4: a tag is used once per session; frames for a tag that already finished (delivered or
+dropped: replayed or late) are ignored, so a transfer is never delivered twice by its session,
+even after the session was forgotten (`FinishedTags`, shared by a receiver's sessions).
+Malformed bodies (wrong types, non-finite numbers) raise FrameError, never another exception.
 Range bookkeeping (`RangeSet`, `layer_span`) and the sender's frame planning (`plan_slices`,
 `slices_for_ranges`) live in `prfaas.transport.ranges`.
 """
@@ -12,11 +16,14 @@ Range bookkeeping (`RangeSet`, `layer_span`) and the sender's frame planning (`p
 from __future__ import annotations
 
 import logging
+import math
 import mmap
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from prfaas.errors import UserError
 from prfaas.messages import KVManifest, LayerEntry, TensorEntry, TransferAck
 from prfaas.transport.frames import (
     Frame,
@@ -33,6 +40,8 @@ from prfaas.transport.ranges import (
 )
 
 log = logging.getLogger(__name__)
+_MAX_FINISHED_TAGS_KEPT = 4096  # finished tags remembered per session, to ignore their replays
+_MAX_ID_CHARS = 256  # transfer_id and req_id in BEGIN
 
 
 @dataclass
@@ -82,6 +91,23 @@ class InboundTransfer:
     num_payload_bytes: int = 0  # intact payload bytes received, duplicates included
 
 
+class FinishedTags:
+    """The most recent finished (session, tag) pairs, bounded; shared by a receiver's sessions so
+    a session that reconnects after being forgotten still ignores its finished tags."""
+
+    def __init__(self, max_kept: int = _MAX_FINISHED_TAGS_KEPT) -> None:
+        self._max_kept = max_kept
+        self._kept: OrderedDict[tuple[str, int], None] = OrderedDict()
+
+    def add(self, session_id: str, tag: int) -> None:
+        self._kept[(session_id, tag)] = None
+        while len(self._kept) > self._max_kept:
+            self._kept.popitem(last=False)
+
+    def contains(self, session_id: str, tag: int) -> bool:
+        return (session_id, tag) in self._kept
+
+
 @dataclass
 class Outcome:
     """What the adapter must do after a frame: replies to send, transfers to hand over."""
@@ -94,11 +120,18 @@ class Outcome:
 class ReceiverSession:
     """All transfers of one sender session (one sender process -> this receiver)."""
 
-    def __init__(self, session_id: str, pool: BufferPool, max_transfer_bytes: int) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        pool: BufferPool,
+        max_transfer_bytes: int,
+        finished: FinishedTags | None = None,
+    ) -> None:
         self.session_id = session_id
         self._pool = pool
         self._max_transfer_bytes = max_transfer_bytes
         self.transfers: dict[int, InboundTransfer] = {}
+        self._finished = FinishedTags() if finished is None else finished
         # Placement may run on reader threads: these three are guarded by _lock.
         self._lock = threading.Lock()
         self._num_writes: dict[int, int] = {}  # id(buffer mmap) -> bodies being written into it
@@ -205,10 +238,22 @@ class ReceiverSession:
 
     def _on_begin(self, tag: int, frame: Frame, now: float, out: Outcome) -> None:
         body = _control(frame)
-        transfer_id, req_id = str(body.get("transfer_id", "")), str(body.get("req_id", ""))
-        deadline_s = float(body.get("deadline_s", 0.0))
-        if not transfer_id or deadline_s <= 0:
-            raise FrameError("BEGIN needs a transfer_id and a positive deadline_s")
+        transfer_id, req_id = body.get("transfer_id"), body.get("req_id", "")
+        deadline_s = body.get("deadline_s")
+        if not _is_id(transfer_id) or not _is_id(req_id, allow_empty=True):
+            raise FrameError(f"BEGIN needs string ids of at most {_MAX_ID_CHARS} characters")
+        if not _is_positive_seconds(deadline_s):
+            raise FrameError(f"BEGIN needs a finite deadline_s > 0, got {str(deadline_s)[:40]}")
+        assert isinstance(transfer_id, str) and isinstance(req_id, str)
+        assert isinstance(deadline_s, int | float)
+        if self._finished.contains(self.session_id, tag):
+            log.warning(
+                "session=%s: BEGIN of finished tag %d (transfer_id=%s) ignored: replayed or late",
+                self.session_id,
+                tag,
+                transfer_id,
+            )
+            return
         known = self.transfers.get(tag)
         if known is not None:
             if known.transfer_id != transfer_id:
@@ -218,6 +263,8 @@ class ReceiverSession:
 
     def _on_layer(self, tag: int, frame: Frame, out: Outcome) -> None:
         t = self.transfers.get(tag)
+        if t is None and self._finished.contains(self.session_id, tag):
+            return  # a late or replayed description of a finished transfer
         if t is None:
             raise FrameError(f"LAYER for tag {tag} before its BEGIN")
         try:
@@ -253,15 +300,15 @@ class ReceiverSession:
         if t is None:
             return  # already completed or dropped; a late END from another connection
         body = _control(frame)
-        conns = {int(c) for c in body.get("conns", [])}
+        conns = _conn_indexes(body.get("conns"))
         seen = t.ends_seen.setdefault(h.offset, set())
         seen.add(conn_index)
         if not conns or not conns <= seen:
             return
         try:
             manifest = KVManifest.from_dict(body["manifest"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FrameError(f"bad END manifest: {exc}") from None
+        except (KeyError, TypeError, ValueError, UserError) as exc:
+            raise FrameError(f"bad END manifest: {str(exc)[:200]}") from None
         self._settle(t, manifest, conn_index, h.offset, out)
 
     def _settle(
@@ -291,6 +338,7 @@ class ReceiverSession:
             out.replies.append((conn, nack))
             return
         del self.transfers[t.tag]
+        self._finished.add(self.session_id, t.tag)
         out.delivered.append(self._received(t, manifest))
         ack = TransferAck(t.transfer_id, ok=True).to_dict()
         out.replies.append((conn, encode_control(FrameType.ACK, t.tag, ack)))
@@ -309,6 +357,7 @@ class ReceiverSession:
         t = self.transfers.pop(tag, None)
         if t is None:
             return
+        self._finished.add(self.session_id, tag)
         log.warning("transfer_id=%s req_id=%s dropped: %s", t.transfer_id, t.req_id, reason)
         for slot in t.layers.values():
             if slot.buffer is not None:
@@ -336,6 +385,28 @@ def _control(frame: Frame) -> dict[str, Any]:
     if not frame.is_intact:
         raise FrameError(f"{frame.header.frame_type.name} body checksum mismatch")
     return decode_control(frame.body)
+
+
+def _is_id(value: object, allow_empty: bool = False) -> bool:
+    return isinstance(value, str) and (allow_empty or bool(value)) and len(value) <= _MAX_ID_CHARS
+
+
+def _is_positive_seconds(value: object) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value) and value > 0
+    except OverflowError:  # an integer beyond float range
+        return False
+
+
+def _conn_indexes(value: object) -> set[int]:
+    """END's `conns`: a list of connection indexes (non-negative integers)."""
+    if not isinstance(value, list) or not all(
+        isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in value
+    ):
+        raise FrameError(f"END needs conns as a list of indexes, got {str(value)[:80]}")
+    return set(value)
 
 
 def _check_layer(entry: LayerEntry) -> None:

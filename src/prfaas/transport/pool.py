@@ -32,7 +32,12 @@ class PooledBuffer:
 
 
 class BufferPool:
-    """Hands out page-aligned buffers under a total byte budget (in use + idle)."""
+    """Hands out page-aligned buffers under a total byte budget (in use + idle).
+
+    Idle buffers are kept for reuse up to `max_idle_bytes` and never beyond the most bytes ever
+    in use at once (the peak): payload sizes that vary from transfer to transfer would otherwise
+    leave an idle buffer of every size seen, and resident memory would creep up to the budget.
+    The oldest idle buffers go first."""
 
     def __init__(self, max_total_bytes: int, max_idle_bytes: int | None = None) -> None:
         self.max_total_bytes = max_total_bytes
@@ -41,6 +46,7 @@ class BufferPool:
         self.in_use_bytes = 0
         self.idle_bytes = 0
         self.num_allocations = 0  # fresh mmaps created (a reuse does not count)
+        self.peak_in_use_bytes = 0  # the most bytes in use at once so far
         self.on_release: Callable[[], None] | None = None  # called after every release
 
     def can_grant(self, num_bytes: int) -> bool:
@@ -56,6 +62,7 @@ class BufferPool:
         reused = self._take_free(capacity)
         if reused is not None:
             self.in_use_bytes += len(reused)
+            self.peak_in_use_bytes = max(self.peak_in_use_bytes, self.in_use_bytes)
             return PooledBuffer(reused, num_bytes)
         self._shrink_idle(self.max_total_bytes - capacity - self.in_use_bytes)
         if self.in_use_bytes + self.idle_bytes + capacity > self.max_total_bytes:
@@ -65,6 +72,7 @@ class BufferPool:
             )
         self.num_allocations += 1
         self.in_use_bytes += capacity
+        self.peak_in_use_bytes = max(self.peak_in_use_bytes, self.in_use_bytes)
         return PooledBuffer(mmap.mmap(-1, capacity), num_bytes)
 
     def release(self, buf: PooledBuffer, *, drop_pages: bool = False) -> None:
@@ -74,7 +82,7 @@ class BufferPool:
             buf.mm.madvise(mmap.MADV_DONTNEED)
         self._free.append(buf.mm)
         self.idle_bytes += buf.capacity_bytes
-        self._shrink_idle(self.max_idle_bytes)
+        self._shrink_idle(min(self.max_idle_bytes, self.peak_in_use_bytes))
         if self.on_release is not None:
             self.on_release()
 

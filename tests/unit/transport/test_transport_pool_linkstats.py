@@ -87,3 +87,27 @@ def test_link_stats_become_the_policy_link_view() -> None:
     assert view.utilization == 0.4  # the lower of kernel delivery rate and measured goodput
     assert view.rtt_s == 0.004 and view.retransmit_rate == 0.01
     assert stats.to_link_view(capacity_bytes_per_s=1e8).utilization == 1.0
+
+
+def test_idle_buffers_never_exceed_the_peak_in_use_bytes() -> None:
+    """Varying sizes one at a time: idle memory stays within what was ever in use at once."""
+    pool = BufferPool(1000 * PAGE)
+    for num_pages in (10, 14, 19, 25, 33, 44, 9, 58, 12, 77):  # no size reuses another's buffer
+        buf = pool.acquire(num_pages * PAGE)
+        pool.release(buf)
+        assert pool.idle_bytes <= pool.peak_in_use_bytes
+    assert pool.peak_in_use_bytes == 77 * PAGE
+    assert pool.idle_bytes <= 77 * PAGE
+    # without the cap every size would still be idle: 301 pages
+    assert pool.idle_bytes < 301 * PAGE
+
+
+def test_a_reused_buffer_still_counts_toward_the_peak() -> None:
+    pool = BufferPool(100 * PAGE)
+    a = pool.acquire(10 * PAGE)
+    pool.release(a)
+    b, c = pool.acquire(10 * PAGE), pool.acquire(10 * PAGE)  # b reuses a's buffer
+    assert pool.num_allocations == 2 and pool.peak_in_use_bytes == 20 * PAGE
+    pool.release(b)
+    pool.release(c)
+    assert pool.idle_bytes == 20 * PAGE

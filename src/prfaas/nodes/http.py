@@ -6,6 +6,7 @@ settings taken from the topology."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import ssl
 from typing import Any
@@ -89,8 +90,10 @@ def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:
         raise UserError(f"transport: cannot load TLS files {cert}, {key}, {ca}: {reason}") from None
 
 
-def serve_app(app: Any, address: str, name: str) -> None:
-    """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both)."""
+def serve_app(app: Any, address: str, name: str, drain_s: float = 30.0) -> None:
+    """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both). On the signal it
+    stops accepting connections, lets the requests in flight finish for up to `drain_s`, then
+    cancels what is left and exits."""
     import uvicorn
 
     host, port = parse_address(address)
@@ -101,7 +104,7 @@ def serve_app(app: Any, address: str, name: str) -> None:
         port=port,
         log_level="warning",
         access_log=False,
-        timeout_graceful_shutdown=5,
+        timeout_graceful_shutdown=max(1, math.ceil(drain_s)),
         http=BoundedHttpToolsProtocol,  # request head <= 64 KiB and within 10 s (limits.py)
     )
     server = uvicorn.Server(config)

@@ -28,7 +28,7 @@ from prfaas.errors import UserError
 from prfaas.nodes.topology import Topology
 
 _PR_SET_PDEATHSIG = 1
-_STOP_GRACE_S = 10.0
+_STOP_GRACE_S = 10.0  # past the services' own drain time, a child still running is killed
 
 
 def serve_instance(topology: Topology, name: str) -> None:
@@ -36,18 +36,19 @@ def serve_instance(topology: Topology, name: str) -> None:
     from prfaas.nodes.http import serve_app
 
     instance = topology.instance(name)
+    drain_s = topology.policy.drain_s
     if topology.is_convertible(instance):
         from prfaas.nodes.pd_instance import build_pd_app
 
-        serve_app(build_pd_app(topology, instance), instance.http, name)
+        serve_app(build_pd_app(topology, instance), instance.http, name, drain_s)
     elif instance.role == "prefill":
         from prfaas.nodes.prefill import build_prefill_app
 
-        serve_app(build_prefill_app(topology, instance), instance.http, name)
+        serve_app(build_prefill_app(topology, instance), instance.http, name, drain_s)
     else:
         from prfaas.nodes.decode import build_decode_app
 
-        serve_app(build_decode_app(topology, instance), instance.http, name)
+        serve_app(build_decode_app(topology, instance), instance.http, name, drain_s)
 
 
 def serve_router(topology: Topology) -> None:
@@ -55,7 +56,7 @@ def serve_router(topology: Topology) -> None:
     from prfaas.nodes.http import serve_app
     from prfaas.nodes.router import build_router_app
 
-    serve_app(build_router_app(topology), topology.router.http, "router")
+    serve_app(build_router_app(topology), topology.router.http, "router", topology.policy.drain_s)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -192,7 +193,7 @@ class Launcher:
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + _STOP_GRACE_S
+        deadline = time.monotonic() + self.topology.policy.drain_s + _STOP_GRACE_S
         for proc in self.procs.values():
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))

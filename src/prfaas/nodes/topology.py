@@ -28,6 +28,7 @@ threshold = 64               # tokens, or "auto" (Eq. 7 over the planner's input
 failure = "recompute"        # recompute | fail
 transfer_deadline_s = 30
 deployment = "prfaas"        # prfaas | homogeneous | naive
+drain_s = 30                 # after SIGTERM every service finishes in-flight requests this long
 
 [prefix_cache]               # optional; present = every instance keeps a hybrid prefix cache
 block_tokens = 64            # tokens per cached block (hashes chain block by block)
@@ -136,6 +137,7 @@ class PolicyConfig:
     failure: str = "recompute"
     transfer_deadline_s: float = 30.0
     deployment: str = "prfaas"  # prfaas | homogeneous | naive (prfaas.types.DeploymentKind)
+    drain_s: float = 30.0  # after SIGTERM a service finishes in-flight requests this long
 
 
 @dataclass(frozen=True, slots=True)

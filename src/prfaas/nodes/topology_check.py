@@ -70,7 +70,7 @@ PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
 LINK_KEYS = ("gbps",)
-POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment")
+POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
 TRANSPORT_KEYS = ("token", "token_file", "tls_cert", "tls_key", "tls_ca", "num_connections")
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 CLUSTER_KEYS = ("name", "kind", "instances")
@@ -229,6 +229,7 @@ def _policy(table: Table | None) -> tuple[PolicyConfig, bool]:
         failure=table.choice("failure", FAILURE_POLICIES, _POLICY.failure),
         transfer_deadline_s=table.positive("transfer_deadline_s", _POLICY.transfer_deadline_s),
         deployment=deployment,
+        drain_s=table.positive("drain_s", _POLICY.drain_s),
     )
     return policy, threshold == AUTO
 

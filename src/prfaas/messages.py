@@ -414,6 +414,7 @@ class InstanceStats:
     prefix_cache_bytes: int = 0  # bytes held by the instance's prefix cache (0: none)
     prefill_tokens_per_s: float = 0.0  # measured prefill rate of this instance (0: unknown)
     draining_to: str | None = None  # changing role: takes no new work until it serves this one
+    kv_pool_in_use_bytes: int = 0  # decode: receive-pool bytes held by transfers not yet freed
 
     def to_dict(self) -> JSONDict:
         return {**asdict(self), "links": list(self.links)}
@@ -432,6 +433,7 @@ class InstanceStats:
             prefix_cache_bytes=int(d.get("prefix_cache_bytes", 0)),
             prefill_tokens_per_s=float(d.get("prefill_tokens_per_s", 0.0)),
             draining_to=None if d.get("draining_to") is None else str(d["draining_to"]),
+            kv_pool_in_use_bytes=int(d.get("kv_pool_in_use_bytes", 0)),
         )
 
 

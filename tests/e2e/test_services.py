@@ -260,6 +260,7 @@ def _long_prompt(n: int) -> str:
     return (LONG_PROMPT * (n // len(LONG_PROMPT) + 1))[:n]
 
 
+@pytest.mark.faults
 def test_killed_prfaas_prefill_recomputes_then_routes_locally(
     qwen: System, qwen_ref: Reference
 ) -> None:
@@ -294,6 +295,7 @@ def test_kimi_linear_offloaded_equals_one_process(kimi: System) -> None:
     assert route == "pd_prefill" and text == ref.text(SHORT_PROMPT, MAX_TOKENS)
 
 
+@pytest.mark.faults
 def test_killed_prefill_with_fail_policy_returns_a_clear_error(kimi: System) -> None:
     out = _kill_prefill_mid_request(kimi, _long_prompt(6000))
     assert out.get("status") == 503, out

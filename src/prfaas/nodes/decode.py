@@ -15,6 +15,7 @@ goes away cancels its request and frees its state.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import json
 import logging
@@ -44,6 +45,7 @@ from prfaas.transport.session import ReceivedTransfer
 log = logging.getLogger(__name__)
 _UNCLAIMED_CHECK_S = 1.0
 _UNCLAIMED_TTL_S = 120.0  # a transfer nobody asks for is released after this long
+_MAX_ABANDONED = 4096  # transfer ids remembered as given up on
 
 
 class TransferLost(Exception):
@@ -70,6 +72,8 @@ class DecodeService:
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
         self._waiters: dict[str, asyncio.Future[ReceivedTransfer]] = {}
         self._lost: dict[str, tuple[str, float]] = {}  # transfer_id -> (reason, when)
+        # transfers whose request stopped waiting (deadline, abort): freed at once if they come
+        self._abandoned: collections.OrderedDict[str, None] = collections.OrderedDict()
         self.running: dict[str, int] = {}  # req_id -> prompt tokens, admitted and not finished
         self.num_waiting = 0
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,6 +128,10 @@ class DecodeService:
         waiter = self._waiters.pop(tid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(received)
+        elif tid in self._abandoned:  # its request already gave up on it: free it now
+            del self._abandoned[tid]
+            log.info("transfer_id=%s arrived after its request gave up; released", tid)
+            received.release()
         else:
             earlier = self._arrived.pop(tid, None)
             if earlier is not None:  # the same transfer id twice: keep the newest, free the other
@@ -155,6 +163,7 @@ class DecodeService:
         waiter = self._waiters.pop(transfer_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_exception(TransferLost(reason))
+            self._abandon(transfer_id)
         else:
             self._lost[transfer_id] = (reason, time.monotonic())
 
@@ -169,9 +178,15 @@ class DecodeService:
             async with asyncio.timeout(deadline_s):
                 return await waiter
         except TimeoutError:
+            self._abandon(transfer_id)
             raise TransferLost(f"KV state did not arrive within {deadline_s:g} s") from None
         finally:
             self._waiters.pop(transfer_id, None)
+
+    def _abandon(self, transfer_id: str) -> None:
+        self._abandoned[transfer_id] = None
+        while len(self._abandoned) > _MAX_ABANDONED:
+            self._abandoned.popitem(last=False)
 
     # ---- requests --------------------------------------------------------------------------
     async def decode(self, job: DecodeJob) -> AsyncIterator[list[TokenDelta]]:
@@ -289,6 +304,7 @@ class DecodeService:
             queued_prefill_s=0.0,
             num_transfers_in_flight=self.num_waiting,
             prefix_cache_bytes=self.prefix_cache_bytes,
+            kv_pool_in_use_bytes=self.receiver.pool.in_use_bytes,
         )
 
     @property

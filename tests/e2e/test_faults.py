@@ -12,6 +12,7 @@ next request. (A PrfaaS prefill instance killed mid-prefill is in `test_services
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -40,6 +41,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.faults]
 MAX_TOKENS = 12
 DEADLINE_S = 8.0  # the transfer deadline: a stalled transfer gives up after this long
 FD_SLACK = 8  # keep-alive connections may come and go
+REPORT_ENV = "PRFAAS_FAULTS_REPORT"  # a JSON-lines file: each scenario's outcome and timings
+
+
+def _record(scenario: str, **outcome: Any) -> None:
+    path = os.environ.get(REPORT_ENV)
+    if path:
+        with open(path, "a") as f:
+            f.write(json.dumps({"scenario": scenario, **outcome}) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -159,6 +168,12 @@ def test_stalled_prfaas_transfer_past_its_deadline_recomputes(qwen: System, ref:
     assert _counter(qwen, "pd-decode-0", "prfaas:fallback_prefills_total") == fallbacks + 1
     _assert_back_to_baseline(qwen, fds)
     _serves(qwen, ref)
+    _record(
+        "PrfaaS transfer stalled past the deadline",
+        outcome="recomputed, same output",
+        request_s=round(out["elapsed_s"], 2),
+        deadline_s=DEADLINE_S,
+    )
 
 
 def test_pd_prefill_that_never_answers_costs_no_request(qwen: System, ref: Reference) -> None:
@@ -176,6 +191,12 @@ def test_pd_prefill_that_never_answers_costs_no_request(qwen: System, ref: Refer
     assert out["text"] == ref.text(SHORT_PROMPT + " stalled", MAX_TOKENS)
     _assert_back_to_baseline(qwen, fds)
     _serves(qwen, ref)
+    _record(
+        "PD prefill accepts and never answers",
+        outcome="recomputed, same output",
+        request_s=round(out["elapsed_s"], 2),
+        deadline_s=DEADLINE_S,
+    )
 
 
 def test_decode_instance_killed_with_a_request_in_flight(qwen: System, ref: Reference) -> None:
@@ -193,17 +214,30 @@ def test_decode_instance_killed_with_a_request_in_flight(qwen: System, ref: Refe
     _, out2 = _send_in_background(qwen, SHORT_PROMPT)
     wait_for(lambda: "status" in out2 or "text" in out2, 60, "a refusal")
     assert out2.get("status") == 503, out2
+    restarted_at = time.monotonic()
     qwen.launcher.restart("pd-decode-0")
     wait_for(lambda: router_is_ready(qwen.url), 420, "the restarted decode instance")
     _serves(qwen, ref)
+    _record(
+        "decode instance killed mid-request",
+        outcome="503 with the reason",
+        request_s=round(out["elapsed_s"], 2),
+        restart_to_serving_s=round(time.monotonic() - restarted_at, 2),
+    )
 
 
 def test_router_restarted_while_instances_run(qwen: System, ref: Reference, tmp_path: Path) -> None:
     """The instances keep running; a restarted router finds them again and serves."""
     before = _fds(qwen)
+    restarted_at = time.monotonic()
     qwen.launcher.restart("router")
     wait_for(lambda: router_is_ready(qwen.url), 300, "the restarted router")
     _serves(qwen, ref)
+    _record(
+        "router restarted",
+        outcome="instances kept; same outputs",
+        restart_to_serving_s=round(time.monotonic() - restarted_at, 2),
+    )
     text = qwen.openai().completions.create(
         model=qwen.model, prompt=LONG_PROMPT, max_tokens=MAX_TOKENS, temperature=0
     )

@@ -37,7 +37,7 @@ HEAD_TIMEOUT_S = 10.0  # from connection (or previous response) to a complete re
 BODY_IDLE_TIMEOUT_S = 10.0  # longest wait for the next chunk of a request body
 BODY_TIMEOUT_S = 60.0  # longest time to receive a whole request body
 INSTANCE_MAX_BODY_BYTES = 64 << 20  # internal APIs: a job carries at most the prompt's token ids
-DEFAULT_MAX_CONCURRENT_PER_KEY = 256  # ConcurrencyLimit's default (not wired into the router yet)
+DEFAULT_MAX_CONCURRENT_PER_KEY = 256  # ConcurrencyLimit's default; the router's is in its topology
 
 
 def error_body(message: str, kind: str, code: str) -> bytes:

@@ -232,7 +232,7 @@ def build_router_app(topology: Topology) -> FastAPI:
 
     app = FastAPI(title="prfaas router", lifespan=lifespan)
     app.add_middleware(BodySizeLimit, max_body_bytes=topology.router.max_body_bytes)
-    app.add_middleware(ConcurrencyLimit)  # concurrent requests per API key (limits.py)
+    app.add_middleware(ConcurrencyLimit, max_concurrent=topology.router.max_concurrent_per_key)
     app.add_middleware(InternalAuth, token=deployment_token(topology))
     inferred_openapi = app.openapi
 

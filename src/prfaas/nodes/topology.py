@@ -19,6 +19,7 @@ http = "127.0.0.1:8000"
 api_keys = ["sk-..."]        # optional: required `Authorization: Bearer` keys
 # api_keys_file = "keys.txt" # or: one key per line (blank lines and # comments ignored)
 max_body_bytes = 4194304
+max_concurrent_per_key = 256 # requests in flight per API key; more get 429
 
 [link]                       # optional
 gbps = 100                   # nominal inter-cluster link, PrfaaS -> PD
@@ -119,6 +120,7 @@ class RouterConfig:
     http: str = "127.0.0.1:8000"
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # empty: no authentication
     max_body_bytes: int = 4 << 20
+    max_concurrent_per_key: int = 256  # requests in flight per API key (429 beyond)
 
 
 @dataclass(frozen=True, slots=True)

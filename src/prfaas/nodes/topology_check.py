@@ -68,7 +68,7 @@ CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain")
 CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
-ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes")
+ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes", "max_concurrent_per_key")
 LINK_KEYS = ("gbps",)
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
 TRANSPORT_KEYS = ("token", "token_file", "tls_cert", "tls_key", "tls_ca", "num_connections")
@@ -78,6 +78,7 @@ INSTANCE_KEYS = ("name", "role", "http", "kv", "engine", "hardware", "num_gpus")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 AUTO = "auto"
 MAX_CONNECTIONS = 64  # KV transport connections per destination
+MAX_CONCURRENT_PER_KEY = 1 << 20  # requests in flight per API key
 MAX_INSTANCE_GPUS = 1024  # GPUs of one instance
 NO_CREDENTIALS = "set token, token_file or tls_cert/tls_key/tls_ca"
 # defaults of the dataclasses (slots hide them as class attributes)
@@ -141,6 +142,9 @@ def _router(table: Table | None) -> RouterConfig:
         http=table.address("http", _ROUTER.http),
         api_keys=_api_keys(table),
         max_body_bytes=table.integer("max_body_bytes", _ROUTER.max_body_bytes, minimum=1),
+        max_concurrent_per_key=table.integer(
+            "max_concurrent_per_key", _ROUTER.max_concurrent_per_key, 1, MAX_CONCURRENT_PER_KEY
+        ),
     )
 
 

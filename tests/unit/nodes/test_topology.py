@@ -752,3 +752,19 @@ def test_docs_describe_every_key() -> None:
     keys = MODEL_KEYS + ROUTER_KEYS + LINK_KEYS + POLICY_KEYS + TRANSPORT_KEYS
     keys += CLUSTER_KEYS + INSTANCE_KEYS + PREFIX_CACHE_KEYS + CONTROLLER_KEYS
     assert [k for k in keys if f"`{k}`" not in section] == []
+
+
+def test_router_concurrency_per_key_is_a_topology_key(tmp_path: Path) -> None:
+    from prfaas.nodes.limits import ConcurrencyLimit
+    from prfaas.nodes.router import build_router_app
+
+    data = _valid()
+    assert _parse(data, tmp_path).router.max_concurrent_per_key == 256
+    data["router"]["max_concurrent_per_key"] = 3
+    topology = _parse(data, tmp_path)
+    assert topology.router.max_concurrent_per_key == 3
+    app = build_router_app(topology)
+    limits = [m.kwargs for m in app.user_middleware if m.cls is ConcurrencyLimit]
+    assert limits == [{"max_concurrent": 3}]
+    data["router"]["max_concurrent_per_key"] = 0
+    _assert_names(_only_problem(data, tmp_path), "router.max_concurrent_per_key", ">= 1")

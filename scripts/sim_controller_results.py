@@ -33,6 +33,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+from sim_results import IMG, save, table  # the results page's table and figure helpers
 
 from prfaas.cli import main as prfaas_main
 from prfaas.cli._sim_setup import load_setup
@@ -47,7 +48,6 @@ from prfaas.sim.simulator import Simulator
 from prfaas.sim.traffic import synthetic_requests
 from prfaas.types import DeploymentKind
 
-IMG = Path("docs/img")
 SECTION = "## Adaptive controller"
 PRFAAS = DeploymentKind.PRFAAS
 PERIOD_S = 30.0  # controller period, and the time series' step in static runs
@@ -61,25 +61,6 @@ RESTORE_SHARE = 0.9
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def table(headers: list[str], rows: list[list[Any]]) -> str:
-    def cell(v: Any) -> str:
-        if isinstance(v, float):
-            return "-" if math.isnan(v) else f"{v:.2f}"
-        return "-" if v is None else str(v)
-
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def save(fig: Any, name: str) -> str:
-    IMG.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(IMG / name, dpi=110)
-    plt.close(fig)
-    return f"![{name}](img/{name})"
 
 
 def cli_json(*flags: str) -> dict[str, Any]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -24,10 +23,10 @@ import aiohttp
 from prfaas.messages import InstanceStats
 from prfaas.nodes.topology import ClusterConfig, InstanceConfig, Topology
 from prfaas.policy import ClusterView, InstanceLoad, LinkView
-from prfaas.transport.linkstats import LinkStats
+from prfaas.transport.linkstats import LinkStats, LinkWindow
 
 log = logging.getLogger(__name__)
-_MIN_RETRANSMIT_SAMPLE_BYTES = 64 << 10  # a window that sent less says nothing about loss
+_IDLE = LinkWindow(0.0, 0.0)  # a destination polled once: nothing measured between polls yet
 
 
 @dataclass
@@ -39,28 +38,25 @@ class InstanceState:
     pending_tokens: int = 0  # dispatched by this router and not yet finished there
     pending_requests: int = 0
     converting_to: str | None = None  # the router is changing its role: route nothing to it
-    # per KV destination, between the last two polls: egress rate and retransmitted share; and
-    # the kernel counters (time, bytes sent, bytes retransmitted) of the last poll
-    egress_bytes_per_s: dict[str, float] = field(default_factory=dict)
-    retransmit_rate: dict[str, float] = field(default_factory=dict)
-    last_sent: dict[str, tuple[float, int, int]] = field(default_factory=dict)
+    # per KV destination: egress and retransmitted share between the last two polls, and the
+    # last poll's time and link snapshot
+    windows: dict[str, LinkWindow] = field(default_factory=dict)
+    last_links: dict[str, tuple[float, LinkStats]] = field(default_factory=dict)
 
     def update_egress(self, at_s: float) -> None:
-        """Egress and retransmissions per destination from the growth of the kernel's counters
-        since the previous poll (a new connection restarts its count: no negative rate). Fewer
-        than `_MIN_RETRANSMIT_SAMPLE_BYTES` sent: too few to judge, the share reads 0."""
-        for link in () if self.stats is None else self.stats.links:
-            dest = str(link.get("dest"))
-            sent, retrans = int(link.get("bytes_sent", 0)), int(link.get("bytes_retransmitted", 0))
-            before = self.last_sent.get(dest)
-            self.last_sent[dest] = (at_s, sent, retrans)
-            if before is None or at_s <= before[0]:
-                continue
-            num_sent = max(0, sent - before[1])
-            self.egress_bytes_per_s[dest] = num_sent / (at_s - before[0])
-            num_retrans = max(0, retrans - before[2])
-            is_sample = num_sent >= _MIN_RETRANSMIT_SAMPLE_BYTES
-            self.retransmit_rate[dest] = min(1.0, num_retrans / num_sent) if is_sample else 0.0
+        """Each destination's window since the previous poll (`LinkWindow.between`)."""
+        for link in self.links():
+            before = self.last_links.get(link.dest)
+            self.last_links[link.dest] = (at_s, link)
+            window = (
+                None if before is None else LinkWindow.between(before[1], link, at_s - before[0])
+            )
+            if window is not None:
+                self.windows[link.dest] = window
+
+    def links(self) -> list[LinkStats]:
+        """The KV destinations its transport reported at the last poll."""
+        return [] if self.stats is None else [LinkStats(**link) for link in self.stats.links]
 
     @property
     def role(self) -> str:
@@ -180,24 +176,15 @@ class ClusterMonitor:
         dests = {i.kv for i in pd.instances if i.kv is not None}
         capacity = self.link_capacity_bytes_per_s
         senders = self.ready(prfaas, "prefill")
-        views = []
-        for state in senders:
-            for link in () if state.stats is None else state.stats.links:
-                if link.get("dest") in dests:
-                    views.append(_measured_view(state, LinkStats(**link), capacity))
+        views = [
+            link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
+            for state in senders
+            for link in state.links()
+            if link.dest in dests
+        ]
         if senders and not views:
             return LinkView(capacity, utilization=0.0, backlog_bytes=0.0)
         return combine_link_views(views, capacity)
-
-
-def _measured_view(state: InstanceState, link: LinkStats, capacity: float) -> LinkView:
-    """The link as the policy sees it, utilization and retransmissions measured between polls:
-    an idle link reads idle, whatever its last transfer reached or lost."""
-    rate = state.egress_bytes_per_s.get(link.dest, 0.0)
-    utilization = min(1.0, rate / capacity) if capacity > 0 else 1.0
-    retransmit_rate = state.retransmit_rate.get(link.dest, 0.0)
-    view = link.to_link_view(capacity)
-    return dataclasses.replace(view, utilization=utilization, retransmit_rate=retransmit_rate)
 
 
 def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:

@@ -1,8 +1,11 @@
 """Congestion signals per destination: kernel TCP_INFO, `LinkStats` snapshots, Prometheus metrics.
 
 `LinkStats` is what the transport measures; `LinkStats.to_link_view(capacity)` turns it into the
-policy's `LinkView`, which the scheduler reads. Prometheus scrapes `TransportMetrics`, which takes
-a registry so tests and several senders in one process do not clash.
+policy's `LinkView`, which the scheduler reads. `LinkWindow.between(before, after, elapsed_s)`
+measures egress and the retransmitted share between two snapshots, so a reader that polls (the
+router) sees an idle link as idle and one lost segment of a small transfer not as congestion;
+without a window the view uses the lifetime counters. Prometheus scrapes `TransportMetrics`,
+which takes a registry so tests and several senders in one process do not clash.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ _TCP_INFO_BYTES = 232
 _OFF_RTT_US, _OFF_TOTAL_RETRANS = 68, 100
 _OFF_MIN_RTT_US, _OFF_DELIVERY_RATE = 148, 160
 _OFF_BYTES_ACKED, _OFF_BYTES_SENT, _OFF_BYTES_RETRANS = 120, 200, 208
+MIN_RETRANSMIT_SAMPLE_BYTES = 64 << 10  # a window that sent less says nothing about loss
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,17 +88,48 @@ class LinkStats:
     bytes_sent: int = 0  # kernel bytes sent, summed over live connections
     bytes_retransmitted: int = 0  # kernel bytes retransmitted, summed over live connections
 
-    def to_link_view(self, capacity_bytes_per_s: float) -> LinkView:
-        """The policy's view of this link, given its capacity (configured or provisioned)."""
-        rate = min(self.delivery_rate_bytes_per_s, self.goodput_bytes_per_s or float("inf"))
+    def to_link_view(
+        self, capacity_bytes_per_s: float, window: LinkWindow | None = None
+    ) -> LinkView:
+        """The policy's view of this link, given its capacity (configured or provisioned): rate
+        and loss of the `window` when given, else the kernel's latest delivery-rate sample and
+        the lifetime retransmitted share."""
+        if window is None:
+            rate = min(self.delivery_rate_bytes_per_s, self.goodput_bytes_per_s or float("inf"))
+            sent, lost = self.bytes_sent, self.bytes_retransmitted
+            retransmit_rate = lost / sent if sent else 0.0
+        else:
+            rate, retransmit_rate = window.egress_bytes_per_s, window.retransmit_rate
         utilization = min(1.0, rate / capacity_bytes_per_s) if capacity_bytes_per_s > 0 else 1.0
-        retransmit_rate = self.bytes_retransmitted / self.bytes_sent if self.bytes_sent else 0.0
         return LinkView(
             bandwidth_bytes_per_s=capacity_bytes_per_s,
             utilization=utilization,
             backlog_bytes=float(self.queued_bytes),
             rtt_s=self.rtt_s,
             retransmit_rate=min(1.0, retransmit_rate),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LinkWindow:
+    """One destination's egress and retransmitted share between two `LinkStats` snapshots."""
+
+    egress_bytes_per_s: float
+    retransmit_rate: float  # 0 when the window sent too little to judge
+
+    @classmethod
+    def between(cls, before: LinkStats, after: LinkStats, elapsed_s: float) -> LinkWindow | None:
+        """The window from `before` to `after`, `elapsed_s` apart (None when no time passed). A
+        counter that went down (a connection was replaced) counts from zero, never negative;
+        fewer than `MIN_RETRANSMIT_SAMPLE_BYTES` sent read as no loss."""
+        if elapsed_s <= 0:
+            return None
+        num_sent = max(0, after.bytes_sent - before.bytes_sent)
+        num_lost = max(0, after.bytes_retransmitted - before.bytes_retransmitted)
+        is_sample = num_sent >= MIN_RETRANSMIT_SAMPLE_BYTES
+        return cls(
+            egress_bytes_per_s=num_sent / elapsed_s,
+            retransmit_rate=min(1.0, num_lost / num_sent) if is_sample else 0.0,
         )
 
 
@@ -144,6 +179,18 @@ class TransportMetrics:
             "prfaas:kv_transfer_failures_total",
             "KV transfers that ended without an ACK",
             ["dest", "reason"],
+            registry=reg,
+        )
+        self.resent_bytes = Counter(
+            "prfaas:kv_resent_bytes_total",
+            "KV payload bytes sent again because the receiver NACKed them (lost or corrupt)",
+            ["dest"],
+            registry=reg,
+        )
+        self.connections_lost = Counter(
+            "prfaas:kv_connections_lost_total",
+            "KV connections to the destination that broke while open (each is reopened)",
+            ["dest"],
             registry=reg,
         )
         self.link_rtt = Gauge(

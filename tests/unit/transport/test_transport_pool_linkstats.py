@@ -7,7 +7,14 @@ import struct
 
 import pytest
 
-from prfaas.transport.linkstats import parse_tcp_info, read_tcp_stats, summarize_link
+from prfaas.transport.linkstats import (
+    MIN_RETRANSMIT_SAMPLE_BYTES,
+    LinkStats,
+    LinkWindow,
+    parse_tcp_info,
+    read_tcp_stats,
+    summarize_link,
+)
 from prfaas.transport.pool import BufferPool, PoolExhaustedError
 
 PAGE = 4096
@@ -87,6 +94,34 @@ def test_link_stats_become_the_policy_link_view() -> None:
     assert view.utilization == 0.4  # the lower of kernel delivery rate and measured goodput
     assert view.rtt_s == 0.004 and view.retransmit_rate == 0.01
     assert stats.to_link_view(capacity_bytes_per_s=1e8).utilization == 1.0
+
+
+def _snapshot(bytes_sent: int, bytes_retransmitted: int) -> LinkStats:
+    return LinkStats("h:1", 1, 0.004, 0.001, 5e8, 4e8, 0, 1, 0, 0, bytes_sent, bytes_retransmitted)
+
+
+def test_a_window_measures_egress_and_loss_between_two_snapshots() -> None:
+    before, after = _snapshot(1_000_000, 100), _snapshot(3_000_000, 20_100)
+    window = LinkWindow.between(before, after, elapsed_s=2.0)
+    assert window == LinkWindow(egress_bytes_per_s=1e6, retransmit_rate=0.01)
+    view = after.to_link_view(capacity_bytes_per_s=4e6, window=window)
+    assert view.utilization == 0.25 and view.retransmit_rate == 0.01
+    # the lifetime view of the same snapshot reads the kernel's delivery rate instead
+    assert after.to_link_view(capacity_bytes_per_s=4e6).utilization == 1.0
+
+
+def test_a_window_without_traffic_reads_idle_and_a_small_one_reads_no_loss() -> None:
+    busy = _snapshot(10_000_000, 5_000_000)  # half of its lifetime bytes were resent
+    idle = LinkWindow.between(busy, busy, elapsed_s=1.0)
+    assert idle == LinkWindow(0.0, 0.0)
+    small = _snapshot(10_000_000 + MIN_RETRANSMIT_SAMPLE_BYTES - 1, 5_000_500)
+    assert LinkWindow.between(busy, small, elapsed_s=1.0).retransmit_rate == 0.0  # type: ignore[union-attr]
+
+
+def test_a_replaced_connection_never_gives_a_negative_window() -> None:
+    window = LinkWindow.between(_snapshot(9_000_000, 900), _snapshot(1000, 0), elapsed_s=1.0)
+    assert window is not None and window.egress_bytes_per_s == 0.0 and window.retransmit_rate == 0
+    assert LinkWindow.between(_snapshot(1, 0), _snapshot(2, 0), elapsed_s=0.0) is None
 
 
 def test_idle_buffers_never_exceed_the_peak_in_use_bytes() -> None:

@@ -61,7 +61,12 @@ def start_system(
     threshold: int = 64,
     deadline_s: float = 60.0,
     prefix_block_tokens: int | None = None,
+    decode_kv: str | None = None,
+    decode_kv_listen: str | None = None,
+    receive_pool_bytes: int | None = None,
 ) -> System:
+    """The embedded deployment as processes; `decode_kv`/`decode_kv_listen` put something (a
+    fault proxy) between the KV senders and the decode instance's receiver."""
     options = EmbeddedOptions(
         model=preset,
         router_port=free_port(),
@@ -70,6 +75,9 @@ def start_system(
         transfer_deadline_s=deadline_s,
         api_keys=(API_KEY,),
         prefix_block_tokens=prefix_block_tokens,
+        decode_kv=decode_kv,
+        decode_kv_listen=decode_kv_listen,
+        receive_pool_bytes=receive_pool_bytes,
     )
     return launch(embedded_topology(tmp, options), tmp / "logs")
 

@@ -77,6 +77,9 @@ class DecodeService:
         self.running: dict[str, int] = {}  # req_id -> prompt tokens, admitted and not finished
         self.num_waiting = 0
         self._tasks: list[asyncio.Task[None]] = []
+        # set by a convertible PD instance: moved prefixes go to its prefix cache, not a request
+        self.prefix_importer: Any = None
+        self.is_ready = False  # True while the receiver listens (`/ready`)
         self._metrics(instance.name)
 
     def _metrics(self, name: str) -> None:
@@ -121,9 +124,12 @@ class DecodeService:
     async def start(self) -> None:
         await self.receiver.start()
         self._tasks.append(asyncio.create_task(self._release_unclaimed()))
+        self.is_ready = True
 
     # ---- transfers -------------------------------------------------------------------------
     def _on_transfer(self, received: ReceivedTransfer) -> None:
+        if self.prefix_importer is not None and self.prefix_importer.take_if_prefix(received):
+            return
         tid = received.manifest.transfer_id
         waiter = self._waiters.pop(tid, None)
         if waiter is not None and not waiter.done():
@@ -318,6 +324,7 @@ class DecodeService:
         self._g_running.set(len(self.running))
 
     async def close(self) -> None:
+        self.is_ready = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -330,9 +337,10 @@ class DecodeService:
 def _make_receiver(
     topology: Topology, instance: InstanceConfig, on_transfer: Any, on_failure: Any
 ) -> KVReceiver:
+    """The instance's KV receiver, bound to `kv_listen` if set (the others send to `kv`)."""
     from prfaas.transport.sender import parse_address
 
-    host, port = parse_address(instance.kv or "127.0.0.1:0")
+    host, port = parse_address(instance.kv_bind_address or "127.0.0.1:0")
     config = transport_config(topology)
     return KVReceiver(config, host, port, on_transfer=on_transfer, on_failure=on_failure)
 
@@ -382,7 +390,11 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         await service.start()
         app.state.service = service
         log.info(
-            "decode instance %s ready on %s (KV %s)", instance.name, instance.http, instance.kv
+            "decode instance %s ready on %s (KV %s, bound on %s)",
+            instance.name,
+            instance.http,
+            instance.kv,
+            instance.kv_bind_address,
         )
         yield
         await service.close()

@@ -1,7 +1,8 @@
 """HTTP plumbing every service shares: running an app under uvicorn (with the request limits of
-`prfaas.nodes.limits`: bounded request heads, head and body timeouts), OpenAI-style JSON errors,
-the routes and body limit every instance has, the `/metrics` response, and the transport
-settings taken from the topology."""
+`prfaas.nodes.limits`: bounded request heads, head and body timeouts; the app is marked as
+draining the moment a SIGTERM/SIGINT arrives), OpenAI-style JSON errors, the routes and body
+limit every instance has (`/health`, `/ready`, `/metrics`, `/internal/stats`), the `/metrics`
+response, and the transport settings taken from the topology."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import os
 import ssl
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -36,7 +38,7 @@ def metrics_response(registry: CollectorRegistry) -> Response:
 
 
 def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
-    """`/internal/stats`, `/health` and `/metrics` of an instance whose service (on
+    """`/internal/stats`, `/health`, `/ready` and `/metrics` of an instance whose service (on
     `app.state.service`) has `stats()` and a Prometheus `registry`; and the instance's body
     limit (`INSTANCE_MAX_BODY_BYTES`, with the body timeouts), outermost: it bounds every
     request, with or without the token."""
@@ -52,9 +54,36 @@ def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
         body = {"status": "ok", "instance": instance.name, "role": role}
         return JSONResponse(body)
 
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        reason = not_ready_reason(app)
+        body = {"ready": reason is None, "instance": instance.name, "reason": reason}
+        return JSONResponse(body, status_code=200 if reason is None else 503)
+
     @app.get("/metrics")
     async def metrics() -> Response:
         return metrics_response(app.state.service.registry)
+
+
+def not_ready_reason(app: Any) -> str | None:
+    """Why the instance takes no new work now (None: it does): it is draining after a signal,
+    its service (engine, KV receiver) is not up yet, or the service says it is not ready."""
+    state = app.state
+    if getattr(state, "draining", False):
+        return "draining"
+    service = getattr(state, "service", None)
+    if service is None:
+        return "starting: the engine is loading"
+    if not getattr(service, "is_ready", True):
+        return "starting: the KV receiver is not listening yet"
+    return None
+
+
+def mark_draining(app: Any) -> None:
+    """From now on `/ready` answers 503 "draining" (the process got SIGTERM or SIGINT)."""
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.draining = True
 
 
 def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:
@@ -73,6 +102,7 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         tls_key=sec.tls_key,
         tls_ca=sec.tls_ca,
         deadline_s=deadline_s or topology.policy.transfer_deadline_s,
+        max_buffer_bytes=sec.receive_pool_bytes,
     )
 
 
@@ -94,8 +124,6 @@ def serve_app(app: Any, address: str, name: str, drain_s: float = 30.0) -> None:
     """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both). On the signal it
     stops accepting connections, lets the requests in flight finish for up to `drain_s`, then
     cancels what is left and exits."""
-    import uvicorn
-
     host, port = parse_address(address)
     configure_logging(name)
     config = uvicorn.Config(
@@ -107,11 +135,24 @@ def serve_app(app: Any, address: str, name: str, drain_s: float = 30.0) -> None:
         timeout_graceful_shutdown=max(1, math.ceil(drain_s)),
         http=BoundedHttpToolsProtocol,  # request head <= 64 KiB and within 10 s (limits.py)
     )
-    server = uvicorn.Server(config)
+    server = DrainingServer(config, app)
     try:
         server.run()
     except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
         raise UserError(f"{name}: cannot serve on {address} (address in use?)") from exc
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that marks the app as draining the moment SIGTERM/SIGINT arrives, so
+    that `/ready` answers 503 on connections still open while the requests in flight finish."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        mark_draining(self._app)
+        super().handle_exit(sig, frame)
 
 
 def configure_logging(name: str) -> None:

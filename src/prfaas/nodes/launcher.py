@@ -21,6 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,6 +84,9 @@ class EmbeddedOptions:
     emulate: str = "paper-1t"  # the model preset emulated engines time and size
     prefix_block_tokens: int | None = None  # every instance keeps a prefix cache of such blocks
     prefix_budget_bytes: int = 256 << 20  # bytes per instance's prefix cache
+    decode_kv: str | None = None  # the decode instance's `kv` (default: a free port of host)
+    decode_kv_listen: str | None = None  # where it binds instead (e.g. behind a proxy)
+    receive_pool_bytes: int | None = None  # [transport] receive_pool_bytes (None: the default)
 
 
 def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
@@ -118,6 +122,8 @@ transfer_deadline_s = {options.transfer_deadline_s}
 [transport]
 token_file = "{token_file}"
 """
+    if options.receive_pool_bytes is not None:
+        text += f"receive_pool_bytes = {options.receive_pool_bytes}\n"
     if options.prefix_block_tokens is not None:
         text += (
             f"\n[prefix_cache]\nblock_tokens = {options.prefix_block_tokens}\n"
@@ -127,6 +133,8 @@ token_file = "{token_file}"
         text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
         for _, name, role, hardware in (i for i in instances if i[0] == cluster):
             text += _instance_toml(name, role, host, hardware, options.engine)
+            if role == "decode":
+                text += _decode_kv_toml(options)
     path = directory / "topology.toml"
     path.write_text(text)
     path.chmod(0o600)  # it may hold API keys
@@ -134,13 +142,22 @@ token_file = "{token_file}"
 
 
 def _instance_toml(name: str, role: str, host: str, hardware: str, engine: str) -> str:
-    """One `[[clusters.instances]]` entry on free ports of `host` (a KV port for decode)."""
-    kv = f'  kv = "{host}:{free_port(host)}"\n' if role == "decode" else ""
+    """One `[[clusters.instances]]` entry on free ports of `host` (the decode instance's KV
+    address is `_decode_kv_toml`'s)."""
     return (
         f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "{host}:{free_port(host)}"\n{kv}  engine = "{engine}"\n'
+        f'  http = "{host}:{free_port(host)}"\n  engine = "{engine}"\n'
         f'  hardware = "{hardware}"\n'
     )
+
+
+def _decode_kv_toml(options: EmbeddedOptions) -> str:
+    """The decode instance's `kv` (a free port unless given) and optional `kv_listen`."""
+    kv = options.decode_kv or f"{options.host}:{free_port(options.host)}"
+    text = f"  kv = {json.dumps(kv)}\n"
+    if options.decode_kv_listen is not None:
+        text += f"  kv_listen = {json.dumps(options.decode_kv_listen)}\n"
+    return text
 
 
 def _die_with_parent() -> None:
@@ -151,13 +168,25 @@ def _die_with_parent() -> None:
 
 
 class Launcher:
-    """Child processes for a topology's router and instances."""
+    """Child processes for a topology's router and instances.
 
-    def __init__(self, config_path: Path, topology: Topology, log_dir: Path | None = None) -> None:
+    `command_prefix` maps a service name ("router" or an instance name) to an argv prefix its
+    command runs under, e.g. `["ip", "netns", "exec", NS]` to start it inside a namespace (the
+    testbed); services without one run as plain children."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        topology: Topology,
+        log_dir: Path | None = None,
+        command_prefix: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
         self.config_path = config_path
         self.topology = topology
         self.log_dir = log_dir
+        self.command_prefix = {name: list(p) for name, p in (command_prefix or {}).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._service_args: dict[str, list[str]] = {}
 
     def start(self) -> None:
         for inst in self.topology.instances:
@@ -165,7 +194,9 @@ class Launcher:
         self._spawn("router", ["router"])
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        cmd = [sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
+        self._service_args[name] = list(args)
+        prefix = self.command_prefix.get(name, [])
+        cmd = [*prefix, sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
         out = None
         if self.log_dir is not None:
             out = (self.log_dir / f"{name}.log").open("ab")
@@ -212,8 +243,7 @@ class Launcher:
         old = self.procs[name]
         if old.poll() is None:
             self.kill(name)
-        args = old.args[3:-2] if isinstance(old.args, list) else []
-        self._spawn(name, [str(a) for a in args])
+        self._spawn(name, self._service_args[name])
 
     def __enter__(self) -> Launcher:
         self.start()

@@ -13,6 +13,7 @@ dtype = "fp32"               # fp32 | bf16
 seed = 0                     # weights seed of tiny presets
 emulate = "paper-1t"         # prfaas.models preset sized/timed by engine = "emulated" instances
 time_scale = 1.0             # emulated engines sleep time_scale x the predicted durations
+payload_scale = 1.0          # emulated engines export payload_scale x the real KV bytes (0, 1]
 
 [router]                     # optional
 http = "127.0.0.1:8000"
@@ -45,6 +46,7 @@ driven = false               # true: no timer; ticks come from POST /internal/co
 [transport]
 token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)
 num_connections = 2          # TCP connections per KV destination
+receive_pool_bytes = 8589934592  # KV receiver's buffer budget; a fuller pool holds senders back
 
 [[clusters]]
 name = "prfaas"
@@ -55,6 +57,8 @@ kind = "prfaas"              # prfaas | pd
   http = "127.0.0.1:8101"
   kv = "127.0.0.1:8102"      # KV receiver: required on decode instances; on a PD prefill
                              # instance it makes the instance convertible (needed with [controller])
+  kv_listen = "0.0.0.0:8102" # optional, only with kv: where the KV receiver binds when the
+                             # others reach it at kv through NAT or a proxy (default: kv)
   engine = "torch"           # torch | emulated
   hardware = "h200"          # hardware preset, timing of the emulated engine
   num_gpus = 8
@@ -86,6 +90,7 @@ class ModelConfig:
     seed: int = 0
     emulate: str = "paper-1t"  # prfaas.models preset used by emulated engines
     time_scale: float = 1.0  # emulated engines sleep this times the predicted durations (0: none)
+    payload_scale: float = 1.0  # emulated engines export this times the real KV bytes, in (0, 1]
 
     @property
     def served_name(self) -> str:
@@ -100,9 +105,15 @@ class InstanceConfig:
     role: str  # "prefill" | "decode"
     http: str  # "host:port" of its HTTP API
     kv: str | None = None  # "host:port" of its KV receiver; decode instances only
+    kv_listen: str | None = None  # "host:port" the receiver binds when not kv (NAT, a proxy)
     engine: str = "torch"  # "torch" | "emulated"
     hardware: str = "h200"  # hardware preset timing the emulated engine
     num_gpus: int = 8
+
+    @property
+    def kv_bind_address(self) -> str | None:
+        """Where this instance's KV receiver binds: `kv_listen`, else `kv` (None: no receiver)."""
+        return self.kv_listen or self.kv
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +181,7 @@ class SecurityConfig:
     tls_key: str | None = None
     tls_ca: str | None = None
     num_connections: int = 2  # TCP connections per KV destination
+    receive_pool_bytes: int = 8 << 30  # a KV receiver's buffer budget, in use + idle
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,19 +67,30 @@ CONTROLLER_INT_KEYS = ("min_samples", "persistence_ticks", "threshold_persistenc
 CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain")
 CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
-MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale")
+MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale", "payload_scale")
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes", "max_concurrent_per_key")
 LINK_KEYS = ("gbps",)
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
-TRANSPORT_KEYS = ("token", "token_file", "tls_cert", "tls_key", "tls_ca", "num_connections")
+TRANSPORT_KEYS = (
+    "token",
+    "token_file",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "num_connections",
+    "receive_pool_bytes",
+)
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 CLUSTER_KEYS = ("name", "kind", "instances")
-INSTANCE_KEYS = ("name", "role", "http", "kv", "engine", "hardware", "num_gpus")
+INSTANCE_KEYS = ("name", "role", "http", "kv", "kv_listen", "engine", "hardware", "num_gpus")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 AUTO = "auto"
 MAX_CONNECTIONS = 64  # KV transport connections per destination
 MAX_CONCURRENT_PER_KEY = 1 << 20  # requests in flight per API key
 MAX_INSTANCE_GPUS = 1024  # GPUs of one instance
+MIN_RECEIVE_POOL_BYTES = 4 << 20  # one payload frame of the sender's default size (4 MiB)
+MAX_RECEIVE_POOL_BYTES = 1 << 40  # 1 TiB: past any host's memory, so surely a typo
+WILDCARD_HOSTS = ("0.0.0.0", "::")  # a bind address on every interface names no one machine
 NO_CREDENTIALS = "set token, token_file or tls_cert/tls_key/tls_ca"
 # defaults of the dataclasses (slots hide them as class attributes)
 _MODEL = ModelConfig(name="")
@@ -103,7 +114,17 @@ def _model(table: Table | None) -> ModelConfig:
         seed=table.integer("seed", _MODEL.seed, minimum=0),
         emulate=_emulated_model(table),
         time_scale=table.non_negative("time_scale", _MODEL.time_scale),
+        payload_scale=_payload_scale(table),
     )
+
+
+def _payload_scale(table: Table) -> float:
+    """A fraction in (0, 1]: emulated payloads are shrunk, never inflated."""
+    scale = table.positive("payload_scale", _MODEL.payload_scale)
+    if scale > 1:
+        table.fail("payload_scale", f"must be in (0, 1], got {scale:g}")
+        return _MODEL.payload_scale
+    return scale
 
 
 def _model_name(table: Table) -> str:
@@ -260,6 +281,12 @@ def _transport(
         num_connections=table.integer(
             "num_connections", _SECURITY.num_connections, 1, MAX_CONNECTIONS
         ),
+        receive_pool_bytes=table.integer(
+            "receive_pool_bytes",
+            _SECURITY.receive_pool_bytes,
+            MIN_RECEIVE_POOL_BYTES,
+            MAX_RECEIVE_POOL_BYTES,
+        ),
     )
 
 
@@ -333,12 +360,14 @@ def _controller(table: Table | None) -> ControllerSettings:
 
 def _instance(table: Table, cluster: str, cluster_kind: str) -> InstanceConfig:
     role = table.choice("role", ROLES)
+    kv = _kv_address(table, role, cluster_kind)
     return InstanceConfig(
         name=table.name(),
         cluster=cluster,
         role=role,
         http=table.address("http", required=True),
-        kv=_kv_address(table, role, cluster_kind),
+        kv=kv,
+        kv_listen=_kv_listen_address(table, kv),
         engine=table.choice("engine", ENGINES, _INSTANCE.engine),
         hardware=_hardware(table),
         num_gpus=table.integer("num_gpus", _INSTANCE.num_gpus, 1, MAX_INSTANCE_GPUS),
@@ -355,6 +384,19 @@ def _kv_address(table: Table, role: str, cluster_kind: str) -> str | None:
         table.fail("kv", 'missing required key ("host:port" of the decode KV receiver)')
         return None
     return table.address("kv") or None
+
+
+def _kv_listen_address(table: Table, kv: str | None) -> str | None:
+    """Where the KV receiver binds when the others reach it at another address (`kv`: through
+    NAT or a proxy); only an instance with a KV receiver has one. None: it binds `kv`."""
+    if not table.has("kv_listen"):
+        return None
+    if kv is None:
+        if table.has("kv"):  # kv itself was refused: that problem is reported already
+            return None
+        table.fail("kv_listen", "only an instance with kv (a KV receiver) binds one")
+        return None
+    return table.address("kv_listen") or None
 
 
 def _hardware(table: Table) -> str:
@@ -413,14 +455,28 @@ def _endpoint(address: str) -> tuple[str, int]:
 def _check_addresses(
     problems: Problems, router: RouterConfig, clusters: Sequence[ClusterConfig]
 ) -> None:
-    """Every HTTP and KV endpoint, the router's included, is distinct."""
+    """Every HTTP and KV endpoint, the router's included, is distinct; so is every `kv_listen`
+    bound on a named host (not its own instance's `kv`, which it may equal)."""
     endpoints = [("router.http", router.http)]
     for key, instance in _instance_keys(clusters):
         endpoints.append((f"{key}.http", instance.http))
         if instance.kv is not None:
             endpoints.append((f"{key}.kv", instance.kv))
+        if instance.kv_listen is not None and _is_distinct_bind(instance):
+            endpoints.append((f"{key}.kv_listen", instance.kv_listen))
     items = ((key, _endpoint(address)) for key, address in endpoints)
     _report_duplicates(problems, items, "address")
+
+
+def _is_distinct_bind(instance: InstanceConfig) -> bool:
+    """Whether the instance's `kv_listen` is an endpoint of its own for the duplicate check: set,
+    not its `kv` again, and on a named host (a wildcard bind names no machine, so two of them,
+    e.g. one per machine behind NAT, do not clash as far as the file can tell)."""
+    listen = instance.kv_listen
+    if listen is None or instance.kv is None:
+        return False
+    host, _ = _endpoint(listen)
+    return _endpoint(listen) != _endpoint(instance.kv) and host not in WILDCARD_HOSTS
 
 
 def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:

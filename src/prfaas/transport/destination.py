@@ -137,6 +137,8 @@ class Destination:
             self.goodput_bytes_per_s = (1 - w) * self.goodput_bytes_per_s + w * rate
         if self._metrics is None:
             return
+        if t.num_resent_bytes > 0:
+            self._metrics.resent_bytes.labels(self.name).inc(t.num_resent_bytes)
         if ack.ok:
             self._metrics.transfer_bytes.labels(self.name).inc(num_bytes)
             self._metrics.transfer_seconds.labels(self.name).observe(elapsed_s)
@@ -266,6 +268,8 @@ class Destination:
             return
         del self.conns[conn.index]
         conn.channel.close()
+        if not self._is_closing and self._metrics is not None:
+            self._metrics.connections_lost.labels(self.name).inc()
         if conn.reader is not None and conn.reader is not asyncio.current_task():
             conn.reader.cancel()
         for t in self.transfers.values():

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
+from prfaas.engine.prefix_store import check_prefix_payload, payload_digest, prefix_blocks
 from prfaas.engine.validation import (
     PrefixMiss,
     check_distinct_ids,
@@ -39,9 +40,11 @@ from prfaas.engine.validation import (
 )
 from prfaas.errors import UserError
 from prfaas.messages import (
+    PREFIX_META_KEY,
     GenerateRequest,
     KVManifest,
     LayerEntry,
+    PrefixTransferInfo,
     SamplingParams,
     TensorEntry,
     TokenDelta,
@@ -81,9 +84,15 @@ def layer_tensor_sizes(
     state_dtype: str,
     conv_dtype: str,
     num_prefix_tokens: int = 0,
+    payload_scale: float = 1.0,
 ) -> list[tuple[str, int]]:
     """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out; the
-    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it)."""
+    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it).
+
+    `payload_scale` in (0, 1] shrinks every part to `max(1, round(bytes x scale))` (a testbed's
+    scaled link); at 1.0 the sizes are the model's exactly."""
+    if not 0 < payload_scale <= 1:
+        raise ValueError(f"payload_scale must be in (0, 1], got {payload_scale}")
     kv = layer.kv_bytes_per_token(kv_dtype) * (num_tokens - num_prefix_tokens)
     kv += layer.window_bytes_per_token(kv_dtype) * min(num_tokens, layer.window)
     parts = [
@@ -91,7 +100,12 @@ def layer_tensor_sizes(
         ("recurrent_states/0", layer.recurrent_state_bytes(state_dtype)),
         ("conv_states/0", layer.conv_state_bytes(conv_dtype)),
     ]
-    return [(name, size) for name, size in parts if size > 0]
+    return [(name, _scaled(size, payload_scale)) for name, size in parts if size > 0]
+
+
+def _scaled(num_bytes: int, payload_scale: float) -> int:
+    """A part's size under payload scaling: never rounded away to nothing."""
+    return num_bytes if payload_scale == 1.0 else max(1, round(num_bytes * payload_scale))
 
 
 def pattern_tensor(seed: int, req_id: str, name: str, num_bytes: int) -> torch.Tensor:
@@ -139,10 +153,16 @@ class EmulatedEngine:
         sleep: Callable[[float], None] = time.sleep,
         max_positions: int | None = None,
         prefix_cache: PrefixCacheConfig | None = None,
+        payload_scale: float = 1.0,
     ):
         """`max_positions` caps prompt + generated tokens; None takes the spec's
         `max_position_embeddings` when it has one, else there is no limit. With `prefix_cache`
-        the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`)."""
+        the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`).
+        `payload_scale` in (0, 1] shrinks exported payloads (and what imports expect) to that
+        fraction of the model's real bytes, per tensor (`layer_tensor_sizes`)."""
+        if not 0 < payload_scale <= 1:
+            raise UserError(f"payload_scale must be in (0, 1], got {payload_scale}")
+        self.payload_scale = payload_scale
         self.spec = spec
         self.cost = cost
         # the cost model is pure: remember its answers (steady traffic repeats them)
@@ -226,6 +246,63 @@ class EmulatedEngine:
     def has_unfinished(self) -> bool:
         return any(r.finish_reason is None for r in self.requests.values())
 
+    # ---- moving a cached prefix ---------------------------------------------------------------
+    def export_prefix(
+        self, token_ids: Sequence[int], num_tokens: int, transfer_id: str | None = None
+    ) -> ExportedState:
+        """The synthetic state of the first `num_tokens` tokens (whole blocks, usable here: the
+        attention blocks and the state checkpoint at that length), as `Engine.export_prefix`
+        gives it, real size; PrefixMiss when it is not all cached."""
+        prefix = self._require_prefix("export a prefix")
+        hashes = prefix.usable_prefix(token_ids, num_tokens)
+        transfer_id = transfer_id or uuid.uuid4().hex
+        state = EmulatedRequest(f"prefix:{transfer_id}", num_tokens, SamplingParams(), self.seed)
+        state.num_computed_tokens = num_tokens
+        layers, buffers, offset = [], [], 0
+        for layer in self.spec.layers:
+            layer_state = self._export_layer(state, layer, offset)
+            layers.append(layer_state.entry)
+            buffers.extend(layer_state.buffers)
+            offset += layer_state.entry.num_bytes
+        info = PrefixTransferInfo(prefix.block_tokens, tuple(hashes), payload_digest(buffers))
+        manifest = KVManifest(
+            transfer_id=transfer_id,
+            req_id=state.req_id,
+            arch=self.arch,
+            num_layers=self.spec.num_layers,
+            layers=tuple(layers),
+            num_computed_tokens=num_tokens,
+            first_token_id=None,
+            cache_meta={
+                "cache_class": "EmulatedCache",
+                "seed": self.seed,
+                PREFIX_META_KEY: info.to_dict(),
+            },
+            model_fingerprint=self.fingerprint,
+        )
+        return ExportedState(manifest, buffers)
+
+    def import_prefix(
+        self,
+        manifest: KVManifest,
+        buffers: Sequence[Any],
+        prompt_token_ids: Sequence[int] | None = None,
+    ) -> int:
+        """Check a moved prefix's every byte and store its blocks and state checkpoint in the
+        prefix cache, as `Engine.import_prefix` does; returns the tokens now reusable."""
+        prefix = self._require_prefix("import a prefix")
+        info = PrefixTransferInfo.of(manifest)
+        if info is None:
+            raise PrefixMiss(f"manifest of {manifest.req_id!r} is not a prefix transfer")
+        check_prefix_payload(info, manifest, buffers, prefix.block_tokens, prompt_token_ids)
+        self._check(manifest, buffers)
+        return prefix.store_blocks(info.block_hashes)
+
+    def _require_prefix(self, what: str) -> EmulatedPrefixCache:
+        if self.prefix is None:
+            raise PrefixMiss(f"cannot {what}: this engine has no prefix cache")
+        return self.prefix
+
     # ---- prefill and export -----------------------------------------------------------------
     def prefill(
         self,
@@ -289,6 +366,7 @@ class EmulatedEngine:
             self.spec.recurrent_state_dtype,
             self.spec.activation_dtype,
             num_prefix_tokens,
+            self.payload_scale,
         )
 
     def _export_layer(
@@ -532,6 +610,22 @@ class EmulatedPrefixCache:
         checkpoint = self._max_reusable(len(prompt_token_ids)) // self.block_tokens - 1
         states = {checkpoint: self.state_bytes} if self.pool.needs_state and checkpoint >= 0 else {}
         self.pool.store(hashes, self.attention_bytes_per_block, states)
+
+    def usable_prefix(self, token_ids: Sequence[int], num_tokens: int) -> list[int]:
+        """Hashes of the first `num_tokens` tokens' blocks, all usable here (attention and the
+        state at their end); PrefixMiss otherwise."""
+        num_blocks = prefix_blocks(token_ids, num_tokens, self.block_tokens)
+        hashes = block_hashes(token_ids[:num_tokens], self.block_tokens)
+        if self.pool.match(hashes).num_usable_blocks < num_blocks:
+            raise PrefixMiss(f"the {num_tokens}-token prefix is not usable in this prefix cache")
+        return hashes
+
+    def store_blocks(self, hashes: Sequence[int]) -> int:
+        """Store blocks `hashes` and the state at their end (a moved prefix); returns the tokens
+        now reusable from them."""
+        states = {len(hashes) - 1: self.state_bytes} if self.pool.needs_state else {}
+        self.pool.store(hashes, self.attention_bytes_per_block, states)
+        return self.pool.match(hashes).num_usable_blocks * self.block_tokens
 
     def retire(self, state: EmulatedRequest) -> None:
         """A request leaves the engine: end its reservation and pin; keep a finished request's

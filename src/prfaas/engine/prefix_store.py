@@ -17,18 +17,25 @@ attention tensors concatenated from blocks 0..k-1, everything else from the chec
 k - 1 (models without fixed-size state need none). It is built as a `KVManifest` plus buffers and
 imported with the ordinary `kv_state.import_state`, so the prefix path checks the same layout the
 transfer path does.
+
+The same manifest moves a cached prefix to another instance (`export_prefix`: blocks pinned while
+it is built; `PrefixTransferInfo` in its cache_meta names the blocks and the payload's digest),
+and `import_prefix` stores a received one as if this engine had computed it: the state is imported
+into a fresh cache, the blocks are cut from it and the checkpoint taken at its end.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 
 from prfaas.engine.kv_state import (
     CacheTemplate,
+    ManifestMismatch,
     cache_meta,
     import_state,
     is_prefix_attention,
@@ -36,7 +43,7 @@ from prfaas.engine.kv_state import (
     layer_state,
 )
 from prfaas.engine.validation import PrefixMiss
-from prfaas.messages import JSONDict, KVManifest, LayerEntry
+from prfaas.messages import PREFIX_META_KEY, JSONDict, KVManifest, LayerEntry, PrefixTransferInfo
 from prfaas.prefix_cache.config import PrefixCacheConfig
 from prfaas.prefix_cache.hashing import block_hashes
 from prfaas.prefix_cache.pool import EntryKey, HybridPrefixPool, PoolPart
@@ -51,6 +58,8 @@ __all__ = [
     "attention_tensors",
     "cache_layout",
     "needs_state",
+    "payload_digest",
+    "prefix_blocks",
     "take_checkpoint",
 ]
 
@@ -122,6 +131,51 @@ def attention_tensors(cache: Any, num_layers: int) -> dict[str, torch.Tensor]:
 def _bytes_per_token(tensor: torch.Tensor) -> int:
     """Bytes one token takes in a [batch, heads, num_tokens, dim] tensor."""
     return tensor.shape[1] * tensor.shape[3] * tensor.shape[0] * tensor.element_size()
+
+
+def payload_digest(buffers: Iterable[Any]) -> str:
+    """Hex blake2b (16 bytes) of the payload buffers, in order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for buffer in buffers:
+        digest.update(buffer)
+    return digest.hexdigest()
+
+
+def prefix_blocks(token_ids: Sequence[int], num_tokens: int, block_tokens: int) -> int:
+    """Blocks in the first `num_tokens` of `token_ids`; PrefixMiss unless it is a positive whole
+    number of blocks within the ids."""
+    if num_tokens <= 0 or num_tokens % block_tokens or num_tokens > len(token_ids):
+        raise PrefixMiss(
+            f"a moved prefix must be a positive multiple of {block_tokens} tokens within the "
+            f"{len(token_ids)} token ids given, got {num_tokens}"
+        )
+    return num_tokens // block_tokens
+
+
+def check_prefix_payload(
+    info: PrefixTransferInfo,
+    manifest: KVManifest,
+    buffers: Sequence[Any],
+    block_tokens: int,
+    token_ids: Sequence[int] | None,
+) -> None:
+    """Refuse a prefix transfer this cache cannot store as its own: other block size, length
+    that disagrees with the hashes, other tokens than `token_ids` (when given), changed bytes."""
+    if info.block_tokens != block_tokens:
+        raise PrefixMiss(
+            f"prefix of {info.block_tokens}-token blocks; this cache uses {block_tokens}"
+        )
+    if manifest.num_computed_tokens != info.num_tokens or manifest.num_prefix_tokens:
+        raise PrefixMiss(
+            f"prefix manifest of {manifest.num_computed_tokens} tokens names "
+            f"{len(info.block_hashes)} blocks ({info.num_tokens} tokens)"
+        )
+    if token_ids is not None:
+        expected = block_hashes(token_ids[: info.num_tokens], block_tokens)
+        if tuple(expected) != info.block_hashes:
+            raise PrefixMiss(f"the moved {info.num_tokens}-token prefix is not this prompt's")
+    if payload_digest(buffers) != info.payload_blake2b:
+        raise ManifestMismatch("prefix payload bytes differ from what the holder sent (digest)")
 
 
 class PrefixStore:
@@ -264,6 +318,54 @@ class PrefixStore:
             return import_state(fresh_cache, manifest, buffers, template, copy=True)
         finally:
             self.pool.release(lease_id)
+
+    def export_prefix(
+        self, token_ids: Sequence[int], num_tokens: int, transfer_id: str, fingerprint: str
+    ) -> tuple[KVManifest, list[memoryview]]:
+        """The state after the first `num_tokens` tokens (whole blocks) of `token_ids`, as a
+        prefix-transfer manifest and its buffers; the blocks are pinned while it is built.
+        PrefixMiss when the blocks or the state checkpoint at their end are not all here."""
+        num_blocks = prefix_blocks(token_ids, num_tokens, self.block_tokens)
+        hashes = self.hashes(token_ids[:num_tokens])
+        try:
+            lease_id = self.pool.acquire(hashes, num_blocks)
+        except KeyError as exc:
+            raise PrefixMiss(f"the {num_tokens}-token prefix is not usable here: {exc}") from None
+        try:
+            manifest, buffers = self._prefix_state(hashes, num_blocks)
+        finally:
+            self.pool.release(lease_id)
+        info = PrefixTransferInfo(self.block_tokens, tuple(hashes), payload_digest(buffers))
+        manifest = replace(
+            manifest,
+            transfer_id=transfer_id,
+            req_id=f"prefix:{transfer_id}",
+            cache_meta={**manifest.cache_meta, PREFIX_META_KEY: info.to_dict()},
+            model_fingerprint=fingerprint,
+        )
+        return manifest, buffers
+
+    def import_prefix(
+        self,
+        manifest: KVManifest,
+        buffers: Sequence[Any],
+        fresh_cache: Any,
+        template: CacheTemplate,
+        token_ids: Sequence[int] | None = None,
+    ) -> int:
+        """Store a received prefix (see `export_prefix`) as if it had been computed here;
+        returns the prompt tokens now reusable from it (0 if the budget could not hold it).
+        PrefixMiss / ManifestMismatch when it is not a prefix this cache can take as is."""
+        info = PrefixTransferInfo.of(manifest)
+        if info is None:
+            raise PrefixMiss(f"manifest of {manifest.req_id!r} is not a prefix transfer")
+        check_prefix_payload(info, manifest, buffers, self.block_tokens, token_ids)
+        cache = import_state(fresh_cache, manifest, buffers, template, copy=True)
+        checkpoint = None
+        if self.needs_state:
+            checkpoint = take_checkpoint(cache, len(self.kinds), info.num_tokens)
+        self.store(info.block_hashes, cache, checkpoint)
+        return self.pool.match(info.block_hashes).num_usable_blocks * self.block_tokens
 
     def _prefix_state(
         self, hashes: Sequence[int], num_blocks: int

@@ -490,6 +490,45 @@ class Engine:
         num_blocks = self._prefix.held_blocks(hashes, len(prompt_token_ids))
         return num_blocks * self._prefix.block_tokens
 
+    def export_prefix(
+        self, token_ids: Sequence[int], num_tokens: int, transfer_id: str | None = None
+    ) -> ExportedState:
+        """The cached state after the first `num_tokens` tokens of `token_ids` (whole blocks: the
+        attention blocks and the state checkpoint at exactly that length), to move to another
+        instance's prefix cache (`import_prefix` there). PrefixMiss when it is not all here."""
+        store = self._require_prefix("export a prefix")
+        manifest, buffers = store.export_prefix(
+            token_ids, num_tokens, transfer_id or uuid.uuid4().hex, self.loaded.fingerprint
+        )
+        return ExportedState(manifest, buffers)
+
+    def import_prefix(
+        self,
+        manifest: KVManifest,
+        buffers: Sequence[Any],
+        prompt_token_ids: Sequence[int] | None = None,
+    ) -> int:
+        """Store a prefix moved from another instance (`export_prefix`) in this engine's prefix
+        cache, as if computed here, so a prefill of a prompt that starts with it reuses it.
+        With `prompt_token_ids` the prefix must be theirs. Returns the tokens now reusable.
+        Refused (ManifestMismatch / PrefixMiss) for another model or layout, changed bytes, a
+        different prompt or block size."""
+        store = self._require_prefix("import a prefix")
+        check_manifest(manifest, self.template())
+        if manifest.model_fingerprint:  # hash the weights only when there is something to match
+            mismatch = fingerprint_mismatch(manifest, self.loaded.fingerprint)
+            if mismatch is not None:
+                raise ManifestMismatch(mismatch)
+        with torch.inference_mode():
+            return store.import_prefix(
+                manifest, buffers, new_cache(self.model), self.template(), prompt_token_ids
+            )
+
+    def _require_prefix(self, what: str) -> PrefixStore:
+        if self._prefix is None:
+            raise PrefixMiss(f"cannot {what}: this engine has no prefix cache")
+        return self._prefix
+
     def pin_prefix(self, req_id: str, prompt_token_ids: Sequence[int], num_tokens: int) -> bool:
         """Hold the cached blocks of the first `num_tokens` prompt tokens for `req_id` until its
         `import_` or `free`; False (nothing pinned) when they are not all here, `num_tokens` is

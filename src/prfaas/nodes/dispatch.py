@@ -8,6 +8,15 @@
 side fails (instance gone, engine error, transfer refused) tells the decode instance at once, so
 its failure policy applies without waiting for the deadline. No decision is made here that the
 policy did not make, except one: a target with no ready instance is not a target.
+
+*Prefix moves.* When the policy's decision moves a cached prefix (`num_prefix_transfer_tokens`
+> 0: global best prefix, the longer cache in the other cluster), `run` first asks the other
+cluster's instance holding it (`PrefixExportJob` to `/internal/prefix_export`) to send it to the
+chosen prefill instance's KV receiver, waits for the answer (bounded by the transfer deadline),
+then sends the two jobs; the target stores the prefix and reuses it. A target without a receiver
+(`kv` unset, or a PrfaaS instance: they have none), a holder that is gone or no longer caches it,
+a refused or late transfer: the request goes on without it (the target computes the prefix) and
+the outcome is counted (`prfaas:prefix_transfers_total{outcome}`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,15 @@ from dataclasses import dataclass, replace
 
 import aiohttp
 
-from prfaas.messages import DecodeJob, GenerateRequest, PrefillJob, PrefillResult, TokenDelta
+from prfaas.messages import (
+    DecodeJob,
+    GenerateRequest,
+    PrefillJob,
+    PrefillResult,
+    PrefixExportJob,
+    PrefixExportResult,
+    TokenDelta,
+)
 from prfaas.nodes.http import FIRST_TOKEN_HEADER
 from prfaas.nodes.monitor import ClusterMonitor, InstanceState
 from prfaas.nodes.prefix_index import RouterPrefixIndex
@@ -51,6 +68,14 @@ class _Candidates:
     best_tokens: int  # prompt tokens it can reuse from its prefix cache
 
 
+@dataclass(frozen=True)
+class PrefixMove:
+    """A cached prefix to move to the prefilling instance before its job is sent."""
+
+    holder: InstanceState  # the other cluster's instance caching the longest prefix
+    num_tokens: int  # prompt tokens it sends: its whole usable prefix (block-aligned)
+
+
 class NoInstanceError(Exception):
     """No ready instance can take the request (HTTP 503)."""
 
@@ -74,6 +99,10 @@ class Dispatch:
     result: PrefillResult | None = None  # filled in once the prefill instance answers
     decode_sent_at: float | None = None  # monotonic s when the decode job went out
     first_token_s: float | None = None  # non-streamed: the decode side's first-token offset
+    prefix_move: PrefixMove | None = None  # a cached prefix to move to `prefill` first
+    num_prefix_transfer_tokens: int = 0  # the policy's cross-cluster moved tokens
+    prefix_transfer: str | None = None  # outcome of the move (prefix_transfers_total label)
+    num_prefix_transfer_bytes: int = 0  # KV bytes moved (a done move)
 
     @property
     def rule(self) -> str:
@@ -96,7 +125,17 @@ class Dispatch:
             "prefill_queue_s": round(r.queue_s, 6) if r else None,
             "prefill_s": round(r.prefill_s, 6) if r else None,
             "kv_transfer_tail_s": round(r.transfer_tail_s, 6) if r else None,
+            "prefix_transfer": self.prefix_transfer,
+            "num_prefix_transfer_tokens": self.moved_tokens,
+            "num_prefix_transfer_bytes": self.num_prefix_transfer_bytes,
         }
+
+    @property
+    def moved_tokens(self) -> int:
+        """Prompt tokens actually moved to the prefilling instance (0 unless the move was done)."""
+        if self.prefix_transfer != "done" or self.prefix_move is None:
+            return 0
+        return self.prefix_move.num_tokens
 
     def log_fields(self) -> dict[str, object]:
         return {
@@ -109,6 +148,8 @@ class Dispatch:
             "num_prompt_tokens": self.num_prompt_tokens,
             "num_cached_tokens": self.num_cached_tokens,
             "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
+            "num_prefix_transfer_tokens": self.num_prefix_transfer_tokens,
+            "prefix_holder": self.prefix_move.holder.config.name if self.prefix_move else None,
         }
 
 
@@ -176,6 +217,11 @@ class Dispatcher:
             expected = self.prefixes.compute_tokens(decode.config.name, hashes, num_prompt)
         else:
             expected = chosen.best_tokens
+        move = None
+        if decision.num_prefix_transfer_tokens > 0 and route is decision.target and prefill:
+            holder = pd_prefill if route is RouteTarget.PRFAAS else prfaas
+            if holder.best is not None and holder.best_tokens > chosen.best_tokens:
+                move = PrefixMove(holder.best, holder.best_tokens)
         return Dispatch(
             req_id,
             uuid.uuid4().hex,
@@ -189,6 +235,8 @@ class Dispatcher:
             num_best_prefix_tokens=max(pd_prefill.best_tokens, prfaas.best_tokens),
             num_incremental_tokens=decision.num_incremental_tokens,
             cluster=(self.prfaas if route is RouteTarget.PRFAAS else self.pd).name,  # type: ignore[union-attr]
+            prefix_move=move,
+            num_prefix_transfer_tokens=decision.num_prefix_transfer_tokens,
         )
 
     def set_threshold(self, threshold_tokens: float) -> None:
@@ -225,6 +273,8 @@ class Dispatcher:
             stream,
             d.num_receiver_prefix_tokens,
         )
+        if d.prefix_move is not None:
+            await self._move_prefix(d, request)
         prefill_task = None
         if d.prefill is not None:
             prefill_task = asyncio.create_task(self._prefill(d, request))
@@ -291,6 +341,58 @@ class Dispatcher:
             json.dumps({"event": "prefill_failed", **d.log_fields(), "error": result.error})
         )
         await self._abort(d, result.error or "prefill failed")
+
+    async def _move_prefix(self, d: Dispatch, request: GenerateRequest) -> None:
+        """Have the holder send its cached prefix to the prefilling instance and wait for it;
+        on any failure the request goes on without it. The outcome is counted and logged."""
+        move, target = d.prefix_move, d.prefill
+        assert move is not None and target is not None
+        if target.config.kv is None:
+            self._prefix_outcome(d, "skipped_no_receiver", None)
+            return
+        deadline_s = self.topology.policy.transfer_deadline_s
+        job = PrefixExportJob(
+            uuid.uuid4().hex,
+            tuple(request.prompt_token_ids[: move.num_tokens]),
+            target.config.kv,
+            deadline_s,
+        )
+        url = f"http://{move.holder.config.http}/internal/prefix_export"
+        timeout = aiohttp.ClientTimeout(total=deadline_s + _RESULT_GRACE_S, sock_connect=10.0)
+        try:
+            async with self.client.post(url, json=job.to_dict(), timeout=timeout) as reply:
+                reply.raise_for_status()
+                result = PrefixExportResult.from_dict(await reply.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                self.monitor.mark_down(move.holder.config.name, str(exc))
+            result = PrefixExportResult(job.transfer_id, ok=False, error=repr(exc)[:300])
+        if not result.ok:
+            self._prefix_outcome(d, "failed", result)
+            return
+        d.num_prefix_transfer_bytes = result.num_kv_bytes
+        d.num_cached_tokens = max(d.num_cached_tokens, move.num_tokens)  # a shortfall: a miss
+        self.metrics.prefix_transfer_bytes.inc(result.num_kv_bytes)
+        self._prefix_outcome(d, "done", result)
+
+    def _prefix_outcome(self, d: Dispatch, outcome: str, result: PrefixExportResult | None) -> None:
+        d.prefix_transfer = outcome
+        self.metrics.prefix_transfers.labels(outcome).inc()
+        fields = {
+            "event": "prefix_transfer",
+            "outcome": outcome,
+            **d.log_fields(),
+            "num_tokens": d.prefix_move.num_tokens if d.prefix_move else 0,
+        }
+        if result is not None:
+            fields.update(
+                prefix_transfer_id=result.transfer_id,
+                num_kv_bytes=result.num_kv_bytes,
+                transfer_s=round(result.transfer_s, 6),
+                error=result.error,
+            )
+        level = logging.INFO if outcome == "done" else logging.WARNING
+        log.log(level, json.dumps(fields))
 
     def _record_prefix_hit(self, d: Dispatch, num_cached_tokens: int) -> None:
         """Count the prefix the prefilling instance reused, and an index miss when it reused

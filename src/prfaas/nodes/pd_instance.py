@@ -6,7 +6,9 @@ prefill or decode one. It holds a `PrefillService` and a `DecodeService` over on
 and serves one role at a time: `/internal/prefill` takes jobs in the prefill role,
 `/internal/decode` in the decode role; a job for the other role gets 409. The KV receiver
 listens in both roles, so the instance's addresses never change, and the prefix cache belongs to
-the engine, so it survives a change.
+the engine, so it survives a change. The receiver also takes moved prefixes (a manifest marked
+with `PrefixTransferInfo`) into the prefix cache, and `/internal/prefix_export` sends one of its
+cached prefixes to another instance, in either role (`prefix_transfer`).
 
 A change (`POST /internal/role {"role": "decode"}`): the instance reports `draining_to` in its
 stats at once (the router sends it nothing new), still finishes the old role's jobs, and once
@@ -36,7 +38,7 @@ from prfaas.nodes.decode import DecodeService, handle_abort, handle_decode
 from prfaas.nodes.engines import build_engine
 from prfaas.nodes.http import add_instance_routes, error_response
 from prfaas.nodes.kv_events import add_kv_event_route
-from prfaas.nodes.prefill import PrefillService, handle_prefill
+from prfaas.nodes.prefill import PrefillService, handle_prefill, handle_prefix_export
 from prfaas.nodes.topology import ROLES, InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 
@@ -56,6 +58,7 @@ class ConvertibleService:
         self.worker = EngineWorker(engine, asyncio.get_running_loop(), name=instance.name)
         self.prefill = PrefillService(topology, instance, engine, worker=self.worker)
         self.decode = DecodeService(topology, instance, engine, worker=self.worker)
+        self.decode.prefix_importer = self.prefill.prefix_importer  # moved prefixes: the pool
         self.role = instance.role
         self.draining_to: str | None = None
         self.num_role_changes = 0
@@ -63,6 +66,11 @@ class ConvertibleService:
 
     async def start(self) -> None:
         await self.decode.start()
+
+    @property
+    def is_ready(self) -> bool:
+        """Whether the KV receiver listens (it does in both roles); `/ready` asks."""
+        return self.decode.is_ready
 
     # ---- roles -----------------------------------------------------------------------------
     def takes(self, role: str) -> bool:
@@ -152,10 +160,11 @@ def build_pd_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         await service.start()
         app.state.service = service
         log.info(
-            "PD instance %s ready on %s (KV %s) as %s",
+            "PD instance %s ready on %s (KV %s, bound on %s) as %s",
             instance.name,
             instance.http,
             instance.kv,
+            instance.kv_bind_address,
             instance.role,
         )
         yield
@@ -176,7 +185,11 @@ def build_pd_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
             return _wrong_role(service, "decode")
         return await handle_decode(service.decode, request)
 
+    async def prefix_export(request: Request) -> Response:  # the cache serves in either role
+        return await handle_prefix_export(app.state.service.prefill, request)
+
     app.add_route("/internal/prefill", prefill, methods=["POST"])
+    app.add_route("/internal/prefix_export", prefix_export, methods=["POST"])
     app.add_route("/internal/decode", decode, methods=["POST"])
 
     @app.post("/internal/abort")

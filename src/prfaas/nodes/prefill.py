@@ -5,6 +5,8 @@ it with the layer callback: each layer's state is handed to the KV transport as 
 final, so it crosses the link while the next layer computes. Then the manifest goes out with
 END, and the decode instance's ACK ends the job; the answer is a `PrefillResult`. The request's
 state stays in the engine until the ACK (NACKed ranges are resent from it), then it is freed.
+`POST /internal/prefix_export` sends a cached prefix to another instance's KV receiver, and an
+instance with `kv` set receives moved prefixes into its prefix cache (`prefix_transfer`).
 `GET /internal/stats` reports queue depth, queued prefill seconds, transfers in flight and the
 measured link to every decode instance this instance sends to.
 """
@@ -16,21 +18,31 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Gauge
 
-from prfaas.messages import InstanceStats, KVManifest, PrefillJob, PrefillResult, TransferAck
+from prfaas.messages import (
+    GenerateRequest,
+    InstanceStats,
+    KVManifest,
+    PrefillJob,
+    PrefillResult,
+    PrefixExportJob,
+    TransferAck,
+)
 from prfaas.nodes.auth import InternalAuth, deployment_token
 from prfaas.nodes.engines import PrefillRate, build_engine
 from prfaas.nodes.http import add_instance_routes, error_response, transport_config
 from prfaas.nodes.kv_events import add_kv_event_route
+from prfaas.nodes.prefix_transfer import PrefixImporter, make_prefix_receiver, send_prefix
 from prfaas.nodes.topology import InstanceConfig, Topology
 from prfaas.nodes.worker import EngineWorker
 from prfaas.transport.linkstats import TransportMetrics
+from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender, KVTransfer
 
 log = logging.getLogger(__name__)
@@ -66,6 +78,8 @@ class PrefillService:
         self.registry = CollectorRegistry()
         self.sender = KVSender(transport_config(topology), TransportMetrics(self.registry))
         self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
+        self.prefix_importer = PrefixImporter(self.worker, instance.name, self.registry)
+        self.prefix_receiver: KVReceiver | None = None  # `kv` set and no decode role's receiver
         self._waiting = Gauge(
             "prfaas:num_requests_waiting",
             "Prefill jobs queued",
@@ -150,7 +164,7 @@ class PrefillService:
             coro = transfer.send_layer(layer.entry, layer.buffers)
             asyncio.run_coroutine_threadsafe(coro, self.loop).result(_LAYER_QUEUE_TIMEOUT_S)
 
-        request, num_skip = entry.job.request, entry.job.num_receiver_prefix_tokens
+        request, num_skip = _prefill_only(entry.job.request), entry.job.num_receiver_prefix_tokens
         skip = {request.req_id: num_skip} if num_skip > 0 else None
         engine.prefill([request], on_layer=on_layer, skip_tokens=skip)
         entry.num_cached_tokens = engine.num_cached_tokens(request.req_id)
@@ -202,9 +216,29 @@ class PrefillService:
         self._waiting.set(queued)
         self._running.set(len(self.jobs) - queued)
 
+    async def start_prefix_receiver(self) -> None:
+        """Listen on the instance's `kv` address for moved prefixes (a plain prefill instance;
+        a convertible one receives through its decode service)."""
+        self.prefix_receiver = make_prefix_receiver(
+            self.topology, self.instance, self.prefix_importer
+        )
+        await self.prefix_receiver.start()
+
     async def close(self) -> None:
+        if self.prefix_receiver is not None:
+            await self.prefix_receiver.close()
         await self.sender.close()
         await asyncio.to_thread(self.worker.stop)
+
+
+def _prefill_only(request: GenerateRequest) -> GenerateRequest:
+    """The request as this instance runs it: finished after its first token (max_tokens 1), so
+    the engine thread never decodes it here while it waits for the ACK. A decode step would
+    advance its recurrent and conv states in place, under the views the transport still sends
+    (a slow link) or resends (a NACK): the decode instance would get, CRC-valid, a state one or
+    more tokens ahead of the manifest's, and decode a wrong answer. The decode instance
+    continues with the job's own sampling parameters."""
+    return replace(request, sampling=replace(request.sampling, max_tokens=1))
 
 
 def _link_dict(link: Any) -> dict[str, Any]:
@@ -223,6 +257,16 @@ async def handle_prefill(service: PrefillService, request: Request) -> Response:
     return JSONResponse(result.to_dict())
 
 
+async def handle_prefix_export(service: PrefillService, request: Request) -> Response:
+    """`POST /internal/prefix_export`: send a cached prefix, answer a `PrefixExportResult`."""
+    try:
+        job = PrefixExportJob.from_dict(await request.json())
+    except Exception as exc:  # malformed job
+        return error_response(400, f"bad prefix export job: {exc}", "invalid_request_error")
+    result = await send_prefix(service.sender, service.worker, job)
+    return JSONResponse(result.to_dict())
+
+
 def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The prefill instance's HTTP app; the engine loads when the app starts."""
 
@@ -230,6 +274,8 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = await asyncio.to_thread(build_engine, topology, instance)
         app.state.service = PrefillService(topology, instance, engine)
+        if instance.kv is not None:
+            await app.state.service.start_prefix_receiver()
         log.info("prefill instance %s ready on %s", instance.name, instance.http)
         yield
         await app.state.service.close()
@@ -242,6 +288,11 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
 
     # a plain Starlette route: the hot internal path skips FastAPI's request handling
     app.add_route("/internal/prefill", prefill, methods=["POST"])
+
+    async def prefix_export(request: Request) -> Response:
+        return await handle_prefix_export(app.state.service, request)
+
+    app.add_route("/internal/prefix_export", prefix_export, methods=["POST"])
 
     add_instance_routes(app, instance)
     add_kv_event_route(app)

@@ -144,6 +144,19 @@ class RouterMetrics:
             ["instance"],
             registry=reg,
         )
+        self.prefix_transfers = Counter(
+            "prfaas:prefix_transfers",
+            "Cross-cluster prefix moves the policy asked for, by outcome (done, "
+            "skipped_no_receiver: the target has no KV receiver, failed: holder gone, refused, "
+            "or past the deadline; the target then recomputes)",
+            ["outcome"],
+            registry=reg,
+        )
+        self.prefix_transfer_bytes = Counter(
+            "prfaas:prefix_transfer_bytes",
+            "KV bytes of cached prefixes moved between clusters (done moves)",
+            registry=reg,
+        )
         self.prefix_cache_bytes = Gauge(
             "prfaas:prefix_cache_bytes",
             "Bytes held by the instance's prefix cache (last poll)",

@@ -1,0 +1,198 @@
+"""Cross-cluster prefix transfer, live: the PrfaaS cluster's cached prefix moves to PD-P.
+
+Router + PrfaaS prefill + PD prefill + PD decode as real processes on 127.0.0.1 (tiny torch
+qwen3_next, prefix cache on every instance, threshold 64). Turn 1 (long) prefills on PrfaaS,
+which caches it; turn 2 is turn 1 plus a short follow-up, so under the global-best-prefix rule
+its increment over the PrfaaS prefix is short and it prefills on PD-P with that prefix moved
+there first. Checked: the move happened (router counters, the PrfaaS transport's bytes, the
+import at PD-P), its bytes are S_kv of the moved tokens (the state a one-process export of that
+many tokens has), PD-P reused the moved tokens, and both turns' outputs equal the one-process
+engine's. Negative control: the same with a PD-P without `kv` (no receiver) counts
+skipped_no_receiver, PD-P recomputes the prefix, and the output is the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from services_harness import (
+    API_KEY,
+    LONG_PROMPT,
+    Reference,
+    System,
+    get_text,
+    launch,
+    metric_value,
+    wait_for,
+)
+
+from prfaas.nodes.launcher import free_port
+
+pytestmark = pytest.mark.slow
+BLOCK_TOKENS = 32
+THRESHOLD = 64
+MAX_TOKENS = 8
+FOLLOW_UP = " Why?"
+TOKEN = "prefix-transfer-test-token"
+
+
+_taken: set[int] = set()
+
+
+def _port() -> int:
+    """A free port not handed out before in this module (free_port may repeat itself)."""
+    while (port := free_port()) in _taken:
+        pass
+    _taken.add(port)
+    return port
+
+
+def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
+    kv_line = f'  kv = "127.0.0.1:{_port()}"\n' if kv else ""
+    return (
+        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
+        f'  http = "127.0.0.1:{_port()}"\n{kv_line}  engine = "torch"\n'
+        f'  hardware = "{hardware}"\n'
+    )
+
+
+def _topology(directory: Path, pd_prefill_kv: bool) -> Path:
+    text = f"""\
+[model]
+name = "qwen3_next"
+
+[router]
+http = "127.0.0.1:{_port()}"
+api_keys = ["{API_KEY}"]
+
+[link]
+gbps = 10
+
+[policy]
+threshold = {THRESHOLD}
+transfer_deadline_s = 60
+
+[transport]
+token = "{TOKEN}"
+
+[prefix_cache]
+block_tokens = {BLOCK_TOKENS}
+budget_bytes = {256 << 20}
+
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"
+{_instance("prfaas-prefill-0", "prefill", "h200", kv=False)}
+[[clusters]]
+name = "pd"
+kind = "pd"
+{_instance("pd-prefill-0", "prefill", "h20", kv=pd_prefill_kv)}
+{_instance("pd-decode-0", "decode", "h20", kv=True)}
+"""
+    path = directory / "topology.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@contextmanager
+def _system(directory: Path, pd_prefill_kv: bool) -> Iterator[System]:
+    system = launch(_topology(directory, pd_prefill_kv), directory / "logs")
+    try:
+        yield system
+    finally:
+        system.launcher.stop()
+
+
+@pytest.fixture(scope="module")
+def ref() -> Reference:
+    return Reference("qwen3_next")
+
+
+def _complete(system: System, prompt: str) -> tuple[str, dict[str, Any]]:
+    body = system.openai().completions.create(
+        model=system.model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
+    )
+    return body.choices[0].text, body.model_extra["prfaas"]
+
+
+def _metric(system: System, where: str | None, name: str, **labels: str) -> float:
+    """A metric of the router (`where` None) or of instance `where`."""
+    url = system.url if where is None else system.instance_url(where)
+    return metric_value(get_text(f"{url}/metrics"), name, **labels)
+
+
+def _first_turn(system: System, ref: Reference) -> str:
+    """Turn 1 on PrfaaS; returns its text once the router's index knows PrfaaS caches it."""
+    turn1 = LONG_PROMPT * 2
+    text1, info1 = _complete(system, turn1)
+    assert info1["route"] == "prfaas", info1
+    assert text1 == ref.text(turn1, MAX_TOKENS)
+    wait_for(
+        lambda: (
+            _metric(system, None, "prfaas:prefix_index_blocks", instance="prfaas-prefill-0") > 0
+        ),
+        60.0,
+        "the router's index to learn what the PrfaaS instance caches",
+    )
+    return turn1 + text1 + FOLLOW_UP
+
+
+def _state_bytes(ref: Reference, prompt: str, num_tokens: int) -> int:
+    """S_kv of the first `num_tokens` tokens: what a one-process export at that length holds."""
+    from prfaas.engine.runner import Engine
+    from prfaas.messages import GenerateRequest, SamplingParams
+
+    ids = tuple(ref.loaded.tokenizer.encode(prompt)[:num_tokens])
+    engine = Engine(ref.loaded)
+    engine.prefill([GenerateRequest("s", ids, SamplingParams(max_tokens=1))])
+    return int(engine.export("s").manifest.total_bytes)
+
+
+def test_prfaas_prefix_moves_to_pd_prefill_and_only_the_suffix_is_computed(
+    tmp_path: Path, ref: Reference
+) -> None:
+    with _system(tmp_path, pd_prefill_kv=True) as system:
+        turn2 = _first_turn(system, ref)
+        sent_before = _metric(system, "prfaas-prefill-0", "prfaas:kv_transfer_bytes_total")
+        text2, info2 = _complete(system, turn2)
+        sent = _metric(system, "prfaas-prefill-0", "prfaas:kv_transfer_bytes_total") - sent_before
+
+        assert info2["route"] == "pd_prefill", info2
+        assert info2["reason"].startswith("global-prefix"), info2
+        assert info2["prefix_transfer"] == "done", info2
+        moved = info2["num_prefix_transfer_tokens"]
+        assert moved >= BLOCK_TOKENS and moved % BLOCK_TOKENS == 0
+        assert info2["num_cached_tokens"] == moved  # PD-P computed only the suffix
+        assert text2 == ref.text(turn2, MAX_TOKENS)
+
+        moved_bytes = info2["num_prefix_transfer_bytes"]
+        assert moved_bytes == _state_bytes(ref, turn2, moved)
+        assert sent == moved_bytes  # the PrfaaS transport delivered exactly the prefix
+        assert _metric(system, None, "prfaas:prefix_transfers_total", outcome="done") == 1
+        assert _metric(system, None, "prfaas:prefix_transfer_bytes_total") == moved_bytes
+        assert _metric(system, None, "prfaas:prefix_cache_hit_tokens_total", cluster="pd") >= moved
+        imported = _metric(system, "pd-prefill-0", "prfaas:prefix_imports_total", outcome="stored")
+        assert imported == 1
+
+
+def test_without_a_receiver_the_move_is_skipped_and_pd_prefill_recomputes(
+    tmp_path: Path, ref: Reference
+) -> None:
+    with _system(tmp_path, pd_prefill_kv=False) as system:
+        turn2 = _first_turn(system, ref)
+        text2, info2 = _complete(system, turn2)
+        assert info2["route"] == "pd_prefill", info2
+        assert info2["prefix_transfer"] == "skipped_no_receiver", info2
+        assert info2["num_prefix_transfer_tokens"] == 0
+        assert info2["num_cached_tokens"] == 0  # the whole prompt computed at PD-P
+        assert text2 == ref.text(turn2, MAX_TOKENS)
+        skipped = _metric(
+            system, None, "prfaas:prefix_transfers_total", outcome="skipped_no_receiver"
+        )
+        assert skipped == 1
+        assert _metric(system, None, "prfaas:prefix_transfers_total", outcome="done") == 0

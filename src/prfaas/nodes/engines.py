@@ -38,6 +38,7 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
             seed=model.seed,
             sleep=lambda seconds: time.sleep(seconds * scale) if scale > 0 else None,
             prefix_cache=prefix_cache,
+            payload_scale=model.payload_scale,
         )
     import torch
 

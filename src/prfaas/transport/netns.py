@@ -1,19 +1,39 @@
-"""A kernel-shaped link for tests and benchmarks: two network namespaces joined by a veth pair.
+"""Kernel-shaped links between network namespaces, for tests, benchmarks and the testbed.
 
-The sending side's veth gets `tc ... tbf rate R` (netem is absent on the project machines). Needs
-root and `ip`/`tc`; `netns_unavailable_reason()` says why not, so tests can skip cleanly. The
-namespaces are deleted on exit, whatever happens inside.
+Primitives (each one `ip`/`tc` call, failures raised as `NetnsError` with the tool's message):
+`add_namespace` / `delete_namespace` / `list_namespaces`, `add_veth` (a veth pair straight into
+two namespaces, addressed and up), `set_tbf` (a `tc tbf` rate limit on a device, optionally with a
+netem delay below it where the kernel has netem; the project machines do not), `qdisc_stats` (the
+`tc -s` counters), `set_link_up`, `namespace_pids`, and `call_in_netns` (run a function on a thread
+that has entered a namespace, so its sockets live there). `NetnsLink` is the two-namespace link
+the transport tests and `prfaas bench transport` use: the sending side's veth gets `tbf rate R`.
+
+Needs root and `ip`/`tc`; `netns_unavailable_reason()` says why not, so tests can skip cleanly.
 """
 
 from __future__ import annotations
 
+import ctypes
+import json
 import os
 import shutil
 import subprocess
+import threading
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from types import TracebackType
+from typing import TypeVar
 
 _SUBNET_PREFIX = "10.200"
+_CLONE_NEWNET = 0x40000000
+_NETNS_DIR = "/var/run/netns"
+_TBF_LATENCY = "50ms"  # how long a packet may wait in the tbf queue before it is dropped
+T = TypeVar("T")
+
+
+class NetnsError(RuntimeError):
+    """An `ip` or `tc` command failed; the message holds the command and its stderr."""
 
 
 def netns_unavailable_reason() -> str | None:
@@ -31,12 +51,171 @@ def netns_unavailable_reason() -> str | None:
     return None
 
 
+def exec_prefix(ns: str) -> list[str]:
+    """The argv prefix that runs a command inside namespace `ns`."""
+    return ["ip", "netns", "exec", ns]
+
+
+def add_namespace(ns: str) -> None:
+    """Create namespace `ns` with its loopback up."""
+    _run("ip", "netns", "add", ns)
+    _run("ip", "-n", ns, "link", "set", "lo", "up")
+
+
+def delete_namespace(ns: str) -> bool:
+    """Delete namespace `ns`; False when there was none."""
+    done = subprocess.run(["ip", "netns", "del", ns], capture_output=True, text=True)
+    return done.returncode == 0
+
+
+def list_namespaces() -> list[str]:
+    """Names of the namespaces `ip netns` knows."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def namespace_pids(ns: str) -> list[int]:
+    """Processes running inside namespace `ns` (none when it does not exist)."""
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True)
+    return [int(word) for word in done.stdout.split() if word.isdigit()]
+
+
+@dataclass(frozen=True)
+class VethEnd:
+    """One end of a veth pair: its namespace, device name and IPv4 address."""
+
+    ns: str
+    dev: str
+    ip: str
+
+
+def add_veth(a: VethEnd, b: VethEnd, prefix_len: int = 24) -> None:
+    """A veth pair created straight inside both namespaces, each end addressed and up (the
+    connected subnet is the route between them)."""
+    _run("ip", "link", "add", a.dev, "netns", a.ns, "type", "veth", "peer", "name", b.dev,
+         "netns", b.ns)  # fmt: skip
+    for end in (a, b):
+        _run("ip", "-n", end.ns, "addr", "add", f"{end.ip}/{prefix_len}", "dev", end.dev)
+        _run("ip", "-n", end.ns, "link", "set", end.dev, "up")
+
+
+def set_link_up(ns: str, dev: str, is_up: bool) -> None:
+    """Bring device `dev` in `ns` up or down (down: the peer loses carrier, nothing crosses)."""
+    _run("ip", "-n", ns, "link", "set", dev, "up" if is_up else "down")
+
+
+def link_is_up(ns: str, dev: str) -> bool:
+    """Whether `dev` in `ns` is administratively up with a carrier (False when it is gone)."""
+    done = subprocess.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        return False
+    links = json.loads(done.stdout or "[]")
+    flags = links[0].get("flags", []) if links else []
+    return "UP" in flags and "LOWER_UP" in flags
+
+
+def tbf_rate_arg(rate_gbps: float) -> str:
+    """`tc`'s rate argument for `rate_gbps`, in whole kbit/s (at least 8 kbit/s)."""
+    if not rate_gbps > 0:
+        raise ValueError(f"a tbf rate must be > 0 Gbps, got {rate_gbps}")
+    return f"{max(8, round(rate_gbps * 1e6))}kbit"
+
+
+def set_tbf(
+    ns: str,
+    dev: str,
+    rate_gbps: float,
+    burst_bytes: int,
+    *,
+    delay_ms: float = 0.0,
+) -> None:
+    """Shape egress of `dev` to `rate_gbps` with a token bucket of `burst_bytes` (replacing any
+    root qdisc); with `delay_ms` > 0 a netem delay runs below the tbf (needs the kernel's netem)."""
+    tbf = ["tbf", "rate", tbf_rate_arg(rate_gbps), "burst", str(burst_bytes)]
+    _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:", *tbf,
+         "latency", _TBF_LATENCY)  # fmt: skip
+    if delay_ms > 0:
+        _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
+             "netem", "delay", f"{delay_ms:g}ms")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class QdiscStats:
+    """The root qdisc's `tc -s` counters on one device."""
+
+    kind: str
+    rate_bytes_per_s: float  # configured rate (tbf), 0 when the qdisc has none
+    burst_bytes: int
+    bytes_sent: int
+    packets_sent: int
+    drops: int
+    overlimits: int
+    backlog_bytes: int
+
+
+def qdisc_stats(ns: str, dev: str) -> QdiscStats:
+    """The root qdisc of `dev` in `ns` and its counters (`tc -s -j qdisc show`)."""
+    done = subprocess.run(
+        ["tc", "-n", ns, "-s", "-j", "qdisc", "show", "dev", dev], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise NetnsError(f"tc qdisc show dev {dev} in {ns} failed: {done.stderr.strip()}")
+    qdiscs = json.loads(done.stdout or "[]")
+    root = next((q for q in qdiscs if q.get("root")), None)
+    if root is None:
+        raise NetnsError(f"device {dev} in {ns} has no root qdisc")
+    options = root.get("options", {})
+    return QdiscStats(
+        kind=str(root.get("kind", "")),
+        rate_bytes_per_s=float(options.get("rate", 0)),
+        burst_bytes=int(options.get("burst", 0)),
+        bytes_sent=int(root.get("bytes", 0)),
+        packets_sent=int(root.get("packets", 0)),
+        drops=int(root.get("drops", 0)),
+        overlimits=int(root.get("overlimits", 0)),
+        backlog_bytes=int(root.get("backlog", 0)),
+    )
+
+
+def call_in_netns(ns: str, fn: Callable[[], T]) -> T:
+    """`fn()` on a thread that entered namespace `ns` first: sockets it opens live there."""
+    outcome: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            _enter_netns(ns)
+            outcome["value"] = fn()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=body, name=f"netns-{ns}", daemon=True)
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["value"]  # type: ignore[return-value]
+
+
+def _enter_netns(ns: str) -> None:
+    """Move the calling thread into namespace `ns` (setns: network namespaces are per thread)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(os.path.join(_NETNS_DIR, ns), os.O_RDONLY)
+    try:
+        if libc.setns(fd, _CLONE_NEWNET) != 0:
+            errno = ctypes.get_errno()
+            raise NetnsError(f"setns into {ns} failed: {os.strerror(errno)}")
+    finally:
+        os.close(fd)
+
+
 class NetnsLink:
     """`with NetnsLink(rate_gbps=1.0) as link:` then run `link.sender_cmd(argv)` and
     `link.receiver_cmd(argv)`.
 
     The receiver listens on `link.receiver_ip` inside its namespace; traffic sender -> receiver is
-    limited to `rate_gbps` (None: unshaped veth).
+    limited to `rate_gbps` (None: unshaped veth). The namespaces are deleted on exit, whatever
+    happens inside.
     """
 
     def __init__(self, rate_gbps: float | None, burst_bytes: int = 4 << 20) -> None:
@@ -66,44 +245,25 @@ class NetnsLink:
         self.delete()
 
     def sender_cmd(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.sender_ns, *argv]
+        return [*exec_prefix(self.sender_ns), *argv]
 
     def receiver_cmd(self, argv: list[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.receiver_ns, *argv]
+        return [*exec_prefix(self.receiver_ns), *argv]
 
     def delete(self) -> None:
         for ns in (self.sender_ns, self.receiver_ns):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            delete_namespace(ns)
 
     def _create(self) -> None:
-        a, b = self.sender_ns, self.receiver_ns
-        _run("ip", "netns", "add", a)
-        _run("ip", "netns", "add", b)
-        _run("ip", "link", "add", self._veth_a, "netns", a, "type", "veth", "peer", "name",
-             self._veth_b, "netns", b)  # fmt: skip
-        for ns, dev, ip in ((a, self._veth_a, self.sender_ip), (b, self._veth_b, self.receiver_ip)):
-            _run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
-            _run("ip", "-n", ns, "link", "set", dev, "up")
-            _run("ip", "-n", ns, "link", "set", "lo", "up")
+        add_namespace(self.sender_ns)
+        add_namespace(self.receiver_ns)
+        sender = VethEnd(self.sender_ns, self._veth_a, self.sender_ip)
+        add_veth(sender, VethEnd(self.receiver_ns, self._veth_b, self.receiver_ip))
         if self.rate_gbps is not None:
-            rate = f"{int(self.rate_gbps * 1000)}mbit"
-            tbf = ["tbf", "rate", rate, "burst", str(self._burst_bytes), "latency", "50ms"]
-            _run(
-                "ip",
-                "netns",
-                "exec",
-                a,
-                "tc",
-                "qdisc",
-                "replace",
-                "dev",
-                self._veth_a,
-                "root",
-                *tbf,
-            )
+            set_tbf(self.sender_ns, self._veth_a, self.rate_gbps, self._burst_bytes)
 
 
 def _run(*argv: str) -> None:
     done = subprocess.run(list(argv), capture_output=True, text=True)
     if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+        raise NetnsError(f"{' '.join(argv)} failed: {done.stderr.strip()}")

@@ -1,0 +1,251 @@
+"""`prfaas testbed up | down | status | link`: the two-datacenter testbed on one machine.
+
+`up` builds network namespaces for the PrfaaS cluster, the PD cluster (with the router) and a
+client, joins them with veth links (the PrfaaS -> PD "WAN" shaped by `tc tbf`), and starts a
+topology of emulated engines (paper-1t on H200 / H20 timing, scaled) or tiny torch ones inside
+them; it returns once the router is ready and leaves everything running. `status` reports it,
+`link` changes the WAN's rate or cuts it, `down` removes it. Needs root (docs/testbed.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from prfaas.cli._args import MAX_LENGTH_TOKENS, bounded_int, float_in, positive_float
+from prfaas.cli._output import add_json_flag, print_json
+from prfaas.errors import UserError
+
+_READY_TIMEOUT_S = 180.0
+_MAX_DELAY_MS = 10_000.0
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "testbed",
+        help="a two-datacenter testbed in network namespaces (root)",
+        description="Network namespaces for a PrfaaS cluster, a PD cluster and a client, a "
+        "tbf-shaped inter-datacenter link, and a deployment running inside them.",
+    )
+    sub = p.add_subparsers(dest="testbed_command", metavar="ACTION", required=True)
+    _register_up(sub)
+    for action, what, handler in (
+        ("down", "stop the services and delete the namespaces", _run_down),
+        ("status", "namespaces, processes, router readiness and WAN counters", _run_status),
+    ):
+        q = sub.add_parser(action, help=what, description=what[0].upper() + what[1:] + ".")
+        _common(q)
+        q.set_defaults(handler=handler)
+    q = sub.add_parser(
+        "link",
+        help="change the WAN: rate (nominal Gbps, scaled as at up) or cut/restore it",
+        description="Change the PrfaaS -> PD link of a running testbed. --gbps is nominal and "
+        "scaled like at `up` (wire = nominal x payload scale / time scale).",
+    )
+    _common(q)
+    q.add_argument("--gbps", type=float_in(1e-6, 1e6, low_open=True), help="nominal Gbps")
+    state = q.add_mutually_exclusive_group()
+    state.add_argument("--down", dest="is_up", action="store_false", default=None)
+    state.add_argument("--up", dest="is_up", action="store_true")
+    q.set_defaults(handler=_run_link)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from prfaas.nodes.testbed import DEFAULT_NAME, DEFAULT_STATE_ROOT
+
+    p.add_argument("--name", default=DEFAULT_NAME, help="testbed name, prefix of its namespaces")
+    p.add_argument(
+        "--state-dir",
+        default=str(DEFAULT_STATE_ROOT),
+        help="where each testbed's run directory (state, topology, logs) lives",
+    )
+    add_json_flag(p)
+
+
+def _register_up(sub: Any) -> None:
+    p = sub.add_parser(
+        "up",
+        help="build the namespaces and links, start the deployment, return when ready",
+        description="Build the testbed and start its services detached (or in the foreground "
+        "with --foreground, until Ctrl-C). Emulated engines: compute sleeps time-scale x the "
+        "cost model, payloads are payload-scale x the real KV bytes, the WAN runs at "
+        "gbps x payload-scale / time-scale.",
+    )
+    _common(p)
+    p.add_argument("--engine", choices=["emulated", "torch"], default="emulated")
+    p.add_argument("--model", default="qwen3_next", help="served model (tiny preset for torch)")
+    p.add_argument("--emulate", default="paper-1t", help="model preset emulated engines time")
+    p.add_argument(
+        "--gbps",
+        type=float_in(1e-6, 1e6, low_open=True),
+        default=None,
+        help="nominal inter-DC link (default: 100, the paper's; 1 with --engine torch)",
+    )
+    scale = float_in(0, 1e3, low_open=True)
+    p.add_argument("--time-scale", type=scale, help="s: compute slept (emulated; default 1)")
+    fraction = float_in(0, 1, low_open=True)
+    p.add_argument("--payload-scale", type=fraction, help="p: KV bytes sent (default 0.01)")
+    counts = bounded_int(0, 16)
+    p.add_argument("--prfaas", type=counts, default=1, help="PrfaaS prefill instances")
+    p.add_argument("--pd-prefill", type=counts, default=1, help="PD prefill instances")
+    p.add_argument("--pd-decode", type=counts, default=1, help="PD decode instances")
+    p.add_argument(
+        "--threshold",
+        type=_threshold,
+        default=None,
+        help='t in tokens, or "auto" (Eq. 7 on the nominal deployment; default for emulated; '
+        "128 for torch)",
+    )
+    p.add_argument("--failure", choices=["recompute", "fail"], default="recompute")
+    p.add_argument("--transfer-deadline", type=positive_float, default=60.0, help="seconds")
+    p.add_argument("--drain", type=float_in(0, 600), default=5.0, help="seconds, on SIGTERM")
+    p.add_argument("--delay-ms", type=float_in(0, _MAX_DELAY_MS), default=0.0,
+                   help="one-way WAN delay (needs the kernel's netem qdisc)")  # fmt: skip
+    p.add_argument("--ready-timeout", type=positive_float, default=_READY_TIMEOUT_S)
+    p.add_argument("--foreground", action="store_true", help="run until Ctrl-C, then down")
+    p.set_defaults(handler=_run_up)
+
+
+def _threshold(text: str) -> float | str:
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected tokens or "auto", got {text!r}') from None
+    if not 0 <= value <= MAX_LENGTH_TOKENS:
+        raise argparse.ArgumentTypeError(f"must be in [0, {MAX_LENGTH_TOKENS:,}], got {text!r}")
+    return value
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The `TestbedSpec` of `up`'s flags (engine-dependent defaults filled in)."""
+    from prfaas.nodes.testbed import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
+
+    torch = args.engine == "torch"
+    if torch and (args.time_scale is not None or args.payload_scale is not None):
+        raise UserError("--time-scale and --payload-scale apply to --engine emulated only")
+    default_gbps = TORCH_LINK_GBPS if torch else PAPER_LINK_GBPS
+    scale = TestbedScale(
+        args.gbps if args.gbps is not None else default_gbps,
+        args.time_scale if args.time_scale is not None else 1.0,
+        args.payload_scale if args.payload_scale is not None else (1.0 if torch else 0.01),
+    )
+    threshold = args.threshold if args.threshold is not None else (128.0 if torch else "auto")
+    return TestbedSpec(
+        name=args.name,
+        engine=args.engine,
+        model=args.model,
+        emulate=args.emulate,
+        scale=scale,
+        num_prfaas_prefill=args.prfaas,
+        num_pd_prefill=args.pd_prefill,
+        num_pd_decode=args.pd_decode,
+        threshold=threshold,
+        failure=args.failure,
+        transfer_deadline_s=args.transfer_deadline,
+        drain_s=args.drain,
+        delay_ms=args.delay_ms,
+    )
+
+
+def _run_up(args: argparse.Namespace) -> int:
+    from prfaas.nodes import testbed_run
+
+    spec = spec_from_args(args)
+    root = Path(args.state_dir)
+    if args.foreground:
+
+        def announce(state: dict[str, Any]) -> None:
+            _print_up(args, state)
+            print("Ctrl-C stops the testbed and deletes its namespaces.", flush=True)
+
+        return testbed_run.run_foreground(spec, root, args.ready_timeout, announce)
+    _print_up(args, testbed_run.up(spec, root, args.ready_timeout))
+    return 0
+
+
+def _print_up(args: argparse.Namespace, state: dict[str, Any]) -> None:
+    if args.json:
+        print_json(state)
+        sys.stdout.flush()
+        return
+    scale = state["scale"]
+    took = f" in {state['up_s']:g} s" if "up_s" in state else ""
+    print(f"testbed {state['name']} is up{took}: router {state['router_url']}/v1")
+    print(
+        f"  WAN {state['wan']['ns']}/{state['wan']['dev']}: tbf {state['wire_gbps']:g} Gbps = "
+        f"{scale['nominal_gbps']:g} Gbps nominal x payload {scale['payload_scale']:g} / "
+        f"time {scale['time_scale']:g}"
+    )
+    print(f"  threshold t = {state['threshold_tokens']:.0f} tokens ({state['threshold']})")
+    print(f"  clients: {shlex.join(state['client_exec'])} COMMAND")
+    print(f"  stop: prfaas testbed down --name {state['name']}", flush=True)
+
+
+def _run_down(args: argparse.Namespace) -> int:
+    from prfaas.nodes import testbed_run
+
+    report = testbed_run.down(args.name, Path(args.state_dir))
+    if args.json:
+        print_json(report)
+    elif report["existed"]:
+        deleted = ", ".join(report["deleted_namespaces"]) or "none left"
+        print(f"{report['message']} in {report['down_s']:g} s (namespaces deleted: {deleted})")
+    else:
+        print(report["message"])
+    return 0
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from prfaas.nodes import testbed_run
+
+    report = testbed_run.status(args.name, Path(args.state_dir))
+    if args.json:
+        print_json(report)
+    else:
+        _print_status(report)
+    return 0 if report["all_up"] else 1
+
+
+def _print_status(report: dict[str, Any]) -> None:
+    if not report["exists"]:
+        print(f"no testbed {report['name']!r}")
+        return
+    print(f"testbed {report['name']}: {'up' if report['all_up'] else 'NOT all up'}"
+          f" (phase {report['phase']})")  # fmt: skip
+    for ns, present in report["namespaces"].items():
+        print(f"  namespace {ns}: {'present' if present else 'MISSING'}")
+    for name, svc in report.get("services", {}).items():
+        print(f"  {name:<20} pid {svc['pid']:<8} {'alive' if svc['alive'] else 'DEAD'}")
+    if "router_url" in report:
+        print(f"  router {report['router_url']}: {'ready' if report['router_ready'] else 'no'}")
+    link = report.get("link")
+    if link and "bytes_sent" in link:
+        print(
+            f"  WAN {link['dev']}: {'up' if link['up'] else 'DOWN'}, tbf "
+            f"{link['rate_bytes_per_s'] * 8 / 1e9:g} Gbps, sent {link['bytes_sent']:,} B in "
+            f"{link['packets_sent']:,} packets, dropped {link['drops']}, overlimits "
+            f"{link['overlimits']}"
+        )
+
+
+def _run_link(args: argparse.Namespace) -> int:
+    from prfaas.nodes import testbed_run
+
+    if args.gbps is None and args.is_up is None:
+        raise UserError("give --gbps, --down or --up")
+    report = testbed_run.change_link(
+        args.name, Path(args.state_dir), nominal_gbps=args.gbps, is_up=args.is_up
+    )
+    if args.json:
+        print_json(report)
+    else:
+        print(
+            f"testbed {report['name']} WAN: {'up' if report['up'] else 'DOWN'}, "
+            f"{report['nominal_gbps']:g} Gbps nominal = {report['wire_gbps']:g} Gbps on the wire"
+        )
+    return 0

@@ -1,0 +1,162 @@
+"""`prfaas testbed`: a real two-datacenter testbed in network namespaces (needs root).
+
+`up` through the CLI (emulated paper-1t, scaled), requests sent from inside the client
+namespace, a short one prefilled locally and a long one on PrfaaS whose KV crosses the tbf-shaped
+WAN veth (its qdisc's byte counter grows by at least the transfer), `status --json`, the link cut
+as a negative control, a second `up` refused, and `down` removing namespaces and processes.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prfaas.transport.netns import list_namespaces, netns_unavailable_reason, qdisc_stats
+
+_REASON = netns_unavailable_reason()
+if _REASON is not None:
+    pytest.skip(f"testbed needs network namespaces: {_REASON}", allow_module_level=True)
+
+pytestmark = [pytest.mark.slow, pytest.mark.netns]
+
+NAME = f"tbt-{uuid.uuid4().hex[:6]}"  # next to any testbed a user runs
+SHORT_WORDS, LONG_WORDS = 20, 3500  # ~120 and ~21 000 prompt tokens for the tiny tokenizer
+# s = 0.25, p = 0.0025: the wire runs at 100 x 0.0025 / 0.25 = 1 Gbps, compute 4x faster
+SCALE_FLAGS = ["--time-scale", "0.25", "--payload-scale", "0.0025"]
+DEADLINE_S = 10.0  # transfer deadline: a request whose KV cannot cross gives up after it
+REQUEST = """
+import json, sys, time, urllib.error, urllib.request
+url, words = sys.argv[1], int(sys.argv[2])
+body = json.dumps({"model": "qwen3_next", "prompt": "hello " * words, "max_tokens": 4}).encode()
+started = time.monotonic()
+headers = {"Content-Type": "application/json"}
+request = urllib.request.Request(url + "/v1/completions", body, headers)
+try:
+    with urllib.request.urlopen(request, timeout=90) as reply:
+        out = {"status": reply.status, "route": reply.headers.get("x-prfaas-route"),
+               "prfaas": json.loads(reply.read())["prfaas"]}
+except urllib.error.HTTPError as exc:
+    out = {"status": exc.code, "error": exc.read().decode()[:300]}
+out["elapsed_s"] = time.monotonic() - started
+print(json.dumps(out))
+"""
+
+
+def _prfaas(state_dir: Path, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "prfaas", "testbed", *args, "--name", NAME]
+    cmd += ["--state-dir", str(state_dir)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    state_dir = tmp_path_factory.mktemp("testbed")
+    started = time.monotonic()
+    deadline = ["--transfer-deadline", str(DEADLINE_S)]
+    done = _prfaas(state_dir, "up", *SCALE_FLAGS, *deadline, "--json")
+    try:
+        assert done.returncode == 0, done.stderr
+        state = json.loads(done.stdout)
+        state["state_dir"] = state_dir
+        state["up_wall_s"] = time.monotonic() - started
+        yield state
+    finally:
+        _prfaas(state_dir, "down")
+
+
+def _send(state: dict[str, Any], num_words: int) -> dict[str, Any]:
+    """One completion sent from inside the client namespace (it crosses the client veth)."""
+    cmd = [
+        *state["client_exec"],
+        sys.executable,
+        "-c",
+        REQUEST,
+        state["router_url"],
+        str(num_words),
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+def _wan_bytes(state: dict[str, Any]) -> int:
+    return qdisc_stats(state["wan"]["ns"], state["wan"]["dev"]).bytes_sent
+
+
+def test_up_builds_three_namespaces_and_a_shaped_wan(testbed: dict[str, Any]) -> None:
+    assert set(testbed["namespaces"].values()) <= set(list_namespaces())
+    stats = qdisc_stats(testbed["wan"]["ns"], testbed["wan"]["dev"])
+    assert stats.kind == "tbf" and stats.rate_bytes_per_s == pytest.approx(1e9 / 8, rel=1e-3)
+    assert testbed["wire_gbps"] == pytest.approx(1.0)
+    print(f"testbed up in {testbed['up_wall_s']:.1f} s (CLI wall)")
+
+
+def test_a_second_up_with_the_same_name_is_refused(testbed: dict[str, Any]) -> None:
+    done = _prfaas(testbed["state_dir"], "up")
+    assert done.returncode == 2
+    assert "already exists" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_short_stays_local_and_long_crosses_the_wan(testbed: dict[str, Any]) -> None:
+    short = _send(testbed, SHORT_WORDS)
+    assert short["status"] == 200 and short["route"] == "pd_prefill", short
+    before = _wan_bytes(testbed)
+    long = _send(testbed, LONG_WORDS)
+    grew = _wan_bytes(testbed) - before
+    assert long["status"] == 200 and long["route"] == "prfaas", long
+    kv_bytes = long["prfaas"]["kv_bytes"]
+    assert kv_bytes > 1_000_000  # p x the 1T model's KV of ~21K tokens
+    assert grew >= kv_bytes  # the KV went through the shaped qdisc
+    print(f"long request: {kv_bytes:,} KV bytes, WAN qdisc +{grew:,} B, {long['elapsed_s']:.2f} s")
+
+
+def test_status_json_reports_everything_up(testbed: dict[str, Any]) -> None:
+    done = _prfaas(testbed["state_dir"], "status", "--json")
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["all_up"], report
+    assert report["router_ready"] and all(report["namespaces"].values())
+    assert set(report["services"]) == {"router", "prfaas-prefill-0", "pd-prefill-0", "pd-decode-0"}
+    assert report["link"]["up"] and report["link"]["kind"] == "tbf"
+
+
+def test_with_the_wan_cut_a_long_request_does_not_cross(testbed: dict[str, Any]) -> None:
+    state_dir = testbed["state_dir"]
+    assert _prfaas(state_dir, "link", "--down").returncode == 0
+    try:
+        before = _wan_bytes(testbed)
+        reply = _send(testbed, LONG_WORDS)
+        grew = _wan_bytes(testbed) - before
+        print(f"WAN cut: {json.dumps(reply)[:400]}")
+        assert reply["elapsed_s"] < DEADLINE_S + 15  # the deadline, then a local recompute
+        # recomputed locally (failure = recompute) or routed around PrfaaS: no KV crossed
+        assert (
+            reply["status"] != 200
+            or reply["prfaas"]["route"] != "prfaas"
+            or (reply["prfaas"]["kv_bytes"] == 0)
+        ), reply
+        assert grew < 100_000
+    finally:
+        assert _prfaas(state_dir, "link", "--up").returncode == 0
+
+
+def test_down_removes_the_namespaces_and_stops_every_process(testbed: dict[str, Any]) -> None:
+    state_dir = testbed["state_dir"]
+    status = json.loads(_prfaas(state_dir, "status", "--json").stdout)
+    pids = [svc["pid"] for svc in status["services"].values()]
+    started = time.monotonic()
+    done = _prfaas(state_dir, "down")
+    took_s = time.monotonic() - started
+    assert done.returncode == 0 and "is down" in done.stdout, done.stderr
+    assert not set(testbed["namespaces"].values()) & set(list_namespaces())
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    again = _prfaas(state_dir, "down")
+    assert again.returncode == 0 and "nothing to do" in again.stdout
+    print(f"testbed down in {took_s:.1f} s (CLI wall)")

@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "router, prefill, decode, up": "prfaas.cli.serve",  # the live services
     "demo": "prfaas.cli.demo",
     "status": "prfaas.cli.status",
+    "testbed": "prfaas.cli.testbed",
 }
 
 

@@ -154,14 +154,19 @@ class EmulatedEngine:
         max_positions: int | None = None,
         prefix_cache: PrefixCacheConfig | None = None,
         payload_scale: float = 1.0,
+        time_scale: float = 1.0,
     ):
         """`max_positions` caps prompt + generated tokens; None takes the spec's
         `max_position_embeddings` when it has one, else there is no limit. With `prefix_cache`
         the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`).
         `payload_scale` in (0, 1] shrinks exported payloads (and what imports expect) to that
-        fraction of the model's real bytes, per tensor (`layer_tensor_sizes`)."""
+        fraction of the model's real bytes, per tensor (`layer_tensor_sizes`). The engine
+        sleeps `time_scale` x the cost model's durations (0: it does not sleep)."""
         if not 0 < payload_scale <= 1:
             raise UserError(f"payload_scale must be in (0, 1], got {payload_scale}")
+        if not time_scale >= 0:
+            raise UserError(f"time_scale must be >= 0, got {time_scale}")
+        self.time_scale = time_scale
         self.payload_scale = payload_scale
         self.spec = spec
         self.cost = cost
@@ -171,7 +176,7 @@ class EmulatedEngine:
         self.kv_dtype = kv_dtype
         self.seed = seed
         self.max_batch_size = max_batch_size
-        self.sleep = sleep
+        self._sleep = sleep
         self.requests: dict[str, EmulatedRequest] = {}
         self._waiting: list[str] = []
         self._rng = random.Random(seed)
@@ -181,6 +186,14 @@ class EmulatedEngine:
         self.prefix = (
             None if prefix_cache is None else EmulatedPrefixCache(spec, kv_dtype, prefix_cache)
         )
+
+    def predicted_prefill_s(self, num_tokens: int) -> float:
+        """Seconds this engine takes to prefill `num_tokens` from scratch (what it sleeps)."""
+        return float(self._t_prefill_s(num_tokens)) * self.time_scale
+
+    def _sleep_scaled(self, model_s: float) -> None:
+        if self.time_scale > 0:
+            self._sleep(model_s * self.time_scale)
 
     @property
     def prefix_pool(self) -> HybridPrefixPool | None:
@@ -345,7 +358,7 @@ class EmulatedEngine:
         state.num_computed_tokens = state.num_prompt_tokens
         offset = 0
         for layer in self.spec.layers:
-            self.sleep(per_layer_s)
+            self._sleep_scaled(per_layer_s)
             if on_layer is not None:
                 layer_state = self._export_layer(state, layer, offset, num_skip)
                 offset += layer_state.entry.num_bytes
@@ -506,7 +519,7 @@ class EmulatedEngine:
         for start in range(0, len(running), self.max_batch_size):
             group = running[start : start + self.max_batch_size]
             context = sum(r.num_computed_tokens for r in group) // len(group)
-            self.sleep(self._t_decode_step_s(len(group), context))
+            self._sleep_scaled(self._t_decode_step_s(len(group), context))
             for state in group:
                 state.num_computed_tokens += 1
                 self._next_token(state)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from typing import Any
 
 from prfaas.nodes.topology import InstanceConfig, Topology
@@ -30,15 +29,14 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
     if instance.engine == "emulated":
         from prfaas.engine.emulated import make_emulated_engine
 
-        scale = model.time_scale
         return make_emulated_engine(
             model.emulate,
             instance.hardware,
             instance.num_gpus,
             seed=model.seed,
-            sleep=lambda seconds: time.sleep(seconds * scale) if scale > 0 else None,
             prefix_cache=prefix_cache,
             payload_scale=model.payload_scale,
+            time_scale=model.time_scale,
         )
     import torch
 
@@ -79,19 +77,20 @@ class PrefillRate:
     """Expected prefill seconds for queued tokens on one instance."""
 
     def __init__(self, engine: Any) -> None:
-        self._cost = getattr(engine, "cost", None)  # EmulatedEngine's CostModel
+        # an EmulatedEngine knows what it will sleep (its cost model x its time scale)
+        self._predicted_s = getattr(engine, "predicted_prefill_s", None)
         self.tokens_per_s = _INITIAL_TOKENS_PER_S
 
     def expected_s(self, num_tokens: int) -> float:
         if num_tokens <= 0:
             return 0.0
-        if self._cost is not None:
-            return float(self._cost.t_prefill_s(num_tokens))
+        if self._predicted_s is not None:
+            return float(self._predicted_s(num_tokens))
         return num_tokens / self.tokens_per_s
 
     def observe(self, num_tokens: int, elapsed_s: float) -> None:
         """Fold one measured prefill into the rate (real engines only)."""
-        if self._cost is not None or elapsed_s <= 0 or num_tokens <= 0:
+        if self._predicted_s is not None or elapsed_s <= 0 or num_tokens <= 0:
             return
         rate = num_tokens / elapsed_s
         self.tokens_per_s += _RATE_EWMA_WEIGHT * (rate - self.tokens_per_s)

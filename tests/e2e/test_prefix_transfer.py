@@ -1,4 +1,4 @@
-"""Cross-cluster prefix transfer, live: the PrfaaS cluster's cached prefix moves to PD-P.
+"""Cross-cluster prefix transfer, live: a cached prefix moves between the clusters, both ways.
 
 Router + PrfaaS prefill + PD prefill + PD decode as real processes on 127.0.0.1 (tiny torch
 qwen3_next, prefix cache on every instance, threshold 64). Turn 1 (long) prefills on PrfaaS,
@@ -9,6 +9,11 @@ import at PD-P), its bytes are S_kv of the moved tokens (the state a one-process
 many tokens has), PD-P reused the moved tokens, and both turns' outputs equal the one-process
 engine's. Negative control: the same with a PD-P without `kv` (no receiver) counts
 skipped_no_receiver, PD-P recomputes the prefix, and the output is the same.
+
+The reverse move: a PrfaaS prefill instance with `kv`; turn 1 is short, so it prefills at PD-P
+(a plain prefill instance, the holder), which caches its first block; turn 2 adds a long
+follow-up, so its increment over that block exceeds the threshold and it prefills on PrfaaS
+with the PD-P block moved there first. Checked the same way, from PD-P's transport.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from services_harness import (
     LONG_PROMPT,
     Reference,
     System,
+    get_json,
     get_text,
     launch,
     metric_value,
@@ -60,7 +66,12 @@ def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
     )
 
 
-def _topology(directory: Path, pd_prefill_kv: bool) -> Path:
+def _topology(
+    directory: Path, pd_prefill_kv: bool, prfaas_kv: bool = False, controller: bool = False
+) -> Path:
+    """`controller`: a driven `[controller]` (never ticked here), so every PD instance is a
+    convertible one (`pd_instance`); it needs `pd_prefill_kv`."""
+    controller_table = "[controller]\ndriven = true\n" if controller else ""
     text = f"""\
 [model]
 name = "qwen3_next"
@@ -82,11 +93,11 @@ token = "{TOKEN}"
 [prefix_cache]
 block_tokens = {BLOCK_TOKENS}
 budget_bytes = {256 << 20}
-
+{controller_table}
 [[clusters]]
 name = "prfaas"
 kind = "prfaas"
-{_instance("prfaas-prefill-0", "prefill", "h200", kv=False)}
+{_instance("prfaas-prefill-0", "prefill", "h200", kv=prfaas_kv)}
 [[clusters]]
 name = "pd"
 kind = "pd"
@@ -100,8 +111,11 @@ kind = "pd"
 
 
 @contextmanager
-def _system(directory: Path, pd_prefill_kv: bool) -> Iterator[System]:
-    system = launch(_topology(directory, pd_prefill_kv), directory / "logs")
+def _system(
+    directory: Path, pd_prefill_kv: bool, prfaas_kv: bool = False, controller: bool = False
+) -> Iterator[System]:
+    path = _topology(directory, pd_prefill_kv, prfaas_kv, controller)
+    system = launch(path, directory / "logs")
     try:
         yield system
     finally:
@@ -196,3 +210,60 @@ def test_without_a_receiver_the_move_is_skipped_and_pd_prefill_recomputes(
         )
         assert skipped == 1
         assert _metric(system, None, "prfaas:prefix_transfers_total", outcome="done") == 0
+
+
+# the tiny models' tokenizer has one token per character: turn 1 is 48 tokens (one cached block
+# at PD-P, an increment <= THRESHOLD), turn 2 adds a follow-up of more than THRESHOLD tokens
+REVERSE_TURN1 = LONG_PROMPT[:48]
+REVERSE_FOLLOW_UP = " " + LONG_PROMPT[48:150]
+
+
+@pytest.mark.parametrize("holder", ["plain", "convertible"])
+def test_a_pd_prefix_moves_to_a_prfaas_instance_with_kv(
+    tmp_path: Path, ref: Reference, holder: str
+) -> None:
+    """`holder`: PD-P as a plain prefill instance (no `kv`), or as a convertible PD instance
+    (under a driven `[controller]`, with `kv`), serving `/internal/prefix_export` either way."""
+    convertible = holder == "convertible"
+    with _system(
+        tmp_path, pd_prefill_kv=convertible, prfaas_kv=True, controller=convertible
+    ) as system:
+        if convertible:  # only a convertible PD instance answers /internal/role
+            url = f"{system.instance_url('pd-prefill-0')}/internal/role"
+            assert get_json(url, headers=system.internal_headers())["role"] == "prefill"
+        num_turn1 = len(ref.loaded.tokenizer.encode(REVERSE_TURN1))
+        assert BLOCK_TOKENS < num_turn1 <= THRESHOLD
+        text1, info1 = _complete(system, REVERSE_TURN1)
+        assert info1["route"] == "pd_prefill", info1
+        assert text1 == ref.text(REVERSE_TURN1, MAX_TOKENS)
+        wait_for(
+            lambda: (
+                _metric(system, None, "prfaas:prefix_index_blocks", instance="pd-prefill-0") > 0
+            ),
+            60.0,
+            "the router's index to learn what the PD prefill instance caches",
+        )
+        turn2 = REVERSE_TURN1 + text1 + REVERSE_FOLLOW_UP
+        sent_before = _metric(system, "pd-prefill-0", "prfaas:kv_transfer_bytes_total")
+        text2, info2 = _complete(system, turn2)
+        sent = _metric(system, "pd-prefill-0", "prfaas:kv_transfer_bytes_total") - sent_before
+
+        assert info2["route"] == "prfaas", info2
+        assert info2["reason"].startswith("global-prefix"), info2
+        assert info2["prefix_transfer"] == "done", info2
+        moved = info2["num_prefix_transfer_tokens"]
+        assert moved >= BLOCK_TOKENS and moved % BLOCK_TOKENS == 0
+        assert info2["num_cached_tokens"] == moved  # PrfaaS reused exactly the moved tokens
+        assert text2 == ref.text(turn2, MAX_TOKENS)
+
+        moved_bytes = info2["num_prefix_transfer_bytes"]
+        assert moved_bytes == _state_bytes(ref, turn2, moved)
+        assert sent == moved_bytes  # the PD-P transport delivered exactly the prefix
+        assert _metric(system, None, "prfaas:prefix_transfers_total", outcome="done") == 1
+        assert _metric(system, None, "prfaas:prefix_transfer_bytes_total") == moved_bytes
+        hits = _metric(system, None, "prfaas:prefix_cache_hit_tokens_total", cluster="prfaas")
+        assert hits >= moved
+        imported = _metric(
+            system, "prfaas-prefill-0", "prfaas:prefix_imports_total", outcome="stored"
+        )
+        assert imported == 1

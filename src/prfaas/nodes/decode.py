@@ -68,7 +68,7 @@ class DecodeService:
         self.loop = asyncio.get_running_loop()
         self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
         self.registry = CollectorRegistry()
-        self.receiver = _make_receiver(topology, instance, self._on_transfer, self._on_failure)
+        self.receiver = make_kv_receiver(topology, instance, self._on_transfer, self._on_failure)
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
         self._waiters: dict[str, asyncio.Future[ReceivedTransfer]] = {}
         self._lost: dict[str, tuple[str, float]] = {}  # transfer_id -> (reason, when)
@@ -334,7 +334,7 @@ class DecodeService:
         await asyncio.to_thread(self.worker.stop)
 
 
-def _make_receiver(
+def make_kv_receiver(
     topology: Topology, instance: InstanceConfig, on_transfer: Any, on_failure: Any
 ) -> KVReceiver:
     """The instance's KV receiver, bound to `kv_listen` if set (the others send to `kv`)."""

@@ -13,10 +13,11 @@ policy did not make, except one: a target with no ready instance is not a target
 > 0: global best prefix, the longer cache in the other cluster), `run` first asks the other
 cluster's instance holding it (`PrefixExportJob` to `/internal/prefix_export`) to send it to the
 chosen prefill instance's KV receiver, waits for the answer (bounded by the transfer deadline),
-then sends the two jobs; the target stores the prefix and reuses it. A target without a receiver
-(`kv` unset, or a PrfaaS instance: they have none), a holder that is gone or no longer caches it,
-a refused or late transfer: the request goes on without it (the target computes the prefix) and
-the outcome is counted (`prfaas:prefix_transfers_total{outcome}`).
+then sends the two jobs; the target stores the prefix and reuses it. Both directions work the
+same way: PrfaaS -> PD-P, and PD-P -> PrfaaS (a PrfaaS prefill instance with `kv`). A target
+without a receiver (`kv` unset), a holder that is gone or no longer caches it, a refused or late
+transfer: the request goes on without it (the target computes the prefix) and the outcome is
+counted (`prfaas:prefix_transfers_total{outcome}`).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ prefill instance stores it in its prefix cache.
   thread; the command is queued the moment the transfer completes, right after the ACK, so a
   prefill job the router sends after the holder's answer runs after it (the engine thread is
   FCFS). The pool's stored events then reach the router's index like any others.
-  A prefill instance with `kv` set listens with its own receiver (`make_prefix_receiver`); a
-  convertible PD instance hands the importer to its decode service's receiver.
+  A prefill instance with `kv` set, PD or PrfaaS, listens with its own receiver
+  (`make_prefix_receiver`); a convertible PD instance hands the importer to its decode service's
+  receiver. Holders are prefill instances of either cluster, plain or convertible.
 """
 
 from __future__ import annotations
@@ -104,8 +105,8 @@ class PrefixImporter:
 def make_prefix_receiver(
     topology: Topology, instance: InstanceConfig, importer: PrefixImporter
 ) -> KVReceiver:
-    """A KV receiver for a prefill instance with `kv`: it takes moved prefixes only."""
-    from prfaas.nodes.decode import _make_receiver
+    """A KV receiver for a prefill instance with `kv` (PD or PrfaaS): moved prefixes only."""
+    from prfaas.nodes.decode import make_kv_receiver
 
     def on_transfer(received: ReceivedTransfer) -> None:
         if not importer.take_if_prefix(received):
@@ -118,7 +119,7 @@ def make_prefix_receiver(
     def on_failure(transfer_id: str, reason: str) -> None:
         log.warning("prefix transfer_id=%s failed at the receiver: %s", transfer_id, reason)
 
-    return _make_receiver(topology, instance, on_transfer, on_failure)
+    return make_kv_receiver(topology, instance, on_transfer, on_failure)
 
 
 async def send_prefix(

@@ -137,9 +137,11 @@ def resolve_topology(
 ) -> Topology:
     """The topology with every address replaced by where its actor landed.
 
-    Instances take their placement's ports in order (HTTP, then KV); the router keeps its port
-    on its placement's host. ValueError if a placement is missing or two services share an
-    address (the launcher then asks again for the clashing ones)."""
+    Instances take their placement's ports in order (HTTP, then KV, whatever the instance's
+    cluster: a PrfaaS prefill instance's `kv` receives moved prefixes); each KV receiver binds its
+    new `kv` (`kv_listen` is dropped); the router keeps its port on its placement's host.
+    ValueError if a placement is missing or two services share an address (the launcher then
+    asks again for the clashing ones)."""
     clusters = []
     for cluster in template.clusters:
         instances = tuple(_placed(i, placements) for i in cluster.instances)
@@ -164,7 +166,9 @@ def _placed(instance: InstanceConfig, placements: Mapping[str, Placement]) -> In
         raise ValueError(f"{instance.name}: needs {num_ports(instance)} ports, got {place.ports}")
     http = format_address(place.host, place.ports[0])
     kv = None if instance.kv is None else format_address(place.host, place.ports[1])
-    return dataclasses.replace(instance, http=http, kv=kv)
+    # the probe found the port free on the host the receiver binds, and the others reach it
+    # there: the template's `kv_listen` (a bind address for NAT or a proxy) no longer applies
+    return dataclasses.replace(instance, http=http, kv=kv, kv_listen=None)
 
 
 def addresses(topology: Topology) -> list[tuple[str, str]]:

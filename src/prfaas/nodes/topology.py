@@ -55,8 +55,10 @@ kind = "prfaas"              # prfaas | pd
   name = "prfaas-p0"
   role = "prefill"           # prefill | decode
   http = "127.0.0.1:8101"
-  kv = "127.0.0.1:8102"      # KV receiver: required on decode instances; on a PD prefill
-                             # instance it makes the instance convertible (needed with [controller])
+  kv = "127.0.0.1:8102"      # KV receiver: required on decode instances; optional on prefill
+                             # ones, where it receives prefixes moved from the other cluster
+                             # (PD prefill: also makes it convertible, needed with [controller];
+                             # PrfaaS prefill: moved prefixes only)
   kv_listen = "0.0.0.0:8102" # optional, only with kv: where the KV receiver binds when the
                              # others reach it at kv through NAT or a proxy (default: kv)
   engine = "torch"           # torch | emulated
@@ -104,7 +106,9 @@ class InstanceConfig:
     cluster: str  # name of its cluster
     role: str  # "prefill" | "decode"
     http: str  # "host:port" of its HTTP API
-    kv: str | None = None  # "host:port" of its KV receiver; decode instances only
+    # "host:port" of its KV receiver: required on decode instances; a prefill instance with one
+    # receives moved prefixes (and a PD one may change role under [controller])
+    kv: str | None = None
     kv_listen: str | None = None  # "host:port" the receiver binds when not kv (NAT, a proxy)
     engine: str = "torch"  # "torch" | "emulated"
     hardware: str = "h200"  # hardware preset timing the emulated engine

@@ -358,9 +358,9 @@ def _controller(table: Table | None) -> ControllerSettings:
     return ControllerSettings(enabled=True, config=config, driven=bool(driven))
 
 
-def _instance(table: Table, cluster: str, cluster_kind: str) -> InstanceConfig:
+def _instance(table: Table, cluster: str) -> InstanceConfig:
     role = table.choice("role", ROLES)
-    kv = _kv_address(table, role, cluster_kind)
+    kv = _kv_address(table, role)
     return InstanceConfig(
         name=table.name(),
         cluster=cluster,
@@ -374,12 +374,11 @@ def _instance(table: Table, cluster: str, cluster_kind: str) -> InstanceConfig:
     )
 
 
-def _kv_address(table: Table, role: str, cluster_kind: str) -> str | None:
-    """The KV receiver: required on a decode instance, refused on a PrfaaS prefill one (a PD
-    prefill instance with one can be converted to decode)."""
-    if role == "prefill" and cluster_kind != "pd" and table.has("kv"):
-        table.fail("kv", "a PrfaaS prefill instance receives no KV; kv belongs to PD instances")
-        return None
+def _kv_address(table: Table, role: str) -> str | None:
+    """The KV receiver, optional on a prefill instance: on a PD one it receives moved prefixes
+    and makes the instance convertible to decode; on a PrfaaS one it receives moved prefixes
+    only (PD caches moved to PrfaaS by the global-best-prefix rule). Required on a decode
+    instance (the request state arrives there)."""
     if role == "decode" and not table.has("kv"):
         table.fail("kv", 'missing required key ("host:port" of the decode KV receiver)')
         return None
@@ -415,7 +414,7 @@ def _hardware(table: Table) -> str:
 def _cluster(table: Table) -> ClusterConfig:
     name = table.name()
     kind = table.choice("kind", CLUSTER_KINDS)
-    instances = tuple(_instance(t, name, kind) for t in table.tables("instances", INSTANCE_KEYS))
+    instances = tuple(_instance(t, name) for t in table.tables("instances", INSTANCE_KEYS))
     return ClusterConfig(name=name, kind=kind, instances=instances)
 
 

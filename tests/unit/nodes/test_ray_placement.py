@@ -18,6 +18,7 @@ from prfaas.nodes.ray_placement import (
     ROUTER_NAME,
     Placement,
     ResourceOptions,
+    addresses,
     clashing_owners,
     cluster_resource,
     deployment_record,
@@ -36,12 +37,17 @@ from prfaas.nodes.topology import Topology, parse_topology
 ROUTER_PORT = 18000
 
 
-def _topology(engine: str = "emulated") -> Topology:
-    def inst(name: str, role: str, port: int, kv: bool = False) -> dict[str, Any]:
+def _topology(engine: str = "emulated", receivers: frozenset[str] = frozenset({"d0"})) -> Topology:
+    """r0 (PrfaaS prefill), p0 (PD prefill), d0 (PD decode); `receivers` have `kv`, and a
+    `kv_listen` on the wildcard host when any instance besides d0 has one."""
+
+    def inst(name: str, role: str, port: int) -> dict[str, Any]:
         d: dict[str, Any] = {"name": name, "role": role, "http": f"127.0.0.1:{port}"}
         d["engine"] = engine
-        if kv:
+        if name in receivers:
             d["kv"] = f"127.0.0.1:{port + 1}"
+            if receivers != {"d0"}:
+                d["kv_listen"] = f"0.0.0.0:{port + 1}"
         return d
 
     data = {
@@ -54,7 +60,7 @@ def _topology(engine: str = "emulated") -> Topology:
             {
                 "name": "local",
                 "kind": "pd",
-                "instances": [inst("p0", "prefill", 18200), inst("d0", "decode", 18300, True)],
+                "instances": [inst("p0", "prefill", 18200), inst("d0", "decode", 18300)],
             },
         ],
     }
@@ -136,6 +142,29 @@ def test_resolved_topology_takes_every_address_from_its_placement(
         assert getattr(resolved, key) == getattr(template, key)
     assert resolved.router.api_keys == template.router.api_keys
     assert duplicate_addresses(resolved) == []
+
+
+def test_every_kv_receiver_is_placed_and_binds_its_resolved_address() -> None:
+    """A PrfaaS prefill instance's `kv` (moved prefixes) gets a port like any receiver's; the
+    template's `kv_listen` is dropped, so each receiver binds the address the others reach."""
+    template = _topology(receivers=frozenset({"r0", "p0", "d0"}))
+    assert template.instance("r0").kv_listen == "0.0.0.0:18101"
+    assert [num_ports(i) for i in template.instances] == [2, 2, 2]
+    placements = _placements(template)
+    resolved = resolve_topology(template, placements, placements[ROUTER_NAME])
+    for name, base in (("r0", 30000), ("p0", 30010), ("d0", 30020)):
+        after = resolved.instance(name)
+        assert after.kv == f"10.0.0.7:{base + 1}"
+        assert after.kv_listen is None and after.kv_bind_address == after.kv
+    assert ("r0 kv", "10.0.0.7:30001") in addresses(resolved)
+    clash = {**placements, "d0": dataclasses.replace(placements["d0"], ports=(30020, 30001))}
+    assert clashing_owners(template, clash) == {"d0"}  # r0's KV port was drawn first
+    record = deployment_record(resolved, placements, None, "auto")
+    assert [m["kv"] for m in record["instances"]] == [
+        "10.0.0.7:30001",
+        "10.0.0.7:30011",
+        "10.0.0.7:30021",
+    ]
 
 
 def test_resolving_refuses_missing_placements_and_shared_addresses() -> None:

@@ -371,10 +371,12 @@ BAD_VALUES = [
     # kv receivers
     (_delete((*INSTANCE_D0, "kv")), "clusters[1].instances[1].kv", "missing required key"),
     (
-        _set((*INSTANCE_R0, "kv"), "127.0.0.1:18999"),
-        "clusters[0].instances[0].kv",
-        "a PrfaaS prefill instance receives no KV",
+        _set((*INSTANCE_R0, "kv_listen"), "0.0.0.0:18999"),
+        "clusters[0].instances[0].kv_listen",
+        "only an instance with kv (a KV receiver) binds one",
     ),
+    (_set((*INSTANCE_R0, "kv"), "127.0.0.1:0"), "clusters[0].instances[0].kv", "1..65535"),
+    (_set((*INSTANCE_R0, "kv"), 18999), "clusters[0].instances[0].kv", "must be"),
     (_set((*INSTANCE_D0, "kv"), "127.0.0.1:0"), "clusters[1].instances[1].kv", "1..65535"),
     # router keys
     (_set(("router", "api_keys"), ["ok", ""]), "router.api_keys[1]", "without spaces"),
@@ -488,6 +490,43 @@ def test_duplicate_address_between_kv_and_http(tmp_path: Path) -> None:
         _only_problem(data, tmp_path),
         "clusters[1].instances[1].kv",
         "also at clusters[1].instances[0].http",
+    )
+
+
+def test_prfaas_prefill_instance_may_have_a_kv_receiver_for_moved_prefixes(
+    tmp_path: Path,
+) -> None:
+    """`kv` (and `kv_listen`) on a PrfaaS prefill instance: it receives moved PD prefixes."""
+    data = _valid()
+    data["clusters"][0]["instances"][0].update(kv="127.0.0.1:18101", kv_listen="0.0.0.0:18101")
+    topology = _parse(data, tmp_path)
+    r0 = topology.instance("r0")
+    assert (r0.role, r0.cluster, r0.kv) == ("prefill", "prfaas", "127.0.0.1:18101")
+    assert r0.kv_bind_address == "0.0.0.0:18101"
+    with_controller = _valid()
+    with_controller["clusters"][0]["instances"][0]["kv"] = "127.0.0.1:18101"
+    for instance in _pd_instances(with_controller):
+        instance.setdefault("kv", f"127.0.0.1:{int(instance['http'].rpartition(':')[2]) + 1}")
+    with_controller["controller"] = {"period_s": 5}
+    assert _parse(with_controller, tmp_path).instance("r0").kv == "127.0.0.1:18101"
+
+
+def test_a_prfaas_kv_receiver_is_still_checked_like_any_other(tmp_path: Path) -> None:
+    """Its address may not clash with another socket, and a PrfaaS decode instance stays
+    refused even with `kv`."""
+    data = _valid()
+    data["clusters"][0]["instances"][0]["kv"] = "127.0.0.1:18301"  # d0's kv
+    _assert_names(
+        _only_problem(data, tmp_path),
+        "clusters[1].instances[1].kv",
+        "duplicate address (also at clusters[0].instances[0].kv)",
+    )
+    data = _valid()
+    data["clusters"][0]["instances"][0].update(role="decode", kv="127.0.0.1:18101")
+    _assert_names(
+        _only_problem(data, tmp_path),
+        "clusters[0].instances[0].role",
+        "a prfaas cluster only prefills",
     )
 
 

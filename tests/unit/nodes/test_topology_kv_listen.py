@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prfaas.nodes.decode import _make_receiver
+from prfaas.nodes.decode import make_kv_receiver
 from prfaas.nodes.http import transport_config
 from prfaas.nodes.launcher import EmbeddedOptions, embedded_topology, free_port
 from prfaas.nodes.topology import Topology, load_topology, parse_topology
@@ -130,11 +130,14 @@ def test_kv_listen_needs_kv() -> None:
     _only_problem(data, "clusters[1].instances[0].kv_listen", "only an instance with kv")
 
 
-def test_kv_listen_on_a_prfaas_instance_reports_kv_only() -> None:
-    """kv is refused on a PrfaaS prefill instance; its kv_listen adds no second line."""
+def test_kv_listen_on_a_prfaas_instance_with_a_bad_kv_reports_kv_only() -> None:
+    """A PrfaaS prefill instance may have kv (moved prefixes) and kv_listen; when its kv is
+    refused, its kv_listen adds no second line."""
     data = _valid()
     data["clusters"][0]["instances"][0].update(kv="127.0.0.1:18101", kv_listen="0.0.0.0:18101")
-    _only_problem(data, "clusters[0].instances[0].kv", "receives no KV")
+    assert _parse(data).instance("r0").kv_bind_address == "0.0.0.0:18101"
+    data["clusters"][0]["instances"][0]["kv"] = "127.0.0.1:0"
+    _only_problem(data, "clusters[0].instances[0].kv", "1..65535")
 
 
 def test_kv_listen_clashes_with_another_endpoint() -> None:
@@ -213,7 +216,7 @@ def test_decode_receiver_binds_kv_listen_with_the_pool_budget() -> None:
     topology = _parse(data)
 
     async def bound_address() -> tuple[str, int]:
-        receiver = _make_receiver(topology, topology.instance("d0"), None, None)
+        receiver = make_kv_receiver(topology, topology.instance("d0"), None, None)
         await receiver.start()
         try:
             return receiver.address, receiver.pool.max_total_bytes

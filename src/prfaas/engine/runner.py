@@ -53,6 +53,7 @@ from prfaas.engine.validation import (
     check_exportable,
     check_manifest_request,
     check_prompt,
+    check_skip_tokens,
     fingerprint_mismatch,
     one_line,
 )
@@ -320,7 +321,7 @@ class Engine:
         """
         state = self._get(req_id)
         check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
-        _check_skip(req_id, num_prefix_tokens, state.num_computed_tokens)
+        check_skip_tokens(req_id, num_prefix_tokens, state.num_computed_tokens)
         self._leave_batch()
         exported = export_state(
             state.cache,
@@ -767,20 +768,12 @@ def chunk_bounds(
     return list(zip([start, *ordered[:-1]], ordered, strict=True))
 
 
-def _check_skip(req_id: str, num_prefix_tokens: int, num_tokens: int) -> None:
-    if not 0 <= num_prefix_tokens < num_tokens:
-        raise UserError(
-            f"request {req_id!r}: can leave out 0 to {num_tokens - 1} prefix tokens of its "
-            f"{num_tokens}, not {num_prefix_tokens}"
-        )
-
-
 def _check_skip_tokens(requests: Sequence[GenerateRequest], skips: Mapping[str, int]) -> None:
     lengths = {request.req_id: len(request.prompt_token_ids) for request in requests}
     for req_id, num_prefix_tokens in skips.items():
         if req_id not in lengths:
             raise UserError(f"skip_tokens names request {req_id!r}, which is not being prefilled")
-        _check_skip(req_id, num_prefix_tokens, lengths[req_id])
+        check_skip_tokens(req_id, num_prefix_tokens, lengths[req_id])
 
 
 def check_chunking(loaded: LoadedModel, chunk_size: int) -> None:

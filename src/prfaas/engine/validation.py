@@ -129,3 +129,12 @@ def one_line(exc: BaseException) -> str:
 class PrefixMiss(UserError):
     """A prefix this engine was asked to supply is not (wholly) in its cache: the state must come
     whole, or the request be prefilled here."""
+
+
+def check_skip_tokens(req_id: str, num_skip: int, num_tokens: int) -> None:
+    """A left-out prefix is whole tokens before the last computed one."""
+    if not 0 <= num_skip < max(num_tokens, 1):
+        raise UserError(
+            f"request {req_id!r}: can leave out 0 to {max(num_tokens - 1, 0)} prefix tokens of "
+            f"its {num_tokens}, not {num_skip}"
+        )

@@ -52,6 +52,13 @@ class System:
             base_url=f"{self.url}/v1", api_key=API_KEY, max_retries=0, timeout=300.0
         )
 
+    def complete(self, prompt: str, max_tokens: int) -> tuple[str, dict[str, Any]]:
+        """A greedy completion: its text and the response's `prfaas` field."""
+        body = self.openai().completions.create(
+            model=self.model, prompt=prompt, max_tokens=max_tokens, temperature=0
+        )
+        return body.choices[0].text, body.model_extra["prfaas"]
+
 
 def start_system(
     tmp: Path,

@@ -50,11 +50,7 @@ def ref() -> Reference:
 
 
 def _complete(system: System, prompt: str) -> tuple[str, dict[str, Any]]:
-    body = system.openai().completions.create(
-        model=system.model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
-    )
-    info = body.model_extra["prfaas"]
-    return body.choices[0].text, info
+    return system.complete(prompt, MAX_TOKENS)
 
 
 def _sent_bytes(system: System) -> float:

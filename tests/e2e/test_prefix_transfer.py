@@ -128,10 +128,7 @@ def ref() -> Reference:
 
 
 def _complete(system: System, prompt: str) -> tuple[str, dict[str, Any]]:
-    body = system.openai().completions.create(
-        model=system.model, prompt=prompt, max_tokens=MAX_TOKENS, temperature=0
-    )
-    return body.choices[0].text, body.model_extra["prfaas"]
+    return system.complete(prompt, MAX_TOKENS)
 
 
 def _metric(system: System, where: str | None, name: str, **labels: str) -> float:

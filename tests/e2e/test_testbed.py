@@ -1,13 +1,16 @@
 """`prfaas testbed`: a real two-datacenter testbed in network namespaces (needs root).
 
-`up` through the CLI (emulated paper-1t, scaled), requests sent from inside the client
-namespace, a short one prefilled locally and a long one on PrfaaS whose KV crosses the tbf-shaped
-WAN veth (its qdisc's byte counter grows by at least the transfer), `status --json`, the link cut
-as a negative control, a second `up` refused, and `down` removing namespaces and processes.
+`up --controller` through the CLI (emulated paper-1t, scaled), requests sent from inside the
+client namespace, a short one prefilled locally and a long one on PrfaaS whose KV crosses the
+tbf-shaped WAN veth (its qdisc's byte counter grows by at least the transfer), `status --json`,
+`link --gbps` reaching the router's link view, the link cut as a negative control, a second `up`
+refused, and `down` removing namespaces and processes. Then the equal-hardware homogeneous
+baseline (`--deployment homogeneous --prfaas 0`, no controller): a long request prefilled on PD.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -19,7 +22,14 @@ from typing import Any
 
 import pytest
 
-from prfaas.transport.netns import list_namespaces, netns_unavailable_reason, qdisc_stats
+from prfaas.nodes.auth import bearer
+from prfaas.nodes.deployment_status import fetch_json
+from prfaas.transport.netns import (
+    call_in_netns,
+    list_namespaces,
+    netns_unavailable_reason,
+    qdisc_stats,
+)
 
 _REASON = netns_unavailable_reason()
 if _REASON is not None:
@@ -50,18 +60,20 @@ print(json.dumps(out))
 """
 
 
-def _prfaas(state_dir: Path, *args: str, timeout_s: float = 240) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "prfaas", "testbed", *args, "--name", NAME]
+def _prfaas(
+    state_dir: Path, *args: str, name: str = NAME, timeout_s: float = 240
+) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "prfaas", "testbed", *args, "--name", name]
     cmd += ["--state-dir", str(state_dir)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
 
 
-@pytest.fixture(scope="module")
-def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    state_dir = tmp_path_factory.mktemp("testbed")
+@contextlib.contextmanager
+def _running(state_dir: Path, *flags: str, name: str = NAME) -> Iterator[dict[str, Any]]:
+    """`up FLAGS --json` (scaled, short transfer deadline) until the block ends, then `down`."""
     started = time.monotonic()
     deadline = ["--transfer-deadline", str(DEADLINE_S)]
-    done = _prfaas(state_dir, "up", *SCALE_FLAGS, *deadline, "--json")
+    done = _prfaas(state_dir, "up", *SCALE_FLAGS, *deadline, *flags, "--json", name=name)
     try:
         assert done.returncode == 0, done.stderr
         state = json.loads(done.stdout)
@@ -69,7 +81,13 @@ def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]
         state["up_wall_s"] = time.monotonic() - started
         yield state
     finally:
-        _prfaas(state_dir, "down")
+        _prfaas(state_dir, "down", name=name)
+
+
+@pytest.fixture(scope="module")
+def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    with _running(tmp_path_factory.mktemp("testbed"), "--controller") as state:
+        yield state
 
 
 def _send(state: dict[str, Any], num_words: int) -> dict[str, Any]:
@@ -89,6 +107,24 @@ def _send(state: dict[str, Any], num_words: int) -> dict[str, Any]:
 
 def _wan_bytes(state: dict[str, Any]) -> int:
     return qdisc_stats(state["wan"]["ns"], state["wan"]["dev"]).bytes_sent
+
+
+def _router_control(state: dict[str, Any]) -> dict[str, Any]:
+    """The router's `GET /internal/control`, sent from the client namespace with the token."""
+    token = (state["state_dir"] / state["name"] / "transport.token").read_text().strip()
+    url = f"{state['router_url']}/internal/control"
+    client_ns = state["namespaces"]["client"]
+    answer = call_in_netns(client_ns, lambda: fetch_json(url, bearer(token), timeout_s=10))
+    assert answer is not None and answer[0] == 200, answer
+    return dict(answer[1])
+
+
+def _set_link(state: dict[str, Any], nominal_gbps: float) -> dict[str, Any]:
+    """`link --gbps NOMINAL --json`: its report (the router told, or why not)."""
+    done = _prfaas(state["state_dir"], "link", "--gbps", f"{nominal_gbps:g}", "--json",
+                   name=state["name"])  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
 
 
 def test_up_builds_three_namespaces_and_a_shaped_wan(testbed: dict[str, Any]) -> None:
@@ -125,11 +161,27 @@ def test_status_json_reports_everything_up(testbed: dict[str, Any]) -> None:
     assert report["router_ready"] and all(report["namespaces"].values())
     assert set(report["services"]) == {"router", "prfaas-prefill-0", "pd-prefill-0", "pd-decode-0"}
     assert report["link"]["up"] and report["link"]["kind"] == "tbf"
+    assert report["deployment"] == "prfaas" and report["controller"] is True
+
+
+def test_link_gbps_tells_the_router_the_new_wire_capacity(testbed: dict[str, Any]) -> None:
+    assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(1e9 / 8)
+    try:
+        report = _set_link(testbed, 25.0)  # 25 Gbps nominal = 0.25 Gbps on the wire
+        assert report["router_informed"] is True and report["router_reason"] is None, report
+        assert report["wire_gbps"] == pytest.approx(0.25)
+        assert report["router_link_bytes_per_s"] == pytest.approx(0.25e9 / 8)
+        assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(0.25e9 / 8)
+    finally:
+        restored = _set_link(testbed, 100.0)
+    assert restored["router_informed"] is True, restored
+    assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(1e9 / 8)
 
 
 def test_with_the_wan_cut_a_long_request_does_not_cross(testbed: dict[str, Any]) -> None:
     state_dir = testbed["state_dir"]
-    assert _prfaas(state_dir, "link", "--down").returncode == 0
+    cut = _prfaas(state_dir, "link", "--down", "--json")
+    assert cut.returncode == 0 and json.loads(cut.stdout)["router_informed"] is None
     try:
         before = _wan_bytes(testbed)
         reply = _send(testbed, LONG_WORDS)
@@ -160,3 +212,23 @@ def test_down_removes_the_namespaces_and_stops_every_process(testbed: dict[str, 
     again = _prfaas(state_dir, "down")
     assert again.returncode == 0 and "nothing to do" in again.stdout
     print(f"testbed down in {took_s:.1f} s (CLI wall)")
+
+
+def test_equal_hardware_homogeneous_baseline_prefills_on_pd(tmp_path: Path) -> None:
+    """No PrfaaS instance, no controller: a long request stays local, `status` is all up with
+    the PD services only, and the controller-less router still takes `link --gbps`."""
+    flags = ["--deployment", "homogeneous", "--prfaas", "0"]
+    with _running(tmp_path, *flags, name=f"{NAME}h") as state:
+        assert state["deployment"] == "homogeneous" and state["threshold_tokens"] is None
+        before = _wan_bytes(state)
+        reply = _send(state, LONG_WORDS)
+        assert reply["status"] == 200 and reply["route"] == "pd_prefill", reply
+        assert _wan_bytes(state) - before < 100_000  # no KV crossed the WAN
+        done = _prfaas(tmp_path, "status", "--json", name=state["name"])
+        report = json.loads(done.stdout)
+        assert done.returncode == 0 and report["all_up"], report
+        assert set(report["services"]) == {"router", "pd-prefill-0", "pd-decode-0"}
+        told = _set_link(state, 10.0)
+        assert told["router_informed"] is True, told
+        assert told["router_link_bytes_per_s"] == pytest.approx(0.1e9 / 8)
+        print(f"homogeneous: long request prefilled on PD in {reply['elapsed_s']:.2f} s")

@@ -3,8 +3,10 @@
 `up` builds network namespaces for the PrfaaS cluster, the PD cluster (with the router) and a
 client, joins them with veth links (the PrfaaS -> PD "WAN" shaped by `tc tbf`), and starts a
 topology of emulated engines (paper-1t on H200 / H20 timing, scaled) or tiny torch ones inside
-them; it returns once the router is ready and leaves everything running. `status` reports it,
-`link` changes the WAN's rate or cuts it, `down` removes it. Needs root (docs/testbed.md).
+them; it returns once the router is ready and leaves everything running. `--deployment` picks
+the paper's prfaas, homogeneous or naive deployment, `--controller` turns on the router's
+adaptive controller. `status` reports it, `link` changes the WAN's rate (and tells the router) or
+cuts it, `down` removes it. Needs root (docs/testbed.md).
 """
 
 from __future__ import annotations
@@ -13,11 +15,14 @@ import argparse
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prfaas.cli._args import MAX_LENGTH_TOKENS, bounded_int, float_in, positive_float
 from prfaas.cli._output import add_json_flag, print_json
 from prfaas.errors import UserError
+
+if TYPE_CHECKING:
+    from prfaas.nodes.testbed import TestbedSpec
 
 _READY_TIMEOUT_S = 180.0
 _MAX_DELAY_MS = 10_000.0
@@ -43,7 +48,8 @@ def register(subparsers: Any) -> None:
         "link",
         help="change the WAN: rate (nominal Gbps, scaled as at up) or cut/restore it",
         description="Change the PrfaaS -> PD link of a running testbed. --gbps is nominal and "
-        "scaled like at `up` (wire = nominal x payload scale / time scale).",
+        "scaled like at `up` (wire = nominal x payload scale / time scale); the router is told "
+        "the new wire rate.",
     )
     _common(q)
     q.add_argument("--gbps", type=float_in(1e-6, 1e6, low_open=True), help="nominal Gbps")
@@ -88,6 +94,18 @@ def _register_up(sub: Any) -> None:
     p.add_argument("--time-scale", type=scale, help="s: compute slept (emulated; default 1)")
     fraction = float_in(0, 1, low_open=True)
     p.add_argument("--payload-scale", type=fraction, help="p: KV bytes sent (default 0.01)")
+    p.add_argument(
+        "--deployment",
+        choices=["prfaas", "homogeneous", "naive"],
+        default="prfaas",
+        help="prfaas: threshold routing (default); homogeneous: every prefill on PD; "
+        "naive: every prefill on PrfaaS",
+    )
+    p.add_argument(
+        "--controller",
+        action="store_true",
+        help="the router's adaptive long-timescale controller (prfaas only; default: static t)",
+    )
     counts = bounded_int(0, 16)
     p.add_argument("--prfaas", type=counts, default=1, help="PrfaaS prefill instances")
     p.add_argument("--pd-prefill", type=counts, default=1, help="PD prefill instances")
@@ -97,7 +115,7 @@ def _register_up(sub: Any) -> None:
         type=_threshold,
         default=None,
         help='t in tokens, or "auto" (Eq. 7 on the nominal deployment; default for emulated; '
-        "128 for torch)",
+        "128 for torch); --deployment prfaas only",
     )
     p.add_argument("--failure", choices=["recompute", "fail"], default="recompute")
     p.add_argument("--transfer-deadline", type=positive_float, default=60.0, help="seconds")
@@ -121,7 +139,7 @@ def _threshold(text: str) -> float | str:
     return value
 
 
-def spec_from_args(args: argparse.Namespace) -> Any:
+def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
     """The `TestbedSpec` of `up`'s flags (engine-dependent defaults filled in)."""
     from prfaas.nodes.testbed import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
 
@@ -134,6 +152,8 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         args.time_scale if args.time_scale is not None else 1.0,
         args.payload_scale if args.payload_scale is not None else (1.0 if torch else 0.01),
     )
+    if args.deployment != "prfaas" and args.threshold is not None:
+        raise UserError(f"--threshold applies to --deployment prfaas, not {args.deployment}")
     threshold = args.threshold if args.threshold is not None else (128.0 if torch else "auto")
     return TestbedSpec(
         name=args.name,
@@ -144,7 +164,9 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         num_prfaas_prefill=args.prfaas,
         num_pd_prefill=args.pd_prefill,
         num_pd_decode=args.pd_decode,
+        deployment=args.deployment,
         threshold=threshold,
+        controller=args.controller,
         failure=args.failure,
         transfer_deadline_s=args.transfer_deadline,
         drain_s=args.drain,
@@ -181,9 +203,17 @@ def _print_up(args: argparse.Namespace, state: dict[str, Any]) -> None:
         f"{scale['nominal_gbps']:g} Gbps nominal x payload {scale['payload_scale']:g} / "
         f"time {scale['time_scale']:g}"
     )
-    print(f"  threshold t = {state['threshold_tokens']:.0f} tokens ({state['threshold']})")
+    print(f"  deployment {state['deployment']}: {_routing(state)}")
     print(f"  clients: {shlex.join(state['client_exec'])} COMMAND")
     print(f"  stop: prfaas testbed down --name {state['name']}", flush=True)
+
+
+def _routing(state: dict[str, Any]) -> str:
+    """How the deployment routes: its threshold and whether the controller adapts it."""
+    if state["threshold_tokens"] is None:
+        return str(state["threshold"])
+    adapts = "adapted by the controller" if state["controller"] else "static"
+    return f"threshold t = {state['threshold_tokens']:.0f} tokens, {adapts} ({state['threshold']})"
 
 
 def _run_down(args: argparse.Namespace) -> int:
@@ -217,6 +247,9 @@ def _print_status(report: dict[str, Any]) -> None:
         return
     print(f"testbed {report['name']}: {'up' if report['all_up'] else 'NOT all up'}"
           f" (phase {report['phase']})")  # fmt: skip
+    if "deployment" in report:
+        controller = "on" if report["controller"] else "off"
+        print(f"  deployment {report['deployment']}, controller {controller}")
     for ns, present in report["namespaces"].items():
         print(f"  namespace {ns}: {'present' if present else 'MISSING'}")
     for name, svc in report.get("services", {}).items():
@@ -247,5 +280,15 @@ def _run_link(args: argparse.Namespace) -> int:
         print(
             f"testbed {report['name']} WAN: {'up' if report['up'] else 'DOWN'}, "
             f"{report['nominal_gbps']:g} Gbps nominal = {report['wire_gbps']:g} Gbps on the wire"
+            f"{_router_told(report)}"
         )
     return 0
+
+
+def _router_told(report: dict[str, Any]) -> str:
+    """Whether the router took the new rate, as the end of `link`'s line."""
+    if report["router_informed"] is None:
+        return ""
+    if report["router_informed"]:
+        return "; the router was told"
+    return f"; the router was NOT told: {report['router_reason']}"

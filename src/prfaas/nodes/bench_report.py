@@ -2,15 +2,22 @@
 simulator and the planner's Λ_max for the same topology, side by side, and the plots.
 
 Definitions, the same for the live run and its simulation: throughput = completed requests /
-(last completion - start); output tokens/s likewise; TTFT and TPOT percentiles (linear
-interpolation) over the completed requests; offload ratio = share of completed requests
-prefilled on the PrfaaS cluster; egress = growth of the PrfaaS instances' transport byte counters.
+(last completion - start); steady throughput = the completion rate between the 10th and the 90th
+percentile completion (in a run offered more than the deployment can serve, its capacity:
+the start-up and the last stragglers left out); output tokens/s like throughput; TTFT and TPOT
+percentiles (linear interpolation) over the completed requests; offload ratio = share of
+completed requests prefilled on the PrfaaS cluster; egress = growth of the PrfaaS instances'
+transport byte counters (of the WAN qdisc's on a testbed).
 
-Time units. An emulated engine sleeps `model.time_scale` x the cost model's durations, so the
-live system runs the topology's model `time_scale` times faster. The simulation replays the sent
-requests at `sent_at / time_scale` in model time and its times are multiplied back by
-`time_scale` (rates divided by it); the planner's Λ_max is divided by it. With `time_scale = 0`
-there is nothing to compare, and torch engines are compared with the emulated target they name.
+Units. An emulated engine sleeps `model.time_scale` x the cost model's durations and sends
+`model.payload_scale` x the real KV bytes, so the live system runs the topology's model
+`time_scale` times faster with payloads `payload_scale` times smaller. The simulator and the
+planner work in the model's units: real bytes, modelled seconds, and the link's model rate
+(`ModelConfig.model_bytes_per_s`: wire rate x time_scale / payload_scale). The simulation replays
+the sent requests at `sent_at / time_scale` in model time; its times are multiplied back by
+`time_scale` (rates divided by it) and its egress bytes by `payload_scale`; the planner's Λ_max
+is divided by `time_scale`. With `time_scale = 0` there is nothing to compare, and torch engines
+are compared with the emulated target they name.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.nodes.loadgen import RequestResult, RunOutcome
 from prfaas.nodes.topology import Topology
+from prfaas.sim.link import BandwidthStep
 from prfaas.sim.metrics import percentile
 
 GBIT = 1e9 / 8  # bytes per Gbit
@@ -44,6 +52,19 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
         "p99": round(percentile(ordered, 99), 6),
         "max": round(ordered[-1], 6),
     }
+
+
+STEADY_RANGE = (0.1, 0.9)  # the share of completions steady throughput counts between
+
+
+def steady_throughput_rps(finished_at_s: Sequence[float]) -> float | None:
+    """Completions per second between the 10th and 90th percentile completion (None with
+    fewer than 10 completions or no time between them)."""
+    done = sorted(t for t in finished_at_s if math.isfinite(t))
+    if len(done) < 10:
+        return None
+    lo, hi = (round(q * (len(done) - 1)) for q in STEADY_RANGE)
+    return _per_s(hi - lo, done[hi] - done[lo])
 
 
 def egress_series(samples: Sequence[tuple[float, int]]) -> list[dict[str, float]]:
@@ -72,6 +93,7 @@ def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
         "errors": dict(Counter(r.error for r in results if r.error is not None).most_common()),
         "wall_s": round(outcome.wall_s, 3),
         "throughput_rps": _per_s(len(ok), span_s),
+        "steady_throughput_rps": steady_throughput_rps([r.finished_at_s for r in ok]),
         "output_tokens_per_s": _per_s(sum(r.num_output_tokens for r in ok), span_s),
         "ttft_s": distribution([r.ttft_s for r in ok]),
         "tpot_s": distribution([r.tpot_s for r in ok]),
@@ -103,6 +125,15 @@ def meets_slo(live: dict[str, Any], ttft_slo_s: float) -> bool:
     return live["num_errors"] == 0 and p90 is not None and p90 <= ttft_slo_s
 
 
+def sim_meets_slo(sim: dict[str, Any], ttft_slo_s: float) -> bool | None:
+    """The simulated run by the same rule (None when there is no simulation)."""
+    if "unavailable" in sim:
+        return None
+    p90 = sim["ttft_s"]["p90"]
+    complete = sim["num_completed"] == sim["num_requests"]
+    return complete and p90 is not None and p90 <= ttft_slo_s
+
+
 # ---- the same workload through the simulator and the planner ----------------------------
 
 
@@ -115,10 +146,14 @@ def model_time_scale(topology: Topology) -> tuple[float | None, str | None]:
 
 
 def simulate_results(
-    topology: Topology, results: Sequence[RequestResult], time_scale: float
+    topology: Topology,
+    results: Sequence[RequestResult],
+    time_scale: float,
+    bandwidth: Sequence[BandwidthStep] | None = None,
 ) -> dict[str, Any]:
     """The sent requests (send time, prompt length, output length) through `prfaas sim`'s
-    simulator built from the topology (`sim_config_of`), in live units."""
+    simulator built from the topology (`sim_config_of`; `bandwidth`: the link's steps in model
+    units, when it changed during the run), in live units."""
     from prfaas.nodes.topology_sim import sim_config_of
     from prfaas.sim.config import SimRequest
     from prfaas.sim.simulator import Simulator
@@ -126,7 +161,7 @@ def simulate_results(
     sent = sorted((r for r in results if math.isfinite(r.sent_at_s)), key=lambda r: r.sent_at_s)
     if not sent:
         return {"unavailable": "no request was sent"}
-    config = sim_config_of(topology)
+    config = sim_config_of(topology, bandwidth)
     requests = [
         SimRequest(r.sent_at_s / time_scale, r.num_prompt_tokens, r.max_tokens) for r in sent
     ]
@@ -145,11 +180,14 @@ def simulate_results(
         "num_requests": len(requests),
         "num_completed": len(done),
         "throughput_rps": _per_s(len(done), span_s),
+        "steady_throughput_rps": steady_throughput_rps(
+            [log.finished_at[i] * time_scale for i in done]
+        ),
         "output_tokens_per_s": _per_s(sum(log.num_output_tokens[i] for i in done), span_s),
         "ttft_s": distribution(ttft),
         "tpot_s": distribution(tpot),
         "offload_ratio": _share(sum(1 for i in done if log.is_offloaded[i]), len(done)),
-        "egress_bytes": int(sim.link.total_sent_bytes),
+        "egress_bytes": round(sim.link.total_sent_bytes * topology.model.payload_scale),
     }
 
 
@@ -165,7 +203,7 @@ def plan_point(
     inputs, num_pd_p = planner_inputs(topology)
     inputs = replace(inputs, num_output_tokens=float(output_tokens))
     costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
-    num_prfaas = inputs.prfaas.num_instances
+    num_prfaas = sum(len(c.by_role("prefill")) for c in topology.clusters_of_kind("prfaas"))
     num_pd_d = inputs.pd.num_instances - num_pd_p
     kind = topology.policy.deployment
     threshold, counts = {
@@ -182,14 +220,18 @@ def plan_point(
     }
 
 
-def compare(topology: Topology, outcome: RunOutcome) -> tuple[dict[str, Any], dict[str, Any]]:
+def compare(
+    topology: Topology,
+    outcome: RunOutcome,
+    bandwidth: Sequence[BandwidthStep] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sim, plan) for a run; each is {"unavailable": reason} when it does not apply."""
     scale, why = model_time_scale(topology)
     if scale is None:
         return {"unavailable": why}, {"unavailable": why}
     results = outcome.results
     try:
-        sim = simulate_results(topology, results, scale)
+        sim = simulate_results(topology, results, scale, bandwidth)
     except UserError as exc:
         sim = {"unavailable": f"simulator: {exc}"}
     try:
@@ -224,6 +266,8 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
                 f"{live['num_ok']}/{live['num_planned']}",
                 _fmt(live["throughput_rps"]),
                 _fmt(sim.get("throughput_rps")),
+                _fmt(live["steady_throughput_rps"]),
+                _fmt(sim.get("steady_throughput_rps")),
                 _fmt(plan.get("lambda_max_rps")),
                 _fmt(_p90(live)),
                 _fmt(_p90(sim)),
@@ -238,7 +282,8 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
 
 
 TABLE_HEADERS = [
-    "deployment", "rate", "ok", "thru live", "sim", "plan Λmax", "TTFT p90 live", "sim",
+    "deployment", "rate", "ok", "thru live", "sim", "steady live", "sim", "plan Λmax",
+    "TTFT p90 live", "sim",
     "TPOT p90 ms", "offload live", "sim", "plan", "egress Gbps",
 ]  # fmt: skip
 

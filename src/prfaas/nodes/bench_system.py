@@ -1,5 +1,6 @@
-"""`prfaas bench system`'s runs: which deployment is served (a running router at a URL, or the
-topology started here on loopback by the `Launcher` and stopped after), the rates to run (one,
+"""`prfaas bench system`'s runs: which deployment is served (a running router at a URL, a running
+testbed's router (`prfaas.nodes.bench_testbed`), or the topology started here on loopback by the
+`Launcher` and stopped after), the rates to run (one,
 or a sweep that stops at the first rate past the TTFT SLO or with errors), and one run's record
 (the live numbers, the simulation and the plan: `prfaas.nodes.bench_report`).
 
@@ -16,12 +17,13 @@ import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
-from prfaas.nodes.bench_report import compare, meets_slo, summarize_live
+from prfaas.nodes.bench_report import compare, meets_slo, sim_meets_slo, summarize_live
+from prfaas.nodes.bench_testbed import BenchTestbed, LinkDrop
 from prfaas.nodes.loadgen import (
     RequestResult,
     Target,
@@ -50,6 +52,7 @@ class RunSpec:
     request_timeout_s: float = 600.0
     sample_period_s: float = 1.0
     num_warmup_rounds: int = 2  # unmeasured short + long requests before the first rate
+    link_drop: LinkDrop | None = None  # carried out on a testbed's WAN during each run
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class Served:
     max_model_len: int
     api_key: str | None
     self_started: bool
+    testbed: BenchTestbed | None = None
 
 
 def deployment_variant_text(text: str, kind: str) -> str:
@@ -108,8 +112,15 @@ def served(
     api_key: str | None,
     ready_timeout_s: float,
     log_dir: Path | None = None,
+    testbed: BenchTestbed | None = None,
 ) -> Iterator[Served]:
-    """The deployment to benchmark: the router at `url`, or the topology started here."""
+    """The deployment to benchmark: a testbed's router, the router at `url`, or the topology
+    started here."""
+    if testbed is not None:
+        key = api_key or next(iter(testbed.topology.router.api_keys), None)
+        svc = _probe(testbed.topology, testbed.router_url, key, self_started=False)
+        yield replace(svc, testbed=testbed)
+        return
     if url is not None:
         topology = load_topology(config_path)
         yield _probe(topology, url.rstrip("/"), api_key, self_started=False)
@@ -184,25 +195,42 @@ def run_once(
     on_schedule: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """One run at one rate: send, measure, simulate, plan. The record of `runs` in the JSON."""
-    from dataclasses import replace
-
     workload = replace(spec.workload, max_model_len=svc.max_model_len)
     schedule = build_schedule(workload, rate_rps, spec.num_requests, spec.max_duration_s, spec.seed)
     if on_schedule is not None:
         on_schedule(len(schedule))
     target = Target(svc.url, svc.model, svc.api_key, spec.request_timeout_s)
+    testbed, drop = svc.testbed, spec.link_drop
     outcome = asyncio.run(
-        run_schedule(target, schedule, egress_urls(svc.topology), spec.sample_period_s, on_done)
+        run_schedule(
+            target,
+            schedule,
+            egress_urls(svc.topology),
+            spec.sample_period_s,
+            on_done,
+            read_egress_bytes=None if testbed is None else testbed.wan_bytes,
+            actions=[] if testbed is None or drop is None else testbed.drop_actions(drop),
+        )
     )
-    sim, plan = compare(svc.topology, outcome)
+    sim, plan = compare(svc.topology, outcome, _sim_bandwidth(svc.topology, drop))
     return {
         "deployment": svc.topology.policy.deployment,
         "rate_rps": rate_rps,
         "live": summarize_live(outcome),
         "sim": sim,
         "plan": plan,
+        "actions": outcome.actions,
         "requests": [r.record() for r in outcome.results],
     }
+
+
+def _sim_bandwidth(topology: Topology, drop: LinkDrop | None) -> list[Any] | None:
+    """The drop as the simulator's bandwidth steps (None: the topology's constant link)."""
+    scale = topology.model.time_scale
+    if drop is None or scale <= 0:
+        return None
+    base_gbps = topology.model.model_bytes_per_s(topology.link.bytes_per_s) * 8 / 1e9
+    return drop.sim_steps(base_gbps, scale)
 
 
 def sweep_rates(start_rps: float, factor: float, num_steps: int) -> list[float]:
@@ -226,6 +254,7 @@ def run_rates(
         if ttft_slo_s is None:
             continue
         run["meets_slo"] = meets_slo(run["live"], ttft_slo_s)
+        run["sim_meets_slo"] = sim_meets_slo(run["sim"], ttft_slo_s)
         if not run["meets_slo"]:
             break
         best = rate

@@ -7,9 +7,10 @@ What it feeds the controller, the same quantities the simulator feeds it (`prfaa
   clusters, when it is routed;
 - the mean output length of the requests that finished in the window;
 - at each tick: the link's capacity (the topology's `[link]`, or the last capacity reported with
-  `POST /internal/control/link`), T_decode and the stage costs of the planner's inputs for this
-  topology (`prfaas.nodes.topology_threshold.planner_inputs`: the cost model of `model.emulate` on
-  the instances' hardware), and the PD roles the monitor sees (a converting instance counts in
+  `POST /internal/control/link`) in the model's units (`ModelConfig.model_bytes_per_s`),
+  T_decode and the stage costs of the planner's inputs for this topology
+  (`prfaas.nodes.topology_threshold.planner_inputs`: the cost model of `model.emulate` on the
+  instances' hardware), and the PD roles the monitor sees (a converting instance counts in
   its new role).
 
 Time is seconds since the router started, or, with `driven = true`, the time the driver gives
@@ -131,7 +132,9 @@ class RouterControl:
             return None
         mean_output = sum(n for _, n in self._outputs) / len(self._outputs)
         return Measurements(
-            egress_bytes_per_s=self.monitor.link_capacity_bytes_per_s,
+            egress_bytes_per_s=self.topology.model.model_bytes_per_s(
+                self.monitor.link_capacity_bytes_per_s
+            ),
             t_decode_step_s=self.t_decode_step_s,
             num_output_tokens=max(1.0, mean_output),
             num_pd_p=num_p,

@@ -4,14 +4,20 @@ inputs an operator, a testbed or a scripted test gives it. Behind the deployment
 
 - `GET /internal/control`: t, N_p / N_d, conversions under way, the decision log, the link as
   the policy sees it, and how far the global KV index has read each instance's events.
-- `POST /internal/control/link {"gbps": G}`: the PrfaaS -> PD link's capacity changed.
+- `POST /internal/control/link {"gbps": G}`: the PrfaaS -> PD link's capacity changed; answers
+  the capacity the router's link view now uses. Also served without a `[controller]` (the
+  router's monitor takes the capacity directly; `prfaas testbed link` sends it).
 - `POST /internal/control/clock {"at_s": T}` (driven mode): the controller's time is now T.
 - `POST /internal/control/tick {"at_s": T}` (driven mode): time T, then one tick; answers the
   decisions it made.
+
+Every endpoint but `link` answers 404 on a deployment without a `[controller]`.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import math
 from typing import Any
 
@@ -24,6 +30,8 @@ from prfaas.nodes.topology import Topology
 
 _MAX_LINK_GBPS = 1e6
 
+log = logging.getLogger("prfaas.router")
+
 
 class _Refused(Exception):
     def __init__(self, status: int, message: str) -> None:
@@ -31,9 +39,13 @@ class _Refused(Exception):
         self.status = status
 
 
-def _control(app: FastAPI, topology: Topology) -> Any:
+def _require_token(topology: Topology) -> None:
     if deployment_token(topology) is None:
         raise _Refused(403, "the control API needs the deployment's transport token")
+
+
+def _control(app: FastAPI, topology: Topology) -> Any:
+    _require_token(topology)
     control = getattr(app.state.service, "control", None)
     if control is None:
         raise _Refused(404, "this deployment has no [controller]")
@@ -50,6 +62,17 @@ async def _number(request: Request, key: str, low: float, high: float) -> float:
     if not (math.isfinite(value) and low <= value <= high):
         raise _Refused(400, f"{key} must be a finite number in [{low:g}, {high:g}], got {value}")
     return value
+
+
+def set_link_capacity(service: Any, bytes_per_s: float) -> None:
+    """The router's link view takes a new capacity: through its controller when it has one
+    (which also logs it), else on its monitor directly."""
+    control = getattr(service, "control", None)
+    if control is not None:
+        control.set_link_capacity(bytes_per_s)
+        return
+    service.monitor.link_capacity_bytes_per_s = bytes_per_s
+    log.info(json.dumps({"event": "link_capacity", "bytes_per_s": bytes_per_s}))
 
 
 def add_control_routes(app: FastAPI) -> None:
@@ -75,13 +98,14 @@ def add_control_routes(app: FastAPI) -> None:
 
     @app.post("/internal/control/link")
     async def link(request: Request) -> Response:
+        service = app.state.service
         try:
-            control = _control(app, app.state.service.topology)
+            _require_token(service.topology)
             gbps = await _number(request, "gbps", 1e-6, _MAX_LINK_GBPS)
         except _Refused as exc:
             return refused(exc)
-        control.set_link_capacity(gbps * 1e9 / 8)
-        return JSONResponse({"link_bytes_per_s": gbps * 1e9 / 8})
+        set_link_capacity(service, gbps * 1e9 / 8)
+        return JSONResponse({"link_bytes_per_s": service.monitor.link_capacity_bytes_per_s})
 
     async def move_clock(request: Request) -> Any:
         """The controller, its clock moved to the body's `at_s` (a `Response` if refused)."""

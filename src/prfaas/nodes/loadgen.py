@@ -12,7 +12,10 @@ Owns three things:
   (last chunk - first chunk) / (completion tokens - 1), and the route and KV bytes come from the
   response's `prfaas` field. A request ends `ok` or as an error with its reason: none is lost;
 - the *egress sampler*: the PrfaaS prefill instances' transport byte counters
-  (`prfaas:kv_transfer_bytes_total`), scraped from their `/metrics` once per period.
+  (`prfaas:kv_transfer_bytes_total`), scraped from their `/metrics` once per period, or any
+  other byte counter (a testbed reads its WAN qdisc's);
+- *timed actions*: blocking calls made at set times of the run (a testbed's link drop and its
+  end), each logged with its outcome.
 """
 
 from __future__ import annotations
@@ -51,13 +54,39 @@ class PlannedRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class Burst:
+    """Extra Poisson arrivals of one prompt length during a window of the run."""
+
+    at_s: float  # window start, s after the run's start
+    duration_s: float
+    rate_per_s: float
+    num_tokens: int  # prompt length of every burst request
+
+    def __post_init__(self) -> None:
+        values = (self.at_s, self.duration_s, self.rate_per_s)
+        if not all(math.isfinite(v) for v in values) or self.at_s < 0:
+            raise UserError(f"a burst needs a finite start >= 0, got {self.at_s}")
+        if not (0 < self.duration_s <= MAX_DURATION_S and 0 < self.rate_per_s <= 1e4):
+            raise UserError(
+                f"a burst needs a duration in (0, {MAX_DURATION_S:g}] s and a rate in (0, 1e4] "
+                f"requests/s, got {self.duration_s} s at {self.rate_per_s}/s"
+            )
+        if self.rate_per_s * self.duration_s > MAX_REQUESTS:
+            raise UserError(f"a burst of more than {MAX_REQUESTS} requests")
+        if self.num_tokens < 1:
+            raise UserError(f"a burst's prompt needs at least one token, got {self.num_tokens}")
+
+
+@dataclass(frozen=True, slots=True)
 class Workload:
-    """What to send: lengths from a distribution (with a fixed output length), or a trace."""
+    """What to send: lengths from a distribution (with a fixed output length), or a trace,
+    and optionally a burst of one prompt length on top."""
 
     lengths: LengthDistribution | None = None
     output_tokens: int = 1024
     trace: tuple[TraceRequest, ...] | None = None
     max_model_len: int | None = None  # prompt + output fit this: prompts are cut to fit
+    burst: Burst | None = None
 
     def __post_init__(self) -> None:
         if (self.lengths is None) == (self.trace is None):
@@ -153,6 +182,34 @@ def build_schedule(
     seed: int,
 ) -> list[PlannedRequest]:
     """The run's requests in arrival order; the same arguments give the same schedule."""
+    planned = _base_schedule(workload, rate_per_s, num_requests, max_duration_s, seed)
+    if workload.burst is None:
+        return planned
+    extra = burst_schedule(workload, workload.burst, random.Random(seed + 1))
+    return sorted(planned + extra, key=lambda p: p.at_s)
+
+
+def burst_schedule(workload: Workload, burst: Burst, rng: random.Random) -> list[PlannedRequest]:
+    """The burst's requests: Poisson arrivals at its rate within its window."""
+    max_tokens = workload.output_tokens_of(workload.output_tokens)
+    num_prompt = workload.prompt_tokens(burst.num_tokens, max_tokens)
+    planned = []
+    for offset_s in poisson_arrivals(burst.rate_per_s, rng):
+        if offset_s > burst.duration_s:
+            break
+        planned.append(
+            PlannedRequest(burst.at_s + offset_s, synthetic_prompt(num_prompt, rng), max_tokens)
+        )
+    return planned
+
+
+def _base_schedule(
+    workload: Workload,
+    rate_per_s: float | None,
+    num_requests: int,
+    max_duration_s: float,
+    seed: int,
+) -> list[PlannedRequest]:
     rng = random.Random(seed)
     if workload.trace is not None:
         times = trace_times_s(workload.trace, rate_per_s, num_requests, max_duration_s)
@@ -320,12 +377,23 @@ class Target:
         return {} if self.api_key is None else {"Authorization": f"Bearer {self.api_key}"}
 
 
+@dataclass(frozen=True)
+class TimedAction:
+    """A blocking call made `at_s` after the run's start (on a worker thread)."""
+
+    at_s: float
+    name: str
+    call: Callable[[], Any]
+
+
 @dataclass
 class RunOutcome:
-    """Every planned request's result, the egress samples and the run's wall-clock span."""
+    """Every planned request's result, the egress samples, what the timed actions did and
+    the run's wall-clock span."""
 
     results: list[RequestResult]
     egress_samples: list[tuple[float, int]] = field(default_factory=list)  # (s, bytes so far)
+    actions: list[dict[str, Any]] = field(default_factory=list)  # name, at_s, done_s, outcome
     wall_s: float = 0.0
 
 
@@ -410,16 +478,27 @@ async def _scrape_egress(client: Any, urls: Sequence[str]) -> int:
 
 
 async def _sample_egress(
-    client: Any,
-    urls: Sequence[str],
+    read_bytes: Callable[[], Awaitable[int]],
     period_s: float,
     start: float,
     samples: list[tuple[float, int]],
 ) -> None:
     while True:
-        total = await _scrape_egress(client, urls)
+        total = await read_bytes()
         samples.append((time.monotonic() - start, total))
         await asyncio.sleep(period_s)
+
+
+async def _run_action(action: TimedAction, start: float, log: list[dict[str, Any]]) -> None:
+    """Call `action` at its time on a worker thread; log when and how it ended."""
+    await asyncio.sleep(max(0.0, start + action.at_s - time.monotonic()))
+    record: dict[str, Any] = {"name": action.name, "at_s": action.at_s}
+    try:
+        record["outcome"] = await asyncio.to_thread(action.call)
+    except Exception as exc:  # reported with the run, which goes on
+        record["error"] = error_reason(f"{type(exc).__name__}: {exc}")
+    record["done_s"] = round(time.monotonic() - start, 3)
+    log.append(record)
 
 
 def counter_total(metrics_text: str, name: str) -> int:
@@ -450,8 +529,12 @@ async def run_schedule(
     egress_urls: Sequence[str] = (),
     sample_period_s: float = 1.0,
     on_done: Callable[[RequestResult], None] | None = None,
+    read_egress_bytes: Callable[[], int] | None = None,
+    actions: Sequence[TimedAction] = (),
 ) -> RunOutcome:
-    """Send every planned request at its time (open loop) and wait for all of them."""
+    """Send every planned request at its time (open loop) and wait for all of them, and for
+    the timed actions. Egress is `read_egress_bytes` (blocking, on a worker thread) when
+    given, else the summed counters of `egress_urls`."""
     import aiohttp
 
     results = [
@@ -465,11 +548,16 @@ async def run_schedule(
         aiohttp.ClientSession(timeout=timeout, connector=connector) as client,
         aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2.0)) as scraper,
     ):
+
+        async def read_bytes() -> int:
+            if read_egress_bytes is not None:
+                return await asyncio.to_thread(read_egress_bytes)
+            return await _scrape_egress(scraper, egress_urls)
+
         start = time.monotonic()
         samples = outcome.egress_samples
-        sampler = asyncio.create_task(
-            _sample_egress(scraper, egress_urls, sample_period_s, start, samples)
-        )
+        sampler = asyncio.create_task(_sample_egress(read_bytes, sample_period_s, start, samples))
+        timed = [asyncio.create_task(_run_action(a, start, outcome.actions)) for a in actions]
         try:
             tasks = []
             for planned, result in zip(schedule, results, strict=True):
@@ -478,8 +566,11 @@ async def run_schedule(
                 tasks.append(asyncio.create_task(_reported(one, result, on_done)))
             await asyncio.gather(*tasks)
             outcome.wall_s = time.monotonic() - start
+            await asyncio.gather(*timed)
         finally:
             sampler.cancel()
-            await asyncio.gather(sampler, return_exceptions=True)
-        samples.append((time.monotonic() - start, await _scrape_egress(scraper, egress_urls)))
+            for task in timed:
+                task.cancel()
+            await asyncio.gather(sampler, *timed, return_exceptions=True)
+        samples.append((time.monotonic() - start, await read_bytes()))
     return outcome

@@ -5,9 +5,10 @@ A poller asks each instance's `/internal/stats` every `poll_s`; an instance is r
 good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
 it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
 requests spreads over instances instead of piling on the one that looked idle at the last poll.
-The link's utilization and retransmitted share are measured between two polls (growth of the
-kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads idle and one lost
-segment of a small transfer does not read as congestion.
+The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
+polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
+idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
+probing a shaped bottleneck for a moment read as a busy or congested link.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -27,6 +29,7 @@ from prfaas.transport.linkstats import LinkStats, LinkWindow
 
 log = logging.getLogger(__name__)
 _IDLE = LinkWindow(0.0, 0.0)  # a destination polled once: nothing measured between polls yet
+LINK_WINDOW_S = 2.0  # the link's utilization and loss are averaged over this much time
 
 
 @dataclass
@@ -38,19 +41,20 @@ class InstanceState:
     pending_tokens: int = 0  # dispatched by this router and not yet finished there
     pending_requests: int = 0
     converting_to: str | None = None  # the router is changing its role: route nothing to it
-    # per KV destination: egress and retransmitted share between the last two polls, and the
-    # last poll's time and link snapshot
+    # per KV destination: egress and retransmitted share over the last LINK_WINDOW_S, and the
+    # polls' times and link snapshots since the window's start
     windows: dict[str, LinkWindow] = field(default_factory=dict)
-    last_links: dict[str, tuple[float, LinkStats]] = field(default_factory=dict)
+    past_links: dict[str, deque[tuple[float, LinkStats]]] = field(default_factory=dict)
 
     def update_egress(self, at_s: float) -> None:
-        """Each destination's window since the previous poll (`LinkWindow.between`)."""
+        """Each destination's window from its newest poll at least `LINK_WINDOW_S` old (the
+        oldest one while fewer seconds have been polled) to this one (`LinkWindow.between`)."""
         for link in self.links():
-            before = self.last_links.get(link.dest)
-            self.last_links[link.dest] = (at_s, link)
-            window = (
-                None if before is None else LinkWindow.between(before[1], link, at_s - before[0])
-            )
+            past = self.past_links.setdefault(link.dest, deque())
+            while len(past) > 1 and past[1][0] <= at_s - LINK_WINDOW_S:
+                past.popleft()
+            window = None if not past else LinkWindow.between(past[0][1], link, at_s - past[0][0])
+            past.append((at_s, link))
             if window is not None:
                 self.windows[link.dest] = window
 

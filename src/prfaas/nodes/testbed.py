@@ -13,6 +13,11 @@ KV bytes, and the wire rate is `nominal_gbps x p / s`. A transfer then takes
 `[link] gbps` is that wire rate (what the router's link view must match); the threshold is
 resolved on the nominal, unscaled deployment.
 
+The deployment is one of the paper's three: `prfaas` (threshold routing between the clusters,
+optionally adapted by the router's long-timescale `[controller]`), `homogeneous` (every prefill on
+the PD cluster; with no PrfaaS instance the topology has no PrfaaS cluster, and the PrfaaS
+namespace stays empty) or `naive` (every prefill on PrfaaS).
+
 The I/O (namespaces, processes, state) is `prfaas.nodes.testbed_run`.
 """
 
@@ -26,10 +31,12 @@ from pathlib import Path
 
 from prfaas.errors import UserError
 from prfaas.transport.netns import VethEnd
+from prfaas.types import DeploymentKind
 
 DEFAULT_NAME = "prfaas-tb"
 DEFAULT_STATE_ROOT = Path("/run/prfaas-testbed")
 ENGINES = ("emulated", "torch")
+DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 PAPER_LINK_GBPS = 100.0  # the case study's inter-datacenter link
 TORCH_LINK_GBPS = 1.0  # the tiny torch model's default link: its payloads are KB, not GB
 MIN_WIRE_GBPS = 1e-4  # 100 kbit/s: below it a request's KV takes minutes
@@ -41,7 +48,13 @@ _BURST_S = 0.002  # the bucket holds 2 ms of the rate: shaping stays tight for s
 _WAN_SUBNET = "10.201.1"
 _CLIENT_SUBNET = "10.201.2"
 _ROUTER_PORT = 8000
-_PORT_BASE = {"prfaas-prefill": 9100, "pd-prefill": 9200, "pd-decode": 9300, "kv": 9400}
+_PORT_BASE = {
+    "prfaas-prefill": 9100,
+    "pd-prefill": 9200,
+    "pd-decode": 9300,
+    "kv": 9400,  # decode instances' KV receivers
+    "pd-prefill-kv": 9500,  # PD prefill instances' (with a controller: they may become decode)
+}
 _PD_HOST = "127.0.0.1"  # PD instances talk to the router over the PD namespace's loopback
 
 
@@ -169,7 +182,9 @@ class TestbedSpec:
     num_prfaas_prefill: int = 1
     num_pd_prefill: int = 1
     num_pd_decode: int = 1
-    threshold: float | str = "auto"  # tokens, or "auto": Eq. 7 on the nominal deployment
+    deployment: str = DeploymentKind.PRFAAS.value  # prfaas | homogeneous | naive
+    threshold: float | str = "auto"  # tokens, or "auto" (prfaas only: the others route by kind)
+    controller: bool = False  # the router's adaptive long-timescale controller (prfaas only)
     failure: str = "recompute"
     transfer_deadline_s: float = 60.0
     drain_s: float = 5.0
@@ -180,17 +195,40 @@ class TestbedSpec:
         check_name(self.name)
         if self.engine not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        counts = (self.num_prfaas_prefill, self.num_pd_prefill, self.num_pd_decode)
-        if not all(0 <= n <= MAX_INSTANCES for n in counts) or min(counts[0], counts[2]) < 1:
+        if self.deployment not in DEPLOYMENTS:
             raise UserError(
-                f"instances per role must be in 0..{MAX_INSTANCES}, with at least one PrfaaS "
-                f"prefill and one PD decode instance; got PrfaaS prefill {counts[0]}, "
-                f"PD prefill {counts[1]}, PD decode {counts[2]}"
+                f"deployment must be one of {', '.join(DEPLOYMENTS)}, got {self.deployment!r}"
             )
-        if self.engine == "torch" and self.threshold == "auto":
+        self._check_counts()
+        if self.controller and not self.uses_threshold:
+            raise UserError(f"the controller adapts a 'prfaas' deployment, not {self.deployment!r}")
+        if self.uses_threshold and self.engine == "torch" and self.threshold == "auto":
             raise UserError("threshold 'auto' needs the emulated engine; give a token count")
         if self.engine == "torch" and (self.scale.time_scale, self.scale.payload_scale) != (1, 1):
             raise UserError("time and payload scaling apply to the emulated engine only")
+
+    @property
+    def uses_threshold(self) -> bool:
+        """Whether the deployment routes by a length threshold (only `prfaas` does)."""
+        return self.deployment == DeploymentKind.PRFAAS
+
+    def _check_counts(self) -> None:
+        """0..MAX_INSTANCES per role, and the roles the deployment needs: a PrfaaS prefill
+        (prfaas, naive) or a PD prefill (homogeneous) instance, and a PD decode one."""
+        counts = (self.num_prfaas_prefill, self.num_pd_prefill, self.num_pd_decode)
+        got = f"PrfaaS prefill {counts[0]}, PD prefill {counts[1]}, PD decode {counts[2]}"
+        if not all(0 <= n <= MAX_INSTANCES for n in counts):
+            raise UserError(f"instances per role must be in 0..{MAX_INSTANCES}; got {got}")
+        if self.deployment == DeploymentKind.HOMOGENEOUS:
+            needs = {"PD prefill": counts[1], "PD decode": counts[2]}
+        else:
+            needs = {"PrfaaS prefill": counts[0], "PD decode": counts[2]}
+        missing = [role for role, n in needs.items() if n < 1]
+        if missing:
+            raise UserError(
+                f"deployment {self.deployment!r} needs at least one {' and one '.join(missing)} "
+                f"instance; instances: {got}"
+            )
 
 
 @dataclass(frozen=True)
@@ -215,9 +253,10 @@ def _instances(spec: TestbedSpec, layout: TestbedLayout) -> list[_Instance]:
         for i in range(spec.num_prfaas_prefill)
     ]  # fmt: skip
     out += [
-        _Instance(f"pd-prefill-{i}", "pd", "prefill", "h20", f"{_PD_HOST}:{port['pd-prefill'] + i}")
+        _Instance(f"pd-prefill-{i}", "pd", "prefill", "h20", f"{_PD_HOST}:{port['pd-prefill'] + i}",
+                  kv=f"{wan_pd}:{port['pd-prefill-kv'] + i}" if spec.controller else None)
         for i in range(spec.num_pd_prefill)
-    ]
+    ]  # fmt: skip
     out += [
         _Instance(f"pd-decode-{i}", "pd", "decode", "h20", f"{_PD_HOST}:{port['pd-decode'] + i}",
                   kv=f"{wan_pd}:{port['kv'] + i}")
@@ -226,20 +265,31 @@ def _instances(spec: TestbedSpec, layout: TestbedLayout) -> list[_Instance]:
     return out
 
 
+def _policy_lines(spec: TestbedSpec, threshold_tokens: float | str | None) -> str:
+    """`[policy]`'s deployment and, for `prfaas` only, its threshold (the other deployments
+    imply theirs: homogeneous keeps every prefill local, naive offloads every one)."""
+    lines = f"deployment = {json.dumps(spec.deployment)}\n"
+    if spec.uses_threshold:
+        if threshold_tokens is None:
+            raise ValueError("a prfaas deployment needs a threshold")
+        value = threshold_tokens
+        lines += f"threshold = {json.dumps(value) if isinstance(value, str) else f'{value:g}'}\n"
+    return lines
+
+
 def topology_text(
     spec: TestbedSpec,
     layout: TestbedLayout,
     token_file: Path | None,
-    threshold_tokens: float | str,
+    threshold_tokens: float | str | None,
     link_gbps: float,
 ) -> str:
     """The testbed's topology TOML: scaled emulated engines (or tiny torch ones), the router in
-    the PD namespace on the client link, `[link] gbps = link_gbps`. Without a token file the
-    transport token is a placeholder (a topology parsed, never served)."""
+    the PD namespace on the client link, `[link] gbps = link_gbps`, the spec's deployment (its
+    threshold only for `prfaas`), an empty `[controller]` (the defaults) when the spec has one,
+    and no PrfaaS cluster when it has no PrfaaS instance. Without a token file the transport
+    token is a placeholder (a topology parsed, never served)."""
     scaled = spec.engine == "emulated"
-    threshold = json.dumps(threshold_tokens) if isinstance(threshold_tokens, str) else (
-        f"{threshold_tokens:g}"
-    )  # fmt: skip
     if token_file is None:
         transport = 'token = "placeholder-never-served"'
     else:
@@ -259,17 +309,22 @@ http = "{layout.router_address(spec.router_port)}"
 gbps = {link_gbps:g}
 
 [policy]
-threshold = {threshold}
-failure = "{spec.failure}"
+{_policy_lines(spec, threshold_tokens)}failure = "{spec.failure}"
 transfer_deadline_s = {spec.transfer_deadline_s:g}
 drain_s = {spec.drain_s:g}
 
 [transport]
 {transport}
 """
+    if spec.controller:
+        text += "\n[controller]\n"
+    instances = _instances(spec, layout)
     for cluster in ("prfaas", "pd"):
+        members = [i for i in instances if i.cluster == cluster]
+        if not members:
+            continue
         text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
-        for inst in (i for i in _instances(spec, layout) if i.cluster == cluster):
+        for inst in members:
             kv = f'  kv = "{inst.kv}"\n' if inst.kv else ""
             text += (
                 f'  [[clusters.instances]]\n  name = "{inst.name}"\n  role = "{inst.role}"\n'
@@ -279,9 +334,13 @@ drain_s = {spec.drain_s:g}
     return text
 
 
-def resolve_threshold(spec: TestbedSpec) -> tuple[float, str]:
+def resolve_threshold(spec: TestbedSpec) -> tuple[float | None, str]:
     """t in tokens and how it was chosen: the given number, or Eq. 7 over the NOMINAL (unscaled)
-    deployment of this many instances, so the testbed routes as the paper's would."""
+    deployment of this many instances, so the testbed routes as the paper's would; None for a
+    deployment that routes without a threshold."""
+    if not spec.uses_threshold:
+        where = "PD" if spec.deployment == DeploymentKind.HOMOGENEOUS else "PrfaaS"
+        return None, f"no threshold, every prefill on {where}"
     if not isinstance(spec.threshold, str):
         return float(spec.threshold), "fixed"
     import tomllib

@@ -7,7 +7,9 @@ with every service inside its cluster's namespace and records pids and its phase
 `state.json`. `up` returns once the router answers `/ready` from the client namespace. `down`
 stops the supervisor (SIGTERM: the services drain), kills whatever still runs inside the
 namespaces, deletes them and the state; it also cleans a half-made testbed and is a no-op for a
-missing one. `status` and `change_link` read and change a running one.
+missing one. `status` and `change_link` read and change a running one; a new WAN rate is also
+told to the router (`POST /internal/control/link` from the client namespace, with the
+deployment token), so that its link view keeps matching the wire.
 
 Run as `python -m prfaas.nodes.testbed_run RUN_DIR`, this module is the supervisor.
 """
@@ -23,12 +25,15 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.nodes.auth import bearer
 from prfaas.nodes.launcher import Launcher, router_is_ready
 from prfaas.nodes.testbed import (
     TestbedLayout,
@@ -45,7 +50,9 @@ STATE_FILE = "state.json"
 _READY_POLL_S = 0.25
 _KILL_GRACE_S = 5.0  # namespace stragglers: SIGTERM, then SIGKILL after this
 _SUPERVISOR_GRACE_S = 15.0  # past the services' drain time
-_FILES = (STATE_FILE, "topology.toml", "transport.token")
+TOKEN_FILE = "transport.token"
+_FILES = (STATE_FILE, "topology.toml", TOKEN_FILE)
+_ROUTER_TIMEOUT_S = 5.0  # telling the router a new link capacity
 
 
 # ---- state ----------------------------------------------------------------------------------
@@ -170,7 +177,7 @@ def prepare(spec: TestbedSpec, state_root: Path, ready_timeout_s: float) -> Path
     wire_gbps = spec.scale.wire_gbps
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o700)
-    token_file = run_dir / "transport.token"
+    token_file = run_dir / TOKEN_FILE
     token_file.write_text(secrets.token_hex(16))
     token_file.chmod(0o600)
     text = topology_text(spec, layout, token_file, threshold[0], wire_gbps)
@@ -197,7 +204,7 @@ def refuse_existing(layout: TestbedLayout, run_dir: Path) -> None:
 def _initial_state(
     spec: TestbedSpec,
     layout: TestbedLayout,
-    threshold: tuple[float, str],
+    threshold: tuple[float | None, str],
     ready_timeout_s: float,
 ) -> dict[str, Any]:
     wan = layout.wan_prfaas
@@ -206,6 +213,8 @@ def _initial_state(
         "phase": "starting",
         "error": None,
         "engine": spec.engine,
+        "deployment": spec.deployment,
+        "controller": spec.controller,
         "namespaces": {"prfaas": layout.prfaas_ns, "pd": layout.pd_ns, "client": layout.client_ns},
         "wan": {"ns": wan.ns, "dev": wan.dev, "delay_ms": spec.delay_ms},
         "scale": asdict(spec.scale),
@@ -432,7 +441,17 @@ def status(name: str, state_root: Path) -> dict[str, Any]:
         and link is not None
         and link["up"]
     )
-    keys = ("phase", "error", "engine", "scale", "wire_gbps", "threshold_tokens", "router_url")
+    keys = (
+        "phase",
+        "error",
+        "engine",
+        "deployment",
+        "controller",
+        "scale",
+        "wire_gbps",
+        "threshold_tokens",
+        "router_url",
+    )
     return (
         report
         | {k: state.get(k) for k in keys}
@@ -463,8 +482,10 @@ def change_link(
     nominal_gbps: float | None = None,
     is_up: bool | None = None,
 ) -> dict[str, Any]:
-    """Change the WAN of a running testbed: its nominal rate (scaled like at `up`) and/or
-    whether it is up; the new link settings."""
+    """Change the WAN of a running testbed: its nominal rate (scaled like at `up`, and told to
+    the router) and/or whether it is up; the new link settings, and whether the router took the
+    new rate (`inform_router`'s keys; `router_informed` is None when the rate did not change,
+    False with `router_reason` when the router could not be told: reported, not raised)."""
     require_netns()
     layout = TestbedLayout(name)
     run_dir = run_dir_of(state_root, name)
@@ -473,6 +494,11 @@ def change_link(
         raise UserError(f"no running testbed {name!r}")
     wan = layout.wan_prfaas
     changes: dict[str, Any] = {}
+    told: dict[str, Any] = {
+        "router_informed": None,
+        "router_reason": "the rate did not change",
+        "router_link_bytes_per_s": None,
+    }
     if nominal_gbps is not None:
         scale = TestbedScale(**state["scale"]).with_nominal(nominal_gbps)
         delay_ms = float(state["wan"].get("delay_ms", 0.0))
@@ -482,6 +508,7 @@ def change_link(
         except netns.NetnsError as exc:
             raise UserError(str(exc)) from None
         changes |= {"scale": asdict(scale), "wire_gbps": scale.wire_gbps}
+        told = inform_router(run_dir, state, layout, scale.wire_gbps)
     if is_up is not None:
         netns.set_link_up(wan.ns, wan.dev, is_up)
     state = update_state(run_dir, **changes)
@@ -490,7 +517,53 @@ def change_link(
         "nominal_gbps": state["scale"]["nominal_gbps"],
         "wire_gbps": state["wire_gbps"],
         "up": netns.link_is_up(wan.ns, wan.dev),
+        **told,
     }
+
+
+def inform_router(
+    run_dir: Path, state: dict[str, Any], layout: TestbedLayout, wire_gbps: float
+) -> dict[str, Any]:
+    """POST the new wire rate to the router's `/internal/control/link` from the client
+    namespace, with the deployment token (never raises): `router_informed`, `router_reason`
+    (None when informed) and `router_link_bytes_per_s`, the capacity the router now uses."""
+    try:
+        token = (run_dir / TOKEN_FILE).read_text().strip()
+    except OSError as exc:
+        return _told(f"no deployment token: {exc}")
+    url = f"{state['router_url']}/internal/control/link"
+    try:
+        return netns.call_in_netns(layout.client_ns, lambda: post_link(url, token, wire_gbps))
+    except (netns.NetnsError, OSError) as exc:  # the client namespace is gone
+        return _told(f"cannot reach the client namespace: {exc}")
+
+
+def _told(reason: str | None, link_bytes_per_s: float | None = None) -> dict[str, Any]:
+    return {
+        "router_informed": reason is None,
+        "router_reason": reason,
+        "router_link_bytes_per_s": link_bytes_per_s,
+    }
+
+
+def post_link(url: str, token: str, gbps: float) -> dict[str, Any]:
+    """POST {"gbps": gbps} to `url` as Bearer `token`; whether the router took it (see
+    `inform_router`)."""
+    body = json.dumps({"gbps": gbps}).encode()
+    headers = {"Content-Type": "application/json", **bearer(token)}
+    request = urllib.request.Request(url, body, headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=_ROUTER_TIMEOUT_S) as reply:
+            answer = json.loads(reply.read())
+    except urllib.error.HTTPError as exc:
+        detail = " ".join(exc.read().decode(errors="replace").split())[:200]
+        return _told(f"the router answered {exc.code}: {detail}")
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        return _told(f"the router did not answer: {exc}")
+    capacity = answer.get("link_bytes_per_s") if isinstance(answer, dict) else None
+    if not isinstance(capacity, int | float):
+        return _told(f"the router answered without link_bytes_per_s: {str(answer)[:200]}")
+    return _told(None, float(capacity))
 
 
 def main(argv: list[str]) -> int:

@@ -99,6 +99,17 @@ class ModelConfig:
         """The model id in the OpenAI API: the preset name or the directory's base name."""
         return Path(self.name).name if "/" in self.name else self.name
 
+    def model_bytes_per_s(self, wire_bytes_per_s: float) -> float:
+        """A link's rate in the model's units: real (unscaled) KV bytes per modelled second.
+
+        Emulated engines send `payload_scale` x the real bytes and run `time_scale` x faster
+        than modelled, so a wire moving B bytes per second carries B x time_scale /
+        payload_scale real bytes per modelled second. With time_scale 0 (no sleeping) there is
+        no modelled time to convert to: the wire rate is returned as it is."""
+        if self.time_scale <= 0:
+            return wire_bytes_per_s
+        return wire_bytes_per_s * self.time_scale / self.payload_scale
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceConfig:

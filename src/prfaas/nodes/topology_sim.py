@@ -30,7 +30,9 @@ def sim_config_of(
     topology: Topology, bandwidth: Sequence[BandwidthStep] | None = None
 ) -> SimConfig:
     """The `SimConfig` of `topology`; `bandwidth` overrides its constant `[link]` (steps from
-    time 0). Needs one PrfaaS and one PD cluster with one hardware per cluster, like "auto"."""
+    time 0, in the model's units like the `[link]` rate: `ModelConfig.model_bytes_per_s`).
+    Needs a PD cluster, and a PrfaaS cluster unless the deployment is homogeneous, with one
+    hardware per cluster, like "auto"."""
     from prfaas.models import load_model_spec
 
     inputs, num_pd_p = planner_inputs(topology)
@@ -38,7 +40,7 @@ def sim_config_of(
     footprint = load_model_spec(topology.model.emulate).footprint()
     deployment = DeploymentSpec(
         kind=DeploymentKind(topology.policy.deployment),
-        prfaas=_prefill_spec(inputs.prfaas),
+        prfaas=_prefill_spec(inputs.prfaas, _num_prfaas_prefill(topology)),
         pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
         num_decode_instances=len(pd.by_role("decode")),
         max_batch_size=inputs.max_batch_size,
@@ -50,7 +52,7 @@ def sim_config_of(
         deployment=deployment,
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
         num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
-        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, topology.link.gbps),)),
+        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, inputs.link_bytes_per_s * 8 / 1e9),)),
         block_tokens=topology.prefix_cache.block_tokens,
         prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
         record_decisions=True,
@@ -63,3 +65,7 @@ def _prefill_spec(cluster: ClusterSpec, num_instances: int | None = None) -> Pre
     count = cluster.num_instances if num_instances is None else num_instances
     label = f"{cluster.gpus_per_instance}x{cluster.hardware.upper()}"
     return PrefillClusterSpec(count, CurveLatency(cluster.t_prefill_s), label)
+
+
+def _num_prfaas_prefill(topology: Topology) -> int:
+    return sum(len(c.by_role("prefill")) for c in topology.clusters_of_kind("prfaas"))

@@ -10,7 +10,9 @@ from the topology:
   and GPUs per instance (the durations an emulated engine sleeps);
 - N_prfaas, N_p, N_d: the PrfaaS cluster's prefill instances, the PD cluster's prefill and
   decode instances;
-- S_kv(l) of `model.emulate` (bf16 KV), and the link's Gbps;
+- S_kv(l) of `model.emulate` (bf16 KV), and the link's Gbps in the model's units (the wire
+  rate x `time_scale` / `payload_scale`: `ModelConfig.model_bytes_per_s`, so a testbed whose
+  payloads and time are scaled plans like the unscaled deployment);
 - the paper's case-study length distribution and decode parameters (`prfaas.casestudy`). With
   N_d fixed, decode binds equally at every t, so the decode parameters do not move t.
 """
@@ -54,8 +56,11 @@ def _only_cluster(topology: Topology, kind: str) -> ClusterConfig:
 
 
 def _prefill_shape(cluster: ClusterConfig) -> tuple[str, int]:
-    """(hardware, GPUs per instance) shared by every prefill instance of `cluster`."""
+    """(hardware, GPUs per instance) shared by every prefill instance of `cluster` (by every
+    instance of a PD cluster without prefill instances, as in a naive deployment)."""
     prefill = cluster.by_role("prefill")
+    if not prefill and cluster.kind == "pd":
+        prefill = cluster.instances
     if not prefill:
         raise UserError(f"needs a prefill instance in cluster {cluster.name!r}")
     shapes = sorted({(i.hardware, i.num_gpus) for i in prefill})
@@ -101,6 +106,21 @@ def _cluster_spec(model: ModelSpec, cluster: ClusterConfig, num_instances: int) 
     )
 
 
+def _prfaas_spec(
+    topology: Topology, model: ModelSpec, pd_spec: ClusterSpec
+) -> tuple[ClusterSpec, int]:
+    """The PrfaaS cluster's spec and its number of prefill instances. A homogeneous deployment
+    may have no PrfaaS cluster (or an empty one): its spec is then one instance of the PD
+    hardware, which the homogeneous deployment never uses, with 0 instances returned."""
+    clusters = topology.clusters_of_kind("prfaas")
+    is_empty = not clusters or (len(clusters) == 1 and not clusters[0].by_role("prefill"))
+    if topology.policy.deployment == "homogeneous" and is_empty:
+        return replace(pd_spec, num_gpus=pd_spec.gpus_per_instance), 0
+    prfaas = _only_cluster(topology, "prfaas")
+    num_prfaas = len(prfaas.by_role("prefill"))
+    return _cluster_spec(model, prfaas, num_prfaas), num_prfaas
+
+
 def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
     """The planner's inputs for this topology, and its N_p (PD prefill instances).
 
@@ -109,20 +129,20 @@ def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
     from prfaas.models import load_model_spec
 
     model = load_model_spec(topology.model.emulate)
-    prfaas, pd = _only_cluster(topology, "prfaas"), _only_cluster(topology, "pd")
-    num_prfaas = len(prfaas.by_role("prefill"))
+    pd = _only_cluster(topology, "pd")
     num_pd_p, num_pd_d = len(pd.by_role("prefill")), len(pd.by_role("decode"))
     pd_spec = _cluster_spec(model, pd, num_pd_p + num_pd_d)
+    prfaas_spec, num_prfaas = _prfaas_spec(topology, model, pd_spec)
     homogeneous_gpus = (num_prfaas + num_pd_p + num_pd_d) * pd_spec.gpus_per_instance
     inputs = PlanInputs(
-        prfaas=_cluster_spec(model, prfaas, num_prfaas),
+        prfaas=prfaas_spec,
         pd=pd_spec,
         homogeneous=replace(pd_spec, num_gpus=homogeneous_gpus),
         kv_bytes=_kv_curve(model),
         kv_source=f"model {model.name}",
         lengths=_CASE.lengths(),
         lengths_source=CASE_STUDY_LENGTHS,
-        link_bytes_per_s=topology.link.bytes_per_s,
+        link_bytes_per_s=topology.model.model_bytes_per_s(topology.link.bytes_per_s),
         num_output_tokens=_CASE.output_tokens,
         max_batch_size=_CASE.max_batch_size,
         t_decode_step_s=_CASE.t_decode_step_s,
@@ -155,6 +175,10 @@ def search_threshold(inputs: PlanInputs, num_pd_p: int) -> StagePoint:
 def resolve_auto_threshold(topology: Topology) -> tuple[float, str]:
     """(t, how it was computed); UserError in one line when the topology does not allow it."""
     inputs, num_pd_p = planner_inputs(topology)
+    if num_pd_p == 0:  # t splits work between PrfaaS and PD prefill: there must be both
+        raise UserError(
+            f"needs a prefill instance in cluster {_only_cluster(topology, 'pd').name!r}"
+        )
     point = search_threshold(inputs, num_pd_p)
     prfaas, pd = inputs.prfaas, inputs.pd
     source = (

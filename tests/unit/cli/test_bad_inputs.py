@@ -376,3 +376,30 @@ def test_sizes_are_within_the_bounds_or_refused(text: str) -> None:
     except UserError:
         return
     assert 4096 <= size <= 64 * 2**30
+
+
+# ---- `prfaas bench system`: the burst and the testbed flags -------------------------------------
+
+BENCH_SYSTEM_CASES: list[tuple[str, str]] = [
+    ("bench system --config {ex} --rate 1 --burst 1:2:3", "--burst must be AT_S:DURATION_S"),
+    ("bench system --config {ex} --rate 1 --burst a:1:1:100", "--burst must be AT_S:DURATION_S"),
+    ("bench system --config {ex} --rate 1 --burst 1:1:1:1.5", "TOKENS an integer"),
+    ("bench system --config {ex} --rate 1 --burst=-1:1:1:100", "a burst needs a finite start"),
+    ("bench system --config {ex} --rate 1 --burst 0:1:1:0", "at least one token"),
+    ("bench system --config {ex} --rate 1 --link-drop 1:2:3", "give --testbed NAME"),
+    ("bench system --config {ex} --rate 1 --state-dir {d}", "give --testbed NAME"),
+    ("bench system --testbed x --url http://h:1 --rate 1", "no --url, --config, --deployment"),
+    ("bench system --testbed x --config {ex} --rate 1", "no --url, --config, --deployment"),
+    ("bench system --rate 1", "give --config TOPOLOGY.toml (or --testbed NAME)"),
+]
+
+
+@pytest.mark.usefixtures("nothing_starts")
+@pytest.mark.parametrize(
+    ("template", "reason"), BENCH_SYSTEM_CASES, ids=[c[0][13:73] for c in BENCH_SYSTEM_CASES]
+)
+def test_bench_system_bad_input_is_one_line_with_its_reason(
+    capsys: Capsys, files: Path, template: str, reason: str
+) -> None:
+    line = one_error_line(capsys, _argv(template, files))
+    assert reason in line, line

@@ -205,10 +205,12 @@ def test_sweep_stops_at_the_first_miss() -> None:
 
     def run_at(rate: float | None) -> dict[str, object]:
         assert rate is not None
-        return {"live": {"num_errors": 0, "ttft_s": {"p90": p90[rate]}}}
+        sim = {"num_requests": 4, "num_completed": 4, "ttft_s": {"p90": p90[rate] / 2}}
+        return {"live": {"num_errors": 0, "ttft_s": {"p90": p90[rate]}}, "sim": sim}
 
     runs, best = run_rates(run_at, [1.0, 2.0, 4.0, 8.0], ttft_slo_s=1.0)
     assert len(runs) == 3 and best == 2.0
+    assert [r["sim_meets_slo"] for r in runs] == [True, True, False]
     runs, best = run_rates(run_at, [1.0, 2.0, 4.0, 8.0], ttft_slo_s=None)
     assert len(runs) == 4 and best is None
 

@@ -78,9 +78,28 @@ def test_utilization_is_egress_between_polls_not_the_last_delivery_rate() -> Non
     _poll(monitor, 0.5, 250_000_000)  # 0.5e9 bytes/s of 1e9
     view = monitor.link_view(prfaas, pd)
     assert view is not None and view.utilization == pytest.approx(0.5)
-    _poll(monitor, 1.0, 250_000_000)  # nothing sent since: idle, whatever the kernel's last rate
+    _poll(monitor, 1.0, 250_000_000)  # nothing since: the window (from 0 s) holds the burst
+    view = monitor.link_view(prfaas, pd)
+    assert view is not None and view.utilization == pytest.approx(0.25)
+    _poll(monitor, 3.0, 250_000_000)  # nothing sent for a whole window: idle
     view = monitor.link_view(prfaas, pd)
     assert view is not None and view.utilization == 0.0
+
+
+def test_a_burst_and_its_losses_are_averaged_over_the_window() -> None:
+    monitor, topology = _monitor()
+    for k in range(8):  # 2 s of polls every 0.25 s, idle
+        _poll(monitor, k * 0.25, 0)
+    # one quarter-second burst at the full 1e9 bytes/s, with 2% of it resent
+    _poll(monitor, 2.0, 250_000_000, retrans=5_000_000)
+    view = monitor.link_view(*topology.clusters)
+    assert view is not None
+    assert view.utilization == pytest.approx(0.125)  # 250 MB over the 2 s window
+    assert view.retransmit_rate == pytest.approx(0.02)  # a share of what was sent: unchanged
+    for k in range(9, 17):  # the window slides past the burst: idle again
+        _poll(monitor, k * 0.25, 250_000_000, retrans=5_000_000)
+    view = monitor.link_view(*topology.clusters)
+    assert view is not None and view.utilization == 0.0 and view.retransmit_rate == 0.0
 
 
 def test_a_new_connection_restarting_its_count_reads_no_negative_rate() -> None:
@@ -132,8 +151,8 @@ def test_retransmissions_are_judged_over_the_last_window_with_enough_bytes() -> 
     view = monitor.link_view(*topology.clusters)
     assert view is not None and view.retransmit_rate == 0.0
     _poll(monitor, 0.5, 10_000_000, retrans=501_500)  # 5% of 9.99 MB retransmitted
-    view = monitor.link_view(*topology.clusters)
-    assert view is not None and view.retransmit_rate == pytest.approx(500_000 / 9_990_000)
-    _poll(monitor, 0.75, 10_000_000, retrans=501_500)  # idle again: nothing to judge
+    view = monitor.link_view(*topology.clusters)  # the window starts at 0 s: all of it counts
+    assert view is not None and view.retransmit_rate == pytest.approx(501_500 / 10_000_000)
+    _poll(monitor, 2.75, 10_000_000, retrans=501_500)  # idle for a window: nothing to judge
     view = monitor.link_view(*topology.clusters)
     assert view is not None and view.retransmit_rate == 0.0

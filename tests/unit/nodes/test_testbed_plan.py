@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from prfaas.nodes.testbed import (
     topology_text,
     wire_gbps,
 )
-from prfaas.nodes.topology import parse_topology
+from prfaas.nodes.topology import Topology, parse_topology
 
 GB = 1e9
 
@@ -62,7 +63,9 @@ def test_transfer_time_scales_exactly_like_compute(
         ((1e-3, 1.0, 1e-3), "outside"),  # 1 kbit/s
     ],
 )
-def test_bad_scaling_is_refused_with_its_reason(args: tuple[float, float, float], match: str):
+def test_bad_scaling_is_refused_with_its_reason(
+    args: tuple[float, float, float], match: str
+) -> None:
     with pytest.raises(UserError, match=match):
         TestbedScale(*args)
 
@@ -93,7 +96,7 @@ def test_layout_names_namespaces_after_the_testbed() -> None:
     assert all(len(end.dev) <= 15 for end in (layout.wan_prfaas, layout.wan_pd, layout.client))
 
 
-def _topology(spec: TestbedSpec, threshold: float = 1000.0):
+def _topology(spec: TestbedSpec, threshold: float = 1000.0) -> tuple[Topology, TestbedLayout]:
     layout = TestbedLayout(spec.name)
     text = topology_text(spec, layout, None, threshold, spec.scale.wire_gbps)
     return parse_topology(tomllib.loads(text), Path("."), source="testbed"), layout
@@ -127,9 +130,9 @@ def test_auto_threshold_is_solved_on_the_nominal_deployment() -> None:
     """The same t whatever the scaling: Eq. 7 sees the paper's link, not the wire."""
     t_paper, source = resolve_threshold(TestbedSpec(name="tb"))
     t_scaled, _ = resolve_threshold(TestbedSpec(name="tb", scale=TestbedScale(100.0, 0.1, 0.001)))
-    assert t_paper == t_scaled > 0 and "100 Gbps" in source
+    assert t_paper is not None and t_paper == t_scaled and t_paper > 0 and "100 Gbps" in source
     t_slow_link, _ = resolve_threshold(TestbedSpec(name="tb", scale=TestbedScale(1.0)))
-    assert t_slow_link > t_paper  # a slower link offloads fewer
+    assert t_slow_link is not None and t_slow_link > t_paper  # a slower link offloads fewer
     assert resolve_threshold(TestbedSpec(name="tb", threshold=500.0)) == (500.0, "fixed")
 
 
@@ -141,11 +144,85 @@ def test_auto_threshold_is_solved_on_the_nominal_deployment() -> None:
         ({"num_prfaas_prefill": 17}, "instances"),
         ({"engine": "torch"}, "auto"),
         ({"engine": "torch", "threshold": 64.0}, "scaling"),
+        ({"deployment": "disaggregated"}, "deployment must be"),
+        ({"num_prfaas_prefill": 0}, "'prfaas' needs at least one PrfaaS prefill"),
+        ({"deployment": "naive", "num_prfaas_prefill": 0}, "'naive' needs at least one PrfaaS"),
+        ({"deployment": "homogeneous", "num_pd_prefill": 0}, "at least one PD prefill"),
+        ({"deployment": "homogeneous", "num_pd_decode": 0}, "PD decode"),
+        ({"deployment": "naive", "num_pd_decode": 0}, "PD decode"),
+        ({"deployment": "homogeneous", "controller": True}, "controller adapts a 'prfaas'"),
+        ({"deployment": "naive", "controller": True}, "controller adapts a 'prfaas'"),
     ],
 )
 def test_bad_specs_are_refused(fields: dict[str, object], match: str) -> None:
     with pytest.raises(UserError, match=match):
         TestbedSpec(**fields)  # type: ignore[arg-type]
+
+
+def _deployed(spec: TestbedSpec) -> Topology:
+    """The topology `up` would write for `spec`, its threshold resolved as `up` does."""
+    return _topology_of(spec, resolve_threshold(spec)[0])
+
+
+def _topology_of(spec: TestbedSpec, threshold: float | str | None) -> Topology:
+    text = topology_text(spec, TestbedLayout(spec.name), None, threshold, spec.scale.wire_gbps)
+    return parse_topology(tomllib.loads(text), Path("."), source="testbed")
+
+
+def test_equal_hardware_homogeneous_baseline_has_no_prfaas_cluster() -> None:
+    """`--deployment homogeneous --prfaas 0 --pd-prefill 10 --pd-decode 2`: 12 H20 instances."""
+    spec = TestbedSpec(
+        name="tb",
+        deployment="homogeneous",
+        num_prfaas_prefill=0,
+        num_pd_prefill=10,
+        num_pd_decode=2,
+    )
+    assert resolve_threshold(spec)[0] is None
+    topology = _deployed(spec)
+    assert topology.policy.deployment == "homogeneous"
+    assert topology.policy.threshold_tokens == math.inf  # every prefill stays local
+    assert [c.kind for c in topology.clusters] == ["pd"]
+    assert len(topology.instances) == 12 and {i.hardware for i in topology.instances} == {"h20"}
+    assert not topology.controller.enabled
+
+
+def test_homogeneous_with_prfaas_instances_keeps_their_cluster() -> None:
+    spec = TestbedSpec(name="tb", deployment="homogeneous", num_prfaas_prefill=2)
+    topology = _deployed(spec)
+    assert [c.kind for c in topology.clusters] == ["prfaas", "pd"]
+    assert topology.policy.threshold_tokens == math.inf
+
+
+def test_naive_deployment_offloads_every_prefill() -> None:
+    spec = TestbedSpec(name="tb", deployment="naive", num_pd_prefill=0)
+    topology = _deployed(spec)
+    assert topology.policy.deployment == "naive" and topology.policy.threshold_tokens == 0.0
+    assert [c.kind for c in topology.clusters] == ["prfaas", "pd"]
+    assert not topology.controller.enabled
+
+
+def test_prfaas_deployment_is_static_unless_the_controller_is_asked_for() -> None:
+    """Equal to the homogeneous baseline above: 4 H200 + 8 H20 instances."""
+    counts = {"num_prfaas_prefill": 4, "num_pd_prefill": 4, "num_pd_decode": 4}
+    static = _deployed(TestbedSpec(name="tb", **counts))  # type: ignore[arg-type]
+    assert static.policy.deployment == "prfaas" and not static.controller.enabled
+    assert all(i.kv is None for i in static.clusters_of_kind("pd")[0].by_role("prefill"))
+    adaptive = _deployed(TestbedSpec(name="tb", controller=True, **counts))  # type: ignore[arg-type]
+    assert adaptive.controller.enabled and not adaptive.controller.driven
+    assert adaptive.policy.threshold_tokens == static.policy.threshold_tokens > 0
+    pd = adaptive.clusters_of_kind("pd")[0]
+    kv = [i.kv for i in pd.instances]  # every PD instance may change role: each receives KV
+    assert all(kv) and len(set(kv)) == len(kv) == 8
+    assert sum(i.hardware == "h200" for i in adaptive.instances) == 4
+
+
+@pytest.mark.parametrize("deployment", ["homogeneous", "naive"])
+def test_a_deployment_without_threshold_writes_no_threshold_key(deployment: str) -> None:
+    spec = TestbedSpec(name="tb", deployment=deployment)
+    text = topology_text(spec, TestbedLayout("tb"), None, None, 1.0)
+    policy = tomllib.loads(text)["policy"]
+    assert policy["deployment"] == deployment and "threshold" not in policy
 
 
 def _model_table(extra: str) -> str:

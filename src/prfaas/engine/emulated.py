@@ -157,13 +157,16 @@ class EmulatedEngine:
         prefix_cache: PrefixCacheConfig | None = None,
         payload_scale: float = 1.0,
         time_scale: float = 1.0,
+        output_token_ids: Sequence[int] = (),
     ):
         """`max_positions` caps prompt + generated tokens; None takes the spec's
         `max_position_embeddings` when it has one, else there is no limit. With `prefix_cache`
         the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`).
         `payload_scale` in (0, 1] shrinks exported payloads (and what imports expect) to that
         fraction of the model's real bytes, per tensor (`layer_tensor_sizes`). The engine
-        sleeps `time_scale` x the cost model's durations (0: it does not sleep)."""
+        sleeps `time_scale` x the cost model's durations (0: it does not sleep). Generated ids
+        are drawn from `output_token_ids` when given (the served tokenizer's printable tokens, so
+        that clients see text), else from the model's whole vocabulary."""
         if not 0 < payload_scale <= 1:
             raise UserError(f"payload_scale must be in (0, 1], got {payload_scale}")
         if not time_scale >= 0:
@@ -185,6 +188,7 @@ class EmulatedEngine:
         spec_limit = getattr(spec, "max_position_embeddings", None)
         self.max_positions: int | None = max_positions if max_positions is not None else spec_limit
         self._vocab_size = spec.vocab_size if spec.vocab_size > 0 else None
+        self._output_token_ids = tuple(output_token_ids)
         self.prefix = (
             None if prefix_cache is None else EmulatedPrefixCache(spec, kv_dtype, prefix_cache)
         )
@@ -549,7 +553,11 @@ class EmulatedEngine:
 
     def _next_token(self, state: EmulatedRequest) -> int:
         index = len(state.output_token_ids)
-        token = random.Random(state.seed * _SEED_STRIDE + index).randrange(self.spec.vocab_size)
+        rng = random.Random(state.seed * _SEED_STRIDE + index)
+        choices = self._output_token_ids
+        token = (
+            choices[rng.randrange(len(choices))] if choices else rng.randrange(self.spec.vocab_size)
+        )
         state.output_token_ids.append(token)
         return token
 

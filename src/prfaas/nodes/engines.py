@@ -37,6 +37,7 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
             prefix_cache=prefix_cache,
             payload_scale=model.payload_scale,
             time_scale=model.time_scale,
+            output_token_ids=printable_token_ids(topology),
         )
     import torch
 
@@ -54,6 +55,34 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
         )
         prefix_cache = None
     return Engine(loaded, prefix_cache=prefix_cache)
+
+
+_MAX_SCANNED_IDS = 4096  # printable_token_ids looks at this many ids at most
+
+
+def printable_token_ids(topology: Topology) -> tuple[int, ...]:
+    """The ids below 4096 that the served tokenizer decodes, alone, to printable non-blank text
+    (no undecodable byte) and that are not special (bos, eos, pad): what an emulated engine
+    generates, so that an OpenAI client of an emulated deployment reads text. Empty when the
+    tokenizer cannot be loaded (the engine then draws from the whole vocabulary)."""
+    from prfaas.errors import UserError
+    from prfaas.nodes.text import load_codec
+
+    try:
+        codec = load_codec(topology.model)
+    except UserError:
+        return ()
+    tok = codec.tokenizer
+    special = {
+        getattr(tok, name, None) for name in ("bos_token_id", "eos_token_id", "pad_token_id")
+    }
+    out = []
+    for token_id in range(min(codec.vocab_size, _MAX_SCANNED_IDS)):
+        text = codec.decode([token_id])
+        readable = text.strip() and text.isprintable() and "\ufffd" not in text
+        if token_id not in special and readable:
+            out.append(token_id)
+    return tuple(out)
 
 
 def _prefix_cache_config(topology: Topology) -> PrefixCacheConfig | None:

@@ -63,3 +63,14 @@ def test_decode_step_time_comes_from_the_cost_model() -> None:
     engine.step()
     cost = CostModel(load_model_spec(MODEL), get_hardware("H20"), 8)
     assert slept == [pytest.approx(cost.t_decode_step_s(3, 100))]
+
+
+def test_generated_ids_come_from_the_given_output_ids() -> None:
+    allowed = (40, 41, 42)
+    params = SamplingParams(max_tokens=64, seed=3)
+    request = GenerateRequest("r", (1,) * 64, params)
+    narrow = make_emulated_engine(MODEL, "H20", 8, sleep=lambda _: None, output_token_ids=allowed)
+    tokens = narrow.generate([request])["r"]
+    assert len(tokens) == 64 and set(tokens) <= set(allowed) and len(set(tokens)) > 1
+    wide = make_emulated_engine(MODEL, "H20", 8, sleep=lambda _: None)
+    assert not set(wide.generate([request])["r"]) <= set(allowed)  # the whole vocabulary

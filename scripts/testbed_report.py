@@ -1,0 +1,273 @@
+"""Summarize `scripts/testbed_results.sh OUT_DIR` into the tables of docs/results.md ("The
+two-datacenter testbed") and two plots, from the `prfaas bench system` JSON files it wrote.
+
+Usage: .venv/bin/python scripts/testbed_report.py OUT_DIR [--img-dir docs/img] [--json]
+
+Capacity is each deployment's steady throughput (completions between the 10th and 90th
+percentile) when offered 1.4x its planned Λ_max; the ratios divide by homogeneous PD's. Link drop
+and burst windows split the requests by send time: before the event, during it, after it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from prfaas.nodes.bench_report import distribution
+
+DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
+
+
+def load(out: Path, name: str) -> dict[str, Any] | None:
+    path = out / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def fmt(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def ratio(a: Any, b: Any) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def capacity_rows(out: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The saturated run of each deployment: live and simulated steady throughput, plan Λ_max."""
+    found: dict[str, dict[str, Any]] = {}
+    for kind in DEPLOYMENTS:
+        result = load(out, kind)
+        if result is None:
+            continue
+        run = max(result["runs"], key=lambda r: r["rate_rps"])
+        found[kind] = {
+            "rate": run["rate_rps"],
+            "live": run["live"]["steady_throughput_rps"],
+            "sim": run["sim"].get("steady_throughput_rps"),
+            "plan": run["plan"].get("lambda_max_rps"),
+            "offload_live": run["live"]["offload_ratio"],
+            "offload_sim": run["sim"].get("offload_ratio"),
+        }
+    base = found.get("homogeneous", {})
+    lines = [
+        "| deployment | offered (req/s) | plan Λmax | sim steady | live steady | live / plan "
+        "| live / sim | vs homogeneous: live | sim | plan | offload live / sim |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind, c in found.items():
+        lines.append(
+            f"| {kind} | {fmt(c['rate'])} | {fmt(c['plan'], 3)} | {fmt(c['sim'], 3)} | "
+            f"{fmt(c['live'], 3)} | {fmt(ratio(c['live'], c['plan']))} | "
+            f"{fmt(ratio(c['live'], c['sim']))} | {fmt(ratio(c['live'], base.get('live')))}x | "
+            f"{fmt(ratio(c['sim'], base.get('sim')))}x | "
+            f"{fmt(ratio(c['plan'], base.get('plan')))}x | "
+            f"{fmt(c['offload_live'])} / {fmt(c['offload_sim'])} |"
+        )
+    return lines, found
+
+
+def load_rows(out: Path) -> list[str]:
+    """TTFT at each offered rate, live and simulated, for every deployment."""
+    lines = [
+        "| deployment | rate (req/s) | load (rate / plan Λmax) | TTFT p50 live | p90 live | "
+        "p90 sim | p99 live | p99 sim | TPOT p90 live (ms) | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for kind in DEPLOYMENTS:
+        result = load(out, kind)
+        for run in [] if result is None else result["runs"]:
+            live, sim, plan = run["live"], run["sim"], run["plan"]
+            tpot = live["tpot_s"]["p90"]
+            lines.append(
+                f"| {kind} | {fmt(run['rate_rps'])} | "
+                f"{fmt(ratio(run['rate_rps'], plan.get('lambda_max_rps')))} | "
+                f"{fmt(live['ttft_s']['p50'])} | {fmt(live['ttft_s']['p90'])} | "
+                f"{fmt(sim.get('ttft_s', {}).get('p90'))} | {fmt(live['ttft_s']['p99'])} | "
+                f"{fmt(sim.get('ttft_s', {}).get('p99'))} | {fmt(tpot and tpot * 1e3, 1)} | "
+                f"{live['num_ok']}/{live['num_planned']} |"
+            )
+    return lines
+
+
+def windows(run: dict[str, Any], start_s: float, end_s: float) -> dict[str, dict[str, Any]]:
+    """TTFT and offload ratio of the requests sent before, during and after [start, end)."""
+    parts: dict[str, list[dict[str, Any]]] = {"before": [], "during": [], "after": []}
+    for q in run["requests"]:
+        if q["error"] is not None:
+            continue
+        key = "before" if q["at_s"] < start_s else "during" if q["at_s"] < end_s else "after"
+        parts[key].append(q)
+    return {
+        key: {
+            "ttft_s": distribution([q["ttft_s"] for q in qs]),
+            "offload_ratio": ratio(sum(q["route"] == "prfaas" for q in qs), len(qs)),
+            "num_requests": len(qs),
+        }
+        for key, qs in parts.items()
+    }
+
+
+def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
+    lines = [
+        "| run | TTFT p99 before | during drop | after | p99 during / before | TTFT p90 before "
+        "| during | offload before / during / after | errors | sim TTFT p99 (whole run) "
+        "| live (whole run) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    found = {}
+    for name in ("linkdrop-static", "linkdrop-controller"):
+        result = load(out, name)
+        if result is None:
+            continue
+        drop = result["link_drop"]
+        run = result["runs"][0]
+        w = windows(run, drop["at_s"], drop["at_s"] + drop["duration_s"])
+        found[name] = w
+        b, d, a = (w[k] for k in ("before", "during", "after"))
+        lines.append(
+            f"| {name.split('-')[1]} | {fmt(b['ttft_s']['p99'])} | {fmt(d['ttft_s']['p99'])} | "
+            f"{fmt(a['ttft_s']['p99'])} | "
+            f"{fmt(ratio(d['ttft_s']['p99'], b['ttft_s']['p99']))}x | "
+            f"{fmt(b['ttft_s']['p90'])} | {fmt(d['ttft_s']['p90'])} | "
+            f"{fmt(b['offload_ratio'])} / {fmt(d['offload_ratio'])} / {fmt(a['offload_ratio'])} "
+            f"| {run['live']['num_errors']} | {fmt(run['sim'].get('ttft_s', {}).get('p99'))} | "
+            f"{fmt(run['live']['ttft_s']['p99'])} |"
+        )
+    return lines, found
+
+
+def burst_rows(out: Path) -> list[str]:
+    result = load(out, "burst")
+    if result is None:
+        return []
+    burst, run = result["burst"], result["runs"][0]
+    long_ids = {
+        q["index"] for q in run["requests"] if q["num_prompt_tokens"] == burst["num_tokens"]
+    }
+    w = windows(run, burst["at_s"], burst["at_s"] + burst["duration_s"])
+    burst_ttft = distribution(
+        [q["ttft_s"] for q in run["requests"] if q["index"] in long_ids and q["error"] is None]
+    )
+    lines = [
+        "| requests sent | count | TTFT p50 | p90 | p99 | offload |",
+        "|---|---|---|---|---|---|",
+    ]
+    for key in ("before", "during", "after"):
+        part = w[key]
+        lines.append(
+            f"| {key} the burst | {part['num_requests']} | {fmt(part['ttft_s']['p50'])} | "
+            f"{fmt(part['ttft_s']['p90'])} | {fmt(part['ttft_s']['p99'])} | "
+            f"{fmt(part['offload_ratio'])} |"
+        )
+    lines.append(
+        f"| the burst's {burst['num_tokens']}-token prompts | {burst_ttft['count']} | "
+        f"{fmt(burst_ttft['p50'])} | {fmt(burst_ttft['p90'])} | {fmt(burst_ttft['p99'])} | - |"
+    )
+    return lines
+
+
+def side_by_side(out: Path, name: str) -> list[str]:
+    """Live vs simulated for one single-run result (burst, mooncake)."""
+    result = load(out, name)
+    if result is None:
+        return []
+    run = result["runs"][0]
+    live, sim = run["live"], run["sim"]
+    rows = [
+        ("throughput (req/s)", live["throughput_rps"], sim.get("throughput_rps")),
+        ("TTFT p50 (s)", live["ttft_s"]["p50"], sim.get("ttft_s", {}).get("p50")),
+        ("TTFT p90 (s)", live["ttft_s"]["p90"], sim.get("ttft_s", {}).get("p90")),
+        ("TTFT p99 (s)", live["ttft_s"]["p99"], sim.get("ttft_s", {}).get("p99")),
+        ("offload ratio", live["offload_ratio"], sim.get("offload_ratio")),
+        ("egress (MB)", live["egress"]["total_bytes"] / 1e6, (sim.get("egress_bytes") or 0) / 1e6),
+    ]
+    lines = ["| | live | sim |", "|---|---|---|"]
+    lines += [f"| {label} | {fmt(a)} | {fmt(b)} |" for label, a, b in rows]
+    lines.append(f"| completed | {live['num_ok']}/{live['num_planned']} | "
+                 f"{sim.get('num_completed')}/{sim.get('num_requests')} |")  # fmt: skip
+    return lines
+
+
+def plot(out: Path, img_dir: Path, capacity: dict[str, Any]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    if capacity:
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        kinds = list(capacity)
+        xs = range(len(kinds))
+        for offset, key, label in ((-0.25, "plan", "plan Λmax"), (0, "sim", "simulated"),
+                                   (0.25, "live", "live (testbed)")):  # fmt: skip
+            ax.bar([x + offset for x in xs], [capacity[k][key] or 0 for k in kinds], 0.25,
+                   label=label)  # fmt: skip
+        ax.set_xticks(list(xs), kinds)
+        ax.set(ylabel="capacity, req/s", title="Capacity on equal hardware (12 x 8 GPUs)")
+        ax.legend()
+        fig.tight_layout()
+        path = img_dir / "testbed_capacity.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(str(path))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name in ("linkdrop-static", "linkdrop-controller"):
+        result = load(out, name)
+        if result is None:
+            continue
+        pts = [(q["at_s"], q["ttft_s"]) for q in result["runs"][0]["requests"]
+               if q["ttft_s"] is not None]  # fmt: skip
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=name.split("-")[1])
+        drop = result["link_drop"]
+        ax.axvspan(drop["at_s"], drop["at_s"] + drop["duration_s"], color="grey", alpha=0.1)
+    ax.set(xlabel="send time, s", ylabel="TTFT, s",
+           title="Link 100 -> 10 Gbps nominal (shaded): static t vs controller")  # fmt: skip
+    ax.legend()
+    fig.tight_layout()
+    path = img_dir / "testbed_link_drop.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(str(path))
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("out_dir")
+    parser.add_argument("--img-dir", help="write the plots here")
+    parser.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    args = parser.parse_args()
+    out = Path(args.out_dir)
+    if not out.is_dir():
+        print(f"testbed_report: {out} is not a directory", file=sys.stderr)
+        return 2
+    capacity_lines, capacity = capacity_rows(out)
+    drop_lines, drops = link_drop_rows(out)
+    if args.json:
+        print(json.dumps({"capacity": capacity, "link_drop": drops}, indent=1))
+        return 0
+    sections = [
+        ("Capacity", capacity_lines),
+        ("TTFT by load", load_rows(out)),
+        ("Link drop", drop_lines),
+        ("Burst of long prompts", burst_rows(out)),
+        ("Burst run, live vs simulated", side_by_side(out, "burst")),
+        ("Mooncake conversation trace, live vs simulated", side_by_side(out, "mooncake")),
+    ]
+    for title, lines in sections:
+        if lines:
+            print(f"### {title}\n\n" + "\n".join(lines) + "\n")
+    if args.img_dir:
+        for path in plot(out, Path(args.img_dir), capacity):
+            print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

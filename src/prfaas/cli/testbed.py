@@ -2,8 +2,9 @@
 
 `up` builds network namespaces for the PrfaaS cluster, the PD cluster (with the router) and a
 client, joins them with veth links (the PrfaaS -> PD "WAN" shaped by `tc tbf`), and starts a
-topology of emulated engines (paper-1t on H200 / H20 timing, scaled) or tiny torch ones inside
-them; it returns once the router is ready and leaves everything running. `--deployment` picks
+topology of emulated engines (paper-1t on H200 / H20 timing, scaled; `--prefill-latency` or
+`--paper-curves` replace the cost model's prefill times by given curves) or tiny torch ones
+inside them; it returns once the router is ready and leaves everything running. `--deployment` picks
 the paper's prfaas, homogeneous or naive deployment, `--controller` turns on the router's
 adaptive controller. `status` reports it, `link` changes the WAN's rate (and tells the router) or
 cuts it, `down` removes it. Needs root (docs/testbed.md).
@@ -122,6 +123,22 @@ def _register_up(sub: Any) -> None:
     p.add_argument("--drain", type=float_in(0, 600), default=5.0, help="seconds, on SIGTERM")
     p.add_argument("--delay-ms", type=float_in(0, _MAX_DELAY_MS), default=0.0,
                    help="one-way WAN delay (needs the kernel's netem qdisc)")  # fmt: skip
+    p.add_argument(
+        "--prefill-latency",
+        type=_hardware_latency,
+        action="append",
+        default=[],
+        metavar="HW=SPEC",
+        help="one prefill instance of HW (h200: PrfaaS, h20: PD) takes SPEC seconds, "
+        "quadratic:a,b,c or profile:NAME|PATH, instead of the cost model's (emulated; "
+        "repeatable)",
+    )
+    p.add_argument(
+        "--paper-curves",
+        action="store_true",
+        help="h20=quadratic:0.469,1.3e-4,2.945e-10 (implied by the paper's Table 6) and "
+        "h200=profile:paper-1t-h200 (its Table 5); --prefill-latency overrides one",
+    )
     p.add_argument("--ready-timeout", type=positive_float, default=_READY_TIMEOUT_S)
     p.add_argument("--foreground", action="store_true", help="run until Ctrl-C, then down")
     p.set_defaults(handler=_run_up)
@@ -137,6 +154,29 @@ def _threshold(text: str) -> float | str:
     if not 0 <= value <= MAX_LENGTH_TOKENS:
         raise argparse.ArgumentTypeError(f"must be in [0, {MAX_LENGTH_TOKENS:,}], got {text!r}")
     return value
+
+
+def _hardware_latency(text: str) -> tuple[str, str]:
+    """'HW=SPEC' -> (hw in lower case, SPEC with a relative profile path made absolute)."""
+    hardware, equals, spec = text.partition("=")
+    hardware, spec = hardware.strip().lower(), spec.strip()
+    if not equals or not hardware or not spec:
+        raise argparse.ArgumentTypeError(f"expected HW=SPEC (h20=quadratic:a,b,c), got {text!r}")
+    kind, _, reference = spec.partition(":")
+    if kind == "profile" and reference and Path(reference).expanduser().is_file():
+        spec = f"profile:{Path(reference).expanduser().resolve()}"
+    return hardware, spec
+
+
+def _prefill_latency(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """`--paper-curves` then each `--prefill-latency` (which replaces a paper curve, but not
+    another `--prefill-latency` of the same hardware: that is refused by the spec)."""
+    from prfaas.nodes.testbed import PAPER_CURVES
+
+    given = list(args.prefill_latency)
+    named = {hardware for hardware, _ in given}
+    paper = [pair for pair in PAPER_CURVES if pair[0] not in named] if args.paper_curves else []
+    return tuple(sorted(paper + given))
 
 
 def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
@@ -171,6 +211,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         transfer_deadline_s=args.transfer_deadline,
         drain_s=args.drain,
         delay_ms=args.delay_ms,
+        prefill_latency=_prefill_latency(args),
     )
 
 

@@ -1,12 +1,13 @@
 """An engine with the real engine's interface whose time and bytes are those of a large model.
 
 `EmulatedEngine` runs no model. Prefill and decode take the durations `prfaas.perf.CostModel`
-predicts for the chosen model on the chosen hardware (slept through an injectable `sleep`, so
-services feel them and tests can record them), and `export` hands out payloads of exactly the
-byte size of that model's KV cache and state at the request's length (`ModelSpec.kv_bytes`):
-per layer, full-attention/MLA KV or the sliding window, recurrent and conv state. The content is
-synthetic but checkable: every tensor repeats an 8-byte pattern derived from (seed, req_id,
-tensor name), and `import_` verifies every byte, so a misrouted or corrupted transfer is caught.
+predicts for the chosen model on the chosen hardware, or for prefill a given latency curve
+(slept through an injectable `sleep`, so services feel them and tests can record them), and
+`export` hands out payloads of exactly the byte size of that model's KV cache and state at the
+request's length (`ModelSpec.kv_bytes`): per layer, full-attention/MLA KV or the sliding
+window, recurrent and conv state. The content is synthetic but checkable: every tensor repeats
+an 8-byte pattern derived from (seed, req_id, tensor name), and `import_` verifies every byte, so
+a misrouted or corrupted transfer is caught.
 Output tokens are drawn from the request's seed.
 
 Requests are checked on entry as the real engine checks them (`validation`): prompt ids inside the
@@ -158,6 +159,7 @@ class EmulatedEngine:
         payload_scale: float = 1.0,
         time_scale: float = 1.0,
         output_token_ids: Sequence[int] = (),
+        prefill_latency: Callable[[int], float] | None = None,
     ):
         """`max_positions` caps prompt + generated tokens; None takes the spec's
         `max_position_embeddings` when it has one, else there is no limit. With `prefix_cache`
@@ -166,7 +168,9 @@ class EmulatedEngine:
         fraction of the model's real bytes, per tensor (`layer_tensor_sizes`). The engine
         sleeps `time_scale` x the cost model's durations (0: it does not sleep). Generated ids
         are drawn from `output_token_ids` when given (the served tokenizer's printable tokens, so
-        that clients see text), else from the model's whole vocabulary."""
+        that clients see text), else from the model's whole vocabulary. `prefill_latency`, when
+        given, is the seconds of one prefill of that many computed tokens on this instance and
+        replaces `cost.t_prefill_s` (decode steps keep the cost model's times)."""
         if not 0 < payload_scale <= 1:
             raise UserError(f"payload_scale must be in (0, 1], got {payload_scale}")
         if not time_scale >= 0:
@@ -176,7 +180,8 @@ class EmulatedEngine:
         self.spec = spec
         self.cost = cost
         # the cost model is pure: remember its answers (steady traffic repeats them)
-        self._t_prefill_s = functools.lru_cache(maxsize=4096)(cost.t_prefill_s)
+        t_prefill_s = cost.t_prefill_s if prefill_latency is None else prefill_latency
+        self._t_prefill_s = functools.lru_cache(maxsize=4096)(t_prefill_s)
         self._t_decode_step_s = functools.lru_cache(maxsize=4096)(cost.t_decode_step_s)
         self.kv_dtype = kv_dtype
         self.seed = seed

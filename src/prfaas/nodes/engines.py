@@ -2,7 +2,8 @@
 
 `build_engine` gives a real `prfaas.engine.Engine` (tiny preset or local checkpoint) or an
 `EmulatedEngine` timed by the cost model for the topology's `model.emulate` on the instance's
-hardware. `PrefillRate` turns queued prompt tokens into expected seconds: the cost model for an
+hardware, its prefills by the topology's `model.prefill_latency` curve of that hardware when it
+has one. `PrefillRate` turns queued prompt tokens into expected seconds: the cost model for an
 emulated engine, the measured tokens per second of this instance's own prefills for a real one.
 """
 
@@ -28,7 +29,9 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
     prefix_cache = _prefix_cache_config(topology)
     if instance.engine == "emulated":
         from prfaas.engine.emulated import make_emulated_engine
+        from prfaas.nodes.topology_threshold import prefill_latency_curve
 
+        curve = prefill_latency_curve(model, instance.hardware)
         return make_emulated_engine(
             model.emulate,
             instance.hardware,
@@ -38,6 +41,7 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
             payload_scale=model.payload_scale,
             time_scale=model.time_scale,
             output_token_ids=printable_token_ids(topology),
+            prefill_latency=None if curve is None else curve[0],
         )
     import torch
 

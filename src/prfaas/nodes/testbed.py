@@ -13,6 +13,10 @@ KV bytes, and the wire rate is `nominal_gbps x p / s`. A transfer then takes
 `[link] gbps` is that wire rate (what the router's link view must match); the threshold is
 resolved on the nominal, unscaled deployment.
 
+Prefill latency is the cost model's unless the spec gives a curve per hardware
+(`prefill_latency`, the topology's `[model] prefill_latency`); `PAPER_CURVES` are the two the
+paper's Table 6 implies (H20) and publishes (H200).
+
 The deployment is one of the paper's three: `prfaas` (threshold routing between the clusters,
 optionally adapted by the router's long-timescale `[controller]`), `homogeneous` (every prefill on
 the PD cluster; with no PrfaaS instance the topology has no PrfaaS cluster, and the PrfaaS
@@ -29,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.transport.netns import VethEnd
 from prfaas.types import DeploymentKind
@@ -56,6 +61,11 @@ _PORT_BASE = {
     "pd-prefill-kv": 9500,  # PD prefill instances' (with a controller: they may become decode)
 }
 _PD_HOST = "127.0.0.1"  # PD instances talk to the router over the PD namespace's loopback
+PREFILL_HARDWARE = ("h200", "h20")  # the PrfaaS cluster's, the PD cluster's
+PAPER_CURVES: tuple[tuple[str, str], ...] = (
+    ("h20", f"quadratic:{PAPER_CASE_STUDY.pd_latency.as_spec()}"),  # inferred from Table 6
+    ("h200", f"profile:{PAPER_CASE_STUDY.prfaas_profile}"),  # the paper's Table 5
+)
 
 
 def check_name(name: str) -> str:
@@ -190,9 +200,12 @@ class TestbedSpec:
     drain_s: float = 5.0
     router_port: int = _ROUTER_PORT
     delay_ms: float = 0.0  # one-way delay on the WAN (needs netem)
+    # (hardware, latency spec) of one prefill instance, replacing the cost model's (emulated)
+    prefill_latency: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         check_name(self.name)
+        self._check_prefill_latency()
         if self.engine not in ENGINES:
             raise UserError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         if self.deployment not in DEPLOYMENTS:
@@ -206,6 +219,26 @@ class TestbedSpec:
             raise UserError("threshold 'auto' needs the emulated engine; give a token count")
         if self.engine == "torch" and (self.scale.time_scale, self.scale.payload_scale) != (1, 1):
             raise UserError("time and payload scaling apply to the emulated engine only")
+
+    def _check_prefill_latency(self) -> None:
+        """One spec per testbed hardware, each resolving to a curve, emulated engines only."""
+        from prfaas.nodes.topology_threshold import resolve_prefill_latency
+
+        if self.prefill_latency and self.engine != "emulated":
+            raise UserError("a prefill latency curve applies to the emulated engine only")
+        names = [hardware for hardware, _ in self.prefill_latency]
+        for hardware, spec in self.prefill_latency:
+            if hardware not in PREFILL_HARDWARE:
+                raise UserError(
+                    f"prefill latency for {hardware!r}: the testbed's hardware is "
+                    f"{' or '.join(PREFILL_HARDWARE)}"
+                )
+            if names.count(hardware) > 1:
+                raise UserError(f"prefill latency for {hardware!r} is given twice")
+            try:
+                resolve_prefill_latency(spec)
+            except UserError as exc:
+                raise UserError(f"prefill latency for {hardware!r}: {exc}") from None
 
     @property
     def uses_threshold(self) -> bool:
@@ -277,6 +310,14 @@ def _policy_lines(spec: TestbedSpec, threshold_tokens: float | str | None) -> st
     return lines
 
 
+def _prefill_latency_line(spec: TestbedSpec) -> str:
+    """`[model]`'s `prefill_latency` inline table, or nothing when the cost model times all."""
+    if not spec.prefill_latency:
+        return ""
+    pairs = ", ".join(f"{hw} = {json.dumps(curve)}" for hw, curve in spec.prefill_latency)
+    return f"prefill_latency = {{ {pairs} }}\n"
+
+
 def topology_text(
     spec: TestbedSpec,
     layout: TestbedLayout,
@@ -285,7 +326,8 @@ def topology_text(
     link_gbps: float,
 ) -> str:
     """The testbed's topology TOML: scaled emulated engines (or tiny torch ones), the router in
-    the PD namespace on the client link, `[link] gbps = link_gbps`, the spec's deployment (its
+    the PD namespace on the client link, `[link] gbps = link_gbps`, the spec's prefill latency
+    curves (`[model] prefill_latency`), the spec's deployment (its
     threshold only for `prfaas`), an empty `[controller]` (the defaults) when the spec has one,
     and no PrfaaS cluster when it has no PrfaaS instance. Without a token file the transport
     token is a placeholder (a topology parsed, never served)."""
@@ -301,7 +343,7 @@ name = {json.dumps(spec.model)}
 emulate = {json.dumps(spec.emulate)}
 time_scale = {spec.scale.time_scale if scaled else 1.0:g}
 payload_scale = {spec.scale.payload_scale if scaled else 1.0:g}
-
+{_prefill_latency_line(spec)}
 [router]
 http = "{layout.router_address(spec.router_port)}"
 

@@ -14,6 +14,8 @@ seed = 0                     # weights seed of tiny presets
 emulate = "paper-1t"         # prfaas.models preset sized/timed by engine = "emulated" instances
 time_scale = 1.0             # emulated engines sleep time_scale x the predicted durations
 payload_scale = 1.0          # emulated engines export payload_scale x the real KV bytes (0, 1]
+# optional: one prefill instance's latency per hardware, instead of the cost model's
+prefill_latency = { h20 = "quadratic:0.469,1.300e-4,2.945e-10", h200 = "profile:paper-1t-h200" }
 
 [router]                     # optional
 http = "127.0.0.1:8000"
@@ -66,8 +68,8 @@ kind = "prfaas"              # prfaas | pd
   num_gpus = 8
 ```
 
-Relative paths (checkpoint directory, token_file, TLS files, api_keys_file) resolve against the
-topology file's directory and are stored absolute.
+Relative paths (checkpoint directory, token_file, TLS files, api_keys_file, a prefill_latency
+profile file) resolve against the topology file's directory and are stored absolute.
 """
 
 from __future__ import annotations
@@ -93,6 +95,14 @@ class ModelConfig:
     emulate: str = "paper-1t"  # prfaas.models preset used by emulated engines
     time_scale: float = 1.0  # emulated engines sleep this times the predicted durations (0: none)
     payload_scale: float = 1.0  # emulated engines export this times the real KV bytes, in (0, 1]
+    # (hardware, latency spec) pairs, sorted: one prefill instance of that hardware takes
+    # "quadratic:a,b,c" or "profile:NAME|PATH" seconds instead of the cost model's prediction
+    prefill_latency: tuple[tuple[str, str], ...] = ()
+
+    def prefill_latency_spec(self, hardware: str) -> str | None:
+        """The latency spec of one prefill instance of `hardware` (lower case, as instances
+        name it), or None when the cost model times it."""
+        return dict(self.prefill_latency).get(hardware.strip().lower())
 
     @property
     def served_name(self) -> str:

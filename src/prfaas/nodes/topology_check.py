@@ -67,7 +67,15 @@ CONTROLLER_INT_KEYS = ("min_samples", "persistence_ticks", "threshold_persistenc
 CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain")
 CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
-MODEL_KEYS = ("name", "dtype", "seed", "emulate", "time_scale", "payload_scale")
+MODEL_KEYS = (
+    "name",
+    "dtype",
+    "seed",
+    "emulate",
+    "time_scale",
+    "payload_scale",
+    "prefill_latency",
+)
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes", "max_concurrent_per_key")
 LINK_KEYS = ("gbps",)
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
@@ -115,7 +123,61 @@ def _model(table: Table | None) -> ModelConfig:
         emulate=_emulated_model(table),
         time_scale=table.non_negative("time_scale", _MODEL.time_scale),
         payload_scale=_payload_scale(table),
+        prefill_latency=_prefill_latency(table),
     )
+
+
+def _prefill_latency(table: Table) -> tuple[tuple[str, str], ...]:
+    """`prefill_latency`: an inline table of hardware preset -> latency spec of one prefill
+    instance ("quadratic:a,b,c" or "profile:NAME|PATH"), as sorted (hardware, spec) pairs with
+    the hardware in lower case and a profile file's path made absolute."""
+    value = table.raw("prefill_latency", (dict,), 'a table of hardware = "latency spec"')
+    pairs: dict[str, str] = {}
+    for name, spec in (value or {}).items():
+        key = f"prefill_latency.{name}"
+        hardware = _known_hardware(table, key, name)
+        checked = _prefill_latency_spec(table, key, spec)
+        if hardware is None or checked is None:
+            continue
+        if hardware in pairs:
+            table.fail(key, f"hardware {hardware!r} has a latency already")
+            continue
+        pairs[hardware] = checked
+    return tuple(sorted(pairs.items()))
+
+
+def _known_hardware(table: Table, key: str, name: str) -> str | None:
+    """A hardware preset name in lower case (how instances name theirs), or None (reported)."""
+    from prfaas.perf import get_hardware, list_hardware
+
+    try:
+        get_hardware(name)
+    except UserError:
+        known = ", ".join(h.lower() for h in list_hardware())
+        table.fail(key, f"unknown hardware preset {name!r}; known: {known}")
+        return None
+    return name.strip().lower()
+
+
+def _prefill_latency_spec(table: Table, key: str, spec: object) -> str | None:
+    """A latency spec that resolves to a curve, with a relative profile path made absolute
+    against the topology's directory; None (reported) otherwise."""
+    from prfaas.nodes.topology_threshold import resolve_prefill_latency
+    from prfaas.perf.profile import PROFILE_PRESETS
+
+    if not isinstance(spec, str):
+        table.fail(key, f'must be a string ("quadratic:a,b,c" or "profile:NAME|PATH"), got '
+                   f"{show_value(spec)}")  # fmt: skip
+        return None
+    kind, _, reference = spec.strip().partition(":")
+    if kind == "profile" and reference and reference.strip().lower() not in PROFILE_PRESETS:
+        spec = f"profile:{resolve_path(reference, table.base_dir)}"
+    try:
+        resolve_prefill_latency(spec)
+    except UserError as exc:
+        table.fail(key, str(exc))
+        return None
+    return spec.strip()
 
 
 def _payload_scale(table: Table) -> float:

@@ -6,8 +6,10 @@ the same way: the planner's threshold grid over the length range, then Eq. 7 (`b
 solved within one grid step of the best grid point, kept if no worse. The planner's inputs come
 from the topology:
 
-- prefill latency: `prfaas.perf.CostModel` of `model.emulate` on each cluster's prefill hardware
-  and GPUs per instance (the durations an emulated engine sleeps);
+- prefill latency: the topology's `model.prefill_latency` curve of each cluster's prefill
+  hardware when it has one (`prefill_latency_curve`), else `prfaas.perf.CostModel` of
+  `model.emulate` on that hardware and GPUs per instance: in both cases the durations an
+  emulated engine sleeps;
 - N_prfaas, N_p, N_d: the PrfaaS cluster's prefill instances, the PD cluster's prefill and
   decode instances;
 - S_kv(l) of `model.emulate` (bf16 KV), and the link's Gbps in the model's units (the wire
@@ -38,7 +40,7 @@ from prfaas.policy.throughput import (
 
 if TYPE_CHECKING:
     from prfaas.models import ModelSpec
-    from prfaas.nodes.topology import ClusterConfig, Topology
+    from prfaas.nodes.topology import ClusterConfig, ModelConfig, Topology
 
 _CASE = PAPER_CASE_STUDY
 CASE_STUDY_LENGTHS = (
@@ -73,7 +75,43 @@ def _prefill_shape(cluster: ClusterConfig) -> tuple[str, int]:
     return shapes[0]
 
 
-def _prefill_curve(model: ModelSpec, hardware: str, num_gpus: int) -> LatencyCurve:
+def resolve_prefill_latency(spec: str) -> tuple[LatencyCurve, str]:
+    """A `model.prefill_latency` spec, "quadratic:a,b,c" or "profile:NAME|PATH", -> (latency of
+    one prefill instance at any length >= 1 token, description), parsed by the planner's own
+    `resolve_latency`; UserError in one line for any other spec or a curve that is not > 0."""
+    from prfaas.plan.presets import COST_MODEL, PlanSettings, resolve_latency
+
+    spec = spec.strip()
+    if spec == COST_MODEL:
+        raise UserError(f"{COST_MODEL!r} is the default: leave the hardware out instead")
+    if spec.partition(":")[0] not in ("quadratic", "profile"):
+        raise UserError(f"bad latency spec {spec!r}: use quadratic:a,b,c or profile:NAME|PATH")
+    curve, source = resolve_latency(PlanSettings(), spec, hardware="")
+    try:
+        at_one_token_s = curve(1)
+    except ValueError as exc:  # a profile extrapolated below its first row
+        raise UserError(f"latency spec {spec!r}: {exc}") from None
+    if not at_one_token_s > 0:
+        raise UserError(f"latency spec {spec!r} gives {at_one_token_s:.3g} s at 1 token")
+
+    def t_prefill_s(num_tokens: float) -> float:
+        return float(curve(max(1.0, num_tokens)))
+
+    return t_prefill_s, source
+
+
+def prefill_latency_curve(model: ModelConfig, hardware: str) -> tuple[LatencyCurve, str] | None:
+    """The `model.prefill_latency` curve of one prefill instance of `hardware` and its
+    description, or None when that hardware is timed by the cost model. What emulated engines
+    sleep (`prfaas.nodes.engines.build_engine`) and the planner's inputs agree through it."""
+    spec = model.prefill_latency_spec(hardware)
+    if spec is None:
+        return None
+    curve, source = resolve_prefill_latency(spec)
+    return curve, f"{source} (model.prefill_latency.{hardware.strip().lower()})"
+
+
+def _cost_model_curve(model: ModelSpec, hardware: str, num_gpus: int) -> LatencyCurve:
     """The cost model's prefill latency at any real length (rounded, cached)."""
     from prfaas.perf import CostModel, get_hardware
 
@@ -86,6 +124,19 @@ def _prefill_curve(model: ModelSpec, hardware: str, num_gpus: int) -> LatencyCur
     return t_prefill_s
 
 
+def _prefill_curve(
+    config: ModelConfig, model: ModelSpec, hardware: str, num_gpus: int
+) -> tuple[LatencyCurve, str]:
+    """(latency of one prefill instance, its source): the topology's curve for `hardware`
+    when it has one, else the cost model's."""
+    given = prefill_latency_curve(config, hardware)
+    if given is not None:
+        curve, source = given
+        return curve, f"{source} on {num_gpus} x {hardware}"
+    cost_source = f"perf cost model of {model.name} on {num_gpus} x {hardware}"
+    return _cost_model_curve(model, hardware, num_gpus), cost_source
+
+
 def _kv_curve(model: ModelSpec) -> SizeCurve:
     footprint = model.footprint()
 
@@ -95,14 +146,17 @@ def _kv_curve(model: ModelSpec) -> SizeCurve:
     return kv_bytes
 
 
-def _cluster_spec(model: ModelSpec, cluster: ClusterConfig, num_instances: int) -> ClusterSpec:
+def _cluster_spec(
+    config: ModelConfig, model: ModelSpec, cluster: ClusterConfig, num_instances: int
+) -> ClusterSpec:
     hardware, gpus_per_instance = _prefill_shape(cluster)
+    curve, source = _prefill_curve(config, model, hardware, gpus_per_instance)
     return ClusterSpec(
         hardware=hardware,
         num_gpus=num_instances * gpus_per_instance,
         gpus_per_instance=gpus_per_instance,
-        t_prefill_s=_prefill_curve(model, hardware, gpus_per_instance),
-        latency_source=f"perf cost model of {model.name} on {gpus_per_instance} x {hardware}",
+        t_prefill_s=curve,
+        latency_source=source,
     )
 
 
@@ -118,7 +172,7 @@ def _prfaas_spec(
         return replace(pd_spec, num_gpus=pd_spec.gpus_per_instance), 0
     prfaas = _only_cluster(topology, "prfaas")
     num_prfaas = len(prfaas.by_role("prefill"))
-    return _cluster_spec(model, prfaas, num_prfaas), num_prfaas
+    return _cluster_spec(topology.model, model, prfaas, num_prfaas), num_prfaas
 
 
 def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
@@ -131,7 +185,7 @@ def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
     model = load_model_spec(topology.model.emulate)
     pd = _only_cluster(topology, "pd")
     num_pd_p, num_pd_d = len(pd.by_role("prefill")), len(pd.by_role("decode"))
-    pd_spec = _cluster_spec(model, pd, num_pd_p + num_pd_d)
+    pd_spec = _cluster_spec(topology.model, model, pd, num_pd_p + num_pd_d)
     prfaas_spec, num_prfaas = _prfaas_spec(topology, model, pd_spec)
     homogeneous_gpus = (num_prfaas + num_pd_p + num_pd_d) * pd_spec.gpus_per_instance
     inputs = PlanInputs(

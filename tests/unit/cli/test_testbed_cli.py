@@ -43,6 +43,14 @@ def test_without_namespaces_every_action_says_so_in_one_line(
         (["--deployment", "homogeneous", "--controller"], "controller adapts"),
         (["--deployment", "naive", "--threshold", "100"], "--threshold applies"),
         (["--deployment", "mixed"], "invalid choice"),
+        (["--prefill-latency", "h20"], "HW=SPEC"),
+        (["--prefill-latency", "h20=linear:1"], "bad latency spec"),
+        (["--prefill-latency", "h20=cost-model"], "default"),
+        (["--prefill-latency", "h20=quadratic:1,x,2"], "three numbers"),
+        (["--prefill-latency", "a100=quadratic:1,0,0"], "h200 or h20"),
+        (["--prefill-latency", "h200=profile:no-such"], "unknown profile"),
+        (["--prefill-latency", "h20=quadratic:1,0,0"] * 2, "given twice"),
+        (["--engine", "torch", "--paper-curves"], "emulated engine only"),
     ],
 )
 def test_bad_up_flags_are_refused_with_their_reason(
@@ -88,3 +96,46 @@ def test_a_router_that_cannot_be_told_is_reported_not_raised() -> None:
     told = post_link("http://127.0.0.1:1/internal/control/link", "token", 1.0)
     assert told["router_informed"] is False and told["router_link_bytes_per_s"] is None
     assert "did not answer" in told["router_reason"]
+
+
+def test_paper_curves_reach_the_topology_and_parse_back() -> None:
+    import tomllib
+
+    from prfaas.nodes.testbed import PAPER_CURVES, TestbedLayout, topology_text
+    from prfaas.nodes.topology import parse_topology
+    from prfaas.nodes.topology_threshold import planner_inputs
+
+    spec = _up_spec("--paper-curves")
+    assert spec.prefill_latency == tuple(sorted(PAPER_CURVES))
+    text = topology_text(spec, TestbedLayout(spec.name), None, 1000.0, spec.scale.wire_gbps)
+    topology = parse_topology(tomllib.loads(text), Path("."), source="testbed")
+    assert topology.model.prefill_latency_spec("h20") == "quadratic:0.469,0.00013,2.945e-10"
+    assert topology.model.prefill_latency_spec("h200") == "profile:paper-1t-h200"
+    inputs, _ = planner_inputs(topology)
+    assert inputs.pd.t_prefill_s(32768) == pytest.approx(
+        0.469 + 1.3e-4 * 32768 + 2.945e-10 * 32768**2
+    )
+    assert inputs.prfaas.t_prefill_s(32768) == pytest.approx(1.8431)  # the profile's row
+
+
+def test_prefill_latency_overrides_one_paper_curve_and_auto_sees_it() -> None:
+    from prfaas.nodes.testbed import resolve_threshold
+
+    spec = _up_spec("--paper-curves", "--prefill-latency", "H20=quadratic:0.1,1e-6,0")
+    assert spec.prefill_latency == (
+        ("h20", "quadratic:0.1,1e-6,0"),
+        ("h200", "profile:paper-1t-h200"),
+    )
+    fast_pd, _ = resolve_threshold(spec)
+    paper, _ = resolve_threshold(_up_spec("--paper-curves"))
+    assert fast_pd is not None and paper is not None and fast_pd > paper
+
+
+def test_a_relative_profile_path_is_made_absolute(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = '[{"tokens": 1000, "t_prefill_s": 1.0}, {"tokens": 2000, "t_prefill_s": 1.5}]'
+    (tmp_path / "h20.json").write_text(rows)
+    monkeypatch.chdir(tmp_path)
+    spec = _up_spec("--prefill-latency", "h20=profile:h20.json")
+    assert spec.prefill_latency == (("h20", f"profile:{tmp_path / 'h20.json'}"),)

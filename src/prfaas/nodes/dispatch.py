@@ -47,9 +47,9 @@ from prfaas.nodes.monitor import ClusterMonitor, InstanceState
 from prfaas.nodes.prefix_index import RouterPrefixIndex
 from prfaas.nodes.router_metrics import RouterMetrics
 from prfaas.nodes.topology import ClusterConfig, Topology
+from prfaas.nodes.topology_threshold import route_config_of
 from prfaas.policy import (
     RoutePolicy,
-    RoutePolicyConfig,
     RouteTarget,
     make_route_policy,
     pick_cached_instance,
@@ -156,7 +156,7 @@ class Dispatch:
 
 def make_policy(topology: Topology) -> RoutePolicy:
     kind = DeploymentKind(topology.policy.deployment)
-    return make_route_policy(kind, RoutePolicyConfig(topology.policy.threshold_tokens))
+    return make_route_policy(kind, route_config_of(topology))
 
 
 class Dispatcher:

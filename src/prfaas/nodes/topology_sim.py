@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prfaas.nodes.topology import Topology
-from prfaas.nodes.topology_threshold import planner_inputs
+from prfaas.nodes.topology_threshold import planner_inputs, route_config_of
 from prfaas.plan.inputs import ClusterSpec
-from prfaas.policy.route import RoutePolicyConfig
 from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig
 from prfaas.sim.cost import FixedDecodeStep
 from prfaas.sim.link import BandwidthStep
@@ -45,7 +44,7 @@ def sim_config_of(
         num_decode_instances=len(pd.by_role("decode")),
         max_batch_size=inputs.max_batch_size,
         decode_step=FixedDecodeStep(inputs.t_decode_step_s),
-        route_config=RoutePolicyConfig(topology.policy.threshold_tokens),
+        route_config=route_config_of(topology),
     )
     controller = topology.controller
     return SimConfig(

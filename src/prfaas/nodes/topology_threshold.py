@@ -29,6 +29,7 @@ from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
 from prfaas.plan.search import rank_point, threshold_grid
+from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.throughput import (
     LatencyCurve,
     SizeCurve,
@@ -243,3 +244,16 @@ def resolve_auto_threshold(topology: Topology) -> tuple[float, str]:
         f"t={point.threshold_tokens:.0f} tokens (offloads {point.offload_fraction:.0%})"
     )
     return point.threshold_tokens, source
+
+
+def route_config_of(topology: Topology) -> RoutePolicyConfig:
+    """The routing rule's knobs for this topology, the same for the router and `sim_config_of`.
+
+    Under `[controller]`, t is the controller's alone: a congested link (retransmissions) still
+    switches routing to cache-affine but does not also multiply t (`threshold_raise_factor` 1),
+    which would move the longest prompts onto PD prefill on top of the controller's own answer
+    to the link's capacity."""
+    config = RoutePolicyConfig(topology.policy.threshold_tokens)
+    if topology.controller.enabled:
+        config = replace(config, threshold_raise_factor=1.0)
+    return config

@@ -37,11 +37,12 @@ def ratio(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b else None
 
 
-def capacity_rows(out: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """The saturated run of each deployment: live and simulated steady throughput, plan Λ_max."""
+def capacity_rows(out: Path, prefix: str = "") -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """The saturated run of each deployment (result files `PREFIX + deployment`): live and
+    simulated steady throughput, plan Λ_max."""
     found: dict[str, dict[str, Any]] = {}
     for kind in DEPLOYMENTS:
-        result = load(out, kind)
+        result = load(out, prefix + kind)
         if result is None:
             continue
         run = max(result["runs"], key=lambda r: r["rate_rps"])
@@ -71,7 +72,7 @@ def capacity_rows(out: Path) -> tuple[list[str], dict[str, dict[str, Any]]]:
     return lines, found
 
 
-def load_rows(out: Path) -> list[str]:
+def load_rows(out: Path, prefix: str = "") -> list[str]:
     """TTFT at each offered rate, live and simulated, for every deployment."""
     lines = [
         "| deployment | rate (req/s) | load (rate / plan Λmax) | TTFT p50 live | p90 live | "
@@ -79,7 +80,7 @@ def load_rows(out: Path) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for kind in DEPLOYMENTS:
-        result = load(out, kind)
+        result = load(out, prefix + kind)
         for run in [] if result is None else result["runs"]:
             live, sim, plan = run["live"], run["sim"], run["plan"]
             tpot = live["tpot_s"]["p90"]
@@ -193,24 +194,27 @@ def side_by_side(out: Path, name: str) -> list[str]:
     return lines
 
 
-def plot(out: Path, img_dir: Path, capacity: dict[str, Any]) -> list[str]:
+def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, Any]) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     written = []
-    if capacity:
-        fig, ax = plt.subplots(figsize=(6.5, 4))
-        kinds = list(capacity)
-        xs = range(len(kinds))
-        for offset, key, label in ((-0.25, "plan", "plan Λmax"), (0, "sim", "simulated"),
-                                   (0.25, "live", "live (testbed)")):  # fmt: skip
-            ax.bar([x + offset for x in xs], [capacity[k][key] or 0 for k in kinds], 0.25,
-                   label=label)  # fmt: skip
-        ax.set_xticks(list(xs), kinds)
-        ax.set(ylabel="capacity, req/s", title="Capacity on equal hardware (12 x 8 GPUs)")
-        ax.legend()
+    panels = [(c, title) for c, title in ((capacity, "cost-model prefill"),
+                                           (paper, "the paper's prefill curves")) if c]  # fmt: skip
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+        for ax, (found, title) in zip(axes[0], panels, strict=True):
+            kinds = list(found)
+            xs = range(len(kinds))
+            for offset, key, label in ((-0.25, "plan", "plan Λmax"), (0, "sim", "simulated"),
+                                       (0.25, "live", "live (testbed)")):  # fmt: skip
+                ax.bar([x + offset for x in xs], [found[k][key] or 0 for k in kinds], 0.25,
+                       label=label)  # fmt: skip
+            ax.set_xticks(list(xs), kinds)
+            ax.set(ylabel="capacity, req/s", title=f"Equal hardware (12 x 8 GPUs), {title}")
+            ax.legend()
         fig.tight_layout()
         path = img_dir / "testbed_capacity.png"
         fig.savefig(path, dpi=110)
@@ -248,23 +252,26 @@ def main() -> int:
         print(f"testbed_report: {out} is not a directory", file=sys.stderr)
         return 2
     capacity_lines, capacity = capacity_rows(out)
+    paper_lines, paper = capacity_rows(out, "paper-")
     drop_lines, drops = link_drop_rows(out)
     if args.json:
-        print(json.dumps({"capacity": capacity, "link_drop": drops}, indent=1))
+        print(json.dumps({"capacity": capacity, "capacity_paper": paper, "link_drop": drops}))
         return 0
     sections = [
-        ("Capacity", capacity_lines),
-        ("TTFT by load", load_rows(out)),
+        ("Capacity, cost-model prefill", capacity_lines),
+        ("TTFT by load, cost-model prefill", load_rows(out)),
+        ("Capacity, the paper's prefill curves", paper_lines),
+        ("TTFT by load, the paper's prefill curves", load_rows(out, "paper-")),
         ("Link drop", drop_lines),
         ("Burst of long prompts", burst_rows(out)),
         ("Burst run, live vs simulated", side_by_side(out, "burst")),
         ("Mooncake conversation trace, live vs simulated", side_by_side(out, "mooncake")),
     ]
     for title, lines in sections:
-        if lines:
+        if len(lines) > 2:  # more than a table's header
             print(f"### {title}\n\n" + "\n".join(lines) + "\n")
     if args.img_dir:
-        for path in plot(out, Path(args.img_dir), capacity):
+        for path in plot(out, Path(args.img_dir), capacity, paper):
             print(f"wrote {path}", file=sys.stderr)
     return 0
 

@@ -2,18 +2,18 @@
 # The live system benchmark of docs/results.md ("The two-datacenter testbed"): the paper's three
 # deployments on equal hardware (12 emulated 8-GPU instances each) in `prfaas testbed`, and the
 # scenarios (70% / 90% load, saturation, link drop with and without the controller, a burst of
-# long prompts, the Mooncake conversation trace). Needs root, `ip` and `tc`; about 35 minutes.
+# long prompts, the Mooncake conversation trace). Needs root, `ip` and `tc`; about an hour.
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, linkdrop, burst, mooncake (default: all). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, burst, mooncake (default: all). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
 
 OUT=${1:?usage: testbed_results.sh OUT_DIR [SCENARIO ...]}
 shift
-SCENARIOS=${*:-capacity linkdrop burst mooncake}
+SCENARIOS=${*:-capacity capacity-paper linkdrop burst mooncake}
 PRFAAS=${PRFAAS:-.venv/bin/prfaas}
 NAME=prfaas-results
 # time and payload scale: the paper's timing in real time, payloads at 1/500 (wire 0.2 Gbps)
@@ -43,15 +43,30 @@ trap down EXIT
 for scenario in $SCENARIOS; do
     case $scenario in
     capacity)
-        # each deployment at 70% and 90% of its planned capacity, then offered 1.4x it
-        # (saturated: its steady throughput is its capacity); no SLO stops the list
+        # prefill timed by prfaas.perf's cost model, at the planner's splits for it: each
+        # deployment at 70% and 90% of its planned capacity, then offered 1.4x it (saturated:
+        # its steady throughput is its capacity); no SLO stops the list, and the KV deadline is
+        # long enough for the saturated queues (a request waits for its prefill, not the link)
         LOAD=(--num-requests 200 --output-tokens "$OUTPUT_TOKENS" --ttft-slo-s 3600)
-        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
+        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --transfer-deadline 600
         bench prfaas "${LOAD[@]}" --rates 2.1,2.7,4.2
-        up --deployment homogeneous --prfaas 0 --pd-prefill 10 --pd-decode 2
+        up --deployment homogeneous --prfaas 0 --pd-prefill 10 --pd-decode 2 \
+            --transfer-deadline 600
         bench homogeneous "${LOAD[@]}" --rates 0.9,1.15,1.8
-        up --deployment naive --prfaas 4 --pd-prefill 0 --pd-decode 8
+        up --deployment naive --prfaas 4 --pd-prefill 0 --pd-decode 8 --transfer-deadline 600
         bench naive "${LOAD[@]}" --rates 3.6
+        ;;
+    capacity-paper)
+        # prefill timed by the paper's curves (Table 5 for H200, the H20 curve Table 6 implies)
+        # at the paper's own splits (Table 6: 4 / 3 / 5, 9 / 3, 4 / - / 8), same protocol
+        LOAD=(--num-requests 200 --output-tokens "$OUTPUT_TOKENS" --ttft-slo-s 3600)
+        PAPER=(--paper-curves --transfer-deadline 600)
+        up --deployment prfaas --prfaas 4 --pd-prefill 3 --pd-decode 5 "${PAPER[@]}"
+        bench paper-prfaas "${LOAD[@]}" --rates 2.25,2.9,4.5
+        up --deployment homogeneous --prfaas 0 --pd-prefill 9 --pd-decode 3 "${PAPER[@]}"
+        bench paper-homogeneous "${LOAD[@]}" --rates 1.5,1.9,3.0
+        up --deployment naive --prfaas 4 --pd-prefill 0 --pd-decode 8 "${PAPER[@]}"
+        bench paper-naive "${LOAD[@]}" --rates 3.4
         ;;
     linkdrop)
         # 90% load; the WAN drops from 100 to 10 Gbps nominal from 40 s to 130 s
@@ -74,7 +89,7 @@ for scenario in $SCENARIOS; do
             --num-requests 300
         ;;
     *)
-        echo "unknown scenario $scenario (capacity, linkdrop, burst, mooncake)" >&2
+        echo "unknown scenario $scenario (capacity, capacity-paper, linkdrop, burst, mooncake)" >&2
         exit 2
         ;;
     esac

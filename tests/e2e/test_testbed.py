@@ -3,7 +3,8 @@
 `up --controller` through the CLI (emulated paper-1t, scaled), requests sent from inside the
 client namespace, a short one prefilled locally and a long one on PrfaaS whose KV crosses the
 tbf-shaped WAN veth (its qdisc's byte counter grows by at least the transfer), `status --json`,
-`link --gbps` reaching the router's link view, the link cut as a negative control, a second `up`
+`link --gbps` reaching the router's link view, `prfaas bench system --testbed` with a link
+drop, the link cut as a negative control, a second `up`
 refused, and `down` removing namespaces and processes. Then the equal-hardware homogeneous
 baseline (`--deployment homogeneous --prfaas 0`, no controller): a long request prefilled on PD.
 """
@@ -176,6 +177,26 @@ def test_link_gbps_tells_the_router_the_new_wire_capacity(testbed: dict[str, Any
         restored = _set_link(testbed, 100.0)
     assert restored["router_informed"] is True, restored
     assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(1e9 / 8)
+
+
+def test_bench_system_drives_the_testbed_and_drops_its_link(testbed: dict[str, Any]) -> None:
+    out = testbed["state_dir"] / "bench.json"
+    cmd = [sys.executable, "-m", "prfaas", "bench", "system", "--testbed", testbed["name"],
+           "--state-dir", str(testbed["state_dir"]), "--rate", "2", "--num-requests", "6",
+           "--output-tokens", "4", "--mu", "9.9", "--sigma", "0.3", "--warmup-rounds", "0",
+           "--link-drop", "0.5:1:25", "--output", str(out), "--json"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)  # from the host ns
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    run = result["runs"][0]
+    assert result["testbed"] == testbed["name"] and run["live"]["num_ok"] == 6, run["live"]
+    drop, back = run["actions"]
+    assert (drop["name"], back["name"]) == ("link 25 Gbps", "link 100 Gbps"), run["actions"]
+    assert drop["outcome"]["router_informed"] and back["outcome"]["router_informed"]
+    offloaded = sum(q["kv_bytes"] for q in run["requests"] if q["route"] == "prfaas")
+    assert offloaded > 0 and run["live"]["egress"]["total_bytes"] >= offloaded  # the WAN qdisc
+    assert run["sim"]["num_completed"] == 6 and run["plan"]["lambda_max_rps"] > 0
+    assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(1e9 / 8)  # restored
 
 
 def test_with_the_wan_cut_a_long_request_does_not_cross(testbed: dict[str, Any]) -> None:

@@ -147,13 +147,7 @@ def burst_rows(out: Path) -> list[str]:
     if result is None:
         return []
     burst, run = result["burst"], result["runs"][0]
-    long_ids = {
-        q["index"] for q in run["requests"] if q["num_prompt_tokens"] == burst["num_tokens"]
-    }
     w = windows(run, burst["at_s"], burst["at_s"] + burst["duration_s"])
-    burst_ttft = distribution(
-        [q["ttft_s"] for q in run["requests"] if q["index"] in long_ids and q["error"] is None]
-    )
     lines = [
         "| requests sent | count | TTFT p50 | p90 | p99 | offload |",
         "|---|---|---|---|---|---|",
@@ -165,10 +159,6 @@ def burst_rows(out: Path) -> list[str]:
             f"{fmt(part['ttft_s']['p90'])} | {fmt(part['ttft_s']['p99'])} | "
             f"{fmt(part['offload_ratio'])} |"
         )
-    lines.append(
-        f"| the burst's {burst['num_tokens']}-token prompts | {burst_ttft['count']} | "
-        f"{fmt(burst_ttft['p50'])} | {fmt(burst_ttft['p90'])} | {fmt(burst_ttft['p99'])} | - |"
-    )
     return lines
 
 

@@ -9,8 +9,8 @@ What it feeds the controller, the same quantities the simulator feeds it (`prfaa
 - at each tick: the link's capacity (the topology's `[link]`, or the last capacity reported with
   `POST /internal/control/link`) in the model's units (`ModelConfig.model_bytes_per_s`),
   T_decode and the stage costs of the planner's inputs for this topology
-  (`prfaas.nodes.topology_threshold.planner_inputs`: the cost model of `model.emulate` on the
-  instances' hardware), and the PD roles the monitor sees (a converting instance counts in
+  (`prfaas.nodes.topology_threshold.planner_inputs`: the prefill curves emulated engines sleep
+  on the instances' hardware), and the PD roles the monitor sees (a converting instance counts in
   its new role).
 
 Time is seconds since the router started, or, with `driven = true`, the time the driver gives

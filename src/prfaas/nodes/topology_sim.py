@@ -3,10 +3,12 @@ and controller, so one scripted workload runs through the live router and throug
 alike (the router/simulator parity test), and a user can simulate the deployment they serve.
 
 The costs are the ones the live controller and threshold "auto" use
-(`prfaas.nodes.topology_threshold.planner_inputs`): the cost model of `model.emulate` on each
-cluster's hardware (what emulated engines sleep), the case study's T_decode and batch size, and
-S_kv(l) of `model.emulate`. Routing starts from the topology's t, with the hysteresis and the
-long-timescale controller on when the topology has a `[controller]` table, as in the router.
+(`prfaas.nodes.topology_threshold.planner_inputs`): each cluster's prefill curve (the
+topology's `model.prefill_latency` for its hardware, else the cost model of `model.emulate`:
+what emulated engines sleep), the case study's T_decode and batch size, S_kv(l) of
+`model.emulate`, and the link in model units. Routing starts from the topology's t with the
+router's rule knobs (`route_config_of`), with the hysteresis and the long-timescale controller
+on when the topology has a `[controller]` table, as in the router.
 """
 
 from __future__ import annotations

@@ -20,6 +20,17 @@ from typing import Any
 from prfaas.nodes.bench_report import distribution
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
+LINK_DROP_RUNS = (
+    "linkdrop-static",
+    "linkdrop-controller",
+    "linkdrop70-static",
+    "linkdrop70-controller",
+)
+
+
+def _run_label(name: str, result: dict[str, Any]) -> str:
+    """ "static @ 2.7 req/s" for a link-drop run's file name and result."""
+    return f"{name.split('-')[1]} @ {result['runs'][0]['rate_rps']:g} req/s"
 
 
 def load(out: Path, name: str) -> dict[str, Any] | None:
@@ -121,7 +132,7 @@ def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     found = {}
-    for name in ("linkdrop-static", "linkdrop-controller"):
+    for name in LINK_DROP_RUNS:
         result = load(out, name)
         if result is None:
             continue
@@ -131,7 +142,8 @@ def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
         found[name] = w
         b, d, a = (w[k] for k in ("before", "during", "after"))
         lines.append(
-            f"| {name.split('-')[1]} | {fmt(b['ttft_s']['p99'])} | {fmt(d['ttft_s']['p99'])} | "
+            f"| {_run_label(name, result)} | {fmt(b['ttft_s']['p99'])} | "
+            f"{fmt(d['ttft_s']['p99'])} | "
             f"{fmt(a['ttft_s']['p99'])} | "
             f"{fmt(ratio(d['ttft_s']['p99'], b['ttft_s']['p99']))}x | "
             f"{fmt(b['ttft_s']['p90'])} | {fmt(d['ttft_s']['p90'])} | "
@@ -211,13 +223,13 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
         plt.close(fig)
         written.append(str(path))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in ("linkdrop-static", "linkdrop-controller"):
+    for name in LINK_DROP_RUNS:
         result = load(out, name)
         if result is None:
             continue
         pts = [(q["at_s"], q["ttft_s"]) for q in result["runs"][0]["requests"]
                if q["ttft_s"] is not None]  # fmt: skip
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=name.split("-")[1])
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=_run_label(name, result))
         drop = result["link_drop"]
         ax.axvspan(drop["at_s"], drop["at_s"] + drop["duration_s"], color="grey", alpha=0.1)
     ax.set(xlabel="send time, s", ylabel="TTFT, s",

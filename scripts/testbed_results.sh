@@ -6,14 +6,14 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, burst, mooncake (default: all). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake (default: all). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
 
 OUT=${1:?usage: testbed_results.sh OUT_DIR [SCENARIO ...]}
 shift
-SCENARIOS=${*:-capacity capacity-paper linkdrop burst mooncake}
+SCENARIOS=${*:-capacity capacity-paper linkdrop linkdrop70 burst mooncake}
 PRFAAS=${PRFAAS:-.venv/bin/prfaas}
 NAME=prfaas-results
 # time and payload scale: the paper's timing in real time, payloads at 1/500 (wire 0.2 Gbps)
@@ -76,6 +76,14 @@ for scenario in $SCENARIOS; do
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
         bench linkdrop-controller "${DROP[@]}"
         ;;
+    linkdrop70)
+        # the same drop at 70% load (2.1 req/s)
+        DROP=(--rate 2.1 --num-requests 300 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
+        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
+        bench linkdrop70-static "${DROP[@]}"
+        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
+        bench linkdrop70-controller "${DROP[@]}"
+        ;;
     burst)
         # 50% load plus 64K-token prompts at 1 req/s for 20 s from 30 s
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
@@ -89,7 +97,7 @@ for scenario in $SCENARIOS; do
             --num-requests 300
         ;;
     *)
-        echo "unknown scenario $scenario (capacity, capacity-paper, linkdrop, burst, mooncake)" >&2
+        echo "unknown scenario $scenario (capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake)" >&2
         exit 2
         ;;
     esac

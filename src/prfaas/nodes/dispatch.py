@@ -404,6 +404,8 @@ class Dispatcher:
             self.metrics.prefix_index_misses.labels(d.cluster).inc()
 
     async def _abort(self, d: Dispatch, reason: str) -> None:
+        if self.client.closed:  # the router is shutting down; the decode instance times out
+            return
         url = f"http://{d.decode.config.http}/internal/abort"
         body = {"transfer_id": d.transfer_id, "reason": reason}
         with contextlib.suppress(aiohttp.ClientError, TimeoutError):

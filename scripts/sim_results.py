@@ -594,7 +594,10 @@ def main() -> int:
     return 0
 
 
-INTRO = """# Results: the case study, simulated
+INTRO = """# Results: the case study, simulated and live
+
+Sections 1-7 and "Adaptive controller" are the simulator's; "Live system benchmark" and "The
+two-datacenter testbed" are the live system's, next to the simulator and the planner.
 
 The paper's headline numbers (Table 6) come from an analytical model with no queueing. `prfaas sim`
 replays the same case study as a discrete-event simulation: FCFS prefill queues, continuous decode

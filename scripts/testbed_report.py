@@ -20,17 +20,19 @@ from typing import Any
 from prfaas.nodes.bench_report import distribution
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
-LINK_DROP_RUNS = (
-    "linkdrop-static",
-    "linkdrop-controller",
-    "linkdrop70-static",
-    "linkdrop70-controller",
-)
+LINK_DROP_RUNS = {  # result file -> how the run's t is set
+    "linkdrop-static": "static",
+    "linkdrop-controller": "controller",
+    "linkdrop-fast": "controller, 10 s ticks",
+    "linkdrop70-static": "static",
+    "linkdrop70-controller": "controller",
+    "linkdrop70-fast": "controller, 10 s ticks",
+}
 
 
 def _run_label(name: str, result: dict[str, Any]) -> str:
     """ "static @ 2.7 req/s" for a link-drop run's file name and result."""
-    return f"{name.split('-')[1]} @ {result['runs'][0]['rate_rps']:g} req/s"
+    return f"{LINK_DROP_RUNS[name]} @ {result['runs'][0]['rate_rps']:g} req/s"
 
 
 def load(out: Path, name: str) -> dict[str, Any] | None:
@@ -223,7 +225,7 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
         plt.close(fig)
         written.append(str(path))
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in LINK_DROP_RUNS:
+    for name in (n for n in LINK_DROP_RUNS if not n.startswith("linkdrop70")):  # 90% load
         result = load(out, name)
         if result is None:
             continue
@@ -233,7 +235,7 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
         drop = result["link_drop"]
         ax.axvspan(drop["at_s"], drop["at_s"] + drop["duration_s"], color="grey", alpha=0.1)
     ax.set(xlabel="send time, s", ylabel="TTFT, s",
-           title="Link 100 -> 10 Gbps nominal (shaded): static t vs controller")  # fmt: skip
+           title="Link 100 -> 10 Gbps nominal (shaded), 90% load")  # fmt: skip
     ax.legend()
     fig.tight_layout()
     path = img_dir / "testbed_link_drop.png"

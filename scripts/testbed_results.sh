@@ -6,19 +6,23 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake (default: all). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, linkdrop-fast, burst, mooncake
+# (default: all). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
 
 OUT=${1:?usage: testbed_results.sh OUT_DIR [SCENARIO ...]}
 shift
-SCENARIOS=${*:-capacity capacity-paper linkdrop linkdrop70 burst mooncake}
+SCENARIOS=${*:-capacity capacity-paper linkdrop linkdrop70 linkdrop-fast burst mooncake}
 PRFAAS=${PRFAAS:-.venv/bin/prfaas}
 NAME=prfaas-results
 # time and payload scale: the paper's timing in real time, payloads at 1/500 (wire 0.2 Gbps)
 SCALE=(--time-scale 1 --payload-scale 0.002)
 OUTPUT_TOKENS=128
+# the link drop: 100 -> 10 Gbps nominal from 40 s for 90 s, at 90% and at 70% load
+DROP90=(--rate 2.7 --num-requests 400 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
+DROP70=(--rate 2.1 --num-requests 300 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
 mkdir -p "$OUT"
 
 up() {  # up DEPLOYMENT-FLAGS...
@@ -70,19 +74,26 @@ for scenario in $SCENARIOS; do
         ;;
     linkdrop)
         # 90% load; the WAN drops from 100 to 10 Gbps nominal from 40 s to 130 s
-        DROP=(--rate 2.7 --num-requests 400 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
-        bench linkdrop-static "${DROP[@]}"
+        bench linkdrop-static "${DROP90[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
-        bench linkdrop-controller "${DROP[@]}"
+        bench linkdrop-controller "${DROP90[@]}"
         ;;
     linkdrop70)
         # the same drop at 70% load (2.1 req/s)
-        DROP=(--rate 2.1 --num-requests 300 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
-        bench linkdrop70-static "${DROP[@]}"
+        bench linkdrop70-static "${DROP70[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
-        bench linkdrop70-controller "${DROP[@]}"
+        bench linkdrop70-controller "${DROP70[@]}"
+        ;;
+    linkdrop-fast)
+        # the controller ticking every 10 s instead of 30 s, at 90% and 70% load
+        FAST=(--deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
+              --controller-period-s 10)
+        up "${FAST[@]}"
+        bench linkdrop-fast "${DROP90[@]}"
+        up "${FAST[@]}"
+        bench linkdrop70-fast "${DROP70[@]}"
         ;;
     burst)
         # 50% load plus 64K-token prompts at 1 req/s for 20 s from 30 s
@@ -97,7 +108,7 @@ for scenario in $SCENARIOS; do
             --num-requests 300
         ;;
     *)
-        echo "unknown scenario $scenario (capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake)" >&2
+        echo "unknown scenario $scenario (see the header)" >&2
         exit 2
         ;;
     esac

@@ -107,6 +107,12 @@ def _register_up(sub: Any) -> None:
         action="store_true",
         help="the router's adaptive long-timescale controller (prfaas only; default: static t)",
     )
+    p.add_argument(
+        "--controller-period-s",
+        type=float_in(0, 3600, low_open=True),
+        default=None,
+        help="the controller's tick period in seconds (default: its own, 30)",
+    )
     counts = bounded_int(0, 16)
     p.add_argument("--prfaas", type=counts, default=1, help="PrfaaS prefill instances")
     p.add_argument("--pd-prefill", type=counts, default=1, help="PD prefill instances")
@@ -207,6 +213,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         deployment=args.deployment,
         threshold=threshold,
         controller=args.controller,
+        controller_period_s=args.controller_period_s,
         failure=args.failure,
         transfer_deadline_s=args.transfer_deadline,
         drain_s=args.drain,

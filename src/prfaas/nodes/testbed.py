@@ -195,6 +195,7 @@ class TestbedSpec:
     deployment: str = DeploymentKind.PRFAAS.value  # prfaas | homogeneous | naive
     threshold: float | str = "auto"  # tokens, or "auto" (prfaas only: the others route by kind)
     controller: bool = False  # the router's adaptive long-timescale controller (prfaas only)
+    controller_period_s: float | None = None  # its tick period (None: the controller's default)
     failure: str = "recompute"
     transfer_deadline_s: float = 60.0
     drain_s: float = 5.0
@@ -215,6 +216,8 @@ class TestbedSpec:
         self._check_counts()
         if self.controller and not self.uses_threshold:
             raise UserError(f"the controller adapts a 'prfaas' deployment, not {self.deployment!r}")
+        if self.controller_period_s is not None and not self.controller:
+            raise UserError("a controller period needs --controller")
         if self.uses_threshold and self.engine == "torch" and self.threshold == "auto":
             raise UserError("threshold 'auto' needs the emulated engine; give a token count")
         if self.engine == "torch" and (self.scale.time_scale, self.scale.payload_scale) != (1, 1):
@@ -328,7 +331,8 @@ def topology_text(
     """The testbed's topology TOML: scaled emulated engines (or tiny torch ones), the router in
     the PD namespace on the client link, `[link] gbps = link_gbps`, the spec's prefill latency
     curves (`[model] prefill_latency`), the spec's deployment (its
-    threshold only for `prfaas`), an empty `[controller]` (the defaults) when the spec has one,
+    threshold only for `prfaas`), a `[controller]` (the defaults, and the spec's tick period if it
+    sets one) when the spec has one,
     and no PrfaaS cluster when it has no PrfaaS instance. Without a token file the transport
     token is a placeholder (a topology parsed, never served)."""
     scaled = spec.engine == "emulated"
@@ -360,6 +364,8 @@ drain_s = {spec.drain_s:g}
 """
     if spec.controller:
         text += "\n[controller]\n"
+        if spec.controller_period_s is not None:
+            text += f"period_s = {spec.controller_period_s:g}\n"
     instances = _instances(spec, layout)
     for cluster in ("prfaas", "pd"):
         members = [i for i in instances if i.cluster == cluster]

@@ -24,3 +24,25 @@ def test_only_a_controller_keeps_congestion_from_raising_t(controller: bool) -> 
     assert config.threshold_tokens == 16000.0
     assert config.threshold_raise_factor == (1.0 if controller else default) and default > 1
     assert sim_config_of(topology).deployment.route_config == config  # the simulator's too
+
+
+def test_the_controller_period_reaches_the_topology() -> None:
+    spec = TestbedSpec(controller=True, controller_period_s=10.0)
+    text = topology_text(spec, TestbedLayout(spec.name), None, 16000.0, 1.0)
+    topology = parse_topology(tomllib.loads(text), Path("."), source="test")
+    assert topology.controller.enabled and topology.controller.config.period_s == 10.0
+    default = parse_topology(
+        tomllib.loads(
+            topology_text(TestbedSpec(controller=True), TestbedLayout("x"), None, 1.0, 1.0)
+        ),
+        Path("."),
+        source="test",
+    )
+    assert default.controller.config.period_s == 30.0
+
+
+def test_a_controller_period_without_a_controller_is_refused() -> None:
+    from prfaas.errors import UserError
+
+    with pytest.raises(UserError, match="needs --controller"):
+        TestbedSpec(controller_period_s=10.0)

@@ -196,14 +196,14 @@ def plan_point(
 ) -> dict[str, Any]:
     """The planner's Eqs. 3-6 for this topology's instances and deployment, over the run's own
     prompt lengths and mean output length: Λ_max (live units) and the offload share."""
-    from prfaas.nodes.topology_threshold import planner_inputs
+    from prfaas.nodes.topology_threshold import num_prfaas_prefill, planner_inputs
     from prfaas.policy.throughput import evaluate
     from prfaas.workload import EmpiricalLengths
 
     inputs, num_pd_p = planner_inputs(topology)
     inputs = replace(inputs, num_output_tokens=float(output_tokens))
     costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
-    num_prfaas = sum(len(c.by_role("prefill")) for c in topology.clusters_of_kind("prfaas"))
+    num_prfaas = num_prfaas_prefill(topology)
     num_pd_d = inputs.pd.num_instances - num_pd_p
     kind = topology.policy.deployment
     threshold, counts = {

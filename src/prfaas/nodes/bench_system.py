@@ -34,6 +34,7 @@ from prfaas.nodes.loadgen import (
     warmup_schedule,
 )
 from prfaas.nodes.topology import Topology, load_topology
+from prfaas.nodes.topology_threshold import model_link_gbps
 
 DEPLOYMENT_KINDS = ("prfaas", "homogeneous", "naive")
 _POLICY_HEADER = re.compile(r"^\s*\[\s*policy\s*\]\s*(#.*)?$")
@@ -229,8 +230,7 @@ def _sim_bandwidth(topology: Topology, drop: LinkDrop | None) -> list[Any] | Non
     scale = topology.model.time_scale
     if drop is None or scale <= 0:
         return None
-    base_gbps = topology.model.model_bytes_per_s(topology.link.bytes_per_s) * 8 / 1e9
-    return drop.sim_steps(base_gbps, scale)
+    return drop.sim_steps(model_link_gbps(topology), scale)
 
 
 def sweep_rates(start_rps: float, factor: float, num_steps: int) -> list[float]:

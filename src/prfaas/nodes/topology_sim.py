@@ -16,7 +16,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from prfaas.nodes.topology import Topology
-from prfaas.nodes.topology_threshold import planner_inputs, route_config_of
+from prfaas.nodes.topology_threshold import (
+    model_link_gbps,
+    num_prfaas_prefill,
+    planner_inputs,
+    route_config_of,
+)
 from prfaas.plan.inputs import ClusterSpec
 from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig
 from prfaas.sim.cost import FixedDecodeStep
@@ -41,7 +46,7 @@ def sim_config_of(
     footprint = load_model_spec(topology.model.emulate).footprint()
     deployment = DeploymentSpec(
         kind=DeploymentKind(topology.policy.deployment),
-        prfaas=_prefill_spec(inputs.prfaas, _num_prfaas_prefill(topology)),
+        prfaas=_prefill_spec(inputs.prfaas, num_prfaas_prefill(topology)),
         pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
         num_decode_instances=len(pd.by_role("decode")),
         max_batch_size=inputs.max_batch_size,
@@ -53,7 +58,7 @@ def sim_config_of(
         deployment=deployment,
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
         num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
-        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, inputs.link_bytes_per_s * 8 / 1e9),)),
+        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, model_link_gbps(topology)),)),
         block_tokens=topology.prefix_cache.block_tokens,
         prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
         record_decisions=True,
@@ -66,7 +71,3 @@ def _prefill_spec(cluster: ClusterSpec, num_instances: int | None = None) -> Pre
     count = cluster.num_instances if num_instances is None else num_instances
     label = f"{cluster.gpus_per_instance}x{cluster.hardware.upper()}"
     return PrefillClusterSpec(count, CurveLatency(cluster.t_prefill_s), label)
-
-
-def _num_prfaas_prefill(topology: Topology) -> int:
-    return sum(len(c.by_role("prefill")) for c in topology.clusters_of_kind("prfaas"))

@@ -161,6 +161,16 @@ def _cluster_spec(
     )
 
 
+def num_prfaas_prefill(topology: Topology) -> int:
+    """The PrfaaS cluster's prefill instances (0 without a PrfaaS cluster)."""
+    return sum(len(c.by_role("prefill")) for c in topology.clusters_of_kind("prfaas"))
+
+
+def model_link_gbps(topology: Topology) -> float:
+    """The `[link]` in the model's units, Gbps (`ModelConfig.model_bytes_per_s`)."""
+    return topology.model.model_bytes_per_s(topology.link.bytes_per_s) * 8 / 1e9
+
+
 def _prfaas_spec(
     topology: Topology, model: ModelSpec, pd_spec: ClusterSpec
 ) -> tuple[ClusterSpec, int]:

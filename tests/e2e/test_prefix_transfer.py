@@ -46,22 +46,11 @@ FOLLOW_UP = " Why?"
 TOKEN = "prefix-transfer-test-token"
 
 
-_taken: set[int] = set()
-
-
-def _port() -> int:
-    """A free port not handed out before in this module (free_port may repeat itself)."""
-    while (port := free_port()) in _taken:
-        pass
-    _taken.add(port)
-    return port
-
-
 def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
-    kv_line = f'  kv = "127.0.0.1:{_port()}"\n' if kv else ""
+    kv_line = f'  kv = "127.0.0.1:{free_port()}"\n' if kv else ""
     return (
         f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "127.0.0.1:{_port()}"\n{kv_line}  engine = "torch"\n'
+        f'  http = "127.0.0.1:{free_port()}"\n{kv_line}  engine = "torch"\n'
         f'  hardware = "{hardware}"\n'
     )
 
@@ -77,7 +66,7 @@ def _topology(
 name = "qwen3_next"
 
 [router]
-http = "127.0.0.1:{_port()}"
+http = "127.0.0.1:{free_port()}"
 api_keys = ["{API_KEY}"]
 
 [link]

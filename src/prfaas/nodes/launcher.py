@@ -21,7 +21,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,11 +60,24 @@ def serve_router(topology: Topology) -> None:
     serve_app(build_router_app(topology), topology.router.http, "router", topology.policy.drain_s)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port the kernel had free a moment ago (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+_handed_out_ports: set[int] = set()
+_FREE_PORT_TRIES = 256
+
+
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port the kernel had free a moment ago (the caller binds it soon after).
+
+    The kernel may hand out a just-released port again, so this never returns a port it
+    returned before in this process, nor one in `avoid` (ports another process picked but
+    has not bound yet, e.g. the router port `prfaas up` was given)."""
+    for _ in range(_FREE_PORT_TRIES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out_ports and port not in avoid:
+            _handed_out_ports.add(port)
+            return port
+    raise OSError(f"no free port on {host} after {_FREE_PORT_TRIES} tries")
 
 
 @dataclass(frozen=True)
@@ -132,7 +145,7 @@ token_file = "{token_file}"
     for cluster in ("prfaas", "pd"):
         text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
         for _, name, role, hardware in (i for i in instances if i[0] == cluster):
-            text += _instance_toml(name, role, host, hardware, options.engine)
+            text += _instance_toml(name, role, host, hardware, options)
             if role == "decode":
                 text += _decode_kv_toml(options)
     path = directory / "topology.toml"
@@ -141,19 +154,20 @@ token_file = "{token_file}"
     return path
 
 
-def _instance_toml(name: str, role: str, host: str, hardware: str, engine: str) -> str:
-    """One `[[clusters.instances]]` entry on free ports of `host` (the decode instance's KV
-    address is `_decode_kv_toml`'s)."""
+def _instance_toml(name: str, role: str, host: str, hardware: str, options: EmbeddedOptions) -> str:
+    """One `[[clusters.instances]]` entry on a free port of `host` other than the router's (the
+    decode instance's KV address is `_decode_kv_toml`'s)."""
+    port = free_port(host, avoid={options.router_port})
     return (
         f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "{host}:{free_port(host)}"\n  engine = "{engine}"\n'
+        f'  http = "{host}:{port}"\n  engine = "{options.engine}"\n'
         f'  hardware = "{hardware}"\n'
     )
 
 
 def _decode_kv_toml(options: EmbeddedOptions) -> str:
     """The decode instance's `kv` (a free port unless given) and optional `kv_listen`."""
-    kv = options.decode_kv or f"{options.host}:{free_port(options.host)}"
+    kv = options.decode_kv or f"{options.host}:{free_port(options.host, {options.router_port})}"
     text = f"  kv = {json.dumps(kv)}\n"
     if options.decode_kv_listen is not None:
         text += f"  kv_listen = {json.dumps(options.decode_kv_listen)}\n"

@@ -23,10 +23,8 @@ DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
 LINK_DROP_RUNS = {  # result file -> how the run's t is set
     "linkdrop-static": "static",
     "linkdrop-controller": "controller",
-    "linkdrop-fast": "controller, 10 s ticks",
     "linkdrop70-static": "static",
     "linkdrop70-controller": "controller",
-    "linkdrop70-fast": "controller, 10 s ticks",
 }
 
 

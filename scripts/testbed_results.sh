@@ -6,7 +6,7 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, linkdrop-fast, burst, mooncake
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake
 # (default: all). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
@@ -14,7 +14,7 @@ set -euo pipefail
 
 OUT=${1:?usage: testbed_results.sh OUT_DIR [SCENARIO ...]}
 shift
-SCENARIOS=${*:-capacity capacity-paper linkdrop linkdrop70 linkdrop-fast burst mooncake}
+SCENARIOS=${*:-capacity capacity-paper linkdrop linkdrop70 burst mooncake}
 PRFAAS=${PRFAAS:-.venv/bin/prfaas}
 NAME=prfaas-results
 # time and payload scale: the paper's timing in real time, payloads at 1/500 (wire 0.2 Gbps)
@@ -85,15 +85,6 @@ for scenario in $SCENARIOS; do
         bench linkdrop70-static "${DROP70[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
         bench linkdrop70-controller "${DROP70[@]}"
-        ;;
-    linkdrop-fast)
-        # the controller ticking every 10 s instead of 30 s, at 90% and 70% load
-        FAST=(--deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
-              --controller-period-s 10)
-        up "${FAST[@]}"
-        bench linkdrop-fast "${DROP90[@]}"
-        up "${FAST[@]}"
-        bench linkdrop70-fast "${DROP70[@]}"
         ;;
     burst)
         # 50% load plus 64K-token prompts at 1 req/s for 20 s from 30 s

@@ -71,8 +71,11 @@ def _run_live(live: Live, requests: list[tuple[float, list[int]]], ticks: list[f
     events.append((LINK_DROP[0], 0, "link", LINK_DROP[1]))
     routes, decisions = [], []
     for at_s, _, kind, value in sorted(events, key=lambda e: (e[0], e[1])):
-        if kind == "link":
+        if kind == "link":  # the simulator's controller decides at a bandwidth step: so here
             live.post("/internal/control/link", {"gbps": value}, internal=True)
+            decisions += live.post("/internal/control/tick", {"at_s": at_s}, internal=True)[
+                "decisions"
+            ]
         elif kind == "tick":
             decisions += live.post("/internal/control/tick", {"at_s": at_s}, internal=True)[
                 "decisions"

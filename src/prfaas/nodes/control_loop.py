@@ -6,7 +6,8 @@ What it feeds the controller, the same quantities the simulator feeds it (`prfaa
 - every routed request's incremental length: prompt minus the best usable prefix over both
   clusters, when it is routed;
 - the mean output length of the requests that finished in the window;
-- at each tick: the link's capacity (the topology's `[link]`, or the last capacity reported with
+- at each tick (once a period, and at once when told the link's new capacity): the link's
+  capacity (the topology's `[link]`, or the last capacity reported with
   `POST /internal/control/link`) in the model's units (`ModelConfig.model_bytes_per_s`),
   T_decode and the stage costs of the planner's inputs for this topology
   (`prfaas.nodes.topology_threshold.planner_inputs`: the prefill curves emulated engines sleep
@@ -111,9 +112,12 @@ class RouterControl:
         self._outputs.append((self.now(), num_output_tokens))
 
     def set_link_capacity(self, bytes_per_s: float) -> None:
-        """The link's capacity changed (an operator or a testbed says so)."""
+        """The link's capacity changed (an operator or a testbed says so): the controller ticks
+        at once instead of at its next period (in driven mode the driver decides when)."""
         self.monitor.link_capacity_bytes_per_s = bytes_per_s
         log.info(json.dumps({"event": "link_capacity", "bytes_per_s": bytes_per_s}))
+        if not self.driven:
+            self.tick(self.now())
 
     def role_counts(self) -> tuple[int, int, int]:
         """(N_p, N_d, converting), converting instances counted in their new role."""

@@ -6,7 +6,8 @@ inputs an operator, a testbed or a scripted test gives it. Behind the deployment
   the policy sees it, and how far the global KV index has read each instance's events.
 - `POST /internal/control/link {"gbps": G}`: the PrfaaS -> PD link's capacity changed; answers
   the capacity the router's link view now uses. Also served without a `[controller]` (the
-  router's monitor takes the capacity directly; `prfaas testbed link` sends it).
+  router's monitor takes the capacity directly; `prfaas testbed link` sends it). The controller
+  ticks at once on it; in driven mode the driver posts that tick itself (`/tick`).
 - `POST /internal/control/clock {"at_s": T}` (driven mode): the controller's time is now T.
 - `POST /internal/control/tick {"at_s": T}` (driven mode): time T, then one tick; answers the
   decisions it made.
@@ -92,6 +93,7 @@ def add_control_routes(app: FastAPI) -> None:
         extra = {
             "link_utilization": None if link is None else link.utilization,
             "link_backlog_bytes": None if link is None else link.backlog_bytes,
+            "link_retransmit_rate": None if link is None else link.retransmit_rate,
             "prefix_index": service.prefixes.cursors(),
         }
         return JSONResponse({**control.status(), **extra})

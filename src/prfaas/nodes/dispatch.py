@@ -156,7 +156,7 @@ class Dispatch:
 
 def make_policy(topology: Topology) -> RoutePolicy:
     kind = DeploymentKind(topology.policy.deployment)
-    return make_route_policy(kind, route_config_of(topology))
+    return make_route_policy(kind, route_config_of(topology, wall_units=True))
 
 
 class Dispatcher:

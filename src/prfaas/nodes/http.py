@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prfaas.errors import UserError
 from prfaas.nodes.limits import INSTANCE_MAX_BODY_BYTES, BodySizeLimit, BoundedHttpToolsProtocol
 from prfaas.nodes.topology import InstanceConfig, Topology
+from prfaas.transport.channel import check_congestion_control
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.sender import parse_address
 
@@ -103,7 +104,18 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         tls_ca=sec.tls_ca,
         deadline_s=deadline_s or topology.policy.transfer_deadline_s,
         max_buffer_bytes=sec.receive_pool_bytes,
+        congestion_control=_usable_congestion_control(sec.congestion_control),
     )
+
+
+def _usable_congestion_control(name: str | None) -> str | None:
+    """`name`, once a socket here accepted it (UserError with the available ones if not)."""
+    if name is not None:
+        try:
+            check_congestion_control(name)
+        except ValueError as exc:
+            raise UserError(f"transport.congestion_control: {exc}") from None
+    return name
 
 
 def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:

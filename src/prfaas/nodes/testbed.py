@@ -321,6 +321,13 @@ def _prefill_latency_line(spec: TestbedSpec) -> str:
     return f"prefill_latency = {{ {pairs} }}\n"
 
 
+# The KV senders' TCP congestion control on the testbed. On the scaled WAN (a 10 Gbps link at
+# 20 Mbit/s behind a tbf queue of 50 ms, 125 KB) BBR, this machine's default, kept sending into
+# the full queue: a link-drop run retransmitted 40-80% of what it sent, so the link delivered
+# well under its rate, which a real deep-buffered link of the nominal rate does not do.
+WAN_CONGESTION_CONTROL = "cubic"
+
+
 def topology_text(
     spec: TestbedSpec,
     layout: TestbedLayout,
@@ -361,6 +368,7 @@ drain_s = {spec.drain_s:g}
 
 [transport]
 {transport}
+congestion_control = "{WAN_CONGESTION_CONTROL}"
 """
     if spec.controller:
         text += "\n[controller]\n"

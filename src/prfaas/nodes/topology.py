@@ -43,12 +43,13 @@ period_s = 30                # tick period (re-search t, maybe convert one PD in
 window_s = 300               # sliding window of incremental lengths
 driven = false               # true: no timer; ticks come from POST /internal/control/tick
 # also: min_samples, persistence_ticks, threshold_persistence_ticks, cooldown_s,
-# min_role_gain, threshold_min_gain (prfaas.policy.ControllerConfig)
+# min_role_gain, threshold_min_gain, link_change_share (prfaas.policy.ControllerConfig)
 
 [transport]
 token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)
 num_connections = 2          # TCP connections per KV destination
 receive_pool_bytes = 8589934592  # KV receiver's buffer budget; a fuller pool holds senders back
+congestion_control = "cubic" # optional: KV senders' TCP congestion control (default: kernel's)
 
 [[clusters]]
 name = "prfaas"
@@ -207,6 +208,7 @@ class SecurityConfig:
     tls_ca: str | None = None
     num_connections: int = 2  # TCP connections per KV destination
     receive_pool_bytes: int = 8 << 30  # a KV receiver's buffer budget, in use + idle
+    congestion_control: str | None = None  # senders' TCP congestion control (None: kernel's)
 
 
 @dataclass(frozen=True, slots=True)

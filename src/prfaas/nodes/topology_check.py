@@ -49,6 +49,7 @@ from prfaas.nodes.topology_table import (
     show_value,
 )
 from prfaas.policy.controller import ControllerConfig
+from prfaas.transport.config import is_congestion_control_name
 from prfaas.types import DeploymentKind
 
 __all__ = ["TopologyError", "parse", "parse_host_port"]  # the errors and parser of the schema
@@ -64,7 +65,7 @@ TOP_KEYS = (
     "clusters",
 )
 CONTROLLER_INT_KEYS = ("min_samples", "persistence_ticks", "threshold_persistence_ticks")
-CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain")
+CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain", "link_change_share")
 CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = (
@@ -87,6 +88,7 @@ TRANSPORT_KEYS = (
     "tls_ca",
     "num_connections",
     "receive_pool_bytes",
+    "congestion_control",
 )
 TLS_KEYS = ("tls_cert", "tls_key", "tls_ca")
 CLUSTER_KEYS = ("name", "kind", "instances")
@@ -349,7 +351,20 @@ def _transport(
             MIN_RECEIVE_POOL_BYTES,
             MAX_RECEIVE_POOL_BYTES,
         ),
+        congestion_control=_congestion_control(table),
     )
+
+
+def _congestion_control(table: Table) -> str | None:
+    """A kernel algorithm's name (checked against the kernel where a sender starts)."""
+    name = table.optional_string("congestion_control")
+    if name is not None and not is_congestion_control_name(name):
+        table.fail(
+            "congestion_control",
+            f"must name a TCP congestion control algorithm (e.g. cubic, bbr), got {name!r}",
+        )
+        return None
+    return name
 
 
 def _prefix_cache(table: Table | None) -> PrefixCacheConfig:

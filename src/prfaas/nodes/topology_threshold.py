@@ -33,6 +33,7 @@ from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.throughput import (
     LatencyCurve,
     SizeCurve,
+    StageCosts,
     StagePoint,
     best_threshold,
     evaluate_split,
@@ -256,14 +257,49 @@ def resolve_auto_threshold(topology: Topology) -> tuple[float, str]:
     return point.threshold_tokens, source
 
 
-def route_config_of(topology: Topology) -> RoutePolicyConfig:
+def route_config_of(topology: Topology, *, wall_units: bool = False) -> RoutePolicyConfig:
     """The routing rule's knobs for this topology, the same for the router and `sim_config_of`.
 
-    Under `[controller]`, t is the controller's alone: a congested link (retransmissions) still
-    switches routing to cache-affine but does not also multiply t (`threshold_raise_factor` 1),
-    which would move the longest prompts onto PD prefill on top of the controller's own answer
-    to the link's capacity."""
+    Under `[controller]` (the paper's dual-timescale scheduling), two things change:
+
+    - t is the controller's alone: a congested link (retransmissions) still switches routing to
+      cache-affine but does not also multiply t (`threshold_raise_factor` 1), which would move the
+      longest prompts onto PD prefill on top of the controller's own answer to the link's
+      capacity;
+    - the short-timescale offload-delay rule runs (`RoutePolicyConfig.costs`,
+      `offload_delay_costs`): a request whose KV would wait behind the link's backlog longer than
+      a local prefill takes stays local.
+
+    The simulator's link and queues are in the model's units (`wall_units` False); the router's
+    are what the instances and transports report: wall seconds and wire bytes."""
     config = RoutePolicyConfig(topology.policy.threshold_tokens)
     if topology.controller.enabled:
-        config = replace(config, threshold_raise_factor=1.0)
+        costs = offload_delay_costs(topology, wall_units=wall_units)
+        config = replace(config, threshold_raise_factor=1.0, costs=costs)
     return config
+
+
+def offload_delay_costs(topology: Topology, *, wall_units: bool) -> StageCosts | None:
+    """The prefill curves and S_kv(l) the offload-delay rule compares paths with, or None (rule
+    off) when the prefill instances are not all emulated engines that sleep (`time_scale` > 0):
+    only those report queued prefill seconds that the curves predict.
+
+    In wall units, prefill seconds are multiplied by `time_scale` and KV bytes by
+    `payload_scale`, as the emulated engines sleep and send them."""
+    model = topology.model
+    prefill = [i for c in topology.clusters for i in c.by_role("prefill")]
+    if model.time_scale <= 0 or any(i.engine != "emulated" for i in prefill):
+        return None
+    inputs, _ = planner_inputs(topology)
+    costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
+    if not wall_units:
+        return costs
+    time_scale, payload_scale = model.time_scale, model.payload_scale
+    prfaas_s, pd_s, kv_bytes = costs.t_prefill_prfaas_s, costs.t_prefill_pd_s, costs.kv_bytes
+    return replace(
+        costs,
+        t_prefill_prfaas_s=lambda n: time_scale * prfaas_s(n),
+        t_prefill_pd_s=lambda n: time_scale * pd_s(n),
+        kv_bytes=lambda n: payload_scale * kv_bytes(n),
+        egress_bytes_per_s=topology.link.bytes_per_s,
+    )

@@ -19,15 +19,21 @@ against the profile):
    least `min_role_gain` (prefill binds: Θ_prfaas + Θ_pd-p < Θ_pd-d, the best split has more PD-P;
    decode binds: the reverse), for `persistence_ticks` consecutive ticks in the same direction,
    outside the `cooldown_s` after the previous change and with no conversion in progress, convert
-   up to `max_instances_per_change` instances one way (`RoleChange`). The gain margin is the
+   up to `max_instances_per_change` instances one way (`RoleChange`). On a tick where the link's
+   capacity moved by `link_change_share` or more, the best split is taken at once and whole (no
+   persistence, no cooldown, no per-change limit): the change is real, not sampling noise, and a
+   link that fell to a tenth cannot wait minutes for the split it needs. The gain margin is the
    hysteresis: a change and its reverse cannot both clear it on the same lengths, so roles do not
    flap under a constant load. PrfaaS instances are never converted.
 2. *Threshold (Eq. 7).* The t that balances the two prefill paths for the (new) split. It is
    adopted (`ThresholdUpdate`) only when it raises the prefill paths' capacity
    min(Θ_prfaas / p, Θ_pd-p / (1 - p)) by at least `threshold_min_gain` over the current t, in the
-   same direction for `threshold_persistence_ticks` ticks (at once after a role change), so
-   sampling noise in the window rarely moves t under a constant load, while a link drop or a
-   shift in lengths does.
+   same direction for `threshold_persistence_ticks` ticks, so sampling noise in the window rarely
+   moves t under a constant load, while a link drop or a shift in lengths does. It is adopted at
+   once after a role change, and when the measured link capacity moved by at least
+   `link_change_share` since the previous tick: a capacity change is not sampling noise, and the
+   driver ticks as soon as it learns of one (the router when told the link's new rate, the
+   simulator at a bandwidth step) instead of waiting for the period.
 
 Every decision carries a `reason` (its rule, then the numbers) and `inputs`, the snapshot it was
 computed from.
@@ -86,6 +92,7 @@ class ControllerConfig:
     min_shift_samples: int = 20  # ...with at least this many samples on each side
     min_pd_prefill: int = 1  # no conversion leaves fewer PD-P instances than this
     min_pd_decode: int = 1  # no conversion leaves fewer PD-D instances than this
+    link_change_share: float = 0.2  # B_out moved this much since the last tick: adopt t at once
 
     def __post_init__(self) -> None:
         for name in ("period_s", "window_s"):
@@ -94,7 +101,7 @@ class ControllerConfig:
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
         if not self.shift_z > 0:
             raise ValueError(f"shift_z must be > 0, got {self.shift_z}")
-        for name in ("threshold_min_gain", "min_role_gain", "cooldown_s"):
+        for name in ("threshold_min_gain", "min_role_gain", "cooldown_s", "link_change_share"):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")
@@ -175,6 +182,7 @@ class ControlInputs:
     streak_ticks: int  # consecutive ticks the same conversion has been best
     shift_z: float  # the last period's mean log-length vs the window's, in standard errors
     window_reset: bool  # |shift_z| crossed the limit: the older samples were dropped
+    link_changed: bool = False  # B_out moved by link_change_share or more since the last tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +325,7 @@ class AdaptiveController:
         self._last_change_at: float | None = None
         self._last_time = -math.inf
         self._last_tick_s = -math.inf
+        self._last_egress_bytes_per_s: float | None = None  # B_out at the previous tick
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -353,6 +362,7 @@ class AdaptiveController:
             while self._samples and self._samples[0][0] <= self._last_tick_s:
                 self._samples.popleft()
         self._last_tick_s = now
+        link_changed = self._link_changed(measured.egress_bytes_per_s)
         values = [tokens for _, tokens in self._samples]
         if len(values) < self.config.min_samples or max(values) <= 0:
             self._streak_direction, self._streak_ticks = 0, 0
@@ -368,9 +378,10 @@ class AdaptiveController:
         )
         self._update_streak(current, best)
         inputs = self._inputs(now, measured, lengths, costs, current, best, shift_z, window_reset)
+        inputs = replace(inputs, link_changed=link_changed)
         decisions: list[ControlDecision] = []
         target = current
-        change = self._role_change(now, measured, current, best, plans, inputs)
+        change = self._role_change(now, measured, current, best, plans, inputs, link_changed)
         if change is not None:
             decisions.append(change[0])
             target = change[1]
@@ -420,6 +431,13 @@ class AdaptiveController:
             shift_z=shift_z,
             window_reset=window_reset,
         )
+
+    def _link_changed(self, egress_bytes_per_s: float) -> bool:
+        """Whether B_out moved by `link_change_share` or more since the previous tick."""
+        last, self._last_egress_bytes_per_s = self._last_egress_bytes_per_s, egress_bytes_per_s
+        if last is None:
+            return False
+        return abs(egress_bytes_per_s / last - 1.0) >= self.config.link_change_share
 
     def _advance(self, now: float) -> None:
         if not math.isfinite(now) or now < self._last_time:
@@ -484,23 +502,28 @@ class AdaptiveController:
         best: SplitPlan,
         plans: dict[int, SplitPlan],
         inputs: ControlInputs,
+        link_changed: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
-        """The conversion due now and the split it leads to, or None."""
+        """The conversion due now and the split it leads to, or None. After a link capacity
+        change the best split is taken at once, whole: no persistence, no cooldown."""
         cfg = self.config
-        if self._streak_direction == 0 or self._streak_ticks < cfg.persistence_ticks:
+        if self._streak_direction == 0 or measured.num_converting > 0:
             return None
-        if measured.num_converting > 0:
-            return None
-        if self._last_change_at is not None and now - self._last_change_at < cfg.cooldown_s:
-            return None
-        step = min(cfg.max_instances_per_change, abs(best.num_pd_p - current.num_pd_p))
+        if not link_changed:
+            if self._streak_ticks < cfg.persistence_ticks:
+                return None
+            if self._last_change_at is not None and now - self._last_change_at < cfg.cooldown_s:
+                return None
+        distance = abs(best.num_pd_p - current.num_pd_p)
+        step = distance if link_changed else min(cfg.max_instances_per_change, distance)
         target = plans[current.num_pd_p + self._streak_direction * step]
         num = abs(target.num_pd_p - current.num_pd_p)
         grow_prefill = self._streak_direction > 0
         side = "prefill binds" if grow_prefill else "decode binds"
+        why = "link capacity changed, " if link_changed else ""
         sign = "<" if grow_prefill else ">"
         reason = (
-            f"{side}: prefill {prefill_rate(current.point):.3f} req/s {sign} decode "
+            f"{side}: {why}prefill {prefill_rate(current.point):.3f} req/s {sign} decode "
             f"{current.point.theta_pd_d_per_s:.3f} req/s (Eq. 8) for {self._streak_ticks} ticks; "
             f"N_p/N_d {current.num_pd_p}/{current.num_pd_d} -> {target.num_pd_p}/"
             f"{target.num_pd_d} raises Λ_max {current.point.lambda_max_per_s:.3f} -> "
@@ -541,13 +564,16 @@ class AdaptiveController:
         if direction == 0:
             return None
         self._t_streak_ticks += 1
-        needed = 1 if after_role_change else self.config.threshold_persistence_ticks
+        at_once = after_role_change or inputs.link_changed
+        needed = 1 if at_once else self.config.threshold_persistence_ticks
         if self._t_streak_ticks < needed:
             return None
         self._t_direction, self._t_streak_ticks = 0, 0
         old = self.threshold_tokens
         new = target.threshold_tokens
         why = "after role change, " if after_role_change else ""
+        if inputs.link_changed:
+            why += "link capacity changed, "
         if inputs.window_reset:
             why += f"lengths shifted (z={inputs.shift_z:.1f}, older samples dropped), "
         reason = (

@@ -37,13 +37,15 @@ class LinkView:
                 raise ValueError(f"LinkView.{name} must be in [0, 1], got {value}")
 
     def drain_s(self, extra_bytes: float = 0.0) -> float:
-        """Seconds to deliver the backlog plus `extra_bytes` at full capacity (inf: dead link)."""
+        """Seconds to deliver the backlog plus `extra_bytes` at full capacity less the share
+        spent on retransmissions, what a lossy link delivers (inf: dead link)."""
         total = self.backlog_bytes + extra_bytes
         if total <= 0:
             return 0.0
-        if self.bandwidth_bytes_per_s <= 0:
+        rate_bytes_per_s = self.bandwidth_bytes_per_s * (1.0 - self.retransmit_rate)
+        if rate_bytes_per_s <= 0:
             return math.inf
-        return total / self.bandwidth_bytes_per_s
+        return total / rate_bytes_per_s
 
 
 @dataclass(frozen=True, slots=True)

@@ -147,6 +147,8 @@ class SimHandlers:
 
     def on_bandwidth_change(self, event: BandwidthChange) -> FollowUps:
         self.link.set_capacity(self.now, event.bytes_per_s)
+        if self.control is not None:  # the controller hears of it at once, as the router does
+            self._control_decide()
         return self._next_bandwidth_change(event.step_index + 1) + self._link_follow_ups()
 
     def _next_bandwidth_change(self, step_index: int) -> FollowUps:
@@ -336,12 +338,17 @@ class SimHandlers:
 
     def on_controller_tick(self, event: ControllerTick) -> FollowUps:
         control = self._control()
-        measured = control.measurements(self.now, self.link.bytes_per_s, self.role_counts())
-        for decision in control.tick(self.now, measured):
-            self._apply(decision)
+        self._control_decide()
         control.record(self.now, self._tick_state(control.period_s))
         next_tick = ControllerTick(event.tick_index + 1)
         return [(self.now + control.period_s, next_tick)]
+
+    def _control_decide(self) -> None:
+        """The controller decides now and its decisions are carried out."""
+        control = self._control()
+        measured = control.measurements(self.now, self.link.bytes_per_s, self.role_counts())
+        for decision in control.tick(self.now, measured):
+            self._apply(decision)
 
     def _tick_state(self, period_s: float) -> TickState:
         num_p, num_d, draining = self.active_counts()

@@ -17,19 +17,50 @@ import socket
 import ssl
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 _TLS_RECORD_CHUNK_BYTES = 256 * 1024
 _POLL_SLICE_MS = 500
 Buffer = bytes | bytearray | memoryview
 
 
-def tune_socket(sock: socket.socket, buffer_bytes: int = 0) -> None:
-    """Non-blocking, no Nagle delay, optional fixed kernel buffers."""
+_AVAILABLE_CONGESTION_CONTROL = Path("/proc/sys/net/ipv4/tcp_available_congestion_control")
+
+
+def tune_socket(
+    sock: socket.socket, buffer_bytes: int = 0, congestion_control: str | None = None
+) -> None:
+    """Non-blocking, no Nagle delay, optional fixed kernel buffers and congestion control."""
     sock.setblocking(False)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if buffer_bytes > 0:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, buffer_bytes)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, buffer_bytes)
+    if congestion_control is not None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, congestion_control.encode())
+
+
+def available_congestion_controls() -> tuple[str, ...]:
+    """The TCP congestion control algorithms this kernel has loaded (empty where unknown)."""
+    try:
+        return tuple(_AVAILABLE_CONGESTION_CONTROL.read_text().split())
+    except OSError:
+        return ()
+
+
+def check_congestion_control(name: str) -> None:
+    """ValueError unless a socket here can use algorithm `name` (TCP_CONGESTION)."""
+    if not hasattr(socket, "TCP_CONGESTION"):
+        raise ValueError("this platform cannot choose a TCP congestion control (TCP_CONGESTION)")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, name.encode())
+        except OSError as exc:
+            available = ", ".join(available_congestion_controls()) or "unknown"
+            raise ValueError(
+                f"TCP congestion control {name!r} is not usable here ({exc.strerror}; "
+                f"available: {available})"
+            ) from None
 
 
 class PlainChannel:
@@ -260,13 +291,14 @@ async def open_channel(
     tls: ssl.SSLContext | None,
     buffer_bytes: int = 0,
     threaded: bool = True,
+    congestion_control: str | None = None,
 ) -> PlainChannel:
     """Connect (and run the TLS handshake when `tls` is given)."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        tune_socket(sock, buffer_bytes)
+        tune_socket(sock, buffer_bytes, congestion_control)
         await loop.sock_connect(sock, (host, port))
         return await _wrap(sock, tls, server_side=False, threaded=threaded)
     except BaseException:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from prfaas.types import MIB
 
 MAX_FRAME_BYTES = 64 * MIB  # largest payload frame on the wire; receivers accept up to this
+_CONGESTION_CONTROL_NAME = re.compile(r"[a-z0-9_]{1,15}")  # Linux TCP_CA_NAME_MAX is 16
+
+
+def is_congestion_control_name(name: str) -> bool:
+    """Whether `name` can name a kernel TCP congestion control algorithm (`cubic`, `bbr`)."""
+    return _CONGESTION_CONTROL_NAME.fullmatch(name) is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +53,19 @@ class TransportConfig:
     socket_buffer_bytes: int = field(
         default=0, metadata={"help": "SO_SNDBUF/SO_RCVBUF; 0 keeps the kernel's autotuning"}
     )
+    congestion_control: str | None = field(
+        default=None,
+        metadata={"help": "sender: TCP congestion control (e.g. cubic, bbr); None: the kernel's"},
+    )
 
     def __post_init__(self) -> None:
         if self.num_connections < 1:
             raise ValueError(f"num_connections must be >= 1, got {self.num_connections}")
         if not 4096 <= self.frame_bytes <= MAX_FRAME_BYTES:
             raise ValueError(f"frame_bytes must be in [4 KiB, 64 MiB], got {self.frame_bytes}")
+        cc = self.congestion_control
+        if cc is not None and not is_congestion_control_name(cc):
+            raise ValueError(f"congestion_control must be a kernel algorithm name, got {cc!r}")
         if self.max_inflight_bytes < self.frame_bytes:
             raise ValueError("max_inflight_bytes must be >= frame_bytes")
         if self.deadline_s <= 0 or self.connect_timeout_s <= 0:

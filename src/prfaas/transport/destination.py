@@ -172,7 +172,12 @@ class Destination:
     async def _connect(self, index: int) -> _Conn:
         c = self.config
         channel = await open_channel(
-            self.host, self.port, self._tls, c.socket_buffer_bytes, c.io_threads
+            self.host,
+            self.port,
+            self._tls,
+            c.socket_buffer_bytes,
+            c.io_threads,
+            c.congestion_control,
         )
         hello = {"session": self.session_id, "conn_index": index, "token": self.config.token or ""}
         await channel.send([encode_control(FrameType.HELLO, 0, hello)])

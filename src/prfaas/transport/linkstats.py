@@ -10,9 +10,11 @@ which takes a registry so tests and several senders in one process do not clash.
 
 from __future__ import annotations
 
+import fcntl
 import socket
 import struct
-from dataclasses import dataclass
+import termios
+from dataclasses import dataclass, replace
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
 
@@ -37,17 +39,34 @@ class TcpStats:
     bytes_acked: int
     bytes_sent: int  # 0 on kernels before 4.19
     bytes_retransmitted: int  # 0 on kernels before 4.19
+    send_queue_bytes: int = 0  # written and not yet acknowledged by the peer (SIOCOUTQ)
 
 
 def read_tcp_stats(sock: socket.socket) -> TcpStats | None:
-    """TCP_INFO of a connected socket, or None where the platform does not offer it."""
+    """TCP_INFO of a connected socket and its send queue, or None where the platform does not
+    offer TCP_INFO."""
     if not hasattr(socket, "TCP_INFO"):
         return None
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_BYTES)
     except OSError:
         return None
-    return parse_tcp_info(raw)
+    stats = parse_tcp_info(raw)
+    if stats is None:
+        return None
+    return replace(stats, send_queue_bytes=read_send_queue_bytes(sock))
+
+
+def read_send_queue_bytes(sock: socket.socket) -> int:
+    """Bytes the kernel holds for the socket: written by us, not yet acknowledged by the peer
+    (unsent or in flight; Linux SIOCOUTQ). The kernel's send buffer holds megabytes per
+    connection, seconds of a slow link, so a backlog that left them out would see a congested
+    link as nearly empty. 0 where the ioctl is not offered."""
+    try:
+        raw = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, struct.pack("i", 0))
+    except (OSError, ValueError):
+        return 0
+    return max(0, int(struct.unpack("i", raw)[0]))
 
 
 def parse_tcp_info(raw: bytes) -> TcpStats | None:
@@ -87,6 +106,7 @@ class LinkStats:
     queued_bytes: int = 0  # payload bytes accepted by the sender and not yet written
     bytes_sent: int = 0  # kernel bytes sent, summed over live connections
     bytes_retransmitted: int = 0  # kernel bytes retransmitted, summed over live connections
+    send_queue_bytes: int = 0  # bytes written and not yet acknowledged, summed over connections
 
     def to_link_view(
         self, capacity_bytes_per_s: float, window: LinkWindow | None = None
@@ -104,7 +124,7 @@ class LinkStats:
         return LinkView(
             bandwidth_bytes_per_s=capacity_bytes_per_s,
             utilization=utilization,
-            backlog_bytes=float(self.queued_bytes),
+            backlog_bytes=float(self.queued_bytes + self.send_queue_bytes),
             rtt_s=self.rtt_s,
             retransmit_rate=min(1.0, retransmit_rate),
         )
@@ -152,6 +172,7 @@ def summarize_link(
         num_transfers=num_transfers,
         num_failures=num_failures,
         queued_bytes=queued_bytes,
+        send_queue_bytes=sum(s.send_queue_bytes for s in stats),
         bytes_sent=sum(s.bytes_sent for s in stats),
         bytes_retransmitted=sum(s.bytes_retransmitted for s in stats),
     )

@@ -154,6 +154,32 @@ def test_link_drop_raises_t() -> None:
     assert "B_out 0.16 Gbps" in drop.reason
 
 
+@pytest.mark.parametrize(("link_change_share", "per_tick"), [(0.2, [1, 0]), (100.0, [0, 1])])
+def test_a_link_capacity_change_moves_t_at_the_first_tick(
+    link_change_share: float, per_tick: list[int]
+) -> None:
+    """After B_out drops 50x, t moves at the very next tick; when a change that size does not
+    count as a link change (share 100), only after `threshold_persistence_ticks` (2)."""
+    ctl = controller(eq7(LONG, 4), min_role_gain=10.0, link_change_share=link_change_share)
+    loop = Loop(ctl, num_pd_p=4)
+    loop.finish(LONG, 3)  # at 1 GB/s t is already Eq. 7's: nothing to change
+    assert loop.threshold_updates() == []
+    assert [len(ds) for ds in loop.run(LONG, 2, egress=2e7)] == per_tick
+    update = loop.threshold_updates()[0]
+    assert update.new_threshold_tokens > 3 * update.old_threshold_tokens
+    assert update.inputs.link_changed == (link_change_share < 1)
+    assert ("link capacity changed" in update.reason) == (link_change_share < 1)
+
+
+def test_a_small_capacity_change_is_not_a_link_change() -> None:
+    """B_out moving by less than `link_change_share` (here 10% < 20%) keeps the persistence."""
+    ctl = controller(100.0, threshold_persistence_ticks=3)
+    loop = Loop(ctl, num_pd_p=4)
+    per_tick = [len(ds) for ds in loop.run(LONG, 1)] + [len(ds) for ds in loop.run(LONG, 2, 9e8)]
+    assert per_tick == [0, 0, 1]
+    assert not loop.threshold_updates()[0].inputs.link_changed
+
+
 def test_threshold_needs_persistence_unless_a_role_changes() -> None:
     ctl = controller(100.0, threshold_persistence_ticks=3)
     loop = Loop(ctl, num_pd_p=4)
@@ -180,6 +206,24 @@ def test_role_change_only_after_persistence() -> None:
     # t is re-searched for the new split in the same tick
     assert isinstance(ticks[2][-1], ThresholdUpdate)
     assert "after role change" in ticks[2][-1].reason
+
+
+@pytest.mark.parametrize("link_change_share", [0.2, 100.0])
+def test_a_link_capacity_change_takes_the_best_split_at_once(link_change_share: float) -> None:
+    """Prefill binds at N_p = 1; the link's capacity then halves: the next tick converts straight
+    to the best split (several instances, no persistence). Not counted as a link change: nothing
+    yet (one tick of streak out of three)."""
+    loop = Loop(controller(eq7(LONG, 1), link_change_share=link_change_share), num_pd_p=1)
+    loop.finish(LONG, 1)
+    assert loop.role_changes() == []
+    loop.finish(LONG, 1, egress=5e8)
+    if link_change_share > 1:
+        assert loop.role_changes() == []
+        return
+    (change,) = loop.role_changes()
+    best = change.inputs.best_num_pd_p
+    assert best - 1 > 1 and change.num_instances == best - 1 and loop.num_pd_p == best
+    assert change.reason.startswith("prefill binds: link capacity changed, ")
 
 
 def test_cooldown_and_conversions_in_progress_hold_the_next_change() -> None:

@@ -4,6 +4,7 @@ offload-delay rule (link backlog and both clusters' queues) and the hysteresis o
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -219,6 +220,10 @@ def test_views_drain_and_wait() -> None:
     assert _link(2e6).drain_s(1e6) == pytest.approx(3.0)
     assert _link(0.0, 0.0, bandwidth=0.0).drain_s() == 0.0
     assert _cluster("p", 4.0, 1.0, 2.0).prefill_wait_s() == 1.0
+    # a link retransmitting a quarter of what it sends delivers three quarters of its rate
+    lossy = LinkView(1e6, utilization=1.0, backlog_bytes=3e6, retransmit_rate=0.25)
+    assert lossy.drain_s() == pytest.approx(4.0)
+    assert replace(lossy, retransmit_rate=1.0).drain_s() == float("inf")
     assert ClusterView("empty").prefill_wait_s() == float("inf")
 
 

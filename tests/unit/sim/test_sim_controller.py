@@ -16,6 +16,7 @@ from prfaas.cli import main
 from prfaas.errors import UserError
 from prfaas.policy.controller import ControllerConfig
 from prfaas.sim.config import SimRequest
+from prfaas.sim.link import BandwidthStep
 from prfaas.sim.simulator import Simulator
 from prfaas.sim.traffic import synthetic_requests
 from prfaas.types import DeploymentKind
@@ -75,6 +76,21 @@ def test_role_change_is_logged_and_changes_the_counts() -> None:
     assert result["num_unfinished"] == 0
     for share in result["utilization"].values():
         assert 0 < share <= 1
+
+
+@pytest.mark.parametrize("link_change_share", [0.2, 100.0])
+def test_a_bandwidth_step_makes_the_controller_decide_at_once(link_change_share: float) -> None:
+    """The link drops 50x at 55 s, between two ticks: the controller raises t at 55 s, as the
+    router does when told; if the drop did not count as a link change, only at a later tick."""
+    ctl = replace(CTL, persistence_ticks=100, link_change_share=link_change_share)
+    steps = (BandwidthStep(0.0, 1e5 * 8 / 1e9), BandwidthStep(55.0, 2e3 * 8 / 1e9))
+    requests = synthetic_requests(LONG, 10, 0.6, seed=1, duration_s=120)
+    config = make_config(num_pd_p=2, num_decode=2, bandwidth=steps, controller=ctl)
+    decisions = Simulator(config, requests).run()["controller"]["decisions"]
+    raised = [d for d in decisions if d["kind"] == "threshold" and d["at_s"] >= 55.0]
+    assert raised and raised[0]["new_threshold_tokens"] > raised[0]["old_threshold_tokens"]
+    assert (raised[0]["at_s"] == 55.0) == (link_change_share < 1)
+    assert ("link capacity changed" in raised[0]["reason"]) == (link_change_share < 1)
 
 
 def test_a_draining_instance_takes_no_new_work_and_finishes_what_it_holds() -> None:
@@ -194,7 +210,7 @@ def test_cli_adaptive_run_logs_decisions(capsys: pytest.CaptureFixture[str]) -> 
     adaptive = json.loads(capsys.readouterr().out)["prfaas"]
     control = adaptive["controller"]
     assert control["period_s"] == 30
-    kinds = [d["kind"] for d in control["decisions"] if d["at_s"] > 300]
+    kinds = [d["kind"] for d in control["decisions"] if d["at_s"] >= 300]
     assert "threshold" in kinds and "role_change" in kinds
     assert control["metrics"]["prfaas:role_changes_total"] >= 1
     assert control["metrics"]["prfaas:threshold_tokens"] > adaptive["threshold_tokens"]

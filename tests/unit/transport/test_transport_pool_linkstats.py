@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
+import time
 
 import pytest
 
@@ -12,6 +14,7 @@ from prfaas.transport.linkstats import (
     LinkStats,
     LinkWindow,
     parse_tcp_info,
+    read_send_queue_bytes,
     read_tcp_stats,
     summarize_link,
 )
@@ -66,6 +69,38 @@ def test_read_tcp_stats_on_a_live_loopback_connection() -> None:
     for s in (client, peer, server):
         s.close()
     assert stats is not None and stats.rtt_s > 0 and stats.bytes_acked > 0
+
+
+def test_the_backlog_counts_what_the_kernel_still_holds() -> None:
+    """Bytes written to a socket whose peer does not read stay in its send queue: they are part
+    of the backlog (a link view without them saw a congested link as nearly empty), and leave it
+    once the peer has read them."""
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    client.setblocking(False)
+    written = 0
+    with contextlib.suppress(BlockingIOError):
+        while written < 256 << 20:  # until both kernels' buffers are full
+            written += client.send(b"x" * 65536)
+    try:
+        held = read_send_queue_bytes(client)
+        stats = read_tcp_stats(client)
+        assert stats is not None and stats.send_queue_bytes > 0
+        view = summarize_link("h:1", [stats], 1e9, 1, 0, queued_bytes=5)
+        assert 64 << 10 <= held <= written
+        assert view.to_link_view(1e9).backlog_bytes == 5 + stats.send_queue_bytes
+        received = 0
+        deadline = time.monotonic() + 60
+        while received < written and time.monotonic() < deadline:
+            received += len(peer.recv(1 << 20))
+        assert received == written
+        while read_send_queue_bytes(client) > 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert read_send_queue_bytes(client) == 0
+    finally:
+        for s in (client, peer, server):
+            s.close()
 
 
 def test_link_view_sums_and_worst_cases() -> None:

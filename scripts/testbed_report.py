@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prfaas.nodes.bench_report import distribution
+from prfaas.nodes.bench_report import distribution, save_figure
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
 LINK_DROP_RUNS = {  # result file -> how the run's t is set
@@ -200,28 +200,34 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
     panels = [(c, title) for c, title in ((capacity, "cost-model prefill"),
                                            (paper, "the paper's prefill curves")) if c]  # fmt: skip
-    if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
-        for ax, (found, title) in zip(axes[0], panels, strict=True):
-            kinds = list(found)
-            xs = range(len(kinds))
-            for offset, key, label in ((-0.25, "plan", "plan Λmax"), (0, "sim", "simulated"),
-                                       (0.25, "live", "live (testbed)")):  # fmt: skip
-                ax.bar([x + offset for x in xs], [found[k][key] or 0 for k in kinds], 0.25,
-                       label=label)  # fmt: skip
-            ax.set_xticks(list(xs), kinds)
-            ax.set(ylabel="capacity, req/s", title=f"Equal hardware (12 x 8 GPUs), {title}")
-            ax.legend()
-        fig.tight_layout()
-        path = img_dir / "testbed_capacity.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(str(path))
+    written = [_plot_capacity(img_dir, panels)] if panels else []
+    return [*written, _plot_link_drop(out, img_dir)]
+
+
+def _plot_capacity(img_dir: Path, panels: list[tuple[dict[str, Any], str]]) -> str:
+    """Planned, simulated and live capacity per deployment, one panel per prefill timing."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (found, title) in zip(axes[0], panels, strict=True):
+        kinds = list(found)
+        xs = range(len(kinds))
+        for offset, key, label in ((-0.25, "plan", "plan Λmax"), (0, "sim", "simulated"),
+                                   (0.25, "live", "live (testbed)")):  # fmt: skip
+            ax.bar([x + offset for x in xs], [found[k][key] or 0 for k in kinds], 0.25,
+                   label=label)  # fmt: skip
+        ax.set_xticks(list(xs), kinds)
+        ax.set(ylabel="capacity, req/s", title=f"Equal hardware (12 x 8 GPUs), {title}")
+        ax.legend()
+    return save_figure(fig, img_dir / "testbed_capacity.png")
+
+
+def _plot_link_drop(out: Path, img_dir: Path) -> str:
+    """TTFT by send time of the 90% load link-drop runs, the drop shaded."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for name in (n for n in LINK_DROP_RUNS if not n.startswith("linkdrop70")):  # 90% load
         result = load(out, name)
@@ -235,12 +241,7 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
     ax.set(xlabel="send time, s", ylabel="TTFT, s",
            title="Link 100 -> 10 Gbps nominal (shaded), 90% load")  # fmt: skip
     ax.legend()
-    fig.tight_layout()
-    path = img_dir / "testbed_link_drop.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(str(path))
-    return written
+    return save_figure(fig, img_dir / "testbed_link_drop.png")
 
 
 def main() -> int:

@@ -304,14 +304,14 @@ def write_plots(result: dict[str, Any], directory: str) -> list[str]:
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=_label(run))
     ax.set(xlabel="send time, s", ylabel="TTFT, s", title="TTFT over time")
     ax.legend(fontsize=8)
-    written.append(_save(fig, out / "ttft_over_time.png"))
+    written.append(save_figure(fig, out / "ttft_over_time.png"))
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for run in runs:
         series = run["live"]["egress"]["series"]
         ax.plot([p["at_s"] for p in series], [p["gbps"] for p in series], label=_label(run))
     ax.set(xlabel="time, s", ylabel="PrfaaS egress, Gbit/s", title="egress over time")
     ax.legend(fontsize=8)
-    written.append(_save(fig, out / "egress_over_time.png"))
+    written.append(save_figure(fig, out / "egress_over_time.png"))
     if len({r["rate_rps"] for r in runs}) > 1:
         written.append(_throughput_plot(plt, runs, out / "throughput_vs_rate.png"))
     return written
@@ -330,7 +330,7 @@ def _throughput_plot(plt: Any, runs: Sequence[dict[str, Any]], path: Path) -> st
     ax.plot([0, top], [0, top], ":", color="grey", label="offered")
     ax.set(xlabel="offered rate, req/s", ylabel="throughput, req/s", title="throughput vs rate")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -338,7 +338,8 @@ def _label(run: dict[str, Any]) -> str:
     return f"{run['deployment']} @ {'trace' if rate is None else f'{rate:g} req/s'}"
 
 
-def _save(fig: Any, path: Path) -> str:
+def save_figure(fig: Any, path: Path) -> str:
+    """Lay the figure out, write it to `path` as a PNG and close it; the path written."""
     import matplotlib.pyplot as plt
 
     fig.tight_layout()

@@ -111,11 +111,10 @@ class RouterControl:
     def observe_finished(self, num_output_tokens: int) -> None:
         self._outputs.append((self.now(), num_output_tokens))
 
-    def set_link_capacity(self, bytes_per_s: float) -> None:
-        """The link's capacity changed (an operator or a testbed says so): the controller ticks
-        at once instead of at its next period (in driven mode the driver decides when)."""
-        self.monitor.link_capacity_bytes_per_s = bytes_per_s
-        log.info(json.dumps({"event": "link_capacity", "bytes_per_s": bytes_per_s}))
+    def link_capacity_changed(self) -> None:
+        """The monitor took a new link capacity (an operator or a testbed said so): the
+        controller ticks at once instead of at its next period (in driven mode the driver
+        decides when)."""
         if not self.driven:
             self.tick(self.now())
 

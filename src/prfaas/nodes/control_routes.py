@@ -66,14 +66,13 @@ async def _number(request: Request, key: str, low: float, high: float) -> float:
 
 
 def set_link_capacity(service: Any, bytes_per_s: float) -> None:
-    """The router's link view takes a new capacity: through its controller when it has one
-    (which also logs it), else on its monitor directly."""
-    control = getattr(service, "control", None)
-    if control is not None:
-        control.set_link_capacity(bytes_per_s)
-        return
+    """The router's link view takes a new capacity, and its controller, when it has one, hears
+    of it."""
     service.monitor.link_capacity_bytes_per_s = bytes_per_s
     log.info(json.dumps({"event": "link_capacity", "bytes_per_s": bytes_per_s}))
+    control = getattr(service, "control", None)
+    if control is not None:
+        control.link_capacity_changed()
 
 
 def add_control_routes(app: FastAPI) -> None:

@@ -37,6 +37,7 @@ from prfaas.policy.throughput import (
     StagePoint,
     best_threshold,
     evaluate_split,
+    scaled_curve,
     split_lengths,
 )
 
@@ -294,12 +295,10 @@ def offload_delay_costs(topology: Topology, *, wall_units: bool) -> StageCosts |
     costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
     if not wall_units:
         return costs
-    time_scale, payload_scale = model.time_scale, model.payload_scale
-    prfaas_s, pd_s, kv_bytes = costs.t_prefill_prfaas_s, costs.t_prefill_pd_s, costs.kv_bytes
     return replace(
         costs,
-        t_prefill_prfaas_s=lambda n: time_scale * prfaas_s(n),
-        t_prefill_pd_s=lambda n: time_scale * pd_s(n),
-        kv_bytes=lambda n: payload_scale * kv_bytes(n),
+        t_prefill_prfaas_s=scaled_curve(costs.t_prefill_prfaas_s, model.time_scale),
+        t_prefill_pd_s=scaled_curve(costs.t_prefill_pd_s, model.time_scale),
+        kv_bytes=scaled_curve(costs.kv_bytes, model.payload_scale),
         egress_bytes_per_s=topology.link.bytes_per_s,
     )

@@ -56,6 +56,7 @@ from prfaas.policy.throughput import (
     best_threshold,
     evaluate,
     lambda_max,
+    scaled_curve,
 )
 
 
@@ -182,7 +183,7 @@ class ControlInputs:
     streak_ticks: int  # consecutive ticks the same conversion has been best
     shift_z: float  # the last period's mean log-length vs the window's, in standard errors
     window_reset: bool  # |shift_z| crossed the limit: the older samples were dropped
-    link_changed: bool = False  # B_out moved by link_change_share or more since the last tick
+    link_changed: bool  # B_out moved by link_change_share or more since the last tick
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,16 +281,14 @@ def _mean_var(values: list[float]) -> tuple[float, float]:
     return mean, math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1)
 
 
-def _scaled(curve: Any, scale: float) -> Any:
-    return curve if scale == 1.0 else (lambda n: scale * curve(n))
-
-
 def measured_costs(costs: StageCosts, measured: Measurements) -> StageCosts:
     """The profiled stage costs with the measured link, decode and prefill rates swapped in."""
     return replace(
         costs,
-        t_prefill_pd_s=_scaled(costs.t_prefill_pd_s, measured.prefill_time_scale_pd),
-        t_prefill_prfaas_s=_scaled(costs.t_prefill_prfaas_s, measured.prefill_time_scale_prfaas),
+        t_prefill_pd_s=scaled_curve(costs.t_prefill_pd_s, measured.prefill_time_scale_pd),
+        t_prefill_prfaas_s=scaled_curve(
+            costs.t_prefill_prfaas_s, measured.prefill_time_scale_prfaas
+        ),
         egress_bytes_per_s=measured.egress_bytes_per_s,
         t_decode_step_s=measured.t_decode_step_s,
         num_output_tokens=measured.num_output_tokens,
@@ -377,11 +376,12 @@ class AdaptiveController:
             key=lambda p: (p.point.lambda_max_per_s, -abs(p.num_pd_p - current.num_pd_p)),
         )
         self._update_streak(current, best)
-        inputs = self._inputs(now, measured, lengths, costs, current, best, shift_z, window_reset)
-        inputs = replace(inputs, link_changed=link_changed)
+        inputs = self._inputs(
+            now, measured, lengths, costs, current, best, shift_z, window_reset, link_changed
+        )
         decisions: list[ControlDecision] = []
         target = current
-        change = self._role_change(now, measured, current, best, plans, inputs, link_changed)
+        change = self._role_change(now, measured, current, best, plans, inputs)
         if change is not None:
             decisions.append(change[0])
             target = change[1]
@@ -400,6 +400,7 @@ class AdaptiveController:
         best: SplitPlan,
         shift_z: float,
         window_reset: bool,
+        link_changed: bool,
     ) -> ControlInputs:
         in_force = evaluate(
             costs,
@@ -430,6 +431,7 @@ class AdaptiveController:
             streak_ticks=self._streak_ticks,
             shift_z=shift_z,
             window_reset=window_reset,
+            link_changed=link_changed,
         )
 
     def _link_changed(self, egress_bytes_per_s: float) -> bool:
@@ -502,11 +504,10 @@ class AdaptiveController:
         best: SplitPlan,
         plans: dict[int, SplitPlan],
         inputs: ControlInputs,
-        link_changed: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
         """The conversion due now and the split it leads to, or None. After a link capacity
         change the best split is taken at once, whole: no persistence, no cooldown."""
-        cfg = self.config
+        cfg, link_changed = self.config, inputs.link_changed
         if self._streak_direction == 0 or measured.num_converting > 0:
             return None
         if not link_changed:

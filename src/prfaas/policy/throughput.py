@@ -23,6 +23,13 @@ LatencyCurve = Callable[[float], float]  # tokens -> seconds on one instance
 SizeCurve = Callable[[float], float]  # tokens -> bytes of KV + state for one request
 
 
+def scaled_curve(curve: Callable[[float], float], factor: float) -> Callable[[float], float]:
+    """`curve` times `factor` (the curve itself when the factor is 1)."""
+    if factor == 1.0:
+        return curve
+    return lambda num_tokens: factor * curve(num_tokens)
+
+
 class LengthModel(Protocol):
     """What the model needs from an uncached-length distribution (see prfaas.workload)."""
 

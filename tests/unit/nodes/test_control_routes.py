@@ -18,15 +18,14 @@ TOPOLOGY_BYTES_PER_S = 1e9 / 8  # the topology's 1 Gbps
 
 
 class _Controller:
-    """Records what the route asks of a controller, and sets the monitor like the real one."""
+    """Records the monitor's capacity each time the route tells it the capacity changed."""
 
     def __init__(self, monitor: SimpleNamespace) -> None:
         self.monitor = monitor
         self.capacities: list[float] = []
 
-    def set_link_capacity(self, bytes_per_s: float) -> None:
-        self.capacities.append(bytes_per_s)
-        self.monitor.link_capacity_bytes_per_s = bytes_per_s
+    def link_capacity_changed(self) -> None:
+        self.capacities.append(self.monitor.link_capacity_bytes_per_s)
 
 
 def _client(token: str | None, with_controller: bool) -> tuple[TestClient, SimpleNamespace]:

@@ -7,7 +7,7 @@ predicts for the chosen model on the chosen hardware, or for prefill a given lat
 request's length (`ModelSpec.kv_bytes`): per layer, full-attention/MLA KV or the sliding
 window, recurrent and conv state. The content is synthetic but checkable: every tensor repeats
 an 8-byte pattern derived from (seed, req_id, tensor name), and `import_` verifies every byte, so
-a misrouted or corrupted transfer is caught.
+a misrouted or corrupted transfer is caught (sizes and patterns: `emulated_payload`).
 Output tokens are drawn from the request's seed.
 
 Requests are checked on entry as the real engine checks them (`validation`): prompt ids inside the
@@ -18,7 +18,6 @@ emulated model (fingerprint `emulated:{spec name}:{seed}`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import random
 import time
 import uuid
@@ -26,8 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
+from prfaas.engine.emulated_payload import bytes_equal, layer_tensor_sizes, pattern_tensor
 from prfaas.engine.emulated_prefix import EmulatedPrefixCache
 from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
 from prfaas.engine.prefix_store import check_prefix_payload, payload_digest
@@ -58,7 +56,6 @@ from prfaas.prefix_cache import HybridPrefixPool
 from prfaas.prefix_cache.config import PrefixCacheConfig
 
 LayerCallback = Callable[[str, LayerState], None]
-_PATTERN_BYTES = 8
 _SEED_STRIDE = 1_000_003
 
 
@@ -78,58 +75,6 @@ class EmulatedRequest:
     num_cached_tokens: int = 0  # prompt tokens reused from the prefix cache
     transfer_id: str | None = None  # exported state held for this transfer until `free`
     lease_id: int | None = None  # prefix-cache pin held until import or `free`
-
-
-def layer_tensor_sizes(
-    layer: LayerSpec,
-    num_tokens: int,
-    kv_dtype: str,
-    state_dtype: str,
-    conv_dtype: str,
-    num_prefix_tokens: int = 0,
-    payload_scale: float = 1.0,
-) -> list[tuple[str, int]]:
-    """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out; the
-    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it).
-
-    `payload_scale` in (0, 1] shrinks every part to `max(1, round(bytes x scale))` (a testbed's
-    scaled link); at 1.0 the sizes are the model's exactly."""
-    if not 0 < payload_scale <= 1:
-        raise ValueError(f"payload_scale must be in (0, 1], got {payload_scale}")
-    kv = layer.kv_bytes_per_token(kv_dtype) * (num_tokens - num_prefix_tokens)
-    kv += layer.window_bytes_per_token(kv_dtype) * min(num_tokens, layer.window)
-    parts = [
-        ("kv", kv),
-        ("recurrent_states/0", layer.recurrent_state_bytes(state_dtype)),
-        ("conv_states/0", layer.conv_state_bytes(conv_dtype)),
-    ]
-    return [(name, _scaled(size, payload_scale)) for name, size in parts if size > 0]
-
-
-def _scaled(num_bytes: int, payload_scale: float) -> int:
-    """A part's size under payload scaling: never rounded away to nothing."""
-    return num_bytes if payload_scale == 1.0 else max(1, round(num_bytes * payload_scale))
-
-
-def pattern_tensor(seed: int, req_id: str, name: str, num_bytes: int) -> torch.Tensor:
-    """The synthetic content of one tensor: an 8-byte pattern of (seed, req_id, name), repeated."""
-    key = hashlib.blake2b(f"{seed}|{req_id}|{name}".encode(), digest_size=_PATTERN_BYTES).digest()
-    word = int.from_bytes(key, "little", signed=True)
-    num_words = num_bytes // _PATTERN_BYTES + 1
-    words = torch.full((num_words,), word, dtype=torch.int64)  # [num_words], memset speed
-    return words.view(torch.uint8)[:num_bytes]  # [num_bytes]
-
-
-def _bytes_equal(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Equality of two uint8 tensors, compared 8 bytes at a time where both are aligned."""
-    if got.numel() != want.numel():
-        return False
-    head = got.numel() // _PATTERN_BYTES * _PATTERN_BYTES
-    is_aligned = got.data_ptr() % _PATTERN_BYTES == 0 and want.data_ptr() % _PATTERN_BYTES == 0
-    if not is_aligned or head == 0:
-        return torch.equal(got, want)
-    words_equal = torch.equal(got[:head].view(torch.int64), want[:head].view(torch.int64))
-    return words_equal and torch.equal(got[head:], want[head:])
 
 
 def make_emulated_engine(
@@ -517,7 +462,7 @@ class EmulatedEngine:
                 raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
             for t in entry.tensors:
                 want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
-                if not _bytes_equal(payload.tensor(t, copy=False), want):
+                if not bytes_equal(payload.tensor(t, copy=False), want):
                     raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
 
     def step(self) -> list[TokenDelta]:

@@ -26,11 +26,20 @@ LINK_DROP_RUNS = {  # result file -> how the run's t is set
     "linkdrop70-static": "static",
     "linkdrop70-controller": "controller",
 }
+# link-drop run -> the run of the same requests (seed, rate, count) with the controller and no drop
+STEADY_RUNS = {
+    "linkdrop-static": "linkdrop-steady",
+    "linkdrop-controller": "linkdrop-steady",
+    "linkdrop70-static": "linkdrop70-steady",
+    "linkdrop70-controller": "linkdrop70-steady",
+}
 
 
 def _run_label(name: str, result: dict[str, Any]) -> str:
-    """ "static @ 2.7 req/s" for a link-drop run's file name and result."""
-    return f"{LINK_DROP_RUNS[name]} @ {result['runs'][0]['rate_rps']:g} req/s"
+    """ "static @ 2.7 req/s" for a link-drop run's file name and result ("controller, no drop"
+    for a steady run)."""
+    how = LINK_DROP_RUNS.get(name, "controller, no drop")
+    return f"{how} @ {result['runs'][0]['rate_rps']:g} req/s"
 
 
 def load(out: Path, name: str) -> dict[str, Any] | None:
@@ -125,11 +134,14 @@ def windows(run: dict[str, Any], start_s: float, end_s: float) -> dict[str, dict
 
 
 def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
+    """The link-drop table: each run's TTFT before, during and after the drop, and the drop
+    window's p99 against the same window of the run without the drop (its steady state)."""
     lines = [
-        "| run | TTFT p99 before | during drop | after | p99 during / before | TTFT p90 before "
-        "| during | offload before / during / after | errors | sim TTFT p99 (whole run) "
+        "| run | TTFT p99 before | during drop | after | p99 during / before "
+        "| same window, no drop | p99 during / no drop | TTFT p90 before | during "
+        "| offload before / during / after | errors | sim TTFT p99 (whole run) "
         "| live (whole run) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     found = {}
     for name in LINK_DROP_RUNS:
@@ -137,15 +149,21 @@ def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
         if result is None:
             continue
         drop = result["link_drop"]
+        span = (drop["at_s"], drop["at_s"] + drop["duration_s"])
         run = result["runs"][0]
-        w = windows(run, drop["at_s"], drop["at_s"] + drop["duration_s"])
-        found[name] = w
+        w = windows(run, *span)
+        steady = load(out, STEADY_RUNS[name])
+        steady_p99 = (
+            windows(steady["runs"][0], *span)["during"]["ttft_s"]["p99"] if steady else None
+        )
         b, d, a = (w[k] for k in ("before", "during", "after"))
+        found[name] = {**w, "steady_during_ttft_p99_s": steady_p99}
         lines.append(
             f"| {_run_label(name, result)} | {fmt(b['ttft_s']['p99'])} | "
             f"{fmt(d['ttft_s']['p99'])} | "
             f"{fmt(a['ttft_s']['p99'])} | "
             f"{fmt(ratio(d['ttft_s']['p99'], b['ttft_s']['p99']))}x | "
+            f"{fmt(steady_p99)} | {fmt(ratio(d['ttft_s']['p99'], steady_p99))}x | "
             f"{fmt(b['ttft_s']['p90'])} | {fmt(d['ttft_s']['p90'])} | "
             f"{fmt(b['offload_ratio'])} / {fmt(d['offload_ratio'])} / {fmt(a['offload_ratio'])} "
             f"| {run['live']['num_errors']} | {fmt(run['sim'].get('ttft_s', {}).get('p99'))} | "
@@ -225,19 +243,21 @@ def _plot_capacity(img_dir: Path, panels: list[tuple[dict[str, Any], str]]) -> s
 
 
 def _plot_link_drop(out: Path, img_dir: Path) -> str:
-    """TTFT by send time of the 90% load link-drop runs, the drop shaded."""
+    """TTFT by send time of the 90% load link-drop runs, the drop shaded, and of the same
+    requests without the drop."""
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for name in (n for n in LINK_DROP_RUNS if not n.startswith("linkdrop70")):  # 90% load
+    for name in ("linkdrop-static", "linkdrop-controller", "linkdrop-steady"):  # 90% load
         result = load(out, name)
         if result is None:
             continue
         pts = [(q["at_s"], q["ttft_s"]) for q in result["runs"][0]["requests"]
                if q["ttft_s"] is not None]  # fmt: skip
         ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=_run_label(name, result))
-        drop = result["link_drop"]
-        ax.axvspan(drop["at_s"], drop["at_s"] + drop["duration_s"], color="grey", alpha=0.1)
+        if result.get("link_drop"):
+            drop = result["link_drop"]
+            ax.axvspan(drop["at_s"], drop["at_s"] + drop["duration_s"], color="grey", alpha=0.1)
     ax.set(xlabel="send time, s", ylabel="TTFT, s",
            title="Link 100 -> 10 Gbps nominal (shaded), 90% load")  # fmt: skip
     ax.legend()
@@ -274,6 +294,7 @@ def main() -> int:
         if len(lines) > 2:  # more than a table's header
             print(f"### {title}\n\n" + "\n".join(lines) + "\n")
     if args.img_dir:
+        Path(args.img_dir).mkdir(parents=True, exist_ok=True)
         for path in plot(out, Path(args.img_dir), capacity, paper):
             print(f"wrote {path}", file=sys.stderr)
     return 0

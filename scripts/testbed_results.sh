@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The live system benchmark of docs/results.md ("The two-datacenter testbed"): the paper's three
 # deployments on equal hardware (12 emulated 8-GPU instances each) in `prfaas testbed`, and the
-# scenarios (70% / 90% load, saturation, link drop with and without the controller, a burst of
-# long prompts, the Mooncake conversation trace). Needs root, `ip` and `tc`; about an hour.
+# scenarios (70% / 90% load, saturation, link drop with and without the controller and the same
+# load without the drop, a burst of long prompts, the Mooncake conversation trace). Needs root,
+# `ip` and `tc`; about an hour.
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
@@ -20,9 +21,12 @@ NAME=prfaas-results
 # time and payload scale: the paper's timing in real time, payloads at 1/500 (wire 0.2 Gbps)
 SCALE=(--time-scale 1 --payload-scale 0.002)
 OUTPUT_TOKENS=128
-# the link drop: 100 -> 10 Gbps nominal from 40 s for 90 s, at 90% and at 70% load
-DROP90=(--rate 2.7 --num-requests 400 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
-DROP70=(--rate 2.1 --num-requests 300 --output-tokens "$OUTPUT_TOKENS" --link-drop 40:90:10)
+# the link drop: 100 -> 10 Gbps nominal from 40 s for 90 s, at 90% and at 70% load; each load
+# also runs without the drop (same seed, so the same requests at the same times): the steady state
+# the drop is measured against
+LOAD90=(--rate 2.7 --num-requests 400 --output-tokens "$OUTPUT_TOKENS")
+LOAD70=(--rate 2.1 --num-requests 300 --output-tokens "$OUTPUT_TOKENS")
+DROP=(--link-drop 40:90:10)
 mkdir -p "$OUT"
 
 up() {  # up DEPLOYMENT-FLAGS...
@@ -75,16 +79,20 @@ for scenario in $SCENARIOS; do
     linkdrop)
         # 90% load; the WAN drops from 100 to 10 Gbps nominal from 40 s to 130 s
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
-        bench linkdrop-static "${DROP90[@]}"
+        bench linkdrop-static "${LOAD90[@]}" "${DROP[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
-        bench linkdrop-controller "${DROP90[@]}"
+        bench linkdrop-controller "${LOAD90[@]}" "${DROP[@]}"
+        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
+        bench linkdrop-steady "${LOAD90[@]}"
         ;;
     linkdrop70)
         # the same drop at 70% load (2.1 req/s)
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
-        bench linkdrop70-static "${DROP70[@]}"
+        bench linkdrop70-static "${LOAD70[@]}" "${DROP[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
-        bench linkdrop70-controller "${DROP70[@]}"
+        bench linkdrop70-controller "${LOAD70[@]}" "${DROP[@]}"
+        up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
+        bench linkdrop70-steady "${LOAD70[@]}"
         ;;
     burst)
         # 50% load plus 64K-token prompts at 1 req/s for 20 s from 30 s

@@ -53,6 +53,12 @@ def fmt(value: Any, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def times(value: Any) -> str:
+    """A ratio as "1.52x" ("-" when missing)."""
+    text = fmt(value)
+    return text if text == "-" else f"{text}x"
+
+
 def ratio(a: Any, b: Any) -> float | None:
     return a / b if a is not None and b else None
 
@@ -84,9 +90,9 @@ def capacity_rows(out: Path, prefix: str = "") -> tuple[list[str], dict[str, dic
         lines.append(
             f"| {kind} | {fmt(c['rate'])} | {fmt(c['plan'], 3)} | {fmt(c['sim'], 3)} | "
             f"{fmt(c['live'], 3)} | {fmt(ratio(c['live'], c['plan']))} | "
-            f"{fmt(ratio(c['live'], c['sim']))} | {fmt(ratio(c['live'], base.get('live')))}x | "
-            f"{fmt(ratio(c['sim'], base.get('sim')))}x | "
-            f"{fmt(ratio(c['plan'], base.get('plan')))}x | "
+            f"{fmt(ratio(c['live'], c['sim']))} | {times(ratio(c['live'], base.get('live')))} | "
+            f"{times(ratio(c['sim'], base.get('sim')))} | "
+            f"{times(ratio(c['plan'], base.get('plan')))} | "
             f"{fmt(c['offload_live'])} / {fmt(c['offload_sim'])} |"
         )
     return lines, found
@@ -162,8 +168,8 @@ def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
             f"| {_run_label(name, result)} | {fmt(b['ttft_s']['p99'])} | "
             f"{fmt(d['ttft_s']['p99'])} | "
             f"{fmt(a['ttft_s']['p99'])} | "
-            f"{fmt(ratio(d['ttft_s']['p99'], b['ttft_s']['p99']))}x | "
-            f"{fmt(steady_p99)} | {fmt(ratio(d['ttft_s']['p99'], steady_p99))}x | "
+            f"{times(ratio(d['ttft_s']['p99'], b['ttft_s']['p99']))} | "
+            f"{fmt(steady_p99)} | {times(ratio(d['ttft_s']['p99'], steady_p99))} | "
             f"{fmt(b['ttft_s']['p90'])} | {fmt(d['ttft_s']['p90'])} | "
             f"{fmt(b['offload_ratio'])} / {fmt(d['offload_ratio'])} / {fmt(a['offload_ratio'])} "
             f"| {run['live']['num_errors']} | {fmt(run['sim'].get('ttft_s', {}).get('p99'))} | "

@@ -145,7 +145,7 @@ token_file = "{token_file}"
     for cluster in ("prfaas", "pd"):
         text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
         for _, name, role, hardware in (i for i in instances if i[0] == cluster):
-            text += _instance_toml(name, role, host, hardware, options)
+            text += _instance_toml(name, role, hardware, options)
             if role == "decode":
                 text += _decode_kv_toml(options)
     path = directory / "topology.toml"
@@ -154,20 +154,24 @@ token_file = "{token_file}"
     return path
 
 
-def _instance_toml(name: str, role: str, host: str, hardware: str, options: EmbeddedOptions) -> str:
-    """One `[[clusters.instances]]` entry on a free port of `host` other than the router's (the
-    decode instance's KV address is `_decode_kv_toml`'s)."""
-    port = free_port(host, avoid={options.router_port})
+def _free_address(options: EmbeddedOptions) -> str:
+    """HOST:PORT on a free port of the deployment's host other than the router's."""
+    return f"{options.host}:{free_port(options.host, avoid={options.router_port})}"
+
+
+def _instance_toml(name: str, role: str, hardware: str, options: EmbeddedOptions) -> str:
+    """One `[[clusters.instances]]` entry on a free address (the decode instance's KV address is
+    `_decode_kv_toml`'s)."""
     return (
         f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "{host}:{port}"\n  engine = "{options.engine}"\n'
+        f'  http = "{_free_address(options)}"\n  engine = "{options.engine}"\n'
         f'  hardware = "{hardware}"\n'
     )
 
 
 def _decode_kv_toml(options: EmbeddedOptions) -> str:
     """The decode instance's `kv` (a free port unless given) and optional `kv_listen`."""
-    kv = options.decode_kv or f"{options.host}:{free_port(options.host, {options.router_port})}"
+    kv = options.decode_kv or _free_address(options)
     text = f"  kv = {json.dumps(kv)}\n"
     if options.decode_kv_listen is not None:
         text += f"  kv_listen = {json.dumps(options.decode_kv_listen)}\n"

@@ -36,14 +36,12 @@ against the profile):
    simulator at a bandwidth step) instead of waiting for the period.
 
 Every decision carries a `reason` (its rule, then the numbers) and `inputs`, the snapshot it was
-computed from. The knobs, the measurements and the decision types are `prfaas.policy.control_types`
-(re-exported here).
+computed from. The knobs, the measurements and the decision types are `prfaas.policy.control_types`,
+the window as a length model `prfaas.policy.window_lengths` (both re-exported here).
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
@@ -68,6 +66,7 @@ from prfaas.policy.throughput import (
     lambda_max,
     scaled_curve,
 )
+from prfaas.policy.window_lengths import WindowLengths
 
 __all__ = [  # the types live in control_types; importers may take them from here
     "AdaptiveController",
@@ -85,44 +84,6 @@ __all__ = [  # the types live in control_types; importers may take them from her
     "measured_costs",
     "prefill_rate",
 ]
-
-
-class WindowLengths:
-    """An empirical length model over the window's samples (what `best_threshold` needs)."""
-
-    __slots__ = ("_prefix_sums", "_values")
-
-    def __init__(self, values: list[float]) -> None:
-        if not values:
-            raise ValueError("a length window needs at least one sample")
-        self._values = sorted(values)
-        self._prefix_sums = [0.0, *itertools.accumulate(self._values)]
-
-    def __len__(self) -> int:
-        return len(self._values)
-
-    @property
-    def max_tokens(self) -> float:
-        return self._values[-1]
-
-    def mean(self) -> float:
-        return self._prefix_sums[-1] / len(self._values)
-
-    def quantile(self, q: float) -> float:
-        """The sample at rank ceil(q * n) (nearest rank), q in [0, 1]."""
-        k = min(len(self._values) - 1, max(0, math.ceil(q * len(self._values)) - 1))
-        return self._values[k]
-
-    def prob_greater(self, num_tokens: float) -> float:
-        n = len(self._values)
-        return (n - bisect.bisect_right(self._values, num_tokens)) / n
-
-    def mean_between(self, lo_tokens: float, hi_tokens: float) -> float:
-        i = bisect.bisect_right(self._values, lo_tokens)
-        j = bisect.bisect_right(self._values, hi_tokens)
-        if j <= i:
-            raise ValueError(f"no samples in ({lo_tokens}, {hi_tokens}]")
-        return (self._prefix_sums[j] - self._prefix_sums[i]) / (j - i)
 
 
 @dataclass(frozen=True, slots=True)

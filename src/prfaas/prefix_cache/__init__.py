@@ -2,17 +2,18 @@
 
 - `hashing.block_hashes`: chained, process-independent hashes of complete token blocks.
 - `pool.HybridPrefixPool`: one instance's cached attention blocks and fixed-state checkpoints
-  within a byte budget (LRU, leaf-first, pins, transfer reservations, a bounded event log).
+  within a byte budget (LRU, leaf-first, pins, transfer reservations, a bounded event log);
+  `pool_types`: the vocabulary pools and index share (parts, events, the prefix rule).
 - `index.GlobalKVIndex`: the router's copy of every pool, rebuilt from pool events;
   `index.BlockPrefixIndex`: the simulator's per-cluster LRU set of block hashes.
 """
 
 from prfaas.prefix_cache.hashing import block_hashes
 from prfaas.prefix_cache.index import BlockPrefixIndex, GlobalKVIndex
-from prfaas.prefix_cache.pool import (
+from prfaas.prefix_cache.pool import HybridPrefixPool
+from prfaas.prefix_cache.pool_types import (
     EVENT_REMOVED,
     EVENT_STORED,
-    HybridPrefixPool,
     PoolEvent,
     PoolPart,
     PrefixMatch,

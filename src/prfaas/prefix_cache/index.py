@@ -11,7 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from prfaas.prefix_cache.pool import (
+from prfaas.prefix_cache.pool_types import (
     EVENT_STORED,
     PoolEvent,
     PoolPart,

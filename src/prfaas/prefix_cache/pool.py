@@ -1,9 +1,9 @@
 """Bookkeeping of one instance's hybrid prefix cache: which blocks are cached, what they cost.
 
-Owns `HybridPrefixPool` and its vocabulary (`PoolPart`, `PoolEvent`, `PrefixMatch`,
-`StoreResult`) plus `match_prefix`, the prefix rule the router's `GlobalKVIndex` shares. No tensors,
-no clock: the engine keeps the tensors under the same (block hash, part) keys and deletes those the
-pool reports as removed.
+Owns `HybridPrefixPool`; its vocabulary (`PoolPart`, `PoolEvent`, `PrefixMatch`, `StoreResult`,
+`match_prefix`, the prefix rule the router's `GlobalKVIndex` shares) is
+`prfaas.prefix_cache.pool_types`, re-exported here. No tensors, no clock: the engine keeps the
+tensors under the same (block hash, part) keys and deletes those the pool reports as removed.
 
 A hybrid model caches two kinds of entries per block (keyed by the block's chained hash):
 ATTENTION, the full-attention KV of the block's tokens, and STATE, the fixed-size state (linear
@@ -21,124 +21,34 @@ from __future__ import annotations
 
 import heapq
 from collections.abc import Container, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import Any
+from dataclasses import dataclass
 
 from prfaas.prefix_cache.hashing import check_block_hash
+from prfaas.prefix_cache.pool_types import (
+    EVENT_KINDS,
+    EVENT_REMOVED,
+    EVENT_STORED,
+    EntryKey,
+    PoolEvent,
+    PoolPart,
+    PrefixMatch,
+    StoreResult,
+    check_int,
+    match_prefix,
+)
 
-EVENT_STORED = "stored"
-EVENT_REMOVED = "removed"
-EVENT_KINDS = (EVENT_STORED, EVENT_REMOVED)
-
-
-class PoolPart(StrEnum):
-    """Which part of a block an entry holds."""
-
-    ATTENTION = "attention"  # full-attention KV of the block's tokens
-    STATE = "state"  # fixed-size state checkpointed at the END of the block
-
-
-EntryKey = tuple[int, PoolPart]  # (block hash, part)
-
-
-def _check_int(value: object, what: str, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{what} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{what} must be >= {minimum}, got {value}")
-    return value
-
-
-@dataclass(frozen=True, slots=True)
-class PoolEvent:
-    """One change of a pool: an entry stored or removed. `seq` is 1, 2, 3, ... per pool."""
-
-    seq: int
-    kind: str  # EVENT_STORED | EVENT_REMOVED
-    block_hash: int
-    part: PoolPart
-
-    def __post_init__(self) -> None:
-        _check_int(self.seq, "event seq", 1)
-        if self.kind not in EVENT_KINDS:
-            raise ValueError(f"event kind must be one of {EVENT_KINDS}, got {self.kind!r}")
-        check_block_hash(self.block_hash, "event block_hash")
-        if not isinstance(self.part, PoolPart):
-            raise ValueError(f"event part must be a PoolPart, got {self.part!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able form (hashes as ints)."""
-        return {
-            "seq": self.seq,
-            "kind": self.kind,
-            "block_hash": self.block_hash,
-            "part": self.part.value,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PoolEvent:
-        """Inverse of `to_dict`; ValueError naming the bad or missing field."""
-        if not isinstance(data, Mapping):
-            raise ValueError(f"a pool event must be an object, got {type(data).__name__}")
-        missing = [k for k in ("seq", "kind", "block_hash", "part") if k not in data]
-        if missing:
-            raise ValueError(f"pool event lacks {', '.join(missing)}")
-        try:
-            part = PoolPart(data["part"])
-        except ValueError:
-            names = [p.value for p in PoolPart]
-            raise ValueError(f"event part must be one of {names}, got {data['part']!r}") from None
-        return cls(seq=data["seq"], kind=data["kind"], block_hash=data["block_hash"], part=part)
-
-
-@dataclass(frozen=True, slots=True)
-class PrefixMatch:
-    """How much of a block-hash list is cached."""
-
-    num_attention_blocks: int  # leading blocks whose attention KV is present
-    num_usable_blocks: int  # blocks a prefill/decode may reuse (exact-state rule)
-
-    def __post_init__(self) -> None:
-        _check_int(self.num_usable_blocks, "num_usable_blocks", 0)
-        _check_int(self.num_attention_blocks, "num_attention_blocks", self.num_usable_blocks)
-
-    def num_usable_tokens(self, block_tokens: int) -> int:
-        """Reusable prefix length in tokens."""
-        return self.num_usable_blocks * _check_int(block_tokens, "block_tokens", 1)
-
-
-def match_prefix(
-    hashes: Sequence[int],
-    attention: Container[int],
-    state: Container[int],
-    needs_state: bool,
-) -> PrefixMatch:
-    """The prefix rule: leading attention run; with fixed-state layers, cut back to a checkpoint.
-
-    `attention` and `state` hold the block hashes whose entries are present. With needs_state a
-    prefix of k blocks counts only if a state checkpoint exists at block k-1, so the usable length
-    is the longest such k within the attention run (0 when there is none).
-    """
-    num_attention = 0
-    for block_hash in hashes:
-        if block_hash not in attention:
-            break
-        num_attention += 1
-    if not needs_state:
-        return PrefixMatch(num_attention, num_attention)
-    for num_blocks in range(num_attention, 0, -1):
-        if hashes[num_blocks - 1] in state:
-            return PrefixMatch(num_attention, num_blocks)
-    return PrefixMatch(num_attention, 0)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    """Entries a call added (the engine keeps their tensors) and removed (it deletes those)."""
-
-    stored: list[EntryKey] = field(default_factory=list)
-    removed: list[EntryKey] = field(default_factory=list)
+__all__ = [  # the vocabulary lives in pool_types; importers may take it from here
+    "EVENT_KINDS",
+    "EVENT_REMOVED",
+    "EVENT_STORED",
+    "EntryKey",
+    "HybridPrefixPool",
+    "PoolEvent",
+    "PoolPart",
+    "PrefixMatch",
+    "StoreResult",
+    "match_prefix",
+]
 
 
 @dataclass(slots=True)
@@ -177,12 +87,12 @@ class HybridPrefixPool:
     def __init__(
         self, budget_bytes: int, block_tokens: int, needs_state: bool, max_events: int = 65536
     ) -> None:
-        self.budget_bytes = _check_int(budget_bytes, "budget_bytes", 0)
-        self.block_tokens = _check_int(block_tokens, "block_tokens", 1)
+        self.budget_bytes = check_int(budget_bytes, "budget_bytes", 0)
+        self.block_tokens = check_int(block_tokens, "block_tokens", 1)
         if not isinstance(needs_state, bool):
             raise ValueError(f"needs_state must be a bool, got {needs_state!r}")
         self.needs_state = needs_state
-        self.max_events = _check_int(max_events, "max_events", 1)
+        self.max_events = check_int(max_events, "max_events", 1)
         self._entries: dict[EntryKey, _Entry] = {}  # insertion order = store order
         self._entry_bytes = 0
         self._pinned_bytes = 0
@@ -287,7 +197,7 @@ class HybridPrefixPool:
         entry are skipped. `state_blocks` maps block index -> bytes of the checkpoint at its end.
         With chained hashes no entry is both stored and removed by one call.
         """
-        _check_int(attention_bytes_per_block, "attention_bytes_per_block", 0)
+        check_int(attention_bytes_per_block, "attention_bytes_per_block", 0)
         states = self._checked_state_blocks(hashes, state_blocks or {})
         for block_hash in hashes:
             check_block_hash(block_hash)
@@ -338,10 +248,10 @@ class HybridPrefixPool:
             raise ValueError("state_blocks given to a pool without fixed-state layers")
         states: dict[int, int] = {}
         for index, num_bytes in state_blocks.items():
-            _check_int(index, "state block index", 0)
+            check_int(index, "state block index", 0)
             if index >= len(hashes):
                 raise ValueError(f"state block index {index} is beyond the {len(hashes)} blocks")
-            states[index] = _check_int(num_bytes, f"bytes of the state at block {index}", 0)
+            states[index] = check_int(num_bytes, f"bytes of the state at block {index}", 0)
         return states
 
     def _hold(self, key: EntryKey, held: dict[EntryKey, None]) -> None:
@@ -359,7 +269,7 @@ class HybridPrefixPool:
         (False: a receiver that gets the states whole with a transfer pins attention only).
         Touches them. KeyError if an entry is missing; ValueError if num_blocks is out of range.
         """
-        _check_int(num_blocks, "num_blocks", 0)
+        check_int(num_blocks, "num_blocks", 0)
         if num_blocks > len(hashes):
             raise ValueError(f"num_blocks {num_blocks} exceeds the {len(hashes)} hashes given")
         needed = [(h, PoolPart.ATTENTION) for h in hashes[:num_blocks]]
@@ -429,7 +339,7 @@ class HybridPrefixPool:
         """
         if not isinstance(transfer_id, str) or not transfer_id:
             raise ValueError(f"transfer_id must be a non-empty str, got {transfer_id!r}")
-        _check_int(num_bytes, "transfer num_bytes", 0)
+        check_int(num_bytes, "transfer num_bytes", 0)
         if transfer_id in self._transfers:
             raise ValueError(f"transfer {transfer_id!r} already holds a reservation")
         result = StoreResult()
@@ -456,8 +366,8 @@ class HybridPrefixPool:
         when `seq` is beyond this pool's last event (a reader of an earlier pool): resync from
         `snapshot()` then.
         """
-        _check_int(seq, "seq", 0)
-        _check_int(limit, "limit", 1)
+        check_int(seq, "seq", 0)
+        check_int(limit, "limit", 1)
         if seq > self._last_seq:
             return [], False
         first_seq = self._last_seq - (len(self._events) - self._events_start) + 1

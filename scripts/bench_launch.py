@@ -33,9 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from prfaas.nodes.deployment_status import router_ready
-from prfaas.nodes.launcher import Launcher, free_port
-from prfaas.nodes.topology import load_topology
+from prfaas.launch.local import Launcher, free_port
+from prfaas.launch.status import router_ready
+from prfaas.topology import load_topology
 
 RESTARTED = "pd-decode-0"
 READY_TIMEOUT_S = 300.0
@@ -131,8 +131,8 @@ def bench_subprocess(path: Path) -> dict[str, float]:
 def bench_ray(path: Path) -> dict[str, float]:
     import ray
 
-    from prfaas.nodes.ray_launcher import RayLauncher, RayOptions
-    from prfaas.nodes.ray_placement import cluster_resource
+    from prfaas.launch.ray_launcher import RayLauncher, RayOptions
+    from prfaas.launch.ray_placement import cluster_resource
 
     topology = load_topology(path)
     temp_dir = tempfile.mkdtemp(prefix="prfaas-bench-ray-", dir="/tmp")

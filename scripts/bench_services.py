@@ -33,9 +33,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
 from prfaas.messages import DecodeJob, GenerateRequest, SamplingParams
-from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology, free_port
-from prfaas.nodes.topology import Topology, load_topology
+from prfaas.topology import Topology, load_topology
 
 PROMPT = "Where does this request run?"
 

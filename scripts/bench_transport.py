@@ -26,8 +26,8 @@ from typing import Any
 
 import crc32c
 
-from prfaas.transport.bench import BenchSpec, run_bench
-from prfaas.transport.netns import netns_unavailable_reason
+from prfaas.bench.transport import BenchSpec, run_bench
+from prfaas.testbed.netns import netns_unavailable_reason
 from prfaas.types import GIB, MIB
 
 

@@ -28,12 +28,12 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from prfaas.bench.shaper import LinkShape, ShapedProxy
+from prfaas.bench.transport import filled_buffer
 from prfaas.messages import KVManifest, LayerEntry, TensorEntry
-from prfaas.transport.bench import filled_buffer
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender
-from prfaas.transport.shaper import LinkShape, ShapedProxy
 
 LayerCallback = Callable[[LayerEntry, list[memoryview]], None]
 

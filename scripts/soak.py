@@ -33,8 +33,8 @@ from typing import Any
 import aiohttp
 from tqdm import tqdm
 
-from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology, free_port
-from prfaas.nodes.topology import load_topology
+from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
+from prfaas.topology import load_topology
 
 READY_TIMEOUT_S = 300.0
 VOCAB_IDS = (10, 250)  # token ids the tiny tokenizer accepts

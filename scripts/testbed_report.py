@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from prfaas.nodes.bench_report import distribution, save_figure
+from prfaas.bench.report import distribution, save_figure
 
 DEPLOYMENTS = ("prfaas", "homogeneous", "naive")
 LINK_DROP_RUNS = {  # result file -> how the run's t is set

@@ -13,8 +13,8 @@ from typing import Any
 
 from services_harness import get_json, launch
 
-from prfaas.nodes.launcher import Launcher, free_port
-from prfaas.nodes.topology import Topology
+from prfaas.launch.local import Launcher, free_port
+from prfaas.topology import Topology
 
 READY_TIMEOUT_S = 300.0
 EMULATE = "nemotron-3-nano"  # a small hybrid KV: every request moves tens of MiB on loopback

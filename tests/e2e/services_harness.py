@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology, free_port
-from prfaas.nodes.topology import Topology, load_topology
+from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
+from prfaas.topology import Topology, load_topology
 
 API_KEY = "sk-test-key"
 READY_TIMEOUT_S = 420.0  # four processes importing torch on two shared cores

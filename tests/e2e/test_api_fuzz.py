@@ -2,7 +2,7 @@
 internal APIs, on real processes (`prfaas up`'s topology with emulated engines and an API key).
 
 * schemathesis, from the OpenAPI document the router publishes (plus the request schemas of
-  `prfaas.nodes.openai_api.with_request_schemas` where it lacks them), generates valid and
+  `prfaas.router.openai_api.with_request_schemas` where it lacks them), generates valid and
   invalid requests for `/v1/completions`, `/v1/chat/completions` and `/v1/models`; every answer
   must be a non-5xx, and every 4xx must carry an OpenAI-shaped error body.
 * Hand-written hostile clients: invalid UTF-8, 10^400 numbers, JSON nested 100k deep, bodies and
@@ -30,9 +30,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from services_harness import API_KEY, System, get_json, launch, wait_for
 
-from prfaas.nodes import limits
-from prfaas.nodes.launcher import EmbeddedOptions, embedded_topology, free_port
-from prfaas.nodes.openai_api import with_request_schemas
+from prfaas.launch.local import EmbeddedOptions, embedded_topology, free_port
+from prfaas.router.openai_api import with_request_schemas
+from prfaas.service import limits
 
 pytestmark = pytest.mark.slow
 READY_TIMEOUT_S = 180.0

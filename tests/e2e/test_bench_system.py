@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from prfaas.nodes.launcher import free_port
+from prfaas.launch.local import free_port
 
 pytestmark = pytest.mark.slow
 NUM_REQUESTS = 8

@@ -20,9 +20,9 @@ import pytest
 from controller_harness import INITIAL_THRESHOLD, MAX_TOKENS, TOKEN, Live, start_live
 from services_harness import get_text, metric_value, wait_for
 
-from prfaas.nodes.topology import Topology
-from prfaas.nodes.topology_threshold import planner_inputs
 from prfaas.policy.controller import AdaptiveController, Measurements, decision_dict
+from prfaas.topology import Topology
+from prfaas.topology.derived import planner_inputs
 
 pytestmark = pytest.mark.slow
 

@@ -43,7 +43,7 @@ from services_harness import (
     wait_for,
 )
 
-from prfaas.nodes.launcher import router_is_ready
+from prfaas.launch.local import router_is_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]
 DEADLINE_S = 8.0  # the transfer deadline: a stalled transfer gives up after this long

@@ -42,8 +42,8 @@ from faults_helpers import (
 )
 from services_harness import Reference, System, start_system, wait_for
 
+from prfaas.launch.local import free_port
 from prfaas.messages import LayerEntry, TensorEntry
-from prfaas.nodes.launcher import free_port
 from prfaas.transport.frames import FrameType, encode_control
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults]

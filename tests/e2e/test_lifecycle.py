@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from services_harness import API_KEY, System, get_json, launch, wait_for
 
-from prfaas.nodes.launcher import EmbeddedOptions, embedded_topology, free_port
+from prfaas.launch.local import EmbeddedOptions, embedded_topology, free_port
 
 pytestmark = pytest.mark.slow
 MAX_TOKENS = 120
@@ -150,8 +150,8 @@ def test_health_is_alive_and_ready_is_readiness(tmp_path: Path) -> None:
     deployment not ready while the router itself is alive."""
     options = EmbeddedOptions(router_port=free_port(), engine="emulated", time_scale=0.0)
     path = embedded_topology(tmp_path, options)
-    from prfaas.nodes.launcher import Launcher
-    from prfaas.nodes.topology import load_topology
+    from prfaas.launch.local import Launcher
+    from prfaas.topology import load_topology
 
     topology = load_topology(path)
     launcher = Launcher(path, topology, None)

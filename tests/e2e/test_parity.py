@@ -18,11 +18,11 @@ import pytest
 from controller_harness import MAX_TOKENS, TOKEN, Live, start_live
 from services_harness import get_json, wait_for
 
-from prfaas.nodes.topology_sim import sim_config_of
 from prfaas.prefix_cache.hashing import block_hashes
 from prfaas.sim.config import SimRequest
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.simulator import Simulator
+from prfaas.topology.sim_config import sim_config_of
 
 pytestmark = pytest.mark.slow
 BLOCK_TOKENS = 64

@@ -36,7 +36,7 @@ from services_harness import (
     wait_for,
 )
 
-from prfaas.nodes.launcher import free_port
+from prfaas.launch.local import free_port
 
 pytestmark = pytest.mark.slow
 BLOCK_TOKENS = 32

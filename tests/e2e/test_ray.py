@@ -27,15 +27,15 @@ from services_harness import API_KEY, LONG_PROMPT, SHORT_PROMPT, get_json, wait_
 
 from prfaas.cli import main
 from prfaas.errors import UserError
+from prfaas.launch.local import free_port
+from prfaas.launch.ray_placement import CLUSTER_RESOURCE_SHARE, ROUTER_NAME, cluster_resource
+from prfaas.launch.status import router_ready
 from prfaas.models import load_model_spec
-from prfaas.nodes.deployment_status import router_ready
-from prfaas.nodes.launcher import free_port
-from prfaas.nodes.ray_placement import CLUSTER_RESOURCE_SHARE, ROUTER_NAME, cluster_resource
-from prfaas.nodes.topology import load_topology
+from prfaas.topology import load_topology
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 
-from prfaas.nodes.ray_launcher import RayLauncher, RayOptions  # noqa: E402 (needs ray)
+from prfaas.launch.ray_launcher import RayLauncher, RayOptions  # noqa: E402 (needs ray)
 
 pytestmark = pytest.mark.slow
 EMULATE = "nemotron-3-nano"  # a small hybrid KV: tens of MiB per offloaded request on loopback

@@ -33,8 +33,8 @@ from services_harness import (
     wait_for,
 )
 
-from prfaas.nodes.launcher import free_port, router_is_ready
-from prfaas.nodes.text import plain_chat_prompt
+from prfaas.launch.local import free_port, router_is_ready
+from prfaas.service.text import plain_chat_prompt
 
 pytestmark = pytest.mark.slow
 MAX_TOKENS = 12

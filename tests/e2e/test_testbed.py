@@ -23,9 +23,9 @@ from typing import Any
 
 import pytest
 
-from prfaas.nodes.auth import bearer
-from prfaas.nodes.deployment_status import fetch_json
-from prfaas.transport.netns import (
+from prfaas.launch.status import fetch_json
+from prfaas.service.auth import bearer
+from prfaas.testbed.netns import (
     call_in_netns,
     list_namespaces,
     netns_unavailable_reason,

@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 
+from prfaas.bench.shaper import LinkShape, ShapedProxy
 from prfaas.engine import Engine, LayerState, load_model
 from prfaas.messages import GenerateRequest, KVManifest, SamplingParams
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender
 from prfaas.transport.session import ReceivedTransfer
-from prfaas.transport.shaper import LinkShape, ShapedProxy
 
 TOKEN = "engine-e2e-token"
 SAMPLING = SamplingParams(max_tokens=8, ignore_eos=True)

@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import prfaas.transport.receiver as receiver_module
+from prfaas.bench.shaper import LinkShape, ShapedProxy
 from prfaas.messages import KVManifest
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.frames import (
@@ -30,7 +31,6 @@ from prfaas.transport.linkstats import TransportMetrics
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender
 from prfaas.transport.session import ReceivedTransfer
-from prfaas.transport.shaper import LinkShape, ShapedProxy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit" / "transport"))
 from transport_factories import make_manifest, views_by_layer
@@ -585,7 +585,7 @@ def test_full_receive_pool_refuses_at_the_deadline_if_nothing_is_released() -> N
 
 
 def test_bench_reports_goodput_and_cpu_per_transfer_for_both_modes() -> None:
-    from prfaas.transport.bench import BenchSpec, run_bench
+    from prfaas.bench.transport import BenchSpec, run_bench
     from prfaas.types import MIB
 
     r = run_bench(BenchSpec(8 * MIB, connections=2, repeats=2, rounds=1))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prfaas.transport.bench import BenchSpec, run_bench
-from prfaas.transport.netns import NetnsLink, netns_unavailable_reason
+from prfaas.bench.transport import BenchSpec, run_bench
+from prfaas.testbed.netns import NetnsLink, netns_unavailable_reason
 from prfaas.types import MIB
 
 pytestmark = pytest.mark.netns

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from prfaas.nodes.ray_placement import cluster_resource, router_cluster
-from prfaas.nodes.topology import Topology, load_topology
+from prfaas.launch.ray_placement import cluster_resource, router_cluster
+from prfaas.topology import Topology, load_topology
 
 yaml = pytest.importorskip("yaml", reason="PyYAML comes with the ray extra")
 

@@ -67,10 +67,10 @@ def test_plan_sim_and_kv_run_without_torch(args: list[str]) -> None:
 
 def test_router_and_status_load_without_torch_or_ray() -> None:
     code = """
-from prfaas.nodes.router import build_router_app
-from prfaas.nodes.topology import load_topology
-from prfaas.nodes.text import load_codec
-import prfaas.cli.status, prfaas.cli.serve, prfaas.nodes.launcher
+from prfaas.router.app import build_router_app
+from prfaas.topology import load_topology
+from prfaas.service.text import load_codec
+import prfaas.cli.status, prfaas.cli.serve, prfaas.launch.local
 topology = load_topology("examples/emulated-1t.toml")
 build_router_app(topology)
 print(load_codec(topology.model).encode("hi"))

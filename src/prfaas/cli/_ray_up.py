@@ -1,4 +1,4 @@
-"""`prfaas up --ray [ADDRESS]`: the deployment as Ray actors (`prfaas.nodes.ray_launcher`).
+"""`prfaas up --ray [ADDRESS]`: the deployment as Ray actors (`prfaas.launch.ray_launcher`).
 
 Without ADDRESS a local Ray instance starts whose one node offers every cluster's resource and
 the services bind 127.0.0.1; with ADDRESS (a running cluster: "auto", "HOST:6379", "ray://...")
@@ -19,7 +19,7 @@ from typing import Any
 from prfaas.cli._output import print_json
 from prfaas.cli._signals import stop_on_sigterm
 from prfaas.errors import UserError
-from prfaas.nodes.topology import Topology
+from prfaas.topology import Topology
 
 _LOCAL_HOST = "127.0.0.1"
 _CHECK_PERIOD_S = 2.0
@@ -30,7 +30,7 @@ def run_up_on_ray(
 ) -> int:
     """Start `topology` on Ray, print where it is, supervise until Ctrl-C / SIGTERM."""
     try:
-        from prfaas.nodes.ray_launcher import RayLauncher, RayOptions
+        from prfaas.launch.ray_launcher import RayLauncher, RayOptions
     except ImportError as exc:
         raise UserError(f"--ray needs Ray: pip install 'prfaas[ray]' ({exc})") from None
     address = args.ray or None

@@ -86,7 +86,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _run_transport(args: argparse.Namespace) -> int:
-    from prfaas.transport.bench import BenchSpec, run_bench
+    from prfaas.bench.transport import BenchSpec, run_bench
 
     if not 1 <= args.connections <= 64:
         raise UserError(f"--connections must be in [1, 64], got {args.connections}")
@@ -136,7 +136,7 @@ def _tls_files(directory: Path) -> tuple[str, str, str]:
 
 
 def _check_link(link_gbps: float) -> None:
-    from prfaas.transport.netns import netns_unavailable_reason
+    from prfaas.testbed.netns import netns_unavailable_reason
 
     if not 0.01 <= link_gbps <= 400:
         raise UserError(f"--link-gbps must be in [0.01, 400], got {link_gbps}")

@@ -1,6 +1,6 @@
 """`prfaas bench system`: replay a workload against a router (running, on a testbed, or started
 here from its topology) and report it next to the simulator and the planner
-(`prfaas.nodes.bench_system`)."""
+(`prfaas.bench.system`)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ MAX_TIMEOUT_S = 3600.0
 
 def register_system(kinds: Any) -> None:
     """Add `system` to `prfaas bench`'s kinds."""
-    from prfaas.nodes.loadgen import MAX_DURATION_S, MAX_REQUESTS
+    from prfaas.bench.loadgen import MAX_DURATION_S, MAX_REQUESTS
 
     s = kinds.add_parser(
         "system",
@@ -156,7 +156,7 @@ def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
 
 def _rates(args: argparse.Namespace) -> tuple[list[float | None], bool]:
     """The rates to run and whether they are a sweep (which stops at the SLO)."""
-    from prfaas.nodes.bench_system import sweep_rates
+    from prfaas.bench.system import sweep_rates
 
     if args.rates is not None:
         if args.rate is not None or args.sweep:
@@ -179,7 +179,7 @@ def _rates(args: argparse.Namespace) -> tuple[list[float | None], bool]:
 
 
 def _workload(args: argparse.Namespace) -> Any:
-    from prfaas.nodes.loadgen import Workload
+    from prfaas.bench.loadgen import Workload
     from prfaas.workload import TruncatedLogNormal, load_trace
 
     burst = None if args.burst is None else _burst(args.burst)
@@ -194,7 +194,7 @@ def _workload(args: argparse.Namespace) -> Any:
 
 def _burst(text: str) -> Any:
     """`AT_S:DURATION_S:RATE:TOKENS` -> a `Burst`; UserError on anything else."""
-    from prfaas.nodes.loadgen import Burst
+    from prfaas.bench.loadgen import Burst
 
     parts = text.split(":")
     try:
@@ -212,8 +212,8 @@ def _testbed(args: argparse.Namespace) -> Any:
     namespace when not there yet (the process is replaced)."""
     import sys
 
-    from prfaas.nodes.bench_testbed import in_namespace, open_testbed
-    from prfaas.nodes.testbed import DEFAULT_STATE_ROOT
+    from prfaas.bench.testbed_link import in_namespace, open_testbed
+    from prfaas.testbed.layout import DEFAULT_STATE_ROOT
 
     if args.testbed is None:
         if args.link_drop is not None or args.state_dir is not None:
@@ -230,8 +230,8 @@ def _testbed(args: argparse.Namespace) -> Any:
 
 
 def _run_system(args: argparse.Namespace) -> int:
-    from prfaas.nodes.bench_system import RunSpec
-    from prfaas.nodes.bench_testbed import LinkDrop, topology_path
+    from prfaas.bench.system import RunSpec
+    from prfaas.bench.testbed_link import LinkDrop, topology_path
 
     testbed = _testbed(args)
     if testbed is None and args.config is None:
@@ -284,7 +284,7 @@ def _system_result(
     is_sweep: bool,
     testbed: Any,
 ) -> dict[str, Any]:
-    from prfaas.nodes.bench_system import (
+    from prfaas.bench.system import (
         DEPLOYMENT_KINDS,
         run_once,
         run_rates,
@@ -388,7 +388,7 @@ def _emit_system(args: argparse.Namespace, result: dict[str, Any]) -> None:
     import json
     import sys
 
-    from prfaas.nodes.bench_report import TABLE_HEADERS, table_rows, write_plots
+    from prfaas.bench.report import TABLE_HEADERS, table_rows, write_plots
 
     if args.output is not None:
         try:

@@ -65,8 +65,8 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from prfaas.errors import UserError
-    from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology, free_port
-    from prfaas.nodes.topology import load_topology
+    from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
+    from prfaas.topology import load_topology
 
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")

@@ -84,7 +84,7 @@ def _register_up(subparsers: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from prfaas.nodes.topology import load_topology
+    from prfaas.topology import load_topology
 
     return load_topology(path)
 
@@ -92,14 +92,14 @@ def _load(path: str) -> Any:
 def _check_transport(topology: Any) -> None:
     """Fail before serving when the topology's TLS files do not load (a service would only
     find out inside its HTTP server's startup)."""
-    from prfaas.nodes.http import transport_config
+    from prfaas.service.http import transport_config
 
     if topology.transport.tls_cert is not None:
         transport_config(topology)
 
 
 def _run_instance(args: argparse.Namespace) -> int:
-    from prfaas.nodes.launcher import serve_instance
+    from prfaas.launch.local import serve_instance
 
     topology = _load(args.config)
     _check_transport(topology)
@@ -113,7 +113,7 @@ def _run_instance(args: argparse.Namespace) -> int:
 
 
 def _run_router(args: argparse.Namespace) -> int:
-    from prfaas.nodes.launcher import serve_router
+    from prfaas.launch.local import serve_router
 
     topology = _load(args.config)
     _check_transport(topology)
@@ -122,7 +122,7 @@ def _run_router(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from prfaas.nodes.launcher import EmbeddedOptions, Launcher, embedded_topology
+    from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology
 
     if args.log_dir:
         prepare_output_dir(args.log_dir, "--log-dir")  # before any process starts

@@ -37,10 +37,10 @@ def register(subparsers: Any) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from prfaas.nodes.auth import deployment_token
-    from prfaas.nodes.deployment_status import collect_status
-    from prfaas.nodes.ray_placement import members_of, read_deployment
-    from prfaas.nodes.topology import load_topology
+    from prfaas.launch.ray_placement import members_of, read_deployment
+    from prfaas.launch.status import collect_status
+    from prfaas.service.auth import deployment_token
+    from prfaas.topology import load_topology
 
     if args.deployment is not None:
         record = read_deployment(Path(args.deployment))

@@ -23,7 +23,7 @@ from prfaas.cli._output import add_json_flag, print_json
 from prfaas.errors import UserError
 
 if TYPE_CHECKING:
-    from prfaas.nodes.testbed import TestbedSpec
+    from prfaas.testbed.layout import TestbedSpec
 
 _READY_TIMEOUT_S = 180.0
 _MAX_DELAY_MS = 10_000.0
@@ -61,7 +61,7 @@ def register(subparsers: Any) -> None:
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    from prfaas.nodes.testbed import DEFAULT_NAME, DEFAULT_STATE_ROOT
+    from prfaas.testbed.layout import DEFAULT_NAME, DEFAULT_STATE_ROOT
 
     p.add_argument("--name", default=DEFAULT_NAME, help="testbed name, prefix of its namespaces")
     p.add_argument(
@@ -177,7 +177,7 @@ def _hardware_latency(text: str) -> tuple[str, str]:
 def _prefill_latency(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """`--paper-curves` then each `--prefill-latency` (which replaces a paper curve, but not
     another `--prefill-latency` of the same hardware: that is refused by the spec)."""
-    from prfaas.nodes.testbed import PAPER_CURVES
+    from prfaas.testbed.layout import PAPER_CURVES
 
     given = list(args.prefill_latency)
     named = {hardware for hardware, _ in given}
@@ -187,7 +187,7 @@ def _prefill_latency(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 
 def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
     """The `TestbedSpec` of `up`'s flags (engine-dependent defaults filled in)."""
-    from prfaas.nodes.testbed import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
+    from prfaas.testbed.layout import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
 
     torch = args.engine == "torch"
     if torch and (args.time_scale is not None or args.payload_scale is not None):
@@ -223,7 +223,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from prfaas.nodes import testbed_run
+    from prfaas.testbed import run as testbed_run
 
     spec = spec_from_args(args)
     root = Path(args.state_dir)
@@ -265,7 +265,7 @@ def _routing(state: dict[str, Any]) -> str:
 
 
 def _run_down(args: argparse.Namespace) -> int:
-    from prfaas.nodes import testbed_run
+    from prfaas.testbed import run as testbed_run
 
     report = testbed_run.down(args.name, Path(args.state_dir))
     if args.json:
@@ -279,7 +279,7 @@ def _run_down(args: argparse.Namespace) -> int:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from prfaas.nodes import testbed_run
+    from prfaas.testbed import run as testbed_run
 
     report = testbed_run.status(args.name, Path(args.state_dir))
     if args.json:
@@ -315,7 +315,7 @@ def _print_status(report: dict[str, Any]) -> None:
 
 
 def _run_link(args: argparse.Namespace) -> int:
-    from prfaas.nodes import testbed_run
+    from prfaas.testbed import run as testbed_run
 
     if args.gbps is None and args.is_up is None:
         raise UserError("give --gbps, --down or --up")

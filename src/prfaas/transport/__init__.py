@@ -10,10 +10,8 @@
     transfer.py  KVTransfer: layers in, END rounds, NACK resends, deadline, TransferAck out
     receiver.py  KVReceiver: authentication, recv_into pooled buffers, verified hand-over
     linkstats.py TCP_INFO, LinkStats (-> policy LinkView), Prometheus metrics
-    shaper.py    in-process shaped link (rate, latency, jitter, stalls, cuts) for tests
-    netns.py     kernel-shaped link between two network namespaces (root) for benchmarks
-    bench.py     `prfaas bench transport`: project transport vs a raw socket loop
 
+Its benchmark and test shaper are `prfaas.bench`'s, the namespaced link `prfaas.testbed`'s.
 Moves bytes and memoryviews only; never imports torch (the engine converts tensors).
 """
 

@@ -105,16 +105,16 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def nothing_starts(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A bad input accepted by mistake must fail the test, not start a service or a run."""
+    import prfaas.bench.transport
     import prfaas.cli.verify
-    import prfaas.nodes.launcher
-    import prfaas.transport.bench
+    import prfaas.launch.local
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("a bad input was accepted and something started")
 
     for name in ("serve_router", "serve_instance", "Launcher"):
-        monkeypatch.setattr(prfaas.nodes.launcher, name, refuse)
-    monkeypatch.setattr(prfaas.transport.bench, "run_bench", refuse)
+        monkeypatch.setattr(prfaas.launch.local, name, refuse)
+    monkeypatch.setattr(prfaas.bench.transport, "run_bench", refuse)
     monkeypatch.setattr(prfaas.cli.verify, "quiet_transformers", refuse)
     monkeypatch.delenv("PRFAAS_TRANSPORT_TOKEN", raising=False)
     yield

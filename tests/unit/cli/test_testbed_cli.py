@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 from prfaas.cli import main
-from prfaas.nodes.testbed import TestbedSpec
+from prfaas.testbed.layout import TestbedSpec
 
 
 @pytest.fixture
 def no_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        "prfaas.transport.netns.netns_unavailable_reason", lambda: "network namespaces need root"
+        "prfaas.testbed.netns.netns_unavailable_reason", lambda: "network namespaces need root"
     )
 
 
@@ -91,7 +91,7 @@ def test_up_flags_choose_the_deployment_and_the_controller() -> None:
 
 def test_a_router_that_cannot_be_told_is_reported_not_raised() -> None:
     """`link --gbps` reports a router that does not answer (nothing listens on port 1)."""
-    from prfaas.nodes.testbed_run import post_link
+    from prfaas.testbed.run import post_link
 
     told = post_link("http://127.0.0.1:1/internal/control/link", "token", 1.0)
     assert told["router_informed"] is False and told["router_link_bytes_per_s"] is None
@@ -101,9 +101,9 @@ def test_a_router_that_cannot_be_told_is_reported_not_raised() -> None:
 def test_paper_curves_reach_the_topology_and_parse_back() -> None:
     import tomllib
 
-    from prfaas.nodes.testbed import PAPER_CURVES, TestbedLayout, topology_text
-    from prfaas.nodes.topology import parse_topology
-    from prfaas.nodes.topology_threshold import planner_inputs
+    from prfaas.testbed.layout import PAPER_CURVES, TestbedLayout, topology_text
+    from prfaas.topology import parse_topology
+    from prfaas.topology.derived import planner_inputs
 
     spec = _up_spec("--paper-curves")
     assert spec.prefill_latency == tuple(sorted(PAPER_CURVES))
@@ -119,7 +119,7 @@ def test_paper_curves_reach_the_topology_and_parse_back() -> None:
 
 
 def test_prefill_latency_overrides_one_paper_curve_and_auto_sees_it() -> None:
-    from prfaas.nodes.testbed import resolve_threshold
+    from prfaas.testbed.layout import resolve_threshold
 
     spec = _up_spec("--paper-curves", "--prefill-latency", "H20=quadratic:0.1,1e-6,0")
     assert spec.prefill_latency == (

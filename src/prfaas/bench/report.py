@@ -1,0 +1,348 @@
+"""What `prfaas bench system` reports about a run: the live numbers, the same workload through the
+simulator and the planner's Λ_max for the same topology, side by side, and the plots.
+
+Definitions, the same for the live run and its simulation: throughput = completed requests /
+(last completion - start); steady throughput = the completion rate between the 10th and the 90th
+percentile completion (in a run offered more than the deployment can serve, its capacity:
+the start-up and the last stragglers left out); output tokens/s like throughput; TTFT and TPOT
+percentiles (linear interpolation) over the completed requests; offload ratio = share of
+completed requests prefilled on the PrfaaS cluster; egress = growth of the PrfaaS instances'
+transport byte counters (of the WAN qdisc's on a testbed).
+
+Units. An emulated engine sleeps `model.time_scale` x the cost model's durations and sends
+`model.payload_scale` x the real KV bytes, so the live system runs the topology's model
+`time_scale` times faster with payloads `payload_scale` times smaller. The simulator and the
+planner work in the model's units: real bytes, modelled seconds, and the link's model rate
+(`ModelConfig.model_bytes_per_s`: wire rate x time_scale / payload_scale). The simulation replays
+the sent requests at `sent_at / time_scale` in model time; its times are multiplied back by
+`time_scale` (rates divided by it) and its egress bytes by `payload_scale`; the planner's Λ_max
+is divided by `time_scale`. With `time_scale = 0` there is nothing to compare, and torch engines
+are compared with the emulated target they name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from prfaas.bench.loadgen import RequestResult, RunOutcome
+from prfaas.errors import UserError
+from prfaas.sim.link import BandwidthStep
+from prfaas.sim.metrics import percentile
+from prfaas.topology import Topology
+
+GBIT = 1e9 / 8  # bytes per Gbit
+
+
+def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
+    """count, mean, p50, p90, p99, max of the finite values (None when there are none)."""
+    ordered = sorted(v for v in values if math.isfinite(v))
+    if not ordered:
+        return {"count": 0, "mean": None, "p50": None, "p90": None, "p99": None, "max": None}
+    return {
+        "count": len(ordered),
+        "mean": round(math.fsum(ordered) / len(ordered), 6),
+        "p50": round(percentile(ordered, 50), 6),
+        "p90": round(percentile(ordered, 90), 6),
+        "p99": round(percentile(ordered, 99), 6),
+        "max": round(ordered[-1], 6),
+    }
+
+
+STEADY_RANGE = (0.1, 0.9)  # the share of completions steady throughput counts between
+
+
+def steady_throughput_rps(finished_at_s: Sequence[float]) -> float | None:
+    """Completions per second between the 10th and 90th percentile completion (None with
+    fewer than 10 completions or no time between them)."""
+    done = sorted(t for t in finished_at_s if math.isfinite(t))
+    if len(done) < 10:
+        return None
+    lo, hi = (round(q * (len(done) - 1)) for q in STEADY_RANGE)
+    return _per_s(hi - lo, done[hi] - done[lo])
+
+
+def egress_series(samples: Sequence[tuple[float, int]]) -> list[dict[str, float]]:
+    """Gbit/s between consecutive samples of a byte counter, at each interval's end."""
+    series = []
+    for (t0, b0), (t1, b1) in itertools.pairwise(samples):
+        if t1 > t0:
+            series.append(
+                {"at_s": round(t1, 3), "gbps": round(max(0, b1 - b0) / GBIT / (t1 - t0), 6)}
+            )
+    return series
+
+
+def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
+    """The live run's numbers (see the module docstring for the definitions)."""
+    results = outcome.results
+    ok = [r for r in results if r.ok]
+    span_s = max((r.finished_at_s for r in ok), default=0.0)
+    samples = outcome.egress_samples
+    egress_bytes = samples[-1][1] - samples[0][1] if samples else 0
+    series = egress_series(samples)
+    return {
+        "num_planned": len(results),
+        "num_ok": len(ok),
+        "num_errors": len(results) - len(ok),
+        "errors": dict(Counter(r.error for r in results if r.error is not None).most_common()),
+        "wall_s": round(outcome.wall_s, 3),
+        "throughput_rps": _per_s(len(ok), span_s),
+        "steady_throughput_rps": steady_throughput_rps([r.finished_at_s for r in ok]),
+        "output_tokens_per_s": _per_s(sum(r.num_output_tokens for r in ok), span_s),
+        "ttft_s": distribution([r.ttft_s for r in ok]),
+        "tpot_s": distribution([r.tpot_s for r in ok]),
+        "e2e_s": distribution([r.finished_at_s - r.sent_at_s for r in ok]),
+        "send_lag_s": distribution([r.sent_at_s - r.at_s for r in results]),
+        "offload_ratio": _share(sum(1 for r in ok if r.route == "prfaas"), len(ok)),
+        "routes": dict(Counter(r.route or "none" for r in ok)),
+        "kv_bytes_offloaded": sum(r.kv_bytes for r in ok if r.route == "prfaas"),
+        "egress": {
+            "total_bytes": egress_bytes,
+            "mean_gbps": round(egress_bytes / GBIT / outcome.wall_s, 6) if outcome.wall_s else 0.0,
+            "peak_gbps": max((p["gbps"] for p in series), default=0.0),
+            "series": series,
+        },
+    }
+
+
+def _per_s(count: float, span_s: float) -> float | None:
+    return round(count / span_s, 6) if span_s > 0 else None
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 6) if whole else None
+
+
+def meets_slo(live: dict[str, Any], ttft_slo_s: float) -> bool:
+    """A sustained rate: no errors and TTFT p90 within the SLO."""
+    p90 = live["ttft_s"]["p90"]
+    return live["num_errors"] == 0 and p90 is not None and p90 <= ttft_slo_s
+
+
+def sim_meets_slo(sim: dict[str, Any], ttft_slo_s: float) -> bool | None:
+    """The simulated run by the same rule (None when there is no simulation)."""
+    if "unavailable" in sim:
+        return None
+    p90 = sim["ttft_s"]["p90"]
+    complete = sim["num_completed"] == sim["num_requests"]
+    return complete and p90 is not None and p90 <= ttft_slo_s
+
+
+# ---- the same workload through the simulator and the planner ----------------------------
+
+
+def model_time_scale(topology: Topology) -> tuple[float | None, str | None]:
+    """(time_scale, None), or (None, why the simulator and planner do not apply)."""
+    scale = topology.model.time_scale
+    if scale <= 0:
+        return None, "model.time_scale = 0: the emulated engines do not sleep, nothing to compare"
+    return scale, None
+
+
+def simulate_results(
+    topology: Topology,
+    results: Sequence[RequestResult],
+    time_scale: float,
+    bandwidth: Sequence[BandwidthStep] | None = None,
+) -> dict[str, Any]:
+    """The sent requests (send time, prompt length, output length) through `prfaas sim`'s
+    simulator built from the topology (`sim_config_of`; `bandwidth`: the link's steps in model
+    units, when it changed during the run), in live units."""
+    from prfaas.sim.config import SimRequest
+    from prfaas.sim.simulator import Simulator
+    from prfaas.topology.sim_config import sim_config_of
+
+    sent = sorted((r for r in results if math.isfinite(r.sent_at_s)), key=lambda r: r.sent_at_s)
+    if not sent:
+        return {"unavailable": "no request was sent"}
+    config = sim_config_of(topology, bandwidth)
+    requests = [
+        SimRequest(r.sent_at_s / time_scale, r.num_prompt_tokens, r.max_tokens) for r in sent
+    ]
+    sim = Simulator(config, requests)
+    sim.run()
+    log = sim.log
+    done = [i for i in range(len(requests)) if math.isfinite(log.finished_at[i])]
+    span_s = max((log.finished_at[i] for i in done), default=0.0) * time_scale
+    ttft = [(log.first_token_at[i] - log.arrived_at[i]) * time_scale for i in done]
+    tpot = [
+        (log.finished_at[i] - log.first_token_at[i]) / (log.num_output_tokens[i] - 1) * time_scale
+        for i in done
+        if log.num_output_tokens[i] > 1
+    ]
+    return {
+        "num_requests": len(requests),
+        "num_completed": len(done),
+        "throughput_rps": _per_s(len(done), span_s),
+        "steady_throughput_rps": steady_throughput_rps(
+            [log.finished_at[i] * time_scale for i in done]
+        ),
+        "output_tokens_per_s": _per_s(sum(log.num_output_tokens[i] for i in done), span_s),
+        "ttft_s": distribution(ttft),
+        "tpot_s": distribution(tpot),
+        "offload_ratio": _share(sum(1 for i in done if log.is_offloaded[i]), len(done)),
+        "egress_bytes": round(sim.link.total_sent_bytes * topology.model.payload_scale),
+    }
+
+
+def plan_point(
+    topology: Topology, prompt_lengths: Sequence[int], output_tokens: float, time_scale: float
+) -> dict[str, Any]:
+    """The planner's Eqs. 3-6 for this topology's instances and deployment, over the run's own
+    prompt lengths and mean output length: Λ_max (live units) and the offload share."""
+    from prfaas.policy.throughput import evaluate
+    from prfaas.topology.derived import num_prfaas_prefill, planner_inputs
+    from prfaas.workload import EmpiricalLengths
+
+    inputs, num_pd_p = planner_inputs(topology)
+    inputs = replace(inputs, num_output_tokens=float(output_tokens))
+    costs = inputs.stage_costs(inputs.prfaas, inputs.pd)
+    num_prfaas = num_prfaas_prefill(topology)
+    num_pd_d = inputs.pd.num_instances - num_pd_p
+    kind = topology.policy.deployment
+    threshold, counts = {
+        "prfaas": (topology.policy.threshold_tokens, (num_prfaas, num_pd_p)),
+        "homogeneous": (math.inf, (0, num_pd_p)),
+        "naive": (0.0, (num_prfaas, 0)),
+    }[kind]
+    point = evaluate(costs, EmpiricalLengths(prompt_lengths), threshold, *counts, num_pd_d)
+    return {
+        "lambda_max_rps": round(point.lambda_max_per_s / time_scale, 6),
+        "offload_ratio": round(point.offload_fraction, 6),
+        "threshold_tokens": None if math.isinf(threshold) else threshold,
+        "egress_limited": point.prfaas_egress_limited,
+    }
+
+
+def compare(
+    topology: Topology,
+    outcome: RunOutcome,
+    bandwidth: Sequence[BandwidthStep] | None = None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(sim, plan) for a run; each is {"unavailable": reason} when it does not apply."""
+    scale, why = model_time_scale(topology)
+    if scale is None:
+        return {"unavailable": why}, {"unavailable": why}
+    results = outcome.results
+    try:
+        sim = simulate_results(topology, results, scale, bandwidth)
+    except UserError as exc:
+        sim = {"unavailable": f"simulator: {exc}"}
+    try:
+        lengths = [r.num_prompt_tokens for r in results]
+        mean_out = sum(r.max_tokens for r in results) / len(results)
+        plan = plan_point(topology, lengths, mean_out, scale)
+    except UserError as exc:
+        plan = {"unavailable": f"planner: {exc}"}
+    return sim, plan
+
+
+# ---- the table and the plots ---------------------------------------------------------------
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _p90(block: dict[str, Any]) -> Any:
+    return block.get("ttft_s", {}).get("p90")
+
+
+def table_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """One row per run: live | sim | plan for throughput, TTFT p90 and offload ratio."""
+    rows = []
+    for run in runs:
+        live, sim, plan = run["live"], run["sim"], run["plan"]
+        rows.append(
+            [
+                run["deployment"],
+                _fmt(run["rate_rps"], 2) if run["rate_rps"] is not None else "trace",
+                f"{live['num_ok']}/{live['num_planned']}",
+                _fmt(live["throughput_rps"]),
+                _fmt(sim.get("throughput_rps")),
+                _fmt(live["steady_throughput_rps"]),
+                _fmt(sim.get("steady_throughput_rps")),
+                _fmt(plan.get("lambda_max_rps")),
+                _fmt(_p90(live)),
+                _fmt(_p90(sim)),
+                _fmt(live["tpot_s"]["p90"] and live["tpot_s"]["p90"] * 1e3, 1),
+                _fmt(live["offload_ratio"], 2),
+                _fmt(sim.get("offload_ratio"), 2),
+                _fmt(plan.get("offload_ratio"), 2),
+                _fmt(live["egress"]["mean_gbps"], 3),
+            ]
+        )
+    return rows
+
+
+TABLE_HEADERS = [
+    "deployment", "rate", "ok", "thru live", "sim", "steady live", "sim", "plan Λmax",
+    "TTFT p90 live", "sim",
+    "TPOT p90 ms", "offload live", "sim", "plan", "egress Gbps",
+]  # fmt: skip
+
+
+def write_plots(result: dict[str, Any], directory: str) -> list[str]:
+    """TTFT over time, egress over time and (with several rates) throughput vs rate."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(directory)
+    runs = result["runs"]
+    written = []
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        pts = [(q["at_s"], q["ttft_s"]) for q in run["requests"] if q["ttft_s"] is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", label=_label(run))
+    ax.set(xlabel="send time, s", ylabel="TTFT, s", title="TTFT over time")
+    ax.legend(fontsize=8)
+    written.append(save_figure(fig, out / "ttft_over_time.png"))
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for run in runs:
+        series = run["live"]["egress"]["series"]
+        ax.plot([p["at_s"] for p in series], [p["gbps"] for p in series], label=_label(run))
+    ax.set(xlabel="time, s", ylabel="PrfaaS egress, Gbit/s", title="egress over time")
+    ax.legend(fontsize=8)
+    written.append(save_figure(fig, out / "egress_over_time.png"))
+    if len({r["rate_rps"] for r in runs}) > 1:
+        written.append(_throughput_plot(plt, runs, out / "throughput_vs_rate.png"))
+    return written
+
+
+def _throughput_plot(plt: Any, runs: Sequence[dict[str, Any]], path: Path) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for kind in sorted({r["deployment"] for r in runs}):
+        mine = sorted((r for r in runs if r["deployment"] == kind), key=lambda r: r["rate_rps"])
+        rates = [r["rate_rps"] for r in mine]
+        ax.plot(rates, [r["live"]["throughput_rps"] for r in mine], "o-", label=f"{kind} live")
+        sim = [r["sim"].get("throughput_rps") for r in mine]
+        if any(v is not None for v in sim):
+            ax.plot(rates, sim, "x--", label=f"{kind} sim")
+    top = max(r["rate_rps"] for r in runs)
+    ax.plot([0, top], [0, top], ":", color="grey", label="offered")
+    ax.set(xlabel="offered rate, req/s", ylabel="throughput, req/s", title="throughput vs rate")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
+def _label(run: dict[str, Any]) -> str:
+    rate = run["rate_rps"]
+    return f"{run['deployment']} @ {'trace' if rate is None else f'{rate:g} req/s'}"
+
+
+def save_figure(fig: Any, path: Path) -> str:
+    """Lay the figure out, write it to `path` as a PNG and close it; the path written."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

@@ -1,0 +1,299 @@
+"""A prefill instance (`prfaas prefill`): PrfaaS cluster or local PD-P, same code.
+
+`POST /internal/prefill` takes a `PrefillJob`, queues it FCFS on the engine thread, and prefills
+it with the layer callback: each layer's state is handed to the KV transport as soon as it is
+final, so it crosses the link while the next layer computes. Then the manifest goes out with
+END, and the decode instance's ACK ends the job; the answer is a `PrefillResult`. The request's
+state stays in the engine until the ACK (NACKed ranges are resent from it), then it is freed.
+`POST /internal/prefix_export` sends a cached prefix to another instance's KV receiver, and an
+instance with `kv` set receives moved prefixes into its prefix cache (`prefix_transfer`).
+`GET /internal/stats` reports queue depth, queued prefill seconds, transfers in flight and the
+measured link to every decode instance this instance sends to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Gauge
+
+from prfaas.instance.engines import PrefillRate, build_engine
+from prfaas.instance.kv_events import add_kv_event_route
+from prfaas.instance.prefix_transfer import PrefixImporter, make_prefix_receiver, send_prefix
+from prfaas.instance.worker import EngineWorker
+from prfaas.messages import (
+    GenerateRequest,
+    InstanceStats,
+    KVManifest,
+    PrefillJob,
+    PrefillResult,
+    PrefixExportJob,
+    TransferAck,
+)
+from prfaas.service.auth import InternalAuth, deployment_token
+from prfaas.service.http import add_instance_routes, error_response, transport_config
+from prfaas.topology import InstanceConfig, Topology
+from prfaas.transport.linkstats import TransportMetrics
+from prfaas.transport.receiver import KVReceiver
+from prfaas.transport.sender import KVSender, KVTransfer
+
+log = logging.getLogger(__name__)
+_LAYER_QUEUE_TIMEOUT_S = 120.0  # engine thread waits this long for the transport to take a layer
+
+
+@dataclass
+class _Job:
+    job: PrefillJob
+    queued_at: float
+    num_tokens: int
+    started_at: float | None = None
+    num_cached_tokens: int = 0  # prompt tokens reused from this instance's prefix cache
+    layers: list[Any] = field(default_factory=list)  # LayerStates: their buffers must outlive END
+
+
+class PrefillService:
+    """The instance's state: engine thread, KV sender, FCFS queue bookkeeping, metrics."""
+
+    def __init__(
+        self,
+        topology: Topology,
+        instance: InstanceConfig,
+        engine: Any,
+        worker: EngineWorker | None = None,
+    ) -> None:
+        """`worker`: an engine thread shared with the instance's other role (convertible PD
+        instances); by default the service starts its own."""
+        self.topology, self.instance = topology, instance
+        self.loop = asyncio.get_running_loop()
+        self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
+        self.rate = PrefillRate(engine)
+        self.registry = CollectorRegistry()
+        self.sender = KVSender(transport_config(topology), TransportMetrics(self.registry))
+        self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
+        self.prefix_importer = PrefixImporter(self.worker, instance.name, self.registry)
+        self.prefix_receiver: KVReceiver | None = None  # `kv` set and no decode role's receiver
+        self._waiting = Gauge(
+            "prfaas:num_requests_waiting",
+            "Prefill jobs queued",
+            ["instance"],
+            registry=self.registry,
+        ).labels(instance.name)
+        self._running = Gauge(
+            "prfaas:num_requests_running",
+            "Prefills computing or sending",
+            ["instance"],
+            registry=self.registry,
+        ).labels(instance.name)
+
+    async def run(self, job: PrefillJob) -> PrefillResult:
+        """Prefill `job` after the jobs before it, stream its state, wait for the ACK."""
+        entry = _Job(job, time.monotonic(), len(job.request.prompt_token_ids))
+        self.jobs[job.transfer_id] = entry
+        self._publish_gauges()
+        try:
+            return await self._run(entry)
+        finally:
+            self.jobs.pop(job.transfer_id, None)
+            self._publish_gauges()
+
+    async def _run(self, entry: _Job) -> PrefillResult:
+        job, req_id = entry.job, entry.job.request.req_id
+        try:
+            transfer = await self.sender.begin(
+                job.decode_kv_address, job.transfer_id, req_id, job.deadline_s
+            )
+        except (OSError, TimeoutError, ValueError) as exc:
+            return self._failed(job, f"cannot reach decode instance {job.decode_kv_address}: {exc}")
+        try:
+            manifest = await self.worker.call(lambda engine: self._prefill(engine, entry, transfer))
+        except Exception as exc:  # the engine refused the request or failed on it
+            await transfer.cancel(f"prefill failed: {exc}")
+            self.worker.call(lambda engine: engine.free(req_id))
+            return self._failed(job, f"prefill failed: {exc}")
+        forward_done_at = time.monotonic()
+        try:
+            ack = await transfer.finish(manifest)
+        except Exception as exc:  # the transport's own failures come back as a failed ACK
+            log.exception("req_id=%s transfer_id=%s finish failed", req_id, job.transfer_id)
+            ack = TransferAck(job.transfer_id, ok=False, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            self.worker.call(lambda engine: engine.free(req_id))
+        assert entry.started_at is not None
+        result = PrefillResult(
+            req_id=req_id,
+            transfer_id=job.transfer_id,
+            ok=ack.ok,
+            first_token_id=manifest.first_token_id,
+            num_kv_bytes=manifest.total_bytes,
+            queue_s=entry.started_at - entry.queued_at,
+            prefill_s=forward_done_at - entry.started_at,
+            transfer_tail_s=time.monotonic() - forward_done_at,
+            error=None if ack.ok else f"KV transfer failed: {ack.error}",
+            num_cached_tokens=entry.num_cached_tokens,
+        )
+        log.info(
+            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d cached=%d kv_bytes=%d "
+            "queue_s=%.3f prefill_s=%.3f tail_s=%.3f",
+            req_id,
+            job.transfer_id,
+            ack.ok,
+            entry.num_tokens,
+            entry.num_cached_tokens,
+            manifest.total_bytes,
+            result.queue_s,
+            result.prefill_s,
+            result.transfer_tail_s,
+        )
+        return result
+
+    def _prefill(self, engine: Any, entry: _Job, transfer: KVTransfer) -> KVManifest:
+        """Engine thread: forward pass with each final layer handed to the transport."""
+        entry.started_at = time.monotonic()
+        self.loop.call_soon_threadsafe(self._publish_gauges)
+
+        def on_layer(_req_id: str, layer: Any) -> None:
+            entry.layers.append(layer)
+            coro = transfer.send_layer(layer.entry, layer.buffers)
+            asyncio.run_coroutine_threadsafe(coro, self.loop).result(_LAYER_QUEUE_TIMEOUT_S)
+
+        request, num_skip = _prefill_only(entry.job.request), entry.job.num_receiver_prefix_tokens
+        skip = {request.req_id: num_skip} if num_skip > 0 else None
+        engine.prefill([request], on_layer=on_layer, skip_tokens=skip)
+        entry.num_cached_tokens = engine.num_cached_tokens(request.req_id)
+        num_computed = entry.num_tokens - entry.num_cached_tokens
+        self.rate.observe(num_computed, time.monotonic() - entry.started_at)
+        exported = engine.export(
+            request.req_id, transfer_id=entry.job.transfer_id, num_prefix_tokens=num_skip
+        )
+        manifest: KVManifest = exported.manifest
+        return manifest
+
+    def _failed(self, job: PrefillJob, error: str) -> PrefillResult:
+        log.warning("req_id=%s transfer_id=%s %s", job.request.req_id, job.transfer_id, error)
+        return PrefillResult(job.request.req_id, job.transfer_id, ok=False, error=error)
+
+    def stats(self) -> InstanceStats:
+        queued = [j for j in self.jobs.values() if j.started_at is None]
+        computing = [j for j in self.jobs.values() if j.started_at is not None]
+        num_tokens = sum(j.num_tokens for j in self.jobs.values())
+        links = []
+        for dest in {j.job.decode_kv_address for j in self.jobs.values()} | self._known_dests():
+            link = self.sender.link_stats(dest)
+            if link is not None:
+                links.append(_link_dict(link))
+        return InstanceStats(
+            instance_id=self.instance.name,
+            role="prefill",
+            num_requests_waiting=len(queued),
+            num_requests_running=len(computing),
+            num_queued_tokens=num_tokens,
+            queued_prefill_s=sum(self.rate.expected_s(j.num_tokens) for j in self.jobs.values()),
+            num_transfers_in_flight=len(computing),
+            links=tuple(links),
+            prefix_cache_bytes=self.prefix_cache_bytes,
+            prefill_tokens_per_s=self.rate.tokens_per_s,
+        )
+
+    @property
+    def prefix_cache_bytes(self) -> int:
+        """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
+        pool = getattr(self.worker.engine, "prefix_pool", None)
+        return 0 if pool is None else int(pool.used_bytes)
+
+    def _known_dests(self) -> set[str]:
+        return {i.kv for i in self.topology.instances if i.kv is not None}
+
+    def _publish_gauges(self) -> None:
+        queued = sum(1 for j in self.jobs.values() if j.started_at is None)
+        self._waiting.set(queued)
+        self._running.set(len(self.jobs) - queued)
+
+    async def start_prefix_receiver(self) -> None:
+        """Listen on the instance's `kv` address for moved prefixes (a plain prefill instance;
+        a convertible one receives through its decode service)."""
+        self.prefix_receiver = make_prefix_receiver(
+            self.topology, self.instance, self.prefix_importer
+        )
+        await self.prefix_receiver.start()
+
+    async def close(self) -> None:
+        if self.prefix_receiver is not None:
+            await self.prefix_receiver.close()
+        await self.sender.close()
+        await asyncio.to_thread(self.worker.stop)
+
+
+def _prefill_only(request: GenerateRequest) -> GenerateRequest:
+    """The request as this instance runs it: finished after its first token (max_tokens 1), so
+    the engine thread never decodes it here while it waits for the ACK. A decode step would
+    advance its recurrent and conv states in place, under the views the transport still sends
+    (a slow link) or resends (a NACK): the decode instance would get, CRC-valid, a state one or
+    more tokens ahead of the manifest's, and decode a wrong answer. The decode instance
+    continues with the job's own sampling parameters."""
+    return replace(request, sampling=replace(request.sampling, max_tokens=1))
+
+
+def _link_dict(link: Any) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return dict(asdict(link))
+
+
+async def handle_prefill(service: PrefillService, request: Request) -> Response:
+    """`POST /internal/prefill`: run the job, answer its `PrefillResult`."""
+    try:
+        job = PrefillJob.from_dict(await request.json())
+    except Exception as exc:  # malformed job: the router's bug or a stray client
+        return error_response(400, f"bad prefill job: {exc}", "invalid_request_error")
+    result = await service.run(job)
+    return JSONResponse(result.to_dict())
+
+
+async def handle_prefix_export(service: PrefillService, request: Request) -> Response:
+    """`POST /internal/prefix_export`: send a cached prefix, answer a `PrefixExportResult`."""
+    try:
+        job = PrefixExportJob.from_dict(await request.json())
+    except Exception as exc:  # malformed job
+        return error_response(400, f"bad prefix export job: {exc}", "invalid_request_error")
+    result = await send_prefix(service.sender, service.worker, job)
+    return JSONResponse(result.to_dict())
+
+
+def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
+    """The prefill instance's HTTP app; the engine loads when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(build_engine, topology, instance)
+        app.state.service = PrefillService(topology, instance, engine)
+        if instance.kv is not None:
+            await app.state.service.start_prefix_receiver()
+        log.info("prefill instance %s ready on %s", instance.name, instance.http)
+        yield
+        await app.state.service.close()
+
+    app = FastAPI(title=f"prfaas prefill {instance.name}", lifespan=lifespan)
+    app.add_middleware(InternalAuth, token=deployment_token(topology))
+
+    async def prefill(request: Request) -> Response:
+        return await handle_prefill(app.state.service, request)
+
+    # a plain Starlette route: the hot internal path skips FastAPI's request handling
+    app.add_route("/internal/prefill", prefill, methods=["POST"])
+
+    async def prefix_export(request: Request) -> Response:
+        return await handle_prefix_export(app.state.service, request)
+
+    app.add_route("/internal/prefix_export", prefix_export, methods=["POST"])
+
+    add_instance_routes(app, instance)
+    add_kv_event_route(app)
+    return app

@@ -1,0 +1,280 @@
+"""Starting services: one plain function per process, and `prfaas up`'s child-process launcher.
+
+`serve_instance(topology, name)` and `serve_router(topology)` each run one service until it is
+stopped; a subprocess launcher calls them today and a Ray actor can call them later. `Launcher`
+starts a topology's router and instances as child processes of this one (each child dies with its
+parent: PR_SET_PDEATHSIG), waits until the router reports every cluster ready, and stops them all
+on `stop()` (SIGTERM, then SIGKILL after a grace period). `embedded_topology` writes the default
+deployment of `prfaas up`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from prfaas.errors import UserError
+from prfaas.topology import Topology
+
+_PR_SET_PDEATHSIG = 1
+_STOP_GRACE_S = 10.0  # past the services' own drain time, a child still running is killed
+
+
+def serve_instance(topology: Topology, name: str) -> None:
+    """Run instance `name` of the topology (prefill or decode) until SIGINT/SIGTERM."""
+    from prfaas.service.http import serve_app
+
+    instance = topology.instance(name)
+    drain_s = topology.policy.drain_s
+    if topology.is_convertible(instance):
+        from prfaas.instance.pd import build_pd_app
+
+        serve_app(build_pd_app(topology, instance), instance.http, name, drain_s)
+    elif instance.role == "prefill":
+        from prfaas.instance.prefill import build_prefill_app
+
+        serve_app(build_prefill_app(topology, instance), instance.http, name, drain_s)
+    else:
+        from prfaas.instance.decode import build_decode_app
+
+        serve_app(build_decode_app(topology, instance), instance.http, name, drain_s)
+
+
+def serve_router(topology: Topology) -> None:
+    """Run the topology's router until SIGINT/SIGTERM."""
+    from prfaas.router.app import build_router_app
+    from prfaas.service.http import serve_app
+
+    serve_app(build_router_app(topology), topology.router.http, "router", topology.policy.drain_s)
+
+
+_handed_out_ports: set[int] = set()
+_FREE_PORT_TRIES = 256
+
+
+def free_port(host: str = "127.0.0.1", avoid: Collection[int] = ()) -> int:
+    """A port the kernel had free a moment ago (the caller binds it soon after).
+
+    The kernel may hand out a just-released port again, so this never returns a port it
+    returned before in this process, nor one in `avoid` (ports another process picked but
+    has not bound yet, e.g. the router port `prfaas up` was given)."""
+    for _ in range(_FREE_PORT_TRIES):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out_ports and port not in avoid:
+            _handed_out_ports.add(port)
+            return port
+    raise OSError(f"no free port on {host} after {_FREE_PORT_TRIES} tries")
+
+
+@dataclass(frozen=True)
+class EmbeddedOptions:
+    """What `prfaas up` without --config can change about the embedded deployment."""
+
+    model: str = "qwen3_next"
+    router_port: int = 8000
+    threshold_tokens: int = 128
+    engine: str = "torch"
+    failure: str = "recompute"
+    transfer_deadline_s: float = 30.0
+    host: str = "127.0.0.1"
+    api_keys: tuple[str, ...] = ()  # required Bearer keys; empty: open
+    pd_prefill: bool = True  # False: the PD decode instance prefills local requests itself
+    time_scale: float = 1.0  # emulated engines: multiple of the predicted durations slept
+    emulate: str = "paper-1t"  # the model preset emulated engines time and size
+    prefix_block_tokens: int | None = None  # every instance keeps a prefix cache of such blocks
+    prefix_budget_bytes: int = 256 << 20  # bytes per instance's prefix cache
+    decode_kv: str | None = None  # the decode instance's `kv` (default: a free port of host)
+    decode_kv_listen: str | None = None  # where it binds instead (e.g. behind a proxy)
+    receive_pool_bytes: int | None = None  # [transport] receive_pool_bytes (None: the default)
+
+
+def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
+    """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token."""
+    token_file = directory / "transport.token"
+    token_file.write_text(secrets.token_hex(16))
+    token_file.chmod(0o600)
+    host = options.host
+    model = options.model if "/" not in options.model else str(Path(options.model).resolve())
+    instances = [("prfaas", "prfaas-prefill-0", "prefill", "h200")]
+    if options.pd_prefill:
+        instances.append(("pd", "pd-prefill-0", "prefill", "h20"))
+    instances.append(("pd", "pd-decode-0", "decode", "h20"))
+    text = f"""\
+# prfaas up: the embedded deployment (one machine, loopback link)
+[model]
+name = {json.dumps(model)}
+time_scale = {options.time_scale}
+emulate = "{options.emulate}"
+
+[router]
+http = "{host}:{options.router_port}"
+api_keys = {json.dumps(list(options.api_keys))}
+
+[link]
+gbps = 10
+
+[policy]
+threshold = {options.threshold_tokens}
+failure = "{options.failure}"
+transfer_deadline_s = {options.transfer_deadline_s}
+
+[transport]
+token_file = "{token_file}"
+"""
+    if options.receive_pool_bytes is not None:
+        text += f"receive_pool_bytes = {options.receive_pool_bytes}\n"
+    if options.prefix_block_tokens is not None:
+        text += (
+            f"\n[prefix_cache]\nblock_tokens = {options.prefix_block_tokens}\n"
+            f"budget_bytes = {options.prefix_budget_bytes}\n"
+        )
+    for cluster in ("prfaas", "pd"):
+        text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
+        for _, name, role, hardware in (i for i in instances if i[0] == cluster):
+            text += _instance_toml(name, role, hardware, options)
+            if role == "decode":
+                text += _decode_kv_toml(options)
+    path = directory / "topology.toml"
+    path.write_text(text)
+    path.chmod(0o600)  # it may hold API keys
+    return path
+
+
+def _free_address(options: EmbeddedOptions) -> str:
+    """HOST:PORT on a free port of the deployment's host other than the router's."""
+    return f"{options.host}:{free_port(options.host, avoid={options.router_port})}"
+
+
+def _instance_toml(name: str, role: str, hardware: str, options: EmbeddedOptions) -> str:
+    """One `[[clusters.instances]]` entry on a free address (the decode instance's KV address is
+    `_decode_kv_toml`'s)."""
+    return (
+        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
+        f'  http = "{_free_address(options)}"\n  engine = "{options.engine}"\n'
+        f'  hardware = "{hardware}"\n'
+    )
+
+
+def _decode_kv_toml(options: EmbeddedOptions) -> str:
+    """The decode instance's `kv` (a free port unless given) and optional `kv_listen`."""
+    kv = options.decode_kv or _free_address(options)
+    text = f"  kv = {json.dumps(kv)}\n"
+    if options.decode_kv_listen is not None:
+        text += f"  kv_listen = {json.dumps(options.decode_kv_listen)}\n"
+    return text
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the launcher dies, however it dies."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class Launcher:
+    """Child processes for a topology's router and instances.
+
+    `command_prefix` maps a service name ("router" or an instance name) to an argv prefix its
+    command runs under, e.g. `["ip", "netns", "exec", NS]` to start it inside a namespace (the
+    testbed); services without one run as plain children."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        topology: Topology,
+        log_dir: Path | None = None,
+        command_prefix: Mapping[str, Sequence[str]] | None = None,
+    ) -> None:
+        self.config_path = config_path
+        self.topology = topology
+        self.log_dir = log_dir
+        self.command_prefix = {name: list(p) for name, p in (command_prefix or {}).items()}
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self._service_args: dict[str, list[str]] = {}
+
+    def start(self) -> None:
+        for inst in self.topology.instances:
+            self._spawn(inst.name, [inst.role, "--instance", inst.name])
+        self._spawn("router", ["router"])
+
+    def _spawn(self, name: str, args: list[str]) -> None:
+        self._service_args[name] = list(args)
+        prefix = self.command_prefix.get(name, [])
+        cmd = [*prefix, sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
+        out = None
+        if self.log_dir is not None:
+            out = (self.log_dir / f"{name}.log").open("ab")
+        self.procs[name] = subprocess.Popen(
+            cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{self.topology.router.http}"
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the router's /ready answers 200; UserError if a child exits or time runs out."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise UserError(f"{name} exited with status {proc.returncode} while starting")
+            if router_is_ready(self.router_url):
+                return
+            time.sleep(0.25)
+        raise UserError(f"the deployment was not ready within {timeout_s:g} s")
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + self.topology.policy.drain_s + _STOP_GRACE_S
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one child (fault tests)."""
+        proc = self.procs[name]
+        proc.kill()
+        proc.wait()
+
+    def restart(self, name: str) -> None:
+        """Start child `name` again with its original command (fault tests, `up` supervision)."""
+        old = self.procs[name]
+        if old.poll() is None:
+            self.kill(name)
+        self._spawn(name, self._service_args[name])
+
+    def __enter__(self) -> Launcher:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def router_is_ready(url: str) -> bool:
+    """Whether the router at `url` answers 200 on /ready."""
+    try:
+        with urllib.request.urlopen(f"{url}/ready", timeout=2) as reply:
+            return bool(reply.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False

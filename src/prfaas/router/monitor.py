@@ -1,0 +1,204 @@
+"""The router's picture of the deployment: every instance's last `InstanceStats`, whether it
+answers, and the policy views built from them (`ClusterView`s and the inter-cluster `LinkView`).
+
+A poller asks each instance's `/internal/stats` every `poll_s`; an instance is ready after one
+good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
+it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
+requests spreads over instances instead of piling on the one that looked idle at the last poll.
+The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
+polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
+idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
+probing a shaped bottleneck for a moment read as a busy or congested link.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from prfaas.messages import InstanceStats
+from prfaas.policy import ClusterView, InstanceLoad, LinkView
+from prfaas.topology import ClusterConfig, InstanceConfig, Topology
+from prfaas.transport.linkstats import LinkStats, LinkWindow
+
+log = logging.getLogger(__name__)
+_IDLE = LinkWindow(0.0, 0.0)  # a destination polled once: nothing measured between polls yet
+LINK_WINDOW_S = 2.0  # the link's utilization and loss are averaged over this much time
+
+
+@dataclass
+class InstanceState:
+    config: InstanceConfig
+    stats: InstanceStats | None = None
+    is_ready: bool = False
+    num_misses: int = 0
+    pending_tokens: int = 0  # dispatched by this router and not yet finished there
+    pending_requests: int = 0
+    converting_to: str | None = None  # the router is changing its role: route nothing to it
+    # per KV destination: egress and retransmitted share over the last LINK_WINDOW_S, and the
+    # polls' times and link snapshots since the window's start
+    windows: dict[str, LinkWindow] = field(default_factory=dict)
+    past_links: dict[str, deque[tuple[float, LinkStats]]] = field(default_factory=dict)
+
+    def update_egress(self, at_s: float) -> None:
+        """Each destination's window from its newest poll at least `LINK_WINDOW_S` old (the
+        oldest one while fewer seconds have been polled) to this one (`LinkWindow.between`)."""
+        for link in self.links():
+            past = self.past_links.setdefault(link.dest, deque())
+            while len(past) > 1 and past[1][0] <= at_s - LINK_WINDOW_S:
+                past.popleft()
+            window = None if not past else LinkWindow.between(past[0][1], link, at_s - past[0][0])
+            past.append((at_s, link))
+            if window is not None:
+                self.windows[link.dest] = window
+
+    def links(self) -> list[LinkStats]:
+        """The KV destinations its transport reported at the last poll."""
+        return [] if self.stats is None else [LinkStats(**link) for link in self.stats.links]
+
+    @property
+    def role(self) -> str:
+        """The role it serves now: as its stats report it (a convertible PD instance may have
+        changed), the topology's before the first poll."""
+        return self.config.role if self.stats is None else self.stats.role
+
+    @property
+    def takes_work(self) -> bool:
+        """Ready, and neither draining for a role change nor being converted by the router."""
+        draining = self.stats is not None and self.stats.draining_to is not None
+        return self.is_ready and self.converting_to is None and not draining
+
+    def load(self) -> InstanceLoad:
+        s = self.stats
+        polled_tokens = 0 if s is None else s.num_queued_tokens
+        return InstanceLoad(
+            instance_id=self.config.name,
+            num_queued_tokens=max(polled_tokens, self.pending_tokens),
+            num_running_requests=max(
+                0 if s is None else s.num_requests_running + s.num_requests_waiting,
+                self.pending_requests,
+            ),
+            queued_prefill_s=0.0 if s is None else s.queued_prefill_s,
+        )
+
+
+@dataclass
+class ClusterMonitor:
+    """Polls every instance; answers which are ready and what the policy should see."""
+
+    topology: Topology
+    client: aiohttp.ClientSession
+    poll_s: float = 0.25
+    max_misses: int = 3
+    states: dict[str, InstanceState] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.states = {i.name: InstanceState(i) for i in self.topology.instances}
+        # the PrfaaS -> PD link's capacity: the topology's, until an operator reports a change
+        self.link_capacity_bytes_per_s = self.topology.link.bytes_per_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._poll_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.gather(*(self._poll(s) for s in self.states.values()))
+            await asyncio.sleep(self.poll_s)
+
+    async def _poll(self, state: InstanceState) -> None:
+        url = f"http://{state.config.http}/internal/stats"
+        timeout = aiohttp.ClientTimeout(total=max(2.0, 4 * self.poll_s))
+        try:
+            async with self.client.get(url, timeout=timeout) as reply:
+                reply.raise_for_status()
+                state.stats = InstanceStats.from_dict(await reply.json())
+                state.update_egress(time.monotonic())
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            state.num_misses += 1
+            if state.is_ready and state.num_misses >= self.max_misses:
+                state.is_ready = False
+                log.warning("instance %s is down: %s", state.config.name, exc)
+            return
+        if not state.is_ready:
+            log.info("instance %s is ready", state.config.name)
+        state.is_ready, state.num_misses = True, 0
+
+    def mark_down(self, name: str, reason: str) -> None:
+        state = self.states[name]
+        if state.is_ready:
+            log.warning("instance %s is down: %s", name, reason)
+        state.is_ready = False
+
+    # ---- views -----------------------------------------------------------------------------
+    def ready(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:
+        """The instances of `cluster` serving `role` now that can take work, in topology order."""
+        states = (self.states[i.name] for i in cluster.instances)
+        return [s for s in states if s.role == role and s.takes_work]
+
+    def in_role(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:
+        """The instances of `cluster` in `role` (a converting one counts in its new role)."""
+        states = (self.states[i.name] for i in cluster.instances)
+        return [s for s in states if (s.converting_to or s.role) == role]
+
+    def is_ready(self) -> bool:
+        """Every cluster has a ready instance of each role it has (a PD cluster with prefill and
+        decode instances needs one of each; a PrfaaS cluster a prefill instance)."""
+        return all(
+            bool(self.ready(c, role))
+            for c in self.topology.clusters
+            for role in {i.role for i in c.instances}
+        )
+
+    def cluster_view(self, cluster: ClusterConfig | None) -> ClusterView | None:
+        if cluster is None:
+            return None
+        return ClusterView(
+            cluster.name,
+            tuple(s.load() for s in self.ready(cluster, "prefill")),
+            tuple(s.load() for s in self.ready(cluster, "decode")),
+        )
+
+    def link_view(self, prfaas: ClusterConfig | None, pd: ClusterConfig | None) -> LinkView | None:
+        """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it; an
+        idle link of the known capacity while none has sent anything yet (None: no ready PrfaaS
+        instance, so no link to judge)."""
+        if prfaas is None or pd is None:
+            return None
+        dests = {i.kv for i in pd.instances if i.kv is not None}
+        capacity = self.link_capacity_bytes_per_s
+        senders = self.ready(prfaas, "prefill")
+        views = [
+            link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
+            for state in senders
+            for link in state.links()
+            if link.dest in dests
+        ]
+        if senders and not views:
+            return LinkView(capacity, utilization=0.0, backlog_bytes=0.0)
+        return combine_link_views(views, capacity)
+
+
+def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:
+    """Several senders share one link: backlogs and rates add up, RTT and loss take the worst."""
+    if not views:
+        return None
+    return LinkView(
+        bandwidth_bytes_per_s=capacity_bytes_per_s,
+        utilization=min(1.0, sum(v.utilization for v in views)),
+        backlog_bytes=sum(v.backlog_bytes for v in views),
+        rtt_s=max(v.rtt_s for v in views),
+        retransmit_rate=max(v.retransmit_rate for v in views),
+    )

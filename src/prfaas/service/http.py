@@ -1,0 +1,178 @@
+"""HTTP plumbing every service shares: running an app under uvicorn (with the request limits of
+`prfaas.service.limits`: bounded request heads, head and body timeouts; the app is marked as
+draining the moment a SIGTERM/SIGINT arrives), OpenAI-style JSON errors, the routes and body
+limit every instance has (`/health`, `/ready`, `/metrics`, `/internal/stats`), the `/metrics`
+response, and the transport settings taken from the topology."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import ssl
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from prfaas.errors import UserError
+from prfaas.service.limits import INSTANCE_MAX_BODY_BYTES, BodySizeLimit, BoundedHttpToolsProtocol
+from prfaas.topology import InstanceConfig, Topology
+from prfaas.transport.channel import check_congestion_control
+from prfaas.transport.config import TransportConfig
+from prfaas.transport.sender import parse_address
+
+TOKEN_ENV = "PRFAAS_TRANSPORT_TOKEN"  # overrides / supplies the transport token (kept out of argv)
+FIRST_TOKEN_HEADER = "x-prfaas-first-token-s"  # non-streamed decode answer: first token ready at
+
+
+def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
+    """The OpenAI error body: {"error": {"message", "type", "code"}}."""
+    body = {"error": {"message": message, "type": kind, "code": code or kind, "param": None}}
+    return JSONResponse(body, status_code=status)
+
+
+def metrics_response(registry: CollectorRegistry) -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
+    """`/internal/stats`, `/health`, `/ready` and `/metrics` of an instance whose service (on
+    `app.state.service`) has `stats()` and a Prometheus `registry`; and the instance's body
+    limit (`INSTANCE_MAX_BODY_BYTES`, with the body timeouts), outermost: it bounds every
+    request, with or without the token."""
+    app.add_middleware(BodySizeLimit, max_body_bytes=INSTANCE_MAX_BODY_BYTES)
+
+    @app.get("/internal/stats")
+    async def stats() -> JSONResponse:
+        return JSONResponse(app.state.service.stats().to_dict())
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        role = getattr(getattr(app.state, "service", None), "role", instance.role)
+        body = {"status": "ok", "instance": instance.name, "role": role}
+        return JSONResponse(body)
+
+    @app.get("/ready")
+    async def ready() -> JSONResponse:
+        reason = not_ready_reason(app)
+        body = {"ready": reason is None, "instance": instance.name, "reason": reason}
+        return JSONResponse(body, status_code=200 if reason is None else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return metrics_response(app.state.service.registry)
+
+
+def not_ready_reason(app: Any) -> str | None:
+    """Why the instance takes no new work now (None: it does): it is draining after a signal,
+    its service (engine, KV receiver) is not up yet, or the service says it is not ready."""
+    state = app.state
+    if getattr(state, "draining", False):
+        return "draining"
+    service = getattr(state, "service", None)
+    if service is None:
+        return "starting: the engine is loading"
+    if not getattr(service, "is_ready", True):
+        return "starting: the KV receiver is not listening yet"
+    return None
+
+
+def mark_draining(app: Any) -> None:
+    """From now on `/ready` answers 503 "draining" (the process got SIGTERM or SIGINT)."""
+    state = getattr(app, "state", None)
+    if state is not None:
+        state.draining = True
+
+
+def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:
+    """The KV transport's settings: the topology's security section, or the token from the
+    environment (how `prfaas up` hands a generated token to its children)."""
+    sec = topology.transport
+    token = os.environ.get(TOKEN_ENV) or sec.token
+    if token is None and sec.tls_cert is None:
+        raise UserError(f"transport: set token, token_file or TLS files (or ${TOKEN_ENV})")
+    if sec.tls_cert is not None:
+        _check_tls_files(sec.tls_cert, sec.tls_key, sec.tls_ca)
+    return TransportConfig(
+        num_connections=sec.num_connections,
+        token=token,
+        tls_cert=sec.tls_cert,
+        tls_key=sec.tls_key,
+        tls_ca=sec.tls_ca,
+        deadline_s=deadline_s or topology.policy.transfer_deadline_s,
+        max_buffer_bytes=sec.receive_pool_bytes,
+        congestion_control=_usable_congestion_control(sec.congestion_control),
+    )
+
+
+def _usable_congestion_control(name: str | None) -> str | None:
+    """`name`, once a socket here accepted it (UserError with the available ones if not)."""
+    if name is not None:
+        try:
+            check_congestion_control(name)
+        except ValueError as exc:
+            raise UserError(f"transport.congestion_control: {exc}") from None
+    return name
+
+
+def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:
+    """UserError unless the certificate, key and CA load as both sides' TLS contexts."""
+    from prfaas.transport.channel import client_tls_context, server_tls_context
+
+    if key is None or ca is None:
+        raise UserError("transport: TLS needs tls_cert, tls_key and tls_ca")
+    try:
+        client_tls_context(cert, key, ca)
+        server_tls_context(cert, key, ca)
+    except (ssl.SSLError, OSError) as exc:
+        reason = getattr(exc, "reason", None) or exc.strerror or str(exc)
+        raise UserError(f"transport: cannot load TLS files {cert}, {key}, {ca}: {reason}") from None
+
+
+def serve_app(app: Any, address: str, name: str, drain_s: float = 30.0) -> None:
+    """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both). On the signal it
+    stops accepting connections, lets the requests in flight finish for up to `drain_s`, then
+    cancels what is left and exits."""
+    host, port = parse_address(address)
+    configure_logging(name)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=max(1, math.ceil(drain_s)),
+        http=BoundedHttpToolsProtocol,  # request head <= 64 KiB and within 10 s (limits.py)
+    )
+    server = DrainingServer(config, app)
+    try:
+        server.run()
+    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
+        raise UserError(f"{name}: cannot serve on {address} (address in use?)") from exc
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that marks the app as draining the moment SIGTERM/SIGINT arrives, so
+    that `/ready` answers 503 on connections still open while the requests in flight finish."""
+
+    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+        super().__init__(config)
+        self._app = app
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        mark_draining(self._app)
+        super().handle_exit(sig, frame)
+
+
+def configure_logging(name: str) -> None:
+    """One line per event on stderr, prefixed with the process's role."""
+    level = os.environ.get("PRFAAS_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("httpx", "httpcore", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

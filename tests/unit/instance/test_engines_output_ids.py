@@ -1,0 +1,60 @@
+"""The ids an emulated engine generates: the served tokenizer's printable, non-special tokens."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+from prfaas.instance.engines import printable_token_ids
+from prfaas.service.text import load_codec
+from prfaas.topology import parse_topology
+
+_TOPOLOGY = """
+[model]
+name = "{name}"
+emulate = "paper-1t"
+[policy]
+deployment = "homogeneous"
+[transport]
+token = "output-ids-test-token-0123456789"
+[[clusters]]
+name = "pd"
+kind = "pd"
+  [[clusters.instances]]
+  name = "p0"
+  role = "prefill"
+  http = "127.0.0.1:1"
+  engine = "emulated"
+  hardware = "h20"
+  num_gpus = 8
+  [[clusters.instances]]
+  name = "d0"
+  role = "decode"
+  http = "127.0.0.1:2"
+  kv = "127.0.0.1:3"
+  engine = "emulated"
+  hardware = "h20"
+  num_gpus = 8
+"""
+
+
+def _topology(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
+    return parse_topology(tomllib.loads(_TOPOLOGY.format(name=name)), tmp_path, source="test")
+
+
+def test_the_byte_tokenizer_gives_printable_ascii_without_special_tokens(tmp_path: Path) -> None:
+    topology = _topology("qwen3_next", tmp_path)
+    ids = printable_token_ids(topology)
+    codec = load_codec(topology.model)
+    text = codec.decode(list(ids))
+    assert len(ids) == 94  # "!" .. "~"
+    assert text.isprintable() and " " not in text and "\ufffd" not in text
+    special = {codec.tokenizer.bos_token_id, codec.tokenizer.eos_token_id}
+    assert special.isdisjoint(ids)
+
+
+def test_a_tokenizer_that_cannot_be_loaded_leaves_the_whole_vocabulary(tmp_path: Path) -> None:
+    checkpoint = tmp_path / "weights-only"  # a config.json, no tokenizer files
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text('{"model_type": "llama", "vocab_size": 300}')
+    assert printable_token_ids(_topology(str(checkpoint), tmp_path)) == ()

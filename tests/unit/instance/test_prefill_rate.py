@@ -1,0 +1,39 @@
+"""`PrefillRate`: what a prefill instance reports as the seconds its queued tokens will take."""
+
+from __future__ import annotations
+
+import pytest
+
+from prfaas.engine.emulated import make_emulated_engine
+from prfaas.errors import UserError
+from prfaas.instance.engines import PrefillRate
+
+MODEL = "gpt-oss-120b"
+
+
+def _engine(time_scale: float, slept: list[float]) -> object:
+    return make_emulated_engine(MODEL, "h200", 8, sleep=slept.append, time_scale=time_scale)
+
+
+@pytest.mark.parametrize("time_scale", [1.0, 0.1, 0.0])
+def test_an_emulated_instance_expects_what_its_engine_sleeps(time_scale: float) -> None:
+    """The expected seconds follow the engine's time scale, so queue delays and the link's
+    backlog (on a link scaled the same way) are compared in the same units."""
+    slept: list[float] = []
+    engine = _engine(time_scale, slept)
+    unscaled = PrefillRate(_engine(1.0, [])).expected_s(4096)
+    assert unscaled > 0
+    assert PrefillRate(engine).expected_s(4096) == pytest.approx(unscaled * time_scale)
+
+
+def test_a_real_engine_learns_its_rate_from_measured_prefills() -> None:
+    rate = PrefillRate(object())
+    before = rate.expected_s(1000)
+    for _ in range(20):
+        rate.observe(1000, 0.1)  # 10k tokens/s measured
+    assert rate.expected_s(1000) < before and rate.expected_s(1000) == pytest.approx(0.1, rel=0.05)
+
+
+def test_a_negative_time_scale_is_refused() -> None:
+    with pytest.raises(UserError, match="time_scale"):
+        _engine(-1.0, [])

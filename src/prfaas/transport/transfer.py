@@ -1,7 +1,8 @@
 """One transfer on its way to one destination: queueing layers, END rounds, NACK resends, deadline.
 
-`KVTransfer` decides what to send and when the transfer is settled; its `Destination` (in
-destination.py) owns the connections that carry the frames.
+`KVTransfer` decides what to send and when the transfer is settled; its destination owns the
+connections that carry the frames. The transfer sees the destination only as a `TransferLink`
+(what `Destination` in destination.py offers it), so this module does not import that one.
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prfaas.messages import KVManifest, LayerEntry, TransferAck
+from prfaas.transport.config import TransportConfig
 from prfaas.transport.ranges import PayloadSlice, plan_slices, slices_for_ranges
-
-if TYPE_CHECKING:
-    from prfaas.transport.destination import Destination
 
 log = logging.getLogger(__name__)
 RECONNECT_BACKOFF_S = 0.05
@@ -48,11 +47,27 @@ def drop_conn_lost(replies: asyncio.Queue[Reply]) -> None:
         replies.put_nowait(r)
 
 
+class TransferLink(Protocol):
+    """What a transfer needs of its destination: the settings, the open transfers by tag, a
+    frame queue, END and CANCEL to the receiver, and the record of a settled transfer."""
+
+    config: TransportConfig
+    transfers: dict[int, KVTransfer]
+
+    async def enqueue(self, t: KVTransfer, slices: Sequence[PayloadSlice]) -> None: ...
+
+    async def send_end(self, t: KVTransfer, manifest: KVManifest, epoch: int) -> None: ...
+
+    async def send_cancel(self, t: KVTransfer) -> None: ...
+
+    def record(self, t: KVTransfer, ack: TransferAck, num_bytes: int) -> None: ...
+
+
 class KVTransfer:
     """One request's state on its way to one destination. Made by `KVSender.begin`."""
 
     def __init__(
-        self, dest: Destination, tag: int, transfer_id: str, req_id: str, deadline_s: float
+        self, dest: TransferLink, tag: int, transfer_id: str, req_id: str, deadline_s: float
     ) -> None:
         self._dest, self.tag = dest, tag
         self.transfer_id, self.req_id = transfer_id, req_id

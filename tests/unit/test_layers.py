@@ -13,7 +13,6 @@ import pytest
 
 PURE_MODULES = [
     "prfaas.types",
-    "prfaas.config",
     "prfaas.errors",
     "prfaas.messages",
     "prfaas.models",

@@ -1,6 +1,9 @@
 """Benchmarks of the live system and of its transport.
 
-    loadgen.py        `prfaas bench system`'s seeded open-loop schedule and its I/O runner
+    schedule.py       `prfaas bench system`'s seeded open-loop schedule (pure)
+    loadgen.py        the runner that replays a schedule against a router (streamed requests,
+                      egress sampling, timed actions)
+    outcome.py        one request's result, read from its event stream (sans I/O)
     system.py         which deployment a system benchmark serves, and the run itself
     report.py         the live numbers against the simulator and the planner
     testbed_link.py   a running testbed's link: its egress counter, link drops replayed

@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from prfaas.bench.loadgen import RequestResult, RunOutcome
+from prfaas.bench.outcome import RequestResult, RunOutcome
 from prfaas.errors import UserError
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.metrics import percentile

@@ -21,16 +21,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from prfaas.bench.loadgen import (
-    RequestResult,
-    Target,
-    Workload,
-    build_schedule,
-    probe_router,
-    run_schedule,
-    warmup_schedule,
-)
+from prfaas.bench.loadgen import Target, probe_router, run_schedule
+from prfaas.bench.outcome import RequestResult
 from prfaas.bench.report import compare, meets_slo, sim_meets_slo, summarize_live
+from prfaas.bench.schedule import Workload, build_schedule, warmup_schedule
 from prfaas.bench.testbed_link import BenchTestbed, LinkDrop
 from prfaas.errors import UserError
 from prfaas.topology import Topology, load_topology

@@ -8,9 +8,15 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from prfaas.cli._args import bounded_int, float_in, positive_float
+from prfaas.cli._args import bounded_int, float_in
+from prfaas.cli._bench_workload import (
+    add_workload_flags,
+    burst_record,
+    describe_workload,
+    workload_of,
+)
 from prfaas.cli._output import (
     add_json_flag,
     check_writable_dir,
@@ -20,6 +26,10 @@ from prfaas.cli._output import (
 )
 from prfaas.errors import UserError
 
+if TYPE_CHECKING:
+    from prfaas.bench.system import RunSpec, Served
+    from prfaas.bench.testbed_link import BenchTestbed
+
 MAX_RATE_RPS = 10_000.0
 MAX_SWEEP_STEPS = 20
 MAX_TIMEOUT_S = 3600.0
@@ -27,7 +37,7 @@ MAX_TIMEOUT_S = 3600.0
 
 def register_system(kinds: Any) -> None:
     """Add `system` to `prfaas bench`'s kinds."""
-    from prfaas.bench.loadgen import MAX_DURATION_S, MAX_REQUESTS
+    from prfaas.bench.schedule import MAX_DURATION_S, MAX_REQUESTS
 
     s = kinds.add_parser(
         "system",
@@ -91,24 +101,14 @@ def register_system(kinds: Any) -> None:
         default=100,
         help="requests per rate (100)",
     )
-    run.add_argument(
-        "--max-duration-s",
-        type=float_in(0, MAX_DURATION_S, low_open=True),
-        default=600.0,
-        help="no arrival later than this per rate (600)",
-    )
-    run.add_argument(
-        "--request-timeout-s",
-        type=float_in(0, MAX_TIMEOUT_S, low_open=True),
-        default=600.0,
-        help="one request's limit (600)",
-    )
-    run.add_argument(
-        "--sample-s",
-        type=float_in(0.05, 60),
-        default=1.0,
-        help="egress scrape period (1)",
-    )
+    for flag, convert, default, what in (
+        ("--max-duration-s", float_in(0, MAX_DURATION_S, low_open=True), 600.0,
+         "no arrival later than this per rate (600)"),
+        ("--request-timeout-s", float_in(0, MAX_TIMEOUT_S, low_open=True), 600.0,
+         "one request's limit (600)"),
+        ("--sample-s", float_in(0.05, 60), 1.0, "egress scrape period (1)"),
+    ):  # fmt: skip
+        run.add_argument(flag, type=convert, default=default, help=what)
     run.add_argument("--seed", type=bounded_int(0, 2**63 - 1), default=0)
     run.add_argument(
         "--ready-timeout-s",
@@ -123,35 +123,11 @@ def register_system(kinds: Any) -> None:
         help="unmeasured rounds of one short and one offloaded request before the runs (2)",
     )
     run.add_argument("--log-dir", help="keep the started services' logs here")
-    _add_workload_flags(s)
+    add_workload_flags(s)
     s.add_argument("--output", metavar="FILE", help="write the JSON results here")
     s.add_argument("--plot", metavar="DIR", help="write PNG plots here (needs matplotlib)")
     add_json_flag(s)
     s.set_defaults(handler=_run_system)
-
-
-def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
-    from prfaas.casestudy import PAPER_CASE_STUDY as case
-    from prfaas.cli._args import MAX_LENGTH_TOKENS, finite_float, token_count
-
-    g = parser.add_argument_group("workload (default: the paper's case-study lengths)")
-    g.add_argument("--trace", help="Mooncake .jsonl or Azure .csv: its lengths and timing")
-    g.add_argument("--mu", type=finite_float, default=case.length_mu, help="log-normal mu")
-    g.add_argument("--sigma", type=positive_float, default=case.length_sigma, help="sigma")
-    g.add_argument("--min-tokens", type=token_count, default=case.min_tokens, help="lower bound")
-    g.add_argument("--max-tokens", type=token_count, default=case.max_tokens, help="upper bound")
-    g.add_argument(
-        "--output-tokens",
-        type=bounded_int(1, MAX_LENGTH_TOKENS),
-        default=round(case.output_tokens),
-        help=f"output tokens per request ({round(case.output_tokens)}; a trace has its own)",
-    )
-    g.add_argument(
-        "--burst",
-        metavar="AT_S:DURATION_S:RATE:TOKENS",
-        help="on top of the workload, RATE requests/s of TOKENS-token prompts from AT_S for "
-        "DURATION_S (Poisson)",
-    )
 
 
 def _rates(args: argparse.Namespace) -> tuple[list[float | None], bool]:
@@ -178,36 +154,7 @@ def _rates(args: argparse.Namespace) -> tuple[list[float | None], bool]:
     return [args.rate], False
 
 
-def _workload(args: argparse.Namespace) -> Any:
-    from prfaas.bench.loadgen import Workload
-    from prfaas.workload import TruncatedLogNormal, load_trace
-
-    burst = None if args.burst is None else _burst(args.burst)
-    if args.trace is not None:
-        trace = tuple(load_trace(args.trace))
-        return Workload(trace=trace, output_tokens=args.output_tokens, burst=burst)
-    if not args.min_tokens <= args.max_tokens:
-        raise UserError(f"--min-tokens {args.min_tokens:g} > --max-tokens {args.max_tokens:g}")
-    lengths = TruncatedLogNormal(args.mu, args.sigma, args.min_tokens, args.max_tokens)
-    return Workload(lengths=lengths, output_tokens=args.output_tokens, burst=burst)
-
-
-def _burst(text: str) -> Any:
-    """`AT_S:DURATION_S:RATE:TOKENS` -> a `Burst`; UserError on anything else."""
-    from prfaas.bench.loadgen import Burst
-
-    parts = text.split(":")
-    try:
-        at_s, duration_s, rate = (float(p) for p in parts[:3])
-        (num_tokens,) = (int(p) for p in parts[3:])
-    except ValueError:
-        raise UserError(
-            f"--burst must be AT_S:DURATION_S:RATE:TOKENS (TOKENS an integer), got {text!r}"
-        ) from None
-    return Burst(at_s, duration_s, rate, num_tokens)
-
-
-def _testbed(args: argparse.Namespace) -> Any:
+def _testbed(args: argparse.Namespace) -> BenchTestbed | None:
     """The testbed to drive (None without --testbed); re-runs this command inside its client
     namespace when not there yet (the process is replaced)."""
     import sys
@@ -254,7 +201,7 @@ def _run_system(args: argparse.Namespace) -> int:
     if args.log_dir is not None:
         prepare_output_dir(args.log_dir, "--log-dir")
     spec = RunSpec(
-        _workload(args),
+        workload_of(args),
         args.num_requests,
         args.max_duration_s,
         args.seed,
@@ -279,10 +226,10 @@ def _check_plot(directory: str) -> None:
 def _system_result(
     args: argparse.Namespace,
     config: Path,
-    spec: Any,
+    spec: RunSpec,
     rates: list[float | None],
     is_sweep: bool,
-    testbed: Any,
+    testbed: BenchTestbed | None,
 ) -> dict[str, Any]:
     from prfaas.bench.system import (
         DEPLOYMENT_KINDS,
@@ -303,7 +250,7 @@ def _system_result(
     runs: list[dict[str, Any]] = []
     best: dict[str, float | None] = {}
     warmups: dict[str, Any] = {}
-    first: Any = None
+    first: Served | None = None
     for kind in kinds:
         with served(
             config, args.url, kind, args.api_key, args.ready_timeout_s, log_dir, testbed
@@ -311,7 +258,7 @@ def _system_result(
             first = first or svc
             warmups[svc.topology.policy.deployment] = warm_up(svc, spec)
 
-            def run_at(rate: float | None, svc: Any = svc) -> dict[str, Any]:
+            def run_at(rate: float | None, svc: Served = svc) -> dict[str, Any]:
                 with _progress(args, svc.topology.policy.deployment, rate) as bar:
                     return run_once(
                         svc, spec, rate, lambda _r: bar.update(1), lambda n: bar.reset(n)
@@ -320,6 +267,7 @@ def _system_result(
             done, top = run_rates(run_at, rates, args.ttft_slo_s if is_sweep else None)
             runs += done
             best[svc.topology.policy.deployment] = top
+    assert first is not None  # kinds is never empty
     return _header(args, config, first, spec, is_sweep) | {
         "warmup": warmups,
         "runs": runs,
@@ -337,23 +285,12 @@ def _progress(args: argparse.Namespace, kind: str, rate: float | None) -> Any:
 
 
 def _header(
-    args: argparse.Namespace, config: Path, svc: Any, spec: Any, is_sweep: bool
+    args: argparse.Namespace, config: Path, svc: Served, spec: RunSpec, is_sweep: bool
 ) -> dict[str, Any]:
     import platform
 
     topology = svc.topology
     workload = spec.workload
-    if workload.trace is not None:
-        described: dict[str, Any] = {"trace": args.trace, "num_trace_requests": len(workload.trace)}
-    else:
-        described = {
-            "lengths": "truncated log-normal",
-            "mu": args.mu,
-            "sigma": args.sigma,
-            "min_tokens": args.min_tokens,
-            "max_tokens": args.max_tokens,
-            "output_tokens": workload.output_tokens,
-        }
     return {
         "config": str(config.resolve()),
         "testbed": None if svc.testbed is None else svc.testbed.name,
@@ -361,7 +298,7 @@ def _header(
         "deployment": topology.policy.deployment,
         "controller": topology.controller.enabled,
         "link_drop": None if spec.link_drop is None else vars(spec.link_drop),
-        "burst": None if workload.burst is None else _burst_dict(workload.burst),
+        "burst": burst_record(workload.burst),
         "url": svc.url,
         "self_started": svc.self_started,
         "model": svc.model,
@@ -370,18 +307,13 @@ def _header(
         "engines": sorted({i.engine for i in topology.instances}),
         "threshold_tokens": topology.policy.threshold_tokens,
         "link_gbps": topology.link.gbps,
-        "workload": described,
+        "workload": describe_workload(args, workload),
         "num_requests": spec.num_requests,
         "max_duration_s": spec.max_duration_s,
         "seed": spec.seed,
         **({"ttft_slo_s": args.ttft_slo_s} if is_sweep else {}),
         "machine": {"cores": os.cpu_count(), "python": platform.python_version()},
     }
-
-
-def _burst_dict(burst: Any) -> dict[str, Any]:
-    keys = ("at_s", "duration_s", "rate_per_s", "num_tokens")
-    return {k: getattr(burst, k) for k in keys}
 
 
 def _emit_system(args: argparse.Namespace, result: dict[str, Any]) -> None:

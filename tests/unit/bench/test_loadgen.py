@@ -12,21 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prfaas.bench.loadgen import (
+from prfaas.bench.loadgen import counter_total
+from prfaas.bench.outcome import RequestResult, RunOutcome, StreamReader
+from prfaas.bench.report import distribution, egress_series, meets_slo, summarize_live
+from prfaas.bench.schedule import (
     PROMPT_TOKEN_IDS,
     TRACE_BLOCK_TOKENS,
-    RequestResult,
-    RunOutcome,
-    StreamReader,
     Workload,
     arrival_times_s,
     build_schedule,
-    counter_total,
     synthetic_prompt,
     trace_times_s,
     warmup_schedule,
 )
-from prfaas.bench.report import distribution, egress_series, meets_slo, summarize_live
 from prfaas.bench.system import deployment_variant_text, run_rates, sweep_rates
 from prfaas.cli import main
 from prfaas.errors import UserError

@@ -10,16 +10,8 @@ from collections.abc import Callable
 
 import pytest
 
-from prfaas.bench.loadgen import (
-    MAX_REQUESTS,
-    Burst,
-    PlannedRequest,
-    Target,
-    TimedAction,
-    Workload,
-    build_schedule,
-    run_schedule,
-)
+from prfaas.bench.loadgen import Target, TimedAction, run_schedule
+from prfaas.bench.schedule import MAX_REQUESTS, Burst, PlannedRequest, Workload, build_schedule
 from prfaas.errors import UserError
 from prfaas.workload import TruncatedLogNormal
 

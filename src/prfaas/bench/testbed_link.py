@@ -108,7 +108,8 @@ class BenchTestbed:
 def open_testbed(name: str, state_root: Path) -> BenchTestbed:
     """The running testbed `name`; UserError in one line when there is none."""
     from prfaas.testbed.layout import TestbedLayout
-    from prfaas.testbed.run import read_state, require_netns, run_dir_of
+    from prfaas.testbed.network import require_netns
+    from prfaas.testbed.state import read_state, run_dir_of
     from prfaas.topology import load_topology
 
     require_netns()
@@ -130,7 +131,7 @@ def open_testbed(name: str, state_root: Path) -> BenchTestbed:
 
 
 def topology_path(testbed: BenchTestbed) -> Path:
-    from prfaas.testbed.run import run_dir_of
+    from prfaas.testbed.state import run_dir_of
 
     return run_dir_of(testbed.state_root, testbed.name) / "topology.toml"
 

@@ -91,7 +91,7 @@ def test_up_flags_choose_the_deployment_and_the_controller() -> None:
 
 def test_a_router_that_cannot_be_told_is_reported_not_raised() -> None:
     """`link --gbps` reports a router that does not answer (nothing listens on port 1)."""
-    from prfaas.testbed.run import post_link
+    from prfaas.testbed.network import post_link
 
     told = post_link("http://127.0.0.1:1/internal/control/link", "token", 1.0)
     assert told["router_informed"] is False and told["router_link_bytes_per_s"] is None

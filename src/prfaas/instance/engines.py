@@ -13,7 +13,6 @@ import logging
 import os
 from typing import Any
 
-from prfaas.prefix_cache.config import PrefixCacheConfig
 from prfaas.topology import InstanceConfig, Topology
 
 log = logging.getLogger(__name__)
@@ -26,7 +25,7 @@ _INITIAL_TOKENS_PER_S = 2000.0  # until the first prefill has been measured
 def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
     """The engine `instance` runs: emulated (cost model + real-size payloads) or torch."""
     model = topology.model
-    prefix_cache = _prefix_cache_config(topology)
+    prefix_cache = topology.prefix_cache
     if instance.engine == "emulated":
         from prfaas.engine.emulated import make_emulated_engine
         from prfaas.topology.derived import prefill_latency_curve
@@ -87,13 +86,6 @@ def printable_token_ids(topology: Topology) -> tuple[int, ...]:
         if token_id not in special and readable:
             out.append(token_id)
     return tuple(out)
-
-
-def _prefix_cache_config(topology: Topology) -> PrefixCacheConfig | None:
-    settings = topology.prefix_cache
-    if not settings.enabled:
-        return None
-    return PrefixCacheConfig(settings.block_tokens, settings.budget_bytes)
 
 
 def _quiet_transformers() -> None:

@@ -50,13 +50,13 @@ class RouterPrefixIndex:
 
     def __init__(
         self,
-        config: PrefixCacheConfig,
+        config: PrefixCacheConfig | None,
         instances: Sequence[InstanceConfig],
         client: aiohttp.ClientSession,
         poll_s: float = 0.25,
     ) -> None:
-        self.config = config
-        self.block_tokens = config.block_tokens
+        self.config = config  # None: the instances keep no prefix cache
+        self.block_tokens = 0 if config is None else config.block_tokens
         self.instances = tuple(instances)
         self.client = client
         self.poll_s = poll_s
@@ -66,7 +66,7 @@ class RouterPrefixIndex:
 
     @property
     def enabled(self) -> bool:
-        return self.config.enabled
+        return self.config is not None
 
     # ---- lookups ---------------------------------------------------------------------------
     def hashes(self, prompt_token_ids: Sequence[int]) -> list[int]:

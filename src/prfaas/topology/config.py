@@ -79,12 +79,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prfaas.policy.controller import ControllerConfig
+from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
 
 DTYPES = ("fp32", "bf16")
 ENGINES = ("torch", "emulated")
 ROLES = ("prefill", "decode")
 CLUSTER_KINDS = ("prfaas", "pd")
 FAILURE_POLICIES = ("recompute", "fail")
+# `[prefix_cache]` keys a file leaves out
+DEFAULT_PREFIX_BLOCK_TOKENS = 64  # tokens per block; fixed-size states checkpointed at multiples
+DEFAULT_PREFIX_BUDGET_BYTES = 256 << 20  # cached KV + state per instance, evicted LRU beyond it
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,15 +183,6 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True, slots=True)
-class PrefixCacheConfig:
-    """The instances' hybrid prefix cache (off unless the file has a `[prefix_cache]` table)."""
-
-    enabled: bool = False
-    block_tokens: int = 64  # tokens per block; fixed-size states are checkpointed at multiples
-    budget_bytes: int = 256 << 20  # cached KV + state per instance, evicted LRU beyond it
-
-
-@dataclass(frozen=True, slots=True)
 class ControllerSettings:
     """The router's long-timescale loop (off unless the file has a `[controller]` table).
 
@@ -218,7 +213,7 @@ class Topology:
     router: RouterConfig = field(default_factory=RouterConfig)
     link: LinkConfig = field(default_factory=LinkConfig)
     transport: SecurityConfig = field(default_factory=SecurityConfig)
-    prefix_cache: PrefixCacheConfig = field(default_factory=PrefixCacheConfig)
+    prefix_cache: PrefixCacheConfig | None = None  # None: no `[prefix_cache]`, nothing cached
     controller: ControllerSettings = field(default_factory=ControllerSettings)
 
     @property

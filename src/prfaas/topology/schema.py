@@ -18,6 +18,8 @@ from prfaas.files import read_text_file
 from prfaas.policy.controller import ControllerConfig
 from prfaas.topology.config import (
     CLUSTER_KINDS,
+    DEFAULT_PREFIX_BLOCK_TOKENS,
+    DEFAULT_PREFIX_BUDGET_BYTES,
     DTYPES,
     ENGINES,
     FAILURE_POLICIES,
@@ -98,7 +100,6 @@ _ROUTER = RouterConfig()
 _LINK = LinkConfig()
 _POLICY = PolicyConfig(threshold_tokens=0.0)
 _SECURITY = SecurityConfig()
-_PREFIX_CACHE = PrefixCacheConfig()
 _INSTANCE = InstanceConfig(name="", cluster="", role="", http="")
 
 
@@ -357,13 +358,12 @@ def _congestion_control(table: Table) -> str | None:
     return name
 
 
-def _prefix_cache(table: Table | None) -> PrefixCacheConfig:
+def _prefix_cache(table: Table | None) -> PrefixCacheConfig | None:
     if table is None:
-        return PrefixCacheConfig()
+        return None
     return PrefixCacheConfig(
-        enabled=True,
-        block_tokens=table.integer("block_tokens", _PREFIX_CACHE.block_tokens, 1),
-        budget_bytes=table.integer("budget_bytes", _PREFIX_CACHE.budget_bytes, 0),
+        block_tokens=table.integer("block_tokens", DEFAULT_PREFIX_BLOCK_TOKENS, 1),
+        budget_bytes=table.integer("budget_bytes", DEFAULT_PREFIX_BUDGET_BYTES, 0),
     )
 
 
@@ -498,7 +498,7 @@ class Sections:
     policy: PolicyConfig
     is_auto: bool  # threshold = "auto", resolved after the cross-checks
     transport: SecurityConfig
-    prefix_cache: PrefixCacheConfig
+    prefix_cache: PrefixCacheConfig | None
     controller: ControllerSettings
     clusters: tuple[ClusterConfig, ...]
 

@@ -20,7 +20,7 @@ from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig
 from prfaas.sim.cost import FixedDecodeStep
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.presets import CurveLatency, FootprintSize
-from prfaas.topology.config import Topology
+from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, Topology
 from prfaas.topology.derived import (
     model_link_gbps,
     num_prfaas_prefill,
@@ -59,12 +59,18 @@ def sim_config_of(
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
         num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
         bandwidth=tuple(bandwidth or (BandwidthStep(0.0, model_link_gbps(topology)),)),
-        block_tokens=topology.prefix_cache.block_tokens,
+        block_tokens=_block_tokens(topology),
         prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
         record_decisions=True,
         controller=controller.config if controller.enabled else None,
         route_hysteresis=controller.enabled,
     )
+
+
+def _block_tokens(topology: Topology) -> int:
+    """The prefix cache's block, or the default one when the instances keep no cache."""
+    cache = topology.prefix_cache
+    return DEFAULT_PREFIX_BLOCK_TOKENS if cache is None else cache.block_tokens
 
 
 def _prefill_spec(cluster: ClusterSpec, num_instances: int | None = None) -> PrefillClusterSpec:

@@ -12,6 +12,12 @@ ARG PIP_EXTRA_INDEX_URL
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
+# iproute2 (ip, tc) and openssl: what the network-namespace and mutual-TLS tests drive, so the
+# test suite runs whole in the image (.ci/run installs the same packages where they are missing)
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends iproute2 openssl \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/prfaas
 COPY pyproject.toml requirements.lock README.md ./
 COPY src ./src

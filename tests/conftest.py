@@ -1,25 +1,41 @@
-"""Shared test fixtures: where the read-only shared data lives (../shared beside the repo)."""
+"""Shared test fixtures: the data files the tests read (`tests/data`, shipped with the repository),
+and the CI skip policy (`skip_policy`: with $PRFAAS_CI_STRICT_SKIPS set, an unlisted skip fails)."""
 
 from __future__ import annotations
 
-import os
+import lzma
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from skip_policy import register_strict_skips
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_DATA_DIR = REPO_ROOT / "tests" / "data"  # provenance and licenses: tests/data/README.md
 
 
-def shared_data_dir() -> Path | None:
-    """`../shared/data` beside the repo (or $PRFAAS_SHARED_DATA); None when absent."""
-    env = os.environ.get("PRFAAS_SHARED_DATA")
-    path = Path(env) if env else REPO_ROOT.parent / "shared" / "data"
-    return path if path.is_dir() else None
+def pytest_configure(config: pytest.Config) -> None:
+    register_strict_skips(config)
 
 
 @pytest.fixture(scope="session")
-def shared_data() -> Path:
-    path = shared_data_dir()
-    if path is None:
-        pytest.skip("../shared/data is not present beside the repository")
-    return path
+def repo_data() -> Path:
+    """`tests/data`: small copies of the shared model configs' facts and of two real traces."""
+    return TEST_DATA_DIR
+
+
+@pytest.fixture(scope="session")
+def real_trace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """The path of a real trace (`mooncake_conversation_trace.jsonl`, ...), decompressed once per
+    session from its `.xz` copy in `tests/data/traces`."""
+    folder = tmp_path_factory.mktemp("traces")
+
+    def path_of(name: str) -> Path:
+        path = folder / name
+        if not path.exists():
+            packed = TEST_DATA_DIR / "traces" / f"{name}.xz"
+            path.write_bytes(lzma.decompress(packed.read_bytes()))
+        return path
+
+    return path_of

@@ -1,6 +1,7 @@
 """Packaging: the base install plans, simulates and sizes KV without torch (nor Ray, nor
-matplotlib); the router's code loads without them; the heavy pieces are extras; and the
-Dockerfile is well formed and installs exactly as the Makefile does.
+matplotlib); the router's code loads without them; the heavy pieces are extras; the
+Dockerfile is well formed and installs exactly as the Makefile does; and the image and `.ci/run`
+install the system tools the tests drive (iproute2, openssl).
 
 "Without torch" is checked by running the command in a fresh interpreter whose `sys.meta_path`
 refuses to import the blocked packages, so any import of them, however indirect, fails it.
@@ -178,3 +179,28 @@ def test_dockerfile_installs_exactly_as_the_makefile() -> None:
     extras = re.search(r"\.\[([a-z,]+)\]", make_pips[1][-1])
     assert extras is not None
     assert set(extras.group(1).split(",")) == set(_project()["optional-dependencies"])
+
+
+# ---- what the tests need besides Python -------------------------------------------------------
+
+TEST_TOOL_PACKAGES = {"iproute2", "openssl"}  # ip and tc (netns tests), openssl (mutual TLS)
+
+
+def _apt_installs(commands: list[str]) -> set[str]:
+    """The packages named by each `apt-get install` in `commands` (flags dropped)."""
+    packages: set[str] = set()
+    for command in commands:
+        for part in command.split("&&"):
+            words = shlex.split(part)
+            if words[:2] == ["apt-get", "install"]:
+                packages |= {w for w in words[2:] if not w.startswith("-")}
+    return packages
+
+
+def test_the_image_and_ci_install_the_tools_the_tests_drive() -> None:
+    docker = [args for keyword, args in _dockerfile() if keyword == "RUN"]
+    assert _apt_installs(docker) == TEST_TOOL_PACKAGES
+    ci = (REPO / ".ci" / "run").read_text()
+    listed = re.search(r"^TEST_PACKAGES=\(([^)]*)\)$", ci, re.MULTILINE)
+    assert listed is not None and set(listed.group(1).split()) == TEST_TOOL_PACKAGES
+    assert "export PRFAAS_CI_STRICT_SKIPS=1\nmake test" in ci  # skips are failures in CI

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from importlib import resources
 from pathlib import Path
@@ -30,14 +31,13 @@ def test_required_presets_exist_and_load() -> None:
         assert spec.num_layers == len(spec.layers) > 0
 
 
-def test_copies_are_byte_identical_to_shared(shared_data: Path) -> None:
-    shared = shared_data / "model-configs"
-    shared_files = sorted(
-        p.name for p in shared.glob("*.json") if p.name != "kv_sizes_computed.json"
-    )
-    for name in shared_files:
-        assert CONFIGS.joinpath(name).read_bytes() == (shared / name).read_bytes(), name
-    assert set(shared_files) <= set(PRESET_FILES.values())
+def test_copies_are_byte_identical_to_upstream(repo_data: Path) -> None:
+    """Each shipped config hashes as the file it copies (SHA-256 of the shared model-configs,
+    recorded in tests/data/model-configs/upstream_sha256.json)."""
+    upstream = json.loads((repo_data / "model-configs" / "upstream_sha256.json").read_text())
+    for name, digest in sorted(upstream.items()):
+        assert hashlib.sha256(CONFIGS.joinpath(name).read_bytes()).hexdigest() == digest, name
+    assert set(upstream) <= set(PRESET_FILES.values())
 
 
 def test_every_shipped_config_is_a_preset() -> None:
@@ -45,9 +45,9 @@ def test_every_shipped_config_is_a_preset() -> None:
     assert shipped == set(PRESET_FILES.values())
 
 
-def test_sizes_match_independent_table(shared_data: Path) -> None:
+def test_sizes_match_independent_table(repo_data: Path) -> None:
     """kv_sizes_computed.json was computed separately from the same configs."""
-    table = json.loads((shared_data / "model-configs" / "kv_sizes_computed.json").read_text())
+    table = json.loads((repo_data / "model-configs" / "kv_sizes_computed.json").read_text())
     by_file = {f: n for n, f in PRESET_FILES.items()}
     for row in table["models"]:
         spec = load_model_spec(by_file[row["config_file"]])

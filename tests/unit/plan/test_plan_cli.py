@@ -4,6 +4,7 @@ input (one line on stderr, exit status 2, no traceback)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,8 +84,10 @@ def test_overrides_change_the_answer(capsys: pytest.CaptureFixture[str]) -> None
     assert quad["inputs"]["prfaas_cluster"]["prefill_latency"].startswith("quadratic")
 
 
-def test_trace_lengths(capsys: pytest.CaptureFixture[str], shared_data: Path) -> None:
-    trace = shared_data / "traces" / "mooncake_conversation_trace.jsonl"
+def test_trace_lengths(
+    capsys: pytest.CaptureFixture[str], real_trace: Callable[[str], Path]
+) -> None:
+    trace = real_trace("mooncake_conversation_trace.jsonl")
     out = _json(capsys, "--trace", str(trace))
     assert "12031 requests" in out["inputs"]["lengths"]
     assert out["prfaas"]["lambda_max"] > out["homogeneous"]["lambda_max"]

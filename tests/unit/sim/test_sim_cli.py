@@ -51,16 +51,6 @@ def test_bad_choices_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str])
     assert "Traceback" not in capsys.readouterr().err
 
 
-def _case_study_available() -> bool:
-    try:
-        from prfaas.cli._sim_setup import load_preset_setup
-
-        load_preset_setup()
-    except Exception:
-        return False
-    return True
-
-
 def _json(capsys: pytest.CaptureFixture[str], *argv: str) -> dict[str, Any]:
     assert main(list(argv)) == 0
     out: dict[str, Any] = json.loads(capsys.readouterr().out)
@@ -124,8 +114,6 @@ def test_trace_runs_report_prefix_hits_per_cluster(
 
 @pytest.mark.slow
 def test_case_study_json_is_byte_identical(capsys: pytest.CaptureFixture[str]) -> None:
-    if not _case_study_available():
-        pytest.skip("prfaas.models / prfaas.perf case-study inputs not available")
     argv = ["sim", "--num-requests", "150", "--json", "--seed", "3", "--drain-s", "60"]
     assert main(argv) == 0
     first = capsys.readouterr().out
@@ -141,8 +129,6 @@ def test_case_study_json_is_byte_identical(capsys: pytest.CaptureFixture[str]) -
 @pytest.mark.slow
 def test_find_max_rate_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """A short search (15 simulated minutes per probe) still lands near the model's Λ_max."""
-    if not _case_study_available():
-        pytest.skip("prfaas.models / prfaas.perf case-study inputs not available")
     argv = ["sim", "--find-max-rate", "--deployment", "prfaas", "--duration-s", "900"]
     assert main([*argv, "--json", "--plot", str(tmp_path)]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -156,8 +142,6 @@ def test_find_max_rate_json_and_plot(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 @pytest.mark.slow
 def test_plots_of_a_short_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    if not _case_study_available():
-        pytest.skip("prfaas.models / prfaas.perf case-study inputs not available")
     assert main(["sim", "--num-requests", "60", "--plot", str(tmp_path)]) == 0
     assert "deployment" in capsys.readouterr().out
     assert {p.name for p in tmp_path.iterdir()} == {"sim_egress.png", "sim_ttft.png"}

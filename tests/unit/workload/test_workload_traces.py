@@ -1,8 +1,10 @@
-"""Trace loading: Mooncake JSONL and Azure CSV, the shared real traces and malformed files."""
+"""Trace loading: Mooncake JSONL and Azure CSV, the real traces (copies in tests/data) and
+malformed files."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -74,12 +76,13 @@ def test_missing_file() -> None:
         load_trace("/nonexistent/trace.jsonl")
 
 
-def test_real_traces_match_their_readme(shared_data: Path) -> None:
-    """Row counts and the infinite-cache uncached mean published in traces/README.md."""
-    conv = load_trace(shared_data / "traces" / "mooncake_conversation_trace.jsonl")
+def test_real_traces_match_their_readme(real_trace: Callable[[str], Path]) -> None:
+    """Row counts and the infinite-cache uncached mean published with the traces (see
+    tests/data/README.md)."""
+    conv = load_trace(real_trace("mooncake_conversation_trace.jsonl"))
     assert len(conv) == 12031
     lengths = uncached_lengths(conv)
     assert sum(lengths) / len(lengths) == pytest.approx(7538.48, abs=0.01)
-    azure = load_trace(shared_data / "traces" / "AzureLLMInferenceTrace_code.csv")
+    azure = load_trace(real_trace("AzureLLMInferenceTrace_code.csv"))
     assert len(azure) == 8819
     assert azure[-1].arrival_s == pytest.approx(3436, abs=1)

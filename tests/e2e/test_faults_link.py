@@ -52,7 +52,7 @@ PREFILL = "prfaas-prefill-0"
 PROMPT_CHARS = 6000  # byte tokenizer: 6000 tokens, about 6 MiB of KV and state in fp32
 POOL_BYTES = 32 << 20  # the decode instance's receive pool: a few such requests at once
 SLOW_FRACTION = 0.01  # "slowed to 1%" of the topology's link (10 Gbit/s)
-HOLD_S = 2.0  # how long the filled pool holds a sender back before room frees up
+HOLD_S = 2.0  # how long the full pool holds a started transfer back before room frees up
 
 
 @dataclass
@@ -253,15 +253,18 @@ def test_full_receive_pool_holds_the_sender_back(link: Link, ref: Reference) -> 
     """The receive pool is full when a transfer starts: its first large layer waits (the
     receiver stops reading, TCP stops the sender); once room frees up the transfer goes on and
     the request completes with the same output, no recompute."""
-    system = link.system
+    system, proxy = link.system, link.proxy
     before = baseline(system)
     fallbacks = _fallbacks(link)
     filler = _fill_pool(system)
     try:
         prompt = long_prompt(PROMPT_CHARS) + " held"
+        sent_before = proxy.num_upstream_bytes
         thread, out = send_in_background(system, prompt)
         wait_for(lambda: stats(system, DECODE)["num_requests_waiting"] >= 1, 60, "the job")
-        time.sleep(HOLD_S)
+        started = lambda: proxy.num_upstream_bytes > sent_before  # noqa: E731
+        wait_for(started, 120, "the transfer to start into the full pool")
+        time.sleep(HOLD_S)  # the scenario: room frees up HOLD_S after the transfer started
         assert "text" not in out and "status" not in out, ("not held back", out)
     finally:
         filler.release()

@@ -4,7 +4,8 @@ The receiver runs on its own event-loop thread; clients are plain blocking socke
 garbage, truncated transfers, huge length prefixes, replayed frames and bad handshakes. After
 every case: the receiver closed the connection (no hang), counted the refusal, logged it with its
 reason, a valid transfer from a real `KVSender` still arrives byte-identical, and the buffer pool
-is back at its baseline (nothing in use, no session left). Every wait is bounded.
+is back at its baseline (nothing in use, no session left). Every wait is bounded, and polls for
+what it waits for (`polling`) instead of sleeping a fixed time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import prfaas.transport.receiver as receiver_module
+from polling import WAIT_TIMEOUT_S, wait_until
 from prfaas.messages import KVManifest
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.frames import (
@@ -119,12 +121,12 @@ class LiveReceiver:
     def delivered_since(self, start: int, count: int) -> list[str]:
         """The transfer ids delivered after the first `start`, once `count` have arrived (the ACK
         goes out just before the hand-over)."""
-        deadline = time.monotonic() + REPLY_TIMEOUT_S
+        deadline = time.monotonic() + WAIT_TIMEOUT_S
         while len(self.delivered) < start + count and time.monotonic() < deadline:
             time.sleep(0.01)
         return self.delivered[start:]
 
-    def wait_for_baseline(self, timeout_s: float = 10.0) -> None:
+    def wait_for_baseline(self, timeout_s: float = WAIT_TIMEOUT_S) -> None:
         """Every buffer back in the pool and every session forgotten (expired transfers too)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -291,9 +293,8 @@ def test_garbage_before_authentication_is_refused_logged_and_counted(
     before = live.rx.num_rejected_connections
     reply = exchange(live, data)
     assert all(kind is FrameType.ERROR and body.get("reason") for kind, body in replies(reply))
-    deadline = time.monotonic() + REPLY_TIMEOUT_S
-    while live.rx.num_rejected_connections == before and time.monotonic() < deadline:
-        time.sleep(0.01)
+    counted = lambda: live.rx.num_rejected_connections != before  # noqa: E731
+    wait_until(counted, WAIT_TIMEOUT_S, "the refusal to be counted")
     assert live.rx.num_rejected_connections == before + 1
     assert len(refusals(logs)) == 1 and refusals(logs)[0].split(": ", 1)[1]
 
@@ -375,7 +376,8 @@ def test_pending_handshakes_are_capped(
     monkeypatch.setattr(receiver_module, "_MAX_PENDING_HANDSHAKES", 4)
     idle = [socket.create_connection((live.host, live.port)) for _ in range(4)]
     try:
-        time.sleep(0.2)  # all four are accepted and authenticating
+        pending = lambda: live.on_loop(lambda: live.rx._num_pending_handshakes)  # noqa: E731
+        wait_until(lambda: pending() == 4, WAIT_TIMEOUT_S, "all four to be authenticating")
         t0 = time.monotonic()
         with socket.create_connection((live.host, live.port), timeout=REPLY_TIMEOUT_S) as fifth:
             assert read_until_eof(fifth) == b""  # closed at once, before any timeout
@@ -509,8 +511,9 @@ def test_replayed_frames_are_never_delivered_twice_by_a_session(
             if expect_ack:
                 kinds = [kind for kind, _ in replies(recv_frames(sock, 1))]
                 assert kinds == [FrameType.ACK]
-            else:
-                time.sleep(0.3)  # give it time to (wrongly) deliver
+            else:  # the receiver closes once it has handled every frame sent before the half-close,
+                sock.shutdown(socket.SHUT_WR)  # so a (wrong) delivery has happened by then
+                read_until_eof(sock)
 
     session_send("sess-a", frames, expect_ack=True)
     assert live.delivered_since(before, 1) == ["replayed"]
@@ -520,7 +523,8 @@ def test_replayed_frames_are_never_delivered_twice_by_a_session(
     assert any("replayed or late" in r.getMessage() for r in logs.records)
     live.release_all()
     live.wait_for_baseline()
-    live.valid_transfer_succeeds()
+    live.valid_transfer_succeeds()  # a later transfer arrived, and the replay still did not
+    assert live.delivered[before:].count("replayed") == 1
 
 
 def test_a_full_replay_on_a_new_session_is_a_new_transfer_from_a_token_holder(

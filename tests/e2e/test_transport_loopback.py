@@ -1,5 +1,6 @@
 """KV transport end to end over 127.0.0.1: striping, resume after cut connections, deadlines,
-authentication (token and mutual TLS), metrics. Every wait is bounded."""
+authentication (token and mutual TLS), metrics. Every wait is bounded, and polls for what it
+waits for (`polling.until`) instead of sleeping a fixed time."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import prfaas.transport.receiver as receiver_module
+from polling import WAIT_TIMEOUT_S, until
 from prfaas.bench.shaper import LinkShape, ShapedProxy
 from prfaas.messages import KVManifest
 from prfaas.transport.config import TransportConfig
@@ -148,7 +150,14 @@ def test_resume_after_every_connection_is_cut_mid_transfer(io_threads: bool) -> 
     run(main)
 
 
-def test_receiver_frees_an_abandoned_transfer_at_its_deadline() -> None:
+def test_receiver_frees_an_abandoned_transfer_at_its_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The sender never finishes: at the deadline the receiver drops the transfer. Its clock
+    stands still until the first layer is in, then jumps past the deadline (a loaded machine
+    cannot make the deadline pass before the layer is seen)."""
+    clock = _ReceiverClock()
+    monkeypatch.setattr(receiver_module, "time", clock)
     manifest, views = make_manifest([[MIB], [MIB]])
 
     async def main() -> None:
@@ -156,16 +165,13 @@ def test_receiver_frees_an_abandoned_transfer_at_its_deadline() -> None:
         async with KVReceiver(cfg) as rx, KVSender(cfg) as tx:
             t = await tx.begin(rx.address, "t1", "r1", deadline_s=0.3)
             await t.send_layer(manifest.layers[0], views_by_layer(manifest, views)[0])
-            for _ in range(100):
-                if rx.pool.in_use_bytes > 0:
-                    break
-                await asyncio.sleep(0.01)
-            assert rx.pool.in_use_bytes > 0
-            await asyncio.sleep(0.6)  # sender never finishes
-            assert rx.pool.in_use_bytes == 0
+            await until(lambda: rx.pool.in_use_bytes > 0, WAIT_TIMEOUT_S, "the first layer")
+            clock.now += 0.3 + 0.01
+            await until(lambda: rx.pool.in_use_bytes == 0, WAIT_TIMEOUT_S, "the expiry")
+            await until(lambda: bool(rx.failures), WAIT_TIMEOUT_S, "the failure record")
             assert rx.failures == [("t1", "deadline exceeded")]
 
-    run(main)
+    run(main, timeout_s=2 * WAIT_TIMEOUT_S)
 
 
 def test_sender_deadline_on_a_too_slow_link() -> None:
@@ -367,8 +373,8 @@ def test_tls_peer_with_a_certificate_from_another_ca_is_refused(pki: dict[str, A
             async with KVSender(_tls(pki, "rogue")) as tx:
                 with pytest.raises((ConnectionError, OSError)):
                     await tx.connect(rx.address)
-            await asyncio.sleep(0.05)
-            assert rx.num_rejected_connections >= 1
+            refused = lambda: rx.num_rejected_connections >= 1  # noqa: E731
+            await until(refused, WAIT_TIMEOUT_S, "the receiver to count the refusal")
 
     run(main)
 
@@ -387,7 +393,8 @@ def test_plain_client_cannot_talk_to_a_tls_receiver(pki: dict[str, Any]) -> None
             host, port = rx.address.split(":")
             data = await asyncio.to_thread(plain_hello, host, int(port))  # loop stays free
             assert not data.startswith(b"PRFK")  # never a HELLO_OK, only a TLS alert or EOF
-            await asyncio.sleep(0.05)
+            refused = lambda: rx.num_rejected_connections >= 1  # noqa: E731
+            await until(refused, WAIT_TIMEOUT_S, "the receiver to count the refusal")
             assert rx.num_rejected_connections == 1
 
     run(main)
@@ -445,15 +452,6 @@ class _ReceiverClock:
         return self.now
 
 
-async def _until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    """Poll `condition` every 10 ms; fail the test if it is not true within `timeout_s`."""
-    loop = asyncio.get_running_loop()
-    give_up_at = loop.time() + timeout_s
-    while not condition():
-        assert loop.time() < give_up_at, f"still waiting for {what} after {timeout_s} s"
-        await asyncio.sleep(0.01)
-
-
 @pytest.mark.parametrize("io_threads", [False, True])
 def test_deadline_expiry_gives_the_memory_back_to_the_kernel(
     io_threads: bool, monkeypatch: pytest.MonkeyPatch
@@ -481,15 +479,15 @@ def test_deadline_expiry_gives_the_memory_back_to_the_kernel(
                 inbound = [x for s in rx.sessions.values() for x in s.transfers.values()]
                 return sum(x.verified.covered_bytes for x in inbound)
 
-            await _until(lambda: covered_bytes() == manifest.total_bytes, 30.0, "the payload")
+            await until(lambda: covered_bytes() == manifest.total_bytes, 30.0, "the payload")
             assert rx.pool.in_use_bytes == manifest.total_bytes
             assert rx.failures == []
             rss_full = _rss_bytes()
             assert rss_full - rss_before > 48 * MIB  # the payload really is resident
 
             clock.now += deadline_s + 0.01
-            await _until(lambda: rx.pool.in_use_bytes == 0, 10.0, "the expiry to free the pool")
-            await _until(lambda: bool(rx.failures), 10.0, "the expiry to be recorded")
+            await until(lambda: rx.pool.in_use_bytes == 0, 10.0, "the expiry to free the pool")
+            await until(lambda: bool(rx.failures), 10.0, "the expiry to be recorded")
             assert rx.failures == [("t1", "deadline exceeded")]
             assert all(not s.transfers for s in rx.sessions.values())
             assert _rss_bytes() - rss_before < 16 * MIB  # given back to the kernel
@@ -533,15 +531,15 @@ def test_a_buffer_dropped_mid_write_returns_to_the_pool_when_the_sender_leaves(
                 buf = slot.buffer if slot is not None else None
                 return buf is not None and buf.view[:MIB] == body[:MIB]
 
-            await _until(first_mib_written, 30.0, "the first MiB of the body")
+            await until(first_mib_written, 30.0, "the first MiB of the body")
             writers[1].write(encode_control(FrameType.CANCEL, 1, {}))
             await writers[1].drain()
-            await _until(lambda: bool(rx.failures), 10.0, "the cancel")
+            await until(lambda: bool(rx.failures), 10.0, "the cancel")
             assert rx.failures == [("t1", "cancelled by sender")]
             assert rx.pool.in_use_bytes == 4 * MIB  # still being written: not reusable yet
             for writer in writers:
                 writer.close()
-            await _until(lambda: not rx.sessions, 10.0, "the session to be forgotten")
+            await until(lambda: not rx.sessions, 10.0, "the session to be forgotten")
             assert rx.pool.in_use_bytes == 0
 
     run(main, timeout_s=60.0)
@@ -578,8 +576,10 @@ def test_full_receive_pool_refuses_at_the_deadline_if_nothing_is_released() -> N
             _held = await rx.get()
             ack = await tx.send(rx.address, second, second_views)
             assert not ack.ok
-            await asyncio.sleep(0.2)
-            assert any("out of buffer memory" in r or "deadline" in r for _, r in rx.failures)
+            refused = lambda: any(  # noqa: E731
+                "out of buffer memory" in r or "deadline" in r for _, r in rx.failures
+            )
+            await until(refused, WAIT_TIMEOUT_S, "the receiver to record why it refused")
 
     run(main)
 
@@ -608,9 +608,9 @@ def test_on_failure_hears_every_failed_transfer() -> None:
             t = await tx.begin(rx.address, "t-cancel", "r1")
             await t.send_layer(manifest.layers[0], views_by_layer(manifest, views)[0])
             begun = lambda: any(s.transfers for s in rx.sessions.values())  # noqa: E731
-            await _until(begun, 10.0, "the receiver to hear of the transfer")
+            await until(begun, 10.0, "the receiver to hear of the transfer")
             await t.cancel("client went away")
-            await _until(lambda: bool(heard), 10.0, "the failure callback")
+            await until(lambda: bool(heard), 10.0, "the failure callback")
             assert heard == [("t-cancel", "cancelled by sender")] == rx.failures
 
     run(main)

@@ -20,6 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import prfaas.service.limits as limits
+from polling import WAIT_TIMEOUT_S, until, wait_until
 from prfaas.errors import UserError
 from prfaas.messages import DecodeJob, GenerateRequest, KVManifest, PrefillJob, SamplingParams
 from prfaas.router.intake import ApiError, parse_json_body
@@ -138,7 +139,8 @@ def test_concurrent_requests_are_limited_per_key() -> None:
     async def main() -> None:
         held = [asyncio.create_task(call(limit, keyed(b"a"), [(0, b"")])) for _ in range(2)]
         other = asyncio.create_task(call(limit, keyed(b"b"), [(0, b"")]))
-        await asyncio.sleep(0.05)
+        held_now = lambda: sorted(limit.in_flight.values()) == [1, 2]  # noqa: E731
+        await until(held_now, WAIT_TIMEOUT_S, "two requests of key a and one of b in flight")
         status, body = await call(limit, keyed(b"a"), [(0, b"")])
         assert status == 429 and is_openai_error(body, "rate_limit_exceeded")
         assert sorted(limit.in_flight.values()) == [1, 2]
@@ -310,9 +312,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, int]]:
     instance = uvicorn.Server(config)
     thread = threading.Thread(target=instance.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not instance.started and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: instance.started, WAIT_TIMEOUT_S, "uvicorn to listen")
     yield "127.0.0.1", port
     instance.should_exit = True
     thread.join(timeout=10)

@@ -35,51 +35,52 @@ from typing import Any
 
 from prfaas.launch.local import Launcher, free_port
 from prfaas.launch.status import router_ready
-from prfaas.topology import load_topology
+from prfaas.topology import (
+    ClusterConfig,
+    InstanceConfig,
+    ModelConfig,
+    PolicyConfig,
+    RouterConfig,
+    SecurityConfig,
+    Topology,
+    load_topology,
+)
+from prfaas.topology.write import write_topology as write_topology_file
 
 RESTARTED = "pd-decode-0"
 READY_TIMEOUT_S = 300.0
 
 
 def write_topology(directory: Path) -> Path:
-    def instance(name: str, role: str, hardware: str, kv: bool) -> str:
-        text = (
-            f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-            f'  http = "127.0.0.1:{free_port()}"\n  engine = "emulated"\n'
-            f'  hardware = "{hardware}"\n'
+    """Emulated engines that do not sleep, every service on a free loopback port."""
+
+    def instance(name: str, cluster: str, role: str, hardware: str) -> InstanceConfig:
+        kv = _loopback() if role == "decode" else None
+        return InstanceConfig(
+            name, cluster, role, _loopback(), kv=kv, engine="emulated", hardware=hardware
         )
-        return text + (f'  kv = "127.0.0.1:{free_port()}"\n' if kv else "")
 
-    path = directory / "topology.toml"
-    path.write_text(
-        f"""
-[model]
-name = "qwen3_next"
-emulate = "nemotron-3-nano"
-time_scale = 0
-
-[router]
-http = "127.0.0.1:{free_port()}"
-
-[policy]
-threshold = 64
-
-[transport]
-token = "bench-launch-token"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{instance("prfaas-prefill-0", "prefill", "h200", False)}
-[[clusters]]
-name = "pd"
-kind = "pd"
-{instance("pd-prefill-0", "prefill", "h20", False)}
-{instance("pd-decode-0", "decode", "h20", True)}
-{instance("pd-decode-1", "decode", "h20", True)}
-"""
+    prfaas = (instance("prfaas-prefill-0", "prfaas", "prefill", "h200"),)
+    pd = tuple(
+        instance(name, "pd", role, "h20")
+        for name, role in (
+            ("pd-prefill-0", "prefill"),
+            ("pd-decode-0", "decode"),
+            ("pd-decode-1", "decode"),
+        )
     )
-    return path
+    topology = Topology(
+        model=ModelConfig("qwen3_next", emulate="nemotron-3-nano", time_scale=0.0),
+        clusters=(ClusterConfig("prfaas", "prfaas", prfaas), ClusterConfig("pd", "pd", pd)),
+        policy=PolicyConfig(threshold_tokens=64.0),
+        router=RouterConfig(http=_loopback()),
+        transport=SecurityConfig(token="bench-launch-token"),
+    )
+    return write_topology_file(directory / "topology.toml", topology)
+
+
+def _loopback() -> str:
+    return f"127.0.0.1:{free_port()}"
 
 
 def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
+import dataclasses
 import secrets
 import signal
 import socket
@@ -25,6 +25,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prfaas import topology as topo
 from prfaas.errors import UserError
 from prfaas.topology import Topology
 
@@ -103,55 +104,55 @@ class EmbeddedOptions:
 
 
 def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
-    """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token."""
+    """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token,
+    in a file of its own beside the topology (both readable by their owner only)."""
+    token = secrets.token_hex(16)
     token_file = directory / "transport.token"
-    token_file.write_text(secrets.token_hex(16))
+    token_file.write_text(token)
     token_file.chmod(0o600)
-    host = options.host
+    return topo.write_topology(
+        directory / "topology.toml",
+        _embedded(options, token),
+        token_file=token_file,
+        comment="prfaas up: the embedded deployment (one machine, loopback link)",
+    )
+
+
+def _embedded(options: EmbeddedOptions, token: str) -> Topology:
     model = options.model if "/" not in options.model else str(Path(options.model).resolve())
-    instances = [("prfaas", "prfaas-prefill-0", "prefill", "h200")]
+    prfaas = [_embedded_instance("prfaas-prefill-0", "prfaas", "prefill", "h200", options)]
+    pd: list[topo.InstanceConfig] = []
     if options.pd_prefill:
-        instances.append(("pd", "pd-prefill-0", "prefill", "h20"))
-    instances.append(("pd", "pd-decode-0", "decode", "h20"))
-    text = f"""\
-# prfaas up: the embedded deployment (one machine, loopback link)
-[model]
-name = {json.dumps(model)}
-time_scale = {options.time_scale}
-emulate = "{options.emulate}"
-
-[router]
-http = "{host}:{options.router_port}"
-api_keys = {json.dumps(list(options.api_keys))}
-
-[link]
-gbps = 10
-
-[policy]
-threshold = {options.threshold_tokens}
-failure = "{options.failure}"
-transfer_deadline_s = {options.transfer_deadline_s}
-
-[transport]
-token_file = "{token_file}"
-"""
+        pd.append(_embedded_instance("pd-prefill-0", "pd", "prefill", "h20", options))
+    decode = _embedded_instance("pd-decode-0", "pd", "decode", "h20", options)
+    kv = options.decode_kv or _free_address(options)
+    pd.append(dataclasses.replace(decode, kv=kv, kv_listen=options.decode_kv_listen))
+    transport = topo.SecurityConfig(token=token)
     if options.receive_pool_bytes is not None:
-        text += f"receive_pool_bytes = {options.receive_pool_bytes}\n"
+        transport = dataclasses.replace(transport, receive_pool_bytes=options.receive_pool_bytes)
+    prefix_cache = None
     if options.prefix_block_tokens is not None:
-        text += (
-            f"\n[prefix_cache]\nblock_tokens = {options.prefix_block_tokens}\n"
-            f"budget_bytes = {options.prefix_budget_bytes}\n"
+        prefix_cache = topo.PrefixCacheConfig(
+            options.prefix_block_tokens, options.prefix_budget_bytes
         )
-    for cluster in ("prfaas", "pd"):
-        text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
-        for _, name, role, hardware in (i for i in instances if i[0] == cluster):
-            text += _instance_toml(name, role, hardware, options)
-            if role == "decode":
-                text += _decode_kv_toml(options)
-    path = directory / "topology.toml"
-    path.write_text(text)
-    path.chmod(0o600)  # it may hold API keys
-    return path
+    return Topology(
+        model=topo.ModelConfig(model, time_scale=options.time_scale, emulate=options.emulate),
+        clusters=(
+            topo.ClusterConfig("prfaas", "prfaas", tuple(prfaas)),
+            topo.ClusterConfig("pd", "pd", tuple(pd)),
+        ),
+        policy=topo.PolicyConfig(
+            float(options.threshold_tokens),
+            failure=options.failure,
+            transfer_deadline_s=options.transfer_deadline_s,
+        ),
+        router=topo.RouterConfig(
+            http=f"{options.host}:{options.router_port}", api_keys=options.api_keys
+        ),
+        link=topo.LinkConfig(gbps=10.0),
+        transport=transport,
+        prefix_cache=prefix_cache,
+    )
 
 
 def _free_address(options: EmbeddedOptions) -> str:
@@ -159,23 +160,13 @@ def _free_address(options: EmbeddedOptions) -> str:
     return f"{options.host}:{free_port(options.host, avoid={options.router_port})}"
 
 
-def _instance_toml(name: str, role: str, hardware: str, options: EmbeddedOptions) -> str:
-    """One `[[clusters.instances]]` entry on a free address (the decode instance's KV address is
-    `_decode_kv_toml`'s)."""
-    return (
-        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "{_free_address(options)}"\n  engine = "{options.engine}"\n'
-        f'  hardware = "{hardware}"\n'
+def _embedded_instance(
+    name: str, cluster: str, role: str, hardware: str, options: EmbeddedOptions
+) -> topo.InstanceConfig:
+    """One instance on a free address (the decode instance's KV address is the caller's)."""
+    return topo.InstanceConfig(
+        name, cluster, role, _free_address(options), engine=options.engine, hardware=hardware
     )
-
-
-def _decode_kv_toml(options: EmbeddedOptions) -> str:
-    """The decode instance's `kv` (a free port unless given) and optional `kv_listen`."""
-    kv = options.decode_kv or _free_address(options)
-    text = f"  kv = {json.dumps(kv)}\n"
-    if options.decode_kv_listen is not None:
-        text += f"  kv_listen = {json.dumps(options.decode_kv_listen)}\n"
-    return text
 
 
 def _die_with_parent() -> None:

@@ -28,13 +28,14 @@ The I/O (namespaces, processes, state) is `prfaas.testbed.run`.
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prfaas import topology as topo
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
+from prfaas.policy.controller import ControllerConfig
 from prfaas.testbed.netns import VethEnd
 from prfaas.types import DeploymentKind
 
@@ -267,58 +268,64 @@ class TestbedSpec:
             )
 
 
-@dataclass(frozen=True)
-class _Instance:
-    name: str
-    cluster: str
-    role: str
-    hardware: str
-    http: str
-    kv: str | None = None
-
-
-def _instances(spec: TestbedSpec, layout: TestbedLayout) -> list[_Instance]:
+def _instances(spec: TestbedSpec, layout: TestbedLayout) -> list[topo.InstanceConfig]:
     """PrfaaS prefill on the WAN address (the router reaches them over the WAN), PD instances
     on loopback, decode KV receivers on the PD side of the WAN (PrfaaS sends there; PD prefill
     reaches the same address through its own loopback)."""
     wan_prfaas, wan_pd = layout.wan_prfaas.ip, layout.wan_pd.ip
     port = _PORT_BASE
+    hardware = dict(zip(("prfaas", "pd"), PREFILL_HARDWARE, strict=True))
+
+    def instance(
+        name: str, cluster: str, role: str, http: str, kv: str | None = None
+    ) -> topo.InstanceConfig:
+        return topo.InstanceConfig(
+            name, cluster, role, http, kv=kv, engine=spec.engine, hardware=hardware[cluster]
+        )
+
     out = [
-        _Instance(f"prfaas-prefill-{i}", "prfaas", "prefill", "h200",
-                  f"{wan_prfaas}:{port['prfaas-prefill'] + i}")
+        instance(f"prfaas-prefill-{i}", "prfaas", "prefill",
+                 f"{wan_prfaas}:{port['prfaas-prefill'] + i}")
         for i in range(spec.num_prfaas_prefill)
     ]  # fmt: skip
     out += [
-        _Instance(f"pd-prefill-{i}", "pd", "prefill", "h20", f"{_PD_HOST}:{port['pd-prefill'] + i}",
-                  kv=f"{wan_pd}:{port['pd-prefill-kv'] + i}" if spec.controller else None)
+        instance(f"pd-prefill-{i}", "pd", "prefill", f"{_PD_HOST}:{port['pd-prefill'] + i}",
+                 kv=f"{wan_pd}:{port['pd-prefill-kv'] + i}" if spec.controller else None)
         for i in range(spec.num_pd_prefill)
     ]  # fmt: skip
     out += [
-        _Instance(f"pd-decode-{i}", "pd", "decode", "h20", f"{_PD_HOST}:{port['pd-decode'] + i}",
-                  kv=f"{wan_pd}:{port['kv'] + i}")
+        instance(f"pd-decode-{i}", "pd", "decode", f"{_PD_HOST}:{port['pd-decode'] + i}",
+                 kv=f"{wan_pd}:{port['kv'] + i}")
         for i in range(spec.num_pd_decode)
     ]  # fmt: skip
     return out
 
 
-def _policy_lines(spec: TestbedSpec, threshold_tokens: float | str | None) -> str:
-    """`[policy]`'s deployment and, for `prfaas` only, its threshold (the other deployments
+def _policy(spec: TestbedSpec, threshold_tokens: float | None) -> topo.PolicyConfig:
+    """The spec's deployment and, for `prfaas` only, its threshold (the other deployments
     imply theirs: homogeneous keeps every prefill local, naive offloads every one)."""
-    lines = f"deployment = {json.dumps(spec.deployment)}\n"
-    if spec.uses_threshold:
-        if threshold_tokens is None:
-            raise ValueError("a prfaas deployment needs a threshold")
-        value = threshold_tokens
-        lines += f"threshold = {json.dumps(value) if isinstance(value, str) else f'{value:g}'}\n"
-    return lines
+    if spec.uses_threshold and threshold_tokens is None:
+        raise ValueError("a prfaas deployment needs a threshold")
+    given = threshold_tokens if spec.uses_threshold else None
+    tokens, source = topo.threshold_of(spec.deployment, given)
+    return topo.PolicyConfig(
+        tokens,
+        source,
+        failure=spec.failure,
+        transfer_deadline_s=spec.transfer_deadline_s,
+        deployment=spec.deployment,
+        drain_s=spec.drain_s,
+    )
 
 
-def _prefill_latency_line(spec: TestbedSpec) -> str:
-    """`[model]`'s `prefill_latency` inline table, or nothing when the cost model times all."""
-    if not spec.prefill_latency:
-        return ""
-    pairs = ", ".join(f"{hw} = {json.dumps(curve)}" for hw, curve in spec.prefill_latency)
-    return f"prefill_latency = {{ {pairs} }}\n"
+def _controller(spec: TestbedSpec) -> topo.ControllerSettings:
+    """The controller's defaults, with the spec's tick period if it sets one; off without one."""
+    if not spec.controller:
+        return topo.ControllerSettings()
+    config = ControllerConfig()
+    if spec.controller_period_s is not None:
+        config = dataclasses.replace(config, period_s=spec.controller_period_s)
+    return topo.ControllerSettings(enabled=True, config=config)
 
 
 # The KV senders' TCP congestion control on the testbed. On the scaled WAN (a 10 Gbps link at
@@ -326,68 +333,58 @@ def _prefill_latency_line(spec: TestbedSpec) -> str:
 # the full queue: a link-drop run retransmitted 40-80% of what it sent, so the link delivered
 # well under its rate, which a real deep-buffered link of the nominal rate does not do.
 WAN_CONGESTION_CONTROL = "cubic"
+_PLACEHOLDER_TOKEN = "placeholder-never-served"
+
+
+def testbed_topology(
+    spec: TestbedSpec, layout: TestbedLayout, threshold_tokens: float | None, link_gbps: float
+) -> topo.Topology:
+    """The testbed's topology: scaled emulated engines (or tiny torch ones), the router in the PD
+    namespace on the client link, `[link] gbps = link_gbps`, the spec's prefill latency curves,
+    the spec's deployment (its threshold only for `prfaas`), a `[controller]` when the spec has
+    one, and no PrfaaS cluster when it has no PrfaaS instance. Its transport token is a
+    placeholder: a testbed's services read theirs from the file `topology_text` names."""
+    scaled = spec.engine == "emulated"
+    model = topo.ModelConfig(
+        spec.model,
+        emulate=spec.emulate,
+        time_scale=spec.scale.time_scale if scaled else 1.0,
+        payload_scale=spec.scale.payload_scale if scaled else 1.0,
+        prefill_latency=tuple(sorted(spec.prefill_latency)),
+    )
+    instances = _instances(spec, layout)
+    clusters = tuple(
+        topo.ClusterConfig(kind, kind, tuple(i for i in instances if i.cluster == kind))
+        for kind in ("prfaas", "pd")
+        if any(i.cluster == kind for i in instances)
+    )
+    return topo.Topology(
+        model=model,
+        clusters=clusters,
+        policy=_policy(spec, threshold_tokens),
+        router=topo.RouterConfig(http=layout.router_address(spec.router_port)),
+        link=topo.LinkConfig(gbps=link_gbps),
+        transport=topo.SecurityConfig(
+            token=_PLACEHOLDER_TOKEN, congestion_control=WAN_CONGESTION_CONTROL
+        ),
+        controller=_controller(spec),
+    )
 
 
 def topology_text(
     spec: TestbedSpec,
     layout: TestbedLayout,
     token_file: Path | None,
-    threshold_tokens: float | str | None,
+    threshold_tokens: float | None,
     link_gbps: float,
 ) -> str:
-    """The testbed's topology TOML: scaled emulated engines (or tiny torch ones), the router in
-    the PD namespace on the client link, `[link] gbps = link_gbps`, the spec's prefill latency
-    curves (`[model] prefill_latency`), the spec's deployment (its
-    threshold only for `prfaas`), a `[controller]` (the defaults, and the spec's tick period if it
-    sets one) when the spec has one,
-    and no PrfaaS cluster when it has no PrfaaS instance. Without a token file the transport
-    token is a placeholder (a topology parsed, never served)."""
-    scaled = spec.engine == "emulated"
-    if token_file is None:
-        transport = 'token = "placeholder-never-served"'
-    else:
-        transport = f"token_file = {json.dumps(str(token_file))}"
-    text = f"""\
-# prfaas testbed {spec.name}: generated by `prfaas testbed up`
-[model]
-name = {json.dumps(spec.model)}
-emulate = {json.dumps(spec.emulate)}
-time_scale = {spec.scale.time_scale if scaled else 1.0:g}
-payload_scale = {spec.scale.payload_scale if scaled else 1.0:g}
-{_prefill_latency_line(spec)}
-[router]
-http = "{layout.router_address(spec.router_port)}"
-
-[link]
-gbps = {link_gbps:g}
-
-[policy]
-{_policy_lines(spec, threshold_tokens)}failure = "{spec.failure}"
-transfer_deadline_s = {spec.transfer_deadline_s:g}
-drain_s = {spec.drain_s:g}
-
-[transport]
-{transport}
-congestion_control = "{WAN_CONGESTION_CONTROL}"
-"""
-    if spec.controller:
-        text += "\n[controller]\n"
-        if spec.controller_period_s is not None:
-            text += f"period_s = {spec.controller_period_s:g}\n"
-    instances = _instances(spec, layout)
-    for cluster in ("prfaas", "pd"):
-        members = [i for i in instances if i.cluster == cluster]
-        if not members:
-            continue
-        text += f'\n[[clusters]]\nname = "{cluster}"\nkind = "{cluster}"\n'
-        for inst in members:
-            kv = f'  kv = "{inst.kv}"\n' if inst.kv else ""
-            text += (
-                f'  [[clusters.instances]]\n  name = "{inst.name}"\n  role = "{inst.role}"\n'
-                f'  http = "{inst.http}"\n{kv}  engine = "{spec.engine}"\n'
-                f'  hardware = "{inst.hardware}"\n  num_gpus = 8\n'
-            )
-    return text
+    """The TOML of `testbed_topology`, naming `token_file` for the transport token (without one
+    the token is a placeholder: a topology parsed, never served)."""
+    return topo.topology_to_toml(
+        testbed_topology(spec, layout, threshold_tokens, link_gbps),
+        token_file=token_file,
+        comment=f"prfaas testbed {spec.name}: generated by `prfaas testbed up`",
+    )
 
 
 def resolve_threshold(spec: TestbedSpec) -> tuple[float | None, str]:
@@ -399,12 +396,8 @@ def resolve_threshold(spec: TestbedSpec) -> tuple[float | None, str]:
         return None, f"no threshold, every prefill on {where}"
     if not isinstance(spec.threshold, str):
         return float(spec.threshold), "fixed"
-    import tomllib
-
-    from prfaas.topology import parse_topology
-
     nominal = dataclasses.replace(spec, scale=TestbedScale(spec.scale.nominal_gbps, 1.0, 1.0))
     layout = TestbedLayout(spec.name)
-    text = topology_text(nominal, layout, None, "auto", spec.scale.nominal_gbps)
-    topology = parse_topology(tomllib.loads(text), Path("."), source="testbed (nominal)")
-    return topology.policy.threshold_tokens, topology.policy.threshold_source
+    topology = testbed_topology(nominal, layout, 0.0, spec.scale.nominal_gbps)
+    policy = topo.with_auto_threshold(topology, source="testbed (nominal)").policy
+    return policy.threshold_tokens, policy.threshold_source

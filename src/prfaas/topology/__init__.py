@@ -8,6 +8,7 @@ the policy, the prefix cache, the controller and transport security.
     load.py        `load_topology` / `parse_topology`: the passes, then "auto" resolved by Eq. 7
     derived.py     values derived from a topology: "auto" t (Eq. 7), prefill curves, link units
     sim_config.py  the topology as a simulator config (live against simulated)
+    write.py       a `Topology` built in code -> TOML text that `load_topology` reads back
 
 Imports only the pure layers, the planner and the simulator's config: never HTTP, sockets or
 torch. Every service package reads its configuration from here.
@@ -24,9 +25,11 @@ from prfaas.topology.config import (
     RouterConfig,
     SecurityConfig,
     Topology,
+    threshold_of,
 )
 from prfaas.topology.keys import TopologyError
-from prfaas.topology.load import load_topology, parse_topology
+from prfaas.topology.load import load_topology, parse_topology, with_auto_threshold
+from prfaas.topology.write import topology_to_toml, write_topology
 
 __all__ = [
     "ClusterConfig",
@@ -42,4 +45,8 @@ __all__ = [
     "TopologyError",
     "load_topology",
     "parse_topology",
+    "threshold_of",
+    "topology_to_toml",
+    "with_auto_threshold",
+    "write_topology",
 ]

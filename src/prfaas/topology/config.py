@@ -75,11 +75,13 @@ profile file) resolve against the topology file's directory and are stored absol
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from prfaas.policy.controller import ControllerConfig
 from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
+from prfaas.types import DeploymentKind
 
 DTYPES = ("fp32", "bf16")
 ENGINES = ("torch", "emulated")
@@ -180,6 +182,16 @@ class PolicyConfig:
     transfer_deadline_s: float = 30.0
     deployment: str = "prfaas"  # prfaas | homogeneous | naive (prfaas.types.DeploymentKind)
     drain_s: float = 30.0  # after SIGTERM a service finishes in-flight requests this long
+
+
+def threshold_of(deployment: str, tokens: float | None = None) -> tuple[float, str]:
+    """(t, how it was chosen): `tokens` as given, or for None what a deployment whose file gives
+    no threshold implies: homogeneous keeps every prefill local (t = inf), naive offloads every
+    one (t = 0); prfaas needs one (the schema refuses a file without)."""
+    if tokens is not None:
+        return tokens, "fixed"
+    implied = math.inf if deployment == DeploymentKind.HOMOGENEOUS else 0.0
+    return implied, f"implied by deployment {deployment!r}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -192,21 +192,22 @@ class Table:
 
     def positive(self, name: str, default: float) -> float:
         """A finite number > 0 (integer or float, not a bool)."""
-        value = self.raw(name, (int, float), "a finite number > 0")
-        if value is None:
-            return default
-        if not (math.isfinite(value) and value > 0):
-            self.fail(name, f"must be a finite number > 0, got {value}")
-            return default
-        return float(value)
+        return self._finite(name, default, "> 0", lambda value: value > 0)
 
     def non_negative(self, name: str, default: float) -> float:
         """A finite number >= 0 (integer or float, not a bool)."""
-        value = self.raw(name, (int, float), "a finite number >= 0")
+        return self._finite(name, default, ">= 0", lambda value: value >= 0)
+
+    def _finite(
+        self, name: str, default: float, bound: str, is_in_bound: Callable[[float], bool]
+    ) -> float:
+        """A finite number (integer or float, not a bool) that `is_in_bound`, e.g. "> 0"."""
+        what = f"a finite number {bound}"
+        value = self.raw(name, (int, float), what)
         if value is None:
             return default
-        if not (math.isfinite(value) and value >= 0):
-            self.fail(name, f"must be a finite number >= 0, got {value}")
+        if not (math.isfinite(value) and is_in_bound(value)):
+            self.fail(name, f"must be {what}, got {value}")
             return default
         return float(value)
 

@@ -1,7 +1,8 @@
 """The one way into a topology: `load_topology(path)` and `parse_topology(data)` read the TOML,
 check every key (`prfaas.topology.schema`), cross-check the whole (`prfaas.topology.checks`),
 then resolve threshold "auto" in one named step (`resolve_auto`, Eq. 7 by
-`prfaas.topology.derived`). Every problem is reported, one `UserError` line per key at fault.
+`prfaas.topology.derived`; `with_auto_threshold` for a topology built in code). Every problem is
+reported, one `UserError` line per key at fault. The way back out, to TOML, is `write.py`'s.
 """
 
 from __future__ import annotations
@@ -53,6 +54,15 @@ def parse_topology(
         topology = resolve_auto(problems, topology)
         problems.raise_if_any()
     return topology
+
+
+def with_auto_threshold(topology: Topology, *, source: str = "topology") -> Topology:
+    """A topology built in code with its threshold resolved as "auto" is (Eq. 7); TopologyError,
+    one line starting with `source`, when it cannot be."""
+    problems = Problems(source)
+    resolved = resolve_auto(problems, topology)
+    problems.raise_if_any()
+    return resolved
 
 
 def resolve_auto(problems: Problems, topology: Topology) -> Topology:

@@ -34,6 +34,7 @@ from prfaas.topology.config import (
     RouterConfig,
     SecurityConfig,
     Topology,
+    threshold_of,
 )
 from prfaas.topology.keys import (
     Problems,
@@ -301,8 +302,7 @@ def _policy(table: Table | None) -> tuple[PolicyConfig, bool]:
     tokens = threshold if isinstance(threshold, float) else 0.0  # "auto": resolved in pass 3
     source = "fixed"
     if not table.has("threshold"):
-        tokens = math.inf if deployment == DeploymentKind.HOMOGENEOUS else 0.0
-        source = f"implied by deployment {deployment!r}"
+        tokens, source = threshold_of(deployment)
     policy = PolicyConfig(
         threshold_tokens=tokens,
         threshold_source=source,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.cli._output import print_json
-from prfaas.cli._signals import stop_on_sigterm
+from prfaas.cli._signals import stop_at_exit, stop_on_sigterm
 from prfaas.errors import UserError
 from prfaas.topology import Topology
 
@@ -36,8 +36,7 @@ def run_up_on_ray(
     address = args.ray or None
     options = RayOptions(address=address, host=None if address else _LOCAL_HOST)
     launcher = RayLauncher(topology, options, config_path)
-    stop_on_sigterm()
-    try:
+    with stop_at_exit(launcher):
         launcher.start()
         stop_on_sigterm()  # again: starting Ray installed its own handler
         launcher.wait_ready(args.ready_timeout)
@@ -45,10 +44,6 @@ def run_up_on_ray(
         launcher.write_deployment(record)
         _print_banner(args, launcher, record)
         _supervise(launcher)
-    except KeyboardInterrupt:
-        print("prfaas up: stopping", file=sys.stderr)
-    finally:
-        launcher.stop()
     return 0
 
 

@@ -1,11 +1,20 @@
 """SIGTERM as a clean stop for the commands that supervise services (`prfaas up`, with or
-without Ray): the handler raises KeyboardInterrupt, so the command's `finally` stops every
-child; a second SIGTERM is ignored and cannot cut that stop short."""
+without Ray): the handler raises KeyboardInterrupt, so `stop_at_exit` stops every child; a
+second SIGTERM is ignored and cannot cut that stop short."""
 
 from __future__ import annotations
 
 import signal
-from typing import Any
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+
+class Stoppable(Protocol):
+    """A launcher of services: `stop` ends every service it started."""
+
+    def stop(self) -> None: ...
 
 
 def stop_on_sigterm() -> None:
@@ -16,3 +25,16 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+
+
+@contextmanager
+def stop_at_exit(launcher: Stoppable) -> Iterator[None]:
+    """Run the block with SIGTERM as Ctrl-C; either ends it with `prfaas up: stopping` on stderr
+    (and no error), and `launcher` stops however the block ends."""
+    stop_on_sigterm()
+    try:
+        yield
+    except KeyboardInterrupt:
+        print("prfaas up: stopping", file=sys.stderr)
+    finally:
+        launcher.stop()

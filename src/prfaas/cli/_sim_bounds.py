@@ -77,22 +77,28 @@ def check_run(args: argparse.Namespace, setup: SimSetup, scenario: Scenario) -> 
             f"{MAX_DURATION_S:,.0f} s (30 days) are allowed (give --duration-s, fewer "
             "--num-requests or a higher --rate / --load)"
         )
-    num_windows = math.ceil(span_s / args.window_s)
-    if num_windows > MAX_WINDOWS:
-        raise UserError(
-            f"--window-s {args.window_s:g} makes {num_windows:,} arrival windows over "
-            f"{span_s:,.0f} s; at most {MAX_WINDOWS:,} are allowed (use --window-s >= "
-            f"{span_s / MAX_WINDOWS:.3g})"
-        )
+    _check_num_periods("--window-s", args.window_s, span_s, "arrival windows", MAX_WINDOWS)
     if args.controller == "adaptive":
-        horizon_s = span_s + scenario.drain_s
-        num_ticks = math.ceil(horizon_s / args.controller_period_s)
-        if num_ticks > MAX_CONTROLLER_TICKS:
-            raise UserError(
-                f"--controller-period-s {args.controller_period_s:g} makes {num_ticks:,} ticks "
-                f"over {horizon_s:,.0f} s; at most {MAX_CONTROLLER_TICKS:,} are allowed (use "
-                f"--controller-period-s >= {horizon_s / MAX_CONTROLLER_TICKS:.3g})"
-            )
+        _check_num_periods(
+            "--controller-period-s",
+            args.controller_period_s,
+            span_s + scenario.drain_s,
+            "ticks",
+            MAX_CONTROLLER_TICKS,
+        )
+
+
+def _check_num_periods(
+    flag: str, period_s: float, span_s: float, what: str, max_periods: int
+) -> None:
+    """Refuse a `flag` of `period_s` that cuts `span_s` into more than `max_periods` periods
+    (`what` names them in the message)."""
+    num_periods = math.ceil(span_s / period_s)
+    if num_periods > max_periods:
+        raise UserError(
+            f"{flag} {period_s:g} makes {num_periods:,} {what} over {span_s:,.0f} s; at most "
+            f"{max_periods:,} are allowed (use {flag} >= {span_s / max_periods:.3g})"
+        )
 
 
 def arrival_span_s(setup: SimSetup, scenario: Scenario) -> float | None:

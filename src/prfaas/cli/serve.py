@@ -19,7 +19,7 @@ from typing import Any
 
 from prfaas.cli._args import MAX_LENGTH_TOKENS, bounded_int, positive_float
 from prfaas.cli._output import add_json_flag, prepare_output_dir, print_json
-from prfaas.cli._signals import stop_on_sigterm
+from prfaas.cli._signals import stop_at_exit
 from prfaas.errors import UserError
 
 _READY_TIMEOUT_S = 300.0
@@ -150,16 +150,11 @@ def _run_up(args: argparse.Namespace) -> int:
 
             return run_up_on_ray(args, config_path, topology, log_dir or Path(tmp))
         launcher = Launcher(config_path, topology, log_dir)
-        stop_on_sigterm()
-        try:
+        with stop_at_exit(launcher):
             launcher.start()
             launcher.wait_ready(args.ready_timeout)
             _print_banner(args, topology, launcher)
             _supervise(launcher)
-        except KeyboardInterrupt:
-            print("prfaas up: stopping", file=sys.stderr)
-        finally:
-            launcher.stop()
     return 0
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import argparse
 import secrets
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from prfaas.cli._args import bounded_int, torch_seed
@@ -118,7 +118,7 @@ def _parse_archs(spec: str | None) -> list[str]:
 
 def _report(results: list[ArchResult], as_json: bool) -> None:
     if as_json:
-        print_json([_result_dict(r) for r in results])
+        print_json([asdict(r) for r in results])
         return
     headers = ["arch", "identical", "max_logit_diff", "empty_cache", "zeroed_linear", "bytes", "ok"]
     rows = [
@@ -134,18 +134,6 @@ def _report(results: list[ArchResult], as_json: bool) -> None:
         for r in results
     ]
     print(format_table(headers, rows))
-
-
-def _result_dict(r: ArchResult) -> dict[str, Any]:
-    return {
-        "arch": r.arch,
-        "identical": r.identical,
-        "max_logit_diff": r.max_logit_diff,
-        "controls_fired": r.controls_fired,
-        "controls": r.controls,
-        "weights_match": r.weights_match,
-        "transfer_bytes": r.transfer_bytes,
-    }
 
 
 def _prompt(seed: int, num_tokens: int) -> tuple[int, ...]:

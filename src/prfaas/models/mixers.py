@@ -71,15 +71,7 @@ def gated_deltanet(cfg: Config, index: int) -> tuple[LayerSpec, int]:
     dk, dv = get_int(cfg, "linear_key_head_dim"), get_int(cfg, "linear_value_head_dim")
     kernel = get_int(cfg, "linear_conv_kernel_dim")
     channels = 2 * hk * dk + hv * dv
-    spec = LayerSpec(
-        index,
-        LayerKind.LINEAR_ATTENTION,
-        num_state_heads=hv,
-        state_key_dim=dk,
-        state_value_dim=dv,
-        conv_channels=channels,
-        conv_kernel=kernel,
-    )
+    spec = _state_layer(index, LayerKind.LINEAR_ATTENTION, (hv, dk, dv), (channels, kernel))
     params = hidden * (2 * hk * dk + 2 * hv * dv) + hidden * 2 * hv + channels * kernel
     return spec, params + hv * dv * hidden
 
@@ -90,15 +82,7 @@ def kda(cfg: Config, index: int, lin: Config) -> tuple[LayerSpec, int]:
     heads, dim = get_int(lin, "num_heads"), get_int(lin, "head_dim")
     kernel = get_int(lin, "short_conv_kernel_size")
     width = heads * dim
-    spec = LayerSpec(
-        index,
-        LayerKind.LINEAR_ATTENTION,
-        num_state_heads=heads,
-        state_key_dim=dim,
-        state_value_dim=dim,
-        conv_channels=3 * width,
-        conv_kernel=kernel,
-    )
+    spec = _state_layer(index, LayerKind.LINEAR_ATTENTION, (heads, dim, dim), (3 * width, kernel))
     low_rank_gates = 2 * (hidden * dim + dim * width)  # decay gate f and output gate g
     params = 3 * hidden * width + 3 * width * kernel + low_rank_gates + hidden * heads
     return spec, params + width * hidden
@@ -109,13 +93,7 @@ def lightning(cfg: Config, index: int) -> tuple[LayerSpec, int]:
     hidden = get_int(cfg, "hidden_size")
     heads, dim = get_int(cfg, "num_attention_heads"), resolve_head_dim(cfg)
     width = heads * dim
-    spec = LayerSpec(
-        index,
-        LayerKind.LINEAR_ATTENTION,
-        num_state_heads=heads,
-        state_key_dim=dim,
-        state_value_dim=dim,
-    )
+    spec = _state_layer(index, LayerKind.LINEAR_ATTENTION, (heads, dim, dim))
     return spec, 3 * hidden * width + hidden * width + width * hidden
 
 
@@ -127,15 +105,7 @@ def mamba2(cfg: Config, index: int) -> tuple[LayerSpec, int]:
     kernel = get_int(cfg, "conv_kernel")
     inner = heads * head_dim
     channels = inner + 2 * groups * d_state
-    spec = LayerSpec(
-        index,
-        LayerKind.MAMBA,
-        num_state_heads=heads,
-        state_key_dim=d_state,
-        state_value_dim=head_dim,
-        conv_channels=channels,
-        conv_kernel=kernel,
-    )
+    spec = _state_layer(index, LayerKind.MAMBA, (heads, d_state, head_dim), (channels, kernel))
     params = hidden * (inner + channels + heads) + channels * kernel + inner * hidden
     return spec, params
 
@@ -145,15 +115,7 @@ def mamba1(
 ) -> tuple[LayerSpec, int]:
     """Mamba1 selective scan: state inner x d_state, conv over the inner channels."""
     hidden = get_int(cfg, "hidden_size")
-    spec = LayerSpec(
-        index,
-        LayerKind.MAMBA,
-        num_state_heads=1,
-        state_key_dim=d_state,
-        state_value_dim=inner,
-        conv_channels=inner,
-        conv_kernel=kernel,
-    )
+    spec = _state_layer(index, LayerKind.MAMBA, (1, d_state, inner), (inner, kernel))
     params = hidden * 2 * inner + inner * kernel + inner * (dt_rank + 2 * d_state)
     params += dt_rank * inner + inner * d_state + inner * hidden
     return spec, params
@@ -165,3 +127,24 @@ def short_conv(cfg: Config, index: int) -> tuple[LayerSpec, int]:
     kernel = get_int(cfg, "conv_L_cache")
     spec = LayerSpec(index, LayerKind.SHORT_CONV, conv_channels=hidden, conv_kernel=kernel)
     return spec, hidden * 3 * hidden + hidden * kernel + hidden * hidden
+
+
+def _state_layer(
+    index: int,
+    kind: LayerKind,
+    state_shape: tuple[int, int, int],
+    conv_shape: tuple[int, int] = (0, 0),
+) -> LayerSpec:
+    """A layer with a fixed recurrent state of `state_shape` = (heads, key_dim, value_dim)
+    elements and a causal conv over `conv_shape` = (channels, kernel) ((0, 0): no conv)."""
+    heads, key_dim, value_dim = state_shape
+    channels, kernel = conv_shape
+    return LayerSpec(
+        index,
+        kind,
+        num_state_heads=heads,
+        state_key_dim=key_dim,
+        state_value_dim=value_dim,
+        conv_channels=channels,
+        conv_kernel=kernel,
+    )

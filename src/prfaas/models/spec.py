@@ -85,17 +85,6 @@ class LayerSpec:
             + self.conv_state_bytes(conv_dtype)
         )
 
-    def bytes_for(
-        self,
-        num_tokens: int,
-        kv_dtype: str = "bfloat16",
-        state_dtype: str = "float32",
-        conv_dtype: str = "bfloat16",
-    ) -> int:
-        """Everything this layer holds for one request of `num_tokens` tokens."""
-        growing = self.kv_bytes_per_token(kv_dtype) * num_tokens
-        return growing + self.state_bytes(num_tokens, kv_dtype, state_dtype, conv_dtype)
-
 
 @dataclass(frozen=True, slots=True)
 class KVFootprint:
@@ -213,7 +202,8 @@ class ModelSpec:
         _check_tokens(num_tokens)
         sdt = self._state_dtype(state_dtype)
         return tuple(
-            layer.bytes_for(num_tokens, kv_dtype, sdt, self.activation_dtype)
+            layer.kv_bytes_per_token(kv_dtype) * num_tokens
+            + layer.state_bytes(num_tokens, kv_dtype, sdt, self.activation_dtype)
             for layer in self.layers
         )
 

@@ -13,28 +13,16 @@ from typing import Any
 
 from services_harness import get_json, launch
 
-from prfaas.launch.local import Launcher, free_port
-from prfaas.topology import Topology
+from prfaas.launch.local import Launcher
+from prfaas.policy.controller import ControllerConfig
+from prfaas.topology import PrefixCacheConfig, Topology
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 READY_TIMEOUT_S = 300.0
 EMULATE = "nemotron-3-nano"  # a small hybrid KV: every request moves tens of MiB on loopback
 INITIAL_THRESHOLD = 100000  # nothing offloads at first: PD prefill binds
 MAX_TOKENS = 4
 TOKEN = "controller-test-token"
-
-
-def instance_toml(name: str, role: str, hardware: str, kv: bool) -> str:
-    lines = [
-        "  [[clusters.instances]]",
-        f'  name = "{name}"',
-        f'  role = "{role}"',
-        f'  http = "127.0.0.1:{free_port()}"',
-        '  engine = "emulated"',
-        f'  hardware = "{hardware}"',
-    ]
-    if kv:
-        lines.append(f'  kv = "127.0.0.1:{free_port()}"')
-    return "\n".join(lines) + "\n"
 
 
 def write_topology(
@@ -44,48 +32,33 @@ def write_topology(
     prefix_block_tokens: int | None = None,
 ) -> Path:
     """The test topology; a driven `[controller]` that decides on the first tick it can."""
-    controller = (
-        f"[controller]\ndriven = true\nperiod_s = {period_s}\nwindow_s = 1000\n"
-        "min_samples = 10\npersistence_ticks = 1\nthreshold_persistence_ticks = 1\n"
-        "cooldown_s = 0\n"
+    controller = ControllerConfig(
+        period_s=period_s,
+        window_s=1000,
+        min_samples=10,
+        persistence_ticks=1,
+        threshold_persistence_ticks=1,
+        cooldown_s=0,
     )
+    prefix_cache = None
     if prefix_block_tokens is not None:
-        controller += (
-            f"\n[prefix_cache]\nblock_tokens = {prefix_block_tokens}\nbudget_bytes = {8 << 30}\n"
-        )
-    text = f"""\
-[model]
-name = "qwen3_next"
-emulate = "{EMULATE}"
-time_scale = 0
-
-[router]
-http = "127.0.0.1:{free_port()}"
-
-[link]
-gbps = 10
-
-[policy]
-threshold = {INITIAL_THRESHOLD}
-
-[transport]
-token = "{TOKEN}"
-
-{controller if with_controller else ""}
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{instance_toml("prfaas-p0", "prefill", "h200", kv=False)}
-[[clusters]]
-name = "pd"
-kind = "pd"
-{instance_toml("pd-p0", "prefill", "h20", kv=True)}
-{instance_toml("pd-d0", "decode", "h20", kv=True)}
-{instance_toml("pd-d1", "decode", "h20", kv=True)}
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    return path
+        prefix_cache = PrefixCacheConfig(prefix_block_tokens, 8 << 30)
+    spec = TopologySpec(
+        clusters=(
+            prfaas(Node("prfaas-p0")),
+            pd(Node("pd-p0", kv=True), decode("pd-d0"), decode("pd-d1")),
+        ),
+        engine="emulated",
+        emulate=EMULATE,
+        time_scale=0,
+        link_gbps=10,
+        threshold=INITIAL_THRESHOLD,
+        token=TOKEN,
+        controller=controller if with_controller else None,
+        driven=True,
+        prefix_cache=prefix_cache,
+    )
+    return spec.write(directory)
 
 
 class Live:

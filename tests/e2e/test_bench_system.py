@@ -13,62 +13,24 @@ from pathlib import Path
 import pytest
 
 from prfaas.launch.local import free_port
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 pytestmark = pytest.mark.slow
 NUM_REQUESTS = 8
 
 
 def _topology(directory: Path) -> Path:
-    ports = [free_port() for _ in range(5)]
-    text = f"""\
-[model]
-name = "qwen3_next"
-emulate = "gpt-oss-120b"   # small KV per request: MiBs over loopback, not hundreds
-time_scale = 0.1
-
-[router]
-http = "127.0.0.1:{ports[0]}"
-
-[link]
-gbps = 10
-
-[policy]
-threshold = 256
-drain_s = 2
-
-[transport]
-token = "bench-system-test-token"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-  [[clusters.instances]]
-  name = "prfaas-p0"
-  role = "prefill"
-  http = "127.0.0.1:{ports[1]}"
-  engine = "emulated"
-  hardware = "h200"
-
-[[clusters]]
-name = "pd"
-kind = "pd"
-  [[clusters.instances]]
-  name = "pd-p0"
-  role = "prefill"
-  http = "127.0.0.1:{ports[2]}"
-  engine = "emulated"
-  hardware = "h20"
-  [[clusters.instances]]
-  name = "pd-d0"
-  role = "decode"
-  http = "127.0.0.1:{ports[3]}"
-  kv = "127.0.0.1:{ports[4]}"
-  engine = "emulated"
-  hardware = "h20"
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    return path
+    spec = TopologySpec(
+        clusters=(prfaas(Node("prfaas-p0")), pd(Node("pd-p0"), decode("pd-d0"))),
+        engine="emulated",
+        emulate="gpt-oss-120b",  # small KV per request: MiBs over loopback, not hundreds
+        time_scale=0.1,
+        link_gbps=10,
+        threshold=256,
+        drain_s=2,
+        token="bench-system-test-token",
+    )
+    return spec.write(directory)
 
 
 def _bench(*flags: str, timeout_s: float) -> subprocess.CompletedProcess[str]:

@@ -36,7 +36,9 @@ from services_harness import (
     wait_for,
 )
 
-from prfaas.launch.local import free_port
+from prfaas.policy.controller import ControllerConfig
+from prfaas.topology import PrefixCacheConfig
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 pytestmark = pytest.mark.slow
 BLOCK_TOKENS = 32
@@ -46,57 +48,26 @@ FOLLOW_UP = " Why?"
 TOKEN = "prefix-transfer-test-token"
 
 
-def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
-    kv_line = f'  kv = "127.0.0.1:{free_port()}"\n' if kv else ""
-    return (
-        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "127.0.0.1:{free_port()}"\n{kv_line}  engine = "torch"\n'
-        f'  hardware = "{hardware}"\n'
-    )
-
-
 def _topology(
     directory: Path, pd_prefill_kv: bool, prfaas_kv: bool = False, controller: bool = False
 ) -> Path:
     """`controller`: a driven `[controller]` (never ticked here), so every PD instance is a
     convertible one (`pd_instance`); it needs `pd_prefill_kv`."""
-    controller_table = "[controller]\ndriven = true\n" if controller else ""
-    text = f"""\
-[model]
-name = "qwen3_next"
-
-[router]
-http = "127.0.0.1:{free_port()}"
-api_keys = ["{API_KEY}"]
-
-[link]
-gbps = 10
-
-[policy]
-threshold = {THRESHOLD}
-transfer_deadline_s = 60
-
-[transport]
-token = "{TOKEN}"
-
-[prefix_cache]
-block_tokens = {BLOCK_TOKENS}
-budget_bytes = {256 << 20}
-{controller_table}
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{_instance("prfaas-prefill-0", "prefill", "h200", kv=prfaas_kv)}
-[[clusters]]
-name = "pd"
-kind = "pd"
-{_instance("pd-prefill-0", "prefill", "h20", kv=pd_prefill_kv)}
-{_instance("pd-decode-0", "decode", "h20", kv=True)}
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
+    spec = TopologySpec(
+        clusters=(
+            prfaas(Node("prfaas-prefill-0", kv=prfaas_kv)),
+            pd(Node("pd-prefill-0", kv=pd_prefill_kv), decode("pd-decode-0")),
+        ),
+        api_keys=(API_KEY,),
+        link_gbps=10,
+        threshold=THRESHOLD,
+        transfer_deadline_s=60,
+        token=TOKEN,
+        prefix_cache=PrefixCacheConfig(BLOCK_TOKENS, 256 << 20),
+        controller=ControllerConfig() if controller else None,
+        driven=True,
+    )
+    return spec.write(directory)
 
 
 @contextmanager

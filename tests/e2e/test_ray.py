@@ -29,11 +29,11 @@ from services_harness import API_KEY, LONG_PROMPT, SHORT_PROMPT, get_json, wait_
 
 from prfaas.cli import main
 from prfaas.errors import UserError
-from prfaas.launch.local import free_port
 from prfaas.launch.ray_placement import CLUSTER_RESOURCE_SHARE, ROUTER_NAME, cluster_resource
 from prfaas.launch.status import router_ready
 from prfaas.models import load_model_spec
 from prfaas.topology import load_topology
+from topologies import EMBEDDED, TopologySpec
 
 if importlib.util.find_spec("ray") is None:  # only a missing package skips: a broken one fails
     pytest.skip("the ray extra is not installed", allow_module_level=True)
@@ -48,47 +48,19 @@ MAX_TOKENS = 6
 CLUSTERS = ("prfaas", "pd")
 
 
-def _instance(name: str, role: str, hardware: str, kv: bool) -> str:
-    text = (
-        f'  [[clusters.instances]]\n  name = "{name}"\n  role = "{role}"\n'
-        f'  http = "127.0.0.1:{free_port()}"\n  engine = "emulated"\n  hardware = "{hardware}"\n'
-    )
-    return text + (f'  kv = "127.0.0.1:{free_port()}"\n' if kv else "")
-
-
 def _write_topology(directory: Path) -> Path:
     """The embedded deployment's shape (router, PrfaaS prefill, PD prefill, PD decode), emulated.
     Its addresses are placeholders: the launcher replaces every one with what the actors found."""
-    path = directory / "topology.toml"
-    path.write_text(
-        f"""
-[model]
-name = "qwen3_next"
-emulate = "{EMULATE}"
-time_scale = 0
-
-[router]
-http = "127.0.0.1:{free_port()}"
-api_keys = ["{API_KEY}"]
-
-[policy]
-threshold = 64
-
-[transport]
-token = "ray-test-token"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{_instance("prfaas-prefill-0", "prefill", "h200", kv=False)}
-[[clusters]]
-name = "pd"
-kind = "pd"
-{_instance("pd-prefill-0", "prefill", "h20", kv=False)}
-{_instance("pd-decode-0", "decode", "h20", kv=True)}
-"""
+    spec = TopologySpec(
+        clusters=EMBEDDED,
+        engine="emulated",
+        emulate=EMULATE,
+        time_scale=0,
+        api_keys=(API_KEY,),
+        threshold=64,
+        token="ray-test-token",
     )
-    return path
+    return spec.write(directory)
 
 
 def _start_local_ray(temp_dir: str) -> None:

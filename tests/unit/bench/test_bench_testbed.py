@@ -3,7 +3,6 @@ its timed actions), the simulator's bandwidth of a run and the namespace check."
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,59 +13,22 @@ from prfaas.bench.system import _sim_bandwidth
 from prfaas.bench.testbed_link import BenchTestbed, LinkDrop, in_namespace
 from prfaas.errors import UserError
 from prfaas.sim.link import BandwidthStep
-from prfaas.topology import Topology, parse_topology
-
-TOPOLOGY = """
-[model]
-name = "qwen3_next"
-emulate = "paper-1t"
-time_scale = {time_scale}
-payload_scale = 0.01
-
-[link]
-gbps = 2
-
-[policy]
-threshold = 1000
-
-[transport]
-token = "bench-testbed-unit-test-token"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-
-  [[clusters.instances]]
-  name = "r0"
-  role = "prefill"
-  http = "127.0.0.1:18101"
-  engine = "emulated"
-  hardware = "h200"
-
-[[clusters]]
-name = "pd"
-kind = "pd"
-
-  [[clusters.instances]]
-  name = "p0"
-  role = "prefill"
-  http = "127.0.0.1:18201"
-  engine = "emulated"
-  hardware = "h20"
-
-  [[clusters.instances]]
-  name = "d0"
-  role = "decode"
-  http = "127.0.0.1:18301"
-  kv = "127.0.0.1:18302"
-  engine = "emulated"
-  hardware = "h20"
-"""
+from prfaas.topology import Topology
+from topologies import TopologySpec
 
 
 def _topology(time_scale: float) -> Topology:
-    text = TOPOLOGY.format(time_scale=time_scale)
-    return parse_topology(tomllib.loads(text), Path("."), source="t")
+    """Emulated paper-1t (r0 on H200, p0 and d0 on H20), a 2 Gbps wire scaled by 0.01."""
+    spec = TopologySpec(
+        engine="emulated",
+        time_scale=time_scale,
+        payload_scale=0.01,
+        link_gbps=2,
+        threshold=1000,
+        token="bench-testbed-unit-test-token",
+        port_base=18000,
+    )
+    return spec.topology()
 
 
 # ---- the drop's text form and its steps -------------------------------------------------------

@@ -5,9 +5,7 @@ side of `prfaas bench system`'s report (`compare` with a changed link, `sim_meet
 from __future__ import annotations
 
 import math
-import tomllib
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
@@ -15,64 +13,10 @@ from prfaas.bench.loadgen import RequestResult, RunOutcome
 from prfaas.bench.report import GBIT, compare, sim_meets_slo
 from prfaas.errors import UserError
 from prfaas.sim.link import BandwidthStep
-from prfaas.topology import ModelConfig, Topology, parse_topology
+from prfaas.topology import ModelConfig, Topology
 from prfaas.topology.derived import planner_inputs
 from prfaas.topology.sim_config import sim_config_of
-
-HEAD = """
-[model]
-name = "qwen3_next"
-emulate = "paper-1t"
-time_scale = {time_scale}
-payload_scale = {payload_scale}
-
-[link]
-gbps = 2
-
-[policy]
-threshold = 1000
-deployment = "{deployment}"
-
-[transport]
-token = "model-units-unit-test-token"
-"""
-
-PRFAAS_CLUSTER = """
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-{instances}
-"""
-
-PD_CLUSTER = """
-[[clusters]]
-name = "pd"
-kind = "pd"
-{instances}
-  [[clusters.instances]]
-  name = "d0"
-  role = "decode"
-  http = "127.0.0.1:18301"
-  kv = "127.0.0.1:18302"
-  engine = "emulated"
-  hardware = "h20"
-"""
-
-INSTANCE = """
-  [[clusters.instances]]
-  name = "{name}"
-  role = "prefill"
-  http = "127.0.0.1:{port}"
-  engine = "emulated"
-  hardware = "{hardware}"
-"""
-
-
-def _prefill(prefix: str, count: int, first_port: int, hardware: str) -> str:
-    return "".join(
-        INSTANCE.format(name=f"{prefix}{i}", port=first_port + i, hardware=hardware)
-        for i in range(count)
-    )
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 
 def _topology(
@@ -84,11 +28,20 @@ def _topology(
 ) -> Topology:
     """Emulated paper-1t: `num_prfaas` H200 PrfaaS prefill instances (0: no PrfaaS cluster),
     `num_pd_prefill` H20 PD prefill instances and one H20 decode instance, a 2 Gbps wire."""
-    text = HEAD.format(time_scale=time_scale, payload_scale=payload_scale, deployment=deployment)
-    if num_prfaas:
-        text += PRFAAS_CLUSTER.format(instances=_prefill("r", num_prfaas, 18101, "h200"))
-    text += PD_CLUSTER.format(instances=_prefill("p", num_pd_prefill, 18201, "h20"))
-    return parse_topology(tomllib.loads(text), Path("."), source="t")
+    remote = tuple(Node(f"r{i}") for i in range(num_prfaas))
+    local = pd(*(Node(f"p{i}") for i in range(num_pd_prefill)), decode("d0"))
+    spec = TopologySpec(
+        clusters=(prfaas(*remote), local) if remote else (local,),
+        engine="emulated",
+        time_scale=time_scale,
+        payload_scale=payload_scale,
+        link_gbps=2,
+        deployment=deployment,
+        threshold=1000,
+        token="model-units-unit-test-token",
+        port_base=18000,
+    )
+    return spec.topology()
 
 
 def _outcome(prompt_lengths: list[int], gap_s: float = 0.2) -> RunOutcome:

@@ -2,44 +2,28 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 from prfaas.instance.engines import printable_token_ids
 from prfaas.service.text import load_codec
-from prfaas.topology import parse_topology
-
-_TOPOLOGY = """
-[model]
-name = "{name}"
-emulate = "paper-1t"
-[policy]
-deployment = "homogeneous"
-[transport]
-token = "output-ids-test-token-0123456789"
-[[clusters]]
-name = "pd"
-kind = "pd"
-  [[clusters.instances]]
-  name = "p0"
-  role = "prefill"
-  http = "127.0.0.1:1"
-  engine = "emulated"
-  hardware = "h20"
-  num_gpus = 8
-  [[clusters.instances]]
-  name = "d0"
-  role = "decode"
-  http = "127.0.0.1:2"
-  kv = "127.0.0.1:3"
-  engine = "emulated"
-  hardware = "h20"
-  num_gpus = 8
-"""
+from prfaas.topology import Topology
+from topologies import Node, TopologySpec, decode, pd
 
 
-def _topology(name: str, tmp_path: Path):  # type: ignore[no-untyped-def]
-    return parse_topology(tomllib.loads(_TOPOLOGY.format(name=name)), tmp_path, source="test")
+def _topology(name: str, tmp_path: Path) -> Topology:
+    """Model `name` (a preset, or a checkpoint directory under `tmp_path`) on a homogeneous
+    deployment of emulated H20 instances."""
+    spec = TopologySpec(
+        clusters=(pd(Node("p0"), decode("d0")),),
+        engine="emulated",
+        model=name,
+        deployment="homogeneous",
+        threshold=None,
+        token="output-ids-test-token-0123456789",
+        port_base=18000,
+        base_dir=tmp_path,
+    )
+    return spec.topology()
 
 
 def test_the_byte_tokenizer_gives_printable_ascii_without_special_tokens(tmp_path: Path) -> None:

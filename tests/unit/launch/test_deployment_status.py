@@ -18,6 +18,7 @@ from prfaas.launch.local import free_port
 from prfaas.launch.ray_placement import Member
 from prfaas.launch.status import collect_status
 from prfaas.messages import InstanceStats
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 TOKEN = "status-test-token"
 KV_DEST = "127.0.0.1:19999"
@@ -134,34 +135,15 @@ def test_status_command_exit_status_and_json(
 ) -> None:
     """All ready: exit 0; the table names every instance. Then one goes away: exit 1."""
     fakes["router"].routes["/ready"] = (200, {"ready": True, "instances": {"r0": True, "d0": True}})
-    topology = tmp_path / "t.toml"
-    topology.write_text(
-        f"""
-[model]
-name = "qwen3_next"
-[router]
-http = "{fakes["router"].address}"
-[policy]
-threshold = 64
-[transport]
-token = "{TOKEN}"
-[[clusters]]
-name = "remote"
-kind = "prfaas"
-  [[clusters.instances]]
-  name = "r0"
-  role = "prefill"
-  http = "{fakes["r0"].address}"
-[[clusters]]
-name = "local"
-kind = "pd"
-  [[clusters.instances]]
-  name = "d0"
-  role = "decode"
-  http = "{fakes["d0"].address}"
-  kv = "{KV_DEST}"
-"""
+    spec = TopologySpec(
+        clusters=(
+            prfaas(Node("r0", http=fakes["r0"].address), name="remote"),
+            pd(decode("d0", http=fakes["d0"].address, kv=KV_DEST), name="local"),
+        ),
+        router_http=fakes["router"].address,
+        token=TOKEN,
     )
+    topology = spec.write(tmp_path, "t.toml")
     assert main(["status", "--config", str(topology)]) == 0
     out = capsys.readouterr().out
     assert "router http://" in out and "ready" in out and "r0" in out and "d0" in out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
@@ -32,7 +31,8 @@ from prfaas.launch.ray_placement import (
     router_cluster,
     router_needs,
 )
-from prfaas.topology import Topology, parse_topology
+from prfaas.topology import Topology
+from topologies import Node, TopologySpec, pd, prfaas
 
 ROUTER_PORT = 18000
 
@@ -40,31 +40,18 @@ ROUTER_PORT = 18000
 def _topology(engine: str = "emulated", receivers: frozenset[str] = frozenset({"d0"})) -> Topology:
     """r0 (PrfaaS prefill), p0 (PD prefill), d0 (PD decode); `receivers` have `kv`, and a
     `kv_listen` on the wildcard host when any instance besides d0 has one."""
+    listen = receivers != {"d0"}
 
-    def inst(name: str, role: str, port: int) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": name, "role": role, "http": f"127.0.0.1:{port}"}
-        d["engine"] = engine
-        if name in receivers:
-            d["kv"] = f"127.0.0.1:{port + 1}"
-            if receivers != {"d0"}:
-                d["kv_listen"] = f"0.0.0.0:{port + 1}"
-        return d
+    def node(name: str, role: str, port: int) -> Node:
+        kv = name in receivers
+        return Node(name, role, kv=kv, kv_listen=f"0.0.0.0:{port + 1}" if kv and listen else None)
 
-    data = {
-        "model": {"name": "qwen3_next"},
-        "router": {"http": f"127.0.0.1:{ROUTER_PORT}"},
-        "policy": {"threshold": 64},
-        "transport": {"token": "secret-token"},
-        "clusters": [
-            {"name": "remote", "kind": "prfaas", "instances": [inst("r0", "prefill", 18100)]},
-            {
-                "name": "local",
-                "kind": "pd",
-                "instances": [inst("p0", "prefill", 18200), inst("d0", "decode", 18300)],
-            },
-        ],
-    }
-    return parse_topology(data, Path("."))
+    clusters = (
+        prfaas(node("r0", "prefill", 18100), name="remote"),
+        pd(node("p0", "prefill", 18200), node("d0", "decode", 18300), name="local"),
+    )
+    spec = TopologySpec(clusters, engine=engine, token="secret-token", port_base=ROUTER_PORT)
+    return spec.topology()
 
 
 def _placements(topology: Topology, host: str = "10.0.0.7", base: int = 30000) -> dict:

@@ -3,40 +3,20 @@ and before any transfer the policy sees an idle link of the configured capacity.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
 import pytest
 
 from prfaas.messages import InstanceStats
 from prfaas.router.monitor import ClusterMonitor
-from prfaas.topology import Topology, parse_topology
+from prfaas.topology import Topology
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 DEST = "127.0.0.1:18301"
 
 
 def _topology() -> Topology:
-    def inst(name: str, role: str, port: int, kv: str | None = None) -> dict[str, Any]:
-        d: dict[str, Any] = {"name": name, "role": role, "http": f"127.0.0.1:{port}"}
-        if kv:
-            d["kv"] = kv
-        return d
-
-    data = {
-        "model": {"name": "qwen3_next"},
-        "policy": {"threshold": 64},
-        "link": {"gbps": 8},  # 1e9 bytes/s
-        "transport": {"token": "t"},
-        "clusters": [
-            {"name": "prfaas", "kind": "prfaas", "instances": [inst("r0", "prefill", 18100)]},
-            {
-                "name": "pd",
-                "kind": "pd",
-                "instances": [inst("p0", "prefill", 18200), inst("d0", "decode", 18300, DEST)],
-            },
-        ],
-    }
-    return parse_topology(data, Path("."))
+    """r0 (PrfaaS prefill), p0 and d0 (PD, d0's KV receiver at DEST), an 8 Gbps link."""
+    clusters = (prfaas(Node("r0")), pd(Node("p0"), decode("d0", kv=DEST)))
+    return TopologySpec(clusters, link_gbps=8, token="t", port_base=18000).topology()  # 1e9 B/s
 
 
 def _stats(bytes_sent: int, *, retrans: int = 0, delivery_rate: float = 5e9) -> InstanceStats:

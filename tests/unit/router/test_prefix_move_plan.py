@@ -9,8 +9,6 @@ over the PD cache), each to a prefill instance with `kv`.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -21,7 +19,9 @@ from prfaas.router.dispatch import Dispatch, Dispatcher
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor
 from prfaas.router.prefix_index import RouterPrefixIndex, max_reusable_tokens
-from prfaas.topology import Topology, parse_topology
+from prfaas.topology import PrefixCacheConfig, Topology
+from prfaas.topology.config import DEFAULT_PREFIX_BUDGET_BYTES
+from topologies import Node, TopologySpec, decode, pd, prfaas
 
 BLOCK_TOKENS = 4
 THRESHOLD = 16
@@ -29,29 +29,16 @@ MAX_BLOCKS = 20
 
 
 def _topology() -> Topology:
-    def inst(name: str, role: str, port: int) -> dict[str, object]:
-        return {
-            "name": name,
-            "role": role,
-            "http": f"127.0.0.1:{port}",
-            "kv": f"127.0.0.1:{port + 1}",
-        }
-
-    data = {
-        "model": {"name": "qwen3_next"},
-        "policy": {"threshold": THRESHOLD},
-        "transport": {"token": "secret"},
-        "prefix_cache": {"block_tokens": BLOCK_TOKENS},
-        "clusters": [
-            {"name": "prfaas", "kind": "prfaas", "instances": [inst("r0", "prefill", 18100)]},
-            {
-                "name": "pd",
-                "kind": "pd",
-                "instances": [inst("p0", "prefill", 18200), inst("d0", "decode", 18300)],
-            },
-        ],
-    }
-    return parse_topology(data, Path("."))
+    """r0 (PrfaaS prefill), p0 and d0 (PD), every one with a KV receiver, a prefix cache."""
+    clusters = (prfaas(Node("r0", kv=True)), pd(Node("p0", kv=True), decode("d0")))
+    spec = TopologySpec(
+        clusters,
+        threshold=THRESHOLD,
+        token="secret",
+        prefix_cache=PrefixCacheConfig(BLOCK_TOKENS, DEFAULT_PREFIX_BUDGET_BYTES),
+        port_base=18000,
+    )
+    return spec.topology()
 
 
 TOPOLOGY = _topology()

@@ -1,5 +1,5 @@
-"""The only torch package: model runner, KV export/import, sampling, an emulated engine, and
-tiny checkpoints on disk.
+"""The only torch package: the engine interface (`protocol.ServingEngine`), the torch engine and
+an emulated one, KV export/import, sampling, and tiny checkpoints on disk.
 
 Names are imported lazily, so `import prfaas.engine.presets` stays light:
 `from prfaas.engine import Engine, load_model` loads torch and transformers on first use.
@@ -12,14 +12,16 @@ from typing import Any
 
 _EXPORTS: dict[str, str] = {
     "Engine": "prfaas.engine.runner",
-    "RequestState": "prfaas.engine.runner",
-    "LayerCallback": "prfaas.engine.runner",
+    "RequestState": "prfaas.engine.model_runner",
+    "LayerCallback": "prfaas.engine.protocol",
+    "ServingEngine": "prfaas.engine.protocol",
+    "RequestView": "prfaas.engine.protocol",
     "LoadedModel": "prfaas.engine.loading",
     "load_model": "prfaas.engine.loading",
     "weights_checksum": "prfaas.engine.loading",
-    "ExportedState": "prfaas.engine.kv_state",
-    "LayerState": "prfaas.engine.kv_state",
-    "ManifestMismatch": "prfaas.engine.kv_state",
+    "ExportedState": "prfaas.engine.protocol",
+    "LayerState": "prfaas.engine.protocol",
+    "ManifestMismatch": "prfaas.engine.validation",
     "InvalidRequest": "prfaas.engine.validation",
     "save_tiny_checkpoint": "prfaas.engine.checkpoint",
     "EmulatedEngine": "prfaas.engine.emulated",

@@ -10,8 +10,10 @@ an 8-byte pattern derived from (seed, req_id, tensor name), and `import_` verifi
 a misrouted or corrupted transfer is caught (sizes and patterns: `emulated_payload`).
 Output tokens are drawn from the request's seed.
 
-Requests are checked on entry as the real engine checks them (`validation`): prompt ids inside the
-spec's vocabulary, lengths within a position limit when one is known, and manifests from the same
+The request table, scheduling, admission, finishing, export/import bookkeeping and the prefix
+cache's per-request side are the torch engine's own (`core`, `state_exchange`): requests are
+checked on entry as the real engine checks them (`validation`): prompt ids inside the spec's
+vocabulary, lengths within a position limit when one is known, and manifests from the same
 emulated model (fingerprint `emulated:{spec name}:{seed}`).
 """
 
@@ -20,61 +22,30 @@ from __future__ import annotations
 import functools
 import random
 import time
-import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from prfaas.engine.emulated_payload import bytes_equal, layer_tensor_sizes, pattern_tensor
+from prfaas.engine.emulated_payload import EmulatedPayload, layer_tensor_sizes
 from prfaas.engine.emulated_prefix import EmulatedPrefixCache
-from prfaas.engine.kv_state import ExportedState, LayerState, ManifestMismatch, PayloadView
-from prfaas.engine.prefix_store import check_prefix_payload, payload_digest
-from prfaas.engine.validation import (
-    PrefixMiss,
-    check_distinct_ids,
-    check_exportable,
-    check_manifest_request,
-    check_prompt,
-    check_skip_tokens,
-    fingerprint_mismatch,
-    one_line,
-)
+from prfaas.engine.prefix_book import check_prefix_payload, left_out_prefix_text, payload_digest
+from prfaas.engine.protocol import Buffers, ExportedState, LayerCallback
+from prfaas.engine.sequence import RequestProgress
+from prfaas.engine.state_exchange import StateExchange, new_transfer_id
+from prfaas.engine.validation import ManifestMismatch, PrefixMiss, fingerprint_mismatch
 from prfaas.errors import UserError
 from prfaas.messages import (
     PREFIX_META_KEY,
-    GenerateRequest,
     KVManifest,
-    LayerEntry,
     PrefixTransferInfo,
-    SamplingParams,
-    TensorEntry,
     TokenDelta,
 )
-from prfaas.models import LayerSpec, ModelSpec, load_model_spec
+from prfaas.models import ModelSpec, load_model_spec
 from prfaas.perf import CostModel, get_hardware
-from prfaas.prefix_cache import HybridPrefixPool
 from prfaas.prefix_cache.config import PrefixCacheConfig
 
-LayerCallback = Callable[[str, LayerState], None]
+__all__ = ["EmulatedEngine", "layer_tensor_sizes", "make_emulated_engine"]
+
 _SEED_STRIDE = 1_000_003
-
-
-@dataclass
-class EmulatedRequest:
-    """One request's progress in the emulated engine."""
-
-    req_id: str
-    num_prompt_tokens: int
-    sampling: SamplingParams
-    seed: int
-    num_computed_tokens: int = 0
-    output_token_ids: list[int] = field(default_factory=list)
-    finish_reason: str | None = None
-    error: str | None = None  # why, when finish_reason is "error"
-    prompt_token_ids: tuple[int, ...] = ()  # known for local prefills and for imports given them
-    num_cached_tokens: int = 0  # prompt tokens reused from the prefix cache
-    transfer_id: str | None = None  # exported state held for this transfer until `free`
-    lease_id: int | None = None  # prefix-cache pin held until import or `free`
 
 
 def make_emulated_engine(
@@ -87,7 +58,7 @@ def make_emulated_engine(
     )
 
 
-class EmulatedEngine:
+class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
     """Same methods as `Engine`; cost-model durations and real-size, verifiable payloads."""
 
     def __init__(
@@ -120,6 +91,17 @@ class EmulatedEngine:
             raise UserError(f"payload_scale must be in (0, 1], got {payload_scale}")
         if not time_scale >= 0:
             raise UserError(f"time_scale must be >= 0, got {time_scale}")
+        spec_limit = getattr(spec, "max_position_embeddings", None)
+        prefix = None if prefix_cache is None else EmulatedPrefixCache(spec, kv_dtype, prefix_cache)
+        super().__init__(
+            RequestProgress,
+            seed=seed,
+            max_batch_size=max_batch_size,
+            vocab_size=spec.vocab_size if spec.vocab_size > 0 else None,
+            max_positions=max_positions if max_positions is not None else spec_limit,
+            tokenizer=None,  # no text: stop strings are the router's to apply
+            prefix=prefix,
+        )
         self.time_scale = time_scale
         self.payload_scale = payload_scale
         self.spec = spec
@@ -130,31 +112,17 @@ class EmulatedEngine:
         self._t_decode_step_s = functools.lru_cache(maxsize=4096)(cost.t_decode_step_s)
         self.kv_dtype = kv_dtype
         self.seed = seed
-        self.max_batch_size = max_batch_size
         self._sleep = sleep
-        self.requests: dict[str, EmulatedRequest] = {}
-        self._waiting: list[str] = []
-        self._rng = random.Random(seed)
-        spec_limit = getattr(spec, "max_position_embeddings", None)
-        self.max_positions: int | None = max_positions if max_positions is not None else spec_limit
-        self._vocab_size = spec.vocab_size if spec.vocab_size > 0 else None
         self._output_token_ids = tuple(output_token_ids)
-        self.prefix = (
-            None if prefix_cache is None else EmulatedPrefixCache(spec, kv_dtype, prefix_cache)
-        )
-
-    def predicted_prefill_s(self, num_tokens: int) -> float:
-        """Seconds this engine takes to prefill `num_tokens` from scratch (what it sleeps)."""
-        return float(self._t_prefill_s(num_tokens)) * self.time_scale
-
-    def _sleep_scaled(self, model_s: float) -> None:
-        if self.time_scale > 0:
-            self._sleep(model_s * self.time_scale)
+        self._payload = EmulatedPayload(spec, kv_dtype, seed, payload_scale)
 
     @property
-    def prefix_pool(self) -> HybridPrefixPool | None:
-        """The prefix cache's bookkeeping (events, bytes), or None without a prefix cache."""
-        return None if self.prefix is None else self.prefix.pool
+    def max_positions(self) -> int | None:
+        return self._max_positions
+
+    @property
+    def prefix(self) -> EmulatedPrefixCache | None:
+        return self._prefix
 
     @property
     def arch(self) -> str:
@@ -165,57 +133,137 @@ class EmulatedEngine:
         """The emulated model's identity: its spec and the seed of its payload patterns."""
         return f"emulated:{self.spec.name}:{self.seed}"
 
-    def add_request(self, request: GenerateRequest) -> None:
-        self._check_request(request)
-        state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
-        state.prompt_token_ids = tuple(request.prompt_token_ids)
-        self._waiting.append(request.req_id)
+    def predicted_prefill_s(self, num_tokens: int) -> float:
+        """Seconds this engine takes to prefill `num_tokens` from scratch (what it sleeps)."""
+        return float(self._t_prefill_s(num_tokens)) * self.time_scale
 
-    def _check_request(self, request: GenerateRequest) -> None:
-        check_prompt(request.req_id, request.prompt_token_ids, self._vocab_size, self.max_positions)
-        if request.req_id in self.requests:
-            raise UserError(f"request {request.req_id!r} is already in this engine")
+    def _sleep_scaled(self, model_s: float) -> None:
+        if self.time_scale > 0:
+            self._sleep(model_s * self.time_scale)
 
-    def _register(self, req_id: str, num_prompt: int, sampling: SamplingParams) -> EmulatedRequest:
-        if req_id in self.requests:
-            raise UserError(f"request {req_id!r} is already in this engine")
-        if num_prompt < 1:
-            raise UserError(f"request {req_id!r} has an empty prompt")
-        seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(31)
-        state = EmulatedRequest(req_id, num_prompt, sampling, seed)
-        self.requests[req_id] = state
-        return state
-
-    def free(self, req_id: str) -> None:
-        """Drop a request; its transfer reservation and pins end, and a finished request's
-        blocks (prompt and output) stay in the prefix cache."""
-        state = self.requests.pop(req_id, None)
-        if req_id in self._waiting:
-            self._waiting.remove(req_id)
-        if self.prefix is not None:
-            self.prefix.unpin(req_id)
-            if state is not None:
-                self.prefix.retire(state)
-
-    def num_cached_tokens(self, req_id: str) -> int:
-        """Prompt tokens the request's prefill reused from the prefix cache."""
-        return self._get(req_id).num_cached_tokens
+    def _store_finished(self, state: RequestProgress, hashes: list[int]) -> None:
+        if self._prefix is not None:
+            self._prefix.store(hashes)
 
     def pin_prefix(self, req_id: str, prompt_token_ids: Sequence[int], num_tokens: int) -> bool:
         """Keep the full-attention KV of the prompt's first `num_tokens` tokens cached until
-        `req_id` is imported or freed; False when they are not (all) cached."""
-        if self.prefix is None:
-            return False
-        return self.prefix.pin(req_id, prompt_token_ids, num_tokens)
+        `req_id` is imported or freed; False when they are not (all) cached. A length that is
+        not a positive multiple of the block size is refused (UserError)."""
+        if self._prefix is not None:
+            block_tokens = self._prefix.block_tokens
+            if num_tokens % block_tokens or num_tokens <= 0:
+                raise UserError(
+                    f"a pinned prefix must be a positive multiple of {block_tokens} tokens, "
+                    f"got {num_tokens}"
+                )
+        return super().pin_prefix(req_id, prompt_token_ids, num_tokens)
 
-    def cached_prefix_tokens(self, prompt_token_ids: Sequence[int]) -> int:
-        """Prompt tokens whose full-attention KV this engine holds (what a receiver can skip)."""
-        return 0 if self.prefix is None else self.prefix.receiver_tokens(prompt_token_ids)
+    # ---- prefill and decode -----------------------------------------------------------------
+    def _prefill_one(
+        self,
+        state: RequestProgress,
+        on_layer: LayerCallback | None,
+        chunk_size: int | None,
+        skip_tokens: int,
+    ) -> int:
+        """Sleep the request's predicted prefill time, layer by layer; its first token. With a
+        prefix cache only the tokens after the longest usable cached prefix are computed (and
+        timed), and the prompt's blocks are stored."""
+        prompt = state.prompt_token_ids
+        hashes: list[int] = []
+        if self._prefix is not None:
+            hashes = self._block_hashes(state, prompt)
+            num_blocks = self._prefix.usable_blocks(hashes, len(prompt))
+            state.num_cached_tokens = num_blocks * self._prefix.block_tokens
+        num_computed = len(prompt) - state.num_cached_tokens
+        per_layer_s = self._t_prefill_s(num_computed) / self.spec.num_layers
+        state.num_computed_tokens = len(prompt)
+        offset = 0
+        for layer in self.spec.layers:
+            self._sleep_scaled(per_layer_s)
+            if on_layer is not None:
+                layer_state = self._payload.layer_state(
+                    state.req_id, layer, len(prompt), offset, skip_tokens
+                )
+                offset += layer_state.entry.num_bytes
+                on_layer(state.req_id, layer_state)
+        if self._prefix is not None:
+            self._prefix.store(hashes, self._prefix.checkpoint_tokens(len(prompt)))
+        token = self._next_token(state)
+        self._finish_if_done(state)
+        return token
 
-    def has_unfinished(self) -> bool:
-        return any(r.finish_reason is None for r in self.requests.values())
+    def _decode(self, group: list[RequestProgress]) -> list[TokenDelta]:
+        """Sleep one decode step's predicted time for the group; one token each."""
+        context = sum(r.num_computed_tokens for r in group) // len(group)
+        self._sleep_scaled(self._t_decode_step_s(len(group), context))
+        deltas = []
+        for state in group:
+            state.num_computed_tokens += 1
+            self._next_token(state)
+            self._finish_if_done(state)
+            deltas.append(self._delta(state))
+        return deltas
 
-    # ---- moving a cached prefix ---------------------------------------------------------------
+    def _next_token(self, state: RequestProgress) -> int:
+        index = len(state.output_token_ids)
+        rng = random.Random(state.seed * _SEED_STRIDE + index)
+        choices = self._output_token_ids
+        token = (
+            choices[rng.randrange(len(choices))] if choices else rng.randrange(self.spec.vocab_size)
+        )
+        state.output_token_ids.append(token)
+        return token
+
+    # ---- export and import ------------------------------------------------------------------
+    def _export_state(
+        self, state: RequestProgress, transfer_id: str, num_prefix_tokens: int
+    ) -> ExportedState:
+        """Synthetic payload of the model's real state size at this length, without the
+        full-attention KV of the first `num_prefix_tokens` tokens."""
+        num_tokens = state.num_computed_tokens
+        layers, buffers = self._payload.layers(state.req_id, num_tokens, num_prefix_tokens)
+        manifest = KVManifest(
+            transfer_id=transfer_id,
+            req_id=state.req_id,
+            arch=self.arch,
+            num_layers=self.spec.num_layers,
+            layers=layers,
+            num_computed_tokens=num_tokens,
+            first_token_id=state.output_token_ids[0],
+            cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
+            model_fingerprint=self.fingerprint,
+            num_prefix_tokens=num_prefix_tokens,
+        )
+        return ExportedState(manifest, buffers)
+
+    def _check_state(self, manifest: KVManifest, buffers: Buffers) -> None:
+        """The same emulated model (spec, layers, fingerprint) and every byte as it was sent."""
+        if manifest.arch != self.arch or manifest.num_layers != self.spec.num_layers:
+            raise ManifestMismatch(
+                f"manifest is for {manifest.arch!r} ({manifest.num_layers} layers), this engine "
+                f"emulates {self.arch!r} ({self.spec.num_layers} layers)"
+            )
+        mismatch = fingerprint_mismatch(manifest, self.fingerprint)
+        if mismatch is not None:
+            raise ManifestMismatch(mismatch)
+        self._payload.check(manifest, buffers)
+
+    def _load_state(
+        self, manifest: KVManifest, buffers: Buffers, copy: bool, prefix: list[int]
+    ) -> object:
+        """Nothing to load; a left-out prefix must be in this engine's prefix cache."""
+        if prefix:
+            book = self._require_prefix("import a partial state")
+            num_held = book.pool.match(prefix).num_attention_blocks * book.block_tokens
+            if num_held < manifest.num_prefix_tokens:
+                raise PrefixMiss(
+                    f"{left_out_prefix_text(manifest)}, this instance's prefix cache holds "
+                    f"{num_held}"
+                )
+        return None
+
+    # ---- moving a cached prefix -------------------------------------------------------------
     def export_prefix(
         self, token_ids: Sequence[int], num_tokens: int, transfer_id: str | None = None
     ) -> ExportedState:
@@ -224,22 +272,16 @@ class EmulatedEngine:
         gives it, real size; PrefixMiss when it is not all cached."""
         prefix = self._require_prefix("export a prefix")
         hashes = prefix.usable_prefix(token_ids, num_tokens)
-        transfer_id = transfer_id or uuid.uuid4().hex
-        state = EmulatedRequest(f"prefix:{transfer_id}", num_tokens, SamplingParams(), self.seed)
-        state.num_computed_tokens = num_tokens
-        layers, buffers, offset = [], [], 0
-        for layer in self.spec.layers:
-            layer_state = self._export_layer(state, layer, offset)
-            layers.append(layer_state.entry)
-            buffers.extend(layer_state.buffers)
-            offset += layer_state.entry.num_bytes
+        transfer_id = new_transfer_id(transfer_id)
+        req_id = f"prefix:{transfer_id}"
+        layers, buffers = self._payload.layers(req_id, num_tokens)
         info = PrefixTransferInfo(prefix.block_tokens, tuple(hashes), payload_digest(buffers))
         manifest = KVManifest(
             transfer_id=transfer_id,
-            req_id=state.req_id,
+            req_id=req_id,
             arch=self.arch,
             num_layers=self.spec.num_layers,
-            layers=tuple(layers),
+            layers=layers,
             num_computed_tokens=num_tokens,
             first_token_id=None,
             cache_meta={
@@ -252,10 +294,7 @@ class EmulatedEngine:
         return ExportedState(manifest, buffers)
 
     def import_prefix(
-        self,
-        manifest: KVManifest,
-        buffers: Sequence[Any],
-        prompt_token_ids: Sequence[int] | None = None,
+        self, manifest: KVManifest, buffers: Buffers, prompt_token_ids: Sequence[int] | None = None
     ) -> int:
         """Check a moved prefix's every byte and store its blocks and state checkpoint in the
         prefix cache, as `Engine.import_prefix` does; returns the tokens now reusable."""
@@ -264,273 +303,5 @@ class EmulatedEngine:
         if info is None:
             raise PrefixMiss(f"manifest of {manifest.req_id!r} is not a prefix transfer")
         check_prefix_payload(info, manifest, buffers, prefix.block_tokens, prompt_token_ids)
-        self._check(manifest, buffers)
-        return prefix.store_blocks(info.block_hashes)
-
-    def _require_prefix(self, what: str) -> EmulatedPrefixCache:
-        if self.prefix is None:
-            raise PrefixMiss(f"cannot {what}: this engine has no prefix cache")
-        return self.prefix
-
-    # ---- prefill and export -----------------------------------------------------------------
-    def prefill(
-        self,
-        requests: Sequence[GenerateRequest],
-        on_layer: LayerCallback | None = None,
-        chunk_size: int | None = None,
-        skip_tokens: Mapping[str, int] | None = None,
-    ) -> list[int]:
-        """Sleep each request's predicted prefill time, layer by layer; first tokens.
-
-        With a prefix cache only the tokens after the longest usable cached prefix are computed
-        (and timed). `skip_tokens[req_id]` leaves that many leading tokens' full-attention KV out
-        of the layer callback's states (the receiver has them). Every request is checked before
-        any is prefilled; one whose prefill raises (`on_layer`) is dropped from the engine and
-        the error propagates.
-        """
-        check_distinct_ids([request.req_id for request in requests])
-        for request in requests:
-            self._check_request(request)
-        first_tokens = []
-        for request in requests:
-            state = self._register(request.req_id, len(request.prompt_token_ids), request.sampling)
-            state.prompt_token_ids = tuple(request.prompt_token_ids)
-            num_skip = (skip_tokens or {}).get(request.req_id, 0)
-            try:
-                first_tokens.append(self._prefill_one(state, on_layer, num_skip))
-            except BaseException:
-                self.free(state.req_id)
-                raise
-        return first_tokens
-
-    def _prefill_one(
-        self, state: EmulatedRequest, on_layer: LayerCallback | None, num_skip: int = 0
-    ) -> int:
-        check_skip_tokens(state.req_id, num_skip, state.num_prompt_tokens)
-        if self.prefix is not None and state.prompt_token_ids:
-            state.num_cached_tokens = self.prefix.reusable_tokens(state.prompt_token_ids)
-        num_computed = state.num_prompt_tokens - state.num_cached_tokens
-        per_layer_s = self._t_prefill_s(num_computed) / self.spec.num_layers
-        state.num_computed_tokens = state.num_prompt_tokens
-        offset = 0
-        for layer in self.spec.layers:
-            self._sleep_scaled(per_layer_s)
-            if on_layer is not None:
-                layer_state = self._export_layer(state, layer, offset, num_skip)
-                offset += layer_state.entry.num_bytes
-                on_layer(state.req_id, layer_state)
-        if self.prefix is not None and state.prompt_token_ids:
-            self.prefix.store_prompt(state.prompt_token_ids)
-        token = self._next_token(state)
-        self._finish_if_done(state)
-        return token
-
-    def _tensor_sizes(
-        self, layer: LayerSpec, num_tokens: int, num_prefix_tokens: int = 0
-    ) -> list[tuple[str, int]]:
-        return layer_tensor_sizes(
-            layer,
-            num_tokens,
-            self.kv_dtype,
-            self.spec.recurrent_state_dtype,
-            self.spec.activation_dtype,
-            num_prefix_tokens,
-            self.payload_scale,
-        )
-
-    def _export_layer(
-        self, state: EmulatedRequest, layer: LayerSpec, offset: int, num_prefix_tokens: int = 0
-    ) -> LayerState:
-        entries, buffers = [], []
-        sizes = self._tensor_sizes(layer, state.num_computed_tokens, num_prefix_tokens)
-        for suffix, size in sizes:
-            name = f"L{layer.index}/{suffix}"
-            entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
-            buffers.append(pattern_tensor(self.seed, state.req_id, name, size).numpy().data)
-            offset += size
-        entry = LayerEntry(layer.index, layer.kind.value, "EmulatedLayer", {}, tuple(entries))
-        return LayerState(entry, buffers)
-
-    def export(
-        self, req_id: str, transfer_id: str | None = None, num_prefix_tokens: int = 0
-    ) -> ExportedState:
-        """Manifest and synthetic payload of the model's real state size at this length,
-        without the full-attention KV of the first `num_prefix_tokens` tokens.
-
-        Only a request holding just its first output token can be exported, as with `Engine`.
-        With a prefix cache the payload's bytes are reserved in its budget until `free`.
-        """
-        state = self._get(req_id)
-        check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
-        check_skip_tokens(req_id, num_prefix_tokens, state.num_computed_tokens)
-        layers, buffers, offset = [], [], 0
-        for layer in self.spec.layers:
-            layer_state = self._export_layer(state, layer, offset, num_prefix_tokens)
-            layers.append(layer_state.entry)
-            buffers.extend(layer_state.buffers)
-            offset += layer_state.entry.num_bytes
-        manifest = KVManifest(
-            transfer_id=transfer_id or uuid.uuid4().hex,
-            req_id=req_id,
-            arch=self.arch,
-            num_layers=self.spec.num_layers,
-            layers=tuple(layers),
-            num_computed_tokens=state.num_computed_tokens,
-            first_token_id=state.output_token_ids[0],
-            cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
-            model_fingerprint=self.fingerprint,
-            num_prefix_tokens=num_prefix_tokens,
-        )
-        if self.prefix is not None:
-            self.prefix.reserve(state, manifest.transfer_id, offset)
-        return ExportedState(manifest, buffers)
-
-    # ---- import and decode ------------------------------------------------------------------
-    def import_(
-        self,
-        manifest: KVManifest,
-        buffers: Sequence[Any],
-        sampling: SamplingParams | None = None,
-        *,
-        copy: bool = False,
-        prompt_token_ids: Sequence[int] | None = None,
-    ) -> EmulatedRequest:
-        """Check every byte of an emulated payload, then decode the request on `step`.
-
-        A manifest that leaves out a prefix (`num_prefix_tokens`) needs the prompt's ids and that
-        prefix in this engine's cache (`PrefixMiss` otherwise)."""
-        check_manifest_request(manifest, self._vocab_size, self.max_positions)
-        self._check(manifest, buffers)
-        if manifest.num_prefix_tokens > 0:
-            self._check_local_prefix(manifest, prompt_token_ids)
-        if self.prefix is not None:
-            self.prefix.unpin(manifest.req_id)
-        state = self._register(
-            manifest.req_id, manifest.num_computed_tokens, sampling or SamplingParams()
-        )
-        state.prompt_token_ids = tuple(prompt_token_ids or ())
-        state.num_computed_tokens = manifest.num_computed_tokens
-        state.output_token_ids.append(int(manifest.first_token_id or 0))
-        self._finish_if_done(state)
-        return state
-
-    def first_delta(self, req_id: str) -> TokenDelta:
-        """The delta of the request's first output token, to stream right after `import_` or
-        prefill, with its finish reason when the request ended on it (a stop token is not
-        emitted)."""
-        state = self._get(req_id)
-        if not state.output_token_ids:
-            if state.finish_reason == "error":
-                return TokenDelta(req_id, (), "error", state.error)
-            raise UserError(f"request {req_id!r} has not been prefilled")
-        finish_reason = state.finish_reason if len(state.output_token_ids) == 1 else None
-        return self._token_delta(state, state.output_token_ids[0], finish_reason)
-
-    def _check_local_prefix(
-        self, manifest: KVManifest, prompt_token_ids: Sequence[int] | None
-    ) -> None:
-        num_prefix = manifest.num_prefix_tokens
-        if not prompt_token_ids:
-            raise PrefixMiss(
-                f"{manifest.req_id}: a transfer without its first {num_prefix} "
-                "tokens needs the prompt's token ids"
-            )
-        held = self.cached_prefix_tokens(prompt_token_ids)
-        if held < num_prefix:
-            raise PrefixMiss(
-                f"{manifest.req_id}: the transfer leaves out {num_prefix} prefix tokens, this "
-                f"instance's prefix cache holds {held}"
-            )
-
-    def _check(self, manifest: KVManifest, buffers: Sequence[Any]) -> None:
-        if manifest.arch != self.arch or manifest.num_layers != self.spec.num_layers:
-            raise ManifestMismatch(
-                f"manifest is for {manifest.arch!r} ({manifest.num_layers} layers), this engine "
-                f"emulates {self.arch!r} ({self.spec.num_layers} layers)"
-            )
-        mismatch = fingerprint_mismatch(manifest, self.fingerprint)
-        if mismatch is not None:
-            raise ManifestMismatch(mismatch)
-        payload = PayloadView(buffers)
-        seed = int(manifest.cache_meta.get("seed", self.seed))
-        for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
-            expected = self._tensor_sizes(
-                layer, manifest.num_computed_tokens, manifest.num_prefix_tokens
-            )
-            got = [(t.name.split("/", 1)[1], t.num_bytes) for t in entry.tensors]
-            if got != expected:
-                raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
-            for t in entry.tensors:
-                want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
-                if not bytes_equal(payload.tensor(t, copy=False), want):
-                    raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
-
-    def step(self) -> list[TokenDelta]:
-        """Prefill one waiting request, else one decode step (predicted time) of all running."""
-        if self._waiting:
-            state = self.requests[self._waiting.pop(0)]
-            return [self._prefill_waiting(state)]
-        running = [r for r in self.requests.values() if r.finish_reason is None]
-        deltas: list[TokenDelta] = []
-        for start in range(0, len(running), self.max_batch_size):
-            group = running[start : start + self.max_batch_size]
-            context = sum(r.num_computed_tokens for r in group) // len(group)
-            self._sleep_scaled(self._t_decode_step_s(len(group), context))
-            for state in group:
-                state.num_computed_tokens += 1
-                self._next_token(state)
-                self._finish_if_done(state)
-                deltas.append(self._delta(state))
-        return deltas
-
-    def _prefill_waiting(self, state: EmulatedRequest) -> TokenDelta:
-        try:
-            self._prefill_one(state, None)
-        except Exception as exc:  # this request's own failure: it ends, the engine goes on
-            state.finish_reason = "error"
-            state.error = f"prefill failed: {one_line(exc)}"
-            return TokenDelta(state.req_id, (), "error", state.error)
-        return self._delta(state)
-
-    def generate(self, requests: Sequence[GenerateRequest]) -> dict[str, list[int]]:
-        for request in requests:
-            self.add_request(request)
-        outputs: dict[str, list[int]] = {r.req_id: [] for r in requests}
-        while self.has_unfinished() or self._waiting:
-            for delta in self.step():
-                outputs[delta.req_id].extend(delta.token_ids)
-        return outputs
-
-    def _next_token(self, state: EmulatedRequest) -> int:
-        index = len(state.output_token_ids)
-        rng = random.Random(state.seed * _SEED_STRIDE + index)
-        choices = self._output_token_ids
-        token = (
-            choices[rng.randrange(len(choices))] if choices else rng.randrange(self.spec.vocab_size)
-        )
-        state.output_token_ids.append(token)
-        return token
-
-    def _finish_if_done(self, state: EmulatedRequest) -> None:
-        if state.output_token_ids[-1] in state.sampling.stop_token_ids:
-            state.finish_reason = "stop"
-        elif len(state.output_token_ids) >= state.sampling.max_tokens:
-            state.finish_reason = "length"
-        elif self.max_positions is not None and state.num_computed_tokens >= self.max_positions:
-            state.finish_reason = "length"  # the next token would need a position past the limit
-
-    def _delta(self, state: EmulatedRequest) -> TokenDelta:
-        return self._token_delta(state, state.output_token_ids[-1], state.finish_reason)
-
-    def _token_delta(
-        self, state: EmulatedRequest, token: int, finish_reason: str | None
-    ) -> TokenDelta:
-        """A one-token delta; a stop token that ended the request is not emitted."""
-        is_stop_token = finish_reason == "stop" and token in state.sampling.stop_token_ids
-        error = state.error if finish_reason == "error" else None
-        return TokenDelta(state.req_id, () if is_stop_token else (token,), finish_reason, error)
-
-    def _get(self, req_id: str) -> EmulatedRequest:
-        if req_id not in self.requests:
-            raise UserError(f"unknown request {req_id!r}")
-        return self.requests[req_id]
+        self._check_state(manifest, buffers)
+        return prefix.store_moved(info.block_hashes)

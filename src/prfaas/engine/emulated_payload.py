@@ -1,18 +1,90 @@
 """The emulated engine's payloads: how many bytes each layer's state has at a length (the model's
 KV and state sizes, optionally scaled down for a testbed's link), and their synthetic, checkable
 content: every tensor repeats an 8-byte pattern of (seed, req_id, tensor name), compared 8 bytes
-at a time on import.
+at a time on import. `EmulatedPayload` builds a request's layer states and checks a received
+payload against the model's sizes and the patterns.
 """
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 
 import torch
 
-from prfaas.models import LayerSpec
+from prfaas.engine.kv_state import PayloadView, collect_layers
+from prfaas.engine.protocol import Buffers, LayerState
+from prfaas.engine.validation import ManifestMismatch
+from prfaas.messages import KVManifest, LayerEntry, TensorEntry
+from prfaas.models import LayerSpec, ModelSpec
 
 _PATTERN_BYTES = 8
+
+
+@dataclass(frozen=True)
+class EmulatedPayload:
+    """The synthetic state of one emulated model: sizes per layer, content per request."""
+
+    spec: ModelSpec
+    kv_dtype: str
+    seed: int
+    payload_scale: float
+
+    def tensor_sizes(
+        self, layer: LayerSpec, num_tokens: int, num_prefix_tokens: int = 0
+    ) -> list[tuple[str, int]]:
+        return layer_tensor_sizes(
+            layer,
+            num_tokens,
+            self.kv_dtype,
+            self.spec.recurrent_state_dtype,
+            self.spec.activation_dtype,
+            num_prefix_tokens,
+            self.payload_scale,
+        )
+
+    def layer_state(
+        self, req_id: str, layer: LayerSpec, num_tokens: int, offset: int, num_prefix_tokens: int
+    ) -> LayerState:
+        """One layer's state of request `req_id` at `num_tokens`, at payload offset `offset`."""
+        entries, buffers = [], []
+        for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix_tokens):
+            name = f"L{layer.index}/{suffix}"
+            entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
+            buffers.append(pattern_tensor(self.seed, req_id, name, size).numpy().data)
+            offset += size
+        entry = LayerEntry(layer.index, layer.kind.value, "EmulatedLayer", {}, tuple(entries))
+        return LayerState(entry, buffers)
+
+    def layers(
+        self, req_id: str, num_tokens: int, num_prefix_tokens: int = 0
+    ) -> tuple[tuple[LayerEntry, ...], list[memoryview]]:
+        """Every layer's entry and the buffers of the whole payload, in order."""
+        layers = self.spec.layers
+        entries, buffers = collect_layers(
+            len(layers),
+            lambda i, offset: self.layer_state(
+                req_id, layers[i], num_tokens, offset, num_prefix_tokens
+            ),
+        )
+        return tuple(entries), buffers
+
+    def check(self, manifest: KVManifest, buffers: Buffers) -> None:
+        """Raise ManifestMismatch unless every layer holds the model's tensors at the manifest's
+        length and every byte is the sender's pattern (the seed in `cache_meta`)."""
+        payload = PayloadView(buffers)
+        seed = int(manifest.cache_meta.get("seed", self.seed))
+        for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
+            expected = self.tensor_sizes(
+                layer, manifest.num_computed_tokens, manifest.num_prefix_tokens
+            )
+            got = [(t.name.split("/", 1)[1], t.num_bytes) for t in entry.tensors]
+            if got != expected:
+                raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
+            for t in entry.tensors:
+                want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
+                if not bytes_equal(payload.tensor(t, copy=False), want):
+                    raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
 
 
 def layer_tensor_sizes(

@@ -22,13 +22,14 @@ travels whole: it is the state at the full length.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from prfaas.errors import UserError
+from prfaas.engine.protocol import ExportedState, LayerState
+from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import JSONDict, KVManifest, LayerEntry, TensorEntry
 from prfaas.types import LayerKind
 
@@ -36,30 +37,6 @@ _SKIPPED_ATTRS = frozenset({"device", "_sliding_window_tensor"})  # rebuilt on i
 _INT_KEYS = "__int_keys__"
 _DTYPE = "__dtype__"
 _TOKEN_AXIS_TENSORS = ("keys", "values")  # [batch, heads, num_tokens, head_dim]
-
-
-class ManifestMismatch(UserError):
-    """A manifest that the receiving model cannot import (other model, shapes or dtypes)."""
-
-
-@dataclass(frozen=True)
-class LayerState:
-    """One layer's exported state: its manifest entry (global offsets) and one buffer per tensor.
-
-    This is what the per-layer prefill callback receives, as soon as the layer's state is final,
-    so a transport can send it while the next layer computes.
-    """
-
-    entry: LayerEntry
-    buffers: list[memoryview]  # one per entry.tensors, same order, bytes of the tensor
-
-
-@dataclass(frozen=True)
-class ExportedState:
-    """One request's whole state: manifest plus one buffer per tensor in manifest order."""
-
-    manifest: KVManifest
-    buffers: list[memoryview]
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -203,6 +180,22 @@ def cache_meta(cache: Any) -> JSONDict:
     return meta
 
 
+def collect_layers(
+    num_layers: int, layer_at: Callable[[int, int], LayerState]
+) -> tuple[list[LayerEntry], list[memoryview]]:
+    """The entries and buffers of a payload's layers 0..num_layers-1, layer i built by
+    `layer_at(i, offset)` at the offset where layer i-1 ended."""
+    layers: list[LayerEntry] = []
+    buffers: list[memoryview] = []
+    offset = 0
+    for i in range(num_layers):
+        state = layer_at(i, offset)
+        layers.append(state.entry)
+        buffers.extend(state.buffers)
+        offset += state.entry.num_bytes
+    return layers, buffers
+
+
 def export_state(
     cache: Any,
     kinds: Sequence[LayerKind],
@@ -217,14 +210,9 @@ def export_state(
 ) -> ExportedState:
     """Manifest and buffers of a batch-1 cache, layer by layer; full-attention/MLA K/V from token
     `num_prefix_tokens` on (the receiver holds the tokens before)."""
-    layers: list[LayerEntry] = []
-    buffers: list[memoryview] = []
-    offset = 0
-    for i, kind in enumerate(kinds):
-        state = export_layer(cache, i, kind, offset, num_prefix_tokens)
-        layers.append(state.entry)
-        buffers.extend(state.buffers)
-        offset += state.entry.num_bytes
+    layers, buffers = collect_layers(
+        len(kinds), lambda i, offset: export_layer(cache, i, kinds[i], offset, num_prefix_tokens)
+    )
     manifest = KVManifest(
         transfer_id=transfer_id,
         req_id=req_id,

@@ -1,10 +1,10 @@
 """The engine's hybrid prefix cache: tensors kept per block hash, accounted by a HybridPrefixPool.
 
-Owns `PrefixMiss`, `StateCheckpoint` and `PrefixStore` (sized by the shared
-`prfaas.prefix_cache.config.PrefixCacheConfig`, re-exported here). The pool
-(`prfaas.prefix_cache.pool`) decides what is cached and what is evicted; this store holds the
-tensors under the same (block hash, part) keys and deletes those of every entry the pool reports
-removed, so the two stay in step:
+Owns `StateCheckpoint` and `PrefixStore`, a `prefix_book.PrefixBook` (the pool, lengths, pins and
+transfer reservations) that also holds the tensors; `PrefixMiss`, `PrefixCacheConfig` and the
+moved-prefix checks are re-exported here. The pool (`prfaas.prefix_cache.pool`) decides what is
+cached and what is evicted; this store holds the tensors under the same (block hash, part) keys
+and deletes those of every entry the pool reports removed, so the two stay in step:
 
 - ATTENTION entry of block j: the full-attention/MLA K/V of its `block_tokens` tokens, one clone
   per such tensor ("L3/keys", ...) sliced from a batch-1 cache, [1, heads, block_tokens, dim].
@@ -26,7 +26,6 @@ into a fresh cache, the blocks are cut from it and the checkpoint taken at its e
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -35,18 +34,24 @@ import torch
 
 from prfaas.engine.kv_state import (
     CacheTemplate,
-    ManifestMismatch,
     cache_meta,
+    collect_layers,
     import_state,
     is_prefix_attention,
     layer_parts,
     layer_state,
 )
+from prfaas.engine.prefix_book import (
+    PrefixBook,
+    check_prefix_payload,
+    payload_digest,
+    prefix_blocks,
+)
+from prfaas.engine.protocol import Buffers, LayerState
 from prfaas.engine.validation import PrefixMiss
-from prfaas.messages import PREFIX_META_KEY, JSONDict, KVManifest, LayerEntry, PrefixTransferInfo
+from prfaas.messages import PREFIX_META_KEY, JSONDict, KVManifest, PrefixTransferInfo
 from prfaas.prefix_cache.config import PrefixCacheConfig
-from prfaas.prefix_cache.hashing import block_hashes
-from prfaas.prefix_cache.pool import EntryKey, HybridPrefixPool, PoolPart
+from prfaas.prefix_cache.pool import EntryKey, PoolPart
 from prfaas.types import LayerKind
 
 __all__ = [
@@ -57,6 +62,7 @@ __all__ = [
     "StateCheckpoint",
     "attention_tensors",
     "cache_layout",
+    "check_prefix_payload",
     "needs_state",
     "payload_digest",
     "prefix_blocks",
@@ -133,92 +139,26 @@ def _bytes_per_token(tensor: torch.Tensor) -> int:
     return tensor.shape[1] * tensor.shape[3] * tensor.shape[0] * tensor.element_size()
 
 
-def payload_digest(buffers: Iterable[Any]) -> str:
-    """Hex blake2b (16 bytes) of the payload buffers, in order."""
-    digest = hashlib.blake2b(digest_size=16)
-    for buffer in buffers:
-        digest.update(buffer)
-    return digest.hexdigest()
+def _held(tensors: Mapping[str, torch.Tensor], layer_index: int, name: str) -> torch.Tensor:
+    """Tensor `name` of layer `layer_index` from what the prefix cache holds; PrefixMiss if not."""
+    full = f"L{layer_index}/{name}"
+    tensor = tensors.get(full)
+    if tensor is None:
+        raise PrefixMiss(f"{full} is not in this engine's prefix cache")
+    return tensor
 
 
-def prefix_blocks(token_ids: Sequence[int], num_tokens: int, block_tokens: int) -> int:
-    """Blocks in the first `num_tokens` of `token_ids`; PrefixMiss unless it is a positive whole
-    number of blocks within the ids."""
-    if num_tokens <= 0 or num_tokens % block_tokens or num_tokens > len(token_ids):
-        raise PrefixMiss(
-            f"a moved prefix must be a positive multiple of {block_tokens} tokens within the "
-            f"{len(token_ids)} token ids given, got {num_tokens}"
-        )
-    return num_tokens // block_tokens
-
-
-def check_prefix_payload(
-    info: PrefixTransferInfo,
-    manifest: KVManifest,
-    buffers: Sequence[Any],
-    block_tokens: int,
-    token_ids: Sequence[int] | None,
-) -> None:
-    """Refuse a prefix transfer this cache cannot store as its own: other block size, length
-    that disagrees with the hashes, other tokens than `token_ids` (when given), changed bytes."""
-    if info.block_tokens != block_tokens:
-        raise PrefixMiss(
-            f"prefix of {info.block_tokens}-token blocks; this cache uses {block_tokens}"
-        )
-    if manifest.num_computed_tokens != info.num_tokens or manifest.num_prefix_tokens:
-        raise PrefixMiss(
-            f"prefix manifest of {manifest.num_computed_tokens} tokens names "
-            f"{len(info.block_hashes)} blocks ({info.num_tokens} tokens)"
-        )
-    if token_ids is not None:
-        expected = block_hashes(token_ids[: info.num_tokens], block_tokens)
-        if tuple(expected) != info.block_hashes:
-            raise PrefixMiss(f"the moved {info.num_tokens}-token prefix is not this prompt's")
-    if payload_digest(buffers) != info.payload_blake2b:
-        raise ManifestMismatch("prefix payload bytes differ from what the holder sent (digest)")
-
-
-class PrefixStore:
+class PrefixStore(PrefixBook):
     """The tensors of one engine's prefix cache and the pool that accounts for them."""
 
     def __init__(self, config: PrefixCacheConfig, kinds: Sequence[LayerKind], arch: str):
-        self.block_tokens = config.block_tokens
+        super().__init__(config, needs_state(kinds))
         self.kinds = tuple(kinds)
         self.arch = arch
-        self.pool = HybridPrefixPool(config.budget_bytes, config.block_tokens, needs_state(kinds))
         self._attention: dict[int, dict[str, torch.Tensor]] = {}  # block hash -> name -> K/V
         self._states: dict[int, StateCheckpoint] = {}  # block hash -> checkpoint at its end
         self._layout: tuple[LayerLayout, ...] | None = None  # of the latest stored cache
         self._cache_meta: JSONDict = {}
-        self._pins: dict[str, int] = {}  # owner (request id) -> pool lease id
-
-    @property
-    def needs_state(self) -> bool:
-        return self.pool.needs_state
-
-    # ---- lengths ----------------------------------------------------------------------------
-    def hashes(self, token_ids: Sequence[int]) -> list[int]:
-        """Chained hashes of the complete blocks of `token_ids`."""
-        return block_hashes(token_ids, self.block_tokens)
-
-    def usable_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
-        """Blocks a prefill of `num_tokens` tokens can take from here (exact-state rule), leaving
-        at least one token to compute (the first output token needs its logits)."""
-        return min(self.pool.match(hashes).num_usable_blocks, (num_tokens - 1) // self.block_tokens)
-
-    def held_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
-        """Leading blocks whose attention K/V are here, leaving at least one token to send: what
-        a receiver can supply itself (its fixed-size state comes whole with the transfer)."""
-        num_attention = self.pool.match(hashes).num_attention_blocks
-        return min(num_attention, (num_tokens - 1) // self.block_tokens)
-
-    def checkpoint_tokens(self, num_tokens: int) -> int:
-        """Where a prefill of `num_tokens` tokens checkpoints its fixed-size state: the largest
-        multiple of the block size below `num_tokens`, so a later prompt that extends this one
-        can resume there with at least one token left to compute. 0: no checkpoint."""
-        if not self.needs_state:
-            return 0
-        return (num_tokens - 1) // self.block_tokens * self.block_tokens
 
     # ---- store and evict --------------------------------------------------------------------
     def store(
@@ -258,35 +198,6 @@ class PrefixStore:
                 self._attention.pop(block_hash, None)
             else:
                 self._states.pop(block_hash, None)
-
-    def reserve_transfer(self, transfer_id: str, num_bytes: int) -> bool:
-        """Count a transfer's bytes against the budget until `release_transfer` (may evict);
-        False when they cannot fit (nothing is reserved then)."""
-        result = self.pool.reserve_transfer(transfer_id, num_bytes)
-        if result is None:
-            return False
-        self._drop(result.removed)
-        return True
-
-    def release_transfer(self, transfer_id: str) -> None:
-        self.pool.release_transfer(transfer_id)
-
-    # ---- pins -------------------------------------------------------------------------------
-    def pin(self, owner: str, hashes: Sequence[int], num_blocks: int) -> bool:
-        """Lease attention blocks 0..num_blocks-1 for `owner` until `unpin` (the pool will not
-        evict them); False (nothing held) if one is missing. Attention only: a receiver gets the
-        fixed-size state whole with the transfer, so it needs no checkpoint."""
-        self.unpin(owner)
-        try:
-            self._pins[owner] = self.pool.acquire(hashes, num_blocks, with_state=False)
-        except KeyError:
-            return False
-        return True
-
-    def unpin(self, owner: str) -> None:
-        lease_id = self._pins.pop(owner, None)
-        if lease_id is not None:
-            self.pool.release(lease_id)
 
     # ---- reuse ------------------------------------------------------------------------------
     def prefix_tensors(self, hashes: Sequence[int], num_blocks: int) -> dict[str, torch.Tensor]:
@@ -348,7 +259,7 @@ class PrefixStore:
     def import_prefix(
         self,
         manifest: KVManifest,
-        buffers: Sequence[Any],
+        buffers: Buffers,
         fresh_cache: Any,
         template: CacheTemplate,
         token_ids: Sequence[int] | None = None,
@@ -379,24 +290,17 @@ class PrefixStore:
             raise PrefixMiss("nothing has been stored in this prefix cache")
         prefix = self.prefix_tensors(hashes, num_blocks)
         state = checkpoint.tensors if checkpoint is not None else {}
-        layers: list[LayerEntry] = []
-        buffers: list[memoryview] = []
-        offset = 0
-        for i, layer in enumerate(layout):
-            named = []
-            for name in layer.names:
-                full = f"L{i}/{name}"
-                tensor = (
-                    prefix.get(full) if is_prefix_attention(layer.flags, name) else state.get(full)
-                )
-                if tensor is None:
-                    raise PrefixMiss(f"{full} is not in this engine's prefix cache")
-                named.append((name, tensor))
+
+        def layer_at(i: int, offset: int) -> LayerState:
+            layer = layout[i]
+            named = [
+                (name, _held(prefix if is_prefix_attention(layer.flags, name) else state, i, name))
+                for name in layer.names
+            ]
             kind = self.kinds[i].value
-            exported = layer_state(i, kind, layer.cache_class, layer.flags, named, offset)
-            layers.append(exported.entry)
-            buffers.extend(exported.buffers)
-            offset += exported.entry.num_bytes
+            return layer_state(i, kind, layer.cache_class, layer.flags, named, offset)
+
+        layers, buffers = collect_layers(len(layout), layer_at)
         manifest = KVManifest(
             transfer_id=_PREFIX_ID,
             req_id=_PREFIX_ID,

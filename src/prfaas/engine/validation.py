@@ -3,17 +3,18 @@
 Both engines (`runner.Engine` and `emulated.EmulatedEngine`) run these before a request is
 registered, so a request that cannot be served is refused at the door with one line naming the
 request and the problem, instead of failing later inside a batched forward that other requests
-share. `check_exportable` guards export, and `one_line` turns the exception of a request that
-failed anyway into the one-line reason its last `TokenDelta` carries. No torch here: the emulated
-engine uses it too.
+share. They are cheap guards: the router's intake is the check a user sees. `check_exportable`
+guards export, and `one_line` turns the exception of a request that failed anyway into the
+one-line reason its last `TokenDelta` carries. Owns the engines' refusals: `InvalidRequest`,
+`ManifestMismatch`, `PrefixMiss`. No torch here: the emulated engine uses it too.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from prfaas.errors import UserError
-from prfaas.messages import KVManifest
+from prfaas.messages import GenerateRequest, KVManifest
 
 _SHORT_FINGERPRINT_CHARS = 12  # hex digest characters shown in messages
 _MAX_SHOWN_FINGERPRINT_CHARS = 32  # fingerprints up to this long are shown whole
@@ -21,6 +22,10 @@ _MAX_SHOWN_FINGERPRINT_CHARS = 32  # fingerprints up to this long are shown whol
 
 class InvalidRequest(UserError):
     """A request or manifest this engine refuses to serve as given."""
+
+
+class ManifestMismatch(UserError):
+    """A manifest that the receiving model cannot import (other model, shapes or dtypes)."""
 
 
 def check_token_ids(req_id: str, what: str, token_ids: Sequence[int], vocab_size: int) -> None:
@@ -138,3 +143,31 @@ def check_skip_tokens(req_id: str, num_skip: int, num_tokens: int) -> None:
             f"request {req_id!r}: can leave out 0 to {max(num_tokens - 1, 0)} prefix tokens of "
             f"its {num_tokens}, not {num_skip}"
         )
+
+
+def check_prefill_skips(requests: Sequence[GenerateRequest], skips: Mapping[str, int]) -> None:
+    """`skip_tokens` of a prefill call: requests of the call, whole tokens before the last."""
+    lengths = {request.req_id: len(request.prompt_token_ids) for request in requests}
+    for req_id, num_prefix_tokens in skips.items():
+        if req_id not in lengths:
+            raise UserError(f"skip_tokens names request {req_id!r}, which is not being prefilled")
+        check_skip_tokens(req_id, num_prefix_tokens, lengths[req_id])
+
+
+def check_import_prompt(
+    manifest: KVManifest,
+    prompt_token_ids: Sequence[int] | None,
+    vocab_size: int | None,
+    max_positions: int | None,
+) -> tuple[int, ...]:
+    """The imported request's prompt ids (empty when not given), checked against its state."""
+    if prompt_token_ids is None:
+        return ()
+    prompt = tuple(prompt_token_ids)
+    check_prompt(manifest.req_id, prompt, vocab_size, max_positions)
+    if len(prompt) != manifest.num_computed_tokens:
+        raise UserError(
+            f"request {manifest.req_id!r}: {len(prompt)} prompt token ids for a state of "
+            f"{manifest.num_computed_tokens} computed tokens"
+        )
+    return prompt

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from prfaas.errors import UserError
+from prfaas.messages.stop_strings import StopStrings
 from prfaas.topology import ModelConfig
 
 _REPLACEMENT = "\ufffd"
@@ -95,8 +96,7 @@ class TextStream:
 
     def __init__(self, codec: TextCodec, stop: Sequence[str] = ()) -> None:
         self._codec = codec
-        self._stop = tuple(s for s in stop if s)
-        self._hold_chars = max((len(s) for s in self._stop), default=1) - 1
+        self._stop = StopStrings.of(stop)
         self._token_ids: list[int] = []
         self.text = ""  # decoded so far (stop strings cut)
         self._num_sent_chars = 0
@@ -114,16 +114,13 @@ class TextStream:
         text = self._codec.decode(self._token_ids)
         if not is_final:
             text = text.rstrip(_REPLACEMENT)  # an incomplete multi-byte character
-        cut = self._first_stop(text)
+        cut = self._stop.first_index(text)
         if cut is not None:
             text, self.hit_stop = text[:cut], True
         self.text = text
-        safe_end = len(text) if (is_final or self.hit_stop) else len(text) - self._hold_chars
+        held = 0 if (is_final or self.hit_stop) else self._stop.num_hold_chars
+        safe_end = len(text) - held
         safe_end = max(safe_end, self._num_sent_chars)
         new = text[self._num_sent_chars : safe_end]
         self._num_sent_chars = safe_end
         return new
-
-    def _first_stop(self, text: str) -> int | None:
-        hits = [i for s in self._stop if (i := text.find(s)) >= 0]
-        return min(hits) if hits else None

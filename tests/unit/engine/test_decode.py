@@ -64,7 +64,8 @@ def test_batch_is_one_forward_for_stackable_caches() -> None:
         engine = Engine(tiny(name))
         engine.prefill([request("a", 20), request("b", 35, offset=1)])
         engine.step()
-        assert engine._batch is not None and engine._batch.req_ids == ("a", "b")
+        batch = engine._batcher.batch
+        assert batch is not None and batch.req_ids == ("a", "b")
 
 
 def test_attention_mask_left_pads() -> None:

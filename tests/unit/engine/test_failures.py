@@ -138,9 +138,9 @@ def test_snapshot_restore_undoes_a_whole_batched_forward(name: str) -> None:
     group = [engine.requests["a"], engine.requests["b"]]
     before = {r.req_id: _state_bytes(engine, r.req_id) for r in group}
     with torch.inference_mode():
-        cache, mask = engine._batch_cache(group)
+        cache, mask = engine._batcher.batch_cache(group)
         snapshot = CacheSnapshot.take(cache)
-        engine._forward_decode(group, cache, mask)
+        engine._runner.forward_decode(group, cache, mask)
         snapshot.restore()
     assert {r.req_id: _state_bytes(engine, r.req_id) for r in group} == before
 

@@ -10,9 +10,10 @@ from engine_kit import drain, emitted, greedy, prompt, request, tiny
 
 from prfaas.engine.emulated import make_emulated_engine
 from prfaas.engine.loading import LoadedModel, load_model
-from prfaas.engine.runner import STOP_MARGIN_CHARS, Engine
+from prfaas.engine.runner import Engine
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, SamplingParams
+from prfaas.messages.stop_strings import STOP_MARGIN_CHARS
 
 _CYCLE_LOGIT = 100.0  # logit of a byte's successor; random weights give logits of a few units
 

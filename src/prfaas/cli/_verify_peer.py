@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prfaas.cli._verify_io import (
     TOKEN_ENV,
@@ -23,7 +23,12 @@ from prfaas.cli._verify_io import (
     send_message,
     transport_config,
 )
+from prfaas.engine.protocol import ExportedState, LayerState, ServingEngine
 from prfaas.errors import UserError
+from prfaas.messages import GenerateRequest, KVManifest, TransferAck
+
+if TYPE_CHECKING:
+    import torch
 
 _T = TypeVar("_T")
 
@@ -65,13 +70,15 @@ class DecodePeer:
             self._proc.kill()
             self._proc.wait()
 
-    def stream_prefill(self, engine: Any, request: Any, transfer_id: str) -> Any:
+    def stream_prefill(
+        self, engine: ServingEngine, request: GenerateRequest, transfer_id: str
+    ) -> ExportedState:
         """Prefill `request` on `engine`, handing each layer to the transport from the layer
         callback (as a prefill instance does); then finish the transfer with the final manifest.
         Returns the engine's export, whose bytes equal what was sent."""
         transfer = self._transport(self._sender.begin(self.kv_dest, transfer_id, request.req_id))
 
-        def on_layer(_req_id: str, layer: Any) -> None:
+        def on_layer(_req_id: str, layer: LayerState) -> None:
             self._transport(transfer.send_layer(layer.entry, layer.buffers))
 
         engine.prefill([request], on_layer=on_layer)
@@ -79,7 +86,7 @@ class DecodePeer:
         check_ack(self._transport(transfer.finish(exported.manifest)))
         return exported
 
-    def send_state(self, manifest: Any, views: Sequence[memoryview]) -> None:
+    def send_state(self, manifest: KVManifest, views: Sequence[memoryview]) -> None:
         """One-shot transfer of a whole state (the negative controls' altered copies)."""
         check_ack(self._transport(self._sender.send(self.kv_dest, manifest, views)))
 
@@ -89,7 +96,7 @@ class DecodePeer:
         except OSError as exc:  # refused or reset: the decode process is gone
             raise UserError(f"decode instance lost ({exc}); see its error above") from exc
 
-    def decode(self, header: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    def decode(self, header: dict[str, Any]) -> tuple[dict[str, Any], torch.Tensor]:
         """Ask B to decode the transfer `header["transfer_id"]` it received."""
         import torch
 
@@ -104,6 +111,6 @@ class DecodePeer:
         return reply, logits
 
 
-def check_ack(ack: Any) -> None:
+def check_ack(ack: TransferAck) -> None:
     if not ack.ok:
         raise UserError(f"KV transfer to the decode instance failed: {ack.error}")

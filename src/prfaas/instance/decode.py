@@ -16,25 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import Counter, Gauge
 
-from prfaas.instance.engines import build_engine
-from prfaas.instance.kv_events import add_kv_event_route
-from prfaas.instance.worker import EngineWorker
+from prfaas.engine.protocol import ServingEngine
+from prfaas.instance.service_base import EngineService, build_instance_app
 from prfaas.messages import DecodeJob, InstanceStats, TokenDelta
-from prfaas.service.auth import InternalAuth, deployment_token
 from prfaas.service.http import (
     FIRST_TOKEN_HEADER,
-    add_instance_routes,
     error_response,
     transport_config,
 )
@@ -52,23 +47,13 @@ class TransferLost(Exception):
     """The state of a request will not arrive: deadline, broken transfer, or failed prefill."""
 
 
-class DecodeService:
+class DecodeService(EngineService):
     """The instance's state: engine thread, KV receiver, transfers waited for, metrics."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        instance: InstanceConfig,
-        engine: Any,
-        worker: EngineWorker | None = None,
-    ) -> None:
-        """`worker`: an engine thread shared with the instance's other role (convertible PD
-        instances); by default the service starts its own."""
-        self.topology, self.instance = topology, instance
-        self.loop = asyncio.get_running_loop()
-        self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
-        self.registry = CollectorRegistry()
-        self.receiver = make_kv_receiver(topology, instance, self._on_transfer, self._on_failure)
+    def _setup(self) -> None:
+        self.receiver = make_kv_receiver(
+            self.topology, self.instance, self._on_transfer, self._on_failure
+        )
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
         self._waiters: dict[str, asyncio.Future[ReceivedTransfer]] = {}
         self._lost: dict[str, tuple[str, float]] = {}  # transfer_id -> (reason, when)
@@ -77,49 +62,41 @@ class DecodeService:
         self.running: dict[str, int] = {}  # req_id -> prompt tokens, admitted and not finished
         self.num_waiting = 0
         self._tasks: list[asyncio.Task[None]] = []
-        # set by a convertible PD instance: moved prefixes go to its prefix cache, not a request
-        self.prefix_importer: Any = None
+        # set by a convertible PD instance: takes a moved prefix into its prefix cache (True),
+        # so it is not handed to a request
+        self.take_prefix: Callable[[ReceivedTransfer], bool] | None = None
         self.is_ready = False  # True while the receiver listens (`/ready`)
-        self._metrics(instance.name)
+        self._metrics()
 
-    def _metrics(self, name: str) -> None:
-        reg = self.registry
+    def _metrics(self) -> None:
+        reason_labels = ["instance", "reason"]
         self.fallbacks = Counter(
             "prfaas:fallback_prefills",
             "Requests prefilled here because their KV state was lost",
-            ["instance", "reason"],
-            registry=reg,
+            reason_labels,
+            registry=self.registry,
         )
-        self.imports = Counter(
-            "prfaas:kv_imports",
-            "KV states imported into the decode batch",
-            ["instance"],
-            registry=reg,
-        ).labels(name)
         self.failed = Counter(
             "prfaas:failed_requests",
             "Requests ended with an error",
-            ["instance", "reason"],
-            registry=reg,
+            reason_labels,
+            registry=self.registry,
         )
-        self.prefix_misses = Counter(
+        metric = self.instance_metric
+        self.imports = metric(
+            Counter, "prfaas:kv_imports", "KV states imported into the decode batch"
+        )
+        self.prefix_misses = metric(
+            Counter,
             "prfaas:prefix_cache_receiver_misses",
             "Transfers that left out a prefix this instance no longer caches",
-            ["instance"],
-            registry=reg,
-        ).labels(name)
-        self._g_waiting = Gauge(
-            "prfaas:num_requests_waiting",
-            "Requests waiting for their KV state",
-            ["instance"],
-            registry=reg,
-        ).labels(name)
-        self._g_running = Gauge(
-            "prfaas:num_requests_running",
-            "Requests in the decode batch",
-            ["instance"],
-            registry=reg,
-        ).labels(name)
+        )
+        self._g_waiting = metric(
+            Gauge, "prfaas:num_requests_waiting", "Requests waiting for their KV state"
+        )
+        self._g_running = metric(
+            Gauge, "prfaas:num_requests_running", "Requests in the decode batch"
+        )
 
     async def start(self) -> None:
         await self.receiver.start()
@@ -128,7 +105,7 @@ class DecodeService:
 
     # ---- transfers -------------------------------------------------------------------------
     def _on_transfer(self, received: ReceivedTransfer) -> None:
-        if self.prefix_importer is not None and self.prefix_importer.take_if_prefix(received):
+        if self.take_prefix is not None and self.take_prefix(received):
             return
         tid = received.manifest.transfer_id
         waiter = self._waiters.pop(tid, None)
@@ -261,7 +238,7 @@ class DecodeService:
         if not pinned:
             self.prefix_misses.inc()
 
-    def _import(self, engine: Any, job: DecodeJob, received: ReceivedTransfer) -> None:
+    def _import(self, engine: ServingEngine, job: DecodeJob, received: ReceivedTransfer) -> None:
         """Engine thread: adopt the state (one copy out of the pool) and stream the first token."""
         manifest = received.manifest
         if manifest.req_id != job.request.req_id:
@@ -313,12 +290,6 @@ class DecodeService:
             kv_pool_in_use_bytes=self.receiver.pool.in_use_bytes,
         )
 
-    @property
-    def prefix_cache_bytes(self) -> int:
-        """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
-        pool = getattr(self.worker.engine, "prefix_pool", None)
-        return 0 if pool is None else int(pool.used_bytes)
-
     def _publish_gauges(self) -> None:
         self._g_waiting.set(self.num_waiting)
         self._g_running.set(len(self.running))
@@ -335,7 +306,10 @@ class DecodeService:
 
 
 def make_kv_receiver(
-    topology: Topology, instance: InstanceConfig, on_transfer: Any, on_failure: Any
+    topology: Topology,
+    instance: InstanceConfig,
+    on_transfer: Callable[[ReceivedTransfer], None],
+    on_failure: Callable[[str, str], None],
 ) -> KVReceiver:
     """The instance's KV receiver, bound to `kv_listen` if set (the others send to `kv`)."""
     from prfaas.transport.sender import parse_address
@@ -383,24 +357,7 @@ async def handle_abort(service: DecodeService, request: Request) -> Response:
 def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The decode instance's HTTP app; the engine loads and the receiver listens at start."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await asyncio.to_thread(build_engine, topology, instance)
-        service = DecodeService(topology, instance, engine)
-        await service.start()
-        app.state.service = service
-        log.info(
-            "decode instance %s ready on %s (KV %s, bound on %s)",
-            instance.name,
-            instance.http,
-            instance.kv,
-            instance.kv_bind_address,
-        )
-        yield
-        await service.close()
-
-    app = FastAPI(title=f"prfaas decode {instance.name}", lifespan=lifespan)
-    app.add_middleware(InternalAuth, token=deployment_token(topology))
+    app = build_instance_app(topology, instance, "decode", DecodeService)
 
     async def decode(request: Request) -> Response:
         return await handle_decode(app.state.service, request)
@@ -412,8 +369,6 @@ def build_decode_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     async def abort(request: Request) -> Response:
         return await handle_abort(app.state.service, request)
 
-    add_instance_routes(app, instance)
-    add_kv_event_route(app)
     return app
 
 

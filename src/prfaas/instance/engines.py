@@ -3,8 +3,10 @@
 `build_engine` gives a real `prfaas.engine.Engine` (tiny preset or local checkpoint) or an
 `EmulatedEngine` timed by the cost model for the topology's `model.emulate` on the instance's
 hardware, its prefills by the topology's `model.prefill_latency` curve of that hardware when it
-has one. `PrefillRate` turns queued prompt tokens into expected seconds: the cost model for an
-emulated engine, the measured tokens per second of this instance's own prefills for a real one.
+has one; either is a `prfaas.engine.protocol.ServingEngine`, the type the services hold.
+`PrefillRate` turns queued prompt tokens into expected seconds: what the engine predicts
+(`predicted_prefill_s`: the cost model for an emulated engine), else the measured tokens per
+second of this instance's own prefills. `prefix_cache_bytes` is the engine's prefix cache size.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from prfaas.engine.protocol import ServingEngine
 from prfaas.topology import InstanceConfig, Topology
 
 log = logging.getLogger(__name__)
@@ -22,7 +25,7 @@ _RATE_EWMA_WEIGHT = 0.3
 _INITIAL_TOKENS_PER_S = 2000.0  # until the first prefill has been measured
 
 
-def build_engine(topology: Topology, instance: InstanceConfig) -> Any:
+def build_engine(topology: Topology, instance: InstanceConfig) -> ServingEngine:
     """The engine `instance` runs: emulated (cost model + real-size payloads) or torch."""
     model = topology.model
     prefix_cache = topology.prefix_cache
@@ -101,21 +104,30 @@ def _quiet_transformers() -> None:
 class PrefillRate:
     """Expected prefill seconds for queued tokens on one instance."""
 
-    def __init__(self, engine: Any) -> None:
+    def __init__(self, engine: ServingEngine) -> None:
         # an EmulatedEngine knows what it will sleep (its cost model x its time scale)
-        self._predicted_s = getattr(engine, "predicted_prefill_s", None)
+        self._engine = engine
         self.tokens_per_s = _INITIAL_TOKENS_PER_S
 
     def expected_s(self, num_tokens: int) -> float:
         if num_tokens <= 0:
             return 0.0
-        if self._predicted_s is not None:
-            return float(self._predicted_s(num_tokens))
+        predicted_s = self._engine.predicted_prefill_s(num_tokens)
+        if predicted_s is not None:
+            return predicted_s
         return num_tokens / self.tokens_per_s
 
     def observe(self, num_tokens: int, elapsed_s: float) -> None:
-        """Fold one measured prefill into the rate (real engines only)."""
-        if self._predicted_s is not None or elapsed_s <= 0 or num_tokens <= 0:
+        """Fold one measured prefill into the rate (engines that do not predict it only)."""
+        if elapsed_s <= 0 or num_tokens <= 0:
+            return
+        if self._engine.predicted_prefill_s(num_tokens) is not None:
             return
         rate = num_tokens / elapsed_s
         self.tokens_per_s += _RATE_EWMA_WEIGHT * (rate - self.tokens_per_s)
+
+
+def prefix_cache_bytes(engine: ServingEngine) -> int:
+    """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
+    pool = engine.prefix_pool
+    return 0 if pool is None else pool.used_bytes

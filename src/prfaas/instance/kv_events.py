@@ -10,17 +10,19 @@ thread (it is not thread-safe), between engine steps.
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse
 
+from prfaas.instance.worker import EngineWorker
+from prfaas.messages import JSONDict
+from prfaas.prefix_cache.pool import HybridPrefixPool
 from prfaas.service.http import error_response
 
 _MAX_EVENTS = 4096  # events per answer; the router asks again on its next poll
 
 
-def events_body(pool: Any, after_seq: int, epoch: str, known_epoch: str) -> dict[str, Any]:
+def events_body(pool: HybridPrefixPool, after_seq: int, epoch: str, known_epoch: str) -> JSONDict:
     """The JSON answer for a router that applied events up to `after_seq` of `known_epoch`."""
     events, is_complete = pool.events_after(after_seq, _MAX_EVENTS)
     is_snapshot = known_epoch != epoch or not is_complete
@@ -46,10 +48,9 @@ def add_kv_event_route(app: FastAPI) -> None:
     async def kv_events(
         after: int = Query(0, ge=0), epoch_seen: str = Query("", alias="epoch", max_length=64)
     ) -> JSONResponse:
-        worker = app.state.service.worker
-        if getattr(worker.engine, "prefix_pool", None) is None:
+        worker: EngineWorker = app.state.service.worker
+        pool = worker.engine.prefix_pool
+        if pool is None:
             return error_response(404, "this instance has no prefix cache", "not_found")
-        body = await worker.call(
-            lambda engine: events_body(engine.prefix_pool, after, epoch, epoch_seen)
-        )
+        body = await worker.call(lambda _engine: events_body(pool, after, epoch, epoch_seen))
         return JSONResponse(body)

@@ -24,22 +24,19 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry
 
+from prfaas.engine.protocol import ServingEngine
 from prfaas.instance.decode import DecodeService, handle_abort, handle_decode
-from prfaas.instance.engines import build_engine
-from prfaas.instance.kv_events import add_kv_event_route
 from prfaas.instance.prefill import PrefillService, handle_prefill, handle_prefix_export
+from prfaas.instance.service_base import build_instance_app
 from prfaas.instance.worker import EngineWorker
-from prfaas.messages import InstanceStats
-from prfaas.service.auth import InternalAuth, deployment_token
-from prfaas.service.http import add_instance_routes, error_response
+from prfaas.messages import InstanceStats, JSONDict
+from prfaas.service.http import error_response
 from prfaas.topology.config import ROLES, InstanceConfig, Topology
 
 log = logging.getLogger(__name__)
@@ -53,12 +50,12 @@ class RoleConflict(Exception):
 class ConvertibleService:
     """Both roles' services over one engine thread, the role in force, and a change under way."""
 
-    def __init__(self, topology: Topology, instance: InstanceConfig, engine: Any) -> None:
+    def __init__(self, topology: Topology, instance: InstanceConfig, engine: ServingEngine) -> None:
         self.instance = instance
         self.worker = EngineWorker(engine, asyncio.get_running_loop(), name=instance.name)
         self.prefill = PrefillService(topology, instance, engine, worker=self.worker)
         self.decode = DecodeService(topology, instance, engine, worker=self.worker)
-        self.decode.prefix_importer = self.prefill.prefix_importer  # moved prefixes: the pool
+        self.decode.take_prefix = self.prefill.prefix_importer.take_if_prefix  # into the pool
         self.role = instance.role
         self.draining_to: str | None = None
         self.num_role_changes = 0
@@ -77,7 +74,7 @@ class ConvertibleService:
         """Whether a job of `role` is served now (the old role's, while draining, too)."""
         return role == self.role
 
-    def change_role(self, role: str) -> dict[str, Any]:
+    def change_role(self, role: str) -> JSONDict:
         """Start draining toward `role` (nothing to do if it is the role in force)."""
         if role not in ROLES:
             raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
@@ -98,7 +95,7 @@ class ConvertibleService:
             self._drain_task = asyncio.create_task(self._drain(time.monotonic()))
         return self.role_status()
 
-    def role_status(self) -> dict[str, Any]:
+    def role_status(self) -> JSONDict:
         return {"instance": self.instance.name, "role": self.role, "draining_to": self.draining_to}
 
     def _is_busy(self) -> bool:
@@ -153,25 +150,7 @@ def build_pd_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The convertible PD instance's HTTP app; the engine loads and the receiver listens at
     start, in the role the topology gives it."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await asyncio.to_thread(build_engine, topology, instance)
-        service = ConvertibleService(topology, instance, engine)
-        await service.start()
-        app.state.service = service
-        log.info(
-            "PD instance %s ready on %s (KV %s, bound on %s) as %s",
-            instance.name,
-            instance.http,
-            instance.kv,
-            instance.kv_bind_address,
-            instance.role,
-        )
-        yield
-        await service.close()
-
-    app = FastAPI(title=f"prfaas pd {instance.name}", lifespan=lifespan)
-    app.add_middleware(InternalAuth, token=deployment_token(topology))
+    app = build_instance_app(topology, instance, "pd", ConvertibleService)
 
     async def prefill(request: Request) -> Response:
         service: ConvertibleService = app.state.service
@@ -211,6 +190,4 @@ def build_pd_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
             return error_response(400, f"bad role change: {exc!r}"[:300], "invalid_request_error")
         return JSONResponse(status, status_code=202)
 
-    add_instance_routes(app, instance)
-    add_kv_event_route(app)
     return app

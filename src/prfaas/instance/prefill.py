@@ -14,34 +14,31 @@ measured link to every decode instance this instance sends to.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
-from typing import Any
+from dataclasses import asdict, dataclass, field, replace
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import Gauge
 
-from prfaas.instance.engines import PrefillRate, build_engine
-from prfaas.instance.kv_events import add_kv_event_route
+from prfaas.engine.protocol import LayerState, ServingEngine
+from prfaas.instance.engines import PrefillRate
 from prfaas.instance.prefix_transfer import PrefixImporter, make_prefix_receiver, send_prefix
-from prfaas.instance.worker import EngineWorker
+from prfaas.instance.service_base import EngineService, build_instance_app
 from prfaas.messages import (
     GenerateRequest,
     InstanceStats,
+    JSONDict,
     KVManifest,
     PrefillJob,
     PrefillResult,
     PrefixExportJob,
     TransferAck,
 )
-from prfaas.service.auth import InternalAuth, deployment_token
-from prfaas.service.http import add_instance_routes, error_response, transport_config
+from prfaas.service.http import error_response, transport_config
 from prfaas.topology import InstanceConfig, Topology
-from prfaas.transport.linkstats import TransportMetrics
+from prfaas.transport.linkstats import LinkStats, TransportMetrics
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender, KVTransfer
 
@@ -56,42 +53,24 @@ class _Job:
     num_tokens: int
     started_at: float | None = None
     num_cached_tokens: int = 0  # prompt tokens reused from this instance's prefix cache
-    layers: list[Any] = field(default_factory=list)  # LayerStates: their buffers must outlive END
+    layers: list[LayerState] = field(default_factory=list)  # their buffers must outlive END
 
 
-class PrefillService:
+class PrefillService(EngineService):
     """The instance's state: engine thread, KV sender, FCFS queue bookkeeping, metrics."""
 
-    def __init__(
-        self,
-        topology: Topology,
-        instance: InstanceConfig,
-        engine: Any,
-        worker: EngineWorker | None = None,
-    ) -> None:
-        """`worker`: an engine thread shared with the instance's other role (convertible PD
-        instances); by default the service starts its own."""
-        self.topology, self.instance = topology, instance
-        self.loop = asyncio.get_running_loop()
-        self.worker = worker or EngineWorker(engine, self.loop, name=instance.name)
-        self.rate = PrefillRate(engine)
-        self.registry = CollectorRegistry()
-        self.sender = KVSender(transport_config(topology), TransportMetrics(self.registry))
+    def _setup(self) -> None:
+        self.rate = PrefillRate(self.worker.engine)
+        self.sender = KVSender(transport_config(self.topology), TransportMetrics(self.registry))
         self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
-        self.prefix_importer = PrefixImporter(self.worker, instance.name, self.registry)
+        self.prefix_importer = PrefixImporter(self.worker, self.instance.name, self.registry)
         self.prefix_receiver: KVReceiver | None = None  # `kv` set and no decode role's receiver
-        self._waiting = Gauge(
-            "prfaas:num_requests_waiting",
-            "Prefill jobs queued",
-            ["instance"],
-            registry=self.registry,
-        ).labels(instance.name)
-        self._running = Gauge(
-            "prfaas:num_requests_running",
-            "Prefills computing or sending",
-            ["instance"],
-            registry=self.registry,
-        ).labels(instance.name)
+        self._waiting = self.instance_metric(
+            Gauge, "prfaas:num_requests_waiting", "Prefill jobs queued"
+        )
+        self._running = self.instance_metric(
+            Gauge, "prfaas:num_requests_running", "Prefills computing or sending"
+        )
 
     async def run(self, job: PrefillJob) -> PrefillResult:
         """Prefill `job` after the jobs before it, stream its state, wait for the ACK."""
@@ -154,12 +133,12 @@ class PrefillService:
         )
         return result
 
-    def _prefill(self, engine: Any, entry: _Job, transfer: KVTransfer) -> KVManifest:
+    def _prefill(self, engine: ServingEngine, entry: _Job, transfer: KVTransfer) -> KVManifest:
         """Engine thread: forward pass with each final layer handed to the transport."""
         entry.started_at = time.monotonic()
         self.loop.call_soon_threadsafe(self._publish_gauges)
 
-        def on_layer(_req_id: str, layer: Any) -> None:
+        def on_layer(_req_id: str, layer: LayerState) -> None:
             entry.layers.append(layer)
             coro = transfer.send_layer(layer.entry, layer.buffers)
             asyncio.run_coroutine_threadsafe(coro, self.loop).result(_LAYER_QUEUE_TIMEOUT_S)
@@ -173,8 +152,7 @@ class PrefillService:
         exported = engine.export(
             request.req_id, transfer_id=entry.job.transfer_id, num_prefix_tokens=num_skip
         )
-        manifest: KVManifest = exported.manifest
-        return manifest
+        return exported.manifest
 
     def _failed(self, job: PrefillJob, error: str) -> PrefillResult:
         log.warning("req_id=%s transfer_id=%s %s", job.request.req_id, job.transfer_id, error)
@@ -202,12 +180,6 @@ class PrefillService:
             prefill_tokens_per_s=self.rate.tokens_per_s,
         )
 
-    @property
-    def prefix_cache_bytes(self) -> int:
-        """Bytes in the engine's prefix cache (read without the engine thread: one int)."""
-        pool = getattr(self.worker.engine, "prefix_pool", None)
-        return 0 if pool is None else int(pool.used_bytes)
-
     def _known_dests(self) -> set[str]:
         return {i.kv for i in self.topology.instances if i.kv is not None}
 
@@ -216,9 +188,14 @@ class PrefillService:
         self._waiting.set(queued)
         self._running.set(len(self.jobs) - queued)
 
+    async def start(self) -> None:
+        """A plain prefill instance with a `kv` address receives moved prefixes there (a
+        convertible one receives them through its decode service and does not call this)."""
+        if self.instance.kv is not None:
+            await self.start_prefix_receiver()
+
     async def start_prefix_receiver(self) -> None:
-        """Listen on the instance's `kv` address for moved prefixes (a plain prefill instance;
-        a convertible one receives through its decode service)."""
+        """Listen on the instance's `kv` address for moved prefixes."""
         self.prefix_receiver = make_prefix_receiver(
             self.topology, self.instance, self.prefix_importer
         )
@@ -241,9 +218,7 @@ def _prefill_only(request: GenerateRequest) -> GenerateRequest:
     return replace(request, sampling=replace(request.sampling, max_tokens=1))
 
 
-def _link_dict(link: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
+def _link_dict(link: LinkStats) -> JSONDict:
     return dict(asdict(link))
 
 
@@ -270,18 +245,7 @@ async def handle_prefix_export(service: PrefillService, request: Request) -> Res
 def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
     """The prefill instance's HTTP app; the engine loads when the app starts."""
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = await asyncio.to_thread(build_engine, topology, instance)
-        app.state.service = PrefillService(topology, instance, engine)
-        if instance.kv is not None:
-            await app.state.service.start_prefix_receiver()
-        log.info("prefill instance %s ready on %s", instance.name, instance.http)
-        yield
-        await app.state.service.close()
-
-    app = FastAPI(title=f"prfaas prefill {instance.name}", lifespan=lifespan)
-    app.add_middleware(InternalAuth, token=deployment_token(topology))
+    app = build_instance_app(topology, instance, "prefill", PrefillService)
 
     async def prefill(request: Request) -> Response:
         return await handle_prefill(app.state.service, request)
@@ -293,7 +257,4 @@ def build_prefill_app(topology: Topology, instance: InstanceConfig) -> FastAPI:
         return await handle_prefix_export(app.state.service, request)
 
     app.add_route("/internal/prefix_export", prefix_export, methods=["POST"])
-
-    add_instance_routes(app, instance)
-    add_kv_event_route(app)
     return app

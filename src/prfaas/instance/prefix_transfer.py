@@ -20,16 +20,16 @@ prefill instance stores it in its prefix cache.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import time
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
 from prfaas.instance.worker import EngineWorker
-from prfaas.messages import PrefixExportJob, PrefixExportResult, PrefixTransferInfo
+from prfaas.messages import JSONDict, PrefixExportJob, PrefixExportResult, PrefixTransferInfo
 from prfaas.topology import InstanceConfig, Topology
 from prfaas.transport.receiver import KVReceiver
 from prfaas.transport.sender import KVSender
@@ -81,11 +81,13 @@ class PrefixImporter:
         future = self.worker.call(lambda engine: engine.import_prefix(manifest, views))
         future.add_done_callback(lambda done: self._imported(received, done, started_at))
 
-    def _imported(self, received: ReceivedTransfer, done: Any, started_at: float) -> None:
+    def _imported(
+        self, received: ReceivedTransfer, done: asyncio.Future[int], started_at: float
+    ) -> None:
         received.release()
         manifest = received.manifest
         error = done.exception()
-        fields: dict[str, Any] = {
+        fields: JSONDict = {
             "event": "prefix_imported" if error is None else "prefix_import_refused",
             "instance": self.instance,
             "transfer_id": manifest.transfer_id,

@@ -1,6 +1,7 @@
 """The engine thread of an instance: one thread owns the engine, the event loop never touches it.
 
-Engines are synchronous and not thread-safe. `EngineWorker` runs one on a dedicated thread:
+Engines (`prfaas.engine.protocol.ServingEngine`) are synchronous and not thread-safe.
+`EngineWorker` runs one on a dedicated thread:
 coroutines on the service's event loop hand it work with `call(fn)` (run `fn(engine)` there, in
 submission order, i.e. FCFS) and stream requests with `open_stream(req_id)`. Between commands the
 thread runs `engine.step()` while any request is unfinished and hands every `TokenDelta` to its
@@ -17,27 +18,31 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from prfaas.engine.protocol import ServingEngine
 from prfaas.messages import TokenDelta
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
-_STOP = object()
+# fn(engine), run on the engine thread, and the future its caller awaits (None: nobody awaits it)
+_Command = tuple[Callable[[ServingEngine], object], "asyncio.Future[Any] | None"]
 
 
 class EngineWorker:
     """Owns `engine` on its own thread; `call` and the delta streams are the only ways in."""
 
-    def __init__(self, engine: Any, loop: asyncio.AbstractEventLoop, name: str = "engine") -> None:
+    def __init__(
+        self, engine: ServingEngine, loop: asyncio.AbstractEventLoop, name: str = "engine"
+    ) -> None:
         self.engine = engine
         self._loop = loop
-        self._commands: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._commands: queue.SimpleQueue[_Command | None] = queue.SimpleQueue()  # None: stop
         self._streams: dict[str, asyncio.Queue[TokenDelta]] = {}
         self.num_steps = 0
         self._thread = threading.Thread(target=self._run, name=f"prfaas-{name}", daemon=True)
         self._thread.start()
 
     # ---- loop side -------------------------------------------------------------------------
-    def call(self, fn: Callable[[Any], _T]) -> asyncio.Future[_T]:
+    def call(self, fn: Callable[[ServingEngine], _T]) -> asyncio.Future[_T]:
         """Run `fn(engine)` on the engine thread after the commands already queued."""
         fut: asyncio.Future[_T] = self._loop.create_future()
         self._commands.put((fn, fut))
@@ -61,7 +66,7 @@ class EngineWorker:
             stream.put_nowait(delta)
 
     def stop(self) -> None:
-        self._commands.put(_STOP)
+        self._commands.put(None)
         self._thread.join(timeout=30)
 
     # ---- engine thread ---------------------------------------------------------------------
@@ -69,17 +74,17 @@ class EngineWorker:
         while True:
             is_busy = self.engine.has_unfinished()
             try:
-                item = self._commands.get(block=not is_busy)
+                command = self._commands.get(block=not is_busy)
             except queue.Empty:
-                item = None
-            if item is _STOP:
+                self._step()
+                continue
+            if command is None:
                 return
-            if item is not None:
-                self._execute(*item)
-                continue  # commands first: new requests join the next step
-            self._step()
+            self._execute(*command)  # commands first: new requests join the next step
 
-    def _execute(self, fn: Callable[[Any], Any], fut: asyncio.Future[Any] | None) -> None:
+    def _execute(
+        self, fn: Callable[[ServingEngine], object], fut: asyncio.Future[Any] | None
+    ) -> None:
         try:
             result = fn(self.engine)
         except Exception as exc:  # handed to the awaiting coroutine, which owns error handling
@@ -113,8 +118,9 @@ class EngineWorker:
         self._loop.call_soon_threadsafe(self._deliver, delta)
 
     def _fail_all(self, reason: str) -> list[TokenDelta]:
-        failed = [req_id for req_id, r in self.engine.requests.items() if r.finish_reason is None]
-        return [TokenDelta(req_id, (), "error", reason) for req_id in failed]
+        return [
+            TokenDelta(req_id, (), "error", reason) for req_id in self.engine.unfinished_req_ids()
+        ]
 
     def _deliver_all(self, deltas: list[TokenDelta]) -> None:
         for delta in deltas:
@@ -126,7 +132,7 @@ class EngineWorker:
             stream.put_nowait(delta)
 
 
-def _settle(fut: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+def _settle(fut: asyncio.Future[Any], result: object, error: BaseException | None) -> None:
     if fut.done():
         return
     if error is None:

@@ -26,8 +26,15 @@ def test_an_emulated_instance_expects_what_its_engine_sleeps(time_scale: float) 
     assert PrefillRate(engine).expected_s(4096) == pytest.approx(unscaled * time_scale)
 
 
+class _MeasuredEngine:
+    """An engine that does not know its prefill time in advance (a torch engine)."""
+
+    def predicted_prefill_s(self, num_tokens: int) -> None:
+        return None
+
+
 def test_a_real_engine_learns_its_rate_from_measured_prefills() -> None:
-    rate = PrefillRate(object())
+    rate = PrefillRate(_MeasuredEngine())  # type: ignore[arg-type]
     before = rate.expected_s(1000)
     for _ in range(20):
         rate.observe(1000, 0.1)  # 10k tokens/s measured

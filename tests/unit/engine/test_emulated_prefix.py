@@ -3,14 +3,18 @@ prefix gets a smaller payload, and the bookkeeping matches the real engine's rul
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
+from prfaas.engine import prefix_book
 from prfaas.engine.emulated import make_emulated_engine
 from prfaas.engine.validation import PrefixMiss
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, SamplingParams
 from prfaas.models import load_model_spec
 from prfaas.perf import CostModel, get_hardware
+from prfaas.prefix_cache import block_hashes
 from prfaas.prefix_cache.config import PrefixCacheConfig
 
 MODEL = "qwen3.5-397b"  # hybrid: Gated DeltaNet + full attention
@@ -73,6 +77,38 @@ def test_receiver_with_a_prefix_gets_a_smaller_payload_and_imports_it() -> None:
     assert receiver.pin_prefix("t2", turn2, held)
     receiver.import_(partial.manifest, partial.buffers, prompt_token_ids=turn2)
     assert receiver.requests["t2"].num_computed_tokens == len(turn2)
+
+
+def test_a_decode_instance_hashes_each_token_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin, import, decode and free of one request: the pin hashes the prefix it holds, the
+    import finds the prefix by those hashes, and keeping the finished request's blocks hashes
+    only what came after them; every computed token is hashed exactly once."""
+    sender, receiver = _engine([]), _engine([], "H20")
+    turn1 = tuple(range(1, 1201))
+    receiver.generate([_req("t1", turn1, max_tokens=3)])
+    receiver.free("t1")
+    turn2 = turn1 + tuple(range(3000, 3600))
+    held = receiver.cached_prefix_tokens(turn2)
+    sender.prefill([_req("t2", turn2, max_tokens=300)], skip_tokens={"t2": held})
+    partial = sender.export("t2", "x", num_prefix_tokens=held)
+    hashed: list[int] = []
+
+    def counted(token_ids: Sequence[int], block_tokens: int, parent_hash: int = 0) -> list[int]:
+        hashed.append(len(token_ids) // block_tokens * block_tokens)
+        return block_hashes(token_ids, block_tokens, parent_hash)
+
+    monkeypatch.setattr(prefix_book, "block_hashes", counted)
+    assert receiver.pin_prefix("t2", turn2, held)
+    receiver.import_(
+        partial.manifest, partial.buffers, SamplingParams(max_tokens=300), prompt_token_ids=turn2
+    )
+    assert hashed == [held]  # the import looked the prefix up by the pin's hashes
+    while receiver.has_unfinished():
+        receiver.step()
+    num_computed = receiver.requests["t2"].num_computed_tokens
+    receiver.free("t2")
+    assert sum(hashed) == num_computed // BLOCK * BLOCK
+    assert receiver.cached_prefix_tokens(turn2 + (1,) * BLOCK) == len(turn2) // BLOCK * BLOCK
 
 
 def test_a_receiver_without_the_prefix_refuses_the_transfer() -> None:

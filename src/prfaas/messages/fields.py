@@ -54,9 +54,7 @@ def parse_bool(value: object, name: str) -> bool:
 
 
 def parse_list(value: object, name: str) -> list[Any]:
-    if not isinstance(value, list | tuple):
-        raise ValueError(f"{name} must be a list, got {shorten(value)}")
-    return list(value)
+    return list(_sequence(value, name))
 
 
 def parse_mapping(value: object, name: str) -> dict[str, Any]:
@@ -66,7 +64,14 @@ def parse_mapping(value: object, name: str) -> dict[str, Any]:
 
 
 def parse_token_ids(value: object, name: str) -> tuple[int, ...]:
-    return tuple(parse_int(t, name, minimum=0) for t in parse_list(value, name))
+    """Token ids as the one immutable form they keep from here on (no intermediate list)."""
+    return tuple(parse_int(t, name, minimum=0) for t in _sequence(value, name))
+
+
+def _sequence(value: object, name: str) -> list[Any] | tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"{name} must be a list, got {shorten(value)}")
+    return value
 
 
 def shorten(value: object) -> str:

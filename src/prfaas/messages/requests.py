@@ -23,7 +23,11 @@ from prfaas.messages.fields import (
 
 @dataclass(frozen=True, slots=True)
 class SamplingParams:
-    """How to pick tokens; defaults are greedy decoding of 16 tokens."""
+    """How to pick tokens; defaults are greedy decoding of 16 tokens.
+
+    The ranges are checked here and nowhere else: when the router's intake builds it from a
+    client's request (the UserError is that request's 400) and when an instance decodes it
+    from a job (`from_dict`)."""
 
     max_tokens: int = 16  # tokens to generate after the prompt (first token included)
     temperature: float = 0.0  # 0 means greedy
@@ -83,10 +87,10 @@ class GenerateRequest:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     arrived_at: float = 0.0  # monotonic seconds at the router
 
-    def to_dict(self) -> JSONDict:
+    def to_dict(self) -> JSONDict:  # the prompt's tuple as is: JSON writes it as an array
         return {
             "req_id": self.req_id,
-            "prompt_token_ids": list(self.prompt_token_ids),
+            "prompt_token_ids": self.prompt_token_ids,
             "sampling": self.sampling.to_dict(),
             "arrived_at": self.arrived_at,
         }

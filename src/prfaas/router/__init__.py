@@ -4,6 +4,7 @@
     openai_api.py     request schemas and response bodies of the OpenAI API
     intake.py         API key, body checks, tokenizing, max_tokens bounds -> GenerateRequest
     dispatch.py       the policy's decision -> the instances; drives the prefill and decode jobs
+    decision.py       one request's routing decision (frozen) and its trace (outcome, timings)
     monitor.py        polls the instances' stats; ClusterView / LinkView for the policy
     prefix_index.py   the global KV index: which instance caches which prefix (KV events)
     metrics.py        Prometheus metrics, named like vLLM's

@@ -29,7 +29,8 @@ from prfaas.errors import UserError
 from prfaas.messages import TokenDelta
 from prfaas.router.control_loop import RouterControl
 from prfaas.router.control_routes import add_control_routes
-from prfaas.router.dispatch import Dispatch, Dispatcher, NoInstanceError
+from prfaas.router.decision import Dispatch, DispatchTrace
+from prfaas.router.dispatch import Dispatcher, NoInstanceError
 from prfaas.router.intake import ApiError, Prepared, RequestIntake, parse_json_body
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor
@@ -101,16 +102,16 @@ class RouterService:
         self.metrics.prompt_tokens.labels(d.route).inc(d.num_prompt_tokens)
         return d
 
-    async def texts(self, d: Dispatch, prepared: Prepared) -> AsyncIterator[Piece]:
+    async def texts(self, trace: DispatchTrace, prepared: Prepared) -> AsyncIterator[Piece]:
         """The request's text as it grows, timing the stream; the last piece has a finish."""
         text = TextStream(self.codec, prepared.stop)
-        route, last_at, finish = d.route, prepared.arrived_at, None
+        route, last_at, finish = trace.decision.route, prepared.arrived_at, None
         try:
-            async for delta in self.dispatcher.run(d, prepared.request, prepared.is_stream):
+            async for delta in self.dispatcher.run(trace, prepared.request, prepared.is_stream):
                 now = time.monotonic()
-                if delta.token_ids and prepared.first_token_at is None:
-                    prepared.first_token_at = _first_token_at(d, now)
-                    self.metrics.ttft.labels(route).observe(prepared.first_token_at - last_at)
+                if delta.token_ids and trace.first_token_at is None:
+                    trace.first_token_at = _first_token_at(trace, now)
+                    self.metrics.ttft.labels(route).observe(trace.first_token_at - last_at)
                     last_at = now
                 elif delta.token_ids and prepared.is_stream:  # whole answers have no gaps
                     self.metrics.itl.labels(route).observe(now - last_at)
@@ -122,11 +123,12 @@ class RouterService:
                 if finish is not None:
                     return
         finally:
-            self._record_done(d, prepared, finish, text.num_tokens)
+            self._record_done(trace, prepared, finish, text.num_tokens)
 
     def _record_done(
-        self, d: Dispatch, prepared: Prepared, finish: str | None, num_tokens: int
+        self, trace: DispatchTrace, prepared: Prepared, finish: str | None, num_tokens: int
     ) -> None:
+        d = trace.decision
         e2e_s = time.monotonic() - prepared.arrived_at
         self.metrics.requests.labels(d.route, finish or "cancelled").inc()
         self.metrics.e2e.labels(d.route).observe(e2e_s)
@@ -141,14 +143,14 @@ class RouterService:
             "route": d.route,
             "finish_reason": finish,
             "num_output_tokens": num_tokens,
-            "kv_bytes": d.result.num_kv_bytes if d.result else 0,
+            "kv_bytes": trace.result.num_kv_bytes if trace.result else 0,
             "e2e_s": round(e2e_s, 4),
         }
         log.debug(json.dumps(done))
 
-    async def whole(self, d: Dispatch, prepared: Prepared) -> Response:
+    async def whole(self, trace: DispatchTrace, prepared: Prepared) -> Response:
         parts, last = [], Piece("", None, None, 0)
-        async for piece in self.texts(d, prepared):
+        async for piece in self.texts(trace, prepared):
             parts.append(piece.text)
             last = piece
         if last.finish_reason == "error" or last.finish_reason is None:
@@ -158,12 +160,12 @@ class RouterService:
         body = prepared.shape.whole(
             "".join(parts), last.finish_reason, usage(n_prompt, last.num_tokens)
         )
-        body["prfaas"] = d.summary(prepared.ttft_s)
-        return JSONResponse(body, headers=route_headers(d))
+        body["prfaas"] = trace.summary(prepared.arrived_at)
+        return JSONResponse(body, headers=route_headers(trace.decision))
 
-    async def sse(self, d: Dispatch, prepared: Prepared) -> AsyncIterator[bytes]:
+    async def sse(self, trace: DispatchTrace, prepared: Prepared) -> AsyncIterator[bytes]:
         is_first, last = True, Piece("", None, None, 0)
-        async for piece in self.texts(d, prepared):
+        async for piece in self.texts(trace, prepared):
             last = piece
             if piece.finish_reason == "error":
                 error = {"message": piece.error, "type": "service_unavailable"}
@@ -172,7 +174,7 @@ class RouterService:
             if piece.text or piece.finish_reason is not None or is_first:
                 chunk = prepared.shape.chunk(piece.text, piece.finish_reason, is_first)
                 if piece.finish_reason is not None:
-                    chunk["prfaas"] = d.summary(prepared.ttft_s)
+                    chunk["prfaas"] = trace.summary(prepared.arrived_at)
                 yield _event(chunk)
                 is_first = False
         if prepared.include_usage:
@@ -191,13 +193,13 @@ class Piece:
     num_tokens: int  # completion tokens so far
 
 
-def _first_token_at(d: Dispatch, now: float) -> float:
+def _first_token_at(trace: DispatchTrace, now: float) -> float:
     """When the first token was ready: now for a stream; for a whole answer, the decode job's
     send time plus the decode instance's own first-token offset (same machine clock or not,
     only durations cross)."""
-    if d.first_token_s is None or d.decode_sent_at is None:
+    if trace.first_token_s is None or trace.decode_sent_at is None:
         return now
-    return min(now, d.decode_sent_at + d.first_token_s)
+    return min(now, trace.decode_sent_at + trace.first_token_s)
 
 
 def _finish_reason(delta: TokenDelta, text: TextStream) -> str | None:
@@ -251,14 +253,14 @@ def build_router_app(topology: Topology) -> FastAPI:
         service.intake.check_auth(request)
         body = parse_json_body(await request.body())  # 400 for any bad JSON, deep nesting too
         prepared = service.intake.prepare(body, is_chat)
-        d = service.route(prepared)
+        trace = DispatchTrace.of(service.route(prepared))
         if prepared.is_stream:
             return StreamingResponse(
-                service.sse(d, prepared),
+                service.sse(trace, prepared),
                 media_type="text/event-stream",
-                headers=route_headers(d),
+                headers=route_headers(trace.decision),
             )
-        return await service.whole(d, prepared)
+        return await service.whole(trace, prepared)
 
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:

@@ -196,7 +196,7 @@ class RouterControl:
             )
             return
         state = min(candidates, key=lambda s: (s.load().num_queued_tokens, s.pending_requests))
-        state.converting_to = new
+        self.monitor.mark_converting(state.config.name, new)
         entry: dict[str, Any] = {"instance": state.config.name, "from_role": old, "to_role": new}
         entry["drain_from_s"] = self.now()
         self.conversions.append(entry)
@@ -215,9 +215,9 @@ class RouterControl:
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             entry["error"] = str(exc)
             log.warning(json.dumps({"event": "role_change_failed", **entry}))
-            state.converting_to = None
+            self.monitor.mark_converting(state.config.name, None)
             return
-        state.converting_to = None
+        self.monitor.mark_converting(state.config.name, None)
         entry["done_at_s"] = self.now()
         self.metrics.role_changes.labels(role).inc()
         log.info(json.dumps({"event": "role_change_done", **entry}))

@@ -2,12 +2,14 @@
 
 `Dispatcher.decide` builds the policy's views from the monitor, calls `RoutePolicy.choose` and
 `pick_instance` (the same `prfaas.policy` code the simulator runs), and turns the decision into a
-`Dispatch`: which prefill instance, which decode instance, which transfer id, and why.
-`Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the state) and the
-`PrefillJob` at the same time, relays the decode instance's `TokenDelta`s, and when the prefill
-side fails (instance gone, engine error, transfer refused) tells the decode instance at once, so
-its failure policy applies without waiting for the deadline. No decision is made here that the
-policy did not make, except one: a target with no ready instance is not a target.
+frozen `Dispatch` (`decision.py`): which prefill instance, which decode instance, which transfer
+id, and why. `Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the
+state) and the `PrefillJob` at the same time, relays the decode instance's `TokenDelta`s, records
+what happens in the request's `DispatchTrace`, and when the prefill side fails (instance gone,
+engine error, transfer refused) tells the decode instance at once, so its failure policy applies
+without waiting for the deadline. What it sends is counted with the monitor
+(`ClusterMonitor.dispatched`), which alone writes the instances' state. No decision is made here
+that the policy did not make, except one: a target with no ready instance is not a target.
 
 *Prefix moves.* When the policy's decision moves a cached prefix (`num_prefix_transfer_tokens`
 > 0: global best prefix, the longer cache in the other cluster), `run` first asks the other
@@ -28,14 +30,16 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import aiohttp
 
 from prfaas.messages import (
     DecodeJob,
     GenerateRequest,
+    JSONDict,
     PrefillJob,
     PrefillResult,
     PrefixExportJob,
@@ -49,6 +53,7 @@ from prfaas.policy import (
     pick_cached_instance,
 )
 from prfaas.policy.route import RouteState
+from prfaas.router.decision import Dispatch, DispatchTrace, PrefixMove
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.router.prefix_index import RouterPrefixIndex
@@ -62,96 +67,25 @@ _RESULT_GRACE_S = 2.0  # after the last token, how long a prefill answer may sti
 _PREFILL_SLACK_S = 300.0  # a prefill job may queue this long past its transfer deadline
 _ABORT_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
+Answer = TypeVar("Answer")  # what an instance answers a job with, parsed
+
 
 @dataclass(frozen=True)
 class _Candidates:
+    cluster: str  # the cluster's name ("": the topology has no such cluster)
     best: InstanceState | None  # the prefill instance to use in this cluster (None: none ready)
     best_tokens: int  # prompt tokens it can reuse from its prefix cache
 
 
-@dataclass(frozen=True)
-class PrefixMove:
-    """A cached prefix to move to the prefilling instance before its job is sent."""
-
-    holder: InstanceState  # the other cluster's instance caching the longest prefix
-    num_tokens: int  # prompt tokens it sends: its whole usable prefix (block-aligned)
+def _prefix_move(holder: _Candidates, target: _Candidates) -> PrefixMove | None:
+    """The other cluster's cached prefix to move to the chosen one, when it is the longer."""
+    if holder.best is None or holder.best_tokens <= target.best_tokens:
+        return None
+    return PrefixMove(holder.best, holder.best_tokens)
 
 
 class NoInstanceError(Exception):
     """No ready instance can take the request (HTTP 503)."""
-
-
-@dataclass
-class Dispatch:
-    """Where one request goes and why: the routing decision made concrete."""
-
-    req_id: str
-    transfer_id: str
-    route: str  # RouteTarget value: "prfaas" | "pd_prefill"
-    reason: str  # the policy's reason ("<rule>: <details>")
-    num_prompt_tokens: int
-    decode: InstanceState
-    prefill: InstanceState | None  # None: the decode instance prefills itself (colocated)
-    num_cached_tokens: int = 0  # prefix the router expects the prefilling instance to reuse
-    num_receiver_prefix_tokens: int = 0  # prefix KV the decode instance holds: not sent
-    num_best_prefix_tokens: int = 0  # longest usable prefix in either cluster
-    num_incremental_tokens: int = 0  # the policy's l: prompt tokens it expects to be computed
-    cluster: str = ""  # name of the cluster that prefills
-    result: PrefillResult | None = None  # filled in once the prefill instance answers
-    decode_sent_at: float | None = None  # monotonic s when the decode job went out
-    first_token_s: float | None = None  # non-streamed: the decode side's first-token offset
-    prefix_move: PrefixMove | None = None  # a cached prefix to move to `prefill` first
-    num_prefix_transfer_tokens: int = 0  # the policy's cross-cluster moved tokens
-    prefix_transfer: str | None = None  # outcome of the move (prefix_transfers_total label)
-    num_prefix_transfer_bytes: int = 0  # KV bytes moved (a done move)
-
-    @property
-    def rule(self) -> str:
-        return self.reason.split(":", 1)[0]
-
-    def summary(self, ttft_s: float | None) -> dict[str, object]:
-        """The `prfaas` extension field of a response: route, reason, KV moved, timings."""
-        r = self.result
-        return {
-            "route": self.route,
-            "reason": self.reason,
-            "transfer_id": self.transfer_id if self.prefill is not None else None,
-            "prefill_instance": self.prefill.config.name if self.prefill else None,
-            "decode_instance": self.decode.config.name,
-            "ttft_s": None if ttft_s is None else round(ttft_s, 6),
-            "kv_bytes": r.num_kv_bytes if r and r.ok else 0,
-            "num_cached_tokens": r.num_cached_tokens if r and r.ok else self.num_cached_tokens,
-            "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
-            "num_incremental_tokens": self.num_incremental_tokens,
-            "prefill_queue_s": round(r.queue_s, 6) if r else None,
-            "prefill_s": round(r.prefill_s, 6) if r else None,
-            "kv_transfer_tail_s": round(r.transfer_tail_s, 6) if r else None,
-            "prefix_transfer": self.prefix_transfer,
-            "num_prefix_transfer_tokens": self.moved_tokens,
-            "num_prefix_transfer_bytes": self.num_prefix_transfer_bytes,
-        }
-
-    @property
-    def moved_tokens(self) -> int:
-        """Prompt tokens actually moved to the prefilling instance (0 unless the move was done)."""
-        if self.prefix_transfer != "done" or self.prefix_move is None:
-            return 0
-        return self.prefix_move.num_tokens
-
-    def log_fields(self) -> dict[str, object]:
-        return {
-            "req_id": self.req_id,
-            "transfer_id": self.transfer_id,
-            "route": self.route,
-            "reason": self.reason,
-            "prefill_instance": self.prefill.config.name if self.prefill else None,
-            "decode_instance": self.decode.config.name,
-            "num_prompt_tokens": self.num_prompt_tokens,
-            "num_cached_tokens": self.num_cached_tokens,
-            "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
-            "num_prefix_transfer_tokens": self.num_prefix_transfer_tokens,
-            "prefix_holder": self.prefix_move.holder.config.name if self.prefix_move else None,
-        }
 
 
 def make_policy(topology: Topology) -> RoutePolicy:
@@ -177,7 +111,6 @@ class Dispatcher:
         self.route_state = RouteState() if topology.controller.enabled else None
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
-        self._tasks: set[asyncio.Task[None]] = set()
 
     # ---- decision --------------------------------------------------------------------------
     def decide(self, req_id: str, prompt_token_ids: Sequence[int]) -> Dispatch:
@@ -201,28 +134,24 @@ class Dispatcher:
             state=self.route_state,
         )
         route, reason = decision.target, decision.reason
-        chosen = prfaas if route is RouteTarget.PRFAAS else pd_prefill
+        chosen, other = (
+            (prfaas, pd_prefill) if route is RouteTarget.PRFAAS else (pd_prefill, prfaas)
+        )
         if chosen.best is None and route is RouteTarget.PRFAAS:
-            route, reason, chosen = (
-                RouteTarget.PD_PREFILL,
-                f"prfaas-unavailable: {reason}",
-                pd_prefill,
-            )
+            route, reason = RouteTarget.PD_PREFILL, f"prfaas-unavailable: {reason}"
+            chosen, other = pd_prefill, prfaas
         receiver_tokens = [
             self.prefixes.receiver_tokens(s.config.name, hashes, num_prompt) for s in decoders
         ]
         k = pick_cached_instance([s.load() for s in decoders], receiver_tokens)
-        decode = decoders[k]
-        prefill = chosen.best
+        decode, prefill = decoders[k], chosen.best
         if prefill is None:  # colocated: the decode instance prefills, reusing its own cache
             expected = self.prefixes.compute_tokens(decode.config.name, hashes, num_prompt)
         else:
             expected = chosen.best_tokens
         move = None
         if decision.num_prefix_transfer_tokens > 0 and route is decision.target and prefill:
-            holder = pd_prefill if route is RouteTarget.PRFAAS else prfaas
-            if holder.best is not None and holder.best_tokens > chosen.best_tokens:
-                move = PrefixMove(holder.best, holder.best_tokens)
+            move = _prefix_move(other, chosen)
         return Dispatch(
             req_id,
             uuid.uuid4().hex,
@@ -235,7 +164,7 @@ class Dispatcher:
             num_receiver_prefix_tokens=receiver_tokens[k] if prefill is not None else 0,
             num_best_prefix_tokens=max(pd_prefill.best_tokens, prfaas.best_tokens),
             num_incremental_tokens=decision.num_incremental_tokens,
-            cluster=(self.prfaas if route is RouteTarget.PRFAAS else self.pd).name,  # type: ignore[union-attr]
+            cluster=chosen.cluster,
             prefix_move=move,
             num_prefix_transfer_tokens=decision.num_prefix_transfer_tokens,
         )
@@ -251,139 +180,162 @@ class Dispatcher:
     ) -> _Candidates:
         """The cluster's ready prefill instances and the one to use (cache-affine, then load)."""
         cluster = self.prfaas if route is RouteTarget.PRFAAS else self.pd
-        ready = [] if cluster is None else self.monitor.ready(cluster, "prefill")
+        if cluster is None:
+            return _Candidates("", None, 0)
+        ready = self.monitor.ready(cluster, "prefill")
         if not ready:
-            return _Candidates(None, 0)
+            return _Candidates(cluster.name, None, 0)
         cached = [self.prefixes.compute_tokens(s.config.name, hashes, num_prompt) for s in ready]
         k = pick_cached_instance([s.load() for s in ready], cached)
-        return _Candidates(ready[k], cached[k])
+        return _Candidates(cluster.name, ready[k], cached[k])
 
     # ---- driving ---------------------------------------------------------------------------
     async def run(
-        self, d: Dispatch, request: GenerateRequest, stream: bool = True
+        self, trace: DispatchTrace, request: GenerateRequest, stream: bool = True
     ) -> AsyncIterator[TokenDelta]:
         """The request's token deltas from its decode instance; ends with a finish_reason.
         With `stream` False the decode instance answers once, at the end."""
+        d = trace.decision
         policy = self.topology.policy
-        transfer_id = d.transfer_id if d.prefill is not None else None
         job = DecodeJob(
             request,
-            transfer_id,
+            d.prefill_transfer_id,
             policy.transfer_deadline_s,
             policy.failure,
             stream,
             d.num_receiver_prefix_tokens,
         )
         if d.prefix_move is not None:
-            await self._move_prefix(d, request)
+            await self._move_prefix(trace, request)
         prefill_task = None
         if d.prefill is not None:
-            prefill_task = asyncio.create_task(self._prefill(d, request))
-        _add_pending(d.decode, d.num_prompt_tokens, +1)
+            prefill_task = asyncio.create_task(self._prefill(trace, request))
         try:
-            async for delta in self._decode_stream(d, job):
-                yield delta
+            with self.monitor.dispatched(d.decode.config.name, d.num_prompt_tokens):
+                async for delta in self._decode_stream(trace, job):
+                    yield delta
         finally:
-            _add_pending(d.decode, d.num_prompt_tokens, -1)
             if prefill_task is not None:
                 await self._settle(prefill_task)
 
-    async def _decode_stream(self, d: Dispatch, job: DecodeJob) -> AsyncIterator[TokenDelta]:
-        url = f"http://{d.decode.config.http}/internal/decode"
+    async def _decode_stream(
+        self, trace: DispatchTrace, job: DecodeJob
+    ) -> AsyncIterator[TokenDelta]:
+        decode = trace.decision.decode.config
+        url = f"http://{decode.http}/internal/decode"
         read_s = self.topology.policy.transfer_deadline_s + 120.0
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
-        d.decode_sent_at = time.monotonic()
+        trace.decode_sent_at = time.monotonic()
         try:
             async with self.client.post(url, json=job.to_dict(), timeout=timeout) as r:
                 if FIRST_TOKEN_HEADER in r.headers:
-                    d.first_token_s = float(r.headers[FIRST_TOKEN_HEADER])
+                    trace.first_token_s = float(r.headers[FIRST_TOKEN_HEADER])
                 if r.status != 200:
                     body = (await r.read())[:300].decode(errors="replace")
-                    yield _error(d, f"decode instance answered {r.status}: {body}")
+                    yield _error(trace, f"decode instance answered {r.status}: {body}")
                     return
                 async for line in r.content:
                     if line.strip():
                         yield TokenDelta.from_dict(json.loads(line))
         except aiohttp.ClientConnectorError as exc:
-            self.monitor.mark_down(d.decode.config.name, str(exc))
-            yield _error(d, f"decode instance {d.decode.config.name} unreachable: {exc}")
+            self.monitor.mark_down(decode.name, str(exc))
+            yield _error(trace, f"decode instance {decode.name} unreachable: {exc}")
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
-            yield _error(d, f"decode instance {d.decode.config.name} failed: {exc!r}")
+            yield _error(trace, f"decode instance {decode.name} failed: {exc!r}")
 
-    async def _prefill(self, d: Dispatch, request: GenerateRequest) -> None:
+    async def _post_job(
+        self,
+        instance: InstanceState,
+        path: str,
+        job: JSONDict,
+        timeout: aiohttp.ClientTimeout,
+        parse: Callable[[JSONDict], Answer],
+    ) -> Answer | Exception:
+        """POST a job to an instance and parse its answer; the exception when it failed (an
+        instance that cannot be connected to is marked down)."""
+        url = f"http://{instance.config.http}{path}"
+        try:
+            async with self.client.post(url, json=job, timeout=timeout) as reply:
+                reply.raise_for_status()
+                return parse(await reply.json())
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                self.monitor.mark_down(instance.config.name, str(exc))
+            return exc
+
+    async def _prefill(self, trace: DispatchTrace, request: GenerateRequest) -> None:
+        d = trace.decision
         assert d.prefill is not None
         deadline_s = self.topology.policy.transfer_deadline_s
         kv = d.decode.config.kv
         assert kv is not None
         job = PrefillJob(request, d.transfer_id, kv, deadline_s, d.num_receiver_prefix_tokens)
-        url = f"http://{d.prefill.config.http}/internal/prefill"
         started_at = time.monotonic()
         read_s = deadline_s + _PREFILL_SLACK_S
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
-        _add_pending(d.prefill, d.num_prompt_tokens, +1)
-        try:
-            async with self.client.post(url, json=job.to_dict(), timeout=timeout) as reply:
-                reply.raise_for_status()
-                result = PrefillResult.from_dict(await reply.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                self.monitor.mark_down(d.prefill.config.name, str(exc))
-            error = f"prefill instance {d.prefill.config.name} failed: {exc!r}"
-            result = PrefillResult(request.req_id, d.transfer_id, ok=False, error=error)
-        finally:
-            _add_pending(d.prefill, d.num_prompt_tokens, -1)
-        d.result = result
+        with self.monitor.dispatched(d.prefill.config.name, d.num_prompt_tokens):
+            answer = await self._post_job(
+                d.prefill, "/internal/prefill", job.to_dict(), timeout, PrefillResult.from_dict
+            )
+        if isinstance(answer, Exception):
+            error = f"prefill instance {d.prefill.config.name} failed: {answer!r}"
+            answer = PrefillResult(request.req_id, d.transfer_id, ok=False, error=error)
+        trace.result = result = answer
         if result.ok:
             self.metrics.kv_seconds.labels(d.route).observe(time.monotonic() - started_at)
             self.metrics.kv_bytes.labels(d.route).inc(result.num_kv_bytes)
-            self._record_prefix_hit(d, result.num_cached_tokens)
+            self._record_prefix_hit(trace, result.num_cached_tokens)
             return
         log.warning(
-            json.dumps({"event": "prefill_failed", **d.log_fields(), "error": result.error})
+            json.dumps({"event": "prefill_failed", **trace.log_fields(), "error": result.error})
         )
         await self._abort(d, result.error or "prefill failed")
 
-    async def _move_prefix(self, d: Dispatch, request: GenerateRequest) -> None:
+    async def _move_prefix(self, trace: DispatchTrace, request: GenerateRequest) -> None:
         """Have the holder send its cached prefix to the prefilling instance and wait for it;
         on any failure the request goes on without it. The outcome is counted and logged."""
-        move, target = d.prefix_move, d.prefill
+        move, target = trace.decision.prefix_move, trace.decision.prefill
         assert move is not None and target is not None
         if target.config.kv is None:
-            self._prefix_outcome(d, "skipped_no_receiver", None)
+            self._prefix_outcome(trace, "skipped_no_receiver", None)
             return
         deadline_s = self.topology.policy.transfer_deadline_s
         job = PrefixExportJob(
             uuid.uuid4().hex,
-            tuple(request.prompt_token_ids[: move.num_tokens]),
+            request.prompt_token_ids[: move.num_tokens],
             target.config.kv,
             deadline_s,
         )
-        url = f"http://{move.holder.config.http}/internal/prefix_export"
         timeout = aiohttp.ClientTimeout(total=deadline_s + _RESULT_GRACE_S, sock_connect=10.0)
-        try:
-            async with self.client.post(url, json=job.to_dict(), timeout=timeout) as reply:
-                reply.raise_for_status()
-                result = PrefixExportResult.from_dict(await reply.json())
-        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
-            if isinstance(exc, aiohttp.ClientConnectorError):
-                self.monitor.mark_down(move.holder.config.name, str(exc))
-            result = PrefixExportResult(job.transfer_id, ok=False, error=repr(exc)[:300])
-        if not result.ok:
-            self._prefix_outcome(d, "failed", result)
+        answer = await self._post_job(
+            move.holder,
+            "/internal/prefix_export",
+            job.to_dict(),
+            timeout,
+            PrefixExportResult.from_dict,
+        )
+        if isinstance(answer, Exception):
+            answer = PrefixExportResult(job.transfer_id, ok=False, error=repr(answer)[:300])
+        if not answer.ok:
+            self._prefix_outcome(trace, "failed", answer)
             return
-        d.num_prefix_transfer_bytes = result.num_kv_bytes
-        d.num_cached_tokens = max(d.num_cached_tokens, move.num_tokens)  # a shortfall: a miss
-        self.metrics.prefix_transfer_bytes.inc(result.num_kv_bytes)
-        self._prefix_outcome(d, "done", result)
+        trace.num_prefix_transfer_bytes = answer.num_kv_bytes
+        # the target now holds the moved prefix; what it reuses short of it counts as a miss
+        trace.num_expected_cached_tokens = max(trace.num_expected_cached_tokens, move.num_tokens)
+        self.metrics.prefix_transfer_bytes.inc(answer.num_kv_bytes)
+        self._prefix_outcome(trace, "done", answer)
 
-    def _prefix_outcome(self, d: Dispatch, outcome: str, result: PrefixExportResult | None) -> None:
-        d.prefix_transfer = outcome
+    def _prefix_outcome(
+        self, trace: DispatchTrace, outcome: str, result: PrefixExportResult | None
+    ) -> None:
+        trace.prefix_transfer = outcome
         self.metrics.prefix_transfers.labels(outcome).inc()
+        move = trace.decision.prefix_move
         fields = {
             "event": "prefix_transfer",
             "outcome": outcome,
-            **d.log_fields(),
-            "num_tokens": d.prefix_move.num_tokens if d.prefix_move else 0,
+            **trace.log_fields(),
+            "num_tokens": move.num_tokens if move else 0,
         }
         if result is not None:
             fields.update(
@@ -395,13 +347,14 @@ class Dispatcher:
         level = logging.INFO if outcome == "done" else logging.WARNING
         log.log(level, json.dumps(fields))
 
-    def _record_prefix_hit(self, d: Dispatch, num_cached_tokens: int) -> None:
+    def _record_prefix_hit(self, trace: DispatchTrace, num_cached_tokens: int) -> None:
         """Count the prefix the prefilling instance reused, and an index miss when it reused
         less than the index promised (an evicted or never-stored block: computed instead)."""
+        cluster = trace.decision.cluster
         if num_cached_tokens > 0:
-            self.metrics.prefix_hit_tokens.labels(d.cluster).inc(num_cached_tokens)
-        if num_cached_tokens < d.num_cached_tokens:
-            self.metrics.prefix_index_misses.labels(d.cluster).inc()
+            self.metrics.prefix_hit_tokens.labels(cluster).inc(num_cached_tokens)
+        if num_cached_tokens < trace.num_expected_cached_tokens:
+            self.metrics.prefix_index_misses.labels(cluster).inc()
 
     async def _abort(self, d: Dispatch, reason: str) -> None:
         if self.client.closed:  # the router is shutting down; the decode instance times out
@@ -421,11 +374,6 @@ class Dispatcher:
                 await task
 
 
-def _add_pending(state: InstanceState, num_tokens: int, sign: int) -> None:
-    state.pending_requests += sign
-    state.pending_tokens += sign * num_tokens
-
-
-def _error(d: Dispatch, message: str) -> TokenDelta:
-    log.warning(json.dumps({"event": "request_failed", **d.log_fields(), "error": message}))
-    return TokenDelta(d.req_id, (), "error", message)
+def _error(trace: DispatchTrace, message: str) -> TokenDelta:
+    log.warning(json.dumps({"event": "request_failed", **trace.log_fields(), "error": message}))
+    return TokenDelta(trace.decision.req_id, (), "error", message)

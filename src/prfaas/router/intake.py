@@ -2,10 +2,13 @@
 
 Checks the API key, decodes the JSON body (`parse_json_body`: any bytes give a value or a 400,
 deep nesting and huge integers included), parses it against the OpenAI schemas, refuses what the
-engine does not implement, tokenizes (with the chat template for chat), bounds the prompt and
-`max_tokens` by the model's context and builds the engine's `SamplingParams`. Everything it
-refuses is an `ApiError` (or a `UserError`, answered 400) with an OpenAI-shaped body, logged as
-one JSON line with its reason (never the key); nothing here touches an instance.
+engine does not implement, tokenizes (with the chat template for chat) into the tuple of token
+ids the request keeps to the instances, checks the ids against the vocabulary, builds the
+engine's `SamplingParams` (which checks its own ranges, `max_tokens` >= 1 among them) and bounds
+prompt plus `max_tokens` by the model's context. These are the router's only checks of a
+request's content: later steps take it as checked. Everything it refuses is an `ApiError` (or a
+`UserError`, answered 400) with an OpenAI-shaped body, logged as one JSON line with its reason
+(never the key); nothing here touches an instance.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import cast
 
 from fastapi import Request
 
@@ -46,7 +49,7 @@ class ApiError(Exception):
         self.status, self.kind, self.code = status, kind, code
 
 
-def parse_json_body(raw: bytes) -> Any:
+def parse_json_body(raw: bytes) -> object:
     """The request body as JSON; ApiError 400 (`invalid_json`) for anything else: invalid UTF-8
     or JSON, integers past Python's 4300-digit limit, nesting past the recursion limit."""
     try:
@@ -68,7 +71,7 @@ def log_rejected(exc: ApiError | UserError, client: str = "") -> None:
     log.info(json.dumps(fields))
 
 
-@dataclass
+@dataclass(frozen=True)
 class Prepared:
     """A validated request, ready to dispatch."""
 
@@ -76,17 +79,17 @@ class Prepared:
     shape: ResponseShape
     is_stream: bool
     include_usage: bool
-    stop: tuple[str, ...]
     arrived_at: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
 
     @property
-    def ttft_s(self) -> float | None:
-        return None if self.first_token_at is None else self.first_token_at - self.arrived_at
+    def stop(self) -> tuple[str, ...]:
+        return self.request.sampling.stop
 
 
 class RequestIntake:
-    """Validates and tokenizes requests for one deployment's model."""
+    """Validates and tokenizes requests for one deployment's model: every check of what a client
+    sends (the schema, the vocabulary, the context length, the sampling ranges) happens here,
+    once; what it hands on is not checked again on the router."""
 
     def __init__(self, topology: Topology, codec: TextCodec) -> None:
         self.topology, self.codec = topology, codec
@@ -106,7 +109,7 @@ class RequestIntake:
             log_rejected(error, f"{client.host}:{client.port}" if client else "")
             raise error
 
-    def prepare(self, body: Any, is_chat: bool) -> Prepared:
+    def prepare(self, body: object, is_chat: bool) -> Prepared:
         """The validated, tokenized request; ApiError or UserError (logged) otherwise."""
         try:
             return self._prepare(body, is_chat)
@@ -114,7 +117,8 @@ class RequestIntake:
             log_rejected(exc)
             raise
 
-    def _prepare(self, body: Any, is_chat: bool) -> Prepared:
+    def _prepare(self, body: object, is_chat: bool) -> Prepared:
+        schema: type[CompletionRequest | ChatCompletionRequest]
         schema = ChatCompletionRequest if is_chat else CompletionRequest
         req = parse_body(schema, body)
         check_unsupported(req)
@@ -125,32 +129,32 @@ class RequestIntake:
                 "invalid_request_error",
                 "model_not_found",
             )
-        prompt_ids = self._prompt_ids(req, is_chat)
-        max_tokens = self._max_tokens(req, is_chat, len(prompt_ids))
-        sampling = sampling_params(req, max_tokens, self.codec.eos_token_id)
+        prompt_ids = self._prompt_ids(req)
+        sampling = sampling_params(req, _asked_max_tokens(req))
+        self._check_context(len(prompt_ids), sampling.max_tokens)
         prefix = "chatcmpl" if is_chat else "cmpl"
         req_id = f"{prefix}-{uuid.uuid4().hex}"
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         return Prepared(
-            GenerateRequest(req_id, tuple(prompt_ids), sampling),
+            GenerateRequest(req_id, prompt_ids, sampling),
             ResponseShape(is_chat, req_id, self.model_id),
             req.stream,
             include_usage,
-            sampling.stop,
         )
 
-    def _prompt_ids(self, req: Any, is_chat: bool) -> list[int]:
-        if is_chat:
+    def _prompt_ids(self, req: CompletionRequest | ChatCompletionRequest) -> tuple[int, ...]:
+        """The prompt's token ids, as the tuple every later step keeps."""
+        if isinstance(req, ChatCompletionRequest):
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
-            ids = self.codec.encode(self.codec.chat_prompt(messages))
+            ids = tuple(self.codec.encode(self.codec.chat_prompt(messages)))
         elif isinstance(req.prompt, str):
-            ids = self.codec.encode(req.prompt)
+            ids = tuple(self.codec.encode(req.prompt))
         elif req.prompt and all(isinstance(p, str) for p in req.prompt):
             if len(req.prompt) != 1:
                 raise UserError("prompt: a list of several prompts is not supported (send one)")
-            ids = self.codec.encode(req.prompt[0])
+            ids = tuple(self.codec.encode(str(req.prompt[0])))
         else:
-            ids = list(req.prompt)
+            ids = tuple(cast("list[int]", req.prompt))  # the schema's last alternative
             bad = next((t for t in ids if not 0 <= t < self.codec.vocab_size), None)
             if bad is not None:
                 raise UserError(f"prompt: token id {bad} is outside [0, {self.codec.vocab_size})")
@@ -158,11 +162,7 @@ class RequestIntake:
             raise UserError("prompt is empty")
         return ids
 
-    def _max_tokens(self, req: Any, is_chat: bool, num_prompt: int) -> int:
-        asked = req.max_completion_tokens if is_chat and req.max_tokens is None else req.max_tokens
-        max_tokens = DEFAULT_MAX_TOKENS if asked is None else asked
-        if max_tokens < 1:
-            raise UserError(f"max_tokens must be >= 1, got {max_tokens}")
+    def _check_context(self, num_prompt: int, max_tokens: int) -> None:
         limit = self.codec.max_model_len
         if num_prompt + max_tokens > limit:
             raise ApiError(
@@ -172,4 +172,12 @@ class RequestIntake:
                 "invalid_request_error",
                 "context_length_exceeded",
             )
-        return max_tokens
+
+
+def _asked_max_tokens(req: CompletionRequest | ChatCompletionRequest) -> int:
+    """`max_tokens` (for chat, `max_completion_tokens` when `max_tokens` is unset), or the
+    default; `SamplingParams` refuses values below 1."""
+    asked = req.max_tokens
+    if asked is None and isinstance(req, ChatCompletionRequest):
+        asked = req.max_completion_tokens
+    return DEFAULT_MAX_TOKENS if asked is None else asked

@@ -5,6 +5,8 @@ A poller asks each instance's `/internal/stats` every `poll_s`; an instance is r
 good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
 it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
 requests spreads over instances instead of piling on the one that looked idle at the last poll.
+The monitor alone writes an instance's state: the dispatcher and the controller tell it what they
+sent (`dispatched`), what failed (`mark_down`) and what is being converted (`mark_converting`).
 The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
 polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
 idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
@@ -18,6 +20,7 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -141,6 +144,23 @@ class ClusterMonitor:
         if state.is_ready:
             log.warning("instance %s is down: %s", name, reason)
         state.is_ready = False
+
+    @contextlib.contextmanager
+    def dispatched(self, name: str, num_tokens: int) -> Iterator[None]:
+        """Count one request of `num_tokens` prompt tokens this router sent to `name` as
+        pending there until the block ends (its answer came, or the router stopped waiting)."""
+        state = self.states[name]
+        state.pending_requests += 1
+        state.pending_tokens += num_tokens
+        try:
+            yield
+        finally:
+            state.pending_requests -= 1
+            state.pending_tokens -= num_tokens
+
+    def mark_converting(self, name: str, role: str | None) -> None:
+        """The router is changing `name` to `role` (route nothing to it); None: done or given up."""
+        self.states[name].converting_to = role
 
     # ---- views -----------------------------------------------------------------------------
     def ready(self, cluster: ClusterConfig, role: str) -> list[InstanceState]:

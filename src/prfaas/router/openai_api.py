@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -80,7 +80,10 @@ class ChatCompletionRequest(_SamplingFields):
     max_completion_tokens: int | None = None
 
 
-def parse_body(model: type[_SamplingFields], body: Any) -> Any:
+RequestSchema = TypeVar("RequestSchema", bound=_SamplingFields)
+
+
+def parse_body(model: type[RequestSchema], body: object) -> RequestSchema:
     """Validate a decoded JSON body; UserError with pydantic's first complaint otherwise."""
     if not isinstance(body, dict):
         raise UserError("request body must be a JSON object")
@@ -116,10 +119,9 @@ def stop_strings(req: _SamplingFields) -> tuple[str, ...]:
     return tuple(s for s in items if s)
 
 
-def sampling_params(
-    req: _SamplingFields, max_tokens: int, eos_token_id: int | None
-) -> SamplingParams:
-    """The engine's SamplingParams; UserError for values out of range (NaN and inf included)."""
+def sampling_params(req: _SamplingFields, max_tokens: int) -> SamplingParams:
+    """The engine's SamplingParams; UserError for values out of range (NaN and inf included):
+    the finite and seed checks here, the ranges by `SamplingParams` itself."""
     for name in ("temperature", "top_p"):
         value = getattr(req, name)
         if not math.isfinite(value):

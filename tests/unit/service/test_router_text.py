@@ -126,10 +126,10 @@ def test_sampling_values_out_of_range_are_user_errors(
 ) -> None:
     req = parse_body(CompletionRequest, {"model": "m", "prompt": "x", **extra})
     with pytest.raises(UserError, match=needle):
-        sampling_params(req, 4, 257)
+        sampling_params(req, 4)
 
 
 def test_top_k_minus_one_means_off_and_stop_becomes_a_tuple() -> None:
     req = parse_body(CompletionRequest, {"model": "m", "prompt": "x", "top_k": -1, "stop": "\n"})
-    params = sampling_params(req, 4, 257)
+    params = sampling_params(req, 4)
     assert params.top_k == 0 and params.stop == ("\n",) and params.max_tokens == 4

@@ -5,8 +5,9 @@
     intake.py         API key, body checks, tokenizing, max_tokens bounds -> GenerateRequest
     dispatch.py       the policy's decision -> the instances; drives the prefill and decode jobs
     decision.py       one request's routing decision (frozen) and its trace (outcome, timings)
-    monitor.py        polls the instances' stats; ClusterView / LinkView for the policy
+    monitor.py        the instances' polled stats and state; ClusterView / LinkView for the policy
     prefix_index.py   the global KV index: which instance caches which prefix (KV events)
+    poller.py         the one polling loop: each instance's stats, then its KV events
     metrics.py        Prometheus metrics, named like vLLM's
     control_loop.py   the long-timescale controller fed with live measurements
     control_routes.py `/internal/control*`: the controller's state, ticks and link changes

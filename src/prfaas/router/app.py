@@ -35,6 +35,7 @@ from prfaas.router.intake import ApiError, Prepared, RequestIntake, parse_json_b
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor
 from prfaas.router.openai_api import usage, with_request_schemas
+from prfaas.router.poller import InstancePoller
 from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import InternalAuth, bearer, deployment_token
 from prfaas.service.http import error_response, metrics_response
@@ -64,6 +65,7 @@ class RouterService:
         self.prefixes = RouterPrefixIndex(
             self.topology.prefix_cache, self.topology.instances, self.client
         )
+        self.poller = InstancePoller(self.monitor, self.prefixes)
         self.dispatcher = Dispatcher(
             self.topology, self.monitor, self.client, self.metrics, self.prefixes
         )
@@ -78,14 +80,12 @@ class RouterService:
                 self.dispatcher.set_threshold,
             )
             await self.control.start()
-        await self.monitor.start()
-        await self.prefixes.start()
+        await self.poller.start()
 
     async def close(self) -> None:
         if self.control is not None:
             await self.control.close()
-        await self.prefixes.close()
-        await self.monitor.close()
+        await self.poller.close()
         await self.client.close()
 
     # ---- dispatch and relay ----------------------------------------------------------------

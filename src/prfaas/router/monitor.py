@@ -1,12 +1,13 @@
 """The router's picture of the deployment: every instance's last `InstanceStats`, whether it
 answers, and the policy views built from them (`ClusterView`s and the inter-cluster `LinkView`).
 
-A poller asks each instance's `/internal/stats` every `poll_s`; an instance is ready after one
-good answer and down after `max_misses` consecutive failed polls (or at once when a dispatch to
-it cannot connect). Between polls the router adds what it dispatched itself, so a burst of
-requests spreads over instances instead of piling on the one that looked idle at the last poll.
-The monitor alone writes an instance's state: the dispatcher and the controller tell it what they
-sent (`dispatched`), what failed (`mark_down`) and what is being converted (`mark_converting`).
+The router's poller (`poller.py`) calls `poll` for each instance's `/internal/stats`; an
+instance is ready after one good answer and down after `max_misses` consecutive failed polls (or
+at once when a dispatch to it cannot connect). Between polls the router adds what it dispatched
+itself (`dispatched`), so a burst of requests spreads over instances instead of piling on the one
+that looked idle at the last poll. The monitor alone writes an instance's state: the dispatcher
+and the controller tell it what they sent (`dispatched`), what failed (`mark_down`) and what is
+being converted (`mark_converting`).
 The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
 polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
 idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
@@ -15,7 +16,6 @@ probing a shaped bottleneck for a moment read as a busy or congested link.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import time
@@ -93,11 +93,10 @@ class InstanceState:
 
 @dataclass
 class ClusterMonitor:
-    """Polls every instance; answers which are ready and what the policy should see."""
+    """Every instance's polled state; answers which are ready and what the policy should see."""
 
     topology: Topology
     client: aiohttp.ClientSession
-    poll_s: float = 0.25
     max_misses: int = 3
     states: dict[str, InstanceState] = field(default_factory=dict)
 
@@ -105,25 +104,11 @@ class ClusterMonitor:
         self.states = {i.name: InstanceState(i) for i in self.topology.instances}
         # the PrfaaS -> PD link's capacity: the topology's, until an operator reports a change
         self.link_capacity_bytes_per_s = self.topology.link.bytes_per_s
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.create_task(self._poll_forever())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.gather(*(self._poll(s) for s in self.states.values()))
-            await asyncio.sleep(self.poll_s)
-
-    async def _poll(self, state: InstanceState) -> None:
+    async def poll(self, state: InstanceState, timeout_s: float) -> bool:
+        """Read the instance's stats; whether it answered."""
         url = f"http://{state.config.http}/internal/stats"
-        timeout = aiohttp.ClientTimeout(total=max(2.0, 4 * self.poll_s))
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self.client.get(url, timeout=timeout) as reply:
                 reply.raise_for_status()
@@ -134,10 +119,11 @@ class ClusterMonitor:
             if state.is_ready and state.num_misses >= self.max_misses:
                 state.is_ready = False
                 log.warning("instance %s is down: %s", state.config.name, exc)
-            return
+            return False
         if not state.is_ready:
             log.info("instance %s is ready", state.config.name)
         state.is_ready, state.num_misses = True, 0
+        return True
 
     def mark_down(self, name: str, reason: str) -> None:
         state = self.states[name]

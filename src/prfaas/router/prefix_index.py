@@ -1,8 +1,9 @@
 """The router's global KV index: which instance caches which prompt prefix, from their events.
 
 Every instance with a prefix cache publishes its pool's stored/removed events at
-`GET /internal/kv_events?after=SEQ` (`prfaas.instance.kv_events`). `RouterPrefixIndex` polls them
-into one `prfaas.prefix_cache.GlobalKVIndex` and answers, for a prompt, how many leading tokens
+`GET /internal/kv_events?after=SEQ` (`prfaas.instance.kv_events`). The router's poller
+(`poller.py`) has `RouterPrefixIndex.poll` read them after each instance's stats, into one
+`prfaas.prefix_cache.GlobalKVIndex`; the index answers, for a prompt, how many leading tokens
 each instance can reuse:
 
 - *compute reuse* (a prefill instance, or a decode instance prefilling itself): full-attention
@@ -18,14 +19,13 @@ its snapshot.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiohttp
 
+from prfaas.messages import JSONDict
 from prfaas.prefix_cache import GlobalKVIndex, PoolEvent, block_hashes
 from prfaas.topology import InstanceConfig, PrefixCacheConfig
 
@@ -46,23 +46,20 @@ class _Cursor:
 
 
 class RouterPrefixIndex:
-    """Polls the instances' KV events and answers prefix lookups for the dispatcher."""
+    """The instances' KV events, read when polled, and prefix lookups for the dispatcher."""
 
     def __init__(
         self,
         config: PrefixCacheConfig | None,
         instances: Sequence[InstanceConfig],
         client: aiohttp.ClientSession,
-        poll_s: float = 0.25,
     ) -> None:
         self.config = config  # None: the instances keep no prefix cache
         self.block_tokens = 0 if config is None else config.block_tokens
         self.instances = tuple(instances)
         self.client = client
-        self.poll_s = poll_s
         self.index: GlobalKVIndex | None = None  # built on the first answer (needs_state)
         self._cursors = {i.name: _Cursor() for i in self.instances}
-        self._task: asyncio.Task[None] | None = None
 
     @property
     def enabled(self) -> bool:
@@ -94,31 +91,17 @@ class RouterPrefixIndex:
         return {name: {"epoch": c.epoch, "seq": c.seq} for name, c in self._cursors.items()}
 
     # ---- polling ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self.enabled:
-            self._task = asyncio.create_task(self._poll_forever())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
     def drop(self, instance: str) -> None:
         """Forget what `instance` caches (it went down); re-read from its snapshot later."""
         if self.index is not None:
             self.index.drop(instance)
         self._cursors[instance] = _Cursor()
 
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.gather(*(self.poll(i) for i in self.instances))
-            await asyncio.sleep(self.poll_s)
-
-    async def poll(self, instance: InstanceConfig) -> None:
+    async def poll(self, instance: InstanceConfig, timeout_s: float) -> None:
         """Apply `instance`'s new events; a restart or a gap re-reads its snapshot."""
         cursor = self._cursors[instance.name]
-        body = await self._get(instance, {"after": str(cursor.seq), "epoch": cursor.epoch})
+        params = {"after": str(cursor.seq), "epoch": cursor.epoch}
+        body = await self._get(instance, params, timeout_s)
         if body is None:
             return
         events = [PoolEvent.from_dict(e) for e in body.get("events", ())]
@@ -134,9 +117,11 @@ class RouterPrefixIndex:
             self.index = GlobalKVIndex(self.block_tokens, needs_state)
         return self.index
 
-    async def _get(self, instance: InstanceConfig, params: dict[str, str]) -> dict | None:  # type: ignore[type-arg]
+    async def _get(
+        self, instance: InstanceConfig, params: dict[str, str], timeout_s: float
+    ) -> JSONDict | None:
         url = f"http://{instance.http}/internal/kv_events"
-        timeout = aiohttp.ClientTimeout(total=max(5.0, 8 * self.poll_s))
+        timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self.client.get(url, params=params, timeout=timeout) as reply:
                 if reply.status == 404:  # no prefix cache there

@@ -47,139 +47,145 @@ _ITL_BUCKETS_S = (
 )
 
 
+def _histogram(
+    reg: CollectorRegistry, name: str, doc: str, buckets: tuple[float, ...]
+) -> Histogram:
+    """A latency histogram by route."""
+    return Histogram(name, doc, ["route"], buckets=buckets, registry=reg)
+
+
+def _counter(reg: CollectorRegistry, name: str, doc: str, *labels: str) -> Counter:
+    return Counter(name, doc, labels, registry=reg)
+
+
+def _gauge(reg: CollectorRegistry, name: str, doc: str, *labels: str) -> Gauge:
+    return Gauge(name, doc, labels, registry=reg)
+
+
 class RouterMetrics:
     """Counters and histograms of one router, in their own registry."""
 
     def __init__(self) -> None:
         self.registry = reg = CollectorRegistry()
-        self.ttft = Histogram(
+        self.ttft = _histogram(
+            reg,
             "prfaas:time_to_first_token_seconds",
             "Time to first token, at the router",
-            ["route"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=reg,
+            _LATENCY_BUCKETS_S,
         )
-        self.itl = Histogram(
+        self.itl = _histogram(
+            reg,
             "prfaas:inter_token_latency_seconds",
             "Time between streamed token deltas",
-            ["route"],
-            buckets=_ITL_BUCKETS_S,
-            registry=reg,
+            _ITL_BUCKETS_S,
         )
-        self.e2e = Histogram(
+        self.e2e = _histogram(
+            reg,
             "prfaas:e2e_request_latency_seconds",
             "Request latency, arrival to last token",
-            ["route"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=reg,
+            _LATENCY_BUCKETS_S,
         )
-        self.requests = Counter(
-            "prfaas:requests",
-            "Requests by route and finish reason",
-            ["route", "finish_reason"],
-            registry=reg,
+        self.requests = _counter(
+            reg, "prfaas:requests", "Requests by route and finish reason", "route", "finish_reason"
         )
-        self.decisions = Counter(
+        self.decisions = _counter(
+            reg,
             "prfaas:route_decisions",
             "Routing decisions by route and the rule that made them",
-            ["route", "reason"],
-            registry=reg,
+            "route",
+            "reason",
         )
-        self.kv_seconds = Histogram(
+        self.kv_seconds = _histogram(
+            reg,
             "prfaas:kv_transfer_seconds",
             "Prefill start to the decode instance's KV ACK",
-            ["route"],
-            buckets=_LATENCY_BUCKETS_S,
-            registry=reg,
+            _LATENCY_BUCKETS_S,
         )
-        self.kv_bytes = Counter(
-            "prfaas:kv_transfer_bytes",
-            "KV bytes moved to decode instances",
-            ["route"],
-            registry=reg,
+        self.kv_bytes = _counter(
+            reg, "prfaas:kv_transfer_bytes", "KV bytes moved to decode instances", "route"
         )
-        self.prompt_tokens = Counter(
-            "prfaas:prompt_tokens", "Prompt tokens by route", ["route"], registry=reg
+        self.prompt_tokens = _counter(
+            reg, "prfaas:prompt_tokens", "Prompt tokens by route", "route"
         )
-        self.generation_tokens = Counter(
-            "prfaas:generation_tokens", "Generated tokens by route", ["route"], registry=reg
+        self.generation_tokens = _counter(
+            reg, "prfaas:generation_tokens", "Generated tokens by route", "route"
         )
-        self.waiting = Gauge(
-            "prfaas:num_requests_waiting",
-            "Requests queued at an instance (last poll)",
-            ["instance"],
-            registry=reg,
-        )
-        self.running = Gauge(
-            "prfaas:num_requests_running",
-            "Requests running at an instance (last poll)",
-            ["instance"],
-            registry=reg,
-        )
-        self.instance_up = Gauge(
-            "prfaas:instance_up",
-            "1 if the instance answers its stats poll",
-            ["instance"],
-            registry=reg,
-        )
+        self._instance_metrics(reg)
         self._prefix_cache_metrics(reg)
         self._scheduler_metrics(reg)
 
+    def _instance_metrics(self, reg: CollectorRegistry) -> None:
+        self.waiting = _gauge(
+            reg,
+            "prfaas:num_requests_waiting",
+            "Requests queued at an instance (last poll)",
+            "instance",
+        )
+        self.running = _gauge(
+            reg,
+            "prfaas:num_requests_running",
+            "Requests running at an instance (last poll)",
+            "instance",
+        )
+        self.instance_up = _gauge(
+            reg, "prfaas:instance_up", "1 if the instance answers its stats poll", "instance"
+        )
+
     def _prefix_cache_metrics(self, reg: CollectorRegistry) -> None:
-        self.prefix_hit_tokens = Counter(
+        self.prefix_hit_tokens = _counter(
+            reg,
             "prfaas:prefix_cache_hit_tokens",
             "Prompt tokens reused from a prefix cache instead of computed, by prefilling cluster",
-            ["cluster"],
-            registry=reg,
+            "cluster",
         )
-        self.prefix_index_misses = Counter(
+        self.prefix_index_misses = _counter(
+            reg,
             "prfaas:prefix_cache_index_misses",
             "Requests whose instance reused less than the global KV index promised",
-            ["cluster"],
-            registry=reg,
+            "cluster",
         )
-        self.prefix_index_blocks = Gauge(
+        self.prefix_index_blocks = _gauge(
+            reg,
             "prfaas:prefix_index_blocks",
             "Attention blocks the router's global KV index places at the instance",
-            ["instance"],
-            registry=reg,
+            "instance",
         )
-        self.prefix_transfers = Counter(
+        self.prefix_transfers = _counter(
+            reg,
             "prfaas:prefix_transfers",
             "Cross-cluster prefix moves the policy asked for, by outcome (done, "
             "skipped_no_receiver: the target has no KV receiver, failed: holder gone, refused, "
             "or past the deadline; the target then recomputes)",
-            ["outcome"],
-            registry=reg,
+            "outcome",
         )
-        self.prefix_transfer_bytes = Counter(
+        self.prefix_transfer_bytes = _counter(
+            reg,
             "prfaas:prefix_transfer_bytes",
             "KV bytes of cached prefixes moved between clusters (done moves)",
-            registry=reg,
         )
-        self.prefix_cache_bytes = Gauge(
+        self.prefix_cache_bytes = _gauge(
+            reg,
             "prfaas:prefix_cache_bytes",
             "Bytes held by the instance's prefix cache (last poll)",
-            ["instance"],
-            registry=reg,
+            "instance",
         )
 
     def _scheduler_metrics(self, reg: CollectorRegistry) -> None:
-        self.threshold_tokens = Gauge(
+        self.threshold_tokens = _gauge(
+            reg,
             "prfaas:threshold_tokens",
             "Offload threshold t in force: incremental lengths above it prefill on PrfaaS",
-            registry=reg,
         )
-        self.threshold_updates = Counter(
+        self.threshold_updates = _counter(
+            reg,
             "prfaas:threshold_updates",
             "Threshold changes made by the long-timescale controller",
-            registry=reg,
         )
-        self.role_changes = Counter(
+        self.role_changes = _counter(
+            reg,
             "prfaas:role_changes",
             "PD instances converted between prefill and decode roles",
-            ["to_role"],
-            registry=reg,
+            "to_role",
         )
 
     def refresh_prefix_index(self, prefixes: RouterPrefixIndex) -> None:

@@ -20,11 +20,15 @@ from __future__ import annotations
 import json
 import logging
 import math
-from typing import Any
+from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from prfaas.router.control_loop import RouterControl
+from prfaas.router.dispatch import Dispatcher
+from prfaas.router.monitor import ClusterMonitor
+from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import deployment_token
 from prfaas.service.http import error_response
 from prfaas.topology import Topology
@@ -32,6 +36,16 @@ from prfaas.topology import Topology
 _MAX_LINK_GBPS = 1e6
 
 log = logging.getLogger("prfaas.router")
+
+
+class RouterParts(Protocol):
+    """What these routes use of the router's service (`app.state.service`)."""
+
+    topology: Topology
+    monitor: ClusterMonitor
+    prefixes: RouterPrefixIndex
+    dispatcher: Dispatcher
+    control: RouterControl | None
 
 
 class _Refused(Exception):
@@ -45,9 +59,14 @@ def _require_token(topology: Topology) -> None:
         raise _Refused(403, "the control API needs the deployment's transport token")
 
 
-def _control(app: FastAPI, topology: Topology) -> Any:
-    _require_token(topology)
-    control = getattr(app.state.service, "control", None)
+def _service(app: FastAPI) -> RouterParts:
+    service: RouterParts = app.state.service
+    return service
+
+
+def _control(service: RouterParts) -> RouterControl:
+    _require_token(service.topology)
+    control = service.control
     if control is None:
         raise _Refused(404, "this deployment has no [controller]")
     return control
@@ -65,12 +84,12 @@ async def _number(request: Request, key: str, low: float, high: float) -> float:
     return value
 
 
-def set_link_capacity(service: Any, bytes_per_s: float) -> None:
+def set_link_capacity(service: RouterParts, bytes_per_s: float) -> None:
     """The router's link view takes a new capacity, and its controller, when it has one, hears
     of it."""
     service.monitor.link_capacity_bytes_per_s = bytes_per_s
     log.info(json.dumps({"event": "link_capacity", "bytes_per_s": bytes_per_s}))
-    control = getattr(service, "control", None)
+    control = service.control
     if control is not None:
         control.link_capacity_changed()
 
@@ -83,11 +102,11 @@ def add_control_routes(app: FastAPI) -> None:
 
     @app.get("/internal/control")
     async def status() -> Response:
+        service = _service(app)
         try:
-            control = _control(app, app.state.service.topology)
+            control = _control(service)
         except _Refused as exc:
             return refused(exc)
-        service = app.state.service
         link = service.monitor.link_view(service.dispatcher.prfaas, service.dispatcher.pd)
         extra = {
             "link_utilization": None if link is None else link.utilization,
@@ -99,7 +118,7 @@ def add_control_routes(app: FastAPI) -> None:
 
     @app.post("/internal/control/link")
     async def link(request: Request) -> Response:
-        service = app.state.service
+        service = _service(app)
         try:
             _require_token(service.topology)
             gbps = await _number(request, "gbps", 1e-6, _MAX_LINK_GBPS)
@@ -108,10 +127,10 @@ def add_control_routes(app: FastAPI) -> None:
         set_link_capacity(service, gbps * 1e9 / 8)
         return JSONResponse({"link_bytes_per_s": service.monitor.link_capacity_bytes_per_s})
 
-    async def move_clock(request: Request) -> Any:
+    async def move_clock(request: Request) -> RouterControl | Response:
         """The controller, its clock moved to the body's `at_s` (a `Response` if refused)."""
         try:
-            control = _control(app, app.state.service.topology)
+            control = _control(_service(app))
             control.set_clock(await _number(request, "at_s", 0.0, math.inf))
         except _Refused as exc:
             return refused(exc)

@@ -16,9 +16,10 @@ import ipaddress
 import json
 import logging
 import os
-from typing import Any
 
-from prfaas.service.limits import send_error
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from prfaas.service.limits import client_address, send_error
 from prfaas.topology import Topology
 
 INTERNAL_PREFIX = "/internal/"
@@ -53,11 +54,11 @@ class InternalAuth:
     """ASGI middleware: 401 for an `/internal/*` request without the right bearer token; with no
     token configured, 403 for an `/internal/*` request from another host."""
 
-    def __init__(self, app: Any, token: str | None) -> None:
+    def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
         self._expected = None if token is None else f"Bearer {token}".encode()
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
         if scope["type"] == "http" and path.startswith(INTERNAL_PREFIX):
             refusal = self._refusal(scope)
@@ -66,7 +67,7 @@ class InternalAuth:
                 return
         await self.app(scope, receive, send)
 
-    def _refusal(self, scope: dict[str, Any]) -> tuple[int, str, str] | None:
+    def _refusal(self, scope: Scope) -> tuple[int, str, str] | None:
         """(status, code, message) when the request may not pass, else None."""
         if self._expected is None:
             client = scope.get("client")
@@ -81,10 +82,9 @@ class InternalAuth:
 
 
 async def _refuse(
-    send: Any, scope: dict[str, Any], path: str, status: int, code: str, message: str
+    send: Send, scope: Scope, path: str, status: int, code: str, message: str
 ) -> None:
-    client = scope.get("client")
-    where = f"{client[0]}:{client[1]}" if client else "unknown"
+    where = client_address(scope)
     fields = {"event": "rejected", "status": status, "reason": message, "client": where}
     log.warning(json.dumps({**fields, "path": path[:200]}))
     await send_error(send, status, message, "auth_error", code)

@@ -10,7 +10,7 @@ import logging
 import math
 import os
 import ssl
-from typing import Any
+from types import FrameType
 
 import uvicorn
 from fastapi import FastAPI
@@ -66,7 +66,7 @@ def add_instance_routes(app: FastAPI, instance: InstanceConfig) -> None:
         return metrics_response(app.state.service.registry)
 
 
-def not_ready_reason(app: Any) -> str | None:
+def not_ready_reason(app: FastAPI) -> str | None:
     """Why the instance takes no new work now (None: it does): it is draining after a signal,
     its service (engine, KV receiver) is not up yet, or the service says it is not ready."""
     state = app.state
@@ -80,7 +80,7 @@ def not_ready_reason(app: Any) -> str | None:
     return None
 
 
-def mark_draining(app: Any) -> None:
+def mark_draining(app: FastAPI) -> None:
     """From now on `/ready` answers 503 "draining" (the process got SIGTERM or SIGINT)."""
     state = getattr(app, "state", None)
     if state is not None:
@@ -132,7 +132,7 @@ def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:
         raise UserError(f"transport: cannot load TLS files {cert}, {key}, {ca}: {reason}") from None
 
 
-def serve_app(app: Any, address: str, name: str, drain_s: float = 30.0) -> None:
+def serve_app(app: FastAPI, address: str, name: str, drain_s: float = 30.0) -> None:
     """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both). On the signal it
     stops accepting connections, lets the requests in flight finish for up to `drain_s`, then
     cancels what is left and exits."""
@@ -158,11 +158,11 @@ class DrainingServer(uvicorn.Server):
     """uvicorn's server that marks the app as draining the moment SIGTERM/SIGINT arrives, so
     that `/ready` answers 503 on connections still open while the requests in flight finish."""
 
-    def __init__(self, config: uvicorn.Config, app: Any) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
         super().__init__(config)
         self._app = app
 
-    def handle_exit(self, sig: int, frame: Any) -> None:
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         mark_draining(self._app)
         super().handle_exit(sig, frame)
 

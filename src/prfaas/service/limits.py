@@ -21,13 +21,10 @@ import hashlib
 import json
 import logging
 import time
-from typing import Any
 
 import httptools
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
-
-Scope = dict[str, Any]
-Message = dict[str, Any]
 
 log = logging.getLogger("prfaas.limits")
 
@@ -46,7 +43,7 @@ def error_body(message: str, kind: str, code: str) -> bytes:
     return json.dumps({"error": error}).encode()
 
 
-async def send_error(send: Any, status: int, message: str, kind: str, code: str) -> None:
+async def send_error(send: Send, status: int, message: str, kind: str, code: str) -> None:
     """Answer an ASGI request with `status` and an OpenAI error body."""
     body = error_body(message, kind, code)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
@@ -202,7 +199,7 @@ class BodySizeLimit:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         max_body_bytes: int,
         body_idle_timeout_s: float = BODY_IDLE_TIMEOUT_S,
         body_timeout_s: float = BODY_TIMEOUT_S,
@@ -214,7 +211,7 @@ class BodySizeLimit:
         self.body_idle_timeout_s = body_idle_timeout_s
         self.body_timeout_s = body_timeout_s
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -230,7 +227,7 @@ class BodySizeLimit:
         async def limited_receive() -> Message:
             nonlocal num_bytes, is_body_complete
             if is_body_complete:  # afterwards the app only listens for a disconnect
-                return await receive()  # type: ignore[no-any-return]
+                return await receive()
             wait_s = min(self.body_idle_timeout_s, body_deadline - time.monotonic())
             try:
                 message: Message = await asyncio.wait_for(receive(), max(wait_s, 0.0))
@@ -263,7 +260,7 @@ class BodySizeLimit:
                 )
                 await send_error(send, 408, message, "invalid_request_error", "request_timeout")
 
-    async def _refuse_too_large(self, scope: Scope, send: Any) -> None:
+    async def _refuse_too_large(self, scope: Scope, send: Send) -> None:
         message = f"request body exceeds {self.max_body_bytes} bytes"
         log_refusal(413, message, client_address(scope), scope.get("path", ""))
         await send_error(send, 413, message, "invalid_request_error", "request_too_large")
@@ -291,7 +288,7 @@ class ConcurrencyLimit:
 
     def __init__(
         self,
-        app: Any,
+        app: ASGIApp,
         max_concurrent: int = DEFAULT_MAX_CONCURRENT_PER_KEY,
         prefixes: tuple[str, ...] = ("/v1/",),
     ) -> None:
@@ -302,7 +299,7 @@ class ConcurrencyLimit:
         self.prefixes = prefixes
         self.in_flight: dict[str, int] = {}  # key digest -> requests in flight
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = str(scope.get("path", ""))
         if scope["type"] != "http" or not path.startswith(self.prefixes):
             await self.app(scope, receive, send)

@@ -18,11 +18,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prfaas.errors import UserError
 from prfaas.messages.stop_strings import StopStrings
 from prfaas.topology import ModelConfig
+
+if TYPE_CHECKING:
+    from prfaas.engine.tokenizer import Tokenizer
 
 _REPLACEMENT = "\ufffd"
 
@@ -37,21 +40,21 @@ def plain_chat_prompt(messages: Sequence[dict[str, str]]) -> str:
 class TextCodec:
     """The served model's tokenizer, as the router uses it."""
 
-    tokenizer: Any  # prfaas.engine.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     vocab_size: int
     max_model_len: int  # max positions: prompt + generated tokens must fit
-    hf_tokenizer: Any = None  # the checkpoint's transformers tokenizer, for its chat template
+    # the checkpoint's transformers tokenizer, for its chat template (untyped in transformers)
+    hf_tokenizer: Any = None
 
     @property
     def eos_token_id(self) -> int | None:
-        eos: int | None = self.tokenizer.eos_token_id
-        return eos
+        return self.tokenizer.eos_token_id
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
+        return self.tokenizer.encode(text)
 
     def decode(self, token_ids: Sequence[int]) -> str:
-        return str(self.tokenizer.decode(list(token_ids)))
+        return self.tokenizer.decode(token_ids)
 
     def chat_prompt(self, messages: Sequence[dict[str, str]]) -> str:
         template = getattr(self.hf_tokenizer, "chat_template", None)

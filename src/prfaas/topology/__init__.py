@@ -3,7 +3,8 @@ the policy, the prefix cache, the controller and transport security.
 
     config.py      the frozen dataclasses (no loading)
     keys.py        reading the TOML file; typed key getters; `Problems`, one line per bad key
-    schema.py      pass 1: every table and key on its own
+    schema.py      pass 1: every table and key on its own (schema_model, schema_transport and
+                   schema_clusters read the larger tables)
     checks.py      pass 2: the topology as a whole (names, addresses, clusters, deployment)
     load.py        `load_topology` / `parse_topology`: the passes, then "auto" resolved by Eq. 7
     derived.py     values derived from a topology: "auto" t (Eq. 7), prefill curves, link units

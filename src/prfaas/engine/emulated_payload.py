@@ -2,7 +2,9 @@
 KV and state sizes, optionally scaled down for a testbed's link), and their synthetic, checkable
 content: every tensor repeats an 8-byte pattern of (seed, req_id, tensor name), compared 8 bytes
 at a time on import. `EmulatedPayload` builds a request's layer states and checks a received
-payload against the model's sizes and the patterns.
+payload against the patterns and the sizes this model's own spec gives the manifest's tokens
+(never the sender's layer kinds): every token after a left-out prefix on full-attention/MLA
+layers, a window's last tokens on sliding-window layers.
 """
 
 from __future__ import annotations
@@ -72,19 +74,41 @@ class EmulatedPayload:
     def check(self, manifest: KVManifest, buffers: Buffers) -> None:
         """Raise ManifestMismatch unless every layer holds the model's tensors at the manifest's
         length and every byte is the sender's pattern (the seed in `cache_meta`)."""
+        if len(manifest.layers) != len(self.spec.layers):
+            raise ManifestMismatch(
+                f"manifest has {len(manifest.layers)} layer entries, this model has "
+                f"{len(self.spec.layers)} layers"
+            )
         payload = PayloadView(buffers)
         seed = int(manifest.cache_meta.get("seed", self.seed))
         for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
-            expected = self.tensor_sizes(
-                layer, manifest.num_computed_tokens, manifest.num_prefix_tokens
-            )
-            got = [(t.name.split("/", 1)[1], t.num_bytes) for t in entry.tensors]
-            if got != expected:
-                raise ManifestMismatch(f"layer {layer.index}: tensors {got}, expected {expected}")
+            self._check_sizes(layer, entry, manifest)
             for t in entry.tensors:
                 want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
                 if not bytes_equal(payload.tensor(t, copy=False), want):
                     raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
+
+    def _check_sizes(self, layer: LayerSpec, entry: LayerEntry, manifest: KVManifest) -> None:
+        """Layer `layer` of this model, with exactly the bytes its own spec gives the manifest's
+        tokens: full-attention/MLA KV of the tokens after the left-out prefix, a sliding
+        window's last `min(computed, window)` tokens, the fixed-size states."""
+        if entry.layer_index != layer.index:
+            raise ManifestMismatch(
+                f"the manifest's entry for layer {layer.index} says layer {entry.layer_index}"
+            )
+        num_tokens, num_prefix = manifest.num_computed_tokens, manifest.num_prefix_tokens
+        expected = [
+            (f"L{layer.index}/{suffix}", size)
+            for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix)
+        ]
+        got = [(t.name, t.num_bytes) for t in entry.tensors]
+        if got == expected:
+            return
+        left_out = f" ({num_prefix} left to the receiver's prefix)" if num_prefix else ""
+        raise ManifestMismatch(
+            f"layer {layer.index}: tensors {got}, expected {expected} for {num_tokens} computed "
+            f"tokens{left_out}"
+        )
 
 
 def layer_tensor_sizes(

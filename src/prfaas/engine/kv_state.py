@@ -9,15 +9,17 @@ payload. Buffers are `memoryview`s over the tensors' own memory (a copy only whe
 contiguous, e.g. a sliding window's slice), valid until the request's state changes or is freed.
 
 Import rebuilds the cache the receiving model would build itself, checks the manifest against it
-(architecture, layer count, layer classes, tensor names, dtypes and shapes), and wraps the received
-bytes with `torch.frombuffer` at their offsets: no copy for writable buffers, one copy for
-read-only ones (recurrent states are updated in place during decode). No pickle anywhere.
+(architecture, layer count, layer classes and indices, tensor names, dtypes and shapes, sliding
+windows, and the exact tokens every K/V holds), and wraps the received bytes with
+`torch.frombuffer` at their offsets: no copy for writable buffers, one copy for read-only ones
+(recurrent states are updated in place during decode). No pickle anywhere.
 
 Partial state: full-attention/MLA K/V (`is_prefix_attention`) hold every token from the start, so
 an export may leave out their first `num_prefix_tokens` tokens when the receiver already holds
 them (its prefix cache); the manifest says how many, and import puts the receiver's own prefix
 tensors back in front. Every other tensor (linear, conv, SSM state, sliding windows) always
-travels whole: it is the state at the full length.
+travels whole: it is the state at the full length. Which layers keep every token, and how long a
+window is, the receiver reads from its own cache (`CacheTemplate`), never from the sender's flags.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ _SKIPPED_ATTRS = frozenset({"device", "_sliding_window_tensor"})  # rebuilt on i
 _INT_KEYS = "__int_keys__"
 _DTYPE = "__dtype__"
 _TOKEN_AXIS_TENSORS = ("keys", "values")  # [batch, heads, num_tokens, head_dim]
+_WINDOW_ATTR = "sliding_window"
 
 
 def tensor_bytes(tensor: torch.Tensor) -> memoryview:
@@ -73,10 +76,27 @@ def is_prefix_attention(flags: JSONDict, name: str) -> bool:
 
     Those are the tensors a prefix cache keeps per block and a partial export shortens; a sliding
     window's K/V (its flags carry `sliding_window`) is fixed-size state like a recurrent one.
+    For flags of this engine's own cache (export, the prefix store); an import asks the receiver's
+    `CacheTemplate` instead of the sender's flags.
     """
-    return name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS and "sliding_window" not in flags.get(
-        "attrs", {}
-    )
+    return _is_token_axis(name) and _sliding_window(flags) is None
+
+
+def _is_token_axis(name: str) -> bool:
+    """Whether tensor `name` is K/V, [batch, heads, num_tokens, dim]."""
+    return name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS
+
+
+def _sliding_window(flags: JSONDict) -> int | None:
+    """The sliding window (tokens) of a layer with these manifest `flags`; None without one."""
+    window = flags.get("attrs", {}).get(_WINDOW_ATTR)
+    return window if isinstance(window, int) else None
+
+
+def _window_tokens(num_tokens: int, window: int) -> int:
+    """Tokens a sliding-window layer's K/V hold after `num_tokens` tokens: transformers'
+    `DynamicSlidingWindowLayer` keeps the last `window - 1` (the next token completes it)."""
+    return min(num_tokens, window - 1)
 
 
 def _layer_parts(layer: Any) -> tuple[JSONDict, list[tuple[str, torch.Tensor]]]:
@@ -274,23 +294,64 @@ def _is_aligned(view: memoryview, itemsize: int) -> bool:
 
 @dataclass(frozen=True)
 class CacheTemplate:
-    """What the receiving model's cache holds: layer classes and per-tensor dtype and shape."""
+    """What the receiving model's cache holds: layer classes, per-tensor dtype and shape, and
+    each layer's sliding window, all read from this model's own cache (a probe's export)."""
 
     arch: str
     cache_class: str
     layer_classes: tuple[str, ...]
     tensors: dict[str, tuple[str, tuple[int, ...]]]  # name -> (dtype, shape at probe length)
+    windows: tuple[int | None, ...]  # per layer: its sliding window (tokens), None: none
 
     @classmethod
     def from_manifest(cls, manifest: KVManifest) -> CacheTemplate:
+        """The template of the model that exported `manifest` (its own export of a probe)."""
         tensors = {t.name: (t.dtype, t.shape) for layer in manifest.layers for t in layer.tensors}
         classes = tuple(layer.cache_class for layer in manifest.layers)
+        windows = tuple(_sliding_window(layer.flags) for layer in manifest.layers)
         cache_class = str(manifest.cache_meta.get("cache_class", ""))
-        return cls(manifest.arch, cache_class, classes, tensors)
+        return cls(manifest.arch, cache_class, classes, tensors, windows)
+
+    def keeps_every_token(self, name: str) -> bool:
+        """Whether this model's tensor `name` ("L3/keys") is K/V holding every token since the
+        start: what a partial transfer shortens and the receiver's prefix goes in front of."""
+        return self._has_token_axis(name) and self.windows[_layer_of(name)] is None
+
+    def num_tokens_held(self, name: str, manifest: KVManifest) -> int | None:
+        """Tokens on the token axis of K/V `name` in an honest state of the manifest's length:
+        all it carries (computed less the left-out prefix) where this model keeps every token,
+        the window's last tokens where it keeps a sliding window; None without a token axis."""
+        if not self._has_token_axis(name):
+            return None
+        window = self.windows[_layer_of(name)]
+        if window is None:
+            return manifest.num_computed_tokens - manifest.num_prefix_tokens
+        return _window_tokens(manifest.num_computed_tokens, window)
+
+    def _has_token_axis(self, name: str) -> bool:
+        """Whether this model's tensor `name` is K/V, [batch, heads, num_tokens, dim]."""
+        return _is_token_axis(name) and len(self.tensors[name][1]) == 4
+
+
+def _layer_of(name: str) -> int:
+    """The layer index in tensor name "L{i}/..."."""
+    return int(name.split("/", 1)[0].removeprefix("L"))
 
 
 def check_manifest(manifest: KVManifest, template: CacheTemplate) -> None:
-    """Raise ManifestMismatch unless the manifest fits the receiving model's cache."""
+    """Raise ManifestMismatch unless the manifest fits the receiving model's cache: the model and
+    its layout, each layer's index and window, each tensor's dtype, shape, size and tokens."""
+    _check_layout(manifest, template)
+    for position, layer in enumerate(manifest.layers):
+        _check_layer_index(layer, position)
+        _check_window(layer, template.windows[position], manifest.num_prefix_tokens)
+        for entry in layer.tensors:
+            _check_tensor(entry, template.tensors[entry.name])
+            _check_num_tokens(entry, template, manifest)
+
+
+def _check_layout(manifest: KVManifest, template: CacheTemplate) -> None:
+    """The same architecture, cache class, layer classes and tensor names as this model's."""
     if manifest.arch != template.arch:
         raise ManifestMismatch(
             f"manifest is for {manifest.arch!r}, this model is {template.arch!r}"
@@ -317,44 +378,68 @@ def check_manifest(manifest: KVManifest, template: CacheTemplate) -> None:
         raise ManifestMismatch(
             f"tensor names differ: missing {sorted(missing)}, extra {sorted(extra)}"
         )
-    for layer in manifest.layers:
-        for entry in layer.tensors:
-            skipped = (
-                manifest.num_prefix_tokens if is_prefix_attention(layer.flags, entry.name) else 0
-            )
-            _check_tensor(
-                entry, template.tensors[entry.name], manifest.num_computed_tokens, skipped
-            )
 
 
-def _check_tensor(
-    entry: TensorEntry,
-    expected: tuple[str, tuple[int, ...]],
-    num_tokens: int,
-    num_skipped_tokens: int = 0,
-) -> None:
-    """Dtype, shape and size of one tensor; its token axis (K/V) may hold at most the computed
-    tokens, less the `num_skipped_tokens` that the receiver's prefix cache supplies."""
+def _check_layer_index(layer: LayerEntry, position: int) -> None:
+    """Entry `position` of the manifest is layer `position` and holds only that layer's tensors
+    (import restores them on the layer the entry names)."""
+    names = [t.name for t in layer.tensors]
+    if layer.layer_index != position or any(_layer_of(name) != position for name in names):
+        raise ManifestMismatch(
+            f"layer entry {position} of the manifest says layer {layer.layer_index} and holds "
+            f"{names}"
+        )
+
+
+def _check_window(layer: LayerEntry, window: int | None, num_prefix_tokens: int) -> None:
+    """The sender's flags give the layer this model's sliding window (`window`; None: the layer
+    keeps every token), so the import restores it as this model runs it."""
+    flagged = _sliding_window(layer.flags)
+    if flagged == window:
+        return
+    claim = _kept_tokens_text(flagged)
+    if flagged is None and num_prefix_tokens:
+        claim += f", {num_prefix_tokens} of them left to the receiver's prefix"
+    raise ManifestMismatch(
+        f"layer {layer.layer_index} {_kept_tokens_text(window)} in this model, but the "
+        f"manifest's flags say it {claim}"
+    )
+
+
+def _kept_tokens_text(window: int | None) -> str:
+    return "keeps every token" if window is None else f"keeps a {window}-token sliding window"
+
+
+def _check_tensor(entry: TensorEntry, expected: tuple[str, tuple[int, ...]]) -> None:
+    """Dtype, shape and size of one tensor; a K/V's token axis is `_check_num_tokens`'s."""
     dtype, shape = expected
     if entry.dtype != dtype:
         raise ManifestMismatch(f"{entry.name}: dtype {entry.dtype}, expected {dtype}")
-    is_token_axis = entry.name.rsplit("/", 1)[-1] in _TOKEN_AXIS_TENSORS and len(shape) == 4
     got = list(entry.shape)
     want = list(shape)
-    if is_token_axis and len(got) == 4:
-        num_carried = num_tokens - num_skipped_tokens
-        if not 0 < got[-2] <= num_carried:
-            skipped = f" ({num_skipped_tokens} left to the receiver's prefix)"
-            raise ManifestMismatch(
-                f"{entry.name}: {got[-2]} cached tokens for {num_tokens} computed tokens"
-                + (skipped if num_skipped_tokens else "")
-            )
+    if _is_token_axis(entry.name) and len(got) == len(want) == 4:
         got[-2] = want[-2] = 0
     if got != want:
         raise ManifestMismatch(f"{entry.name}: shape {tuple(entry.shape)}, expected {shape}")
     itemsize = getattr(torch, entry.dtype).itemsize
     if entry.num_bytes != itemsize * _numel(entry.shape):
         raise ManifestMismatch(f"{entry.name}: {entry.num_bytes} bytes do not match its shape")
+
+
+def _check_num_tokens(entry: TensorEntry, template: CacheTemplate, manifest: KVManifest) -> None:
+    """A K/V holds exactly the tokens an honest sender's state of the manifest's length does,
+    as this model's own layer keeps them (`CacheTemplate.num_tokens_held`)."""
+    expected = template.num_tokens_held(entry.name, manifest)
+    if expected is None or entry.shape[-2] == expected:
+        return
+    layer = _layer_of(entry.name)
+    num_prefix = manifest.num_prefix_tokens if template.keeps_every_token(entry.name) else 0
+    left_out = f" ({num_prefix} left to the receiver's prefix)" if num_prefix else ""
+    raise ManifestMismatch(
+        f"{entry.name}: {entry.shape[-2]} cached tokens for {manifest.num_computed_tokens} "
+        f"computed tokens{left_out}; layer {layer} {_kept_tokens_text(template.windows[layer])} "
+        f"in this model, so {expected} must travel"
+    )
 
 
 def _numel(shape: Sequence[int]) -> int:
@@ -386,7 +471,7 @@ def import_state(
         tensors = {}
         for t in entry.tensors:
             tensor = payload.tensor(t, copy=copy)
-            if manifest.num_prefix_tokens and is_prefix_attention(entry.flags, t.name):
+            if manifest.num_prefix_tokens and template.keeps_every_token(t.name):
                 tensor = _behind_prefix(t.name, tensor, manifest.num_prefix_tokens, prefix_tensors)
             tensors[t.name.split("/", 1)[1]] = tensor
         _restore_layer(fresh_cache, entry, tensors)

@@ -35,19 +35,6 @@ HELD = 48  # the receiver holds 3 blocks of PROMPT; 22 tokens are carried
 REQ_ID = "r"
 SAMPLING = greedy(6)
 _KV_NAMES = ("keys", "values")
-BUG_TOO_FEW = (
-    "kv_state._check_tensor bounds a K/V's token axis only from above (0 < n <= carried), so a "
-    "full-attention K/V with fewer tokens than carried imports a cache shorter than its "
-    "num_computed_tokens"
-)
-BUG_WINDOW = (
-    "a sliding-window K/V is bounded only by the computed tokens, so a window cut by the prefix "
-    "is imported and the request fails later, in decode"
-)
-BUG_FLAGS = (
-    "which layers get the receiver's prefix is read from the sender's flags (`sliding_window` "
-    "in attrs), so a full-attention layer flagged as a window skips the prefix and imports short"
-)
 
 
 @dataclass(frozen=True)
@@ -218,12 +205,11 @@ def _prefix_not_whole_blocks(h: Honest) -> tuple[KVManifest, list[bytearray]]:
 
 @dataclass(frozen=True)
 class Case:
-    """One lie and the refusal it must get; `bug`: why the engine accepts it today."""
+    """One lie and the refusal it must get."""
 
     lie: Lie
     error: type[Exception] = ManifestMismatch
     match: str | None = "left to the receiver's prefix"
-    bug: str | None = None
     needs_windows: bool = False  # only models with sliding-window layers can tell this lie
 
 
@@ -232,11 +218,11 @@ CASES = [
     Case(_one_token_too_many),
     Case(_whole_kv_under_a_prefix),
     Case(_one_layer_whole),
-    Case(_one_token_too_few, match=None, bug=BUG_TOO_FEW),
-    Case(_one_layer_one_token_short, match=None, bug=BUG_TOO_FEW),
-    Case(_whole_transfer_one_token_short, match=None, bug=BUG_TOO_FEW),
-    Case(_windows_cut_by_the_prefix, match=None, bug=BUG_WINDOW, needs_windows=True),
-    Case(_full_attention_flagged_as_window, match=None, bug=BUG_FLAGS, needs_windows=True),
+    Case(_one_token_too_few, match=None),
+    Case(_one_layer_one_token_short, match=None),
+    Case(_whole_transfer_one_token_short, match=None),
+    Case(_windows_cut_by_the_prefix, match=None, needs_windows=True),
+    Case(_full_attention_flagged_as_window, match=None, needs_windows=True),
     Case(_windows_flagged_as_full_attention, needs_windows=True),
     Case(_prefix_longer_than_held, PrefixMiss, "block 3 of the 4-block prefix"),
     Case(_prefix_not_whole_blocks, PrefixMiss, "not a whole number of 16-token blocks"),
@@ -244,19 +230,13 @@ CASES = [
 
 
 def _params() -> list[object]:
-    """(model, case) pairs; a known bug's case is a strict xfail: it fails with "DID NOT RAISE"
-    today and must be unmarked once the engine refuses the lie."""
+    """(model, case) pairs."""
     params = []
     for case in CASES:
-        marks = []
-        if case.bug is not None:
-            marks.append(
-                pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason=case.bug)
-            )
         for name in FAMILIES:
             if not case.needs_windows or name in WITH_WINDOWS:
                 case_id = f"{name}-{case.lie.__name__.lstrip('_')}"
-                params.append(pytest.param(name, case, id=case_id, marks=marks))
+                params.append(pytest.param(name, case, id=case_id))
     return params
 
 

@@ -5,6 +5,7 @@ waits for (`polling.until`) instead of sleeping a fixed time."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import socket
 import subprocess
@@ -470,6 +471,7 @@ def test_deadline_expiry_gives_the_memory_back_to_the_kernel(
     async def main() -> None:
         cfg = config(num_connections=2, io_threads=io_threads)
         async with KVReceiver(cfg) as rx, KVSender(cfg) as tx:
+            gc.collect()  # earlier tests' garbage freed now, not while the payload arrives
             rss_before = _rss_bytes()
             t = await tx.begin(rx.address, "t1", "r1", deadline_s=deadline_s)
             for layer, lv in zip(manifest.layers, views_by_layer(manifest, views), strict=True):

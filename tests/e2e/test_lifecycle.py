@@ -10,6 +10,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 from services_harness import API_KEY, System, get_json, launch, wait_for
 
 from prfaas.launch.local import EmbeddedOptions, embedded_topology, free_port
+from prfaas.topology import load_topology, write_topology
 
 pytestmark = pytest.mark.slow
 MAX_TOKENS = 120
@@ -186,7 +188,9 @@ def test_a_drain_shorter_than_the_stream_cuts_it(tmp_path: Path) -> None:
         api_keys=(API_KEY,),
     )
     path = embedded_topology(tmp_path, options)
-    path.write_text(path.read_text().replace("[policy]\n", "[policy]\ndrain_s = 1\n"))
+    embedded = load_topology(path, allow_generated_token=True)
+    short_drain = replace(embedded, policy=replace(embedded.policy, drain_s=1.0))
+    write_topology(path, short_drain, token_file=path.parent / "transport.token")
     short = launch(path, tmp_path / "logs")
     try:
         out: dict[str, Any] = {}

@@ -155,7 +155,8 @@ def test_addresses_were_discovered_not_taken_from_the_file(deployment: RayLaunch
         assert (inst.kv is None) == (template[inst.name].kv is None)
     assert deployment.topology.router.http == deployment.template.router.http  # the port users know
     ready = get_json(f"{deployment.router_url}/ready")
-    assert ready == {"ready": True, "instances": dict.fromkeys(template, True)}
+    expected = {"ready": True, "instances": dict.fromkeys(template, True), "deployment": None}
+    assert ready == expected  # no deployment id: Ray actors are not `prfaas up`'s children
 
 
 def test_openai_requests_route_through_ray_placed_instances(deployment: RayLauncher) -> None:

@@ -7,6 +7,7 @@ agree; bad input gets OpenAI-style 4xx errors; a killed PrfaaS prefill instance 
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -34,6 +35,7 @@ from services_harness import (
 )
 
 from prfaas.launch.local import free_port, router_is_ready
+from prfaas.launch.local_record import RUN_DIR_ENV
 from prfaas.service.text import plain_chat_prompt
 
 pytestmark = pytest.mark.slow
@@ -304,8 +306,10 @@ def test_killed_prefill_with_fail_policy_returns_a_clear_error(kimi: System) -> 
     assert route == "pd_prefill"
 
 
-def test_up_stops_every_child_on_sigterm(tmp_path: Path) -> None:
-    """`prfaas up` (emulated engines, so no model loads): SIGTERM leaves no child behind."""
+def test_up_is_found_by_plain_status_and_stops_every_child_on_sigterm(tmp_path: Path) -> None:
+    """`prfaas up` (emulated engines, so no model loads) records itself: a plain `prfaas status`
+    finds it while it runs and says none is running after SIGTERM, which leaves no child behind."""
+    env = {**os.environ, RUN_DIR_ENV: str(tmp_path / "run")}
     cmd = [
         sys.executable,
         "-m",
@@ -319,20 +323,33 @@ def test_up_stops_every_child_on_sigterm(tmp_path: Path) -> None:
         "--log-dir",
         str(tmp_path),
     ]
-    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    up = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert up.stdout is not None
         banner = json.loads(_read_json_block(up.stdout))
-        assert get_json(banner["url"].removesuffix("/v1") + "/ready")["ready"] is True
+        router_url = banner["url"].removesuffix("/v1")
+        assert get_json(router_url + "/ready")["ready"] is True
         pids = list(banner["pids"].values())
         assert len(pids) == 4 and all(_is_running(pid) for pid in pids)
+        status = _plain_status(env)
+        assert status.returncode == 0, status.stderr
+        report = json.loads(status.stdout)
+        assert report["router"]["url"] == router_url and len(report["instances"]) == 3
         up.send_signal(signal.SIGTERM)
         assert up.wait(timeout=60) == 0
         wait_for(lambda: not any(_is_running(pid) for pid in pids), 30, "children to exit")
+        assert not Path(banner["deployment_file"]).exists()
+        gone = _plain_status(env)
+        assert gone.returncode == 2 and "no local deployment is running" in gone.stderr
     finally:
         if up.poll() is None:
             up.kill()
             up.wait()
+
+
+def _plain_status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "prfaas", "status", "--json"]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
 
 
 def _read_json_block(stream: Any) -> str:

@@ -3,9 +3,11 @@
 `router`, `prefill` and `decode` each run one process of a topology file (`--config`); the
 instances are named with `--instance`. `up` starts a whole topology as child processes of this
 one (the embedded default when no `--config` is given: a router, one PrfaaS prefill instance, one
-PD prefill and one PD decode instance on localhost with a tiny Qwen3-Next model), prints how to
-reach it, and stops every child on Ctrl-C or SIGTERM; with `--ray [ADDRESS]` it starts them as
-Ray actors instead (`prfaas.cli._ray_up`).
+PD prefill and one PD decode instance on localhost with a tiny Qwen3-Next model), after checking
+that the router's port is free; once its own router is ready it records the deployment for
+`prfaas status` (`prfaas.launch.local_record`), prints how to reach it, and stops every child on
+Ctrl-C or SIGTERM; with `--ray [ADDRESS]` it starts them as Ray actors instead
+(`prfaas.cli._ray_up`).
 """
 
 from __future__ import annotations
@@ -122,7 +124,8 @@ def _run_router(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology
+    from prfaas.launch.local import EmbeddedOptions, Launcher, check_router_port, embedded_topology
+    from prfaas.launch.local_record import local_record, recorded
 
     if args.log_dir:
         prepare_output_dir(args.log_dir, "--log-dir")  # before any process starts
@@ -149,12 +152,15 @@ def _run_up(args: argparse.Namespace) -> int:
             from prfaas.cli._ray_up import run_up_on_ray
 
             return run_up_on_ray(args, config_path, topology, log_dir or Path(tmp))
+        check_router_port(topology)
         launcher = Launcher(config_path, topology, log_dir)
         with stop_at_exit(launcher):
             launcher.start()
             launcher.wait_ready(args.ready_timeout)
-            _print_banner(args, topology, launcher)
-            _supervise(launcher)
+            pids = {name: p.pid for name, p in launcher.procs.items()}
+            with recorded(local_record(topology, config_path, pids)) as record:
+                _print_banner(args, topology, launcher, record)
+                _supervise(launcher)
     return 0
 
 
@@ -167,7 +173,7 @@ def _supervise(launcher: Any) -> None:
         time.sleep(0.5)
 
 
-def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any) -> None:
+def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any, record: Path) -> None:
     url = launcher.router_url
     model = topology.model.served_name
     t = topology.policy.threshold_tokens
@@ -177,6 +183,7 @@ def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any) -> Non
         "threshold_tokens": t,
         "instances": {i.name: i.http for i in topology.instances},
         "pids": {name: p.pid for name, p in launcher.procs.items()},
+        "deployment_file": str(record),
     }
     if args.json:
         print_json(info)
@@ -192,4 +199,5 @@ def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any) -> Non
     print("Try:")
     print(f"  curl -s {url}/v1/completions -H 'Content-Type: application/json' \\")
     print(f'       -d \'{{"model": "{model}", "prompt": "Hello", "max_tokens": 16}}\'')
+    print(f"Status: prfaas status  (this deployment: prfaas status --deployment {record})")
     print("Ctrl-C stops everything.", flush=True)

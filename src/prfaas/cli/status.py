@@ -1,9 +1,10 @@
 """`prfaas status`: every instance of a running deployment with its node, role, health, queue
 depth and the KV links it measured, and the router's readiness.
 
-The deployment is named by its topology file (`--config`, for `prfaas up --config` or services
-started by hand) or by the record `prfaas up --ray` writes (`--deployment`, which holds the
-addresses and Ray nodes the actors found and the topology file's path, read for the token).
+The deployment is named by its topology file (`--config`, for services started by hand) or by
+the record `prfaas up` writes (`--deployment`: the addresses, for Ray the nodes the actors found,
+and the topology file's path, read for the token). With neither, the one local `prfaas up`
+running now is found by its record in the run directory (`prfaas.launch.local_record`).
 Exit status 0 when the router and every instance are ready, 1 otherwise.
 """
 
@@ -27,9 +28,12 @@ def register(subparsers: Any) -> None:
         description="Ask the router (/ready) and every instance (/internal/stats, with the "
         "deployment token) how the deployment is doing. Exit status 0 when all are ready.",
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--config", help="the deployment's topology TOML file")
-    source.add_argument("--deployment", help="the record `prfaas up --ray` wrote")
+    source.add_argument(
+        "--deployment",
+        help="the record `prfaas up` wrote (default: that of the local `prfaas up` running now)",
+    )
     p.add_argument("--url", default=None, help="router URL (default: from the file)")
     p.add_argument("--timeout", type=positive_float, default=_TIMEOUT_S, help="seconds per query")
     add_json_flag(p)
@@ -42,8 +46,8 @@ def _run_status(args: argparse.Namespace) -> int:
     from prfaas.service.auth import deployment_token
     from prfaas.topology import load_topology
 
-    if args.deployment is not None:
-        record = read_deployment(Path(args.deployment))
+    if args.config is None:
+        record = read_deployment(_deployment_file(args.deployment))
         topology = None if record.config_path is None else load_topology(record.config_path)
         members, router_url = list(record.members), record.router_url
     else:
@@ -58,6 +62,13 @@ def _run_status(args: argparse.Namespace) -> int:
     else:
         _print_report(report)
     return 0 if report["all_ready"] else 1
+
+
+def _deployment_file(given: str | None) -> Path:
+    """The record named with --deployment, else that of the local `prfaas up` running now."""
+    from prfaas.launch.local_record import running_record
+
+    return running_record() if given is None else Path(given)
 
 
 def _print_report(report: dict[str, Any]) -> None:

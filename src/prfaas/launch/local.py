@@ -3,9 +3,11 @@
 `serve_instance(topology, name)` and `serve_router(topology)` each run one service until it is
 stopped; a subprocess launcher calls them today and a Ray actor can call them later. `Launcher`
 starts a topology's router and instances as child processes of this one (each child dies with its
-parent: PR_SET_PDEATHSIG), waits until the router reports every cluster ready, and stops them all
-on `stop()` (SIGTERM, then SIGKILL after a grace period). `embedded_topology` writes the default
-deployment of `prfaas up`.
+parent: PR_SET_PDEATHSIG) under a deployment id of its own (`$PRFAAS_DEPLOYMENT_ID`), waits until
+the router reports every cluster ready with that id (another deployment answering on the same
+address does not count), and stops them all on `stop()` (SIGTERM, then SIGKILL after a grace
+period). `check_router_port` refuses a router address that is already taken;
+`embedded_topology` writes the default deployment of `prfaas up`.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import dataclasses
+import json
+import os
 import secrets
 import signal
 import socket
@@ -196,6 +200,7 @@ class Launcher:
         self.command_prefix = {name: list(p) for name, p in (command_prefix or {}).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self._service_args: dict[str, list[str]] = {}
+        self.deployment_id = secrets.token_hex(8)  # the router's /ready returns it
 
     def start(self) -> None:
         for inst in self.topology.instances:
@@ -209,8 +214,16 @@ class Launcher:
         out = None
         if self.log_dir is not None:
             out = (self.log_dir / f"{name}.log").open("ab")
+        from prfaas.service.http import DEPLOYMENT_ID_ENV
+
+        env = {**os.environ, DEPLOYMENT_ID_ENV: self.deployment_id}
         self.procs[name] = subprocess.Popen(
-            cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+            cmd,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            preexec_fn=_die_with_parent,
         )
 
     @property
@@ -218,16 +231,24 @@ class Launcher:
         return f"http://{self.topology.router.http}"
 
     def wait_ready(self, timeout_s: float) -> None:
-        """Until the router's /ready answers 200; UserError if a child exits or time runs out."""
+        """Until the router's /ready answers 200 with this deployment's id; UserError if a child
+        exits (with the last line of its log, when there is one) or time runs out."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    raise UserError(f"{name} exited with status {proc.returncode} while starting")
-            if router_is_ready(self.router_url):
+                    raise UserError(self._exit_message(name, proc.returncode))
+            if router_is_ready(self.router_url, self.deployment_id):
                 return
             time.sleep(0.25)
         raise UserError(f"the deployment was not ready within {timeout_s:g} s")
+
+    def _exit_message(self, name: str, status: int) -> str:
+        message = f"{name} exited with status {status} while starting"
+        if self.log_dir is None:
+            return message  # its own error line went to this terminal
+        log = self.log_dir / f"{name}.log"
+        return f"{message}: {_last_line(log)} (log: {log})"
 
     def stop(self) -> None:
         for proc in self.procs.values():
@@ -262,10 +283,42 @@ class Launcher:
         self.stop()
 
 
-def router_is_ready(url: str) -> bool:
-    """Whether the router at `url` answers 200 on /ready."""
+def _last_line(path: Path) -> str:
+    """The last non-empty line of a log file ("" if none)."""
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((line.strip() for line in reversed(lines) if line.strip()), "")
+
+
+def check_router_port(topology: Topology) -> None:
+    """UserError naming the router's address when it cannot be bound now (e.g. another
+    deployment serves there): checked before anything starts."""
+    from prfaas.service.http import bind_error
+    from prfaas.transport.sender import parse_address
+
+    address = topology.router.http
+    host, port = parse_address(address)
+    error = bind_error(host, port)
+    if error is not None:
+        reason = (error.strerror or str(error)).lower()
+        raise UserError(f"the router's port {port} ({address}) cannot be used: {reason}")
+
+
+def router_is_ready(url: str, deployment_id: str | None = None) -> bool:
+    """Whether the router at `url` answers 200 on /ready (and, given `deployment_id`, is the
+    router of that deployment)."""
     try:
         with urllib.request.urlopen(f"{url}/ready", timeout=2) as reply:
-            return bool(reply.status == 200)
+            if reply.status != 200:
+                return False
+            return deployment_id is None or _deployment_of(reply.read()) == deployment_id
     except (urllib.error.URLError, OSError, ValueError):
         return False
+
+
+def _deployment_of(body: bytes) -> object:
+    """The "deployment" of a /ready body (None when absent or not JSON)."""
+    data = json.loads(body)
+    return data.get("deployment") if isinstance(data, dict) else None

@@ -7,7 +7,7 @@ and relay the decode instance's tokens as text: whole, or as server-sent events 
 `data: [DONE]`. Errors are OpenAI-shaped (`{"error": {"message", "type", "code"}}`) with a 4xx
 status for the client's mistakes and 503 when no instance can serve.
 Also: `/v1/models`, `/health` (the process is alive), `/ready` (every cluster has a ready
-instance) and `/metrics` (Prometheus).
+instance; with the id of the deployment `prfaas up` started it in) and `/metrics` (Prometheus).
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -38,7 +39,7 @@ from prfaas.router.openai_api import usage, with_request_schemas
 from prfaas.router.poller import InstancePoller
 from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import InternalAuth, bearer, deployment_token
-from prfaas.service.http import error_response, metrics_response
+from prfaas.service.http import DEPLOYMENT_ID_ENV, error_response, metrics_response
 from prfaas.service.limits import BodySizeLimit, ConcurrencyLimit
 from prfaas.service.text import TextCodec, TextStream, load_codec
 from prfaas.topology import Topology
@@ -292,7 +293,9 @@ def build_router_app(topology: Topology) -> FastAPI:
         monitor = app.state.service.monitor
         states = {n: s.is_ready for n, s in monitor.states.items()}
         status = 200 if monitor.is_ready() else 503
-        return JSONResponse({"ready": status == 200, "instances": states}, status_code=status)
+        deployment = os.environ.get(DEPLOYMENT_ID_ENV)
+        body = {"ready": status == 200, "instances": states, "deployment": deployment}
+        return JSONResponse(body, status_code=status)
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -2,15 +2,24 @@
 `prfaas.service.limits`: bounded request heads, head and body timeouts; the app is marked as
 draining the moment a SIGTERM/SIGINT arrives), OpenAI-style JSON errors, the routes and body
 limit every instance has (`/health`, `/ready`, `/metrics`, `/internal/stats`), the `/metrics`
-response, and the transport settings taken from the topology."""
+response, and the transport settings taken from the topology.
+
+A service that cannot start says why in one line: its address is taken (or otherwise cannot be
+bound), or its app failed to start (the exception's message). uvicorn's own traceback of a failed
+start goes to stderr only when stderr is a file (a log, e.g. `prfaas up --log-dir`)."""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import socket
 import ssl
+import stat
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -26,6 +35,7 @@ from prfaas.transport.sender import parse_address
 
 TOKEN_ENV = "PRFAAS_TRANSPORT_TOKEN"  # overrides / supplies the transport token (kept out of argv)
 FIRST_TOKEN_HEADER = "x-prfaas-first-token-s"  # non-streamed decode answer: first token ready at
+DEPLOYMENT_ID_ENV = "PRFAAS_DEPLOYMENT_ID"  # set by `prfaas up`; the router's /ready returns it
 
 
 def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
@@ -135,11 +145,12 @@ def _check_tls_files(cert: str, key: str | None, ca: str | None) -> None:
 def serve_app(app: FastAPI, address: str, name: str, drain_s: float = 30.0) -> None:
     """Serve `app` on "host:port" until SIGINT/SIGTERM (uvicorn handles both). On the signal it
     stops accepting connections, lets the requests in flight finish for up to `drain_s`, then
-    cancels what is left and exits."""
+    cancels what is left and exits. UserError in one line when the service cannot start."""
     host, port = parse_address(address)
     configure_logging(name)
+    probe = StartupErrorProbe(app)
     config = uvicorn.Config(
-        app,
+        probe,
         host=host,
         port=port,
         log_level="warning",
@@ -147,20 +158,91 @@ def serve_app(app: FastAPI, address: str, name: str, drain_s: float = 30.0) -> N
         timeout_graceful_shutdown=max(1, math.ceil(drain_s)),
         http=BoundedHttpToolsProtocol,  # request head <= 64 KiB and within 10 s (limits.py)
     )
-    server = DrainingServer(config, app)
+    server = DrainingServer(config, app, quiet_startup=not _stderr_is_file())
     try:
         server.run()
-    except SystemExit as exc:  # uvicorn exits 1 when it cannot bind
-        raise UserError(f"{name}: cannot serve on {address} (address in use?)") from exc
+    except SystemExit:  # uvicorn exits when the app fails to start or the address cannot bind
+        raise UserError(_startup_failure(name, address, probe.error)) from None
+
+
+def _startup_failure(name: str, address: str, error: BaseException | None) -> str:
+    """One line: the app's startup exception, or why the address does not bind."""
+    if error is not None:
+        return f"{name}: cannot start: {type(error).__name__}: {_one_line(str(error))}"
+    host, port = parse_address(address)
+    bind = bind_error(host, port)
+    reason = "cannot bind" if bind is None else (bind.strerror or str(bind)).lower()
+    return f"{name}: cannot serve on {address}: {reason}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split()) or "(no message)"
+
+
+def bind_error(host: str, port: int) -> OSError | None:
+    """Why a listening socket cannot bind host:port now (None: it can), with the SO_REUSEADDR
+    uvicorn sets, so a port in TIME_WAIT counts as free and one another process serves does not."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+    except OSError as exc:
+        return exc
+    return None
+
+
+def _stderr_is_file() -> bool:
+    """Whether stderr is a regular file (a log) rather than a terminal or a pipe."""
+    try:
+        return stat.S_ISREG(os.fstat(sys.stderr.fileno()).st_mode)
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_Scope = MutableMapping[str, Any]
+_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class StartupErrorProbe:
+    """The app, keeping the exception its lifespan raised (uvicorn only logs it and exits)."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.error: BaseException | None = None
+
+    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        except Exception as exc:
+            self.error = exc
+            raise
 
 
 class DrainingServer(uvicorn.Server):
     """uvicorn's server that marks the app as draining the moment SIGTERM/SIGINT arrives, so
     that `/ready` answers 503 on connections still open while the requests in flight finish."""
 
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+    def __init__(self, config: uvicorn.Config, app: FastAPI, quiet_startup: bool = False) -> None:
         super().__init__(config)
         self._app = app
+        self._quiet_startup = quiet_startup  # no uvicorn log (tracebacks) while starting
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        if not self._quiet_startup:
+            await super().startup(sockets)
+            return
+        uvicorn_log = logging.getLogger("uvicorn.error")
+        level = uvicorn_log.level
+        uvicorn_log.setLevel(logging.CRITICAL)
+        try:
+            await super().startup(sockets)
+        finally:
+            uvicorn_log.setLevel(level)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         mark_draining(self._app)

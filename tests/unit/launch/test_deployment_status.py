@@ -154,6 +154,7 @@ def test_status_command_exit_status_and_json(
     assert [i["health"] for i in report["instances"]] == ["ready", "unreachable"]
 
 
-def test_status_needs_exactly_one_source(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["status"]) == 2
-    assert "one of the arguments --config --deployment is required" in capsys.readouterr().err
+def test_status_takes_at_most_one_source(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without either, the running local `prfaas up` (tests/unit/launch/test_local_record.py)."""
+    assert main(["status", "--config", "t.toml", "--deployment", "d.json"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err

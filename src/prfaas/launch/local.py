@@ -111,19 +111,38 @@ def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
     """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token,
     in a file of its own beside the topology (both readable by their owner only)."""
     token = secrets.token_hex(16)
+    topology = _embedded(options, token)  # a bad --model is refused before anything is written
     token_file = directory / "transport.token"
     token_file.write_text(token)
     token_file.chmod(0o600)
     return topo.write_topology(
         directory / "topology.toml",
-        _embedded(options, token),
+        topology,
         token_file=token_file,
         comment="prfaas up: the embedded deployment (one machine, loopback link)",
     )
 
 
+def _model_reference(name: str) -> str:
+    """A tiny preset name as is; anything else is a checkpoint directory, made absolute against
+    the working directory (the topology file is written to a folder of its own, and a relative
+    name in it would be looked up there). A directory without a config.json is a UserError that
+    names the user's path."""
+    from prfaas.engine.presets import PRESETS
+
+    if name in PRESETS:
+        return name
+    directory = Path(name).expanduser().resolve()
+    if not (directory / "config.json").is_file():
+        raise UserError(
+            f"model {name!r} is neither a tiny preset ({', '.join(PRESETS)}) nor a directory "
+            f"with a config.json ({directory})"
+        )
+    return str(directory)
+
+
 def _embedded(options: EmbeddedOptions, token: str) -> Topology:
-    model = options.model if "/" not in options.model else str(Path(options.model).resolve())
+    model = _model_reference(options.model)
     prfaas = [_embedded_instance("prfaas-prefill-0", "prfaas", "prefill", "h200", options)]
     pd: list[topo.InstanceConfig] = []
     if options.pd_prefill:

@@ -204,3 +204,13 @@ def test_broken_tls_files_are_one_line(
     config = str(_topology_with_bad_tls(tmp_path))
     line = one_error_line(capsys, command[0], "--config", config, *command[1:])
     assert "TLS" in line
+
+
+def test_up_missing_model_names_the_users_path(
+    capsys: Capsys, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative --model is looked up in the working directory, not in the temporary folder the
+    embedded topology is written to, and the error names that path."""
+    monkeypatch.chdir(tmp_path)
+    line = one_error_line(capsys, "up", "--model", "mymodel")
+    assert str(tmp_path / "mymodel") in line and "prfaas-up-" not in line, line

@@ -4,8 +4,9 @@ Per request: the `RequestIntake` (`intake.py`) checks the API key, validates and
 ask the `Dispatcher` (policy + instance picking), log the decision as one JSON line with `req_id`
 and `transfer_id`, count it, put it in the `x-prfaas-route` / `x-prfaas-route-reason` headers,
 and relay the decode instance's tokens as text: whole, or as server-sent events ending with
-`data: [DONE]`. Errors are OpenAI-shaped (`{"error": {"message", "type", "code"}}`) with a 4xx
-status for the client's mistakes and 503 when no instance can serve.
+`data: [DONE]`. Errors are OpenAI-shaped (`{"error": {"message", "type", "code", "param"}}`,
+`param` naming the request field at fault when the message names one) with a 4xx status for
+the client's mistakes and 503 when no instance can serve.
 Also: `/v1/models`, `/health` (the process is alive), `/ready` (every cluster has a ready
 instance; with the id of the deployment `prfaas up` started it in) and `/metrics` (Prometheus).
 """
@@ -35,7 +36,7 @@ from prfaas.router.dispatch import Dispatcher, NoInstanceError
 from prfaas.router.intake import ApiError, Prepared, RequestIntake, parse_json_body
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor
-from prfaas.router.openai_api import usage, with_request_schemas
+from prfaas.router.openai_api import error_param, usage, with_request_schemas
 from prfaas.router.poller import InstancePoller
 from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import InternalAuth, bearer, deployment_token
@@ -310,11 +311,15 @@ def build_router_app(topology: Topology) -> FastAPI:
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, str(exc), exc.kind, exc.code)
+        param = error_param(str(exc)) if exc.status < 500 else None
+        return error_response(exc.status, str(exc), exc.kind, exc.code, param)
 
     @app.exception_handler(UserError)
     async def user_error(_: Request, exc: UserError) -> JSONResponse:
-        return error_response(400, str(exc), "invalid_request_error", "invalid_request")
+        message = str(exc)
+        return error_response(
+            400, message, "invalid_request_error", "invalid_request", error_param(message)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -147,20 +147,21 @@ class RequestIntake:
         if isinstance(req, ChatCompletionRequest):
             messages = [{"role": m.role, "content": m.text()} for m in req.messages]
             ids = tuple(self.codec.encode(self.codec.chat_prompt(messages)))
-        elif isinstance(req.prompt, str):
-            ids = tuple(self.codec.encode(req.prompt))
-        elif req.prompt and all(isinstance(p, str) for p in req.prompt):
-            if len(req.prompt) != 1:
-                raise UserError("prompt: a list of several prompts is not supported (send one)")
-            ids = tuple(self.codec.encode(str(req.prompt[0])))
         else:
-            ids = tuple(cast("list[int]", req.prompt))  # the schema's last alternative
-            bad = next((t for t in ids if not 0 <= t < self.codec.vocab_size), None)
-            if bad is not None:
-                raise UserError(f"prompt: token id {bad} is outside [0, {self.codec.vocab_size})")
+            ids = self._completion_ids(_single_prompt(req.prompt))
         if not ids:
             raise UserError("prompt is empty")
         return ids
+
+    def _completion_ids(self, prompt: str | list[int]) -> tuple[int, ...]:
+        """A completion prompt's token ids: a string encoded, token ids checked for the
+        vocabulary."""
+        if isinstance(prompt, str):
+            return tuple(self.codec.encode(prompt))
+        bad = next((t for t in prompt if not 0 <= t < self.codec.vocab_size), None)
+        if bad is not None:
+            raise UserError(f"prompt: token id {bad} is outside [0, {self.codec.vocab_size})")
+        return tuple(prompt)
 
     def _check_context(self, num_prompt: int, max_tokens: int) -> None:
         limit = self.codec.max_model_len
@@ -172,6 +173,20 @@ class RequestIntake:
                 "invalid_request_error",
                 "context_length_exceeded",
             )
+
+
+def _single_prompt(
+    prompt: str | list[str] | list[int] | list[list[int]],
+) -> str | list[int]:
+    """The one prompt of a completion request: a string or token ids, alone or as the only
+    element of a list; UserError for a batch of several."""
+    if isinstance(prompt, str) or not prompt or isinstance(prompt[0], int):
+        return cast("str | list[int]", prompt)
+    if len(prompt) != 1:
+        raise UserError(
+            f"prompt: a batch of {len(prompt)} prompts is not supported (send one per request)"
+        )
+    return prompt[0]
 
 
 def _asked_max_tokens(req: CompletionRequest | ChatCompletionRequest) -> int:

@@ -1,6 +1,6 @@
 """The OpenAI-compatible surface: request schemas (pydantic), their checks, and response bodies.
 
-Supported: `/v1/completions` (prompt as a string, a one-element list of strings, or token ids)
+Supported: `/v1/completions` (prompt as a string, token ids, or a one-element list of either)
 and `/v1/chat/completions` (messages with string or text-part content), `stream` with
 `stream_options.include_usage`, `max_tokens` (`max_completion_tokens` for chat), `temperature`,
 `top_p`, `top_k` (vLLM's extension; 0 or -1 = off), `seed`, `stop`, `ignore_eos`, `n` = 1.
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import time
 from typing import Any, Literal, TypeVar
 
@@ -54,7 +55,8 @@ class _SamplingFields(BaseModel):
 
 
 class CompletionRequest(_SamplingFields):
-    prompt: str | list[str] | list[int]
+    # a batch (several strings or several lists of ids) is refused by the intake, one line
+    prompt: str | list[str] | list[int] | list[list[int]]
 
 
 class ChatMessage(BaseModel):
@@ -81,18 +83,38 @@ class ChatCompletionRequest(_SamplingFields):
 
 
 RequestSchema = TypeVar("RequestSchema", bound=_SamplingFields)
+REQUEST_FIELDS = frozenset(CompletionRequest.model_fields) | frozenset(
+    ChatCompletionRequest.model_fields
+)
+# fields of several shapes: what to say instead of pydantic's complaint about the first shape
+_UNION_SHAPES = {
+    "prompt": "expected a string, a list of strings, a list of token ids (integers) or a list "
+    "of lists of token ids",
+    "stop": "expected a string or a list of strings",
+}
 
 
 def parse_body(model: type[RequestSchema], body: object) -> RequestSchema:
-    """Validate a decoded JSON body; UserError with pydantic's first complaint otherwise."""
+    """Validate a decoded JSON body; UserError with pydantic's first complaint otherwise (for a
+    field of several shapes, the shapes it accepts)."""
     if not isinstance(body, dict):
         raise UserError("request body must be a JSON object")
     try:
         return model.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field in _UNION_SHAPES and first["type"] != "missing":
+            raise UserError(f"{field}: {_UNION_SHAPES[field]}") from None
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise UserError(f"{where}: {first['msg']}") from None
+
+
+def error_param(message: str) -> str | None:
+    """The request field an error message names at its start (`max_tokens must be >= 1`,
+    `prompt: ...`, `messages.0.content: ...`): OpenAI's `param`; None when it names none."""
+    head = re.match(r"[a-z_]+", message)
+    return head.group() if head and head.group() in REQUEST_FIELDS else None
 
 
 def check_unsupported(req: _SamplingFields) -> None:

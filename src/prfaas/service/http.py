@@ -38,9 +38,12 @@ FIRST_TOKEN_HEADER = "x-prfaas-first-token-s"  # non-streamed decode answer: fir
 DEPLOYMENT_ID_ENV = "PRFAAS_DEPLOYMENT_ID"  # set by `prfaas up`; the router's /ready returns it
 
 
-def error_response(status: int, message: str, kind: str, code: str | None = None) -> JSONResponse:
-    """The OpenAI error body: {"error": {"message", "type", "code"}}."""
-    body = {"error": {"message": message, "type": kind, "code": code or kind, "param": None}}
+def error_response(
+    status: int, message: str, kind: str, code: str | None = None, param: str | None = None
+) -> JSONResponse:
+    """The OpenAI error body: {"error": {"message", "type", "code", "param"}}; `param` is the
+    request field at fault, when there is one."""
+    body = {"error": {"message": message, "type": kind, "code": code or kind, "param": param}}
     return JSONResponse(body, status_code=status)
 
 

@@ -196,8 +196,18 @@ def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any, record
         f"Routing: prompts longer than t = {t:g} tokens prefill on the PrfaaS cluster and "
         "stream their KV to the PD decode instance; shorter ones prefill locally."
     )
-    print("Try:")
-    print(f"  curl -s {url}/v1/completions -H 'Content-Type: application/json' \\")
-    print(f'       -d \'{{"model": "{model}", "prompt": "Hello", "max_tokens": 16}}\'')
+    _print_curl_hint(url, model, needs_key=bool(topology.router.api_keys))
     print(f"Status: prfaas status  (this deployment: prfaas status --deployment {record})")
     print("Ctrl-C stops everything.", flush=True)
+
+
+def _print_curl_hint(url: str, model: str, needs_key: bool) -> None:
+    """A request to try; with API keys configured it sends one from $PRFAAS_API_KEY (the keys
+    themselves are not printed)."""
+    print("Try:")
+    if needs_key:
+        print("  export PRFAAS_API_KEY=...  # one of the topology's router API keys")
+    print(f"  curl -s {url}/v1/completions -H 'Content-Type: application/json' \\")
+    if needs_key:
+        print('       -H "Authorization: Bearer $PRFAAS_API_KEY" \\')
+    print(f'       -d \'{{"model": "{model}", "prompt": "Hello", "max_tokens": 16}}\'')

@@ -66,6 +66,7 @@ def register(subparsers: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     from prfaas.errors import UserError
     from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
+    from prfaas.policy.route import threshold_text
     from prfaas.topology import load_topology
 
     if args.max_tokens < 1:
@@ -81,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.json:
             print(
                 f"Starting the embedded deployment ({topology.model.name}, t = "
-                f"{topology.policy.threshold_tokens:g} tokens) ...",
+                f"{threshold_text(topology.policy.threshold_tokens)} tokens) ...",
                 flush=True,
             )
         with Launcher(path, topology, log_dir) as launcher:

@@ -174,6 +174,8 @@ def _supervise(launcher: Any) -> None:
 
 
 def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any, record: Path) -> None:
+    from prfaas.policy.route import threshold_text
+
     url = launcher.router_url
     model = topology.model.served_name
     t = topology.policy.threshold_tokens
@@ -193,8 +195,8 @@ def _print_banner(args: argparse.Namespace, topology: Any, launcher: Any, record
     for inst in topology.instances:
         print(f"  {inst.cluster:>8} {inst.role:>7}  {inst.name:<20} {inst.http}")
     print(
-        f"Routing: prompts longer than t = {t:g} tokens prefill on the PrfaaS cluster and "
-        "stream their KV to the PD decode instance; shorter ones prefill locally."
+        f"Routing: prompts longer than t = {threshold_text(t)} tokens prefill on the PrfaaS "
+        "cluster and stream their KV to the PD decode instance; shorter ones prefill locally."
     )
     _print_curl_hint(url, model, needs_key=bool(topology.router.api_keys))
     print(f"Status: prfaas status  (this deployment: prfaas status --deployment {record})")

@@ -260,8 +260,11 @@ def _routing(state: dict[str, Any]) -> str:
     """How the deployment routes: its threshold and whether the controller adapts it."""
     if state["threshold_tokens"] is None:
         return str(state["threshold"])
+    from prfaas.policy.route import threshold_text
+
     adapts = "adapted by the controller" if state["controller"] else "static"
-    return f"threshold t = {state['threshold_tokens']:.0f} tokens, {adapts} ({state['threshold']})"
+    t = threshold_text(state["threshold_tokens"])
+    return f"threshold t = {t} tokens, {adapts} ({state['threshold']})"
 
 
 def _run_down(args: argparse.Namespace) -> int:

@@ -200,6 +200,13 @@ def path_delays(
     return PathDelays(max(prfaas_done_s, link_drain_s), local_ready_s, link_drain_s, prfaas_done_s)
 
 
+def threshold_text(t: float) -> str:
+    """A threshold as whole tokens: floor(t), which for integer lengths l says the same as t
+    (l > t exactly when l > floor(t)); "auto" resolves t to a fraction (11642.45...), printed
+    with `:g` as 11642.5. Infinite or NaN t as `:g` writes it."""
+    return str(math.floor(t)) if math.isfinite(t) else f"{t:g}"
+
+
 def _to_pd(total: int, hit: int, moved: int, why: str) -> RouteDecision:
     return RouteDecision(RouteTarget.PD_PREFILL, total - hit, hit, why, moved)
 
@@ -211,17 +218,17 @@ def _to_prfaas(total: int, hit: int, moved: int, why: str) -> RouteDecision:
 def _cache_affine(total: int, cached_pd: int, cached_prfaas: int, t: float) -> RouteDecision:
     l_pd = total - cached_pd
     if l_pd <= t:
-        return _to_pd(total, cached_pd, 0, f"cache-affine: l={l_pd} <= t={t:g}")
-    return _to_prfaas(total, cached_prfaas, 0, f"cache-affine: l={l_pd} > t={t:g}")
+        return _to_pd(total, cached_pd, 0, f"cache-affine: l={l_pd} <= t={threshold_text(t)}")
+    return _to_prfaas(total, cached_prfaas, 0, f"cache-affine: l={l_pd} > t={threshold_text(t)}")
 
 
 def _global_best(total: int, cached_pd: int, cached_prfaas: int, t: float) -> RouteDecision:
     prefix = max(cached_pd, cached_prfaas)
     l_inc = total - prefix
     if l_inc <= t:
-        why = f"global-prefix: l={l_inc} <= t={t:g}"
+        why = f"global-prefix: l={l_inc} <= t={threshold_text(t)}"
         return _to_pd(total, prefix, prefix - cached_pd, why)
-    why = f"global-prefix: l={l_inc} > t={t:g}"
+    why = f"global-prefix: l={l_inc} > t={threshold_text(t)}"
     return _to_prfaas(total, prefix, prefix - cached_prfaas, why)
 
 

@@ -1,6 +1,6 @@
 """What `prfaas up` prints once the deployment is ready: the `curl` request it suggests carries
 an `Authorization: Bearer` header when the router requires API keys (without one it gets 401),
-and none when the router is open."""
+and none when the router is open; an "auto" threshold reads as whole tokens."""
 
 from __future__ import annotations
 
@@ -12,12 +12,19 @@ import pytest
 
 from prfaas.cli.serve import _print_banner
 from prfaas.launch.local import EmbeddedOptions, embedded_topology
-from prfaas.topology import load_topology
+from prfaas.topology import Topology, load_topology
+
+EMULATED_1T = Path(__file__).resolve().parents[3] / "examples" / "emulated-1t.toml"
 
 
-def _banner(tmp_path: Path, capsys: pytest.CaptureFixture[str], api_keys: tuple[str, ...]) -> str:
+def _banner(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], api_keys: tuple[str, ...] = ()
+) -> str:
     options = EmbeddedOptions(router_port=8000, engine="emulated", api_keys=api_keys)
-    topology = load_topology(embedded_topology(tmp_path, options))
+    return _banner_of(load_topology(embedded_topology(tmp_path, options)), capsys)
+
+
+def _banner_of(topology: Topology, capsys: pytest.CaptureFixture[str]) -> str:
     launcher = SimpleNamespace(router_url="http://127.0.0.1:8000", procs={})
     _print_banner(argparse.Namespace(json=False), topology, launcher)
     return capsys.readouterr().out
@@ -35,3 +42,9 @@ def test_the_curl_hint_of_an_open_router_has_no_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert "Authorization" not in _banner(tmp_path, capsys, ())
+
+
+def test_an_auto_threshold_prints_as_whole_tokens(capsys: pytest.CaptureFixture[str]) -> None:
+    topology = load_topology(EMULATED_1T)
+    assert topology.policy.threshold_tokens == pytest.approx(11642.45, abs=0.01)
+    assert "prompts longer than t = 11642 tokens" in _banner_of(topology, capsys)

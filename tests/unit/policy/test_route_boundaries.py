@@ -104,6 +104,19 @@ def test_threshold_edges(threshold: float, prompt: int, target: RouteTarget) -> 
     assert choose_route(prompt, 0, 0, config, IDLE).target is target
 
 
+@pytest.mark.parametrize(
+    ("prompt", "reason"),
+    [
+        (11642, "global-prefix: l=11642 <= t=11642"),
+        (11643, "global-prefix: l=11643 > t=11642"),
+    ],
+)
+def test_a_fractional_auto_threshold_prints_as_whole_tokens(prompt: int, reason: str) -> None:
+    """An "auto" t such as 11642.453125 reads as floor(t), which says the same for whole l."""
+    config = RoutePolicyConfig(threshold_tokens=11642.453125)
+    assert choose_route(prompt, 0, 0, config, IDLE).reason == reason
+
+
 # --- the retransmit limit: congested from the limit on ------------------------------------------
 
 

@@ -69,6 +69,7 @@ def spec_from_config(
         weight_bytes_per_param=weight_bytes,
         activation_dtype=activation_dtype(cfg),
         recurrent_state_dtype=recurrent_state_dtype(cfg),
+        max_position_embeddings=get_int(cfg, "max_position_embeddings", 0) or None,
         source=source,
         provenance=provenance or str(config.get("_provenance", "")),
     )

@@ -132,6 +132,7 @@ class ModelSpec:
     )
     activation_dtype: str = "bfloat16"  # dtype of activations and of the conv state
     recurrent_state_dtype: str = "float32"  # the config's SSM/linear-state dtype (fp32 default)
+    max_position_embeddings: int | None = None  # positions (prompt + output) it takes; None: unsaid
     source: str = ""  # where the spec came from: preset name, file path or "dict"
     provenance: str = ""  # non-empty when the config is reconstructed or inferred: how
     layer_counts: dict[LayerKind, int] = field(init=False, compare=False, repr=False)

@@ -42,7 +42,7 @@ from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import InternalAuth, bearer, deployment_token
 from prfaas.service.http import DEPLOYMENT_ID_ENV, error_response, metrics_response
 from prfaas.service.limits import BodySizeLimit, ConcurrencyLimit
-from prfaas.service.text import TextCodec, TextStream, load_codec
+from prfaas.service.text import TextCodec, TextStream, served_codec
 from prfaas.topology import Topology
 
 log = logging.getLogger("prfaas.router")
@@ -228,7 +228,7 @@ def build_router_app(topology: Topology) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = RouterService(topology, load_codec(topology.model))
+        service = RouterService(topology, served_codec(topology))
         await service.start()
         app.state.service = service
         yield

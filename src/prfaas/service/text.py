@@ -1,9 +1,10 @@
 """Text on the router: tokenizing prompts, chat templates, and turning token streams into text.
 
 `load_codec` gives the served model's tokenizer without loading weights: the byte tokenizer of
-the tiny presets, or the checkpoint directory's own tokenizer (and its chat template). Tiny
-presets have no chat template of their own; they use the plain one below, which a checkpoint
-saved by `prfaas.engine.checkpoint` also carries:
+the tiny presets, or the checkpoint directory's own tokenizer (and its chat template);
+`served_codec` is the router's, whose context for an all-emulated deployment is the emulated
+model's. Tiny presets have no chat template of their own; they use the plain one below, which a
+checkpoint saved by `prfaas.engine.checkpoint` also carries:
 
     <|system|>\\n{content}\\n<|user|>\\n{content}\\n ... <|assistant|>\\n
 
@@ -16,13 +17,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prfaas.errors import UserError
 from prfaas.messages.stop_strings import StopStrings
-from prfaas.topology import ModelConfig
+from prfaas.topology import ModelConfig, Topology
 
 if TYPE_CHECKING:
     from prfaas.engine.tokenizer import Tokenizer
@@ -76,6 +77,20 @@ def load_codec(model: ModelConfig) -> TextCodec:
         tok = ByteTokenizer(cfg["bos_token_id"], cfg["eos_token_id"], cfg["pad_token_id"])
         return TextCodec(tok, int(cfg["vocab_size"]), int(cfg["max_position_embeddings"]))
     return _checkpoint_codec(Path(model.name))
+
+
+def served_codec(topology: Topology) -> TextCodec:
+    """The router's codec: `load_codec`, with the emulated model's own context when every
+    instance is emulated and `model.emulate`'s config gives one (`max_position_embeddings`):
+    there no model with the tokenizer's context runs, and the emulated engines take that many
+    positions (the paper's lengths, to 128K, with the tiny presets' byte tokenizer)."""
+    from prfaas.models import load_model_spec
+
+    codec = load_codec(topology.model)
+    if any(instance.engine != "emulated" for instance in topology.instances):
+        return codec
+    limit = load_model_spec(topology.model.emulate).max_position_embeddings
+    return codec if limit is None else replace(codec, max_model_len=limit)
 
 
 def _checkpoint_codec(path: Path) -> TextCodec:

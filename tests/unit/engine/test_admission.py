@@ -90,7 +90,7 @@ def test_emulated_engine_refuses_foreign_ids_and_over_long_prompts() -> None:
         engine.add_request(_bad_prompt(vocab_size))
     with pytest.raises(InvalidRequest, match="id -1 at index 1"):
         engine.prefill([_bad_prompt(-1)])
-    assert engine.max_positions is None  # the spec states no limit: none is applied
+    assert engine.max_positions == 262144  # the spec's own max_position_embeddings
     limited = _emulated(max_positions=64)
     with pytest.raises(InvalidRequest, match="65 tokens, the model takes at most 64"):
         limited.add_request(GenerateRequest("long", (1,) * 65, greedy(2)))

@@ -211,6 +211,7 @@ def test_schemathesis_finds_no_server_error(system: System, path: str, method: s
 # ---- hand-written hostile requests ------------------------------------------------------------
 
 BIG = "1" + "0" * 400  # 10^400 as a JSON integer
+OVER_CONTEXT_CHARS = 140_000  # byte tokens: past gpt-oss-120b's 131,072, the emulated context
 HOSTILE_BODIES = {
     "invalid UTF-8": (b'{"model": "qwen3_next", "prompt": "\xff\xfe"}', 400, "invalid_json"),
     "not JSON": (b"{model: qwen3_next}", 400, "invalid_json"),
@@ -244,7 +245,7 @@ HOSTILE_BODIES = {
     "wrong model": (b'{"model": "gpt-4", "prompt": "x"}', 404, "model_not_found"),
     "empty prompt": (b'{"model": "qwen3_next", "prompt": ""}', 400, "invalid_request"),
     "prompt over the context": (
-        b'{"model": "qwen3_next", "prompt": "%s"}' % (b"a" * 70_000),
+        b'{"model": "qwen3_next", "prompt": "%s"}' % (b"a" * OVER_CONTEXT_CHARS),
         400,
         "context_length_exceeded",
     ),
@@ -256,7 +257,7 @@ CHAT_BODIES = {
     "no messages": (b'{"model": "qwen3_next", "messages": []}', 400, "invalid_request"),
     "message over the context": (
         b'{"model": "qwen3_next", "messages": [{"role": "user", "content": "%s"}]}'
-        % (b"a" * 70_000),
+        % (b"a" * OVER_CONTEXT_CHARS),
         400,
         "context_length_exceeded",
     ),

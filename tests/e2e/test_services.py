@@ -132,8 +132,10 @@ def test_header_log_and_metrics_agree(qwen: System) -> None:
     ]
     mine = [x for x in lines if x["req_id"] == body["id"]]
     assert len(mine) == 1 and mine[0]["route"] == "prfaas" and mine[0]["transfer_id"]
-    # which prefix rule speaks depends on the measured link; either way l > t decided it
-    assert re.fullmatch(r"(cache-affine|global-prefix): l=\d+ > t=64", mine[0]["reason"])
+    # which prefix rule speaks depends on the measured link; either way l > t decided it, with
+    # t = 64, or 128 when the loopback link's measured retransmissions (a loaded machine) made
+    # the congestion rule raise it by its factor of 2 (the rules' boundaries: test_route_boundaries)
+    assert re.fullmatch(r"(cache-affine|global-prefix): l=\d+ > t=(64|128)", mine[0]["reason"])
 
 
 def test_internal_apis_need_the_deployment_token(qwen: System) -> None:

@@ -26,7 +26,8 @@ def _banner(
 
 def _banner_of(topology: Topology, capsys: pytest.CaptureFixture[str]) -> str:
     launcher = SimpleNamespace(router_url="http://127.0.0.1:8000", procs={})
-    _print_banner(argparse.Namespace(json=False), topology, launcher)
+    record = Path("/run/prfaas/up-1.json")  # where `prfaas up` recorded the deployment
+    _print_banner(argparse.Namespace(json=False), topology, launcher, record)
     return capsys.readouterr().out
 
 

@@ -314,14 +314,13 @@ def _last_line(path: Path) -> str:
 def check_router_port(topology: Topology) -> None:
     """UserError naming the router's address when it cannot be bound now (e.g. another
     deployment serves there): checked before anything starts."""
-    from prfaas.service.http import bind_error
+    from prfaas.service.http import bind_refusal
     from prfaas.transport.sender import parse_address
 
     address = topology.router.http
     host, port = parse_address(address)
-    error = bind_error(host, port)
-    if error is not None:
-        reason = (error.strerror or str(error)).lower()
+    reason = bind_refusal(host, port)
+    if reason is not None:
         raise UserError(f"the router's port {port} ({address}) cannot be used: {reason}")
 
 

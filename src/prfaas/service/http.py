@@ -17,14 +17,13 @@ import socket
 import ssl
 import stat
 import sys
-from collections.abc import Awaitable, Callable, MutableMapping
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.types import Receive, Scope, Send
 
 from prfaas.errors import UserError
 from prfaas.service.limits import INSTANCE_MAX_BODY_BYTES, BodySizeLimit, BoundedHttpToolsProtocol
@@ -173,25 +172,24 @@ def _startup_failure(name: str, address: str, error: BaseException | None) -> st
     if error is not None:
         return f"{name}: cannot start: {type(error).__name__}: {_one_line(str(error))}"
     host, port = parse_address(address)
-    bind = bind_error(host, port)
-    reason = "cannot bind" if bind is None else (bind.strerror or str(bind)).lower()
-    return f"{name}: cannot serve on {address}: {reason}"
+    return f"{name}: cannot serve on {address}: {bind_refusal(host, port) or 'cannot bind'}"
 
 
 def _one_line(text: str) -> str:
     return " ".join(text.split()) or "(no message)"
 
 
-def bind_error(host: str, port: int) -> OSError | None:
-    """Why a listening socket cannot bind host:port now (None: it can), with the SO_REUSEADDR
-    uvicorn sets, so a port in TIME_WAIT counts as free and one another process serves does not."""
+def bind_refusal(host: str, port: int) -> str | None:
+    """Why a listening socket cannot bind host:port now, as the OS says it in lower case (None:
+    it can), with the SO_REUSEADDR uvicorn sets, so a port in TIME_WAIT counts as free and one
+    another process serves does not."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             sock.bind((host, port))
     except OSError as exc:
-        return exc
+        return (exc.strerror or str(exc)).lower()
     return None
 
 
@@ -203,11 +201,6 @@ def _stderr_is_file() -> bool:
         return False
 
 
-_Scope = MutableMapping[str, Any]
-_Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-_Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
-
-
 class StartupErrorProbe:
     """The app, keeping the exception its lifespan raised (uvicorn only logs it and exits)."""
 
@@ -215,7 +208,7 @@ class StartupErrorProbe:
         self.app = app
         self.error: BaseException | None = None
 
-    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "lifespan":
             await self.app(scope, receive, send)
             return

@@ -64,6 +64,7 @@ def register(subparsers: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from prfaas.engine import require_torch
     from prfaas.errors import UserError
     from prfaas.launch.local import EmbeddedOptions, Launcher, embedded_topology, free_port
     from prfaas.policy.route import threshold_text
@@ -71,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.max_tokens < 1:
         raise UserError(f"--max-tokens must be >= 1, got {args.max_tokens}")
+    require_torch("prfaas demo")
     if args.log_dir:
         prepare_output_dir(args.log_dir, "--log-dir")  # before any process starts
     with tempfile.TemporaryDirectory(prefix="prfaas-demo-") as tmp:

@@ -124,7 +124,13 @@ def _run_router(args: argparse.Namespace) -> int:
 
 
 def _run_up(args: argparse.Namespace) -> int:
-    from prfaas.launch.local import EmbeddedOptions, Launcher, check_router_port, embedded_topology
+    from prfaas.launch.local import (
+        EmbeddedOptions,
+        Launcher,
+        check_engines_installed,
+        check_router_port,
+        embedded_topology,
+    )
     from prfaas.launch.local_record import local_record, recorded
 
     if args.log_dir:
@@ -147,6 +153,7 @@ def _run_up(args: argparse.Namespace) -> int:
             config_path = Path(args.config).resolve()
         topology = _load(str(config_path))
         _check_transport(topology)
+        check_engines_installed(topology)
         log_dir = Path(args.log_dir) if args.log_dir else None
         if args.ray is not None:
             from prfaas.cli._ray_up import run_up_on_ray

@@ -31,6 +31,7 @@ from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.cli._verify_io import quiet_transformers, single_thread
 from prfaas.cli._verify_peer import DecodePeer
 from prfaas.cli._verify_serve import serve
+from prfaas.engine import require_torch
 from prfaas.errors import UserError
 
 _LINEAR_STATE_ATTRS = ("conv_states", "recurrent_states", "linear_cache")
@@ -82,6 +83,7 @@ class ArchResult:
 
 
 def run(args: argparse.Namespace) -> int:
+    require_torch("prfaas verify")
     archs = _parse_archs(args.arch)
     if args.prompt_tokens < 2:
         raise UserError(f"--prompt-tokens must be >= 2, got {args.prompt_tokens}")

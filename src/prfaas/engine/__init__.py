@@ -8,7 +8,12 @@ Names are imported lazily, so `import prfaas.engine.presets` stays light:
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
+
+from prfaas.errors import UserError
+
+ENGINE_EXTRA_HINT = "pip install 'prfaas[engine]'"
 
 _EXPORTS: dict[str, str] = {
     "Engine": "prfaas.engine.runner",
@@ -36,3 +41,15 @@ def __getattr__(name: str) -> Any:
     if name not in _EXPORTS:
         raise AttributeError(f"module 'prfaas.engine' has no attribute {name!r}")
     return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def torch_installed() -> bool:
+    """Whether the torch engine's extra is installed (the emulated engine needs no torch)."""
+    return importlib.util.find_spec("torch") is not None
+
+
+def require_torch(what: str) -> None:
+    """UserError in one line naming the extra to install when torch is not installed: `what`
+    (a command, an instance) runs the torch engine."""
+    if not torch_installed():
+        raise UserError(f"{what} needs the torch engine (not installed): {ENGINE_EXTRA_HINT}")

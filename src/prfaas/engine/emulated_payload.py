@@ -1,10 +1,11 @@
 """The emulated engine's payloads: how many bytes each layer's state has at a length (the model's
 KV and state sizes, optionally scaled down for a testbed's link), and their synthetic, checkable
-content: every tensor repeats an 8-byte pattern of (seed, req_id, tensor name), compared 8 bytes
-at a time on import. `EmulatedPayload` builds a request's layer states and checks a received
-payload against the patterns and the sizes this model's own spec gives the manifest's tokens
-(never the sender's layer kinds): every token after a left-out prefix on full-attention/MLA
-layers, a window's last tokens on sliding-window layers.
+content: every tensor repeats an 8-byte pattern of (seed, req_id, tensor name), compared a
+mebibyte at a time on import. Plain bytes, no torch: emulated deployments run on the base
+install. `EmulatedPayload` builds a request's layer states and checks a received payload against
+the patterns and the sizes this model's own spec gives the manifest's tokens (never the sender's
+layer kinds): every token after a left-out prefix on full-attention/MLA layers, a window's last
+tokens on sliding-window layers.
 """
 
 from __future__ import annotations
@@ -12,15 +13,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import torch
-
-from prfaas.engine.kv_state import PayloadView, collect_layers
+from prfaas.engine.payload import PayloadBytes, collect_layers
 from prfaas.engine.protocol import Buffers, LayerState
 from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import KVManifest, LayerEntry, TensorEntry
 from prfaas.models import LayerSpec, ModelSpec
 
 _PATTERN_BYTES = 8
+_COMPARE_CHUNK_BYTES = 1 << 20  # a multiple of the pattern: every chunk starts in phase
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class EmulatedPayload:
         for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix_tokens):
             name = f"L{layer.index}/{suffix}"
             entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
-            buffers.append(pattern_tensor(self.seed, req_id, name, size).numpy().data)
+            buffers.append(memoryview(pattern_bytes(self.seed, req_id, name, size)))
             offset += size
         entry = LayerEntry(layer.index, layer.kind.value, "EmulatedLayer", {}, tuple(entries))
         return LayerState(entry, buffers)
@@ -79,13 +79,13 @@ class EmulatedPayload:
                 f"manifest has {len(manifest.layers)} layer entries, this model has "
                 f"{len(self.spec.layers)} layers"
             )
-        payload = PayloadView(buffers)
+        payload = PayloadBytes(buffers)
         seed = int(manifest.cache_meta.get("seed", self.seed))
         for layer, entry in zip(self.spec.layers, manifest.layers, strict=True):
             self._check_sizes(layer, entry, manifest)
             for t in entry.tensors:
-                want = pattern_tensor(seed, manifest.req_id, t.name, t.num_bytes)
-                if not bytes_equal(payload.tensor(t, copy=False), want):
+                got = payload.view(t.offset_bytes, t.num_bytes)
+                if not is_pattern(got, pattern_key(seed, manifest.req_id, t.name)):
                     raise ManifestMismatch(f"{t.name}: payload bytes differ from what was sent")
 
     def _check_sizes(self, layer: LayerSpec, entry: LayerEntry, manifest: KVManifest) -> None:
@@ -142,22 +142,23 @@ def scaled_size(num_bytes: int, payload_scale: float) -> int:
     return num_bytes if payload_scale == 1.0 else max(1, round(num_bytes * payload_scale))
 
 
-def pattern_tensor(seed: int, req_id: str, name: str, num_bytes: int) -> torch.Tensor:
-    """The synthetic content of one tensor: an 8-byte pattern of (seed, req_id, name), repeated."""
-    key = hashlib.blake2b(f"{seed}|{req_id}|{name}".encode(), digest_size=_PATTERN_BYTES).digest()
-    word = int.from_bytes(key, "little", signed=True)
-    num_words = num_bytes // _PATTERN_BYTES + 1
-    words = torch.full((num_words,), word, dtype=torch.int64)  # [num_words], memset speed
-    return words.view(torch.uint8)[:num_bytes]  # [num_bytes]
+def pattern_key(seed: int, req_id: str, name: str) -> bytes:
+    """The 8 bytes one tensor's content repeats: a hash of (seed, req_id, tensor name)."""
+    return hashlib.blake2b(f"{seed}|{req_id}|{name}".encode(), digest_size=_PATTERN_BYTES).digest()
 
 
-def bytes_equal(got: torch.Tensor, want: torch.Tensor) -> bool:
-    """Equality of two uint8 tensors, compared 8 bytes at a time where both are aligned."""
-    if got.numel() != want.numel():
-        return False
-    head = got.numel() // _PATTERN_BYTES * _PATTERN_BYTES
-    is_aligned = got.data_ptr() % _PATTERN_BYTES == 0 and want.data_ptr() % _PATTERN_BYTES == 0
-    if not is_aligned or head == 0:
-        return torch.equal(got, want)
-    words_equal = torch.equal(got[:head].view(torch.int64), want[:head].view(torch.int64))
-    return words_equal and torch.equal(got[head:], want[head:])
+def pattern_bytes(seed: int, req_id: str, name: str, num_bytes: int) -> bytes:
+    """The synthetic content of one tensor: its pattern key repeated to `num_bytes`."""
+    key = pattern_key(seed, req_id, name)
+    return key * (num_bytes // _PATTERN_BYTES) + key[: num_bytes % _PATTERN_BYTES]
+
+
+def is_pattern(got: memoryview, key: bytes) -> bool:
+    """Whether `got` is `key` repeated from its first byte, compared a chunk at a time (one
+    chunk-sized copy at most: bytes comparison is a memcmp, memoryview comparison is not)."""
+    chunk = key * (min(got.nbytes, _COMPARE_CHUNK_BYTES) // _PATTERN_BYTES + 1)
+    for start in range(0, got.nbytes, _COMPARE_CHUNK_BYTES):
+        part = got[start : start + _COMPARE_CHUNK_BYTES]
+        if part.tobytes() != chunk[: part.nbytes]:
+            return False
+    return True

@@ -24,12 +24,13 @@ window is, the receiver reads from its own cache (`CacheTemplate`), never from t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from prfaas.engine.payload import PayloadBytes, collect_layers
 from prfaas.engine.protocol import ExportedState, LayerState
 from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import JSONDict, KVManifest, LayerEntry, TensorEntry
@@ -200,22 +201,6 @@ def cache_meta(cache: Any) -> JSONDict:
     return meta
 
 
-def collect_layers(
-    num_layers: int, layer_at: Callable[[int, int], LayerState]
-) -> tuple[list[LayerEntry], list[memoryview]]:
-    """The entries and buffers of a payload's layers 0..num_layers-1, layer i built by
-    `layer_at(i, offset)` at the offset where layer i-1 ended."""
-    layers: list[LayerEntry] = []
-    buffers: list[memoryview] = []
-    offset = 0
-    for i in range(num_layers):
-        state = layer_at(i, offset)
-        layers.append(state.entry)
-        buffers.extend(state.buffers)
-        offset += state.entry.num_bytes
-    return layers, buffers
-
-
 def export_state(
     cache: Any,
     kinds: Sequence[LayerKind],
@@ -248,41 +233,18 @@ def export_state(
     return ExportedState(manifest, buffers)
 
 
-class PayloadView:
-    """Several bytes-like buffers seen as one address space [0, total)."""
-
-    def __init__(self, buffers: Sequence[Any]):
-        self._views = [memoryview(b).cast("B") for b in buffers]
-        self._starts: list[int] = []
-        start = 0
-        for view in self._views:
-            self._starts.append(start)
-            start += view.nbytes
-        self.num_bytes = start
+class PayloadView(PayloadBytes):
+    """Several bytes-like buffers seen as one address space [0, total), read as tensors."""
 
     def tensor(self, entry: TensorEntry, *, copy: bool) -> torch.Tensor:
         dtype = getattr(torch, entry.dtype)
-        raw = self._bytes(entry.offset_bytes, entry.num_bytes)
+        raw = self.view(entry.offset_bytes, entry.num_bytes)
         if copy or raw.readonly or not _is_aligned(raw, dtype.itemsize):
             raw = memoryview(bytearray(raw))
         if raw.nbytes == 0:
             return torch.empty(entry.shape, dtype=dtype)
         flat = torch.frombuffer(raw, dtype=torch.uint8)  # [num_bytes]
         return flat.view(dtype).view(entry.shape)
-
-    def _bytes(self, offset: int, num_bytes: int) -> memoryview:
-        end = offset + num_bytes
-        if end > self.num_bytes:
-            raise ManifestMismatch(f"payload has {self.num_bytes} bytes, manifest needs {end}")
-        for start, view in zip(self._starts, self._views, strict=True):
-            if start <= offset and end <= start + view.nbytes:
-                return view[offset - start : end - start]
-        joined = bytearray()
-        for start, view in zip(self._starts, self._views, strict=True):
-            lo, hi = max(offset, start), min(end, start + view.nbytes)
-            if lo < hi:
-                joined += view[lo - start : hi - start]
-        return memoryview(joined)
 
 
 def _is_aligned(view: memoryview, itemsize: int) -> bool:

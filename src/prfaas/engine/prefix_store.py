@@ -35,12 +35,12 @@ import torch
 from prfaas.engine.kv_state import (
     CacheTemplate,
     cache_meta,
-    collect_layers,
     import_state,
     is_prefix_attention,
     layer_parts,
     layer_state,
 )
+from prfaas.engine.payload import collect_layers
 from prfaas.engine.prefix_book import (
     PrefixBook,
     check_prefix_payload,

@@ -15,6 +15,7 @@ import logging
 import os
 from typing import Any
 
+from prfaas.engine import require_torch
 from prfaas.engine.protocol import ServingEngine
 from prfaas.topology import InstanceConfig, Topology
 
@@ -45,6 +46,7 @@ def build_engine(topology: Topology, instance: InstanceConfig) -> ServingEngine:
             output_token_ids=printable_token_ids(topology),
             prefill_latency=None if curve is None else curve[0],
         )
+    require_torch(f'instance {instance.name} (engine = "torch")')
     import torch
 
     from prfaas.engine.loading import load_model

@@ -311,6 +311,20 @@ def _last_line(path: Path) -> str:
     return next((line.strip() for line in reversed(lines) if line.strip()), "")
 
 
+def check_engines_installed(topology: Topology) -> None:
+    """UserError before anything starts when instances of `topology` run the torch engine and
+    torch is not installed (emulated instances need none)."""
+    from prfaas.engine import ENGINE_EXTRA_HINT, torch_installed
+
+    torch_instances = [i.name for i in topology.instances if i.engine == "torch"]
+    if torch_instances and not torch_installed():
+        raise UserError(
+            f"instances {', '.join(torch_instances)} run the torch engine, which is not "
+            f"installed: {ENGINE_EXTRA_HINT} (or emulate them: engine = \"emulated\" in the "
+            "topology, prfaas up --engine emulated)"
+        )
+
+
 def check_router_port(topology: Topology) -> None:
     """UserError naming the router's address when it cannot be bound now (e.g. another
     deployment serves there): checked before anything starts."""

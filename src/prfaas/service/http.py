@@ -169,6 +169,8 @@ def serve_app(app: FastAPI, address: str, name: str, drain_s: float = 30.0) -> N
 
 def _startup_failure(name: str, address: str, error: BaseException | None) -> str:
     """One line: the app's startup exception, or why the address does not bind."""
+    if isinstance(error, UserError):  # already says what to do
+        return f"{name}: cannot start: {_one_line(str(error))}"
     if error is not None:
         return f"{name}: cannot start: {type(error).__name__}: {_one_line(str(error))}"
     host, port = parse_address(address)

@@ -168,9 +168,22 @@ def _pip_installs(commands: list[str]) -> list[list[str]]:
     return out
 
 
+def _make_extras(makefile: str, target: str) -> str:
+    """The extras a Makefile target installs (its target-specific `EXTRAS := ...`)."""
+    found = re.search(rf"^{re.escape(target)}: EXTRAS := ([a-z,]+)$", makefile, re.MULTILINE)
+    assert found is not None, f"no EXTRAS for {target} in the Makefile"
+    return found.group(1)
+
+
+def test_the_demo_installs_the_torch_engine_and_the_client_only() -> None:
+    """`make demo` on a fresh clone installs what the demo runs, not the dev and Ray extras."""
+    assert _make_extras((REPO / "Makefile").read_text(), "$(DEMO_STAMP)") == "engine,client"
+
+
 def test_dockerfile_installs_exactly_as_the_makefile() -> None:
     docker = [args for keyword, args in _dockerfile() if keyword == "RUN"]
-    recipe = _logical_lines((REPO / "Makefile").read_text())
+    makefile = (REPO / "Makefile").read_text()
+    recipe = _logical_lines(makefile.replace("$(EXTRAS)", _make_extras(makefile, "$(STAMP)")))
     make = [line for line in recipe if "pip install" in line]
     docker_pips, make_pips = _pip_installs(docker), _pip_installs(make)
     assert len(make_pips) == 2, make

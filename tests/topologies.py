@@ -27,6 +27,7 @@ from prfaas.launch.local import free_port
 from prfaas.policy.controller import ControllerConfig
 
 LOOPBACK = "127.0.0.1"
+ROUTER_API_KEY = "sk-test-key"  # the key of the router unit tests' app (tests/unit/router)
 HARDWARE_OF_KIND = {"prfaas": "h200", "pd": "h20"}  # the paper's: H200 prefills, H20 serves
 
 

@@ -8,7 +8,8 @@ and relay the decode instance's tokens as text: whole, or as server-sent events 
 `param` naming the request field at fault when the message names one) with a 4xx status for
 the client's mistakes and 503 when no instance can serve.
 Also: `/v1/models`, `/health` (the process is alive), `/ready` (every cluster has a ready
-instance; with the id of the deployment `prfaas up` started it in) and `/metrics` (Prometheus).
+instance; with the id of the deployment `prfaas up` started it in), `/metrics` (Prometheus) and
+the operator dashboard (`/dashboard`, `dashboard.py`; its history in `dashboard_history.py`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from prfaas.errors import UserError
 from prfaas.messages import TokenDelta
 from prfaas.router.control_loop import RouterControl
 from prfaas.router.control_routes import add_control_routes
+from prfaas.router.dashboard import add_dashboard_routes
+from prfaas.router.dashboard_history import DashboardHistory, RouteRecord
 from prfaas.router.decision import Dispatch, DispatchTrace
 from prfaas.router.dispatch import Dispatcher, NoInstanceError
 from prfaas.router.intake import ApiError, Prepared, RequestIntake, parse_json_body
@@ -55,6 +58,7 @@ class RouterService:
         self.topology, self.codec = topology, codec
         self.intake = RequestIntake(topology, codec)
         self.metrics = RouterMetrics()
+        self.dashboard = DashboardHistory()
         self.model_id = self.intake.model_id
 
     async def start(self) -> None:
@@ -67,7 +71,7 @@ class RouterService:
         self.prefixes = RouterPrefixIndex(
             self.topology.prefix_cache, self.topology.instances, self.client
         )
-        self.poller = InstancePoller(self.monitor, self.prefixes)
+        self.poller = InstancePoller(self.monitor, self.prefixes, after_round=self.sample)
         self.dispatcher = Dispatcher(
             self.topology, self.monitor, self.client, self.metrics, self.prefixes
         )
@@ -80,6 +84,7 @@ class RouterService:
                 self.client,
                 self.metrics,
                 self.dispatcher.set_threshold,
+                on_event=self.dashboard.record_control,
             )
             await self.control.start()
         await self.poller.start()
@@ -89,6 +94,17 @@ class RouterService:
             await self.control.close()
         await self.poller.close()
         await self.client.close()
+
+    def threshold_tokens(self) -> float | None:
+        """The threshold t the dispatcher routes with now (None: a deployment without one)."""
+        config = self.dispatcher.policy.config
+        return None if config is None else config.threshold_tokens
+
+    def sample(self) -> None:
+        """The dashboard's sample of t and the link's utilization (once per its period)."""
+        link = self.monitor.link_view(self.dispatcher.prfaas, self.dispatcher.pd)
+        utilization = None if link is None else link.utilization
+        self.dashboard.maybe_sample(self.threshold_tokens(), utilization)
 
     # ---- dispatch and relay ----------------------------------------------------------------
     def route(self, prepared: Prepared) -> Dispatch:
@@ -102,6 +118,7 @@ class RouterService:
             self.control.observe_routed(d.num_prompt_tokens - d.num_best_prefix_tokens)
         self.metrics.decisions.labels(d.route, d.rule).inc()
         self.metrics.prompt_tokens.labels(d.route).inc(d.num_prompt_tokens)
+        self.dashboard.record_route(route_record(d, self.dashboard.clock()))
         return d
 
     async def texts(self, trace: DispatchTrace, prepared: Prepared) -> AsyncIterator[Piece]:
@@ -114,9 +131,11 @@ class RouterService:
                 if delta.token_ids and trace.first_token_at is None:
                     trace.first_token_at = _first_token_at(trace, now)
                     self.metrics.ttft.labels(route).observe(trace.first_token_at - last_at)
+                    self.dashboard.record_ttft(trace.first_token_at - last_at)
                     last_at = now
                 elif delta.token_ids and prepared.is_stream:  # whole answers have no gaps
                     self.metrics.itl.labels(route).observe(now - last_at)
+                    self.dashboard.record_itl(now - last_at)
                     last_at = now
                 finish = _finish_reason(delta, text)
                 new = text.add(delta.token_ids, is_final=finish is not None)
@@ -214,6 +233,20 @@ def _event(body: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
 
+def route_record(d: Dispatch, at_s: float) -> RouteRecord:
+    """A decision as the dashboard lists it."""
+    return RouteRecord(
+        at_s=at_s,
+        req_id=d.req_id,
+        route=d.route,
+        reason=d.reason,
+        prefill_instance=d.prefill.config.name if d.prefill else None,
+        decode_instance=d.decode.config.name,
+        num_prompt_tokens=d.num_prompt_tokens,
+        num_incremental_tokens=d.num_incremental_tokens,
+    )
+
+
 def route_headers(d: Dispatch) -> dict[str, str]:
     return {
         "x-prfaas-route": d.route,
@@ -249,6 +282,7 @@ def build_router_app(topology: Topology) -> FastAPI:
     app.openapi = openapi  # type: ignore[method-assign]
     _add_error_handlers(app)
     add_control_routes(app)
+    add_dashboard_routes(app)
 
     async def generate(request: Request, is_chat: bool) -> Response:
         service: RouterService = app.state.service

@@ -69,11 +69,13 @@ class RouterControl:
         client: aiohttp.ClientSession,
         metrics: RouterMetrics,
         set_threshold: Callable[[float], None],
+        on_event: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         settings = topology.controller
         inputs, _ = planner_inputs(topology)
         self.topology, self.monitor, self.client, self.metrics = topology, monitor, client, metrics
         self.set_threshold = set_threshold
+        self.on_event = on_event  # each decision and finished role change (the dashboard's)
         self.driven = settings.driven
         self.t_decode_step_s = inputs.t_decode_step_s
         self.pd = topology.clusters_of_kind("pd")[0]
@@ -169,6 +171,7 @@ class RouterControl:
             entry = decision_dict(decision)
             log.info(json.dumps({"event": "control_decision", **entry}, default=str))
             self.decisions.append(entry)
+            self._report(entry)
             self._apply(decision)
             done.append(entry)
         return done
@@ -215,12 +218,18 @@ class RouterControl:
         except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
             entry["error"] = str(exc)
             log.warning(json.dumps({"event": "role_change_failed", **entry}))
+            self._report({"kind": "role_change_failed", **entry})
             self.monitor.mark_converting(state.config.name, None)
             return
         self.monitor.mark_converting(state.config.name, None)
         entry["done_at_s"] = self.now()
         self.metrics.role_changes.labels(role).inc()
         log.info(json.dumps({"event": "role_change_done", **entry}))
+        self._report({"kind": "role_change_done", **entry})
+
+    def _report(self, entry: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(entry)
 
     def status(self) -> dict[str, Any]:
         """The controller's state for `GET /internal/control`."""

@@ -183,18 +183,28 @@ class ClusterMonitor:
         instance, so no link to judge)."""
         if prfaas is None or pd is None:
             return None
-        dests = {i.kv for i in pd.instances if i.kv is not None}
         capacity = self.link_capacity_bytes_per_s
         senders = self.ready(prfaas, "prefill")
         views = [
             link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
-            for state in senders
-            for link in state.links()
-            if link.dest in dests
+            for state, link in self.link_connections(prfaas, pd)
         ]
         if senders and not views:
             return LinkView(capacity, utilization=0.0, backlog_bytes=0.0)
         return combine_link_views(views, capacity)
+
+    def link_connections(
+        self, prfaas: ClusterConfig, pd: ClusterConfig
+    ) -> list[tuple[InstanceState, LinkStats]]:
+        """Each ready PrfaaS prefill instance's measured connections to the PD cluster's KV
+        receivers, as its last poll reported them (empty: nothing sent over the link yet)."""
+        dests = {i.kv for i in pd.instances if i.kv is not None}
+        return [
+            (state, link)
+            for state in self.ready(prfaas, "prefill")
+            for link in state.links()
+            if link.dest in dests
+        ]
 
 
 def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:

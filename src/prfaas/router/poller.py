@@ -1,6 +1,7 @@
 """The router's one polling loop over the instances: every `poll_s`, each instance's stats (into
 the `ClusterMonitor`) and then, from an instance that answered, its new KV events (into the
-`RouterPrefixIndex`, when the deployment has a prefix cache).
+`RouterPrefixIndex`, when the deployment has a prefix cache), then `after_round` (the router
+takes the dashboard's samples there).
 
 All instances are polled at once each round; the round's next one starts `poll_s` after the
 slowest answer (or time-out). An instance that did not answer its stats poll is not asked for
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.router.prefix_index import RouterPrefixIndex
@@ -23,9 +25,14 @@ class InstancePoller:
     """Feeds the monitor's stats and the prefix index's events from one loop."""
 
     def __init__(
-        self, monitor: ClusterMonitor, prefixes: RouterPrefixIndex, poll_s: float = 0.25
+        self,
+        monitor: ClusterMonitor,
+        prefixes: RouterPrefixIndex,
+        poll_s: float = 0.25,
+        after_round: Callable[[], None] | None = None,
     ) -> None:
         self.monitor, self.prefixes, self.poll_s = monitor, prefixes, poll_s
+        self.after_round = after_round  # called after each round (the dashboard's sampling)
         self.stats_timeout_s = max(2.0, 4 * poll_s)
         self.events_timeout_s = max(5.0, 8 * poll_s)  # a snapshot after a restart can be large
         self._task: asyncio.Task[None] | None = None
@@ -42,6 +49,8 @@ class InstancePoller:
     async def poll_once(self) -> None:
         """One round: every instance at once."""
         await asyncio.gather(*(self._poll(s) for s in self.monitor.states.values()))
+        if self.after_round is not None:
+            self.after_round()
 
     async def _poll_forever(self) -> None:
         while True:

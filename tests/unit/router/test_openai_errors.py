@@ -4,37 +4,21 @@ list of token ids while a batch of several is refused with one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 
 from prfaas.errors import UserError
-from prfaas.launch.local import EmbeddedOptions, embedded_topology
-from prfaas.router.app import build_router_app
 from prfaas.router.intake import RequestIntake
 from prfaas.service.text import load_codec
-from prfaas.topology import Topology, load_topology
-
-API_KEY = "sk-test-key"
-
-
-@pytest.fixture(scope="module")
-def topology(tmp_path_factory: pytest.TempPathFactory) -> Topology:
-    options = EmbeddedOptions(router_port=8000, engine="emulated", api_keys=(API_KEY,))
-    return load_topology(embedded_topology(tmp_path_factory.mktemp("router"), options))
-
-
-@pytest.fixture(scope="module")
-def client(topology: Topology) -> Iterator[TestClient]:
-    with TestClient(build_router_app(topology)) as test_client:
-        yield test_client
+from prfaas.topology import Topology
+from topologies import ROUTER_API_KEY
 
 
 def _error(client: TestClient, body: dict[str, Any], status: int = 400) -> dict[str, Any]:
     reply = client.post(
-        "/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"}
+        "/v1/completions", json=body, headers={"Authorization": f"Bearer {ROUTER_API_KEY}"}
     )
     assert reply.status_code == status, reply.text
     error: dict[str, Any] = reply.json()["error"]

@@ -12,10 +12,11 @@ ARG PIP_EXTRA_INDEX_URL
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1
 
-# iproute2 (ip, tc) and openssl: what the network-namespace and mutual-TLS tests drive, so the
-# test suite runs whole in the image (.ci/run installs the same packages where they are missing)
+# iproute2 (ip, tc), openssl, chromium and chromium-driver: what the network-namespace, mutual-TLS
+# and dashboard browser tests drive, so the test suite runs whole in the image (.ci/run installs
+# the same packages where they are missing)
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends iproute2 openssl \
+    && apt-get install -y --no-install-recommends iproute2 openssl chromium chromium-driver \
     && rm -rf /var/lib/apt/lists/*
 
 WORKDIR /opt/prfaas

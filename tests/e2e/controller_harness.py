@@ -30,8 +30,11 @@ def write_topology(
     with_controller: bool,
     period_s: float = 10.0,
     prefix_block_tokens: int | None = None,
+    api_keys: tuple[str, ...] = (),
+    time_scale: float = 0.0,
 ) -> Path:
-    """The test topology; a driven `[controller]` that decides on the first tick it can."""
+    """The test topology; a driven `[controller]` that decides on the first tick it can.
+    `time_scale` 0: the emulated engines do not sleep."""
     controller = ControllerConfig(
         period_s=period_s,
         window_s=1000,
@@ -50,10 +53,11 @@ def write_topology(
         ),
         engine="emulated",
         emulate=EMULATE,
-        time_scale=0,
+        time_scale=time_scale,
         link_gbps=10,
         threshold=INITIAL_THRESHOLD,
         token=TOKEN,
+        api_keys=api_keys,
         controller=controller if with_controller else None,
         driven=True,
         prefix_cache=prefix_cache,

@@ -196,7 +196,8 @@ def test_dockerfile_installs_exactly_as_the_makefile() -> None:
 
 # ---- what the tests need besides Python -------------------------------------------------------
 
-TEST_TOOL_PACKAGES = {"iproute2", "openssl"}  # ip and tc (netns tests), openssl (mutual TLS)
+# ip and tc (netns tests), openssl (mutual TLS), headless Chromium (the dashboard's browser test)
+TEST_TOOL_PACKAGES = {"iproute2", "openssl", "chromium", "chromium-driver"}
 
 
 def _apt_installs(commands: list[str]) -> set[str]:

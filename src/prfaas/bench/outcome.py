@@ -31,6 +31,7 @@ class RequestResult:
     num_output_tokens: int = 0
     route: str | None = None
     kv_bytes: int = 0
+    prefill_s: float = math.nan  # the prefill instance's own time, when a PrfaaS router says it
     error: str | None = None
 
     @property
@@ -112,6 +113,8 @@ class StreamReader:
             if isinstance(info, dict):
                 r.route = info.get("route")
                 r.kv_bytes = int(info.get("kv_bytes") or 0)
+                if isinstance(info.get("prefill_s"), int | float):
+                    r.prefill_s = float(info["prefill_s"])
         elif isinstance(event.get("usage"), dict):
             r.num_output_tokens = int(event["usage"].get("completion_tokens", 0))
 

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "demo": "prfaas.cli.demo",
     "status": "prfaas.cli.status",
     "testbed": "prfaas.cli.testbed",
+    "profile": "prfaas.cli.profile",
 }
 
 

@@ -320,7 +320,7 @@ def check_engines_installed(topology: Topology) -> None:
     if torch_instances and not torch_installed():
         raise UserError(
             f"instances {', '.join(torch_instances)} run the torch engine, which is not "
-            f"installed: {ENGINE_EXTRA_HINT} (or emulate them: engine = \"emulated\" in the "
+            f'installed: {ENGINE_EXTRA_HINT} (or emulate them: engine = "emulated" in the '
             "topology, prfaas up --engine emulated)"
         )
 

@@ -57,6 +57,7 @@ from prfaas.router.decision import Dispatch, DispatchTrace, PrefixMove
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.router.prefix_index import RouterPrefixIndex
+from prfaas.router.vllm_driver import VLLM_ENGINE, VllmDriver
 from prfaas.service.http import FIRST_TOKEN_HEADER
 from prfaas.topology import ClusterConfig, Topology
 from prfaas.topology.derived import route_config_of
@@ -111,6 +112,8 @@ class Dispatcher:
         self.route_state = RouteState() if topology.controller.enabled else None
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
+        read_s = topology.policy.transfer_deadline_s + 120.0
+        self.vllm = VllmDriver(client, topology.model.name, read_s)
 
     # ---- decision --------------------------------------------------------------------------
     def decide(self, req_id: str, prompt_token_ids: Sequence[int]) -> Dispatch:
@@ -196,6 +199,10 @@ class Dispatcher:
         """The request's token deltas from its decode instance; ends with a finish_reason.
         With `stream` False the decode instance answers once, at the end."""
         d = trace.decision
+        if d.decode.config.engine == VLLM_ENGINE:
+            async for delta in self._run_on_vllm(trace, request):
+                yield delta
+            return
         policy = self.topology.policy
         job = DecodeJob(
             request,
@@ -217,6 +224,28 @@ class Dispatcher:
         finally:
             if prefill_task is not None:
                 await self._settle(prefill_task)
+
+    async def _run_on_vllm(
+        self, trace: DispatchTrace, request: GenerateRequest
+    ) -> AsyncIterator[TokenDelta]:
+        """Both halves on stock vLLM servers (`vllm_driver`), counted like any dispatch."""
+        d = trace.decision
+        with contextlib.ExitStack() as counted:
+            counted.enter_context(
+                self.monitor.dispatched(d.decode.config.name, d.num_prompt_tokens)
+            )
+            if d.prefill is not None:
+                name = d.prefill.config.name
+                counted.enter_context(self.monitor.dispatched(name, d.num_prompt_tokens))
+            async for delta in self.vllm.run(trace, request):
+                yield delta
+        result = trace.result
+        if result is not None and result.ok:
+            self.metrics.kv_bytes.labels(d.route).inc(result.num_kv_bytes)
+        elif result is not None:
+            log.warning(
+                json.dumps({"event": "prefill_failed", **trace.log_fields(), "error": result.error})
+            )
 
     async def _decode_stream(
         self, trace: DispatchTrace, job: DecodeJob

@@ -27,6 +27,7 @@ import aiohttp
 
 from prfaas.messages import InstanceStats
 from prfaas.policy import ClusterView, InstanceLoad, LinkView
+from prfaas.router.vllm_metrics import VLLM_ENGINE, stats_from_metrics
 from prfaas.topology import ClusterConfig, InstanceConfig, Topology
 from prfaas.transport.linkstats import LinkStats, LinkWindow
 
@@ -107,12 +108,16 @@ class ClusterMonitor:
 
     async def poll(self, state: InstanceState, timeout_s: float) -> bool:
         """Read the instance's stats; whether it answered."""
-        url = f"http://{state.config.http}/internal/stats"
+        is_vllm = state.config.engine == VLLM_ENGINE  # vLLM's own Prometheus exposition
+        url = f"http://{state.config.http}/{'metrics' if is_vllm else 'internal/stats'}"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
             async with self.client.get(url, timeout=timeout) as reply:
                 reply.raise_for_status()
-                state.stats = InstanceStats.from_dict(await reply.json())
+                if is_vllm:
+                    state.stats = stats_from_metrics(state.config, await reply.text())
+                else:
+                    state.stats = InstanceStats.from_dict(await reply.json())
                 state.update_egress(time.monotonic())
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             state.num_misses += 1

@@ -26,6 +26,8 @@ def check_topology(
     policy: PolicyConfig,
     controller: ControllerSettings,
     clusters: Sequence[ClusterConfig],
+    *,
+    has_prefix_cache: bool = False,
 ) -> None:
     """Every cross-check, in order; problems are added, not raised."""
     _check_names(problems, clusters)
@@ -33,6 +35,7 @@ def check_topology(
     _check_clusters(problems, clusters)
     _check_deployment(problems, policy, clusters)
     _check_controller(problems, controller, policy, clusters)
+    _check_vllm(problems, controller, clusters, has_prefix_cache)
 
 
 def _instance_keys(clusters: Sequence[ClusterConfig]) -> Iterable[tuple[str, InstanceConfig]]:
@@ -141,3 +144,21 @@ def _check_controller(
             problems.add(
                 f"{key}.kv", "with [controller], every PD instance needs kv (it may change role)"
             )
+
+
+def _check_vllm(
+    problems: Problems,
+    controller: ControllerSettings,
+    clusters: Sequence[ClusterConfig],
+    has_prefix_cache: bool,
+) -> None:
+    """vLLM instances talk to vLLM instances only (their KV goes through vLLM's connector); the
+    controller's role changes and the router's prefix index drive PrfaaS instances, not vLLM
+    servers (vLLM keeps its own prefix cache)."""
+    engines = {i.engine == "vllm" for _, i in _instance_keys(clusters)}
+    if engines == {True, False}:
+        problems.add("clusters", 'engine = "vllm" needs every instance of the topology on vLLM')
+    if True in engines and controller.enabled:
+        problems.add("controller", 'the controller does not drive engine = "vllm" instances yet')
+    if True in engines and has_prefix_cache:
+        problems.add("prefix_cache", 'engine = "vllm" instances keep vLLM\'s own prefix cache')

@@ -64,7 +64,7 @@ kind = "prfaas"              # prfaas | pd
                              # PrfaaS prefill: moved prefixes only)
   kv_listen = "0.0.0.0:8102" # optional, only with kv: where the KV receiver binds when the
                              # others reach it at kv through NAT or a proxy (default: kv)
-  engine = "torch"           # torch | emulated
+  engine = "torch"           # torch | emulated | vllm (a running `vllm serve` at http)
   hardware = "h200"          # hardware preset, timing of the emulated engine
   num_gpus = 8
 ```
@@ -84,7 +84,7 @@ from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
 from prfaas.types import DeploymentKind
 
 DTYPES = ("fp32", "bf16")
-ENGINES = ("torch", "emulated")
+ENGINES = ("torch", "emulated", "vllm")
 ROLES = ("prefill", "decode")
 CLUSTER_KINDS = ("prfaas", "pd")
 FAILURE_POLICIES = ("recompute", "fail")
@@ -137,7 +137,7 @@ class InstanceConfig:
     # receives moved prefixes (and a PD one may change role under [controller])
     kv: str | None = None
     kv_listen: str | None = None  # "host:port" the receiver binds when not kv (NAT, a proxy)
-    engine: str = "torch"  # "torch" | "emulated"
+    engine: str = "torch"  # "torch" | "emulated" | "vllm" (a `vllm serve` with the connector)
     hardware: str = "h200"  # hardware preset timing the emulated engine
     num_gpus: int = 8
 

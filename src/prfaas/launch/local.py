@@ -218,24 +218,40 @@ class Launcher:
         self.log_dir = log_dir
         self.command_prefix = {name: list(p) for name, p in (command_prefix or {}).items()}
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self._service_args: dict[str, list[str]] = {}
+        self._service_cmds: dict[str, tuple[list[str], dict[str, str]]] = {}
         self.deployment_id = secrets.token_hex(8)  # the router's /ready returns it
 
     def start(self) -> None:
         for inst in self.topology.instances:
-            self._spawn(inst.name, [inst.role, "--instance", inst.name])
+            if inst.engine == "vllm":
+                self._spawn_vllm(inst)
+            else:
+                self._spawn(inst.name, [inst.role, "--instance", inst.name])
         self._spawn("router", ["router"])
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        self._service_args[name] = list(args)
-        prefix = self.command_prefix.get(name, [])
-        cmd = [*prefix, sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
+        """A `prfaas` service of this topology: the router or one instance."""
+        cmd = [sys.executable, "-m", "prfaas", *args, "--config", str(self.config_path)]
+        self._start(name, cmd, {})
+
+    def _spawn_vllm(self, instance: topo.InstanceConfig) -> None:
+        """A `vllm serve` with the PrfaaS connector for an `engine = "vllm"` instance."""
+        from prfaas.launch.vllm_serve import VLLM_TOKEN_ENV, serve_args, vllm_command
+        from prfaas.service.http import TOKEN_ENV
+
+        token = os.environ.get(TOKEN_ENV) or self.topology.transport.token or ""
+        cmd = [*vllm_command(), *serve_args(self.topology, instance)]
+        self._start(instance.name, cmd, {VLLM_TOKEN_ENV: token})
+
+    def _start(self, name: str, cmd: list[str], extra_env: Mapping[str, str]) -> None:
+        self._service_cmds[name] = (list(cmd), dict(extra_env))
+        cmd = [*self.command_prefix.get(name, []), *cmd]
         out = None
         if self.log_dir is not None:
             out = (self.log_dir / f"{name}.log").open("ab")
         from prfaas.service.http import DEPLOYMENT_ID_ENV
 
-        env = {**os.environ, DEPLOYMENT_ID_ENV: self.deployment_id}
+        env = {**os.environ, **extra_env, DEPLOYMENT_ID_ENV: self.deployment_id}
         self.procs[name] = subprocess.Popen(
             cmd,
             stdout=out,
@@ -292,7 +308,7 @@ class Launcher:
         old = self.procs[name]
         if old.poll() is None:
             self.kill(name)
-        self._spawn(name, self._service_args[name])
+        self._start(name, *self._service_cmds[name])
 
     def __enter__(self) -> Launcher:
         self.start()
@@ -313,9 +329,13 @@ def _last_line(path: Path) -> str:
 
 def check_engines_installed(topology: Topology) -> None:
     """UserError before anything starts when instances of `topology` run the torch engine and
-    torch is not installed (emulated instances need none)."""
+    torch is not installed (emulated instances need none), or run vLLM and no vLLM is found."""
     from prfaas.engine import ENGINE_EXTRA_HINT, torch_installed
 
+    if any(i.engine == "vllm" for i in topology.instances):
+        from prfaas.launch.vllm_serve import vllm_command
+
+        vllm_command()  # UserError naming how to get vLLM
     torch_instances = [i.name for i in topology.instances if i.engine == "torch"]
     if torch_instances and not torch_installed():
         raise UserError(

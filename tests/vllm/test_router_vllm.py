@@ -1,0 +1,201 @@
+"""The PrfaaS router in front of stock `vllm serve` processes, all started by `prfaas up` from a
+topology of `engine = "vllm"` instances (a PrfaaS prefill, a PD prefill, a PD decode; a tiny
+random llama made here, with the project's byte tokenizer). Through the `openai` client: a long
+prompt is prefilled by the PrfaaS instance and its KV crosses to the decode instance over the
+PrfaaS connector, a short one stays in the PD cluster, the route header, the response's `prfaas`
+field and the router's metrics agree; greedy tokens through the router equal a lone vLLM
+instance's for the same prompt. Killing the PrfaaS prefill instance leaves the next long request
+to the PD cluster, still served.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from checkpoints import save_checkpoint
+from harness import run_engine
+
+from prfaas.engine.checkpoint import byte_tokenizer
+from prfaas.engine.presets import tiny_config_kwargs
+from prfaas.service.text import load_codec
+from prfaas.topology import ModelConfig
+
+TOKEN = "vllm-router-test"
+THRESHOLD_TOKENS = 64
+START_TIMEOUT_S = 900.0  # three vLLM engines start one after another on two loaded cores
+NUM_OUTPUT_TOKENS = 8
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+VLLM_ARGS = (
+    "--dtype bfloat16 --enforce-eager --max-model-len 2048 --kv-cache-memory-bytes 268435456"
+)
+
+
+def _free_port() -> int:
+    from harness import free_port
+
+    return free_port()
+
+
+def _topology(directory: Path, model: Path) -> tuple[Path, str]:
+    """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver)."""
+    ports = [_free_port() for _ in range(5)]
+    router = f"127.0.0.1:{ports[0]}"
+    text = f"""
+[model]
+name = "{model}"
+
+[router]
+http = "{router}"
+
+[policy]
+threshold = {THRESHOLD_TOKENS}
+transfer_deadline_s = 60
+
+[link]
+bandwidth_gbps = 10
+
+[transport]
+token = "{TOKEN}"
+
+[[clusters]]
+name = "prfaas"
+kind = "prfaas"
+  [[clusters.instances]]
+  name = "r0"
+  role = "prefill"
+  http = "127.0.0.1:{ports[1]}"
+  engine = "vllm"
+
+[[clusters]]
+name = "pd"
+kind = "pd"
+  [[clusters.instances]]
+  name = "p0"
+  role = "prefill"
+  http = "127.0.0.1:{ports[2]}"
+  engine = "vllm"
+  [[clusters.instances]]
+  name = "d0"
+  role = "decode"
+  http = "127.0.0.1:{ports[3]}"
+  kv = "127.0.0.1:{ports[4]}"
+  engine = "vllm"
+"""
+    path = directory / "topology.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path, f"http://{router}"
+
+
+def _checkpoint(directory: Path) -> Path:
+    model = save_checkpoint("llama", directory / "llama")
+    byte_tokenizer(tiny_config_kwargs("llama")).save_pretrained(model)
+    return model
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """`prfaas up` of the vLLM topology: (router URL, checkpoint, log folder)."""
+    work = tmp_path_factory.mktemp("router-vllm")
+    model = _checkpoint(work)
+    config, url = _topology(work, model)
+    logs = work / "logs"
+    logs.mkdir()
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
+        "PRFAAS_VLLM_ARGS": VLLM_ARGS,
+        "PRFAAS_RUN_DIR": str(work / "run"),
+    }
+    up = subprocess.Popen(
+        [sys.executable, "-m", "prfaas", "up", "--config", str(config), "--log-dir", str(logs),
+         "--ready-timeout", str(START_TIMEOUT_S)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S + 60
+        while not _ready(url):
+            assert up.poll() is None, f"prfaas up exited: {up.communicate()[1][-3000:]}"
+            assert time.monotonic() < deadline, "the vLLM deployment did not become ready"
+            time.sleep(1.0)
+        yield url, model, logs
+    finally:
+        up.send_signal(signal.SIGINT)
+        try:
+            up.communicate(timeout=180)
+        except subprocess.TimeoutExpired:
+            up.kill()
+            up.communicate()
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _completion(url: str, prompt: str | list[int]) -> tuple[str, dict[str, object], str]:
+    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    raw = client.completions.with_raw_response.create(
+        model=client.models.list().data[0].id, prompt=prompt, max_tokens=NUM_OUTPUT_TOKENS,
+        temperature=0,
+    )  # fmt: skip
+    reply = raw.parse()
+    info = reply.model_extra["prfaas"] if reply.model_extra else {}
+    return raw.headers["x-prfaas-route"], dict(info), reply.choices[0].text
+
+
+def _metric(url: str, name: str, route: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and f'route="{route}"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+LONG_PROMPT = "Hybrid attention keeps the KV cache small enough to cross datacenters. " * 6
+SHORT_PROMPT = "Where does my prefill run?"
+
+
+def test_a_long_prompt_prefills_on_prfaas_and_a_short_one_stays_local(
+    deployment: tuple[str, Path, Path],
+) -> None:
+    url, _, _ = deployment
+    before = _metric(url, "prfaas:route_decisions_total", "prfaas")
+    route, info, text = _completion(url, LONG_PROMPT)
+    assert route == "prfaas"
+    assert info["route"] == "prfaas" and info["prefill_instance"] == "r0"
+    assert info["decode_instance"] == "d0"
+    assert len(text) > 0
+    assert _metric(url, "prfaas:route_decisions_total", "prfaas") == before + 1
+    short_route, short_info, _ = _completion(url, SHORT_PROMPT)
+    assert short_route == "pd_prefill" and short_info["prefill_instance"] == "p0"
+
+
+def test_tokens_through_the_router_equal_one_vllm_instance(
+    deployment: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    """The router's text for a prompt of token ids is the text of the tokens one plain vLLM
+    process generates for the same ids (decoded by the router's own tokenizer), for a prompt
+    routed to the PrfaaS cluster and one kept local."""
+    url, model, _ = deployment
+    prompts = [[16 + (7 * i) % 200 for i in range(n)] for n in (300, 37)]  # over t; under t
+    spec = {"prompts": prompts, "num_output_tokens": NUM_OUTPUT_TOKENS, "dtype": "bfloat16"}
+    reference = run_engine("plain", model, spec, tmp_path)["results"]
+    codec = load_codec(ModelConfig(str(model)))
+    for prompt, want, route in zip(prompts, reference, ("prfaas", "pd_prefill"), strict=True):
+        got_route, _, text = _completion(url, prompt)
+        assert got_route == route
+        assert text == codec.decode(want["tokens"]), (route, want["tokens"])

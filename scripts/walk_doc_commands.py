@@ -70,6 +70,12 @@ class DocCommand:
         return f"{self.path}:{self.line}"
 
     @property
+    def runnable(self) -> str:
+        """The text less the first line's trailing comment (edits then append at the end)."""
+        first, newline, rest = self.text.partition("\n")
+        return TRAILING_COMMENT.sub("", first) + newline + rest
+
+    @property
     def head(self) -> str:
         """The first line less its trailing comment and `\\`, spaces squeezed: what rules match."""
         first = TRAILING_COMMENT.sub("", self.text.splitlines()[0]).rstrip().removesuffix("\\")
@@ -428,9 +434,12 @@ class Walk:
         if missing:
             outcome.why = missing
             return outcome
-        text = self._edited(command.text, rule)
+        text = self._edited(command.runnable, rule)
         outcome.ran = text
-        outcome.status = "ran" if text == command.text else "shortened"
+        if rule.needs == "root" and "--name " not in text:
+            outcome.status, outcome.problem = "failed", "a testbed command without --name"
+            return outcome
+        outcome.status = "ran" if text == command.runnable else "shortened"
         key = DocCommand(command.path, command.line, text).head
         if rule.once and key in self.first_run:
             outcome.status, outcome.why = "same", f"ran at {self.first_run[key]}"
@@ -470,6 +479,7 @@ class Walk:
             outcome.status = "failed"
 
     def _serve(self, outcome: Outcome, rule: Rule) -> None:
+        self.stop_server()
         started = time.monotonic()
         stderr_path = self.scratch / f"serve-{len(self.first_run)}.stderr"
         with stderr_path.open("w") as stderr:
@@ -503,6 +513,8 @@ class Walk:
             code = None
         left = not poll_until(lambda: not group_alive(server.proc.pid), SERVE_STOP_TIMEOUT_S)
         kill_group(server.proc.pid)
+        with suppress(subprocess.TimeoutExpired):
+            server.proc.wait(timeout=SERVE_STOP_TIMEOUT_S)  # reaped, once killed
         stderr = server.stderr_path.read_text()
         problem = ""
         if code != 0:

@@ -198,4 +198,4 @@ def test_a_server_that_ignores_ctrl_c_fails_and_is_killed(
     session.stop_server()
     assert outcome.status == "failed"
     assert outcome.problem.startswith("Ctrl-C: exit status None")
-    assert not walker.group_alive(pid)
+    assert walker.poll_until(lambda: not walker.group_alive(pid), 30.0), "group not killed"

@@ -436,8 +436,8 @@ class Walk:
             return outcome
         text = self._edited(command.runnable, rule)
         outcome.ran = text
-        if rule.needs == "root" and "--name " not in text:
-            outcome.status, outcome.problem = "failed", "a testbed command without --name"
+        if rule.needs == "root" and self.context["testbed"] not in text:
+            outcome.status, outcome.problem = "failed", "a testbed command not named the walk's"
             return outcome
         outcome.status = "ran" if text == command.runnable else "shortened"
         key = DocCommand(command.path, command.line, text).head

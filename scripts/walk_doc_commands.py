@@ -39,6 +39,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 CONSOLE_LANGS = frozenset({"console", "shell-session"})
@@ -105,7 +106,9 @@ def extract_commands(markdown: str, path: str) -> list[DocCommand]:
     return commands
 
 
-def _command_at(lines: list[str], index: int, lang: str | None) -> tuple[dict, int] | None:
+def _command_at(
+    lines: list[str], index: int, lang: str | None
+) -> tuple[dict[str, Any], int] | None:
     """The command starting at `lines[index]` in a block of `lang` and its line count, or None."""
     line = lines[index]
     if lang in CONSOLE_LANGS:

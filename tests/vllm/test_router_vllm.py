@@ -4,12 +4,13 @@ random llama made here, with the project's byte tokenizer). Through the `openai`
 prompt is prefilled by the PrfaaS instance and its KV crosses to the decode instance over the
 PrfaaS connector, a short one stays in the PD cluster, the route header, the response's `prfaas`
 field and the router's metrics agree; greedy tokens through the router equal a lone vLLM
-instance's for the same prompt. Killing the PrfaaS prefill instance leaves the next long request
-to the PD cluster, still served.
+instance's for the same prompt; `prfaas profile` measures one of the instances and `prfaas plan`
+plans with the file. (A killed instance: test_router_vllm_faults.py.)
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -41,7 +42,7 @@ VLLM_ARGS = (
 )
 
 
-def _topology(directory: Path, model: Path) -> tuple[Path, str]:
+def _topology(directory: Path, model: Path, failure: str = "recompute") -> tuple[Path, str]:
     """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver), on vLLM."""
     spec = TopologySpec(
         engine="vllm",
@@ -49,6 +50,7 @@ def _topology(directory: Path, model: Path) -> tuple[Path, str]:
         threshold=THRESHOLD_TOKENS,
         token=TOKEN,
         transfer_deadline_s=60.0,
+        failure=failure,
     )
     path = spec.write(directory)
     return path, f"http://{load_topology(path).router.http}"
@@ -93,6 +95,10 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         except subprocess.TimeoutExpired:
             up.kill()
             up.communicate()
+
+
+def _config_of(logs: Path) -> Path:
+    return logs.parent / "topology.toml"
 
 
 def _ready(url: str) -> bool:
@@ -141,18 +147,54 @@ def test_a_long_prompt_prefills_on_prfaas_and_a_short_one_stays_local(
     assert short_route == "pd_prefill" and short_info["prefill_instance"] == "p0"
 
 
-def test_tokens_through_the_router_equal_one_vllm_instance(
-    deployment: tuple[str, Path, Path], tmp_path: Path
-) -> None:
-    """The router's text for a prompt of token ids is the text of the tokens one plain vLLM
-    process generates for the same ids (decoded by the router's own tokenizer), for a prompt
-    routed to the PrfaaS cluster and one kept local."""
-    url, model, _ = deployment
-    prompts = [[16 + (7 * i) % 200 for i in range(n)] for n in (300, 37)]  # over t; under t
+PROMPTS = {
+    "prfaas": [16 + (7 * i) % 200 for i in range(300)],
+    "pd_prefill": [16 + i for i in range(37)],
+}
+
+
+@pytest.fixture(scope="module")
+def expected_text(
+    deployment: tuple[str, Path, Path], tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, str]:
+    """Per route, the text of the greedy tokens one plain vLLM process generates for its prompt
+    (decoded by the router's own tokenizer)."""
+    _, model, _ = deployment
+    prompts = list(PROMPTS.values())
     spec = {"prompts": prompts, "num_output_tokens": NUM_OUTPUT_TOKENS, "dtype": "bfloat16"}
-    reference = run_engine("reference", model, spec, tmp_path)["results"]
+    work = tmp_path_factory.mktemp("reference")
+    results = run_engine("reference", model, spec, work)["results"]
     codec = load_codec(ModelConfig(str(model)))
-    for prompt, want, route in zip(prompts, reference, ("prfaas", "pd_prefill"), strict=True):
+    return {route: codec.decode(r["tokens"]) for route, r in zip(PROMPTS, results, strict=True)}
+
+
+def test_tokens_through_the_router_equal_one_vllm_instance(
+    deployment: tuple[str, Path, Path], expected_text: dict[str, str]
+) -> None:
+    """Token ids in, text out: on both routes the router's text is one vLLM process's."""
+    url, _, _ = deployment
+    for route, prompt in PROMPTS.items():
         got_route, _, text = _completion(url, prompt)
         assert got_route == route
-        assert text == codec.decode(want["tokens"]), (route, want["tokens"])
+        assert text == expected_text[route], route
+
+
+def test_prfaas_profile_measures_a_vllm_instance_and_plan_reads_it(
+    deployment: tuple[str, Path, Path], tmp_path: Path
+) -> None:
+    _, _, logs = deployment
+    topology = load_topology(_config_of(logs))
+    out = tmp_path / "vllm-profile.json"
+    profile = [sys.executable, "-m", "prfaas", "profile", "--url", f"http://{topology.instance('r0').http}",
+               "--lengths", "64,256,1024", "--repeats", "2", "--batch-sizes", "1,2",
+               "--decode-tokens", "4", "--output", str(out), "--json"]  # fmt: skip
+    done = subprocess.run(profile, capture_output=True, text=True, timeout=600, check=False)
+    assert done.returncode == 0, done.stderr
+    document = json.loads(done.stdout)
+    assert document["prefill_latency_from"] == "ttft"  # vLLM reports no prefill_s
+    assert [r["tokens"] for r in document["rows"]] == [64, 256, 1024]
+    plan = [sys.executable, "-m", "prfaas", "plan", "--preset", "paper-case-study",
+            "--prfaas-latency", f"profile:{out}", "--json"]  # fmt: skip
+    planned = subprocess.run(plan, capture_output=True, text=True, timeout=600, check=False)
+    assert planned.returncode == 0, planned.stderr
+    assert json.loads(planned.stdout)

@@ -113,7 +113,9 @@ class Dispatcher:
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
         read_s = topology.policy.transfer_deadline_s + 120.0
-        self.vllm = VllmDriver(client, topology.model.name, read_s)
+        self.vllm = VllmDriver(
+            client, topology.model.name, read_s, topology.policy.failure, monitor.mark_down
+        )
 
     # ---- decision --------------------------------------------------------------------------
     def decide(self, req_id: str, prompt_token_ids: Sequence[int]) -> Dispatch:

@@ -13,6 +13,11 @@ A request the policy sends to a prefill instance (PrfaaS or PD-P):
    parameters; its connector fills the blocks from the transfer (or, when the transfer is lost,
    late or corrupt, vLLM's `kv_load_failure_policy` recomputes) and it streams the rest.
 
+When the prefill instance fails (gone, an error, an answer without the parameters), the
+topology's `failure` policy applies: `recompute` sends the whole request to the decode instance,
+which prefills it itself; `fail` ends it in an error. An instance that cannot be connected to is
+marked down, so the next requests go elsewhere.
+
 A request that stays on the decode instance (colocated) is one streamed completion. The
 parameters' shapes are `prfaas.vllm.params`' (standard library only). Token ids travel both
 ways (`return_token_ids`), so the router's own detokenizer and stop strings apply as for the
@@ -22,8 +27,9 @@ other engines. The instances' load comes from their `/metrics` (`vllm_metrics`).
 from __future__ import annotations
 
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -33,6 +39,7 @@ from prfaas.router.decision import DispatchTrace
 from prfaas.router.vllm_metrics import VLLM_ENGINE as VLLM_ENGINE
 from prfaas.topology import InstanceConfig
 
+log = logging.getLogger("prfaas.router")
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # anything else ends in an error
 
 
@@ -114,8 +121,18 @@ def stream_delta(req_id: str, event: dict[str, Any]) -> TokenDelta | None:
 class VllmDriver:
     """Drives one request over vLLM instances; yields its token deltas."""
 
-    def __init__(self, client: aiohttp.ClientSession, model: str, read_timeout_s: float) -> None:
-        self.client, self.model = client, model
+    def __init__(
+        self,
+        client: aiohttp.ClientSession,
+        model: str,
+        read_timeout_s: float,
+        failure: str = "recompute",
+        mark_down: Callable[[str, str], None] = lambda name, reason: None,
+    ) -> None:
+        """`failure`: the topology's policy when the prefill side fails ("recompute": the decode
+        instance prefills the request itself; "fail": the request ends in an error).
+        `mark_down(name, reason)`: told of an instance that cannot be connected to."""
+        self.client, self.model, self.failure, self.mark_down = client, model, failure, mark_down
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=10.0, sock_read=read_timeout_s
         )
@@ -132,7 +149,13 @@ class VllmDriver:
                 yield delta
             return
         first = await self._prefill(trace, request)
-        if isinstance(first, TokenDelta):  # the prefill failed: an error delta
+        if isinstance(first, TokenDelta) and self.failure == "recompute":
+            log.warning(json.dumps({"event": "prefill_failed_recompute", **trace.log_fields()}))
+            body = completion_body(request, self.model, prompt, max_tokens, stream=True)
+            async for delta in self._stream(trace, body):
+                yield delta
+            return
+        if isinstance(first, TokenDelta):  # the prefill failed, and the policy is to fail
             yield first
             return
         token_id, reason, params = first
@@ -175,6 +198,8 @@ class VllmDriver:
                     raise VllmAnswerError(f"answered {reply.status}: {text}")
                 token_id, reason, returned = prefill_answer(await reply.json())
         except (aiohttp.ClientError, TimeoutError, ValueError, VllmAnswerError) as exc:
+            if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ServerDisconnectedError):
+                self.mark_down(d.prefill.config.name, str(exc))
             error = f"prefill instance {d.prefill.config.name} failed: {exc}"
             trace.result = PrefillResult(request.req_id, d.transfer_id, ok=False, error=error)
             return TokenDelta(request.req_id, (), "error", error)

@@ -82,8 +82,12 @@ def _register_up(sub: Any) -> None:
         "gbps x payload-scale / time-scale.",
     )
     _common(p)
-    p.add_argument("--engine", choices=["emulated", "torch"], default="emulated")
-    p.add_argument("--model", default="qwen3_next", help="served model (tiny preset for torch)")
+    p.add_argument("--engine", choices=["emulated", "torch", "vllm"], default="emulated")
+    p.add_argument(
+        "--model",
+        default="qwen3_next",
+        help="served model (torch: a tiny preset; vllm: a checkpoint directory)",
+    )
     p.add_argument("--emulate", default="paper-1t", help="model preset emulated engines time")
     p.add_argument(
         "--gbps",
@@ -189,22 +193,22 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
     """The `TestbedSpec` of `up`'s flags (engine-dependent defaults filled in)."""
     from prfaas.testbed.layout import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
 
-    torch = args.engine == "torch"
-    if torch and (args.time_scale is not None or args.payload_scale is not None):
+    real = args.engine != "emulated"  # torch or vLLM: a model really runs, nothing is scaled
+    if real and (args.time_scale is not None or args.payload_scale is not None):
         raise UserError("--time-scale and --payload-scale apply to --engine emulated only")
-    default_gbps = TORCH_LINK_GBPS if torch else PAPER_LINK_GBPS
+    default_gbps = TORCH_LINK_GBPS if real else PAPER_LINK_GBPS
     scale = TestbedScale(
         args.gbps if args.gbps is not None else default_gbps,
         args.time_scale if args.time_scale is not None else 1.0,
-        args.payload_scale if args.payload_scale is not None else (1.0 if torch else 0.01),
+        args.payload_scale if args.payload_scale is not None else (1.0 if real else 0.01),
     )
     if args.deployment != "prfaas" and args.threshold is not None:
         raise UserError(f"--threshold applies to --deployment prfaas, not {args.deployment}")
-    threshold = args.threshold if args.threshold is not None else (128.0 if torch else "auto")
+    threshold = args.threshold if args.threshold is not None else (128.0 if real else "auto")
     return TestbedSpec(
         name=args.name,
         engine=args.engine,
-        model=args.model,
+        model=_served_model(args.engine, args.model),
         emulate=args.emulate,
         scale=scale,
         num_prfaas_prefill=args.prfaas,
@@ -343,3 +347,16 @@ def _router_told(report: dict[str, Any]) -> str:
     if report["router_informed"]:
         return "; the router was told"
     return f"; the router was NOT told: {report['router_reason']}"
+
+
+def _served_model(engine: str, model: str) -> str:
+    """vLLM serves a checkpoint directory: made absolute against the working directory (the
+    servers start elsewhere); the other engines take the name as given."""
+    if engine != "vllm":
+        return model
+    directory = Path(model).expanduser().resolve()
+    if not (directory / "config.json").is_file():
+        raise UserError(
+            f"--model {model}: a vLLM testbed serves a checkpoint directory with a config.json"
+        )
+    return str(directory)

@@ -41,7 +41,7 @@ from prfaas.types import DeploymentKind
 
 DEFAULT_NAME = "prfaas-tb"
 DEFAULT_STATE_ROOT = Path("/run/prfaas-testbed")
-ENGINES = ("emulated", "torch")
+ENGINES = ("emulated", "torch", "vllm")  # vllm: vLLM servers with the PrfaaS connector
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 PAPER_LINK_GBPS = 100.0  # the case study's inter-datacenter link
 TORCH_LINK_GBPS = 1.0  # the tiny torch model's default link: its payloads are KB, not GB
@@ -186,8 +186,8 @@ class TestbedSpec:
     __test__ = False  # not a pytest test class, despite its name
 
     name: str = DEFAULT_NAME
-    engine: str = "emulated"  # emulated | torch
-    model: str = "qwen3_next"  # served name and tokenizer (the torch engine's tiny preset)
+    engine: str = "emulated"  # emulated | torch | vllm
+    model: str = "qwen3_next"  # served name and tokenizer (torch: a tiny preset; vllm: a directory)
     emulate: str = "paper-1t"  # emulated engines' model preset
     scale: TestbedScale = field(default_factory=TestbedScale)
     num_prfaas_prefill: int = 1
@@ -219,9 +219,10 @@ class TestbedSpec:
             raise UserError(f"the controller adapts a 'prfaas' deployment, not {self.deployment!r}")
         if self.controller_period_s is not None and not self.controller:
             raise UserError("a controller period needs --controller")
-        if self.uses_threshold and self.engine == "torch" and self.threshold == "auto":
+        real = self.engine != "emulated"  # a model really runs: nothing is scaled
+        if self.uses_threshold and real and self.threshold == "auto":
             raise UserError("threshold 'auto' needs the emulated engine; give a token count")
-        if self.engine == "torch" and (self.scale.time_scale, self.scale.payload_scale) != (1, 1):
+        if real and (self.scale.time_scale, self.scale.payload_scale) != (1, 1):
             raise UserError("time and payload scaling apply to the emulated engine only")
 
     def _check_prefill_latency(self) -> None:

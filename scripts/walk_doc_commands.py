@@ -238,13 +238,13 @@ RULES: tuple[Rule, ...] = (
     Rule(
         r"prfaas profile --url .*",
         "skip",
-        "measures a server the reader runs; tests/e2e/test_profile.py runs it against a live "
-        "deployment and reads its file with kv and plan",
+        "measures a server the reader runs; tests/e2e/test_profile_command.py runs it against a "
+        "live deployment and reads its file with kv and plan",
     ),
     Rule(
         r"prfaas (plan .*profile:h200\.json|kv --profile h200\.json)",
         "skip",
-        "reads the file the prfaas profile line above writes (tests/e2e/test_profile.py)",
+        "reads the file the prfaas profile line above writes (tests/e2e/test_profile_command.py)",
     ),
     Rule(r"prfaas kv --model \S+ --lengths 32K --json", "run", check=r'"s_kv_mib": 7936\.0'),
     Rule(r"prfaas kv .*", "run", check=KV_TABLE),

@@ -7,12 +7,11 @@ Loaded by vLLM through its KV-transfer config (docs/vllm.md has the command line
      "kv_role": "kv_producer" | "kv_consumer",
      "kv_connector_extra_config": {"token": "...", "kv_address": "0.0.0.0:15000", ...}}
 
-`kv_connector_extra_config` keys: `token` (the transport's shared secret; or the environment's
-PRFAAS_KV_TOKEN), `kv_address` (consumer: where its receiver listens), `load_timeout_s`
-(consumer: how long a request waits for its transfer, default 60), `transfer_log` (a JSONL file
-with one line per settled transfer). vLLM makes one connector object in the scheduler and one in
-each worker; this class holds the scheduler's bookkeeping here and the worker's transport in
-`prfaas.vllm.worker`. The `kv_transfer_params` it reads and returns are `prfaas.vllm.params`'.
+`kv_connector_extra_config` keys (docs/vllm.md has the table): `token` (the transport's shared
+secret; or the environment's PRFAAS_KV_TOKEN), `kv_address`, `load_timeout_s`,
+`unclaimed_timeout_s` and `transfer_log`. vLLM makes one connector object in the scheduler and
+one in each worker; this class holds the scheduler's bookkeeping here and the worker's transport
+in `prfaas.vllm.worker`. The `kv_transfer_params` it reads and returns are `prfaas.vllm.params`'.
 """
 
 from __future__ import annotations
@@ -67,6 +66,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 DEFAULT_LOAD_TIMEOUT_S = 60.0
+DEFAULT_UNCLAIMED_TIMEOUT_S = 120.0
 TOKEN_ENV = "PRFAAS_KV_TOKEN"
 P = TypeVar("P", ProducerParams, ConsumerParams)
 
@@ -143,6 +143,7 @@ class PrfaasConnector(KVConnectorBase_V1, SupportsHMA):  # type: ignore[misc]
                 self._load_timeout_s(),
                 self._counters,
                 transfer_log,
+                float(self._extra.get("unclaimed_timeout_s", DEFAULT_UNCLAIMED_TIMEOUT_S)),
             )
 
     def start_load_kv(self, forward_context: ForwardContext, **kwargs: Any) -> None:

@@ -35,6 +35,7 @@ from prfaas.vllm.blocks import (
     CacheLayer,
     LayoutMismatch,
     byte_view,
+    check_entry,
     gather_layer,
     layer_entry,
     scatter_layer,
@@ -277,13 +278,15 @@ class ConsumerWorker:
         load_timeout_s: float,
         counters: TransferCounters,
         transfer_log: TransferLog,
+        unclaimed_timeout_s: float = 120.0,
     ) -> None:
         self._identity, self._caches = identity, caches
         self._counters, self._log = counters, transfer_log
         self._load_timeout_s = load_timeout_s
+        self._unclaimed_timeout_s = unclaimed_timeout_s
         self._lock = threading.Lock()
         self._arrived: dict[str, tuple[ReceivedTransfer, float]] = {}
-        self._transport_failures: dict[str, str] = {}
+        self._transport_failures: dict[str, tuple[str, float]] = {}  # reason, when
         self._given_up: dict[str, None] = {}  # insertion-ordered, bounded
         self._pending: dict[str, _PendingLoad] = {}
         self._loop = LoopThread("prfaas-kv-recv")
@@ -316,7 +319,24 @@ class ConsumerWorker:
             if error is not None:
                 failed.add(req_id)
                 self._give_up(pending.job, error)
+        self._drop_unclaimed(now)
         return finished, failed
+
+    def _drop_unclaimed(self, now: float) -> None:
+        """Free transfers (and forget transport failures) no request claimed within
+        `unclaimed_timeout_s` of their arrival: their decode request is never coming."""
+        give_up_before = now - self._unclaimed_timeout_s
+        with self._lock:
+            stale = [t for t, (_, at) in self._arrived.items() if at < give_up_before]
+            dropped = [self._arrived.pop(t)[0] for t in stale]
+            for transfer_id, (_, at) in list(self._transport_failures.items()):
+                if at < give_up_before:
+                    del self._transport_failures[transfer_id]
+        for received in dropped:
+            self._loop.loop.call_soon_threadsafe(received.release)
+        if stale:
+            log.warning("dropped %d transfers no request claimed: %s", len(stale), stale[:3])
+            self._counters.add("num_unclaimed_transfers", len(stale))
 
     def close(self) -> None:
         self._loop.submit(self._receiver.close()).result(timeout=10)
@@ -326,11 +346,11 @@ class ConsumerWorker:
         transfer_id = pending.job.transfer_id
         with self._lock:
             arrived = self._arrived.pop(transfer_id, None)
-            transport_error = self._transport_failures.pop(transfer_id, None)
+            transport_failure = self._transport_failures.pop(transfer_id, None)
         if arrived is not None:
             return self._load(pending.job, arrived[0]), True
-        if transport_error is not None:
-            return f"transfer failed in the transport: {transport_error}", True
+        if transport_failure is not None:
+            return f"transfer failed in the transport: {transport_failure[0]}", True
         if now >= pending.give_up_at:
             return f"no transfer within load_timeout_s={self._load_timeout_s:g}", True
         return None, False
@@ -340,6 +360,8 @@ class ConsumerWorker:
             num_blocks = self._scatter(job, received)
         except LayoutMismatch as exc:
             return f"refused: {exc}"
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            return f"refused: a malformed transfer ({type(exc).__name__}: {exc})"
         finally:
             self._loop.loop.call_soon_threadsafe(received.release)
         num_bytes = received.manifest.total_bytes
@@ -362,6 +384,9 @@ class ConsumerWorker:
         num_blocks = 0
         for entry in manifest.layers:
             layer = self._identity.layers[str(entry.flags["layer_name"])]
+            if entry.num_bytes == 0:  # no block of this layer was sent: only check its layout
+                check_entry(layer, entry)
+                continue
             data = received.tensor_view(entry.tensors[0])
             num_blocks += scatter_layer(
                 layer,
@@ -414,7 +439,7 @@ class ConsumerWorker:
 
     def _on_failure(self, transfer_id: str, reason: str) -> None:
         with self._lock:
-            self._transport_failures[transfer_id] = reason
+            self._transport_failures[transfer_id] = (reason, time.monotonic())
 
 
 def _remember(ids: dict[str, None], transfer_id: str) -> None:

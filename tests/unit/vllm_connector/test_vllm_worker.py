@@ -14,9 +14,10 @@ import pytest
 import torch
 
 from polling import wait_until
-from prfaas.transport import TransportConfig
+from prfaas.messages import KVManifest
+from prfaas.transport import ReceivedTransfer, TransportConfig
 from prfaas.types import LayerKind
-from prfaas.vllm.blocks import CacheLayer
+from prfaas.vllm.blocks import CacheLayer, layer_entry
 from prfaas.vllm.worker import (
     ConsumerWorker,
     LoadJob,
@@ -174,5 +175,48 @@ def test_a_transfer_that_never_comes_fails_the_load_and_a_late_one_is_dropped(
         wait_until(lambda: counters.values.get("num_late_transfers") == 1, WAIT_S,
                    "the late transfer to be dropped")  # fmt: skip
         assert not consumer._arrived
+    finally:
+        consumer.close()
+
+
+def test_a_manifest_that_lies_about_its_payload_fails_the_load_not_the_engine(
+    tmp_path: Path,
+) -> None:
+    """A transfer whose tensor shape does not fit its bytes (or whose layer has no buffer) is a
+    failed load: an exception here would stop vLLM's worker, and with it every request."""
+    consumer = _consumer(tmp_path, IDENTITY)
+    try:
+        entries, buffers, starts, offset = [], {}, {}, 0
+        for layer in LAYERS.values():
+            positions = [0, 1] if layer.index == 0 else [0]  # layer 0 says 2 blocks...
+            entries.append(layer_entry(layer, positions, offset, NUM_TOKENS))
+            buffers[layer.index] = memoryview(bytearray(layer.block_bytes))  # ...carries 1
+            starts[layer.index] = offset
+            offset += entries[-1].num_bytes
+        manifest = KVManifest("t-bad", "r", "tiny", 3, tuple(entries), NUM_TOKENS, None,
+                              model_fingerprint=IDENTITY.fingerprint)  # fmt: skip
+        consumer._on_transfer(ReceivedTransfer(manifest, buffers, starts))
+        assert _load(consumer, "t-bad") == {"req-c"}
+        assert "a malformed transfer" in _log(tmp_path)[0]["error"]
+    finally:
+        consumer.close()
+
+
+def test_a_transfer_no_request_claims_is_freed(producer: ProducerWorker, tmp_path: Path) -> None:
+    consumer = ConsumerWorker(
+        IDENTITY, _caches("zeros"), _config(), ("127.0.0.1", 0), WAIT_S, TransferCounters(),
+        TransferLog(None), unclaimed_timeout_s=0.05,
+    )  # fmt: skip
+    try:
+        _send(producer, consumer.address, "t-nobody")
+
+        def dropped() -> bool:
+            consumer.poll()
+            return consumer._counters.values.get("num_unclaimed_transfers") == 1
+
+        wait_until(dropped, WAIT_S, "the unclaimed transfer to be dropped")
+        assert not consumer._arrived
+        pool = consumer._receiver.pool
+        wait_until(lambda: pool.in_use_bytes == 0, WAIT_S, "its buffers back in the pool")
     finally:
         consumer.close()

@@ -6,7 +6,8 @@
                                                          stdin after printing {"ready": true}
 
 SPEC: {"prompts": [[ids]], "num_output_tokens": n, "dtype": "bfloat16", "kv_address": ..., "token":
-..., "transfer_log": path, "connector_module": "prfaas.vllm.connector", "transfer_ids": [...]}.
+..., "transfer_log": path, "connector_module": "prfaas.vllm.connector", "transfer_ids": [...],
+"continue_index": i}.
 Prints one JSON line with the results last. Runs in the vLLM environment only.
 """
 
@@ -103,6 +104,18 @@ def _run_producer(llm: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
+def _run_reference(llm: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each prompt alone; then, for `continue_index`, that prompt followed by its first token
+    (what a decode instance that recomputes the request is given), one token shorter."""
+    num_tokens = spec["num_output_tokens"]
+    results = _generate(llm, spec["prompts"], [_sampling(num_tokens)] * len(spec["prompts"]))
+    index = spec.get("continue_index")
+    if index is not None:
+        prompt = [*spec["prompts"][index], results[index]["tokens"][0]]
+        results += _generate(llm, [prompt], [_sampling(num_tokens - 1)])
+    return results
+
+
 def _run_consumer(llm: Any, spec: dict[str, Any]) -> list[dict[str, Any]]:
     print(json.dumps({"ready": True}), flush=True)
     requests = json.loads(sys.stdin.readline())
@@ -117,8 +130,7 @@ def main() -> int:
     role = {"reference": None, "producer": "kv_producer", "consumer": "kv_consumer"}[mode]
     llm = _engine(model_dir, spec, role)
     if mode == "reference":
-        sampling = [_sampling(spec["num_output_tokens"])] * len(spec["prompts"])
-        results = _generate(llm, spec["prompts"], sampling)
+        results = _run_reference(llm, spec)
     elif mode == "producer":
         results = _run_producer(llm, spec)
     else:

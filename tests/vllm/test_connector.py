@@ -34,6 +34,7 @@ from prfaas.types import LayerKind
 # gemma3, 256 for qwen3_next's attention, aligned to its state pages) and past several blocks
 PROMPT_LENGTHS = {
     "llama": (37, 128, 300, 517),
+    "qwen3_next": (37, 256, 300, 517),
 }
 NUM_OUTPUT_TOKENS = 8
 LOAD_TIMEOUT_S = 10.0  # the consumer's wait for the transfer that never comes
@@ -52,6 +53,7 @@ class ModelRun:
     model_dir: Path
     lengths: tuple[int, ...]
     reference: list[list[int]]  # greedy tokens per prompt, one instance
+    recomputed: list[int]  # one instance's tokens for the control prompt plus its first token
     first_tokens: list[int]  # the producer's token per prompt
     decoded: list[list[int]]  # the consumer's tokens per prompt (after the first)
     corrupted: list[int]  # the consumer's tokens for the corrupted transfer
@@ -99,7 +101,8 @@ def _run_model(preset: str, work: Path) -> ModelRun:
         "token": TOKEN,
         "load_timeout_s": LOAD_TIMEOUT_S,
     }
-    reference = run_engine("reference", model_dir, {**base, "transfer_log": ""}, work)
+    reference_spec = {**base, "transfer_log": "", "continue_index": control_index}
+    reference = run_engine("reference", model_dir, reference_spec, work)["results"]
     consumer = start_consumer(model_dir, {**base, "transfer_log": str(work / "rx.jsonl")}, work)
     try:
         producer_spec = {
@@ -120,7 +123,8 @@ def _run_model(preset: str, work: Path) -> ModelRun:
         preset=preset,
         model_dir=model_dir,
         lengths=lengths,
-        reference=[r["tokens"] for r in reference["results"]],
+        reference=[r["tokens"] for r in reference[:num_prompts]],
+        recomputed=reference[num_prompts]["tokens"],
         first_tokens=[r["tokens"][0] for r in producer[:num_prompts]],
         decoded=[r["tokens"] for r in decoded[:num_prompts]],
         corrupted=decoded[num_prompts]["tokens"],
@@ -157,8 +161,10 @@ def test_a_transfer_that_never_comes_is_recomputed_and_still_matches(run: ModelR
     record = run.received[run.lost_id]
     assert record["event"] == "load_failed"
     assert "no transfer within load_timeout_s" in record["error"]
-    reference = run.reference[run.control_index]
-    assert [reference[0], *run.lost] == reference
+    # a plain instance given the same decode request (the prompt, then the first token); in
+    # bf16 its tokens may part from the prefill-then-decode reference (a recurrent layer's
+    # chunked scan over N + 1 tokens rounds differently from N tokens and one decode step)
+    assert run.lost == run.recomputed
 
 
 def test_attention_layers_stream_during_the_forward(run: ModelRun) -> None:

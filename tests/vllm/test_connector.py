@@ -35,6 +35,7 @@ from prfaas.types import LayerKind
 PROMPT_LENGTHS = {
     "llama": (37, 128, 300, 517),
     "qwen3_next": (37, 256, 300, 517),
+    "gemma3_text": (37, 128, 300, 517),
 }
 NUM_OUTPUT_TOKENS = 8
 LOAD_TIMEOUT_S = 10.0  # the consumer's wait for the transfer that never comes

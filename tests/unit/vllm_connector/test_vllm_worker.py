@@ -220,3 +220,16 @@ def test_a_transfer_no_request_claims_is_freed(producer: ProducerWorker, tmp_pat
         wait_until(lambda: pool.in_use_bytes == 0, WAIT_S, "its buffers back in the pool")
     finally:
         consumer.close()
+
+
+def test_sends_and_loads_are_counted(producer: ProducerWorker, tmp_path: Path) -> None:
+    consumer = _consumer(tmp_path, IDENTITY)
+    try:
+        _send(producer, consumer.address, "t-counted")
+        assert _load(consumer, "t-counted") == set()
+        sent, loaded = producer._counters.take(), consumer._counters.take()
+        assert sent == {"num_sent": 1, "sent_bytes": loaded["loaded_bytes"]}
+        assert loaded["num_loaded"] == 1 and loaded["loaded_bytes"] > 0
+        assert producer._counters.take() == {}  # taken once: the next report starts from zero
+    finally:
+        consumer.close()

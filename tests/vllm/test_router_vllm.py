@@ -108,8 +108,12 @@ def _ready(url: str) -> bool:
         return False
 
 
+def _client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+
+
 def _completion(url: str, prompt: str | list[int]) -> tuple[str, dict[str, object], str]:
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=600)
+    client = _client(url)
     raw = client.completions.with_raw_response.create(
         model=client.models.list().data[0].id, prompt=prompt, max_tokens=NUM_OUTPUT_TOKENS,
         temperature=0,
@@ -117,6 +121,24 @@ def _completion(url: str, prompt: str | list[int]) -> tuple[str, dict[str, objec
     reply = raw.parse()
     info = reply.model_extra["prfaas"] if reply.model_extra else {}
     return raw.headers["x-prfaas-route"], dict(info), reply.choices[0].text
+
+
+def _streamed(url: str, prompt: list[int]) -> str:
+    """The text of a streamed completion, chunk by chunk."""
+    client = _client(url)
+    model = client.models.list().data[0].id
+    chunks = client.completions.create(
+        model=model, prompt=prompt, max_tokens=NUM_OUTPUT_TOKENS, temperature=0, stream=True
+    )
+    return "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+
+
+def _route_logged(logs: Path, req_id: str) -> str:
+    """The route the router's log line gave request `req_id`."""
+    for line in (logs / "router.log").read_text().splitlines():
+        if '"event": "route"' in line and req_id in line:
+            return str(json.loads(line[line.index("{") :])["route"])
+    raise AssertionError(f"no route line for {req_id}")
 
 
 def _metric(url: str, name: str, route: str) -> float:
@@ -135,11 +157,12 @@ SHORT_PROMPT = "Where does my prefill run?"
 def test_a_long_prompt_prefills_on_prfaas_and_a_short_one_stays_local(
     deployment: tuple[str, Path, Path],
 ) -> None:
-    url, _, _ = deployment
+    url, _, logs = deployment
     before = _metric(url, "prfaas:route_decisions_total", "prfaas")
     route, info, text = _completion(url, LONG_PROMPT)
     assert route == "prfaas"
     assert info["route"] == "prfaas" and info["prefill_instance"] == "r0"
+    assert _route_logged(logs, str(info["transfer_id"])) == "prfaas"
     assert info["decode_instance"] == "d0"
     assert len(text) > 0
     assert _metric(url, "prfaas:route_decisions_total", "prfaas") == before + 1
@@ -171,12 +194,14 @@ def expected_text(
 def test_tokens_through_the_router_equal_one_vllm_instance(
     deployment: tuple[str, Path, Path], expected_text: dict[str, str]
 ) -> None:
-    """Token ids in, text out: on both routes the router's text is one vLLM process's."""
+    """Token ids in, text out: on both routes the router's text is one vLLM process's, whole
+    and streamed."""
     url, _, _ = deployment
     for route, prompt in PROMPTS.items():
         got_route, _, text = _completion(url, prompt)
         assert got_route == route
         assert text == expected_text[route], route
+        assert _streamed(url, prompt) == expected_text[route], route
 
 
 def test_prfaas_profile_measures_a_vllm_instance_and_plan_reads_it(

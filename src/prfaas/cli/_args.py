@@ -89,3 +89,28 @@ gpu_count = bounded_int(1, MAX_GPUS)
 gpus_per_instance = bounded_int(1, MAX_GPUS_PER_INSTANCE)
 torch_seed = bounded_int(0, MAX_SEED)  # a seed torch.manual_seed accepts
 token_count = float_in(0, MAX_LENGTH_TOKENS, low_open=True)  # a length in tokens, > 0
+
+
+def kv_codec_name(text: str) -> str:
+    """A KV codec name of `prfaas.models.kv_codec`."""
+    from prfaas.errors import UserError
+    from prfaas.models.kv_codec import get_kv_codec
+
+    try:
+        return get_kv_codec(text).name
+    except UserError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_kv_codec_flag(parser: argparse._ActionsContainer, default: str | None = "none") -> None:
+    """`--kv-codec`: how attention K/V is coded for the link (recurrent state stays exact)."""
+    from prfaas.models.kv_codec import KV_CODEC_NAMES
+
+    parser.add_argument(
+        "--kv-codec",
+        type=kv_codec_name,
+        default=default,
+        metavar="|".join(KV_CODEC_NAMES),
+        help="attention K/V codec on the link: bytes per element plus per-block scales "
+        "(recurrent and conv state stay exact; default: none, or the preset's/--config's)",
+    )

@@ -13,6 +13,7 @@ from prfaas.cli._args import (
     MAX_GPUS,
     MAX_GPUS_PER_INSTANCE,
     MAX_LENGTH_TOKENS,
+    add_kv_codec_flag,
     bounded_int,
     finite_float,
     gpu_count,
@@ -80,6 +81,7 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
         "--link-gbps", type=positive_float, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)"
     )
     g.add_argument("--model", help="model preset or config.json for S_kv (preset: paper-1t)")
+    add_kv_codec_flag(g, default=None)
 
 
 def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
@@ -161,6 +163,7 @@ def settings_from_args(args: argparse.Namespace, **extra: object) -> PlanSetting
         bs_max=args.bs_max,
         t_decode_s=_t_decode_s(args),
         threshold_step_tokens=args.threshold_step,
+        kv_codec=args.kv_codec,
         **extra,
     )
     check_settings(settings)

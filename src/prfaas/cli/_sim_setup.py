@@ -33,7 +33,7 @@ def load_setup(settings: PlanSettings | None = None) -> SimSetup:
     inputs = resolve(settings, trace)
     check_grid_size(inputs)
     model = load_model_spec(settings.model)
-    footprint = model.footprint()
+    footprint = model.footprint(kv_codec=settings.kv_codec)
     output = settings.output_tokens
     return SimSetup(
         prfaas_latency=inputs.prfaas.t_prefill_s,

@@ -11,7 +11,7 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any
 
-from prfaas.cli._args import MAX_LENGTH_TOKENS, gpus_per_instance
+from prfaas.cli._args import MAX_LENGTH_TOKENS, add_kv_codec_flag, gpus_per_instance
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
@@ -41,6 +41,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help=f"comma-separated prompt lengths in tokens; 1K = 1024 (default {DEFAULT_LENGTHS})",
     )
     parser.add_argument("--kv-dtype", default="bfloat16", help="KV cache dtype (default bfloat16)")
+    add_kv_codec_flag(parser)
     parser.add_argument(
         "--state-dtype",
         default=None,
@@ -104,7 +105,8 @@ def _profile_sizes_apply(
 ) -> bool:
     """A profile's measured sizes stand for S_kv only for its own model in default dtypes."""
     default_dtypes = args.kv_dtype in ("bfloat16", "bf16") and args.state_dtype is None
-    return default_dtypes and profile.model in (None, model.name)
+    uncoded = args.kv_codec == "none"
+    return default_dtypes and uncoded and profile.model in (None, model.name)
 
 
 def _row(
@@ -119,7 +121,7 @@ def _row(
     measured = None
     if profile is not None and _profile_sizes_apply(profile, model, args):
         measured = profile.kv_bytes_at(tokens)
-    computed = model.kv_bytes(tokens, args.kv_dtype, args.state_dtype)
+    computed = model.kv_bytes(tokens, args.kv_dtype, args.state_dtype, args.kv_codec)
     s_kv = computed if measured is None else measured
     t_prefill: float | None = None
     if cost is not None:
@@ -129,8 +131,9 @@ def _row(
     return {
         "tokens": tokens,
         "s_kv_mib": round(s_kv / MIB, 3),
-        "kv_bytes_per_token": model.kv_bytes_per_token(args.kv_dtype),
-        "state_bytes": model.state_bytes(tokens, args.kv_dtype, args.state_dtype),
+        "kv_codec": args.kv_codec,
+        "kv_bytes_per_token": model.kv_bytes_per_token(args.kv_dtype, args.kv_codec),
+        "state_bytes": model.state_bytes(tokens, args.kv_dtype, args.state_dtype, args.kv_codec),
         "t_prefill_s": None if t_prefill is None else round(t_prefill, 4),
         "phi_gbps": None if t_prefill is None else round(s_kv * 8 / t_prefill / GBPS, 3),
         "s_kv_source": "profile" if measured is not None else "model",
@@ -168,7 +171,10 @@ def _print_table(
 ) -> None:
     state = args.state_dtype or model.recurrent_state_dtype
     print(f"model {model.name} ({model.model_type}): {model.layer_pattern()}")
-    print(f"KV dtype {args.kv_dtype}, recurrent state {state}, conv state {model.activation_dtype}")
+    print(
+        f"KV dtype {args.kv_dtype}, KV codec {args.kv_codec}, recurrent state {state}, "
+        f"conv state {model.activation_dtype}"
+    )
     if cost is not None:
         eff = cost.efficiency
         print(

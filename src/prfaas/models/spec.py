@@ -9,6 +9,8 @@ hardware or time. Conventions (the same as vLLM/SGLang's cache managers):
 - linear attention (Gated DeltaNet, KDA, lightning) and Mamba2: `num_state_heads * state_key_dim *
   state_value_dim` recurrent elements in the state dtype (fp32 by default), plus a causal-conv
   state of `conv_channels * (conv_kernel - 1)` elements in the activation dtype;
+- a KV codec (`prfaas.models.kv_codec`) changes the bytes of every attention K/V vector (full,
+  MLA, sliding window); recurrent and conv state stay exact;
 - Mamba1: `conv_channels * state_key_dim` recurrent elements (`num_state_heads = 1`,
   `state_value_dim = conv_channels`), conv state as above; short conv (LFM2): conv state only.
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from prfaas.models.kv_codec import KV_CODEC_NONE, KVCodecSpec, get_kv_codec
 from prfaas.types import LayerKind, dtype_bytes
 
 GROWING_KINDS = frozenset({LayerKind.FULL_ATTENTION, LayerKind.MLA})
@@ -43,19 +46,29 @@ class LayerSpec:
     conv_kernel: int = 0  # its kernel width; the state keeps the last kernel - 1 inputs
     is_moe: bool = False  # the block's MLP is a mixture of experts
 
-    def kv_bytes_per_token(self, kv_dtype: str = "bfloat16") -> int:
-        """Bytes this layer adds per prompt token (0 unless full attention or MLA)."""
+    def kv_bytes_per_token(self, kv_dtype: str = "bfloat16", kv_codec: str = KV_CODEC_NONE) -> int:
+        """Bytes this layer adds per prompt token (0 unless full attention or MLA), each K/V
+        vector coded by `kv_codec` (`prfaas.models.kv_codec`)."""
+        codec = get_kv_codec(kv_codec)
         if self.kind is LayerKind.FULL_ATTENTION:
-            return self.num_kv_heads * (self.head_dim_k + self.head_dim_v) * dtype_bytes(kv_dtype)
+            return self._head_vectors_bytes(codec, kv_dtype)
         if self.kind is LayerKind.MLA:
-            return (self.kv_lora_rank + self.qk_rope_head_dim) * dtype_bytes(kv_dtype)
+            latent = codec.vector_bytes(self.kv_lora_rank, kv_dtype)
+            return latent + codec.vector_bytes(self.qk_rope_head_dim, kv_dtype)
         return 0
 
-    def window_bytes_per_token(self, kv_dtype: str = "bfloat16") -> int:
+    def window_bytes_per_token(
+        self, kv_dtype: str = "bfloat16", kv_codec: str = KV_CODEC_NONE
+    ) -> int:
         """Bytes per token kept inside the window (0 unless sliding window)."""
         if self.kind is not LayerKind.SLIDING_WINDOW:
             return 0
-        return self.num_kv_heads * (self.head_dim_k + self.head_dim_v) * dtype_bytes(kv_dtype)
+        return self._head_vectors_bytes(get_kv_codec(kv_codec), kv_dtype)
+
+    def _head_vectors_bytes(self, codec: KVCodecSpec, kv_dtype: str) -> int:
+        """One token's K and V vectors of every KV head."""
+        key = codec.vector_bytes(self.head_dim_k, kv_dtype)
+        return self.num_kv_heads * (key + codec.vector_bytes(self.head_dim_v, kv_dtype))
 
     def recurrent_state_bytes(self, state_dtype: str = "float32") -> int:
         """Fixed recurrent state (linear attention / SSM), independent of length."""
@@ -76,9 +89,12 @@ class LayerSpec:
         kv_dtype: str = "bfloat16",
         state_dtype: str = "float32",
         conv_dtype: str = "bfloat16",
+        kv_codec: str = KV_CODEC_NONE,
     ) -> int:
-        """Per-request bytes of this layer that do not grow past a bound (SWA window, states)."""
-        window_bytes = self.window_bytes_per_token(kv_dtype) * min(num_tokens, self.window)
+        """Per-request bytes of this layer that do not grow past a bound (SWA window, states);
+        the codec applies to the window's K/V only, the states stay exact."""
+        per_token = self.window_bytes_per_token(kv_dtype, kv_codec)
+        window_bytes = per_token * min(num_tokens, self.window)
         return (
             window_bytes
             + self.recurrent_state_bytes(state_dtype)
@@ -148,12 +164,16 @@ class ModelSpec:
     def _state_dtype(self, state_dtype: str | None) -> str:
         return self.recurrent_state_dtype if state_dtype is None else state_dtype
 
-    def kv_bytes_per_token(self, kv_dtype: str = "bfloat16") -> int:
+    def kv_bytes_per_token(self, kv_dtype: str = "bfloat16", kv_codec: str = KV_CODEC_NONE) -> int:
         """Full-attention and MLA KV bytes added per prompt token, summed over layers."""
-        return sum(layer.kv_bytes_per_token(kv_dtype) for layer in self.layers)
+        return sum(layer.kv_bytes_per_token(kv_dtype, kv_codec) for layer in self.layers)
 
     def state_bytes(
-        self, num_tokens: int, kv_dtype: str = "bfloat16", state_dtype: str | None = None
+        self,
+        num_tokens: int,
+        kv_dtype: str = "bfloat16",
+        state_dtype: str | None = None,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> int:
         """Fixed per-request bytes at `num_tokens`: recurrent + conv state + SWA window KV.
 
@@ -163,20 +183,29 @@ class ModelSpec:
         _check_tokens(num_tokens)
         sdt = self._state_dtype(state_dtype)
         return sum(
-            layer.state_bytes(num_tokens, kv_dtype, sdt, self.activation_dtype)
+            layer.state_bytes(num_tokens, kv_dtype, sdt, self.activation_dtype, kv_codec)
             for layer in self.layers
         )
 
     def kv_bytes(
-        self, num_tokens: int, kv_dtype: str = "bfloat16", state_dtype: str | None = None
+        self,
+        num_tokens: int,
+        kv_dtype: str = "bfloat16",
+        state_dtype: str | None = None,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> int:
         """S_kv(l): every byte one request of `num_tokens` tokens hands from prefill to decode."""
         _check_tokens(num_tokens)
-        per_token = self.kv_bytes_per_token(kv_dtype) * num_tokens
-        return per_token + self.state_bytes(num_tokens, kv_dtype, state_dtype)
+        per_token = self.kv_bytes_per_token(kv_dtype, kv_codec) * num_tokens
+        return per_token + self.state_bytes(num_tokens, kv_dtype, state_dtype, kv_codec)
 
-    def footprint(self, kv_dtype: str = "bfloat16", state_dtype: str | None = None) -> KVFootprint:
-        """The closed form of `kv_bytes` for these dtypes."""
+    def footprint(
+        self,
+        kv_dtype: str = "bfloat16",
+        state_dtype: str | None = None,
+        kv_codec: str = KV_CODEC_NONE,
+    ) -> KVFootprint:
+        """The closed form of `kv_bytes` for these dtypes and this KV codec."""
         sdt = self._state_dtype(state_dtype)
         recurrent = sum(
             layer.recurrent_state_bytes(sdt) + layer.conv_state_bytes(self.activation_dtype)
@@ -186,25 +215,29 @@ class ModelSpec:
         for layer in self.layers:
             if layer.kind is LayerKind.SLIDING_WINDOW:
                 by_window[layer.window] = by_window.get(layer.window, 0) + (
-                    layer.window_bytes_per_token(kv_dtype)
+                    layer.window_bytes_per_token(kv_dtype, kv_codec)
                 )
         windows = tuple(sorted(by_window.items()))
         return KVFootprint(
-            bytes_per_token=self.kv_bytes_per_token(kv_dtype),
+            bytes_per_token=self.kv_bytes_per_token(kv_dtype, kv_codec),
             fixed_bytes_per_request=recurrent + sum(w * b for w, b in windows),
             recurrent_bytes=recurrent,
             window_bytes=windows,
         )
 
     def layer_bytes(
-        self, num_tokens: int, kv_dtype: str = "bfloat16", state_dtype: str | None = None
+        self,
+        num_tokens: int,
+        kv_dtype: str = "bfloat16",
+        state_dtype: str | None = None,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> tuple[int, ...]:
         """S_kv split by layer (sums to `kv_bytes`): the payload of each layer's transfer."""
         _check_tokens(num_tokens)
         sdt = self._state_dtype(state_dtype)
         return tuple(
-            layer.kv_bytes_per_token(kv_dtype) * num_tokens
-            + layer.state_bytes(num_tokens, kv_dtype, sdt, self.activation_dtype)
+            layer.kv_bytes_per_token(kv_dtype, kv_codec) * num_tokens
+            + layer.state_bytes(num_tokens, kv_dtype, sdt, self.activation_dtype, kv_codec)
             for layer in self.layers
         )
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, cast
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.files import read_text_file
+from prfaas.models.kv_codec import KV_CODEC_NONE, get_kv_codec
 from prfaas.plan.curves import parse_quadratic
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
 from prfaas.policy.throughput import LatencyCurve, SizeCurve
@@ -69,6 +70,7 @@ class PlanSettings:
     t_decode_s: float = _CASE.t_decode_step_s
     prices_per_gpu: Mapping[str, float] = field(default_factory=dict)
     threshold_step_tokens: float = 100.0
+    kv_codec: str = KV_CODEC_NONE  # attention K/V codec on the link (`prfaas.models.kv_codec`)
 
 
 PRESETS: dict[str, PlanSettings] = {
@@ -113,6 +115,7 @@ _TOML_TYPES: dict[str, tuple[type, ...]] = {
     "t_decode_s": (int, float),
     "prices_per_gpu": (dict,),
     "threshold_step_tokens": (int, float),
+    "kv_codec": (str,),
 }
 
 
@@ -206,17 +209,18 @@ def resolve_latency(settings: PlanSettings, spec: str, hardware: str) -> tuple[L
     )
 
 
-def _kv_curve(model_name: str) -> tuple[SizeCurve, str]:
+def _kv_curve(model_name: str, kv_codec: str) -> tuple[SizeCurve, str]:
     from prfaas.models import load_model_spec
 
-    footprint = load_model_spec(model_name).footprint()
+    footprint = load_model_spec(model_name).footprint(kv_codec=kv_codec)
 
     def kv_bytes(num_tokens: float) -> float:
         return float(footprint.bytes_for(round(num_tokens)))
 
     fixed_mib = footprint.fixed_bytes_per_request / 2**20
     return kv_bytes, (
-        f"model {model_name}: {footprint.bytes_per_token} B/token + {fixed_mib:.1f} MiB fixed"
+        f"model {model_name}, KV codec {kv_codec}: {footprint.bytes_per_token} B/token + "
+        f"{fixed_mib:.1f} MiB fixed"
     )
 
 
@@ -284,7 +288,7 @@ def resolve(settings: PlanSettings, trace: Sequence[TraceRequest] | None = None)
     if homogeneous_gpus is None:  # not given; 0 is given, and refused by ClusterSpec
         homogeneous_gpus = settings.prfaas_gpus + settings.pd_gpus
     homogeneous = replace(pd, num_gpus=homogeneous_gpus)
-    kv_bytes, kv_source = _kv_curve(settings.model)
+    kv_bytes, kv_source = _kv_curve(settings.model, get_kv_codec(settings.kv_codec).name)
     if settings.trace is not None and trace is None:
         trace = load_trace(settings.trace)
     lengths, lengths_source = resolve_lengths(settings, trace)

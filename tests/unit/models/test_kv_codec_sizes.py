@@ -145,3 +145,17 @@ def _plan_json(capsys: Capsys, *argv: str) -> dict[str, Any]:
     assert main(["plan", *argv, "--json"]) == 0
     out: dict[str, Any] = json.loads(capsys.readouterr().out)
     return out
+
+
+def test_sim_controller_searches_with_the_codec(capsys: Capsys) -> None:
+    """The adaptive controller's threshold search in `prfaas sim` uses the coded S_kv: on the
+    egress-bound 10 Gbps link it finds a lower t and a higher Λ_max with fp8."""
+    argv = ["sim", "--deployment", "prfaas", "--controller", "adaptive", "--link-gbps", "10"]
+    argv += ["--num-requests", "200", "--json"]
+    searched = {}
+    for codec in ("none", "fp8"):
+        assert main([*argv, "--kv-codec", codec]) == 0
+        result = json.loads(capsys.readouterr().out)["prfaas"]
+        searched[codec] = result["controller"]["decisions"][0]["inputs"]
+    assert searched["fp8"]["threshold_tokens"] < searched["none"]["threshold_tokens"]
+    assert searched["fp8"]["best_lambda_max_per_s"] > searched["none"]["best_lambda_max_per_s"]

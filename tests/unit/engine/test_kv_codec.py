@@ -105,3 +105,13 @@ def test_truncated_payload_is_refused() -> None:
 def test_bad_codec_name_names_the_choices() -> None:
     with pytest.raises(UserError, match="unknown KV codec 'int3'; choose one of: none, fp8, "):
         kv_codec("int3")
+
+
+def test_int4_refuses_values_beyond_float16_records() -> None:
+    """The int4 group records are float16: a group beyond their range is refused, not sent as
+    inf; fp8 keeps a float32 scale and codes it."""
+    tensor = torch.full((1, 1, 2, 64), 1.0e6)
+    with pytest.raises(ValueError, match="exceed float16's range"):
+        kv_codec("int4-rotated").encode(tensor)
+    decoded, _ = _round_trip("fp8", tensor)
+    assert _relative_error(decoded, tensor) < FP8_MAX_REL_ERROR

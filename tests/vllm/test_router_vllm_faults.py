@@ -30,33 +30,16 @@ from test_router_vllm import (
     _topology,
 )
 
-from prfaas.launch.local import Launcher
+from prfaas.launch.local import Launcher, descendant_pids
 from prfaas.service.text import load_codec
 from prfaas.topology import ModelConfig, load_topology
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process under `pid` (from /proc's parent links), children before grandchildren."""
-    parents: dict[int, int] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # gone meanwhile
-            continue
-        parents[int(stat.parent.name)] = int(fields[1])
-    found, frontier = [], [pid]
-    while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        found += children
-        frontier = children
-    return found
 
 
 def _kill_instance(launcher: Launcher, name: str) -> None:
     """SIGKILL an instance's process and everything it started (a vLLM server's engine core
     and workers outlive a killed API server)."""
     pid = launcher.procs[name].pid
-    for child in [*_descendants(pid), pid]:
+    for child in [*descendant_pids(pid), pid]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(child, signal.SIGKILL)
     launcher.procs[name].wait()

@@ -107,6 +107,25 @@ class EmbeddedOptions:
     receive_pool_bytes: int | None = None  # [transport] receive_pool_bytes (None: the default)
 
 
+def descendant_pids(pid: int) -> list[int]:
+    """Every process under `pid` (from /proc's parent links), children before grandchildren:
+    what outlives a killed parent (a vLLM server's engine core and workers)."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        parents[int(stat.parent.name)] = int(fields[1])
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children = [p for p, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
 def embedded_topology(directory: Path, options: EmbeddedOptions) -> Path:
     """Write the default deployment: router, PrfaaS prefill, PD prefill, PD decode; one token,
     in a file of its own beside the topology (both readable by their owner only)."""

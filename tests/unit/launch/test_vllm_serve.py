@@ -19,6 +19,7 @@ from prfaas.launch.vllm_serve import (
     API_SERVER_MODULE,
     VLLM_ARGS_ENV,
     VLLM_PYTHON_ENV,
+    VLLM_TRANSFER_LOG_DIR_ENV,
     serve_args,
     vllm_command,
 )
@@ -50,6 +51,22 @@ def test_prefill_and_decode_instances_get_their_connector_roles(
         "load_timeout_s": 12.0,
         "kv_address": decode.kv,
     }
+
+
+def test_a_transfer_log_folder_gives_each_instance_its_own_log(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    topology = TopologySpec(engine="vllm").topology()
+    monkeypatch.setenv(VLLM_TRANSFER_LOG_DIR_ENV, str(tmp_path))
+    logs = {}
+    for name in ("r0", "d0"):
+        args = serve_args(topology, topology.instance(name))
+        extra = json.loads(_flag(args, "--kv-transfer-config"))["kv_connector_extra_config"]
+        logs[name] = extra["transfer_log"]
+    assert logs == {"r0": str(tmp_path / "r0.jsonl"), "d0": str(tmp_path / "d0.jsonl")}
+    monkeypatch.delenv(VLLM_TRANSFER_LOG_DIR_ENV)
+    extra = json.loads(_flag(serve_args(topology, topology.instance("r0")), "--kv-transfer-config"))
+    assert "transfer_log" not in extra["kv_connector_extra_config"]
 
 
 def test_the_server_runs_under_the_vllm_environments_python(

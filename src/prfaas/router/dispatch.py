@@ -57,7 +57,7 @@ from prfaas.router.decision import Dispatch, DispatchTrace, PrefixMove
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.router.prefix_index import RouterPrefixIndex
-from prfaas.router.vllm_driver import VLLM_ENGINE, VllmDriver
+from prfaas.router.vllm_driver import VLLM_ENGINE, VllmDriver, answer_excerpt
 from prfaas.service.http import FIRST_TOKEN_HEADER
 from prfaas.topology import ClusterConfig, Topology
 from prfaas.topology.derived import route_config_of
@@ -66,6 +66,7 @@ from prfaas.types import DeploymentKind
 log = logging.getLogger("prfaas.router")
 _RESULT_GRACE_S = 2.0  # after the last token, how long a prefill answer may still take
 _PREFILL_SLACK_S = 300.0  # a prefill job may queue this long past its transfer deadline
+_DECODE_SLACK_S = 120.0  # a decode stream may be silent this long past its transfer deadline
 _ABORT_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 Answer = TypeVar("Answer")  # what an instance answers a job with, parsed
@@ -112,9 +113,14 @@ class Dispatcher:
         self.route_state = RouteState() if topology.controller.enabled else None
         self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
-        read_s = topology.policy.transfer_deadline_s + 120.0
+        # a decode stream may wait out its transfer's deadline before its first token
+        self.decode_read_s = topology.policy.transfer_deadline_s + _DECODE_SLACK_S
         self.vllm = VllmDriver(
-            client, topology.model.name, read_s, topology.policy.failure, monitor.mark_down
+            client,
+            topology.model.name,
+            self.decode_read_s,
+            topology.policy.failure,
+            monitor.mark_down,
         )
 
     # ---- decision --------------------------------------------------------------------------
@@ -254,15 +260,14 @@ class Dispatcher:
     ) -> AsyncIterator[TokenDelta]:
         decode = trace.decision.decode.config
         url = f"http://{decode.http}/internal/decode"
-        read_s = self.topology.policy.transfer_deadline_s + 120.0
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=self.decode_read_s)
         trace.decode_sent_at = time.monotonic()
         try:
             async with self.client.post(url, json=job.to_dict(), timeout=timeout) as r:
                 if FIRST_TOKEN_HEADER in r.headers:
                     trace.first_token_s = float(r.headers[FIRST_TOKEN_HEADER])
                 if r.status != 200:
-                    body = (await r.read())[:300].decode(errors="replace")
+                    body = await answer_excerpt(r)
                     yield _error(trace, f"decode instance answered {r.status}: {body}")
                     return
                 async for line in r.content:

@@ -103,6 +103,11 @@ def prefill_answer(reply: dict[str, Any]) -> tuple[int, str | None, dict[str, An
     return int(token_ids[0]), choice.get("finish_reason"), params
 
 
+async def answer_excerpt(reply: aiohttp.ClientResponse, num_bytes: int = 300) -> str:
+    """The start of an instance's error answer, for a one-line error."""
+    return (await reply.read())[:num_bytes].decode(errors="replace")
+
+
 def stream_delta(req_id: str, event: dict[str, Any]) -> TokenDelta | None:
     """One SSE event of a streamed vLLM completion as a token delta (None: carries none)."""
     choices = event.get("choices")
@@ -194,7 +199,7 @@ class VllmDriver:
         try:
             async with self.client.post(url, json=body, timeout=self.timeout) as reply:
                 if reply.status != 200:
-                    text = (await reply.read())[:300].decode(errors="replace")
+                    text = await answer_excerpt(reply)
                     raise VllmAnswerError(f"answered {reply.status}: {text}")
                 token_id, reason, returned = prefill_answer(await reply.json())
         except (aiohttp.ClientError, TimeoutError, ValueError, VllmAnswerError) as exc:
@@ -223,7 +228,7 @@ class VllmDriver:
         try:
             async with self.client.post(url, json=body, timeout=self.timeout) as reply:
                 if reply.status != 200:
-                    text = (await reply.read())[:300].decode(errors="replace")
+                    text = await answer_excerpt(reply)
                     yield TokenDelta(
                         req_id, (), "error", f"decode instance answered {reply.status}: {text}"
                     )

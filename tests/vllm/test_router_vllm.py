@@ -10,6 +10,7 @@ plans with the file. (A killed instance: test_router_vllm_faults.py.)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -29,7 +30,7 @@ from prfaas.engine.checkpoint import byte_tokenizer
 from prfaas.engine.presets import tiny_config_kwargs
 from prfaas.service.text import load_codec
 from prfaas.topology import ModelConfig, load_topology
-from topologies import TopologySpec
+from topologies import STANDARD, Cluster, TopologySpec
 
 TOKEN = "vllm-router-test"
 THRESHOLD_TOKENS = 64
@@ -42,9 +43,16 @@ VLLM_ARGS = (
 )
 
 
-def _topology(directory: Path, model: Path, failure: str = "recompute") -> tuple[Path, str]:
-    """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver), on vLLM."""
+def _topology(
+    directory: Path,
+    model: Path,
+    failure: str = "recompute",
+    clusters: tuple[Cluster, ...] = STANDARD,
+) -> tuple[Path, str]:
+    """Router, PrfaaS prefill r0, PD prefill p0, PD decode d0 (with its KV receiver), on vLLM
+    (or the instances of `clusters`)."""
     spec = TopologySpec(
+        clusters=clusters,
         engine="vllm",
         model=str(model),
         threshold=THRESHOLD_TOKENS,
@@ -56,18 +64,18 @@ def _topology(directory: Path, model: Path, failure: str = "recompute") -> tuple
     return path, f"http://{load_topology(path).router.http}"
 
 
-def _checkpoint(directory: Path) -> Path:
-    model = save_checkpoint("llama", directory / "llama")
-    byte_tokenizer(tiny_config_kwargs("llama")).save_pretrained(model)
+def _checkpoint(directory: Path, preset: str = "llama") -> Path:
+    model = save_checkpoint(preset, directory / preset)
+    byte_tokenizer(tiny_config_kwargs(preset)).save_pretrained(model)
     return model
 
 
-@pytest.fixture(scope="module")
-def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
-    """`prfaas up` of the vLLM topology: (router URL, checkpoint, log folder)."""
-    work = tmp_path_factory.mktemp("router-vllm")
-    model = _checkpoint(work)
-    config, url = _topology(work, model)
+@contextlib.contextmanager
+def prfaas_up(
+    config: Path, url: str, work: Path, extra_env: dict[str, str] | None = None
+) -> Iterator[Path]:
+    """`prfaas up --config` in a child process until the router is ready; yields the log
+    folder, and stops the deployment (Ctrl-C) on the way out."""
     logs = work / "logs"
     logs.mkdir()
     env = {
@@ -75,6 +83,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
         "PRFAAS_VLLM_ARGS": VLLM_ARGS,
         "PRFAAS_RUN_DIR": str(work / "run"),
+        **(extra_env or {}),
     }
     up = subprocess.Popen(
         [sys.executable, "-m", "prfaas", "up", "--config", str(config), "--log-dir", str(logs),
@@ -87,7 +96,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
             assert up.poll() is None, f"prfaas up exited: {up.communicate()[1][-3000:]}"
             assert time.monotonic() < deadline, "the vLLM deployment did not become ready"
             time.sleep(1.0)
-        yield url, model, logs
+        yield logs
     finally:
         up.send_signal(signal.SIGINT)
         try:
@@ -95,6 +104,16 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
         except subprocess.TimeoutExpired:
             up.kill()
             up.communicate()
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path, Path]]:
+    """`prfaas up` of the vLLM topology: (router URL, checkpoint, log folder)."""
+    work = tmp_path_factory.mktemp("router-vllm")
+    model = _checkpoint(work)
+    config, url = _topology(work, model)
+    with prfaas_up(config, url, work) as logs:
+        yield url, model, logs
 
 
 def _config_of(logs: Path) -> Path:

@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "status": "prfaas.cli.status",
     "testbed": "prfaas.cli.testbed",
     "profile": "prfaas.cli.profile",
+    "doctor": "prfaas.cli.doctor",
 }
 
 

@@ -37,7 +37,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -398,12 +398,19 @@ def comparison(prfaas: dict[str, Any], one: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    result: dict[str, Any] = {
+def run_header() -> dict[str, Any]:
+    """What every result file starts with: the machine, the time, the engines' flags."""
+    return {
         "cpu_model": cpu_model(),
         "num_cpus": os.cpu_count(),
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "vllm_args": VLLM_ARGS,
+    }
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        **run_header(),
         "workload": {
             "prompt_lengths": PROMPT_LENGTHS,
             "output_tokens": NUM_OUTPUT_TOKENS,
@@ -489,12 +496,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--num-long", type=int, default=6, help="long prompts for the goodput")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
+    run_and_report(parser.parse_args(argv), run, summary)
+
+
+def run_and_report(
+    args: argparse.Namespace,
+    measure: Callable[[argparse.Namespace, Path], dict[str, Any]],
+    summarize: Callable[[dict[str, Any]], str],
+) -> None:
+    """Measure in a scratch directory; the results to `--json` FILE, the summary to stdout."""
     with tempfile.TemporaryDirectory(prefix="bench-vllm-") as tmp:
-        result = run(args, Path(tmp))
+        result = measure(args, Path(tmp))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    print(summary(result))
+    print(summarize(result))
 
 
 if __name__ == "__main__":

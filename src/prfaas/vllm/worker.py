@@ -109,6 +109,11 @@ class TransferCounters:
         return taken
 
 
+def _seconds_since(start_s: float | None, end_s: float) -> float | None:
+    """Seconds from `start_s` to `end_s` (monotonic), rounded; None when it never started."""
+    return None if start_s is None else round(max(0.0, end_s - start_s), 4)
+
+
 class TransferLog:
     """One JSON line per settled transfer, when `transfer_log` names a file (else nothing)."""
 
@@ -133,6 +138,7 @@ class _Outgoing:
     tensors: list[torch.Tensor] = field(default_factory=list)
     next_offset_bytes: int = 0
     num_streamed_layers: int = 0  # layers queued from save_kv_layer, during the forward
+    forward_done_s: float | None = None  # monotonic: the step's forward ended, END queued
 
 
 class ProducerWorker:
@@ -194,6 +200,7 @@ class ProducerWorker:
                 cache_meta={"engine": "vllm", "layout": "vllm-v1-paged"},
                 model_fingerprint=self._identity.fingerprint,
             )
+            out.forward_done_s = time.monotonic()
             self._loop.loop.call_soon_threadsafe(out.queue.put_nowait, manifest)
         self._active.clear()
 
@@ -228,6 +235,7 @@ class ProducerWorker:
             ack = await self._send(out)
         except Exception as exc:  # a refused connection, an unknown host: the transfer failed
             ack = TransferAck(out.job.transfer_id, ok=False, error=str(exc) or type(exc).__name__)
+        settled_s = time.monotonic()
         num_bytes = sum(e.num_bytes for e in out.entries.values())
         self._counters.add("num_sent" if ack.ok else "num_send_failures")
         self._counters.add("sent_bytes", num_bytes if ack.ok else 0)
@@ -243,7 +251,8 @@ class ProducerWorker:
             layer_bytes={str(i): e.num_bytes for i, e in sorted(out.entries.items())},
             block_sizes={str(e.layer_index): e.flags["block_size"] for e in out.entries.values()},
             num_streamed_layers=out.num_streamed_layers,
-            seconds=round(time.monotonic() - started_s, 4),
+            seconds=round(settled_s - started_s, 4),
+            seconds_after_forward=_seconds_since(out.forward_done_s, settled_s),
             error=ack.error,
         )
         out.tensors.clear()

@@ -1,11 +1,12 @@
 """The one factory of the topologies tests use (pytest puts tests/ on sys.path).
 
 A `TopologySpec` holds keyword options (the clusters and their instances, the engine, the model,
-threshold and deployment, router, link, transport token, prefix cache, controller); `in_code()`
-builds its `Topology` in code, `topology()` writes it with the project's writer
-(`prfaas.topology.write`) and reads it back with the loader, so every topology is checked as a
-file is, and `write(directory)` leaves the file for tests that start processes. No test formats
-topology text of its own; tests of the parser itself (bad keys and values) keep theirs.
+threshold and deployment, router, link, transport token and compression, prefix cache,
+controller); `in_code()` builds its `Topology` in code, `topology()` writes it with the
+project's writer (`prfaas.topology.write`) and reads it back with the loader, so every topology
+is checked as a file is, and `write(directory)` leaves the file for tests that start processes.
+No test formats topology text of its own; tests of the parser itself (bad keys and values) keep
+theirs.
 
     TopologySpec(threshold=16, prefix_cache=PrefixCacheConfig(4, 1 << 20)).topology()
     TopologySpec(clusters=(prfaas(Node("r0")), pd(Node("p0"), decode("d0")))).write(tmp_path)
@@ -97,6 +98,7 @@ class TopologySpec:
     api_keys: tuple[str, ...] = ()
     link_gbps: float = 100.0
     token: str = "test-topology-token"
+    compression: str = "none"  # `[transport] compression`: a KV codec or "auto"
     prefix_cache: topo.PrefixCacheConfig | None = None
     controller: ControllerConfig | None = None  # present: a `[controller]` of these knobs
     driven: bool = False  # the controller ticks when told (POST /internal/control/tick)
@@ -123,7 +125,7 @@ class TopologySpec:
             policy=self._policy(),
             router=topo.RouterConfig(http=router_http, api_keys=self.api_keys),
             link=topo.LinkConfig(self.link_gbps),
-            transport=topo.SecurityConfig(token=self.token),
+            transport=topo.SecurityConfig(token=self.token, compression=self.compression),
             prefix_cache=self.prefix_cache,
             controller=controller,
         )

@@ -40,6 +40,7 @@ from prfaas.engine.validation import (
 )
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, SamplingParams, TokenDelta
+from prfaas.models.kv_codec import KV_CODEC_NONE, get_kv_codec
 
 R = TypeVar("R", bound=RequestProgress)
 P = TypeVar("P", bound=PrefixBook)
@@ -78,9 +79,15 @@ class EngineCore(ABC, Generic[R, P]):
     # ---- what a subclass provides ---------------------------------------------------------
     @abstractmethod
     def _prefill_one(
-        self, state: R, on_layer: LayerCallback | None, chunk_size: int | None, skip_tokens: int
+        self,
+        state: R,
+        on_layer: LayerCallback | None,
+        chunk_size: int | None,
+        skip_tokens: int,
+        kv_codec: str,
     ) -> int:
-        """Prefill one registered request and sample its first token."""
+        """Prefill one registered request and sample its first token; its layer states leave
+        out `skip_tokens` prefix tokens and code their K/V with the codec `kv_codec`."""
 
     @abstractmethod
     def _decode(self, group: list[R]) -> list[TokenDelta]:
@@ -164,15 +171,17 @@ class EngineCore(ABC, Generic[R, P]):
         on_layer: LayerCallback | None = None,
         chunk_size: int | None = None,
         skip_tokens: Mapping[str, int] | None = None,
+        kv_codecs: Mapping[str, str] | None = None,
     ) -> list[int]:
         """Prefill each request (batch 1) and sample its first token; the first tokens.
 
         `on_layer(req_id, LayerState)` fires for layer i as soon as its state is final, in layer
         order, with global payload offsets. `skip_tokens[req_id]` = p > 0 leaves the first p
         tokens of full-attention/MLA K/V out of that request's layer states (the receiver holds
-        them), as `export(num_prefix_tokens=p)`. Every request is checked before any is
-        prefilled. If a prefill raises (the model or `on_layer`), that request is dropped from
-        the engine and the error propagates; requests before it stay prefilled.
+        them), as `export(num_prefix_tokens=p)`; `kv_codecs[req_id]` codes its attention K/V
+        (`prfaas.models.kv_codec`), as `export(kv_codec=...)`. Every request is checked before
+        any is prefilled. If a prefill raises (the model or `on_layer`), that request is dropped
+        from the engine and the error propagates; requests before it stay prefilled.
         """
         chunk = self._prefill_chunk_size(chunk_size)
         check_distinct_ids([request.req_id for request in requests])
@@ -180,12 +189,16 @@ class EngineCore(ABC, Generic[R, P]):
             self._check_request(request)
         skips = dict(skip_tokens or {})
         check_prefill_skips(requests, skips)
+        codecs = dict(kv_codecs or {})
+        for name in codecs.values():
+            get_kv_codec(name)
         first_tokens = []
         for request in requests:
             state = self._register(request.req_id, request.prompt_token_ids, request.sampling)
             try:
                 skip = skips.get(request.req_id, 0)
-                first_tokens.append(self._prefill_one(state, on_layer, chunk, skip))
+                codec = codecs.get(request.req_id, KV_CODEC_NONE)
+                first_tokens.append(self._prefill_one(state, on_layer, chunk, skip, codec))
             except BaseException:
                 self.free(state.req_id)
                 raise
@@ -213,7 +226,7 @@ class EngineCore(ABC, Generic[R, P]):
 
     def _prefill_waiting(self, state: R) -> TokenDelta:
         try:
-            self._prefill_one(state, None, self.chunk_size, 0)
+            self._prefill_one(state, None, self.chunk_size, 0, KV_CODEC_NONE)
         except Exception as exc:  # this request's own failure: it ends, the engine goes on
             return self._fail(state, f"prefill failed: {one_line(exc)}")
         return self._delta(state)

@@ -5,9 +5,10 @@ predicts for the chosen model on the chosen hardware, or for prefill a given lat
 (slept through an injectable `sleep`, so services feel them and tests can record them), and
 `export` hands out payloads of exactly the byte size of that model's KV cache and state at the
 request's length (`ModelSpec.kv_bytes`): per layer, full-attention/MLA KV or the sliding
-window, recurrent and conv state. The content is synthetic but checkable: every tensor repeats
-an 8-byte pattern derived from (seed, req_id, tensor name), and `import_` verifies every byte, so
-a misrouted or corrupted transfer is caught (sizes and patterns: `emulated_payload`).
+window, recurrent and conv state; under a KV codec the attention parts have their coded size, so
+the link carries what a coded payload would. The content is synthetic but checkable: every
+tensor repeats an 8-byte pattern derived from (seed, req_id, tensor name), and `import_` verifies
+every byte, so a misrouted or corrupted transfer is caught (sizes and patterns: `emulated_payload`).
 Output tokens are drawn from the request's seed.
 
 The request table, scheduling, admission, finishing, export/import bookkeeping and the prefix
@@ -31,7 +32,12 @@ from prfaas.engine.prefix_book import check_prefix_payload, left_out_prefix_text
 from prfaas.engine.protocol import Buffers, ExportedState, LayerCallback
 from prfaas.engine.sequence import RequestProgress
 from prfaas.engine.state_exchange import StateExchange, new_transfer_id
-from prfaas.engine.validation import ManifestMismatch, PrefixMiss, fingerprint_mismatch
+from prfaas.engine.validation import (
+    ManifestMismatch,
+    PrefixMiss,
+    check_uncoded,
+    fingerprint_mismatch,
+)
 from prfaas.errors import UserError
 from prfaas.messages import (
     PREFIX_META_KEY,
@@ -165,6 +171,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         on_layer: LayerCallback | None,
         chunk_size: int | None,
         skip_tokens: int,
+        kv_codec: str,
     ) -> int:
         """Sleep the request's predicted prefill time, layer by layer; its first token. With a
         prefix cache only the tokens after the longest usable cached prefix are computed (and
@@ -183,7 +190,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
             self._sleep_scaled(per_layer_s)
             if on_layer is not None:
                 layer_state = self._payload.layer_state(
-                    state.req_id, layer, len(prompt), offset, skip_tokens
+                    state.req_id, layer, len(prompt), offset, skip_tokens, kv_codec
                 )
                 offset += layer_state.entry.num_bytes
                 on_layer(state.req_id, layer_state)
@@ -217,12 +224,14 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
 
     # ---- export and import ------------------------------------------------------------------
     def _export_state(
-        self, state: RequestProgress, transfer_id: str, num_prefix_tokens: int
+        self, state: RequestProgress, transfer_id: str, num_prefix_tokens: int, kv_codec: str
     ) -> ExportedState:
         """Synthetic payload of the model's real state size at this length, without the
-        full-attention KV of the first `num_prefix_tokens` tokens."""
+        full-attention KV of the first `num_prefix_tokens` tokens, the KV of its coded size."""
         num_tokens = state.num_computed_tokens
-        layers, buffers = self._payload.layers(state.req_id, num_tokens, num_prefix_tokens)
+        layers, buffers = self._payload.layers(
+            state.req_id, num_tokens, num_prefix_tokens, kv_codec
+        )
         manifest = KVManifest(
             transfer_id=transfer_id,
             req_id=state.req_id,
@@ -234,6 +243,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
             cache_meta={"cache_class": "EmulatedCache", "seed": self.seed},
             model_fingerprint=self.fingerprint,
             num_prefix_tokens=num_prefix_tokens,
+            kv_codec=kv_codec,
         )
         return ExportedState(manifest, buffers)
 
@@ -302,6 +312,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         info = PrefixTransferInfo.of(manifest)
         if info is None:
             raise PrefixMiss(f"manifest of {manifest.req_id!r} is not a prefix transfer")
+        check_uncoded(manifest, "a moved prefix")
         check_prefix_payload(info, manifest, buffers, prefix.block_tokens, prompt_token_ids)
         self._check_state(manifest, buffers)
         return prefix.store_moved(info.block_hashes)

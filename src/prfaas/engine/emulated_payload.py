@@ -5,7 +5,9 @@ mebibyte at a time on import. Plain bytes, no torch: emulated deployments run on
 install. `EmulatedPayload` builds a request's layer states and checks a received payload against
 the patterns and the sizes this model's own spec gives the manifest's tokens (never the sender's
 layer kinds): every token after a left-out prefix on full-attention/MLA layers, a window's last
-tokens on sliding-window layers.
+tokens on sliding-window layers. Under a KV codec (the manifest's `kv_codec`) the attention part
+of a layer ("kv") has the coded size `prfaas.models` gives (`kv_bytes_per_token(kv_codec=...)`),
+so the link carries what a coded payload would; recurrent and conv state keep their size.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from prfaas.engine.protocol import Buffers, LayerState
 from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import KVManifest, LayerEntry, TensorEntry
 from prfaas.models import LayerSpec, ModelSpec
+from prfaas.models.kv_codec import KV_CODEC_NONE
 
 _PATTERN_BYTES = 8
 _COMPARE_CHUNK_BYTES = 1 << 20  # a multiple of the pattern: every chunk starts in phase
@@ -33,7 +36,11 @@ class EmulatedPayload:
     payload_scale: float
 
     def tensor_sizes(
-        self, layer: LayerSpec, num_tokens: int, num_prefix_tokens: int = 0
+        self,
+        layer: LayerSpec,
+        num_tokens: int,
+        num_prefix_tokens: int = 0,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> list[tuple[str, int]]:
         return layer_tensor_sizes(
             layer,
@@ -43,14 +50,22 @@ class EmulatedPayload:
             self.spec.activation_dtype,
             num_prefix_tokens,
             self.payload_scale,
+            kv_codec,
         )
 
     def layer_state(
-        self, req_id: str, layer: LayerSpec, num_tokens: int, offset: int, num_prefix_tokens: int
+        self,
+        req_id: str,
+        layer: LayerSpec,
+        num_tokens: int,
+        offset: int,
+        num_prefix_tokens: int,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> LayerState:
-        """One layer's state of request `req_id` at `num_tokens`, at payload offset `offset`."""
+        """One layer's state of request `req_id` at `num_tokens`, at payload offset `offset`,
+        its attention part of the size the codec `kv_codec` gives it."""
         entries, buffers = [], []
-        for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix_tokens):
+        for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix_tokens, kv_codec):
             name = f"L{layer.index}/{suffix}"
             entries.append(TensorEntry(name, layer.index, "uint8", (size,), offset, size))
             buffers.append(memoryview(pattern_bytes(self.seed, req_id, name, size)))
@@ -59,14 +74,18 @@ class EmulatedPayload:
         return LayerState(entry, buffers)
 
     def layers(
-        self, req_id: str, num_tokens: int, num_prefix_tokens: int = 0
+        self,
+        req_id: str,
+        num_tokens: int,
+        num_prefix_tokens: int = 0,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> tuple[tuple[LayerEntry, ...], list[memoryview]]:
         """Every layer's entry and the buffers of the whole payload, in order."""
         layers = self.spec.layers
         entries, buffers = collect_layers(
             len(layers),
             lambda i, offset: self.layer_state(
-                req_id, layers[i], num_tokens, offset, num_prefix_tokens
+                req_id, layers[i], num_tokens, offset, num_prefix_tokens, kv_codec
             ),
         )
         return tuple(entries), buffers
@@ -99,15 +118,16 @@ class EmulatedPayload:
         num_tokens, num_prefix = manifest.num_computed_tokens, manifest.num_prefix_tokens
         expected = [
             (f"L{layer.index}/{suffix}", size)
-            for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix)
+            for suffix, size in self.tensor_sizes(layer, num_tokens, num_prefix, manifest.kv_codec)
         ]
         got = [(t.name, t.num_bytes) for t in entry.tensors]
         if got == expected:
             return
         left_out = f" ({num_prefix} left to the receiver's prefix)" if num_prefix else ""
+        coded = "" if manifest.kv_codec == KV_CODEC_NONE else f", K/V coded {manifest.kv_codec}"
         raise ManifestMismatch(
             f"layer {layer.index}: tensors {got}, expected {expected} for {num_tokens} computed "
-            f"tokens{left_out}"
+            f"tokens{left_out}{coded}"
         )
 
 
@@ -119,16 +139,18 @@ def layer_tensor_sizes(
     conv_dtype: str,
     num_prefix_tokens: int = 0,
     payload_scale: float = 1.0,
+    kv_codec: str = KV_CODEC_NONE,
 ) -> list[tuple[str, int]]:
     """(name suffix, bytes) of one layer's state at num_tokens, zero-sized parts left out; the
-    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it).
+    full-attention KV of the first `num_prefix_tokens` tokens is left out (the receiver has it),
+    and the KV (full, MLA and sliding window) is of the size the codec `kv_codec` gives it.
 
     `payload_scale` in (0, 1] shrinks every part to `max(1, round(bytes x scale))` (a testbed's
     scaled link); at 1.0 the sizes are the model's exactly."""
     if not 0 < payload_scale <= 1:
         raise ValueError(f"payload_scale must be in (0, 1], got {payload_scale}")
-    kv = layer.kv_bytes_per_token(kv_dtype) * (num_tokens - num_prefix_tokens)
-    kv += layer.window_bytes_per_token(kv_dtype) * min(num_tokens, layer.window)
+    kv = layer.kv_bytes_per_token(kv_dtype, kv_codec) * (num_tokens - num_prefix_tokens)
+    kv += layer.window_bytes_per_token(kv_dtype, kv_codec) * min(num_tokens, layer.window)
     parts = [
         ("kv", kv),
         ("recurrent_states/0", layer.recurrent_state_bytes(state_dtype)),

@@ -20,6 +20,12 @@ them (its prefix cache); the manifest says how many, and import puts the receive
 tensors back in front. Every other tensor (linear, conv, SSM state, sliding windows) always
 travels whole: it is the state at the full length. Which layers keep every token, and how long a
 window is, the receiver reads from its own cache (`CacheTemplate`), never from the sender's flags.
+
+Coded state: with a KV codec (`engine.kv_codec`, named in the manifest's `kv_codec`), every
+attention K/V tensor ("keys"/"values": full-attention, MLA and sliding-window layers) travels as
+the codec's payload, per tensor as its layer is exported, its entry keeping the tensor's dtype
+and shape and giving the coded size; import checks that size and decodes it into a new tensor.
+Recurrent and conv state travel exact under every codec. "none" is the tensors' own bytes.
 """
 
 from __future__ import annotations
@@ -30,10 +36,12 @@ from typing import Any
 
 import torch
 
+from prfaas.engine.kv_codec import DEFAULT_ROTATION_SEED, KVCodec, kv_codec
 from prfaas.engine.payload import PayloadBytes, collect_layers
 from prfaas.engine.protocol import ExportedState, LayerState
-from prfaas.engine.validation import ManifestMismatch
+from prfaas.engine.validation import ManifestMismatch, manifest_codec
 from prfaas.messages import JSONDict, KVManifest, LayerEntry, TensorEntry
+from prfaas.models.kv_codec import KV_CODEC_NONE, KVCodecSpec
 from prfaas.types import LayerKind
 
 _SKIPPED_ATTRS = frozenset({"device", "_sliding_window_tensor"})  # rebuilt on import
@@ -147,12 +155,18 @@ def layer_parts(
 
 
 def export_layer(
-    cache: Any, layer_index: int, kind: LayerKind, offset_bytes: int, num_prefix_tokens: int = 0
+    cache: Any,
+    layer_index: int,
+    kind: LayerKind,
+    offset_bytes: int,
+    num_prefix_tokens: int = 0,
+    kv_codec_name: str = KV_CODEC_NONE,
 ) -> LayerState:
     """Describe and expose layer `layer_index` of a batch-1 cache, starting at `offset_bytes`.
 
     With `num_prefix_tokens` p > 0, full-attention/MLA K/V are exported from token p on only
-    (a copy of that slice); everything else whole.
+    (a copy of that slice); everything else whole. With a codec other than "none", its K/V are
+    coded (`coded_kv`).
     """
     cls, flags, named = layer_parts(cache, layer_index)
     if num_prefix_tokens:
@@ -160,7 +174,16 @@ def export_layer(
             (name, tensor[:, :, num_prefix_tokens:] if is_prefix_attention(flags, name) else tensor)
             for name, tensor in named
         ]  # K/V: [batch, heads, num_tokens - p, dim]
-    return layer_state(layer_index, kind.value, cls, flags, named, offset_bytes)
+    codec = coded_kv(kv_codec_name)
+    return layer_state(layer_index, kind.value, cls, flags, named, offset_bytes, codec)
+
+
+def coded_kv(name: str) -> KVCodec | None:
+    """The codec an export applies to attention K/V ("keys"/"values" of full-attention, MLA and
+    sliding-window layers); None for "none" (the tensors' own bytes). UserError naming the codecs
+    for an unknown name."""
+    codec = kv_codec(name)
+    return None if codec.spec.is_identity else codec
 
 
 def layer_state(
@@ -170,12 +193,17 @@ def layer_state(
     flags: JSONDict,
     named: Sequence[tuple[str, torch.Tensor]],
     offset_bytes: int,
+    codec: KVCodec | None = None,
 ) -> LayerState:
-    """One layer's manifest entry and byte views from its named tensors, from `offset_bytes` on."""
+    """One layer's manifest entry and byte views from its named tensors, from `offset_bytes` on;
+    K/V coded by `codec` when one is given (their entries keep the tensor's dtype and shape)."""
     entries: list[TensorEntry] = []
     buffers: list[memoryview] = []
     for name, tensor in named:
-        buf = tensor_bytes(tensor)
+        if codec is not None and _is_token_axis(name):
+            buf = codec.encode(tensor).payload
+        else:
+            buf = tensor_bytes(tensor)
         entries.append(
             TensorEntry(
                 name=f"L{layer_index}/{name}",
@@ -212,11 +240,16 @@ def export_state(
     first_token_id: int | None,
     model_fingerprint: str = "",
     num_prefix_tokens: int = 0,
+    kv_codec_name: str = KV_CODEC_NONE,
 ) -> ExportedState:
     """Manifest and buffers of a batch-1 cache, layer by layer; full-attention/MLA K/V from token
-    `num_prefix_tokens` on (the receiver holds the tokens before)."""
+    `num_prefix_tokens` on (the receiver holds the tokens before), every K/V coded by the codec
+    `kv_codec_name`."""
     layers, buffers = collect_layers(
-        len(kinds), lambda i, offset: export_layer(cache, i, kinds[i], offset, num_prefix_tokens)
+        len(kinds),
+        lambda i, offset: export_layer(
+            cache, i, kinds[i], offset, num_prefix_tokens, kv_codec_name
+        ),
     )
     manifest = KVManifest(
         transfer_id=transfer_id,
@@ -229,6 +262,7 @@ def export_state(
         cache_meta=cache_meta(cache),
         model_fingerprint=model_fingerprint,
         num_prefix_tokens=num_prefix_tokens,
+        kv_codec=kv_codec_name,
     )
     return ExportedState(manifest, buffers)
 
@@ -236,9 +270,16 @@ def export_state(
 class PayloadView(PayloadBytes):
     """Several bytes-like buffers seen as one address space [0, total), read as tensors."""
 
-    def tensor(self, entry: TensorEntry, *, copy: bool) -> torch.Tensor:
+    def tensor(
+        self, entry: TensorEntry, *, copy: bool, codec: KVCodec | None = None
+    ) -> torch.Tensor:
+        """The tensor of `entry`: its bytes in place (copied when `copy`, read-only or
+        misaligned), or, for K/V under a `codec`, decoded into a new tensor."""
         dtype = getattr(torch, entry.dtype)
         raw = self.view(entry.offset_bytes, entry.num_bytes)
+        if codec is not None and _is_token_axis(entry.name):
+            metadata = {"dtype": entry.dtype, "shape": list(entry.shape)}
+            return codec.decode(raw, {**metadata, "rotation_seed": DEFAULT_ROTATION_SEED})
         if copy or raw.readonly or not _is_aligned(raw, dtype.itemsize):
             raw = memoryview(bytearray(raw))
         if raw.nbytes == 0:
@@ -303,12 +344,13 @@ def _layer_of(name: str) -> int:
 def check_manifest(manifest: KVManifest, template: CacheTemplate) -> None:
     """Raise ManifestMismatch unless the manifest fits the receiving model's cache: the model and
     its layout, each layer's index and window, each tensor's dtype, shape, size and tokens."""
+    codec = manifest_codec(manifest)
     _check_layout(manifest, template)
     for position, layer in enumerate(manifest.layers):
         _check_layer_index(layer, position)
         _check_window(layer, template.windows[position], manifest.num_prefix_tokens)
         for entry in layer.tensors:
-            _check_tensor(entry, template.tensors[entry.name])
+            _check_tensor(entry, template.tensors[entry.name], codec)
             _check_num_tokens(entry, template, manifest)
 
 
@@ -372,8 +414,11 @@ def _kept_tokens_text(window: int | None) -> str:
     return "keeps every token" if window is None else f"keeps a {window}-token sliding window"
 
 
-def _check_tensor(entry: TensorEntry, expected: tuple[str, tuple[int, ...]]) -> None:
-    """Dtype, shape and size of one tensor; a K/V's token axis is `_check_num_tokens`'s."""
+def _check_tensor(
+    entry: TensorEntry, expected: tuple[str, tuple[int, ...]], codec: KVCodecSpec
+) -> None:
+    """Dtype, shape and size of one tensor (a K/V's coded size under `codec`); a K/V's token
+    axis is `_check_num_tokens`'s."""
     dtype, shape = expected
     if entry.dtype != dtype:
         raise ManifestMismatch(f"{entry.name}: dtype {entry.dtype}, expected {dtype}")
@@ -383,9 +428,20 @@ def _check_tensor(entry: TensorEntry, expected: tuple[str, tuple[int, ...]]) -> 
         got[-2] = want[-2] = 0
     if got != want:
         raise ManifestMismatch(f"{entry.name}: shape {tuple(entry.shape)}, expected {shape}")
-    itemsize = getattr(torch, entry.dtype).itemsize
-    if entry.num_bytes != itemsize * _numel(entry.shape):
-        raise ManifestMismatch(f"{entry.name}: {entry.num_bytes} bytes do not match its shape")
+    if entry.num_bytes != _num_bytes(entry, codec):
+        coded = "" if codec.is_identity or not _is_token_axis(entry.name) else f" ({codec.name})"
+        raise ManifestMismatch(
+            f"{entry.name}: {entry.num_bytes} bytes do not match its shape{coded}"
+        )
+
+
+def _num_bytes(entry: TensorEntry, codec: KVCodecSpec) -> int:
+    """The bytes an honest sender's tensor of this dtype and shape has: K/V coded by `codec`
+    (`prfaas.models.kv_codec`'s size of each vector), every other tensor its own bytes."""
+    if codec.is_identity or not _is_token_axis(entry.name) or not entry.shape:
+        return int(getattr(torch, entry.dtype).itemsize) * _numel(entry.shape)
+    num_vectors = _numel(entry.shape[:-1])
+    return num_vectors * codec.vector_bytes(entry.shape[-1], entry.dtype)
 
 
 def _check_num_tokens(entry: TensorEntry, template: CacheTemplate, manifest: KVManifest) -> None:
@@ -428,11 +484,12 @@ def import_state(
     """
     check_manifest(manifest, template)
     payload = PayloadView(buffers)
+    codec = coded_kv(manifest.kv_codec)
     _ensure_layers(fresh_cache, manifest)
     for entry in manifest.layers:
         tensors = {}
         for t in entry.tensors:
-            tensor = payload.tensor(t, copy=copy)
+            tensor = payload.tensor(t, copy=copy, codec=codec)
             if manifest.num_prefix_tokens and template.keeps_every_token(t.name):
                 tensor = _behind_prefix(t.name, tensor, manifest.num_prefix_tokens, prefix_tensors)
             tensors[t.name.split("/", 1)[1]] = tensor

@@ -22,6 +22,7 @@ from prfaas.engine.protocol import LayerCallback
 from prfaas.engine.sampling import sample_token
 from prfaas.engine.sequence import RequestProgress
 from prfaas.errors import UserError
+from prfaas.models.kv_codec import KV_CODEC_NONE
 from prfaas.types import LayerKind
 
 
@@ -52,13 +53,17 @@ class ModelRunner:
         token_ids: Sequence[int],
         on_layer: LayerCallback | None,
         skip_tokens: int = 0,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> torch.Tensor:
         """Prefill the next `token_ids` of a request into its cache; the last position's logits
-        [vocab_size]. `on_layer` gets each layer's state as that layer's forward ends."""
+        [vocab_size]. `on_layer` gets each layer's state as that layer's forward ends (its K/V
+        coded by the codec `kv_codec`)."""
         start = state.num_computed_tokens
         input_ids = torch.tensor([list(token_ids)])  # [1, chunk_len]
         positions = torch.arange(start, start + len(token_ids)).unsqueeze(0)  # [1, chunk_len]
-        hooks = self._layer_hooks(state, on_layer, skip_tokens) if on_layer is not None else []
+        hooks = []
+        if on_layer is not None:
+            hooks = self._layer_hooks(state, on_layer, skip_tokens, kv_codec)
         try:
             out = self.model(
                 input_ids=input_ids,
@@ -75,14 +80,16 @@ class ModelRunner:
         return logits
 
     def _layer_hooks(
-        self, state: RequestState, on_layer: LayerCallback, skip_tokens: int = 0
+        self, state: RequestState, on_layer: LayerCallback, skip_tokens: int, kv_codec: str
     ) -> list[Any]:
         offset = [0]
 
         def make_hook(index: int) -> Callable[..., None]:
             def hook(*_: Any) -> None:
                 kind = self.kinds[index]
-                layer_state = export_layer(state.cache, index, kind, offset[0], skip_tokens)
+                layer_state = export_layer(
+                    state.cache, index, kind, offset[0], skip_tokens, kv_codec
+                )
                 offset[0] += layer_state.entry.num_bytes
                 on_layer(state.req_id, layer_state)
 

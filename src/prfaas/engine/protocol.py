@@ -15,9 +15,12 @@ What the services call, and what an implementation promises:
   hands each layer's final state to `on_layer(req_id, LayerState)` in layer order, with global
   payload offsets; the LayerStates of one request, concatenated, are the payload `export` then
   describes. `skip_tokens[req_id]` = p leaves the first p tokens of full-attention/MLA K/V out
-  (the receiver holds them). `export` gives the manifest and buffers of a request that holds just
-  its first token; `import_` adopts such a state from another instance, `prompt_token_ids`
-  naming the prompt when the manifest leaves a prefix out. Bad input raises `UserError`
+  (the receiver holds them), and `kv_codecs[req_id]` names the codec of its attention K/V
+  (`prfaas.models.kv_codec`: coded per layer as it streams, recurrent and conv state exact; the
+  manifest names it, and `import_` decodes it or refuses a codec it does not know). `export`
+  gives the manifest and buffers of a request that holds just its first token; `import_` adopts
+  such a state from another instance, `prompt_token_ids` naming the prompt when the manifest
+  leaves a prefix out. Bad input raises `UserError`
   (`InvalidRequest`, `ManifestMismatch`, `PrefixMiss`) before anything is registered.
 - *Decoding.* `step` runs one scheduling step: one waiting prefill, or one batched decode step
   of every running request; it returns their `TokenDelta`s. A request that fails ends alone with
@@ -113,14 +116,21 @@ class ServingEngine(Protocol):
         on_layer: LayerCallback | None = None,
         chunk_size: int | None = None,
         skip_tokens: Mapping[str, int] | None = None,
+        kv_codecs: Mapping[str, str] | None = None,
     ) -> list[int]:
         """Prefill each request now; their first tokens."""
         ...
 
     def export(
-        self, req_id: str, transfer_id: str | None = None, *, num_prefix_tokens: int = 0
+        self,
+        req_id: str,
+        transfer_id: str | None = None,
+        *,
+        num_prefix_tokens: int = 0,
+        kv_codec: str = "none",
     ) -> ExportedState:
-        """A prefilled request's state, without the first `num_prefix_tokens` of attention."""
+        """A prefilled request's state, without the first `num_prefix_tokens` of attention,
+        its attention K/V coded by the codec `kv_codec`."""
         ...
 
     def import_(

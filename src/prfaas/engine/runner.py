@@ -48,7 +48,12 @@ from prfaas.engine.prefix_book import left_out_prefix_text
 from prfaas.engine.prefix_store import PrefixCacheConfig, PrefixMiss, PrefixStore, take_checkpoint
 from prfaas.engine.protocol import Buffers, ExportedState, LayerCallback
 from prfaas.engine.state_exchange import StateExchange, new_transfer_id
-from prfaas.engine.validation import ManifestMismatch, fingerprint_mismatch, one_line
+from prfaas.engine.validation import (
+    ManifestMismatch,
+    check_uncoded,
+    fingerprint_mismatch,
+    one_line,
+)
 from prfaas.messages import GenerateRequest, KVManifest, SamplingParams, TokenDelta
 
 __all__ = ["Engine", "LayerCallback", "RequestState", "chunk_bounds"]
@@ -112,6 +117,7 @@ class Engine(StateExchange[RequestState, PrefixStore]):
         on_layer: LayerCallback | None,
         chunk_size: int | None,
         skip_tokens: int,
+        kv_codec: str,
     ) -> int:
         """Prefill one request from its longest usable cached prefix (if any) and sample its
         first token; with a prefix cache, checkpoint the state and store the prompt's blocks."""
@@ -123,7 +129,9 @@ class Engine(StateExchange[RequestState, PrefixStore]):
         logits = torch.empty(0)
         for begin, end in chunk_bounds(start, len(prompt), chunk_size, cut):
             callback = on_layer if end == len(prompt) else None
-            logits = self._runner.forward_chunk(state, prompt[begin:end], callback, skip_tokens)
+            logits = self._runner.forward_chunk(
+                state, prompt[begin:end], callback, skip_tokens, kv_codec
+            )
             if end == cut:
                 checkpoint = take_checkpoint(state.cache, len(self.kinds), cut)
         token = self._runner.sample(state, logits)
@@ -180,9 +188,10 @@ class Engine(StateExchange[RequestState, PrefixStore]):
 
     # ---- export / import ------------------------------------------------------------------
     def _export_state(
-        self, state: RequestState, transfer_id: str, num_prefix_tokens: int
+        self, state: RequestState, transfer_id: str, num_prefix_tokens: int, kv_codec: str
     ) -> ExportedState:
-        """Zero-copy buffers of the request's cache (copied only where a prefix is cut)."""
+        """Zero-copy buffers of the request's cache (copied only where a prefix is cut), or the
+        coded bytes of its K/V under a codec."""
         self._batcher.leave()
         return export_state(
             state.cache,
@@ -194,6 +203,7 @@ class Engine(StateExchange[RequestState, PrefixStore]):
             first_token_id=state.output_token_ids[0],
             model_fingerprint=self.loaded.fingerprint,
             num_prefix_tokens=num_prefix_tokens,
+            kv_codec_name=kv_codec,
         )
 
     def _check_state(self, manifest: KVManifest, buffers: Buffers) -> None:
@@ -262,6 +272,7 @@ class Engine(StateExchange[RequestState, PrefixStore]):
         Refused (ManifestMismatch / PrefixMiss) for another model or layout, changed bytes, a
         different prompt or block size."""
         store = self._require_prefix("import a prefix")
+        check_uncoded(manifest, "a moved prefix")
         self._check_state(manifest, buffers)
         with torch.inference_mode():
             fresh = self._runner.new_cache()

@@ -25,6 +25,7 @@ from prfaas.engine.validation import (
     check_skip_tokens,
 )
 from prfaas.messages import KVManifest, SamplingParams
+from prfaas.models.kv_codec import KV_CODEC_NONE, get_kv_codec
 from prfaas.prefix_cache.pool import HybridPrefixPool
 
 
@@ -32,8 +33,11 @@ class StateExchange(EngineCore[R, P]):
     """An engine whose requests' states move between instances."""
 
     @abstractmethod
-    def _export_state(self, state: R, transfer_id: str, num_prefix_tokens: int) -> ExportedState:
-        """The manifest and buffers of a checked, just-prefilled request."""
+    def _export_state(
+        self, state: R, transfer_id: str, num_prefix_tokens: int, kv_codec: str
+    ) -> ExportedState:
+        """The manifest and buffers of a checked, just-prefilled request (K/V coded by the codec
+        `kv_codec`)."""
 
     @abstractmethod
     def _check_state(self, manifest: KVManifest, buffers: Buffers) -> None:
@@ -51,20 +55,28 @@ class StateExchange(EngineCore[R, P]):
 
     # ---- export / import --------------------------------------------------------------------
     def export(
-        self, req_id: str, transfer_id: str | None = None, *, num_prefix_tokens: int = 0
+        self,
+        req_id: str,
+        transfer_id: str | None = None,
+        *,
+        num_prefix_tokens: int = 0,
+        kv_codec: str = KV_CODEC_NONE,
     ) -> ExportedState:
         """Manifest and buffers of one prefilled request's state.
 
         Only a request that holds just its first output token can be exported: the manifest
         resumes decoding from that token, so state that has decoded further would continue wrong.
         `num_prefix_tokens` p > 0 leaves the first p tokens of every full-attention/MLA K/V out
-        (the receiver holds them); fixed-size states travel whole. With a prefix cache, the
+        (the receiver holds them); fixed-size states travel whole. `kv_codec` codes the
+        attention K/V (`prfaas.models.kv_codec`; the manifest names it). With a prefix cache, the
         exported bytes are reserved in its pool until `free(req_id)`.
         """
         state = self._get(req_id)
         check_exportable(req_id, len(state.output_token_ids), state.finish_reason, state.error)
         check_skip_tokens(req_id, num_prefix_tokens, state.num_computed_tokens)
-        exported = self._export_state(state, new_transfer_id(transfer_id), num_prefix_tokens)
+        get_kv_codec(kv_codec)
+        tid = new_transfer_id(transfer_id)
+        exported = self._export_state(state, tid, num_prefix_tokens, kv_codec)
         if self._prefix is not None:  # never fails the export: what does not fit is not reserved
             manifest = exported.manifest
             self._prefix.reserve_for(req_id, manifest.transfer_id, manifest.total_bytes)

@@ -1,4 +1,5 @@
-"""Checks on what enters an engine: token ids, lengths, manifests' first tokens and model identity.
+"""Checks on what enters an engine: token ids, lengths, manifests' first tokens, KV codec and
+model identity.
 
 Both engines (`runner.Engine` and `emulated.EmulatedEngine`) run these before a request is
 registered, so a request that cannot be served is refused at the door with one line naming the
@@ -15,9 +16,11 @@ from collections.abc import Mapping, Sequence
 
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, KVManifest
+from prfaas.models.kv_codec import KV_CODEC_NAMES, KV_CODEC_NONE, KV_CODECS, KVCodecSpec
 
 _SHORT_FINGERPRINT_CHARS = 12  # hex digest characters shown in messages
 _MAX_SHOWN_FINGERPRINT_CHARS = 32  # fingerprints up to this long are shown whole
+_MAX_SHOWN_CODEC_CHARS = 40  # a codec name the manifest gives is cut to this in messages
 
 
 class InvalidRequest(UserError):
@@ -82,6 +85,27 @@ def check_manifest_request(
             f"manifest of {req_id!r} has {manifest.num_computed_tokens} computed tokens"
         )
     check_num_positions(req_id, "imported state", manifest.num_computed_tokens, max_positions)
+    manifest_codec(manifest)
+
+
+def manifest_codec(manifest: KVManifest) -> KVCodecSpec:
+    """The codec of the manifest's attention K/V; ManifestMismatch naming the codecs this
+    instance decodes when it is none of them (a newer sender, a corrupt manifest)."""
+    spec = KV_CODECS.get(manifest.kv_codec)
+    if spec is None:
+        name = manifest.kv_codec[:_MAX_SHOWN_CODEC_CHARS]
+        raise ManifestMismatch(
+            f"manifest of {manifest.req_id!r} is coded with KV codec {name!r}, which this "
+            f"instance cannot decode (it decodes {', '.join(KV_CODEC_NAMES)})"
+        )
+    return spec
+
+
+def check_uncoded(manifest: KVManifest, what: str) -> None:
+    """A moved prefix travels exact: ManifestMismatch for a manifest with a KV codec."""
+    if manifest.kv_codec != KV_CODEC_NONE:
+        name = manifest.kv_codec[:_MAX_SHOWN_CODEC_CHARS]
+        raise ManifestMismatch(f"{what} travels uncoded, but its manifest says KV codec {name!r}")
 
 
 def short_fingerprint(fingerprint: str) -> str:

@@ -2,7 +2,8 @@
 
 `POST /internal/prefill` takes a `PrefillJob`, queues it FCFS on the engine thread, and prefills
 it with the layer callback: each layer's state is handed to the KV transport as soon as it is
-final, so it crosses the link while the next layer computes. Then the manifest goes out with
+final, so it crosses the link while the next layer computes; its attention K/V coded by the job's
+`kv_codec` (the router's choice), recurrent and conv state exact. Then the manifest goes out with
 END, and the decode instance's ACK ends the job; the answer is a `PrefillResult`. The request's
 state stays in the engine until the ACK (NACKed ranges are resent from it), then it is freed.
 `POST /internal/prefix_export` sends a cached prefix to another instance's KV receiver, and an
@@ -119,7 +120,7 @@ class PrefillService(EngineService):
             num_cached_tokens=entry.num_cached_tokens,
         )
         log.info(
-            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d cached=%d kv_bytes=%d "
+            "req_id=%s transfer_id=%s prefill ok=%s tokens=%d cached=%d kv_bytes=%d kv_codec=%s "
             "queue_s=%.3f prefill_s=%.3f tail_s=%.3f",
             req_id,
             job.transfer_id,
@@ -127,6 +128,7 @@ class PrefillService(EngineService):
             entry.num_tokens,
             entry.num_cached_tokens,
             manifest.total_bytes,
+            manifest.kv_codec,
             result.queue_s,
             result.prefill_s,
             result.transfer_tail_s,
@@ -145,12 +147,16 @@ class PrefillService(EngineService):
 
         request, num_skip = _prefill_only(entry.job.request), entry.job.num_receiver_prefix_tokens
         skip = {request.req_id: num_skip} if num_skip > 0 else None
-        engine.prefill([request], on_layer=on_layer, skip_tokens=skip)
+        codecs = {request.req_id: entry.job.kv_codec}
+        engine.prefill([request], on_layer=on_layer, skip_tokens=skip, kv_codecs=codecs)
         entry.num_cached_tokens = engine.num_cached_tokens(request.req_id)
         num_computed = entry.num_tokens - entry.num_cached_tokens
         self.rate.observe(num_computed, time.monotonic() - entry.started_at)
         exported = engine.export(
-            request.req_id, transfer_id=entry.job.transfer_id, num_prefix_tokens=num_skip
+            request.req_id,
+            transfer_id=entry.job.transfer_id,
+            num_prefix_tokens=num_skip,
+            kv_codec=entry.job.kv_codec,
         )
         return exported.manifest
 

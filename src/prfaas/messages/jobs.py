@@ -17,6 +17,7 @@ from prfaas.messages.fields import (
     parse_str,
 )
 from prfaas.messages.requests import GenerateRequest
+from prfaas.models.kv_codec import KV_CODEC_NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +31,8 @@ class PrefillJob:
     # leading prompt tokens whose full-attention KV the decode instance already caches: the
     # payload leaves them out (fixed-size states always travel whole)
     num_receiver_prefix_tokens: int = 0
+    # codec of the payload's attention K/V (`prfaas.models.kv_codec`): the router's choice
+    kv_codec: str = KV_CODEC_NONE
 
     def to_dict(self) -> JSONDict:
         return {
@@ -38,6 +41,7 @@ class PrefillJob:
             "decode_kv_address": self.decode_kv_address,
             "deadline_s": self.deadline_s,
             "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
+            "kv_codec": self.kv_codec,
         }
 
     @classmethod
@@ -52,6 +56,7 @@ class PrefillJob:
             parse_str(d["decode_kv_address"], "decode_kv_address", min_chars=1),
             parse_seconds(d["deadline_s"], "deadline_s"),
             num_prefix,
+            parse_str(d.get("kv_codec", KV_CODEC_NONE), "kv_codec", min_chars=1),
         )
 
 

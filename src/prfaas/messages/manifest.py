@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 from prfaas.errors import UserError
 from prfaas.messages.fields import JSONDict, parse_int, parse_list, parse_mapping, parse_str
+from prfaas.models.kv_codec import KV_CODEC_NONE
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,7 +22,7 @@ class TensorEntry:
     dtype: str  # element type without the "torch." prefix: "float32", "bfloat16"
     shape: tuple[int, ...]  # tensor shape, e.g. [batch=1, num_kv_heads, num_tokens, head_dim]
     offset_bytes: int  # where the tensor starts in the request's payload
-    num_bytes: int  # its size: prod(shape) * dtype bytes
+    num_bytes: int  # its size: prod(shape) * dtype bytes, or its coded size (`kv_codec`)
 
     def to_dict(self) -> JSONDict:
         return {**asdict(self), "shape": list(self.shape)}
@@ -97,6 +98,10 @@ class KVManifest:
     # tokens at the start of every full-attention/MLA layer that this payload does NOT carry
     # because the receiver holds them in its prefix cache (0: the payload carries all of them)
     num_prefix_tokens: int = 0
+    # codec of every attention K/V tensor ("keys"/"values" of full, MLA and sliding-window
+    # layers: `prfaas.models.kv_codec`); their entries keep the tensor's dtype and shape and give
+    # the coded bytes. Recurrent and conv state always travel exact.
+    kv_codec: str = KV_CODEC_NONE
 
     def __post_init__(self) -> None:
         if self.num_prefix_tokens < 0 or (
@@ -123,6 +128,7 @@ class KVManifest:
             "cache_meta": self.cache_meta,
             "model_fingerprint": self.model_fingerprint,
             "num_prefix_tokens": self.num_prefix_tokens,
+            "kv_codec": self.kv_codec,
         }
 
     @classmethod
@@ -145,6 +151,7 @@ class KVManifest:
             num_prefix_tokens=parse_int(
                 d.get("num_prefix_tokens", 0), "num_prefix_tokens", minimum=0
             ),
+            kv_codec=parse_str(d.get("kv_codec", KV_CODEC_NONE), "kv_codec", min_chars=1),
         )
 
 

@@ -63,6 +63,10 @@ KV_CODECS: dict[str, KVCodecSpec] = {
     "int4-rotated": KVCodecSpec("int4-rotated", bits_per_element=4, scale_bytes_per_group=4),
 }
 KV_CODEC_NAMES = tuple(KV_CODECS)
+# `[transport] compression`: a codec, or "auto" (the router picks fp8 or none per offloaded
+# request from its link view, `prfaas.policy.compression`)
+COMPRESSION_AUTO = "auto"
+COMPRESSION_CHOICES = (*KV_CODEC_NAMES, COMPRESSION_AUTO)
 
 
 def get_kv_codec(name: str) -> KVCodecSpec:

@@ -6,9 +6,12 @@
 - `pick`: least-loaded instance inside a cluster, or the one caching the longest prefix.
 - `throughput`: the paper's Eqs. 2-7 and the Eq. 7 threshold search, used by the planner and by a
   router re-searching t over observed lengths.
+- `compression`: the KV codec of an offloaded request (`[transport] compression`, "auto" from
+  the link view).
 - `views`: the snapshots (LinkView, InstanceLoad, ClusterView) the policy reads.
 """
 
+from prfaas.policy.compression import CodecChoice, CompressionRule, choose_kv_codec
 from prfaas.policy.pick import pick_cached_instance, pick_instance
 from prfaas.policy.route import (
     PathDelays,
@@ -34,6 +37,8 @@ from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 
 __all__ = [
     "ClusterView",
+    "CodecChoice",
+    "CompressionRule",
     "InstanceLoad",
     "LinkView",
     "PathDelays",
@@ -44,6 +49,7 @@ __all__ = [
     "StageCosts",
     "StagePoint",
     "best_threshold",
+    "choose_kv_codec",
     "choose_route",
     "evaluate",
     "lambda_max",

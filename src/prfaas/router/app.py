@@ -2,11 +2,12 @@
 
 Per request: the `RequestIntake` (`intake.py`) checks the API key, validates and tokenizes; then
 ask the `Dispatcher` (policy + instance picking), log the decision as one JSON line with `req_id`
-and `transfer_id`, count it, put it in the `x-prfaas-route` / `x-prfaas-route-reason` headers,
-and relay the decode instance's tokens as text: whole, or as server-sent events ending with
-`data: [DONE]`. Errors are OpenAI-shaped (`{"error": {"message", "type", "code", "param"}}`,
-`param` naming the request field at fault when the message names one) with a 4xx status for
-the client's mistakes and 503 when no instance can serve.
+and `transfer_id`, count it, put it in the `x-prfaas-route` / `x-prfaas-route-reason` headers
+(and the KV codec in `x-prfaas-kv-codec` / `x-prfaas-kv-codec-reason`), and relay the decode
+instance's tokens as text: whole, or as server-sent events ending with `data: [DONE]`. Errors
+are OpenAI-shaped (`{"error": {"message", "type", "code", "param"}}`, `param` naming the request
+field at fault when the message names one) with a 4xx status for the client's mistakes and 503
+when no instance can serve.
 Also: `/v1/models`, `/health` (the process is alive), `/ready` (every cluster has a ready
 instance; with the id of the deployment `prfaas up` started it in), `/metrics` (Prometheus) and
 the operator dashboard (`/dashboard`, `dashboard.py`; its history in `dashboard_history.py`).
@@ -252,6 +253,8 @@ def route_headers(d: Dispatch) -> dict[str, str]:
         "x-prfaas-route": d.route,
         "x-prfaas-route-reason": d.reason.encode("ascii", "replace").decode(),
         "x-prfaas-transfer-id": d.transfer_id,
+        "x-prfaas-kv-codec": d.kv_codec,
+        "x-prfaas-kv-codec-reason": d.kv_codec_reason.encode("ascii", "replace").decode(),
         "x-request-id": d.req_id,
     }
 

@@ -3,7 +3,8 @@ and what happened to the request after it (`DispatchTrace`).
 
 `Dispatch` is what the route log line, the `x-prfaas-route*` headers and the decision metrics
 show: where the request prefills, which decode instance takes it, the policy's reason, the
-prefix each instance is expected to reuse and the cached prefix to move first. `DispatchTrace`
+prefix each instance is expected to reuse, the cached prefix to move first and the KV codec its
+payload is coded with (and why). `DispatchTrace`
 holds one request's outcome as the dispatcher and the relay learn it: the prefill instance's
 answer, the prefix move's outcome and bytes, the first token's timing; the response's `prfaas`
 field and the log lines written after routing read it.
@@ -43,6 +44,8 @@ class Dispatch:
     cluster: str = ""  # name of the cluster that prefills
     prefix_move: PrefixMove | None = None  # a cached prefix to move to `prefill` first
     num_prefix_transfer_tokens: int = 0  # the policy's cross-cluster moved tokens
+    kv_codec: str = "none"  # codec of the payload's attention K/V (`policy.compression`)
+    kv_codec_reason: str = ""  # why ("<rule>: <details>")
 
     @property
     def rule(self) -> str:
@@ -66,6 +69,8 @@ class Dispatch:
             "num_receiver_prefix_tokens": self.num_receiver_prefix_tokens,
             "num_prefix_transfer_tokens": self.num_prefix_transfer_tokens,
             "prefix_holder": self.prefix_move.holder.config.name if self.prefix_move else None,
+            "kv_codec": self.kv_codec,
+            "kv_codec_reason": self.kv_codec_reason,
         }
 
 
@@ -118,6 +123,8 @@ class DispatchTrace:
             "decode_instance": d.decode.config.name,
             "ttft_s": None if ttft_s is None else round(ttft_s, 6),
             "kv_bytes": r.num_kv_bytes if r and r.ok else 0,
+            "kv_codec": d.kv_codec,
+            "kv_codec_reason": d.kv_codec_reason,
             "num_cached_tokens": (
                 r.num_cached_tokens if r and r.ok else self.num_expected_cached_tokens
             ),

@@ -3,7 +3,8 @@
 `Dispatcher.decide` builds the policy's views from the monitor, calls `RoutePolicy.choose` and
 `pick_instance` (the same `prfaas.policy` code the simulator runs), and turns the decision into a
 frozen `Dispatch` (`decision.py`): which prefill instance, which decode instance, which transfer
-id, and why. `Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the
+id, which KV codec (`choose_kv_codec`: `[transport] compression`, "auto" from the same link
+view), and why. `Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the
 state) and the `PrefillJob` at the same time, relays the decode instance's `TokenDelta`s, records
 what happens in the request's `DispatchTrace`, and when the prefill side fails (instance gone,
 engine error, transfer refused) tells the decode instance at once, so its failure policy applies
@@ -49,6 +50,7 @@ from prfaas.messages import (
 from prfaas.policy import (
     RoutePolicy,
     RouteTarget,
+    choose_kv_codec,
     make_route_policy,
     pick_cached_instance,
 )
@@ -135,11 +137,12 @@ class Dispatcher:
         hashes = self.prefixes.hashes(prompt_token_ids)
         pd_prefill = self._prefill_candidates(RouteTarget.PD_PREFILL, hashes, num_prompt)
         prfaas = self._prefill_candidates(RouteTarget.PRFAAS, hashes, num_prompt)
+        link = self.monitor.link_view(self.prfaas, self.pd)
         decision = self.policy.choose(
             num_prompt,
             pd_prefill.best_tokens,
             prfaas.best_tokens,
-            self.monitor.link_view(self.prfaas, self.pd),
+            link,
             self.monitor.cluster_view(self.prfaas),
             self.monitor.cluster_view(self.pd),
             state=self.route_state,
@@ -163,6 +166,8 @@ class Dispatcher:
         move = None
         if decision.num_prefix_transfer_tokens > 0 and route is decision.target and prefill:
             move = _prefix_move(other, chosen)
+        offloaded = route is RouteTarget.PRFAAS and prefill is not None
+        codec = choose_kv_codec(self.topology.transport.compression, offloaded, link)
         return Dispatch(
             req_id,
             uuid.uuid4().hex,
@@ -178,6 +183,8 @@ class Dispatcher:
             cluster=chosen.cluster,
             prefix_move=move,
             num_prefix_transfer_tokens=decision.num_prefix_transfer_tokens,
+            kv_codec=codec.kv_codec,
+            kv_codec_reason=codec.reason,
         )
 
     def set_threshold(self, threshold_tokens: float) -> None:
@@ -305,7 +312,9 @@ class Dispatcher:
         deadline_s = self.topology.policy.transfer_deadline_s
         kv = d.decode.config.kv
         assert kv is not None
-        job = PrefillJob(request, d.transfer_id, kv, deadline_s, d.num_receiver_prefix_tokens)
+        job = PrefillJob(
+            request, d.transfer_id, kv, deadline_s, d.num_receiver_prefix_tokens, d.kv_codec
+        )
         started_at = time.monotonic()
         read_s = deadline_s + _PREFILL_SLACK_S
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10.0, sock_read=read_s)

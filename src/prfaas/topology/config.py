@@ -215,6 +215,8 @@ class SecurityConfig:
     num_connections: int = 2  # TCP connections per KV destination
     receive_pool_bytes: int = 8 << 30  # a KV receiver's buffer budget, in use + idle
     congestion_control: str | None = None  # senders' TCP congestion control (None: kernel's)
+    # KV codec of offloaded requests' attention K/V (`prfaas.models.kv_codec`), or "auto"
+    compression: str = "none"
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,6 +92,7 @@ TRANSPORT_KEYS = (
     "num_connections",
     "receive_pool_bytes",
     "congestion_control",
+    "compression",
 )
 CLUSTER_KEYS = ("name", "kind", "instances")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)

@@ -1,12 +1,13 @@
 """The topology file's `[transport]` table, read on its own (pass 1 of `load.py`): credentials
 (a token, a token file, or mutual-TLS files), connections per destination, the receive pool's
-budget and the senders' congestion control.
+budget, the senders' congestion control and the KV codec of offloaded requests (`compression`).
 """
 
 from __future__ import annotations
 
 from prfaas.errors import UserError
 from prfaas.files import read_text_file
+from prfaas.models.kv_codec import COMPRESSION_CHOICES, KV_CODEC_NONE
 from prfaas.topology.config import SecurityConfig
 from prfaas.topology.keys import Problems, Table
 from prfaas.transport.config import is_congestion_control_name
@@ -51,6 +52,7 @@ def read_transport(
             MAX_RECEIVE_POOL_BYTES,
         ),
         congestion_control=_congestion_control(table),
+        compression=table.choice("compression", COMPRESSION_CHOICES, KV_CODEC_NONE),
     )
 
 

@@ -170,6 +170,7 @@ def _transport_settings(security: config.SecurityConfig) -> TomlTable:
     table: TomlTable = {
         "num_connections": security.num_connections,
         "receive_pool_bytes": security.receive_pool_bytes,
+        "compression": security.compression,
     }
     if security.congestion_control is not None:
         table["congestion_control"] = security.congestion_control

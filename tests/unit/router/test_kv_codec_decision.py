@@ -1,0 +1,90 @@
+"""The router's KV codec decision, without processes: a real `Dispatcher` over a `ClusterMonitor`
+whose instances are marked ready and whose link view comes from polled egress counters, as
+`decide` meets them. With `[transport] compression = "auto"` an offloaded request is coded fp8
+while the measured link binds and travels exact while it does not; a request prefilled in the PD
+cluster is never coded; a configured codec codes every offloaded request. The decision travels in
+the `Dispatch` (route log line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import pytest
+
+from prfaas.messages import InstanceStats
+from prfaas.router.app import route_headers
+from prfaas.router.dispatch import Dispatch, Dispatcher, DispatchTrace
+from prfaas.router.metrics import RouterMetrics
+from prfaas.router.monitor import ClusterMonitor
+from prfaas.router.prefix_index import RouterPrefixIndex
+from prfaas.topology import Topology
+from prfaas.transport.linkstats import LinkStats
+from topologies import Node, TopologySpec, decode, pd, prfaas
+
+THRESHOLD = 16
+LINK_GBPS = 8.0  # 1e9 bytes/s
+CAPACITY_BYTES_PER_S = LINK_GBPS * 1e9 / 8
+
+
+def _topology(compression: str) -> Topology:
+    clusters = (prfaas(Node("r0")), pd(Node("p0"), decode("d0")))
+    spec = TopologySpec(
+        clusters, threshold=THRESHOLD, link_gbps=LINK_GBPS, compression=compression, port_base=18000
+    )
+    return spec.topology()
+
+
+def _decide(compression: str, utilization: float, num_prompt_tokens: int) -> Dispatch:
+    """Two polls of r0 1 s apart in which it sent `utilization` x capacity bytes to d0's KV
+    receiver, then the router's decision for a prompt of `num_prompt_tokens` tokens."""
+    topology = _topology(compression)
+    monitor = ClusterMonitor(topology, client=None)  # type: ignore[arg-type]  # never polls
+    for state in monitor.states.values():
+        state.is_ready = True
+    dest = topology.instance("d0").kv
+    assert dest is not None
+    for at_s, sent in ((0.0, 0), (1.0, round(utilization * CAPACITY_BYTES_PER_S))):
+        link = LinkStats(dest, 1, 0.001, 0.001, 1e9, 1e9, 0, 1, 0, 0, sent, 0)
+        state = monitor.states["r0"]
+        state.stats = InstanceStats("r0", "prefill", 0, 0, 0, 0.0, links=(asdict(link),))
+        state.update_egress(at_s)
+    prfaas_cluster, pd_cluster = topology.clusters
+    view = monitor.link_view(prfaas_cluster, pd_cluster)
+    assert view is not None and view.utilization == pytest.approx(utilization, abs=1e-6)
+    prefixes = RouterPrefixIndex(None, topology.instances, client=None)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(topology, monitor, None, RouterMetrics(), prefixes)  # type: ignore[arg-type]
+    return dispatcher.decide("req", list(range(num_prompt_tokens)))
+
+
+def test_auto_codes_an_offloaded_request_while_the_link_binds() -> None:
+    d = _decide("auto", utilization=0.9, num_prompt_tokens=THRESHOLD + 1)
+    assert d.route == "prfaas"
+    assert d.kv_codec == "fp8"
+    assert d.kv_codec_reason == "auto-link-bound: utilization 0.90 >= 0.80"
+    headers = route_headers(d)
+    assert headers["x-prfaas-kv-codec"] == "fp8"
+    assert headers["x-prfaas-kv-codec-reason"].startswith("auto-link-bound: ")
+    assert d.log_fields()["kv_codec"] == "fp8"
+    summary = DispatchTrace.of(d).summary(arrived_at=0.0)
+    assert summary["kv_codec"] == "fp8" and summary["kv_codec_reason"] == d.kv_codec_reason
+
+
+def test_auto_leaves_an_offloaded_request_exact_while_the_link_does_not_bind() -> None:
+    d = _decide("auto", utilization=0.3, num_prompt_tokens=THRESHOLD + 1)
+    assert d.route == "prfaas"
+    assert d.kv_codec == "none"
+    assert d.kv_codec_reason.startswith("auto-link-free: utilization 0.30 < 0.80")
+    assert route_headers(d)["x-prfaas-kv-codec"] == "none"
+
+
+@pytest.mark.parametrize("compression", ["auto", "int4-rotated"])
+def test_a_request_prefilled_in_the_pd_cluster_is_never_coded(compression: str) -> None:
+    d = _decide(compression, utilization=0.95, num_prompt_tokens=THRESHOLD)
+    assert d.route == "pd_prefill"
+    assert d.kv_codec == "none" and d.kv_codec_reason.startswith("local: ")
+
+
+def test_a_configured_codec_codes_every_offloaded_request() -> None:
+    d = _decide("int4-rotated", utilization=0.0, num_prompt_tokens=THRESHOLD + 1)
+    assert (d.route, d.kv_codec) == ("prfaas", "int4-rotated")
+    assert d.kv_codec_reason == "configured: [transport] compression = int4-rotated"

@@ -4,13 +4,14 @@ The real decode app (`build_decode_app`: HTTP routes, KV receiver on 127.0.0.1, 
 tiny llama with a prefix cache) runs in this process; the test plays the router (`POST
 /internal/decode`) and the prefill instance (a `KVSender` with the deployment's token). Each
 transfer arrives intact but cannot be imported: a manifest of another model, of another layout
-(bf16), of other weights, or one that leaves out a prefix the instance no longer caches (held
-once, as a positive control shows, then evicted by other prompts). With failure policy
-`recompute` the instance prefills the prompt itself and serves the tokens of an engine that
-computed it all (`prfaas:fallback_prefills_total` by reason); with `fail` the request ends with
-an error that names the refusal (`prfaas:failed_requests_total{reason="kv_lost"}`). Either way
-nothing is imported, the instance holds no request and no receive-pool byte afterwards, and it
-serves the next request.
+(bf16), of other weights, one that leaves out a prefix the instance no longer caches (held
+once, as a positive control shows, then evicted by other prompts), or one coded with a KV codec
+the instance does not know. With failure policy `recompute` the instance prefills the prompt
+itself and serves the tokens of an engine that computed it all
+(`prfaas:fallback_prefills_total` by reason); with `fail` the request ends with an error that
+names the refusal (`prfaas:failed_requests_total{reason="kv_lost"}`). Either way nothing is
+imported, the instance holds no request and no receive-pool byte afterwards, and it serves the
+next request.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import functools
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pytest
@@ -135,13 +136,19 @@ def _reference(prompt: tuple[int, ...]) -> list[int]:
 
 
 def _exported(
-    req_id: str, prompt: tuple[int, ...], loaded: LoadedModel, num_prefix_tokens: int = 0
+    req_id: str,
+    prompt: tuple[int, ...],
+    loaded: LoadedModel,
+    num_prefix_tokens: int = 0,
+    kv_codec: str = "none",
 ) -> ExportedState:
-    """A prefill instance's state of the request, leaving out `num_prefix_tokens`."""
+    """A prefill instance's state of the request, leaving out `num_prefix_tokens`, its K/V
+    coded by `kv_codec`."""
     sender = Engine(loaded)
     skip = {req_id: num_prefix_tokens}
     sender.prefill([GenerateRequest(req_id, prompt, _sampling())], skip_tokens=skip)
-    return sender.export(req_id, uuid.uuid4().hex, num_prefix_tokens=num_prefix_tokens)
+    tid = uuid.uuid4().hex
+    return sender.export(req_id, tid, num_prefix_tokens=num_prefix_tokens, kv_codec=kv_codec)
 
 
 def _job(
@@ -245,6 +252,20 @@ def test_a_foreign_state_is_refused_and_the_failure_policy_applies(
     own = _exported(f"{req_id}-own", prompt, _loaded())
     deltas = _serve(instance, _job(f"{req_id}-own", prompt, own, policy), own)
     assert _tokens(deltas) == _reference(prompt)
+
+
+@pytest.mark.parametrize("policy", ["recompute", "fail"])
+def test_a_state_coded_with_an_unknown_codec_is_refused(instance: Instance, policy: str) -> None:
+    req_id, prompt = f"codec-{policy}", _prompt(5)
+    coded = _exported(req_id, prompt, _loaded(), kv_codec="fp8")
+    unknown = ExportedState(replace(coded.manifest, kv_codec="zstd"), coded.buffers)
+    job = _job(req_id, prompt, unknown, policy)
+    refusal = "coded with KV codec 'zstd', which this instance cannot decode"
+    assert _expect_policy(instance, job, unknown, "refused", refusal) == _policy_counts(policy)
+    # positive control: the same state under the codec it was coded with is imported
+    own = _exported(f"{req_id}-fp8", prompt, _loaded(), kv_codec="fp8")
+    deltas = _serve(instance, _job(f"{req_id}-fp8", prompt, own, policy), own)
+    assert len(_tokens(deltas)) == MAX_TOKENS and deltas[-1]["finish_reason"] == "length"
 
 
 def _serve(instance: Instance, job: DecodeJob, exported: ExportedState) -> list[dict[str, Any]]:

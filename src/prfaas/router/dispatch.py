@@ -47,7 +47,10 @@ from prfaas.messages import (
     PrefixExportResult,
     TokenDelta,
 )
+from prfaas.models.kv_codec import KV_CODEC_NONE
 from prfaas.policy import (
+    CodecChoice,
+    LinkView,
     RoutePolicy,
     RouteTarget,
     choose_kv_codec,
@@ -166,8 +169,7 @@ class Dispatcher:
         move = None
         if decision.num_prefix_transfer_tokens > 0 and route is decision.target and prefill:
             move = _prefix_move(other, chosen)
-        offloaded = route is RouteTarget.PRFAAS and prefill is not None
-        codec = choose_kv_codec(self.topology.transport.compression, offloaded, link)
+        codec = self._kv_codec(route, prefill, link)
         return Dispatch(
             req_id,
             uuid.uuid4().hex,
@@ -186,6 +188,20 @@ class Dispatcher:
             kv_codec=codec.kv_codec,
             kv_codec_reason=codec.reason,
         )
+
+    def _kv_codec(
+        self, route: RouteTarget, prefill: InstanceState | None, link: LinkView | None
+    ) -> CodecChoice:
+        """The codec of the request's K/V (`choose_kv_codec`); none where a vLLM server
+        prefills, since its connector moves the KV uncoded."""
+        offloaded = route is RouteTarget.PRFAAS and prefill is not None
+        choice = choose_kv_codec(self.topology.transport.compression, offloaded, link)
+        if choice.kv_codec == KV_CODEC_NONE or prefill is None:
+            return choice
+        if prefill.config.engine != VLLM_ENGINE:
+            return choice
+        reason = f"vllm: its KV connector moves the KV uncoded ({choice.reason})"
+        return CodecChoice(KV_CODEC_NONE, reason)
 
     def set_threshold(self, threshold_tokens: float) -> None:
         """The long-timescale controller moved t (the same replacement the simulator makes)."""

@@ -3,7 +3,9 @@ whose instances are marked ready and whose link view comes from polled egress co
 `decide` meets them. With `[transport] compression = "auto"` an offloaded request is coded fp8
 while the measured link binds and travels exact while it does not; a request prefilled in the PD
 cluster is never coded; a configured codec codes every offloaded request. The decision travels in
-the `Dispatch` (route log line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers."""
+the `Dispatch` (route log line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers. Where a
+vLLM server prefills, the KV travels uncoded (its connector does not code) and the reason says so.
+"""
 
 from __future__ import annotations
 
@@ -26,18 +28,25 @@ LINK_GBPS = 8.0  # 1e9 bytes/s
 CAPACITY_BYTES_PER_S = LINK_GBPS * 1e9 / 8
 
 
-def _topology(compression: str) -> Topology:
+def _topology(compression: str, engine: str) -> Topology:
     clusters = (prfaas(Node("r0")), pd(Node("p0"), decode("d0")))
     spec = TopologySpec(
-        clusters, threshold=THRESHOLD, link_gbps=LINK_GBPS, compression=compression, port_base=18000
+        clusters,
+        engine=engine,
+        threshold=THRESHOLD,
+        link_gbps=LINK_GBPS,
+        compression=compression,
+        port_base=18000,
     )
     return spec.topology()
 
 
-def _decide(compression: str, utilization: float, num_prompt_tokens: int) -> Dispatch:
+def _decide(
+    compression: str, utilization: float, num_prompt_tokens: int, engine: str = "emulated"
+) -> Dispatch:
     """Two polls of r0 1 s apart in which it sent `utilization` x capacity bytes to d0's KV
     receiver, then the router's decision for a prompt of `num_prompt_tokens` tokens."""
-    topology = _topology(compression)
+    topology = _topology(compression, engine)
     monitor = ClusterMonitor(topology, client=None)  # type: ignore[arg-type]  # never polls
     for state in monitor.states.values():
         state.is_ready = True
@@ -88,3 +97,9 @@ def test_a_configured_codec_codes_every_offloaded_request() -> None:
     d = _decide("int4-rotated", utilization=0.0, num_prompt_tokens=THRESHOLD + 1)
     assert (d.route, d.kv_codec) == ("prfaas", "int4-rotated")
     assert d.kv_codec_reason == "configured: [transport] compression = int4-rotated"
+
+
+def test_a_vllm_prefill_instance_moves_the_kv_uncoded() -> None:
+    d = _decide("fp8", utilization=0.0, num_prompt_tokens=THRESHOLD + 1, engine="vllm")
+    assert (d.route, d.kv_codec) == ("prfaas", "none")
+    assert d.kv_codec_reason.startswith("vllm: its KV connector moves the KV uncoded (configured")

@@ -16,7 +16,8 @@ are cheap guards (the router's intake is the check users see). Finishing: `stopp
 Prefix cache (`prefix_book.PrefixBook`): each request's block hashes are computed once in this
 process and extended as it grows (`RequestProgress.block_hashes`); a pin keeps the hashes it made
 for the import that follows. A finished request ("stop" or "length") leaves its computed blocks
-(prompt and output) in the cache when it is freed; exports reserve their bytes until then.
+(prompt and output) in the cache when it is freed, unless its K/V came through a lossy KV codec;
+exports reserve their bytes until then.
 """
 
 from __future__ import annotations
@@ -149,6 +150,8 @@ class EngineCore(ABC, Generic[R, P]):
         """Store the blocks of a finished request's computed tokens: the prompt and every output
         token but the last, whose K/V was never computed."""
         if not state.prompt_token_ids or state.finish_reason not in _KEPT_FINISH_REASONS:
+            return
+        if state.has_coded_kv:
             return
         tokens = (*state.prompt_token_ids, *state.output_token_ids)[: state.num_computed_tokens]
         if len(tokens) == state.num_computed_tokens:

@@ -27,6 +27,9 @@ class RequestProgress:
     # chained hashes of the leading complete blocks hashed so far (prompt, then output), so a
     # request's tokens are hashed once in this process however often its prefix is looked up
     block_hashes: list[int] = field(default_factory=list)
+    # its K/V were decoded from a lossy KV codec: its blocks are not kept in the prefix cache,
+    # where a later request would reuse approximate K/V as if computed here
+    has_coded_kv: bool = False
 
     @property
     def last_token_id(self) -> int:

@@ -97,7 +97,8 @@ class StateExchange(EngineCore[R, P]):
         `prompt_token_ids` (the request's prompt, num_computed_tokens long) lets the engine find
         a prefix the manifest left out (`num_prefix_tokens` p > 0: this engine's cached blocks
         0..p/B-1 go in front of the received K/V; PrefixMiss if one is missing) and keep the
-        request's blocks when it is freed. Any pin of this request is released.
+        request's blocks when it is freed (not those of a state coded by a KV codec: they hold
+        approximate K/V). Any pin of this request is released.
         """
         try:
             self._check_manifest(manifest, buffers)
@@ -111,6 +112,7 @@ class StateExchange(EngineCore[R, P]):
         state = self._adopt(manifest, sampling, prompt, cache)
         state.num_cached_tokens = manifest.num_prefix_tokens
         state.block_hashes = prefix_hashes
+        state.has_coded_kv = manifest.kv_codec != KV_CODEC_NONE
         return state
 
     def _check_manifest(self, manifest: KVManifest, buffers: Buffers) -> None:

@@ -1,8 +1,8 @@
 """A coded state through both engines: the prefill's layer callback and `export` code attention
 K/V with the request's codec (the sizes `prfaas.models` predicts), recurrent and conv state stay
 exact, `import_` decodes it, and a manifest naming a codec the receiver does not know is refused
-before anything is registered. Emulated engines move payloads of the coded size, every byte
-checked."""
+before anything is registered. A coded import's approximate K/V are not kept in the receiver's
+prefix cache. Emulated engines move payloads of the coded size, every byte checked."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from engine_kit import greedy, prompt, tiny
+from engine_kit import drain, greedy, prompt, tiny
 
 from prfaas.engine import Engine
 from prfaas.engine.emulated import make_emulated_engine
@@ -20,6 +20,7 @@ from prfaas.engine.validation import ManifestMismatch
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, KVManifest, TensorEntry
 from prfaas.models import load_model_spec, spec_from_config
+from prfaas.prefix_cache.config import PrefixCacheConfig
 from prfaas.types import LayerKind
 
 PRESET = "qwen3_next"  # full attention and gated delta net layers: K/V and recurrent/conv state
@@ -114,6 +115,22 @@ def test_imported_kv_is_the_decoded_payload_within_the_codec_bound() -> None:
             assert 0 < error < 2**-4  # e4m3: 3 mantissa bits, a scale per 64 elements
             checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize(("codec", "kept"), [("none", True), ("fp8", False)])
+def test_a_coded_import_leaves_no_blocks_in_the_prefix_cache(codec: str, kept: bool) -> None:
+    _, streamed, manifest = _prefilled(codec)
+    receiver = Engine(tiny(PRESET), prefix_cache=PrefixCacheConfig(16, 64 << 20))
+    receiver.import_(
+        manifest,
+        _buffers(streamed),
+        greedy(MAX_TOKENS),
+        copy=True,
+        prompt_token_ids=prompt(NUM_TOKENS),
+    )
+    drain(receiver)
+    receiver.free("r")
+    assert (receiver.cached_prefix_tokens(prompt(NUM_TOKENS + 8)) > 0) is kept
 
 
 def test_a_manifest_naming_an_unknown_codec_is_refused() -> None:

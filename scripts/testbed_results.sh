@@ -7,8 +7,8 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake
-# (default: all). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake, codec
+# (default: all but codec). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
@@ -93,6 +93,26 @@ for scenario in $SCENARIOS; do
         bench linkdrop70-controller "${LOAD70[@]}" "${DROP[@]}"
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --controller
         bench linkdrop70-steady "${LOAD70[@]}"
+        ;;
+    codec)
+        # KV compression on a 10 Gbps nominal link, where the uncoded deployment is link-bound
+        # (cost-model prefill, 4 / 4 / 4, t by Eq. 7 for each codec's S_kv): each codec offered
+        # 1.4x its planned capacity (none 2.589, fp8 and int4-rotated 3.159 req/s), then "auto"
+        # on the same link and on the 100 Gbps link, where nothing binds and it must cost nothing
+        LOAD=(--num-requests 200 --output-tokens "$OUTPUT_TOKENS" --ttft-slo-s 3600)
+        CODEC=(--deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 --transfer-deadline 600)
+        up "${CODEC[@]}" --gbps 10 --compression none
+        bench codec-10g-none "${LOAD[@]}" --rate 3.6
+        up "${CODEC[@]}" --gbps 10 --compression fp8
+        bench codec-10g-fp8 "${LOAD[@]}" --rate 4.4
+        up "${CODEC[@]}" --gbps 10 --compression int4-rotated
+        bench codec-10g-int4 "${LOAD[@]}" --rate 4.4
+        up "${CODEC[@]}" --gbps 10 --compression auto
+        bench codec-10g-auto "${LOAD[@]}" --rate 4.4
+        up "${CODEC[@]}" --gbps 100 --compression auto
+        bench codec-100g-auto "${LOAD[@]}" --rate 4.4
+        up "${CODEC[@]}" --gbps 100 --compression none
+        bench codec-100g-none "${LOAD[@]}" --rate 4.4
         ;;
     burst)
         # 50% load plus 64K-token prompts at 1 req/s for 20 s from 30 s

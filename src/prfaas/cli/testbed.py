@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from prfaas.cli._args import MAX_LENGTH_TOKENS, bounded_int, float_in, positive_float
 from prfaas.cli._output import add_json_flag, print_json
 from prfaas.errors import UserError
+from prfaas.models.kv_codec import COMPRESSION_CHOICES, KV_CODEC_NONE
 
 if TYPE_CHECKING:
     from prfaas.testbed.layout import TestbedSpec
@@ -129,6 +130,12 @@ def _register_up(sub: Any) -> None:
         "128 for torch); --deployment prfaas only",
     )
     p.add_argument("--failure", choices=["recompute", "fail"], default="recompute")
+    p.add_argument(
+        "--compression",
+        choices=COMPRESSION_CHOICES,
+        default=KV_CODEC_NONE,
+        help="KV codec of offloaded requests ([transport] compression; default none)",
+    )
     p.add_argument("--transfer-deadline", type=positive_float, default=60.0, help="seconds")
     p.add_argument("--drain", type=float_in(0, 600), default=5.0, help="seconds, on SIGTERM")
     p.add_argument("--delay-ms", type=float_in(0, _MAX_DELAY_MS), default=0.0,
@@ -219,6 +226,7 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         controller=args.controller,
         controller_period_s=args.controller_period_s,
         failure=args.failure,
+        compression=args.compression,
         transfer_deadline_s=args.transfer_deadline,
         drain_s=args.drain,
         delay_ms=args.delay_ms,

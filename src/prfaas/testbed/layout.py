@@ -198,6 +198,7 @@ class TestbedSpec:
     controller: bool = False  # the router's adaptive long-timescale controller (prfaas only)
     controller_period_s: float | None = None  # its tick period (None: the controller's default)
     failure: str = "recompute"
+    compression: str = "none"  # [transport] compression: the KV codec of offloaded requests
     transfer_deadline_s: float = 60.0
     drain_s: float = 5.0
     router_port: int = _ROUTER_PORT
@@ -366,7 +367,9 @@ def testbed_topology(
         router=topo.RouterConfig(http=layout.router_address(spec.router_port)),
         link=topo.LinkConfig(gbps=link_gbps),
         transport=topo.SecurityConfig(
-            token=_PLACEHOLDER_TOKEN, congestion_control=WAN_CONGESTION_CONTROL
+            token=_PLACEHOLDER_TOKEN,
+            congestion_control=WAN_CONGESTION_CONTROL,
+            compression=spec.compression,
         ),
         controller=_controller(spec),
     )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
+from prfaas.models.kv_codec import COMPRESSION_AUTO, KV_CODEC_NONE
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
 from prfaas.plan.search import rank_point, threshold_grid
 from prfaas.policy.route import RoutePolicyConfig
@@ -140,8 +141,16 @@ def _prefill_curve(
     return _cost_model_curve(model, hardware, num_gpus), cost_source
 
 
-def _kv_curve(model: ModelSpec) -> SizeCurve:
-    footprint = model.footprint()
+def planned_kv_codec(topology: Topology) -> str:
+    """The KV codec the planner and the simulator size offloaded transfers with: the configured
+    `[transport] compression`, or "none" for "auto" (which codes only while the link binds: the
+    planner's figures are then those of the uncoded deployment, a lower bound)."""
+    codec = topology.transport.compression
+    return KV_CODEC_NONE if codec == COMPRESSION_AUTO else codec
+
+
+def _kv_curve(model: ModelSpec, kv_codec: str) -> SizeCurve:
+    footprint = model.footprint(kv_codec=kv_codec)
 
     def kv_bytes(num_tokens: float) -> float:
         return float(footprint.bytes_for(max(0, round(num_tokens))))
@@ -205,8 +214,8 @@ def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
         prfaas=prfaas_spec,
         pd=pd_spec,
         homogeneous=replace(pd_spec, num_gpus=homogeneous_gpus),
-        kv_bytes=_kv_curve(model),
-        kv_source=f"model {model.name}",
+        kv_bytes=_kv_curve(model, planned_kv_codec(topology)),
+        kv_source=f"model {model.name}, KV codec {planned_kv_codec(topology)}",
         lengths=_CASE.lengths(),
         lengths_source=CASE_STUDY_LENGTHS,
         link_bytes_per_s=topology.model.model_bytes_per_s(topology.link.bytes_per_s),

@@ -24,6 +24,7 @@ from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, Topology
 from prfaas.topology.derived import (
     model_link_gbps,
     num_prfaas_prefill,
+    planned_kv_codec,
     planner_inputs,
     route_config_of,
 )
@@ -43,7 +44,9 @@ def sim_config_of(
 
     inputs, num_pd_p = planner_inputs(topology)
     pd = topology.clusters_of_kind("pd")[0]
-    footprint = load_model_spec(topology.model.emulate).footprint()
+    footprint = load_model_spec(topology.model.emulate).footprint(
+        kv_codec=planned_kv_codec(topology)
+    )
     deployment = DeploymentSpec(
         kind=DeploymentKind(topology.policy.deployment),
         prfaas=_prefill_spec(inputs.prfaas, num_prfaas_prefill(topology)),

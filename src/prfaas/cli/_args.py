@@ -44,16 +44,20 @@ def nonnegative_float(text: str) -> float:
     return value
 
 
-def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
-    """A converter to a finite float in [low, high] (or (low, high] with `low_open`)."""
+def float_in(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Callable[[str], float]:
+    """A converter to a finite float in [low, high] (an end excluded with `low_open` /
+    `high_open`)."""
 
     def convert(text: str) -> float:
         value = finite_float(text)
         if value < low or (low_open and value == low):
             sign = ">" if low_open else ">="
             raise argparse.ArgumentTypeError(f"must be {sign} {_show(low)}, got {text!r}")
-        if value > high:
-            raise argparse.ArgumentTypeError(f"must be <= {_show(high)}, got {text!r}")
+        if value > high or (high_open and value == high):
+            sign = "<" if high_open else "<="
+            raise argparse.ArgumentTypeError(f"must be {sign} {_show(high)}, got {text!r}")
         return value
 
     convert.__name__ = "number"

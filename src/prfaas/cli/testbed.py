@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from prfaas.testbed.layout import TestbedSpec
 
 _READY_TIMEOUT_S = 180.0
-_MAX_DELAY_MS = 10_000.0
+_DELAY_FIELDS = ("delay_ms", "jitter_ms", "jitter_distribution", "loss_pct", "reorder")
 
 
 def register(subparsers: Any) -> None:
@@ -58,7 +58,38 @@ def register(subparsers: Any) -> None:
     state = q.add_mutually_exclusive_group()
     state.add_argument("--down", dest="is_up", action="store_false", default=None)
     state.add_argument("--up", dest="is_up", action="store_true")
+    _delay_flags(q, live=True)
     q.set_defaults(handler=_run_link)
+
+
+def _delay_flags(p: argparse.ArgumentParser, *, live: bool) -> None:
+    """The delay line's flags; with `live` (`link`) an absent flag keeps the running value."""
+    from prfaas.testbed.delay_schedule import JITTER_DISTRIBUTIONS, MAX_DELAY_MS
+
+    keep = " (default: unchanged)" if live else ""
+    p.add_argument("--delay-ms", type=float_in(0, MAX_DELAY_MS), default=None if live else 0.0,
+                   help=f"one-way WAN delay, both directions (RTT = 2 x this){keep}")  # fmt: skip
+    p.add_argument("--jitter-ms", type=float_in(0, MAX_DELAY_MS), default=None if live else 0.0,
+                   help=f"jitter added to each packet's delay{keep}")  # fmt: skip
+    p.add_argument("--jitter-distribution", choices=JITTER_DISTRIBUTIONS,
+                   default=None if live else "uniform",
+                   help="uniform: delay +- jitter; normal: standard deviation jitter "
+                   f"(default{': unchanged' if live else ' uniform'})")  # fmt: skip
+    p.add_argument("--loss-pct", type=float_in(0, 100, high_open=True),
+                   default=None if live else 0.0,
+                   help=f"per-packet loss in each direction, in [0, 100){keep}")  # fmt: skip
+    reorder = p.add_mutually_exclusive_group()
+    reorder.add_argument("--reorder", dest="reorder", action="store_true",
+                         default=None if live else False,
+                         help="let jitter reorder packets (default: a packet never "
+                         "leaves before the one ahead of it)")  # fmt: skip
+    if live:
+        reorder.add_argument("--no-reorder", dest="reorder", action="store_false")
+
+
+def _delay_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The delay line's flags given on the command line (None: not given)."""
+    return {key: getattr(args, key) for key in _DELAY_FIELDS}
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -138,8 +169,9 @@ def _register_up(sub: Any) -> None:
     )
     p.add_argument("--transfer-deadline", type=positive_float, default=60.0, help="seconds")
     p.add_argument("--drain", type=float_in(0, 600), default=5.0, help="seconds, on SIGTERM")
-    p.add_argument("--delay-ms", type=float_in(0, _MAX_DELAY_MS), default=0.0,
-                   help="one-way WAN delay (needs the kernel's netem qdisc)")  # fmt: skip
+    _delay_flags(p, live=False)
+    p.add_argument("--delay-seed", type=bounded_int(0), default=0,
+                   help="seed of the delay line's loss and jitter draws")  # fmt: skip
     p.add_argument(
         "--prefill-latency",
         type=_hardware_latency,
@@ -198,6 +230,7 @@ def _prefill_latency(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
 
 def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
     """The `TestbedSpec` of `up`'s flags (engine-dependent defaults filled in)."""
+    from prfaas.testbed.delay_schedule import DelaySettings, DelaySettingsError
     from prfaas.testbed.layout import PAPER_LINK_GBPS, TORCH_LINK_GBPS, TestbedScale, TestbedSpec
 
     real = args.engine != "emulated"  # torch or vLLM: a model really runs, nothing is scaled
@@ -208,10 +241,14 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         args.gbps if args.gbps is not None else default_gbps,
         args.time_scale if args.time_scale is not None else 1.0,
         args.payload_scale if args.payload_scale is not None else (1.0 if real else 0.01),
-    )
+    ).check_delay_line_rate()
     if args.deployment != "prfaas" and args.threshold is not None:
         raise UserError(f"--threshold applies to --deployment prfaas, not {args.deployment}")
     threshold = args.threshold if args.threshold is not None else (128.0 if real else "auto")
+    try:
+        delay = DelaySettings(**_delay_values(args))
+    except DelaySettingsError as exc:
+        raise UserError(str(exc)) from None
     return TestbedSpec(
         name=args.name,
         engine=args.engine,
@@ -229,7 +266,8 @@ def spec_from_args(args: argparse.Namespace) -> TestbedSpec:
         compression=args.compression,
         transfer_deadline_s=args.transfer_deadline,
         drain_s=args.drain,
-        delay_ms=args.delay_ms,
+        delay=delay,
+        delay_seed=args.delay_seed,
         prefill_latency=_prefill_latency(args),
     )
 
@@ -263,6 +301,7 @@ def _print_up(args: argparse.Namespace, state: dict[str, Any]) -> None:
         f"{scale['nominal_gbps']:g} Gbps nominal x payload {scale['payload_scale']:g} / "
         f"time {scale['time_scale']:g}"
     )
+    print(f"  WAN delay line: {_delay_text(state.get('delay'))}")
     print(f"  deployment {state['deployment']}: {_routing(state)}")
     print(f"  clients: {shlex.join(state['client_exec'])} COMMAND")
     print(f"  stop: prfaas testbed down --name {state['name']}", flush=True)
@@ -327,25 +366,51 @@ def _print_status(report: dict[str, Any]) -> None:
             f"{link['packets_sent']:,} packets, dropped {link['drops']}, overlimits "
             f"{link['overlimits']}"
         )
+    delay = report.get("delay")
+    if delay:
+        line = "running" if delay["alive"] else "NOT RUNNING"
+        print(f"  WAN delay line ({line}): {_delay_text(delay['line'].get('settings'))}")
+        for direction, counts in delay["line"].get("counters", {}).items():
+            print(
+                f"    to {direction}: {counts['packets_in']:,} packets in, "
+                f"{counts['packets_lost']:,} lost, {counts['packets_overflow']:,} overflowed"
+            )
 
 
 def _run_link(args: argparse.Namespace) -> int:
     from prfaas.testbed import run as testbed_run
 
-    if args.gbps is None and args.is_up is None:
-        raise UserError("give --gbps, --down or --up")
+    delay = {key: value for key, value in _delay_values(args).items() if value is not None}
+    if args.gbps is None and args.is_up is None and not delay:
+        raise UserError("give --gbps, --down, --up or a delay line flag (--delay-ms, ...)")
     report = testbed_run.change_link(
-        args.name, Path(args.state_dir), nominal_gbps=args.gbps, is_up=args.is_up
+        args.name,
+        Path(args.state_dir),
+        nominal_gbps=args.gbps,
+        is_up=args.is_up,
+        delay_changes=delay,
     )
     if args.json:
         print_json(report)
     else:
         print(
             f"testbed {report['name']} WAN: {'up' if report['up'] else 'DOWN'}, "
-            f"{report['nominal_gbps']:g} Gbps nominal = {report['wire_gbps']:g} Gbps on the wire"
-            f"{_router_told(report)}"
+            f"{report['nominal_gbps']:g} Gbps nominal = {report['wire_gbps']:g} Gbps on the wire, "
+            f"{_delay_text(report['delay'])}{_router_told(report)}"
         )
     return 0
+
+
+def _delay_text(settings: dict[str, Any] | None) -> str:
+    """The delay line's settings in a few words."""
+    if not settings:
+        return "no delay line"
+    jitter = settings["jitter_ms"]
+    spread = f" +- {jitter:g} ms {settings['jitter_distribution']}" if jitter else ""
+    order = ", may reorder" if settings["reorder"] else ""
+    return (
+        f"delay {settings['delay_ms']:g} ms one way{spread}, loss {settings['loss_pct']:g}%{order}"
+    )
 
 
 def _router_told(report: dict[str, Any]) -> str:

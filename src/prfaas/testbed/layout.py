@@ -36,6 +36,7 @@ from prfaas import topology as topo
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.policy.controller import ControllerConfig
+from prfaas.testbed.delay_schedule import DelaySettings
 from prfaas.testbed.netns import VethEnd
 from prfaas.types import DeploymentKind
 
@@ -47,12 +48,19 @@ PAPER_LINK_GBPS = 100.0  # the case study's inter-datacenter link
 TORCH_LINK_GBPS = 1.0  # the tiny torch model's default link: its payloads are KB, not GB
 MIN_WIRE_GBPS = 1e-4  # 100 kbit/s: below it a request's KV takes minutes
 MAX_WIRE_GBPS = 400.0
+# every WAN packet crosses the delay line, a Python process: it kept goodput at the rate and
+# the round trip at 2 x delay up to 2 Gbit/s in every run on the project's 2-core machine, and
+# fell short at 4-6 (docs/testbed.md, "Delay, jitter and loss")
+MAX_DELAY_LINE_GBPS = 2.0
 MAX_INSTANCES = 16  # per role: every instance is a process on this machine
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # "<name>-prfaas" stays a short path
-_MIN_BURST_BYTES = 32 << 10
+WAN_MTU_BYTES = 64_000  # large, so that the delay line handles few packets per second
+_MIN_BURST_BYTES = 64 << 10  # the bucket must hold one whole WAN packet (tbf drops larger ones)
 _BURST_S = 0.002  # the bucket holds 2 ms of the rate: shaping stays tight for small payloads
 _WAN_SUBNET = "10.201.1"
 _CLIENT_SUBNET = "10.201.2"
+_WAN_ROUTER_SUBNET = "10.201.3"
+DELAY_TUN = "delay"  # the WAN namespace's TUN device, read and written by the delay line
 _ROUTER_PORT = 8000
 _PORT_BASE = {
     "prfaas-prefill": 9100,
@@ -113,6 +121,16 @@ class TestbedScale:
         """The same scaling of another nominal link (`prfaas testbed link --gbps`)."""
         return TestbedScale(nominal_gbps, self.time_scale, self.payload_scale)
 
+    def check_delay_line_rate(self) -> TestbedScale:
+        """This scaling, if the WAN's delay line can carry its wire rate (else UserError)."""
+        if self.wire_gbps > MAX_DELAY_LINE_GBPS:
+            raise UserError(
+                f"the wire rate {self.nominal_gbps:g} Gbps x payload {self.payload_scale:g} / "
+                f"time {self.time_scale:g} = {self.wire_gbps:g} Gbps is above the "
+                f"{MAX_DELAY_LINE_GBPS:g} Gbit/s the WAN's delay line carries faithfully"
+            )
+        return self
+
 
 def wire_gbps(nominal_gbps: float, time_scale: float, payload_scale: float) -> float:
     """Link rate on the wire such that transfer time scales like compute time."""
@@ -125,7 +143,8 @@ def scaled_transfer_s(num_real_bytes: float, scale: TestbedScale) -> float:
 
 
 def tbf_burst_bytes(rate_gbps: float) -> int:
-    """The token bucket's size: 2 ms of the rate, at least 32 KiB (a few GSO segments)."""
+    """The token bucket's size: 2 ms of the rate, at least 64 KiB (one WAN packet of
+    `WAN_MTU_BYTES` and its header)."""
     return max(_MIN_BURST_BYTES, int(rate_gbps * 1e9 / 8 * _BURST_S))
 
 
@@ -151,8 +170,13 @@ class TestbedLayout:
         return f"{self.name}-client"
 
     @property
-    def namespaces(self) -> tuple[str, str, str]:
-        return (self.prfaas_ns, self.pd_ns, self.client_ns)
+    def wan_ns(self) -> str:
+        """The WAN between the clusters: forwards and, through its TUN, delays every packet."""
+        return f"{self.name}-wan"
+
+    @property
+    def namespaces(self) -> tuple[str, str, str, str]:
+        return (self.prfaas_ns, self.pd_ns, self.client_ns, self.wan_ns)
 
     @property
     def wan_prfaas(self) -> VethEnd:
@@ -162,6 +186,17 @@ class TestbedLayout:
     @property
     def wan_pd(self) -> VethEnd:
         return VethEnd(self.pd_ns, "wan-prfaas", f"{_WAN_SUBNET}.2")
+
+    @property
+    def wan_hops(self) -> tuple[VethEnd, VethEnd]:
+        """The WAN namespace's ends of the veths to PrfaaS and to PD (no address of their own:
+        they answer ARP for the far cluster's address, proxy ARP)."""
+        return (VethEnd(self.wan_ns, "prfaas", ""), VethEnd(self.wan_ns, "pd", ""))
+
+    @property
+    def wan_router_id(self) -> str:
+        """The WAN namespace's own address (on its loopback), the source of its ARP requests."""
+        return f"{_WAN_ROUTER_SUBNET}.1"
 
     @property
     def client_pd(self) -> VethEnd:
@@ -202,7 +237,8 @@ class TestbedSpec:
     transfer_deadline_s: float = 60.0
     drain_s: float = 5.0
     router_port: int = _ROUTER_PORT
-    delay_ms: float = 0.0  # one-way delay on the WAN (needs netem)
+    delay: DelaySettings = field(default_factory=DelaySettings)  # the WAN's delay line
+    delay_seed: int = 0  # its loss and jitter draws
     # (hardware, latency spec) of one prefill instance, replacing the cost model's (emulated)
     prefill_latency: tuple[tuple[str, str], ...] = ()
 

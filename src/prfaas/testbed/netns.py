@@ -2,8 +2,8 @@
 
 Primitives (each one `ip`/`tc` call, failures raised as `NetnsError` with the tool's message):
 `add_namespace` / `delete_namespace` / `list_namespaces`, `add_veth` (a veth pair straight into
-two namespaces, addressed and up), `set_tbf` (a `tc tbf` rate limit on a device, optionally with a
-netem delay below it where the kernel has netem; the project machines do not), `qdisc_stats` (the
+two namespaces, addressed and up), `add_tun` (a TUN device), `set_mtu`, `set_sysctls`, `ip` (any
+other `ip -n NS ...` call), `set_tbf` (a `tc tbf` rate limit on a device), `qdisc_stats` (the
 `tc -s` counters), `set_link_up`, `namespace_pids`, and `call_in_netns` (run a function on a thread
 that has entered a namespace, so its sockets live there). `NetnsLink` is the two-namespace link
 the transport tests and `prfaas bench transport` use: the sending side's veth gets `tbf rate R`.
@@ -59,7 +59,7 @@ def exec_prefix(ns: str) -> list[str]:
 def add_namespace(ns: str) -> None:
     """Create namespace `ns` with its loopback up."""
     _run("ip", "netns", "add", ns)
-    _run("ip", "-n", ns, "link", "set", "lo", "up")
+    ip(ns, "link", "set", "lo", "up")
 
 
 def delete_namespace(ns: str) -> bool:
@@ -90,18 +90,38 @@ class VethEnd:
 
 
 def add_veth(a: VethEnd, b: VethEnd, prefix_len: int = 24) -> None:
-    """A veth pair created straight inside both namespaces, each end addressed and up (the
-    connected subnet is the route between them)."""
+    """A veth pair created straight inside both namespaces, each end addressed (unless its `ip`
+    is empty) and up (the connected subnet is the route between them)."""
     _run("ip", "link", "add", a.dev, "netns", a.ns, "type", "veth", "peer", "name", b.dev,
          "netns", b.ns)  # fmt: skip
     for end in (a, b):
-        _run("ip", "-n", end.ns, "addr", "add", f"{end.ip}/{prefix_len}", "dev", end.dev)
-        _run("ip", "-n", end.ns, "link", "set", end.dev, "up")
+        if end.ip:
+            ip(end.ns, "addr", "add", f"{end.ip}/{prefix_len}", "dev", end.dev)
+        ip(end.ns, "link", "set", end.dev, "up")
+
+
+def add_tun(ns: str, dev: str) -> None:
+    """A persistent TUN device `dev` in `ns` (bare IP packets), for a process to attach to."""
+    ip(ns, "tuntap", "add", "dev", dev, "mode", "tun")
+
+
+def set_mtu(ns: str, dev: str, mtu_bytes: int) -> None:
+    ip(ns, "link", "set", dev, "mtu", str(mtu_bytes))
+
+
+def set_sysctls(ns: str, values: dict[str, str]) -> None:
+    """Kernel settings of namespace `ns` (`sysctl -w` inside it), e.g. net.ipv4.ip_forward."""
+    _run(*exec_prefix(ns), "sysctl", "-q", "-w", *(f"{k}={v}" for k, v in values.items()))
+
+
+def ip(ns: str, *args: str) -> None:
+    """`ip -n NS ARGS...`; NetnsError with ip's message when it fails."""
+    _run("ip", "-n", ns, *args)
 
 
 def set_link_up(ns: str, dev: str, is_up: bool) -> None:
     """Bring device `dev` in `ns` up or down (down: the peer loses carrier, nothing crosses)."""
-    _run("ip", "-n", ns, "link", "set", dev, "up" if is_up else "down")
+    ip(ns, "link", "set", dev, "up" if is_up else "down")
 
 
 def link_is_up(ns: str, dev: str) -> bool:
@@ -127,17 +147,12 @@ def set_tbf(
     dev: str,
     rate_gbps: float,
     burst_bytes: int,
-    *,
-    delay_ms: float = 0.0,
 ) -> None:
     """Shape egress of `dev` to `rate_gbps` with a token bucket of `burst_bytes` (replacing any
-    root qdisc); with `delay_ms` > 0 a netem delay runs below the tbf (needs the kernel's netem)."""
+    root qdisc)."""
     tbf = ["tbf", "rate", tbf_rate_arg(rate_gbps), "burst", str(burst_bytes)]
     _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "root", "handle", "1:", *tbf,
          "latency", _TBF_LATENCY)  # fmt: skip
-    if delay_ms > 0:
-        _run("tc", "-n", ns, "qdisc", "replace", "dev", dev, "parent", "1:1", "handle", "10:",
-             "netem", "delay", f"{delay_ms:g}ms")  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,11 @@
-"""A testbed's network: its three namespaces, the veth links between them, the WAN's tbf, and
-telling the router a new WAN rate.
+"""A testbed's network: its four namespaces, the veth links between them, the WAN's routing
+through the delay line's TUN, the WAN's tbf, and telling the router a new WAN rate.
+
+The WAN is a namespace of its own between the clusters: a veth to the PrfaaS namespace and one
+to the PD namespace, whose cluster ends keep one /24 as if they were directly joined (the WAN
+namespace answers ARP for the far end: proxy ARP). Policy routing sends every packet arriving on
+either veth into the TUN device `DELAY_TUN`; what the delay line writes back into it is routed by
+the main table to the other veth. Every WAN device has the MTU `WAN_MTU_BYTES`.
 
 A new rate is POSTed to the router's `/internal/control/link` from the client namespace with the
 deployment token, so that the router's link view keeps matching the wire. Root only
@@ -17,11 +23,19 @@ from typing import Any
 
 from prfaas.errors import UserError
 from prfaas.service.auth import bearer
-from prfaas.testbed import netns
-from prfaas.testbed.layout import TestbedLayout, tbf_burst_bytes
-from prfaas.testbed.state import TOKEN_FILE
+from prfaas.testbed import delayline, netns
+from prfaas.testbed.delay_schedule import DelaySettings
+from prfaas.testbed.layout import DELAY_TUN, WAN_MTU_BYTES, TestbedLayout, tbf_burst_bytes
+from prfaas.testbed.state import DELAY_CONTROL_FILE, TOKEN_FILE, process_record
 
 _ROUTER_TIMEOUT_S = 5.0  # telling the router a new link capacity
+DELAY_TABLE = "100"  # the WAN namespace's routing table that sends packets into the TUN
+# TCP buffers of the clusters' namespaces, up to 64 MiB: a window of 4 Gbit/s x 100 ms RTT, so
+# that a delayed WAN is limited by its rate, not by the kernel's default 4 MiB send buffer
+_TCP_BUFFERS = {
+    "net.ipv4.tcp_rmem": "4096 131072 67108864",
+    "net.ipv4.tcp_wmem": "4096 16384 67108864",
+}
 
 
 def require_netns() -> None:
@@ -30,18 +44,47 @@ def require_netns() -> None:
         raise UserError(f"the testbed needs network namespaces: {reason}")
 
 
-def create_network(layout: TestbedLayout, wire_gbps: float, delay_ms: float) -> None:
-    """The three namespaces, both veth pairs and the WAN's tbf; everything made is removed again
-    when a step fails (NetnsError becomes a UserError)."""
+def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
+    """The four namespaces, the veth pairs, the WAN's routing through the delay line's TUN and
+    its tbf; everything made is removed again when a step fails (NetnsError becomes a
+    UserError). Packets cross the WAN once a delay line is attached to the TUN."""
     try:
         for ns in layout.namespaces:
             netns.add_namespace(ns)
-        netns.add_veth(layout.wan_prfaas, layout.wan_pd)
+        _build_wan(layout)
+        for ns in (layout.prfaas_ns, layout.pd_ns):
+            netns.set_sysctls(ns, _TCP_BUFFERS)
         netns.add_veth(layout.client_pd, layout.client)
-        _shape_wan(layout, wire_gbps, delay_ms)
+        _shape_wan(layout, wire_gbps)
     except netns.NetnsError as exc:
         delete_network(layout)
         raise UserError(f"could not build the testbed's network: {exc}") from None
+
+
+def _build_wan(layout: TestbedLayout) -> None:
+    """The WAN namespace: its veths to both clusters, the TUN, forwarding and the rules that
+    send every packet from either veth into the TUN (see the module docstring)."""
+    ns = layout.wan_ns
+    hops = layout.wan_hops
+    netns.add_veth(layout.wan_prfaas, hops[0])
+    netns.add_veth(layout.wan_pd, hops[1])
+    netns.ip(ns, "addr", "add", f"{layout.wan_router_id}/32", "dev", "lo")
+    netns.add_tun(ns, DELAY_TUN)
+    for end in (layout.wan_prfaas, layout.wan_pd, *hops):
+        netns.set_mtu(end.ns, end.dev, WAN_MTU_BYTES)
+    netns.set_mtu(ns, DELAY_TUN, WAN_MTU_BYTES)
+    netns.set_link_up(ns, DELAY_TUN, True)
+    devices = ("all", "default", DELAY_TUN, *(hop.dev for hop in hops))
+    sysctls = {"net.ipv4.ip_forward": "1"}
+    sysctls |= {f"net.ipv4.conf.{dev}.rp_filter": "0" for dev in devices}
+    for hop in hops:
+        sysctls |= {f"net.ipv4.conf.{hop.dev}.proxy_arp": "1"}
+        sysctls |= {f"net.ipv4.neigh.{hop.dev}.proxy_delay": "0"}
+    netns.set_sysctls(ns, sysctls)
+    for hop, far in zip(hops, (layout.wan_prfaas, layout.wan_pd), strict=True):
+        netns.ip(ns, "route", "add", f"{far.ip}/32", "dev", hop.dev)
+        netns.ip(ns, "rule", "add", "iif", hop.dev, "lookup", DELAY_TABLE)
+    netns.ip(ns, "route", "add", "default", "dev", DELAY_TUN, "table", DELAY_TABLE)
 
 
 def delete_network(layout: TestbedLayout) -> list[str]:
@@ -54,18 +97,61 @@ def existing_namespaces(layout: TestbedLayout) -> list[str]:
     return [ns for ns in layout.namespaces if ns in present]
 
 
-def set_wan_rate(layout: TestbedLayout, wire_gbps: float, delay_ms: float) -> None:
+def set_wan_rate(layout: TestbedLayout, wire_gbps: float) -> None:
     """The running WAN's tbf at `wire_gbps` (NetnsError becomes a UserError)."""
     try:
-        _shape_wan(layout, wire_gbps, delay_ms)
+        _shape_wan(layout, wire_gbps)
     except netns.NetnsError as exc:
         raise UserError(str(exc)) from None
 
 
-def _shape_wan(layout: TestbedLayout, wire_gbps: float, delay_ms: float) -> None:
-    """The WAN's tbf at `wire_gbps` (+ `delay_ms` where netem exists); raises NetnsError."""
+def _shape_wan(layout: TestbedLayout, wire_gbps: float) -> None:
+    """The WAN's tbf at `wire_gbps`; raises NetnsError."""
     wan = layout.wan_prfaas
-    netns.set_tbf(wan.ns, wan.dev, wire_gbps, tbf_burst_bytes(wire_gbps), delay_ms=delay_ms)
+    netns.set_tbf(wan.ns, wan.dev, wire_gbps, tbf_burst_bytes(wire_gbps))
+
+
+def start_delay_line(
+    layout: TestbedLayout, run_dir: Path, settings: DelaySettings, seed: int
+) -> dict[str, Any]:
+    """The WAN's delay line, attached to the TUN inside the WAN namespace and answering its
+    control socket; its process record (DelayLineError becomes a UserError)."""
+    try:
+        proc = delayline.start(
+            netns.exec_prefix(layout.wan_ns),
+            DELAY_TUN,
+            run_dir / DELAY_CONTROL_FILE,
+            settings,
+            seed,
+            run_dir / "logs" / "delayline.log",
+        )
+    except delayline.DelayLineError as exc:
+        raise UserError(f"could not start the WAN's delay line: {exc}") from None
+    return process_record(proc.pid)
+
+
+def set_delay(run_dir: Path, settings: DelaySettings) -> dict[str, Any]:
+    """Give the running delay line new settings; what it now applies (UserError when it does
+    not answer or refuses them)."""
+    try:
+        answer = delayline.request(
+            run_dir / DELAY_CONTROL_FILE, {"op": "set", "settings": settings.to_dict()}
+        )
+    except delayline.DelayLineError as exc:
+        raise UserError(str(exc)) from None
+    if not answer.get("ok"):
+        raise UserError(f"the delay line refused the settings: {answer.get('error')}")
+    return dict(answer["settings"])
+
+
+def delay_report(run_dir: Path) -> dict[str, Any]:
+    """What the delay line applies and has done ({"error": ...} when it does not answer)."""
+    try:
+        answer = delayline.request(run_dir / DELAY_CONTROL_FILE, {"op": "get"})
+    except delayline.DelayLineError as exc:
+        return {"error": str(exc)}
+    answer.pop("ok", None)
+    return answer
 
 
 def link_report(layout: TestbedLayout) -> dict[str, Any]:

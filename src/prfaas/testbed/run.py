@@ -1,14 +1,15 @@
 """The testbed's commands: `up`, `down`, `status` and `change_link` (what `prfaas testbed` calls).
 
-`up` makes the namespaces and veth links of a `TestbedLayout` (tbf on the WAN), writes the
-topology and a transport token into the run directory `<state root>/<name>/`, and starts the
-supervisor (`prfaas.testbed.supervisor`) in its own session, so it outlives `up`; `up` returns
-once the supervisor reports the router ready. `down` stops the supervisor (SIGTERM: the services
-drain), kills whatever still runs inside the namespaces, deletes them and the state; it also
-cleans a half-made testbed and is a no-op for a missing one. `status` and `change_link` read and
-change a running one; a new WAN rate is also told to the router, so that its link view keeps
-matching the wire. The state file is `prfaas.testbed.state`'s, the network
-`prfaas.testbed.network`'s.
+`up` makes the namespaces and veth links of a `TestbedLayout` (tbf on the WAN), starts the WAN's
+delay line (`prfaas.testbed.delayline`), writes the topology and a transport token into the run
+directory `<state root>/<name>/`, and starts the supervisor (`prfaas.testbed.supervisor`) in its
+own session, so it outlives `up`; `up` returns once the supervisor reports the router ready.
+`down` stops the supervisor (SIGTERM: the services drain), kills whatever still runs inside the
+namespaces (the delay line included), deletes them and the state; it also cleans a half-made
+testbed and is a no-op for a missing one. `status` and `change_link` read and change a running
+one (rate, up/down, delay, jitter, loss, reordering); a new WAN rate is also told to the router,
+so that its link view keeps matching the wire. The state file is `prfaas.testbed.state`'s, the
+network `prfaas.testbed.network`'s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.launch.local import router_is_ready
 from prfaas.testbed import netns
+from prfaas.testbed.delay_schedule import DelaySettings, DelaySettingsError
 from prfaas.testbed.layout import (
     TestbedLayout,
     TestbedScale,
@@ -34,12 +36,15 @@ from prfaas.testbed.layout import (
 )
 from prfaas.testbed.network import (
     create_network,
+    delay_report,
     delete_network,
     existing_namespaces,
     inform_router,
     link_report,
     require_netns,
+    set_delay,
     set_wan_rate,
+    start_delay_line,
 )
 from prfaas.testbed.state import (
     STATE_FILE,
@@ -102,7 +107,7 @@ def prepare(spec: TestbedSpec, state_root: Path, ready_timeout_s: float) -> Path
     run_dir = run_dir_of(state_root, spec.name)
     refuse_existing(layout, run_dir)
     threshold = resolve_threshold(spec)
-    wire_gbps = spec.scale.wire_gbps
+    wire_gbps = spec.scale.check_delay_line_rate().wire_gbps
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     run_dir.chmod(0o700)
     token_file = run_dir / TOKEN_FILE
@@ -111,11 +116,17 @@ def prepare(spec: TestbedSpec, state_root: Path, ready_timeout_s: float) -> Path
     text = topology_text(spec, layout, token_file, threshold[0], wire_gbps)
     (run_dir / TOPOLOGY_FILE).write_text(text)
     try:
-        create_network(layout, wire_gbps, spec.delay_ms)
+        create_network(layout, wire_gbps)
+        try:
+            line = start_delay_line(layout, run_dir, spec.delay, spec.delay_seed)
+        except UserError:
+            delete_network(layout)
+            raise
     except UserError:
         remove_files(run_dir)
         raise
-    write_state(run_dir, _initial_state(spec, layout, threshold, ready_timeout_s))
+    state = _initial_state(spec, layout, threshold, ready_timeout_s)
+    write_state(run_dir, state | {"delay_line": line})
     return run_dir
 
 
@@ -144,7 +155,9 @@ def _initial_state(
         "deployment": spec.deployment,
         "controller": spec.controller,
         "namespaces": {"prfaas": layout.prfaas_ns, "pd": layout.pd_ns, "client": layout.client_ns},
-        "wan": {"ns": wan.ns, "dev": wan.dev, "delay_ms": spec.delay_ms},
+        "wan": {"ns": wan.ns, "dev": wan.dev},
+        "delay": spec.delay.to_dict(),
+        "delay_seed": spec.delay_seed,
         "scale": asdict(spec.scale),
         "wire_gbps": spec.scale.wire_gbps,
         "threshold_tokens": threshold[0],
@@ -205,7 +218,8 @@ def down(name: str, state_root: Path) -> dict[str, Any]:
         return {"name": name, "existed": False, "message": f"no testbed {name!r}: nothing to do"}
     stopped_supervisor = stop_supervisor(state)
     num_killed = sum(kill_all(netns.namespace_pids(ns)) for ns in present)
-    for record in (state or {}).get("services", {}).values():
+    records = [*(state or {}).get("services", {}).values(), (state or {}).get("delay_line")]
+    for record in records:
         if is_alive(record):
             kill_all([int(record["pid"])])
             num_killed += 1
@@ -247,6 +261,7 @@ def status(name: str, state_root: Path) -> dict[str, Any]:
         layout.client_ns, lambda: router_is_ready(url)
     )
     link = link_report(layout) if layout.prfaas_ns in present else None
+    delay = _delay_status(run_dir_of(state_root, name), state)
     all_up = (
         all(report["namespaces"].values())
         and bool(services)
@@ -254,6 +269,8 @@ def status(name: str, state_root: Path) -> dict[str, Any]:
         and ready
         and link is not None
         and link["up"]
+        and delay["alive"]
+        and "error" not in delay["line"]
     )
     return (
         report
@@ -264,9 +281,18 @@ def status(name: str, state_root: Path) -> dict[str, Any]:
             "services": services,
             "router_ready": ready,
             "link": link,
+            "delay": delay,
             "all_up": all_up,
         }
     )
+
+
+def _delay_status(run_dir: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """The delay settings the state holds, whether the delay line runs, and its own report
+    (the settings it applies, its counters per direction)."""
+    alive = is_alive(state.get("delay_line"))
+    line = delay_report(run_dir) if alive else {"error": "the delay line is not running"}
+    return {"settings": state.get("delay"), "alive": alive, "line": line}
 
 
 def change_link(
@@ -275,11 +301,14 @@ def change_link(
     *,
     nominal_gbps: float | None = None,
     is_up: bool | None = None,
+    delay_changes: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Change the WAN of a running testbed: its nominal rate (scaled like at `up`, and told to
-    the router) and/or whether it is up; the new link settings, and whether the router took the
-    new rate (`inform_router`'s keys; `router_informed` is None when the rate did not change,
-    False with `router_reason` when the router could not be told: reported, not raised)."""
+    the router), whether it is up, and/or the delay line's settings (`delay_changes`: the
+    `DelaySettings` fields to change, None values kept); the new link settings, and whether the
+    router took the new rate (`inform_router`'s keys; `router_informed` is None when the rate
+    did not change, False with `router_reason` when the router could not be told: reported, not
+    raised)."""
     require_netns()
     layout = TestbedLayout(name)
     run_dir = run_dir_of(state_root, name)
@@ -287,15 +316,21 @@ def change_link(
     if state is None or layout.prfaas_ns not in existing_namespaces(layout):
         raise UserError(f"no running testbed {name!r}")
     wan = layout.wan_prfaas
+    # everything is checked before anything changes
+    new_delay = _new_delay(state, delay_changes) if delay_changes else None
+    scale = None
+    if nominal_gbps is not None:
+        scale = TestbedScale(**state["scale"]).with_nominal(nominal_gbps).check_delay_line_rate()
     changes: dict[str, Any] = {}
+    if new_delay is not None:
+        changes["delay"] = set_delay(run_dir, new_delay)
     told: dict[str, Any] = {
         "router_informed": None,
         "router_reason": "the rate did not change",
         "router_link_bytes_per_s": None,
     }
-    if nominal_gbps is not None:
-        scale = TestbedScale(**state["scale"]).with_nominal(nominal_gbps)
-        set_wan_rate(layout, scale.wire_gbps, float(state["wan"].get("delay_ms", 0.0)))
+    if scale is not None:
+        set_wan_rate(layout, scale.wire_gbps)
         changes |= {"scale": asdict(scale), "wire_gbps": scale.wire_gbps}
         told = inform_router(run_dir, state, layout, scale.wire_gbps)
     if is_up is not None:
@@ -306,5 +341,14 @@ def change_link(
         "nominal_gbps": state["scale"]["nominal_gbps"],
         "wire_gbps": state["wire_gbps"],
         "up": netns.link_is_up(wan.ns, wan.dev),
+        "delay": state.get("delay"),
         **told,
     }
+
+
+def _new_delay(state: dict[str, Any], changes: dict[str, Any]) -> DelaySettings:
+    """The state's delay settings with `changes` applied (a bad combination: UserError)."""
+    try:
+        return DelaySettings.from_dict(state.get("delay", {})).replaced(**changes)
+    except DelaySettingsError as exc:
+        raise UserError(str(exc)) from None

@@ -1,8 +1,9 @@
 """A testbed's run directory and state file, and the records of the processes it started.
 
 The run directory `<state root>/<name>/` holds `state.json` (the testbed's phase, settings and
-process records, replaced atomically), `topology.toml`, the transport token and `logs/`. A
-process record is {pid, start_ticks}: a pid whose start ticks differ is a recycled, other process.
+process records, replaced atomically), `topology.toml`, the transport token, the delay line's
+control socket and `logs/`. A process record is {pid, start_ticks}: a pid whose start ticks
+differ is a recycled, other process.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from prfaas.testbed.layout import check_name
 STATE_FILE = "state.json"
 TOPOLOGY_FILE = "topology.toml"
 TOKEN_FILE = "transport.token"
-_FILES = (STATE_FILE, TOPOLOGY_FILE, TOKEN_FILE)
+DELAY_CONTROL_FILE = "delayline.sock"  # the delay line's control socket
+_FILES = (STATE_FILE, TOPOLOGY_FILE, TOKEN_FILE, DELAY_CONTROL_FILE)
 
 
 def run_dir_of(state_root: Path, name: str) -> Path:

@@ -64,7 +64,75 @@ def test_bad_up_flags_are_refused_with_their_reason(
 
 def test_link_needs_a_change(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["testbed", "link", "--state-dir", str(tmp_path)]) == 2
-    assert "--gbps, --down or --up" in capsys.readouterr().err
+    assert "--gbps, --down, --up or a delay line flag" in capsys.readouterr().err
+
+
+_BAD_DELAY_FLAGS = [
+    (["--delay-ms", "-1"], "--delay-ms: must be >= 0"),
+    (["--delay-ms", "nan"], "--delay-ms: expected a finite number"),
+    (["--delay-ms", "inf"], "--delay-ms: expected a finite number"),
+    (["--delay-ms", "20000"], "--delay-ms: must be <= 10,000"),
+    (["--jitter-ms", "-0.5"], "--jitter-ms: must be >= 0"),
+    (["--jitter-ms", "NaN"], "--jitter-ms: expected a finite number"),
+    (["--loss-pct", "100"], "--loss-pct: must be < 100"),
+    (["--loss-pct", "-1"], "--loss-pct: must be >= 0"),
+    (["--loss-pct", "inf"], "--loss-pct: expected a finite number"),
+    (["--jitter-distribution", "pareto"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize(("flags", "match"), _BAD_DELAY_FLAGS)
+@pytest.mark.parametrize("action", ["up", "link"])
+def test_bad_delay_line_flags_are_refused_in_one_line(
+    action: str, flags: list[str], match: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["testbed", action, "--state-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err, err
+    assert not (tmp_path / "prfaas-tb").exists()
+
+
+@pytest.mark.parametrize(
+    ("action", "flags"),
+    [
+        ("up", ["--gbps", "400", "--payload-scale", "0.01"]),  # 4 Gbit/s on the wire
+        ("up", ["--engine", "torch", "--gbps", "2.5", "--threshold", "64"]),
+        ("link", ["--gbps", "300"]),  # the default scaling: 3 Gbit/s on the wire
+    ],
+)
+def test_a_wire_rate_the_delay_line_cannot_carry_is_refused(
+    action: str,
+    flags: list[str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`link` reads the running testbed's scaling from its state: a state file is written."""
+    from prfaas.testbed import run as testbed_run
+    from prfaas.testbed.layout import TestbedScale
+    from prfaas.testbed.state import write_state
+
+    (tmp_path / "prfaas-tb").mkdir()
+    write_state(tmp_path / "prfaas-tb", {"scale": vars(TestbedScale()), "delay": {}})
+    monkeypatch.setattr(testbed_run, "existing_namespaces", lambda layout: list(layout.namespaces))
+    monkeypatch.setattr(testbed_run, "require_netns", lambda: None)
+    assert main(["testbed", action, "--state-dir", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "the WAN's delay line carries faithfully" in err, err
+
+
+def test_delay_line_flags_reach_the_spec() -> None:
+    spec = _up_spec("--delay-ms", "25", "--jitter-ms", "2", "--jitter-distribution", "normal",
+                    "--loss-pct", "0.5", "--reorder", "--delay-seed", "7")  # fmt: skip
+    assert spec.delay.to_dict() == {
+        "delay_ms": 25.0,
+        "jitter_ms": 2.0,
+        "jitter_distribution": "normal",
+        "loss_pct": 0.5,
+        "reorder": True,
+    }
+    assert spec.delay_seed == 7
+    assert _up_spec().delay.to_dict()["delay_ms"] == 0.0
 
 
 def _up_spec(*flags: str) -> TestbedSpec:

@@ -78,7 +78,7 @@ def test_with_nominal_keeps_the_factors() -> None:
 
 def test_burst_is_two_ms_of_the_rate_with_a_floor() -> None:
     assert tbf_burst_bytes(1.0) == 250_000
-    assert tbf_burst_bytes(0.001) == 32 << 10
+    assert tbf_burst_bytes(0.001) == 64 << 10
     assert tbf_burst_bytes(10.0) == 2_500_000
 
 
@@ -90,7 +90,7 @@ def test_bad_names_are_refused(name: str) -> None:
 
 def test_layout_names_namespaces_after_the_testbed() -> None:
     layout = TestbedLayout("tb-a")
-    assert layout.namespaces == ("tb-a-prfaas", "tb-a-pd", "tb-a-client")
+    assert layout.namespaces == ("tb-a-prfaas", "tb-a-pd", "tb-a-client", "tb-a-wan")
     assert layout.wan_prfaas.ns == "tb-a-prfaas" and layout.wan_pd.ns == "tb-a-pd"
     assert layout.client.ns == "tb-a-client" and layout.client_pd.ns == "tb-a-pd"
     assert all(len(end.dev) <= 15 for end in (layout.wan_prfaas, layout.wan_pd, layout.client))

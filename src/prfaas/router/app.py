@@ -126,8 +126,9 @@ class RouterService:
         """The request's text as it grows, timing the stream; the last piece has a finish."""
         text = TextStream(self.codec, prepared.stop)
         route, last_at, finish = trace.decision.route, prepared.arrived_at, None
+        deltas = self.dispatcher.run(trace, prepared.request, prepared.is_stream)
         try:
-            async for delta in self.dispatcher.run(trace, prepared.request, prepared.is_stream):
+            async for delta in deltas:
                 now = time.monotonic()
                 if delta.token_ids and trace.first_token_at is None:
                     trace.first_token_at = _first_token_at(trace, now)
@@ -141,6 +142,10 @@ class RouterService:
                 finish = _finish_reason(delta, text)
                 new = text.add(delta.token_ids, is_final=finish is not None)
                 self.metrics.generation_tokens.labels(route).inc(len(delta.token_ids))
+                if finish is not None:
+                    # the dispatch ends first: it waits (briefly) for the prefill's answer, which
+                    # may come after the last token over a long WAN, so the summary has its result
+                    await deltas.aclose()
                 yield Piece(new, finish, delta.error, text.num_tokens)
                 if finish is not None:
                     return

@@ -31,7 +31,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -226,7 +226,7 @@ class Dispatcher:
     # ---- driving ---------------------------------------------------------------------------
     async def run(
         self, trace: DispatchTrace, request: GenerateRequest, stream: bool = True
-    ) -> AsyncIterator[TokenDelta]:
+    ) -> AsyncGenerator[TokenDelta, None]:
         """The request's token deltas from its decode instance; ends with a finish_reason.
         With `stream` False the decode instance answers once, at the end."""
         d = trace.decision

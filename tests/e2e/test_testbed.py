@@ -1,18 +1,23 @@
 """`prfaas testbed`: a real two-datacenter testbed in network namespaces (needs root).
 
-`up --controller` through the CLI (emulated paper-1t, scaled), requests sent from inside the
-client namespace, a short one prefilled locally and a long one on PrfaaS whose KV crosses the
-tbf-shaped WAN veth (its qdisc's byte counter grows by at least the transfer), `status --json`,
-`link --gbps` reaching the router's link view, `prfaas bench system --testbed` with a link
-drop, the link cut as a negative control, a second `up`
-refused, and `down` removing namespaces and processes. Then the equal-hardware homogeneous
-baseline (`--deployment homogeneous --prfaas 0`, no controller): a long request prefilled on PD.
+`up --controller --delay-ms 5` through the CLI (emulated paper-1t, scaled), requests sent from
+inside the client namespace, a short one prefilled locally and a long one on PrfaaS whose KV
+crosses the tbf-shaped WAN veth (its qdisc's byte counter grows by at least the transfer),
+`status --json`, `link --gbps` reaching the router's link view, `prfaas bench system --testbed`
+with a link drop, the link cut as a negative control, a second `up` refused, and `down`
+removing namespaces and processes, the WAN's delay line included. The delay line: ICMP round
+trips across the WAN at 2 x the one-way delay (medians, a generous upper band for a loaded
+machine), `link --delay-ms` changing it live, `link --loss-pct 50` losing about 75% of 200 pings
+(each crossing of the echo is lost with 50%), and the router's link view showing the delayed
+round trip from its KV connections' TCP_INFO. Then the equal-hardware homogeneous baseline
+(`--deployment homogeneous --prfaas 0`, no controller): a long request prefilled on PD.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import time
@@ -23,8 +28,11 @@ from typing import Any
 
 import pytest
 
+from polling import wait_until
 from prfaas.launch.status import fetch_json
 from prfaas.service.auth import bearer
+from prfaas.testbed import probe
+from prfaas.testbed.layout import TestbedLayout
 from prfaas.testbed.netns import (
     call_in_netns,
     list_namespaces,
@@ -43,10 +51,12 @@ SHORT_WORDS, LONG_WORDS = 20, 3500  # ~120 and ~21 000 prompt tokens for the tin
 # s = 0.25, p = 0.0025: the wire runs at 100 x 0.0025 / 0.25 = 1 Gbps, compute 4x faster
 SCALE_FLAGS = ["--time-scale", "0.25", "--payload-scale", "0.0025"]
 DEADLINE_S = 10.0  # transfer deadline: a request whose KV cannot cross gives up after it
+DELAY_MS = 5.0  # the WAN's one-way delay at `up`
+RTT_SLACK_MS = 50.0  # a loaded machine's scheduling on top of 2 x delay (medians)
 REQUEST = """
 import json, sys, time, urllib.error, urllib.request
-url, words = sys.argv[1], int(sys.argv[2])
-body = json.dumps({"model": "qwen3_next", "prompt": "hello " * words, "max_tokens": 4}).encode()
+url, words, word = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = json.dumps({"model": "qwen3_next", "prompt": f"{word} " * words, "max_tokens": 4}).encode()
 started = time.monotonic()
 headers = {"Content-Type": "application/json"}
 request = urllib.request.Request(url + "/v1/completions", body, headers)
@@ -87,12 +97,14 @@ def _running(state_dir: Path, *flags: str, name: str = NAME) -> Iterator[dict[st
 
 @pytest.fixture(scope="module")
 def testbed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    with _running(tmp_path_factory.mktemp("testbed"), "--controller") as state:
+    delay = ["--delay-ms", f"{DELAY_MS:g}"]
+    with _running(tmp_path_factory.mktemp("testbed"), "--controller", *delay) as state:
         yield state
 
 
-def _send(state: dict[str, Any], num_words: int) -> dict[str, Any]:
-    """One completion sent from inside the client namespace (it crosses the client veth)."""
+def _send(state: dict[str, Any], num_words: int, word: str = "hello") -> dict[str, Any]:
+    """One completion of `num_words` x `word` sent from inside the client namespace (it crosses
+    the client veth); another word makes a prompt no cached prefix covers."""
     cmd = [
         *state["client_exec"],
         sys.executable,
@@ -100,6 +112,7 @@ def _send(state: dict[str, Any], num_words: int) -> dict[str, Any]:
         REQUEST,
         state["router_url"],
         str(num_words),
+        word,
     ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -122,18 +135,89 @@ def _router_control(state: dict[str, Any]) -> dict[str, Any]:
 
 def _set_link(state: dict[str, Any], nominal_gbps: float) -> dict[str, Any]:
     """`link --gbps NOMINAL --json`: its report (the router told, or why not)."""
-    done = _prfaas(state["state_dir"], "link", "--gbps", f"{nominal_gbps:g}", "--json",
-                   name=state["name"])  # fmt: skip
+    return _link(state, "--gbps", f"{nominal_gbps:g}")
+
+
+def _link(state: dict[str, Any], *flags: str) -> dict[str, Any]:
+    """`link FLAGS --json`: its report."""
+    done = _prfaas(state["state_dir"], "link", *flags, "--json", name=state["name"])
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
 
-def test_up_builds_three_namespaces_and_a_shaped_wan(testbed: dict[str, Any]) -> None:
+def _wan_pings(state: dict[str, Any], num_pings: int, interval_s: float) -> list[float | None]:
+    """ICMP round trips PD -> PrfaaS across the WAN (None: lost)."""
+    layout = TestbedLayout(state["name"])
+    far = layout.wan_prfaas.ip
+    return call_in_netns(layout.pd_ns, lambda: probe.ping(far, num_pings, interval_s, 2.0))
+
+
+def _median_rtt_ms(state: dict[str, Any]) -> float:
+    median = probe.median_rtt_s(_wan_pings(state, 20, 0.02))
+    assert median is not None, "no echo came back across the WAN"
+    return median * 1000
+
+
+def test_up_builds_four_namespaces_and_a_shaped_wan(testbed: dict[str, Any]) -> None:
     assert set(testbed["namespaces"].values()) <= set(list_namespaces())
     stats = qdisc_stats(testbed["wan"]["ns"], testbed["wan"]["dev"])
     assert stats.kind == "tbf" and stats.rate_bytes_per_s == pytest.approx(1e9 / 8, rel=1e-3)
     assert testbed["wire_gbps"] == pytest.approx(1.0)
     print(f"testbed up in {testbed['up_wall_s']:.1f} s (CLI wall)")
+
+
+def test_the_wan_round_trip_is_twice_the_one_way_delay(testbed: dict[str, Any]) -> None:
+    rtt_ms = _median_rtt_ms(testbed)
+    assert 2 * DELAY_MS <= rtt_ms < 2 * DELAY_MS + RTT_SLACK_MS, rtt_ms
+    print(f"WAN RTT at {DELAY_MS:g} ms one way: median {rtt_ms:.2f} ms")
+
+
+def test_link_changes_the_delay_live_and_status_shows_it(testbed: dict[str, Any]) -> None:
+    try:
+        report = _link(testbed, "--delay-ms", "25", "--jitter-ms", "1")
+        assert report["delay"]["delay_ms"] == 25.0 and report["delay"]["jitter_ms"] == 1.0
+        assert report["router_informed"] is None  # the rate did not change
+        rtt_ms = _median_rtt_ms(testbed)
+        assert 2 * 25.0 <= rtt_ms < 2 * 25.0 + RTT_SLACK_MS, rtt_ms
+        done = _prfaas(testbed["state_dir"], "status", "--json")
+        delay = json.loads(done.stdout)["delay"]
+        assert done.returncode == 0 and delay["alive"], delay
+        assert delay["settings"] == delay["line"]["settings"] == report["delay"]
+    finally:
+        _link(testbed, "--delay-ms", f"{DELAY_MS:g}", "--jitter-ms", "0")
+    assert 2 * DELAY_MS <= _median_rtt_ms(testbed) < 2 * DELAY_MS + RTT_SLACK_MS
+
+
+def test_loss_drops_about_the_drawn_share_of_pings(testbed: dict[str, Any]) -> None:
+    """50% per crossing: an echo comes back with probability 0.5 x 0.5, so 75% are lost."""
+    try:
+        assert _link(testbed, "--loss-pct", "50")["delay"]["loss_pct"] == 50.0
+        lost = probe.loss_fraction(_wan_pings(testbed, 200, 0.005))
+    finally:
+        _link(testbed, "--loss-pct", "0")
+    assert 0.6 <= lost <= 0.9, lost
+    assert probe.loss_fraction(_wan_pings(testbed, 20, 0.005)) == 0.0
+    print(f"loss 50% per crossing: {lost:.0%} of 200 pings lost")
+
+
+def test_the_router_sees_the_delayed_round_trip(testbed: dict[str, Any]) -> None:
+    """The PrfaaS instance's KV connections report TCP_INFO's RTT; the router's link view (its
+    `/dashboard/state`) carries it."""
+    long = _send(testbed, LONG_WORDS, "delay")
+    assert long["status"] == 200 and long["route"] == "prfaas", long
+    url = f"{testbed['router_url']}/dashboard/state"
+    client_ns = testbed["namespaces"]["client"]
+    seen: dict[str, Any] = {}
+
+    def measured() -> bool:
+        answer = call_in_netns(client_ns, lambda: fetch_json(url, {}, timeout_s=10))
+        seen.update(answer[1]["link"] if answer and answer[0] == 200 else {})
+        return bool(seen.get("measured"))
+
+    wait_until(measured, 30.0, "the router's link view measured from the KV connections")
+    rtt_ms = seen["rtt_s"] * 1000
+    assert 2 * DELAY_MS <= rtt_ms < 2 * DELAY_MS + RTT_SLACK_MS, seen
+    print(f"router's link view: rtt {rtt_ms:.2f} ms at {DELAY_MS:g} ms one way")
 
 
 def test_a_second_up_with_the_same_name_is_refused(testbed: dict[str, Any]) -> None:
@@ -224,15 +308,38 @@ def test_down_removes_the_namespaces_and_stops_every_process(testbed: dict[str, 
     state_dir = testbed["state_dir"]
     status = json.loads(_prfaas(state_dir, "status", "--json").stdout)
     pids = [svc["pid"] for svc in status["services"].values()]
+    assert status["delay"]["alive"]
+    pids.append(json.loads((state_dir / NAME / "state.json").read_text())["delay_line"]["pid"])
+    wan_ns = testbed["namespaces"]["wan"]
+    wan_net = f"net:[{Path('/var/run/netns', wan_ns).stat().st_ino}]"
     started = time.monotonic()
     done = _prfaas(state_dir, "down")
     took_s = time.monotonic() - started
     assert done.returncode == 0 and "is down" in done.stdout, done.stderr
     assert not set(testbed["namespaces"].values()) & set(list_namespaces())
-    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    # the delay line's parent (`up`) is gone: whoever adopted it reaps it after `down`'s kill
+    wait_until(
+        lambda: not [pid for pid in pids if Path(f"/proc/{pid}").exists()],
+        30.0,
+        "the services and the delay line to be gone",
+        period_s=0.1,
+    )
+    # no process is left in the WAN namespace, so it is freed and its TUN device with it
+    assert not _processes_in(wan_net)
+    assert not (state_dir / NAME / "delayline.sock").exists()
     again = _prfaas(state_dir, "down")
     assert again.returncode == 0 and "nothing to do" in again.stdout
     print(f"testbed down in {took_s:.1f} s (CLI wall)")
+
+
+def _processes_in(net: str) -> list[int]:
+    """Pids whose network namespace is `net` ("net:[inode]")."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if entry.name.isdigit() and os.readlink(entry / "ns" / "net") == net:
+                found.append(int(entry.name))
+    return found
 
 
 def test_equal_hardware_homogeneous_baseline_prefills_on_pd(tmp_path: Path) -> None:

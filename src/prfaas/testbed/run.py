@@ -154,7 +154,12 @@ def _initial_state(
         "engine": spec.engine,
         "deployment": spec.deployment,
         "controller": spec.controller,
-        "namespaces": {"prfaas": layout.prfaas_ns, "pd": layout.pd_ns, "client": layout.client_ns},
+        "namespaces": {
+            "prfaas": layout.prfaas_ns,
+            "pd": layout.pd_ns,
+            "client": layout.client_ns,
+            "wan": layout.wan_ns,
+        },
         "wan": {"ns": wan.ns, "dev": wan.dev},
         "delay": spec.delay.to_dict(),
         "delay_seed": spec.delay_seed,

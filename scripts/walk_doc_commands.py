@@ -306,6 +306,15 @@ RULES: tuple[Rule, ...] = (
         needs="root",
     ),
     Rule(
+        r"prfaas testbed up --delay-ms 25 --jitter-ms 2 --jitter-distribution normal "
+        r"--loss-pct 0\.1",
+        "run",
+        TESTBED_WHY,
+        edits=((r"$", TESTBED_FLAGS),),
+        check=r"WAN delay line: delay 25 ms one way",
+        needs="root",
+    ),
+    Rule(
         r"prfaas testbed up",
         "run",
         TESTBED_WHY,
@@ -350,6 +359,22 @@ RULES: tuple[Rule, ...] = (
         "run",
         TESTBED_WHY,
         edits=((r"$", TESTBED_FLAGS),),
+        needs="root",
+    ),
+    Rule(
+        r"prfaas testbed link --delay-ms \d+( --loss-pct \d+)?",
+        "run",
+        TESTBED_WHY,
+        edits=((r"$", TESTBED_FLAGS),),
+        check=r"delay \d+ ms one way",
+        needs="root",
+    ),
+    Rule(
+        r"prfaas testbed status --json",
+        "run",
+        TESTBED_WHY,
+        edits=((r"$", TESTBED_FLAGS),),
+        check=r'"delay"',
         needs="root",
     ),
     Rule(

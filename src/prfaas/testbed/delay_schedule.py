@@ -15,7 +15,10 @@ one direction of the WAN: for a packet arriving at `now_s` it draws, from a seed
 - a packet is lost with probability `loss_pct` / 100, in each direction independently, so a
   round trip (a ping and its echo) is lost with 1 - (1 - loss)^2.
 
-The process that holds and releases packets is `prfaas.testbed.delayline`.
+`PacketQueue` is the line itself, both directions (a packet's direction is its IPv4
+destination): a heap of (release time, arrival number, packet), released in time order, with
+per-direction counters and a bound on the bytes held. The process that reads packets into it
+and writes them out when due is `prfaas.testbed.delayline`.
 """
 
 from __future__ import annotations

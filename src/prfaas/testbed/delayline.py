@@ -151,7 +151,7 @@ class _Server:
 
     def report(self) -> dict[str, Any]:
         counters = {
-            socket.inet_ntoa(direction) if len(direction) == 4 else "other": vars(c)
+            socket.inet_ntoa(direction) if len(direction) == 4 else "not IPv4": vars(c)
             for direction, c in self._queue.counters.items()
         }
         return {

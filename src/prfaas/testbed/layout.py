@@ -1,9 +1,10 @@
 """The two-datacenter testbed's plan, as pure functions: names, addresses, scaling, topology.
 
-A testbed is three network namespaces, `<name>-prfaas` (the PrfaaS cluster), `<name>-pd` (the
-local PD cluster and the router) and `<name>-client`, joined by two veth pairs: the "WAN"
-PrfaaS <-> PD, shaped by `tc tbf` on the PrfaaS side (PrfaaS -> PD egress is what the paper's
-link limits), and client <-> PD, unshaped. Instances of one cluster share their namespace, so
+A testbed is four network namespaces, `<name>-prfaas` (the PrfaaS cluster), `<name>-pd` (the
+local PD cluster and the router), `<name>-client` and `<name>-wan`: the "WAN" PrfaaS <-> PD runs
+through the WAN namespace (a veth to each cluster, its delay line's TUN device between them)
+and is shaped by `tc tbf` on the PrfaaS side (PrfaaS -> PD egress is what the paper's link
+limits); client <-> PD is one unshaped veth pair. Instances of one cluster share their namespace, so
 intra-cluster traffic is that namespace's loopback: the faster intra-cluster link.
 
 Scaling keeps every ratio of the paper's case study on a small machine: emulated engines sleep

@@ -49,9 +49,10 @@ PAPER_LINK_GBPS = 100.0  # the case study's inter-datacenter link
 TORCH_LINK_GBPS = 1.0  # the tiny torch model's default link: its payloads are KB, not GB
 MIN_WIRE_GBPS = 1e-4  # 100 kbit/s: below it a request's KV takes minutes
 MAX_WIRE_GBPS = 400.0
-# every WAN packet crosses the delay line, a Python process: it kept goodput at the rate and
-# the round trip at 2 x delay up to 2 Gbit/s in every run on the project's 2-core machine, and
-# fell short at 4-6 (docs/testbed.md, "Delay, jitter and loss")
+# every WAN packet crosses the delay line, a Python process: on the project's 2-core machine
+# the WAN kept goodput at the rate and the round trip at 2 x delay up to 2 Gbit/s (but for single
+# stalls of the loaded machine), fell short at 4 in most runs and carried about 4 at most
+# (docs/testbed.md, "Delay, jitter and loss")
 MAX_DELAY_LINE_GBPS = 2.0
 MAX_INSTANCES = 16  # per role: every instance is a process on this machine
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # "<name>-prfaas" stays a short path

@@ -37,7 +37,7 @@ from prfaas.transport import TransportConfig
 from prfaas.transport.sender import parse_address
 from prfaas.types import LayerKind
 from prfaas.vllm.blocks import CacheLayer, layer_number
-from prfaas.vllm.identity import model_fingerprint
+from prfaas.vllm.identity import model_fingerprint, unsupported_parallelism
 from prfaas.vllm.params import (
     ConsumerParams,
     ProducerParams,
@@ -107,6 +107,12 @@ class PrfaasConnector(KVConnectorBase_V1, SupportsHMA):  # type: ignore[misc]
         self, vllm_config: VllmConfig, role: KVConnectorRole, kv_cache_config: KVCacheConfig
     ) -> None:
         super().__init__(vllm_config, role, kv_cache_config)
+        parallel = vllm_config.parallel_config
+        refusal = unsupported_parallelism(
+            int(parallel.tensor_parallel_size), int(parallel.pipeline_parallel_size)
+        )
+        if refusal is not None:
+            raise ValueError(refusal)
         transfer = self._kv_transfer_config
         self._extra: dict[str, Any] = dict(transfer.kv_connector_extra_config or {})
         self._is_producer = bool(transfer.is_kv_producer)

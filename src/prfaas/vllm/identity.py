@@ -4,7 +4,8 @@ The producer writes it into every manifest and the consumer refuses a transfer w
 from its own, so KV of another model (or of the same architecture with other weights) is never
 decoded. Hashing whole weight files would read the model twice at start; the hash covers each
 file's name, size and its first and last `_SAMPLE_BYTES` instead, which tell apart any two
-checkpoints that differ in shape, dtype or trained values. Standard library only.
+checkpoints that differ in shape, dtype or trained values. Also what the connector refuses to
+start with (`unsupported_parallelism`). Standard library only.
 """
 
 from __future__ import annotations
@@ -42,3 +43,18 @@ def _update_with_file(digest: hashlib._Hash, path: Path) -> None:
             digest.update(f.read(_SAMPLE_BYTES))
         elif size_bytes > _SAMPLE_BYTES:
             digest.update(f.read())
+
+
+def unsupported_parallelism(tensor_parallel_size: int, pipeline_parallel_size: int) -> str | None:
+    """Why the connector cannot serve this parallel layout (None: it can).
+
+    Each worker would send its own shard of the heads (tensor parallel) or of the layers
+    (pipeline parallel) under the request's one transfer id, and the receiver takes one payload
+    per transfer: the halves would refuse or overwrite each other. So only one worker is served.
+    """
+    if tensor_parallel_size == 1 and pipeline_parallel_size == 1:
+        return None
+    return (
+        f"PrfaasConnector serves one worker: tensor_parallel_size {tensor_parallel_size} and "
+        f"pipeline_parallel_size {pipeline_parallel_size} are not supported (both must be 1)"
+    )

@@ -9,7 +9,7 @@ import pytest
 
 from prfaas.types import LayerKind
 from prfaas.vllm.blocks import CacheLayer, layer_number, sent_block_positions
-from prfaas.vllm.identity import model_fingerprint
+from prfaas.vllm.identity import model_fingerprint, unsupported_parallelism
 from prfaas.vllm.params import (
     ConsumerParams,
     ProducerParams,
@@ -98,3 +98,14 @@ def test_the_fingerprint_tells_apart_weights_and_configs(tmp_path: Path) -> None
     (second / "config.json").write_text('{"model_type": "qwen3"}')
     assert model_fingerprint(str(first)) != model_fingerprint(str(second))
     assert model_fingerprint("org/model", "r1") != model_fingerprint("org/model", "r2")
+
+
+@pytest.mark.parametrize(("tp", "pp"), [(2, 1), (1, 2), (4, 2)])
+def test_more_than_one_worker_is_refused_naming_the_sizes(tp: int, pp: int) -> None:
+    refusal = unsupported_parallelism(tp, pp)
+    assert refusal is not None
+    assert f"tensor_parallel_size {tp}" in refusal and f"pipeline_parallel_size {pp}" in refusal
+
+
+def test_one_worker_is_served() -> None:
+    assert unsupported_parallelism(1, 1) is None

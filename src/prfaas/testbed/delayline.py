@@ -6,7 +6,7 @@ packet arriving on either WAN veth into a TUN device (`prfaas.testbed.network`);
 reads it from the TUN (`/dev/net/tun`, `IFF_TUN | IFF_NO_PI`: bare IP packets), keeps it in a
 `PacketQueue` (`prfaas.testbed.delay_schedule`: the pure rules) until its release time, and
 writes it back into the TUN, from where the kernel forwards it on to the other veth. The WAN's
-MTU is large (`layout.WAN_MTU_BYTES`), so 1 Gbit/s is a few thousand packets a second.
+MTU is large at high rates (`layout.wan_mtu_bytes`), so 1 Gbit/s is a few thousand packets a second.
 
 Run as `python -m prfaas.testbed.delayline --tun DEV --control SOCKET [--settings JSON]
 [--seed N]` inside the WAN namespace (`start` does that, detached). Its control is a UNIX stream

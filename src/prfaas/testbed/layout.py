@@ -56,7 +56,9 @@ MAX_WIRE_GBPS = 400.0
 MAX_DELAY_LINE_GBPS = 2.0
 MAX_INSTANCES = 16  # per role: every instance is a process on this machine
 _NAME_PATTERN = re.compile(r"^[a-z][a-z0-9-]{0,19}$")  # "<name>-prfaas" stays a short path
-WAN_MTU_BYTES = 64_000  # large, so that the delay line handles few packets per second
+MAX_WAN_MTU_BYTES = 64_000  # large, so that the delay line handles few packets per second
+_MIN_WAN_MTU_BYTES = 1500  # Ethernet's
+_PACKET_S = 0.0005  # the WAN's MTU: at most this long on the wire at the testbed's rate
 _MIN_BURST_BYTES = 64 << 10  # the bucket must hold one whole WAN packet (tbf drops larger ones)
 _BURST_S = 0.002  # the bucket holds 2 ms of the rate: shaping stays tight for small payloads
 _WAN_SUBNET = "10.201.1"
@@ -144,9 +146,19 @@ def scaled_transfer_s(num_real_bytes: float, scale: TestbedScale) -> float:
     return num_real_bytes * scale.payload_scale * 8 / (scale.wire_gbps * 1e9)
 
 
+def wan_mtu_bytes(wire_gbps: float) -> int:
+    """The WAN devices' MTU for a wire rate: half a millisecond of the rate, between Ethernet's
+    1500 bytes and `MAX_WAN_MTU_BYTES`. Large packets keep the delay line at about 2,000 packets
+    a second at any rate it carries; short ones keep each packet's time on a slow (scaled) wire
+    small next to the RTT: at 0.02 Gbit/s a 64 KB packet takes 26 ms, which sets off TCP's tail
+    loss probes (spurious retransmits, seen by the router as a congested link)."""
+    mtu = int(wire_gbps * 1e9 / 8 * _PACKET_S)
+    return max(_MIN_WAN_MTU_BYTES, min(MAX_WAN_MTU_BYTES, mtu))
+
+
 def tbf_burst_bytes(rate_gbps: float) -> int:
     """The token bucket's size: 2 ms of the rate, at least 64 KiB (one WAN packet of
-    `WAN_MTU_BYTES` and its header)."""
+    `MAX_WAN_MTU_BYTES` and its header)."""
     return max(_MIN_BURST_BYTES, int(rate_gbps * 1e9 / 8 * _BURST_S))
 
 

@@ -5,7 +5,8 @@ The WAN is a namespace of its own between the clusters: a veth to the PrfaaS nam
 to the PD namespace, whose cluster ends keep one /24 as if they were directly joined (the WAN
 namespace answers ARP for the far end: proxy ARP). Policy routing sends every packet arriving on
 either veth into the TUN device `DELAY_TUN`; what the delay line writes back into it is routed by
-the main table to the other veth. Every WAN device has the MTU `WAN_MTU_BYTES`.
+the main table to the other veth. Every WAN device has the MTU `wan_mtu_bytes` of the rate the
+testbed starts at (a later `link --gbps` keeps it).
 
 A new rate is POSTed to the router's `/internal/control/link` from the client namespace with the
 deployment token, so that the router's link view keeps matching the wire. Root only
@@ -25,7 +26,7 @@ from prfaas.errors import UserError
 from prfaas.service.auth import bearer
 from prfaas.testbed import delayline, netns
 from prfaas.testbed.delay_schedule import DelaySettings
-from prfaas.testbed.layout import DELAY_TUN, WAN_MTU_BYTES, TestbedLayout, tbf_burst_bytes
+from prfaas.testbed.layout import DELAY_TUN, TestbedLayout, tbf_burst_bytes, wan_mtu_bytes
 from prfaas.testbed.state import DELAY_CONTROL_FILE, TOKEN_FILE, process_record
 
 _ROUTER_TIMEOUT_S = 5.0  # telling the router a new link capacity
@@ -51,7 +52,7 @@ def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
     try:
         for ns in layout.namespaces:
             netns.add_namespace(ns)
-        _build_wan(layout)
+        _build_wan(layout, wan_mtu_bytes(wire_gbps))
         for ns in (layout.prfaas_ns, layout.pd_ns):
             netns.set_sysctls(ns, _TCP_BUFFERS)
         netns.add_veth(layout.client_pd, layout.client)
@@ -61,7 +62,7 @@ def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
         raise UserError(f"could not build the testbed's network: {exc}") from None
 
 
-def _build_wan(layout: TestbedLayout) -> None:
+def _build_wan(layout: TestbedLayout, mtu_bytes: int) -> None:
     """The WAN namespace: its veths to both clusters, the TUN, forwarding and the rules that
     send every packet from either veth into the TUN (see the module docstring)."""
     ns = layout.wan_ns
@@ -71,8 +72,8 @@ def _build_wan(layout: TestbedLayout) -> None:
     netns.ip(ns, "addr", "add", f"{layout.wan_router_id}/32", "dev", "lo")
     netns.add_tun(ns, DELAY_TUN)
     for end in (layout.wan_prfaas, layout.wan_pd, *hops):
-        netns.set_mtu(end.ns, end.dev, WAN_MTU_BYTES)
-    netns.set_mtu(ns, DELAY_TUN, WAN_MTU_BYTES)
+        netns.set_mtu(end.ns, end.dev, mtu_bytes)
+    netns.set_mtu(ns, DELAY_TUN, mtu_bytes)
     netns.set_link_up(ns, DELAY_TUN, True)
     devices = ("all", "default", DELAY_TUN, *(hop.dev for hop in hops))
     sysctls = {"net.ipv4.ip_forward": "1"}

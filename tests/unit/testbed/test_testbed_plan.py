@@ -20,6 +20,7 @@ from prfaas.testbed.layout import (
     scaled_transfer_s,
     tbf_burst_bytes,
     topology_text,
+    wan_mtu_bytes,
     wire_gbps,
 )
 from prfaas.topology import Topology, parse_topology
@@ -80,6 +81,17 @@ def test_burst_is_two_ms_of_the_rate_with_a_floor() -> None:
     assert tbf_burst_bytes(1.0) == 250_000
     assert tbf_burst_bytes(0.001) == 64 << 10
     assert tbf_burst_bytes(10.0) == 2_500_000
+
+
+def test_the_wan_mtu_is_half_a_millisecond_of_the_rate_within_ethernet_and_64000() -> None:
+    """Slow scaled wires get short packets (a 64 KB packet at 0.02 Gbit/s is 26 ms on the
+    wire, which sets off spurious tail loss probes); fast ones the delay line's large ones."""
+    assert wan_mtu_bytes(0.02) == 1500
+    assert wan_mtu_bytes(0.2) == 12_500
+    assert wan_mtu_bytes(1.0) == 62_500
+    assert wan_mtu_bytes(2.0) == 64_000
+    for gbps in (0.02, 0.2, 1.0):  # the delay line's packet rate stays near 2,000/s
+        assert gbps * 1e9 / 8 / wan_mtu_bytes(gbps) <= 2_000
 
 
 @pytest.mark.parametrize("name", ["", "A", "1tb", "tb_x", "x" * 21, "tb/x"])

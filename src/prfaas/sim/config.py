@@ -7,11 +7,12 @@ Plain frozen data plus cheap checks; building the paper's case study from real p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prfaas.errors import UserError
 from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.route import RoutePolicyConfig
+from prfaas.policy.transfer import LinkPath
 from prfaas.sim.cost import DecodeStepTime, KVSize, PrefillLatency
 from prfaas.sim.link import BandwidthStep
 from prfaas.types import DeploymentKind
@@ -62,7 +63,9 @@ class SimConfig:
     deployment: DeploymentSpec
     kv_size: KVSize  # S_kv(l), bytes including fixed per-request state
     num_kv_layers: int  # layers whose KV streams layer by layer; the last one's share waits
-    bandwidth: tuple[BandwidthStep, ...]  # inter-cluster link capacity over time
+    bandwidth: tuple[BandwidthStep, ...]  # inter-cluster link capacity over time (the wire's)
+    path: LinkPath = field(default_factory=LinkPath)  # RTT, jitter, loss, payload efficiency
+    link_seed: int = 0  # seeds the run's own RNG for per-transfer jitter
     chunk_tokens: int | None = None  # prefill token budget per step; None: one request per step
     slo_ttft_s: float = 10.0  # goodput: time to first token at most this, seconds
     slo_tpot_s: float = 0.030  # goodput: time per output token at most this, seconds

@@ -54,6 +54,16 @@ class LinkDrain:
 
 
 @dataclass(frozen=True, slots=True)
+class TransferLanded:
+    """A drained transfer's round trips have passed (`prfaas.sim.link.PathLatency`): its KV (or
+    moved prefix) is usable now. Ordered like the drain it follows."""
+
+    req_index: int  # the request the transfer belongs to
+    is_prefix_move: bool  # True: a cached prefix moved before prefill; False: the request's KV
+    priority = Priority.LINK_DRAIN
+
+
+@dataclass(frozen=True, slots=True)
 class BandwidthChange:
     """The shared link's capacity becomes `bytes_per_s` (step `step_index` of the series)."""
 
@@ -79,7 +89,15 @@ class ControllerTick:
     priority = Priority.CONTROLLER_TICK
 
 
-Event = Arrival | PrefillStepDone | LinkDrain | BandwidthChange | DecodeWake | ControllerTick
+Event = (
+    Arrival
+    | PrefillStepDone
+    | LinkDrain
+    | TransferLanded
+    | BandwidthChange
+    | DecodeWake
+    | ControllerTick
+)
 
 
 @dataclass(frozen=True, slots=True)

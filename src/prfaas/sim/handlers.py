@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -30,6 +31,7 @@ from prfaas.policy.route import (
     RouteTarget,
     make_route_policy,
 )
+from prfaas.policy.transfer import flow_cap_bytes_per_s
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 from prfaas.prefix_cache.index import BlockPrefixIndex
 from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
@@ -43,13 +45,15 @@ from prfaas.sim.events import (
     EventQueue,
     LinkDrain,
     PrefillStepDone,
+    TransferLanded,
 )
 from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
-from prfaas.sim.link import SharedLink, gbps_to_bytes_per_s
+from prfaas.sim.link import PathLatency, SharedLink, gbps_to_bytes_per_s
 from prfaas.sim.metrics import RequestLog
 from prfaas.sim.views import DecisionRecord, cached_tokens, cluster_view, decode_loads, link_view
 
 FollowUps = list[tuple[float, Event]]
+_JITTER_STREAM = 3_000_017  # offset of the jitter RNG's seed from the run's link seed
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +62,8 @@ class Transfer:
 
     req_index: int  # the request the bytes belong to
     is_prefix_move: bool  # True: a cached prefix moved before prefill; False: the request's KV
+    dest: str = ""  # where the bytes go: a decode instance, or the cluster a prefix moves to
+    unhidden_s: float = 0.0  # round trips after the last byte (prfaas.sim.link.PathLatency)
 
 
 class SimHandlers:
@@ -82,7 +88,12 @@ class SimHandlers:
         self.decode_by_id = {d.instance_id: d for d in self.decode}
         self.decode_tokens = [0] * len(self.decode)  # output tokens assigned and not finished
         self.indexes = {t: BlockPrefixIndex(config.prefix_cache_blocks) for t in self.clusters}
-        self.link = SharedLink(gbps_to_bytes_per_s(config.bandwidth[0].gbps))
+        self.link = SharedLink(
+            self._payload_bytes_per_s(config.bandwidth[0].gbps), flow_cap_bytes_per_s(config.path)
+        )
+        self.path_latency = PathLatency(
+            config.path, random.Random(config.link_seed + _JITTER_STREAM)
+        )
         self.transfers: dict[int, Transfer] = {}
         self.decisions: list[RouteDecision | None] = [None] * len(requests)
         self.decode_of = [0] * len(requests)
@@ -117,9 +128,9 @@ class SimHandlers:
         if decision.num_prefix_transfer_tokens > 0:
             moved_bytes = self.config.kv_size.kv_bytes(decision.num_prefix_transfer_tokens)
             self.link.add(self.now, i, moved_bytes, 0.0, math.inf)
+            self.transfers[i] = self._start_transfer(i, str(decision.target), moved_bytes, True)
             if self.link.release(self.now, i):  # nothing left to send
-                return follow + self._enqueue_prefill(i) + self._link_follow_ups()
-            self.transfers[i] = Transfer(i, is_prefix_move=True)
+                return follow + self._transfer_drained(i) + self._link_follow_ups()
             return follow + self._link_follow_ups()
         return follow + self._enqueue_prefill(i)
 
@@ -138,18 +149,45 @@ class SimHandlers:
             return []
         follow: FollowUps = []
         for flow_id in self.link.pop_drained(self.now):
-            transfer = self.transfers.pop(flow_id)
-            if transfer.is_prefix_move:
-                follow += self._enqueue_prefill(transfer.req_index)
-            else:
-                follow += self._on_kv_ready(transfer.req_index)
+            follow += self._transfer_drained(flow_id)
         return follow + self._link_follow_ups()
 
+    def on_transfer_landed(self, event: TransferLanded) -> FollowUps:
+        if event.is_prefix_move:
+            return self._enqueue_prefill(event.req_index)
+        return self._on_kv_ready(event.req_index)
+
+    def _start_transfer(
+        self, i: int, dest: str, num_bytes: float, is_prefix_move: bool
+    ) -> Transfer:
+        """The transfer of flow `i` (just added to the link) and its unhidden latency, from the
+        fair share it starts with."""
+        flow = self.link.flows[i]
+        share = self.link.bytes_per_s / max(
+            1, sum(f.sendable_bytes > 0 for f in self.link.flows.values())
+        )
+        rate = min(share, flow.cap_bytes_per_s, self.link.flow_cap_bytes_per_s)
+        unhidden_s = self.path_latency.start(self.now, dest, num_bytes, rate)
+        return Transfer(i, is_prefix_move, dest, unhidden_s)
+
+    def _transfer_drained(self, flow_id: int) -> FollowUps:
+        """Flow `flow_id` sent its last byte: it lands now, or after its unhidden round trips."""
+        transfer = self.transfers.pop(flow_id)
+        self.path_latency.finish(self.now, transfer.dest)
+        landed = TransferLanded(transfer.req_index, transfer.is_prefix_move)
+        if transfer.unhidden_s > 0:
+            return [(self.now + transfer.unhidden_s, landed)]
+        return self.on_transfer_landed(landed)
+
     def on_bandwidth_change(self, event: BandwidthChange) -> FollowUps:
-        self.link.set_capacity(self.now, event.bytes_per_s)
+        self.link.set_capacity(self.now, event.bytes_per_s * self.config.path.payload_efficiency)
         if self.control is not None:  # the controller hears of it at once, as the router does
             self._control_decide()
         return self._next_bandwidth_change(event.step_index + 1) + self._link_follow_ups()
+
+    def _payload_bytes_per_s(self, gbps: float) -> float:
+        """The link's payload capacity: the wire's rate times the payload efficiency."""
+        return gbps_to_bytes_per_s(gbps) * self.config.path.payload_efficiency
 
     def _next_bandwidth_change(self, step_index: int) -> FollowUps:
         if step_index >= len(self.config.bandwidth):
@@ -219,7 +257,8 @@ class SimHandlers:
 
     def link_view(self) -> LinkView:
         """The shared link as the policy sees it now (see `prfaas.sim.views.link_view`)."""
-        return link_view(self.link, self.now, self.config.link_window_s)
+        config = self.config
+        return link_view(self.link, self.now, config.link_window_s, config.path.rtt_s)
 
     def cluster_view(self, target: RouteTarget) -> ClusterView:
         """Prefill loads of one cluster: queued tokens and seconds of queued prefill work."""
@@ -270,8 +309,9 @@ class SimHandlers:
         held_bytes = kv_bytes / self.config.num_kv_layers
         lone_prefill_s = instance.latency.t_prefill_s(self._num_incremental(i))
         cap = (kv_bytes - held_bytes) / lone_prefill_s if lone_prefill_s > 0 else math.inf
-        self.transfers[i] = Transfer(i, is_prefix_move=False)
         self.link.add(self.now, i, kv_bytes, held_bytes, cap)
+        dest = self.decode[self.decode_of[i]].instance_id
+        self.transfers[i] = self._start_transfer(i, dest, kv_bytes, False)
         return self._link_follow_ups()
 
     def _on_prefill_finished(self, i: int) -> FollowUps:
@@ -282,8 +322,7 @@ class SimHandlers:
         if not self.log.is_offloaded[i]:
             return self._on_kv_ready(i)
         if self.link.release(self.now, i):
-            del self.transfers[i]
-            return self._on_kv_ready(i) + self._link_follow_ups()
+            return self._transfer_drained(i) + self._link_follow_ups()
         return self._link_follow_ups()
 
     def _num_incremental(self, i: int) -> int:

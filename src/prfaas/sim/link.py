@@ -6,6 +6,12 @@ what the prefill has produced (a rate cap) and holds back the last layer's share
 when the prefill ends; a flow that catches up with the prefill parks until then. Rates are
 recomputed whenever the set of sending flows, a cap or the bandwidth changes; the version counter
 lets the simulator drop drain events predicted before the change.
+
+The path's latency, jitter, loss and payload efficiency (`prfaas.policy.transfer`) enter in two
+places: the capacity the handlers set is the wire's times the payload efficiency, and every flow
+is capped at its connections' Mathis bound under loss (`flow_cap_bytes_per_s`); `PathLatency`
+adds what bandwidth cannot hide, the round trips of each transfer (acknowledgment, and on a cold
+destination handshake and slow start), with jitter drawn from the run's own seeded RNG.
 """
 
 from __future__ import annotations
@@ -14,6 +20,12 @@ import math
 import random
 from dataclasses import dataclass
 
+from prfaas.policy.transfer import (
+    LinkPath,
+    draw_jitter_s,
+    unhidden_latency_s,
+    wire_state,
+)
 from prfaas.types import GBPS
 
 DRAIN_EPS_BYTES = 1.0  # a flow with at most this many bytes left to send counts as drained
@@ -76,8 +88,9 @@ def max_min_rates(capacity: float, caps: list[float]) -> list[float]:
 class SharedLink:
     """Flows sharing one link of time-varying capacity, advanced lazily in simulated time."""
 
-    def __init__(self, bytes_per_s: float) -> None:
+    def __init__(self, bytes_per_s: float, flow_cap_bytes_per_s: float = math.inf) -> None:
         self.bytes_per_s = bytes_per_s
+        self.flow_cap_bytes_per_s = flow_cap_bytes_per_s  # every flow's most (loss), bytes/s
         self.flows: dict[int, Flow] = {}
         self.version = 0
         self.updated_at = 0.0
@@ -163,7 +176,8 @@ class SharedLink:
         sending = [f for f in self.flows.values() if f.sendable_bytes > 0.0]
         for flow in self.flows.values():
             flow.rate_bytes_per_s = 0.0
-        rates = max_min_rates(self.bytes_per_s, [f.cap_bytes_per_s for f in sending])
+        caps = [min(f.cap_bytes_per_s, self.flow_cap_bytes_per_s) for f in sending]
+        rates = max_min_rates(self.bytes_per_s, caps)
         for flow, rate in zip(sending, rates, strict=True):
             flow.rate_bytes_per_s = rate
         self.version += 1
@@ -172,3 +186,34 @@ class SharedLink:
             self.rate_segments[-1] = (now, total)
         elif self.rate_segments[-1][1] != total:
             self.rate_segments.append((now, total))
+
+
+class PathLatency:
+    """Each transfer's unhidden latency, from the state of its destination's connections.
+
+    A destination (a decode instance, or the cluster a prefix moves to) is NEW until its first
+    transfer, then WARM while a transfer to it is in flight or one ended less than
+    `prfaas.policy.transfer.cold_after_idle_s` ago, IDLE after that. Jitter is drawn per transfer
+    from `rng` (seeded by the run), and only when the path has jitter.
+    """
+
+    def __init__(self, path: LinkPath, rng: random.Random) -> None:
+        self.path = path
+        self.rng = rng
+        self.last_used_s: dict[str, float] = {}  # destination -> last transfer start or end, s
+        self.num_in_flight: dict[str, int] = {}  # destination -> transfers in flight
+
+    def start(self, now: float, dest: str, num_bytes: float, rate_bytes_per_s: float) -> float:
+        """A transfer of `num_bytes` to `dest` starts at about `rate_bytes_per_s`: its unhidden
+        latency, seconds (0 on an ideal path)."""
+        busy = self.num_in_flight.get(dest, 0) > 0
+        state = wire_state(self.last_used_s.get(dest), now, busy, self.path)
+        self.num_in_flight[dest] = self.num_in_flight.get(dest, 0) + 1
+        self.last_used_s[dest] = now
+        jitter_s = draw_jitter_s(self.path, self.rng)
+        return unhidden_latency_s(num_bytes, rate_bytes_per_s, self.path, state, jitter_s)
+
+    def finish(self, now: float, dest: str) -> None:
+        """A transfer to `dest` delivered its last byte at `now`."""
+        self.num_in_flight[dest] -= 1
+        self.last_used_s[dest] = now

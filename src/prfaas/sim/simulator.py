@@ -17,6 +17,7 @@ from prfaas.sim.events import (
     Event,
     LinkDrain,
     PrefillStepDone,
+    TransferLanded,
 )
 from prfaas.sim.handlers import FollowUps, SimHandlers
 from prfaas.sim.metrics import round_floats
@@ -64,6 +65,8 @@ class Simulator(SimHandlers):
             return self.on_prefill_step_done(event)
         if isinstance(event, LinkDrain):
             return self.on_link_drain(event)
+        if isinstance(event, TransferLanded):
+            return self.on_transfer_landed(event)
         if isinstance(event, DecodeWake):
             return self.on_decode_wake(event)
         if isinstance(event, ControllerTick):

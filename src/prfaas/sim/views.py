@@ -35,13 +35,14 @@ class DecisionRecord:
     decision: RouteDecision
 
 
-def link_view(link: SharedLink, now: float, window_s: float) -> LinkView:
+def link_view(link: SharedLink, now: float, window_s: float, rtt_s: float = 0.0) -> LinkView:
     """What a rate meter and the sender's queue report: utilization over the last `window_s`
-    (capped at 1 right after a capacity drop) and the KV bytes not delivered."""
+    (capped at 1 right after a capacity drop), the KV bytes not delivered, and the path's base
+    RTT (what TCP_INFO's smoothed RTT reads on a quiet path)."""
     capacity = link.bytes_per_s
     rate = link.mean_rate_bytes_per_s(now, window_s)
     utilization = min(1.0, rate / capacity) if capacity > 0 else 1.0
-    return LinkView(capacity, utilization, link.backlog_bytes(now))
+    return LinkView(capacity, utilization, link.backlog_bytes(now), rtt_s=rtt_s)
 
 
 def cluster_view(name: str, instances: Sequence[SimPrefill], now: float) -> ClusterView:

@@ -15,10 +15,14 @@ short-timescale rules of §3.4.3 (summarized in docs/paper.md, section 5), in th
    clearly later than the local path would finish its prefill:
 
        offload_ready_s = max(prfaas_wait_s + T_prfaas(l), (backlog_bytes + S_kv(l)) / B)
+                         + round_trip_s
        local_ready_s   = pd_wait_s + T_pd(l_pd)
        stay local  <=>  offload_ready_s > local_delay_ratio * local_ready_s
 
-   where the waits are the least-loaded instance's queued prefill seconds and B the link capacity.
+   where the waits are the least-loaded instance's queued prefill seconds, B the link capacity and
+   round_trip_s what the transfer cannot hide behind its bytes on a warm connection: one RTT for
+   the acknowledgment (`prfaas.policy.transfer.unhidden_latency_s`, at the link view's RTT), so
+   at a long RTT a request that a local prefill would serve sooner stays local.
    The ratio (default 1.5) is a margin for what the comparison leaves out: a long request moved to
    PD-P also delays every short request queued behind it there.
    The link term reads the *backlog* (KV queued or in flight), not the utilization: at a planned
@@ -51,6 +55,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from prfaas.policy.throughput import StageCosts
+from prfaas.policy.transfer import LinkPath, unhidden_latency_s
 from prfaas.policy.views import ClusterView, LinkView
 from prfaas.types import DeploymentKind
 
@@ -139,6 +144,7 @@ class PathDelays:
     local_ready_s: float  # prefill of the request finished on PD-P
     link_drain_s: float  # backlog plus the request's KV at full link capacity
     prfaas_done_s: float  # PrfaaS queue wait plus the request's prefill there
+    round_trip_s: float = 0.0  # round trips after the last byte (the acknowledgment), seconds
 
 
 def _check_tokens(num_prompt_tokens: int, num_cached_pd: int, num_cached_prfaas: int) -> None:
@@ -194,10 +200,13 @@ def path_delays(
 ) -> PathDelays:
     """Rule 3's two ready times for a request computing `num_tokens_*` tokens on each path and
     sending the KV of `num_kv_tokens` tokens over the link when offloaded."""
-    link_drain_s = link.drain_s(costs.kv_bytes(num_kv_tokens))
+    kv_bytes = costs.kv_bytes(num_kv_tokens)
+    link_drain_s = link.drain_s(kv_bytes)
     prfaas_done_s = prfaas.prefill_wait_s() + costs.t_prefill_prfaas_s(num_tokens_prfaas)
     local_ready_s = pd.prefill_wait_s() + costs.t_prefill_pd_s(num_tokens_pd)
-    return PathDelays(max(prfaas_done_s, link_drain_s), local_ready_s, link_drain_s, prfaas_done_s)
+    round_trip_s = unhidden_latency_s(kv_bytes, link.bandwidth_bytes_per_s, LinkPath(link.rtt_s))
+    offload_ready_s = max(prfaas_done_s, link_drain_s) + round_trip_s
+    return PathDelays(offload_ready_s, local_ready_s, link_drain_s, prfaas_done_s, round_trip_s)
 
 
 def threshold_text(t: float) -> str:
@@ -262,9 +271,10 @@ def _check_offload_delay(
     if not stay_local:
         return offload
     cause = "link-backlog" if d.link_drain_s >= d.prfaas_done_s else "prfaas-delay"
+    rtt = f", RTT {d.round_trip_s:.2f} s" if d.round_trip_s > 0 else ""
     why = (
         f"{cause}: offload ready in {d.offload_ready_s:.2f} s (link {d.link_drain_s:.2f} s, "
-        f"PrfaaS {d.prfaas_done_s:.2f} s) > local {d.local_ready_s:.2f} s"
+        f"PrfaaS {d.prfaas_done_s:.2f} s{rtt}) > local {d.local_ready_s:.2f} s"
     )
     if held:
         why += f" (diverting until <= {ratio:g}x)"

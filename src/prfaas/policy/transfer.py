@@ -90,6 +90,25 @@ class LinkPath:
         )
 
 
+USER_UNIT_FIELDS = ("rtt_ms", "jitter_ms", "jitter_distribution", "loss_pct", "payload_efficiency")
+
+
+def link_path_of(source: object, num_connections: int = DEFAULT_NUM_CONNECTIONS) -> LinkPath:
+    """The path of anything with the `USER_UNIT_FIELDS` (the planner's settings, a topology's
+    `[link]`): milliseconds and percent, as flags and files give them."""
+    rtt_ms, jitter_ms, distribution, loss_pct, efficiency = (
+        getattr(source, name) for name in USER_UNIT_FIELDS
+    )
+    return LinkPath(
+        rtt_s=rtt_ms / 1e3,
+        jitter_s=jitter_ms / 1e3,
+        jitter_distribution=distribution,
+        loss_rate=loss_pct / 100,
+        payload_efficiency=efficiency,
+        num_connections=num_connections,
+    )
+
+
 def mathis_bytes_per_s(path: LinkPath) -> float:
     """The Mathis bound of one TCP connection, MSS / (RTT x sqrt(2p/3)); inf without loss or
     without an RTT (nothing to bound)."""
@@ -108,13 +127,27 @@ def goodput_bytes_per_s(share_bytes_per_s: float, path: LinkPath) -> float:
     return min(share_bytes_per_s * path.payload_efficiency, flow_cap_bytes_per_s(path))
 
 
-def effective_bandwidth_bytes_per_s(
-    wire_bytes_per_s: float, path: LinkPath, num_flows: float = 1.0
+def payload_bandwidth_bytes_per_s(wire_bytes_per_s: float, path: LinkPath) -> float:
+    """The payload a wire of `wire_bytes_per_s` carries: times the payload efficiency."""
+    return wire_bytes_per_s * path.payload_efficiency
+
+
+def capped_bandwidth_bytes_per_s(
+    payload_bytes_per_s: float, flow_cap_bytes_per_s: float, num_flows: int
 ) -> float:
-    """Payload bandwidth of a link carrying `num_flows` transfers at once: the wire times the
-    efficiency, capped by the flows' loss bounds (the planner's B_out)."""
-    loss_cap = num_flows * flow_cap_bytes_per_s(path) if num_flows > 0 else math.inf
-    return min(wire_bytes_per_s * path.payload_efficiency, loss_cap)
+    """Payload bandwidth of a link carrying `num_flows` transfers at once, each capped at
+    `flow_cap_bytes_per_s` (loss): the planner's effective B_out."""
+    if num_flows <= 0 or math.isinf(flow_cap_bytes_per_s):
+        return payload_bytes_per_s
+    return min(payload_bytes_per_s, num_flows * flow_cap_bytes_per_s)
+
+
+def effective_bandwidth_bytes_per_s(
+    wire_bytes_per_s: float, path: LinkPath, num_flows: int = 1
+) -> float:
+    """Payload bandwidth of a wire carrying `num_flows` transfers at once over `path`."""
+    payload = payload_bandwidth_bytes_per_s(wire_bytes_per_s, path)
+    return capped_bandwidth_bytes_per_s(payload, flow_cap_bytes_per_s(path), num_flows)
 
 
 def slow_start_penalty_s(num_bytes: float, goodput_bytes_per_s: float, path: LinkPath) -> float:

@@ -11,7 +11,8 @@ being converted (`mark_converting`).
 The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
 polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
 idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
-probing a shaped bottleneck for a moment read as a busy or congested link.
+probing a shaped bottleneck for a moment read as a busy or congested link. The link's RTT is
+TCP_INFO's where a connection has measured one, else the topology's `[link] rtt_ms`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
@@ -194,9 +195,10 @@ class ClusterMonitor:
             link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
             for state, link in self.link_connections(prfaas, pd)
         ]
+        rtt_s = self.topology.link_path.rtt_s
         if senders and not views:
-            return LinkView(capacity, utilization=0.0, backlog_bytes=0.0)
-        return combine_link_views(views, capacity)
+            return LinkView(capacity, utilization=0.0, backlog_bytes=0.0, rtt_s=rtt_s)
+        return with_known_rtt(combine_link_views(views, capacity), rtt_s)
 
     def link_connections(
         self, prfaas: ClusterConfig, pd: ClusterConfig
@@ -210,6 +212,13 @@ class ClusterMonitor:
             for link in state.links()
             if link.dest in dests
         ]
+
+
+def with_known_rtt(view: LinkView | None, topology_rtt_s: float) -> LinkView | None:
+    """`view` with the topology's `[link] rtt_ms` where TCP_INFO has measured no RTT yet (0)."""
+    if view is None or view.rtt_s > 0:
+        return view
+    return replace(view, rtt_s=topology_rtt_s)
 
 
 def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:

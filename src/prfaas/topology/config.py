@@ -25,7 +25,12 @@ max_body_bytes = 4194304
 max_concurrent_per_key = 256 # requests in flight per API key; more get 429
 
 [link]                       # optional
-gbps = 100                   # nominal inter-cluster link, PrfaaS -> PD
+gbps = 100                   # nominal inter-cluster link, PrfaaS -> PD (the wire's rate)
+rtt_ms = 0                   # round-trip time (prfaas.policy.transfer: ACK, handshake, slow start)
+jitter_ms = 0                # extra RTT drawn per transfer in the simulator
+jitter_distribution = "normal"  # normal (|N(0, jitter)|) | pareto (Lomax, mean jitter)
+loss_pct = 0                 # packet loss, [0, 100): caps each transfer at its Mathis bound
+payload_efficiency = 1.0     # KV payload bytes per wire byte, (0, 1]; about 0.9 on the testbed
 
 [policy]
 threshold = 64               # tokens, or "auto" (Eq. 7 over the planner's inputs)
@@ -80,6 +85,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prfaas.policy.controller import ControllerConfig
+from prfaas.policy.transfer import LinkPath, link_path_of
 from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
 from prfaas.types import DeploymentKind
 
@@ -126,6 +132,11 @@ class ModelConfig:
             return wire_bytes_per_s
         return wire_bytes_per_s * self.time_scale / self.payload_scale
 
+    def model_seconds(self, wall_s: float) -> float:
+        """A wall-clock duration (an RTT) in modelled seconds: wall / time_scale (as it is with
+        time_scale 0)."""
+        return wall_s if self.time_scale <= 0 else wall_s / self.time_scale
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceConfig:
@@ -168,6 +179,11 @@ class RouterConfig:
 @dataclass(frozen=True, slots=True)
 class LinkConfig:
     gbps: float = 100.0  # nominal PrfaaS -> PD link
+    rtt_ms: float = 0.0  # round-trip time, ms
+    jitter_ms: float = 0.0  # scale of the extra RTT drawn per transfer, ms
+    jitter_distribution: str = "normal"  # prfaas.policy.transfer.JITTER_DISTRIBUTIONS
+    loss_pct: float = 0.0  # packet loss, percent in [0, 100)
+    payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
 
     @property
     def bytes_per_s(self) -> float:
@@ -243,6 +259,11 @@ class Topology:
 
         known = ", ".join(i.name for i in self.instances)
         raise UserError(f"no instance {name!r} in the topology; known: {known}")
+
+    @property
+    def link_path(self) -> LinkPath:
+        """The `[link]`'s latency, jitter, loss and efficiency, over `[transport]`'s connections."""
+        return link_path_of(self.link, self.transport.num_connections)
 
     def clusters_of_kind(self, kind: str) -> tuple[ClusterConfig, ...]:
         return tuple(c for c in self.clusters if c.kind == kind)

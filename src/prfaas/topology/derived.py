@@ -14,7 +14,8 @@ from the topology:
   decode instances;
 - S_kv(l) of `model.emulate` (bf16 KV), and the link's Gbps in the model's units (the wire
   rate x `time_scale` / `payload_scale`: `ModelConfig.model_bytes_per_s`, so a testbed whose
-  payloads and time are scaled plans like the unscaled deployment);
+  payloads and time are scaled plans like the unscaled deployment), with its RTT, loss and
+  payload efficiency (`model_link_path`: times / `time_scale`);
 - the paper's case-study length distribution and decode parameters (`prfaas.casestudy`). With
   N_d fixed, decode binds equally at every t, so the decode parameters do not move t.
 """
@@ -41,6 +42,7 @@ from prfaas.policy.throughput import (
     scaled_curve,
     split_lengths,
 )
+from prfaas.policy.transfer import MAX_RTT_S, LinkPath
 
 if TYPE_CHECKING:
     from prfaas.models import ModelSpec
@@ -182,6 +184,17 @@ def model_link_gbps(topology: Topology) -> float:
     return topology.model.model_bytes_per_s(topology.link.bytes_per_s) * 8 / 1e9
 
 
+def model_link_path(topology: Topology) -> LinkPath:
+    """The `[link]`'s path with its times in the model's units, like the link's rate."""
+    path = topology.link_path
+    to_model = topology.model.model_seconds
+    return replace(
+        path,
+        rtt_s=min(MAX_RTT_S, to_model(path.rtt_s)),
+        jitter_s=min(MAX_RTT_S, to_model(path.jitter_s)),
+    )
+
+
 def _prfaas_spec(
     topology: Topology, model: ModelSpec, pd_spec: ClusterSpec
 ) -> tuple[ClusterSpec, int]:
@@ -222,6 +235,7 @@ def planner_inputs(topology: Topology) -> tuple[PlanInputs, int]:
         num_output_tokens=_CASE.output_tokens,
         max_batch_size=_CASE.max_batch_size,
         t_decode_step_s=_CASE.t_decode_step_s,
+        link_path=model_link_path(topology),
     )
     return inputs, num_pd_p
 

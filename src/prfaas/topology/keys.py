@@ -198,6 +198,13 @@ class Table:
         """A finite number >= 0 (integer or float, not a bool)."""
         return self._finite(name, default, ">= 0", lambda value: value >= 0)
 
+    def number(
+        self, name: str, default: float, bound: str, is_in_bound: Callable[[float], bool]
+    ) -> float:
+        """A finite number (integer or float, not a bool) that `is_in_bound`, stated as `bound`
+        (e.g. "in [0, 100)") when refused."""
+        return self._finite(name, default, bound, is_in_bound)
+
     def _finite(
         self, name: str, default: float, bound: str, is_in_bound: Callable[[float], bool]
     ) -> float:

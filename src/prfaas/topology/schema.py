@@ -18,6 +18,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.files import read_text_file
 from prfaas.policy.controller import ControllerConfig
+from prfaas.policy.transfer import JITTER_DISTRIBUTIONS, MAX_RTT_S
 from prfaas.topology.config import (
     DEFAULT_PREFIX_BLOCK_TOKENS,
     DEFAULT_PREFIX_BUDGET_BYTES,
@@ -81,7 +82,7 @@ MODEL_KEYS = (
     "prefill_latency",
 )
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes", "max_concurrent_per_key")
-LINK_KEYS = ("gbps",)
+LINK_KEYS = ("gbps", "rtt_ms", "jitter_ms", "jitter_distribution", "loss_pct", "payload_efficiency")
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
 TRANSPORT_KEYS = (
     "token",
@@ -163,7 +164,24 @@ def _api_keys_from_file(table: Table) -> tuple[str, ...]:
 def _link(table: Table | None) -> LinkConfig:
     if table is None:
         return LinkConfig()
-    return LinkConfig(gbps=table.positive("gbps", _LINK.gbps))
+    return LinkConfig(
+        gbps=table.positive("gbps", _LINK.gbps),
+        rtt_ms=_milliseconds(table, "rtt_ms"),
+        jitter_ms=_milliseconds(table, "jitter_ms"),
+        jitter_distribution=table.choice(
+            "jitter_distribution", JITTER_DISTRIBUTIONS, _LINK.jitter_distribution
+        ),
+        loss_pct=table.number("loss_pct", _LINK.loss_pct, "in [0, 100)", lambda v: 0 <= v < 100),
+        payload_efficiency=table.number(
+            "payload_efficiency", _LINK.payload_efficiency, "in (0, 1]", lambda v: 0 < v <= 1
+        ),
+    )
+
+
+def _milliseconds(table: Table, name: str) -> float:
+    """A `[link]` time in ms, in [0, MAX_RTT_S]; 0 when absent."""
+    max_ms = MAX_RTT_S * 1e3
+    return table.number(name, 0.0, f"in [0, {max_ms:g}]", lambda v: 0 <= v <= max_ms)
 
 
 def _threshold(table: Table) -> float | str | None:

@@ -23,6 +23,7 @@ from prfaas.sim.presets import CurveLatency, FootprintSize
 from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, Topology
 from prfaas.topology.derived import (
     model_link_gbps,
+    model_link_path,
     num_prfaas_prefill,
     planned_kv_codec,
     planner_inputs,
@@ -62,6 +63,8 @@ def sim_config_of(
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
         num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
         bandwidth=tuple(bandwidth or (BandwidthStep(0.0, model_link_gbps(topology)),)),
+        path=model_link_path(topology),
+        link_seed=topology.model.seed,
         block_tokens=_block_tokens(topology),
         prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
         record_decisions=True,

@@ -15,6 +15,8 @@ MAX_GPUS_PER_INSTANCE = 1024  # GPUs of one prefill or decode instance
 MAX_LENGTH_TOKENS = 2**30  # one prompt, output or length bound, tokens
 MAX_BATCH_SIZE = 65_536  # decode batch of one instance, requests
 MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes a signed 64-bit integer
+MAX_LINK_GBPS = 1e6  # one link, Gbps (1 Pbit/s): its rate in bytes/s stays far from overflow
+MAX_LINK_MS = 60_000.0  # an RTT or jitter scale, ms (`prfaas.policy.transfer.MAX_RTT_S`)
 
 
 def finite_float(text: str) -> float:
@@ -93,6 +95,19 @@ gpu_count = bounded_int(1, MAX_GPUS)
 gpus_per_instance = bounded_int(1, MAX_GPUS_PER_INSTANCE)
 torch_seed = bounded_int(0, MAX_SEED)  # a seed torch.manual_seed accepts
 token_count = float_in(0, MAX_LENGTH_TOKENS, low_open=True)  # a length in tokens, > 0
+link_gbps = float_in(0, MAX_LINK_GBPS, low_open=True)  # a link's rate, Gbps, > 0
+milliseconds = float_in(0, MAX_LINK_MS)  # an RTT or a jitter scale, ms
+
+
+def loss_percent(text: str) -> float:
+    """A packet loss in percent, in [0, 100) (100% would deliver nothing)."""
+    value = float_in(0, 100)(text)
+    if value == 100:
+        raise argparse.ArgumentTypeError(f"must be < 100, got {text!r}")
+    return value
+
+
+payload_efficiency = float_in(0, 1, low_open=True)  # payload bytes per wire byte, (0, 1]
 
 
 def kv_codec_name(text: str) -> str:

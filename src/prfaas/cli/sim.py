@@ -163,6 +163,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _scenarios(args: argparse.Namespace, settings: Any) -> list[Any]:
     """One scenario per deployment; a trace is replayed whole unless limited."""
+    from prfaas.plan.presets import settings_link_path
     from prfaas.sim.scenario import Scenario
     from prfaas.types import DeploymentKind
 
@@ -183,6 +184,7 @@ def _scenarios(args: argparse.Namespace, settings: Any) -> list[Any]:
             link_gbps=settings.link_gbps,
             link_drop=parse_pair(args.link_drop, "--link-drop"),
             link_fluctuation=parse_pair(args.link_fluctuation, "--link-fluctuation"),
+            link_path=settings_link_path(settings),
             seed=args.seed,
             chunk_tokens=args.chunk_tokens,
             slo_ttft_s=args.slo_ttft_s,

@@ -8,6 +8,12 @@ from dataclasses import dataclass, field
 
 from prfaas.errors import UserError
 from prfaas.policy.throughput import LatencyCurve, SizeCurve, StageCosts
+from prfaas.policy.transfer import (
+    LinkPath,
+    effective_bandwidth_bytes_per_s,
+    flow_cap_bytes_per_s,
+    payload_bandwidth_bytes_per_s,
+)
 from prfaas.types import GBPS
 from prfaas.workload import LengthDistribution
 
@@ -61,6 +67,7 @@ class PlanInputs:
     t_decode_step_s: float  # T_decode per decode step at BS_max (decode SLO), seconds
     prices_per_gpu: Mapping[str, float] = field(default_factory=dict)  # hardware -> price/GPU
     threshold_step_tokens: float = 100.0  # grid step of the threshold search, tokens
+    link_path: LinkPath = field(default_factory=LinkPath)  # RTT, loss, payload efficiency
 
     def __post_init__(self) -> None:
         _positive("link bandwidth", self.link_bytes_per_s)
@@ -88,11 +95,20 @@ class PlanInputs:
             t_prefill_prfaas_s=prefill_remote.t_prefill_s,
             t_prefill_pd_s=prefill_local.t_prefill_s,
             kv_bytes=self.kv_bytes,
-            egress_bytes_per_s=self.link_bytes_per_s,
+            egress_bytes_per_s=payload_bandwidth_bytes_per_s(self.link_bytes_per_s, self.link_path),
             max_batch_size=self.max_batch_size,
             t_decode_step_s=self.t_decode_step_s,
             num_output_tokens=self.num_output_tokens,
+            flow_cap_bytes_per_s=flow_cap_bytes_per_s(self.link_path),
         )
+
+    def effective_link_gbps(self) -> float:
+        """The link's payload bandwidth with one transfer per PrfaaS instance under loss (what
+        Eq. 3's B_out is for the PrfaaS-PD split), Gbps."""
+        effective = effective_bandwidth_bytes_per_s(
+            self.link_bytes_per_s, self.link_path, self.prfaas.num_instances
+        )
+        return effective * 8 / GBPS
 
     def has_prices(self) -> bool:
         needed = {self.prfaas.hardware, self.pd.hardware, self.homogeneous.hardware}

@@ -24,6 +24,7 @@ from prfaas.models.kv_codec import KV_CODEC_NONE, get_kv_codec
 from prfaas.plan.curves import parse_quadratic
 from prfaas.plan.inputs import ClusterSpec, PlanInputs
 from prfaas.policy.throughput import LatencyCurve, SizeCurve
+from prfaas.policy.transfer import LinkPath, link_path_of
 from prfaas.types import GBPS
 from prfaas.workload import (
     EmpiricalLengths,
@@ -71,6 +72,11 @@ class PlanSettings:
     prices_per_gpu: Mapping[str, float] = field(default_factory=dict)
     threshold_step_tokens: float = 100.0
     kv_codec: str = KV_CODEC_NONE  # attention K/V codec on the link (`prfaas.models.kv_codec`)
+    rtt_ms: float = 0.0  # the link's round-trip time (`prfaas.policy.transfer`)
+    jitter_ms: float = 0.0  # scale of the extra RTT per transfer (the simulator draws it)
+    jitter_distribution: str = "normal"  # "normal" | "pareto"
+    loss_pct: float = 0.0  # packet loss, percent in [0, 100)
+    payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
 
 
 PRESETS: dict[str, PlanSettings] = {
@@ -116,6 +122,11 @@ _TOML_TYPES: dict[str, tuple[type, ...]] = {
     "prices_per_gpu": (dict,),
     "threshold_step_tokens": (int, float),
     "kv_codec": (str,),
+    "rtt_ms": (int, float),
+    "jitter_ms": (int, float),
+    "jitter_distribution": (str,),
+    "loss_pct": (int, float),
+    "payload_efficiency": (int, float),
 }
 
 
@@ -306,4 +317,14 @@ def resolve(settings: PlanSettings, trace: Sequence[TraceRequest] | None = None)
         t_decode_step_s=settings.t_decode_s,
         prices_per_gpu={k.lower(): v for k, v in settings.prices_per_gpu.items()},
         threshold_step_tokens=settings.threshold_step_tokens,
+        link_path=settings_link_path(settings),
     )
+
+
+def settings_link_path(settings: PlanSettings) -> LinkPath:
+    """The settings' RTT, jitter, loss and payload efficiency as a `LinkPath`; a value it
+    refuses (negative, NaN, loss >= 100%, efficiency outside (0, 1]) is a UserError."""
+    try:
+        return link_path_of(settings)
+    except ValueError as exc:
+        raise UserError(f"link path: {exc}") from None

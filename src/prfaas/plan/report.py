@@ -62,10 +62,24 @@ def _inputs_dict(inputs: PlanInputs) -> dict[str, Any]:
         "kv_bytes": inputs.kv_source,
         "lengths": inputs.lengths_source,
         "link_gbps": inputs.link_gbps,
+        "link_path": _link_path_dict(inputs),
         "output_tokens": inputs.num_output_tokens,
         "bs_max": inputs.max_batch_size,
         "t_decode_s": inputs.t_decode_step_s,
         "prices_per_gpu": dict(inputs.prices_per_gpu) or None,
+    }
+
+
+def _link_path_dict(inputs: PlanInputs) -> dict[str, Any]:
+    path = inputs.link_path
+    return {
+        "rtt_ms": path.rtt_s * 1e3,
+        "jitter_ms": path.jitter_s * 1e3,
+        "jitter_distribution": path.jitter_distribution,
+        "loss_pct": path.loss_rate * 100,
+        "payload_efficiency": path.payload_efficiency,
+        "num_connections": path.num_connections,
+        "effective_gbps": inputs.effective_link_gbps(),
     }
 
 
@@ -203,6 +217,8 @@ def input_lines(inputs: PlanInputs) -> list[str]:
         f"uncached lengths: {inputs.lengths_source}",
         f"link {inputs.link_gbps:g} Gbps; output {inputs.num_output_tokens:g} tokens; "
         f"BS_max {inputs.max_batch_size}, T_decode {inputs.t_decode_step_s * 1000:g} ms",
+        f"link path: {inputs.link_path.describe()}; effective PrfaaS egress "
+        f"{inputs.effective_link_gbps():.4g} Gbps",
         "TTFT = prefill latency on the assigned hardware, no queueing or transfer (as the paper)",
     ]
     return lines

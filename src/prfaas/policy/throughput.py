@@ -19,6 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from prfaas.policy.transfer import capped_bandwidth_bytes_per_s
+
 LatencyCurve = Callable[[float], float]  # tokens -> seconds on one instance
 SizeCurve = Callable[[float], float]  # tokens -> bytes of KV + state for one request
 
@@ -87,10 +89,19 @@ class StageCosts:
     t_prefill_prfaas_s: LatencyCurve  # prefill latency of one PrfaaS instance
     t_prefill_pd_s: LatencyCurve  # prefill latency of one PD-P instance
     kv_bytes: SizeCurve  # S_kv(l): bytes shipped per offloaded request
-    egress_bytes_per_s: float  # B_out: link bandwidth available to PrfaaS egress
+    egress_bytes_per_s: float  # B_out: link payload bandwidth available to PrfaaS egress
     max_batch_size: int  # BS_max per decode instance
     t_decode_step_s: float  # T_decode per step at BS_max
     num_output_tokens: float  # L_out, mean output length
+    # Under loss, one transfer's most (its connections' Mathis bounds, prfaas.policy.transfer);
+    # Eq. 3 counts one transfer in flight per PrfaaS instance. inf: no loss.
+    flow_cap_bytes_per_s: float = math.inf
+
+    def prfaas_egress_bytes_per_s(self, num_prfaas: int) -> float:
+        """B_out of Eq. 3 with `num_prfaas` instances each sending one transfer at a time."""
+        return capped_bandwidth_bytes_per_s(
+            self.egress_bytes_per_s, self.flow_cap_bytes_per_s, num_prfaas
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,7 +145,8 @@ def evaluate_split(
     if split.l_long_tokens is not None and num_prfaas > 0:
         t_long_s = costs.t_prefill_prfaas_s(split.l_long_tokens)
         kv_long_bytes = costs.kv_bytes(split.l_long_tokens)
-        th_prfaas = theta_prfaas(num_prfaas, t_long_s, costs.egress_bytes_per_s, kv_long_bytes)
+        egress_bytes_per_s = costs.prfaas_egress_bytes_per_s(num_prfaas)
+        th_prfaas = theta_prfaas(num_prfaas, t_long_s, egress_bytes_per_s, kv_long_bytes)
         egress_limited = th_prfaas < num_prfaas / t_long_s
     th_pd_p = 0.0
     if split.l_short_tokens is not None and num_pd_p > 0:

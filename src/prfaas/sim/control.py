@@ -25,6 +25,7 @@ from prfaas.policy.controller import (
     decision_dict,
 )
 from prfaas.policy.throughput import StageCosts
+from prfaas.policy.transfer import flow_cap_bytes_per_s, payload_bandwidth_bytes_per_s
 from prfaas.sim.config import SimConfig
 from prfaas.sim.link import gbps_to_bytes_per_s
 from prfaas.types import GBPS
@@ -38,10 +39,13 @@ def stage_costs_of(config: SimConfig) -> StageCosts:
         t_prefill_prfaas_s=lambda n: prfaas.t_prefill_s(round(n)),
         t_prefill_pd_s=lambda n: pd.t_prefill_s(round(n)),
         kv_bytes=lambda n: float(kv.kv_bytes(round(n))),
-        egress_bytes_per_s=gbps_to_bytes_per_s(config.bandwidth[0].gbps),
+        egress_bytes_per_s=payload_bandwidth_bytes_per_s(
+            gbps_to_bytes_per_s(config.bandwidth[0].gbps), config.path
+        ),
         max_batch_size=dep.max_batch_size,
         t_decode_step_s=dep.decode_step.t_decode_step_s(dep.max_batch_size),
         num_output_tokens=1.0,  # replaced by the measured mean at every tick
+        flow_cap_bytes_per_s=flow_cap_bytes_per_s(config.path),
     )
 
 

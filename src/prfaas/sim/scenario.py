@@ -11,11 +11,12 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prfaas.errors import UserError
 from prfaas.policy.route import RouteDecision, RouteTarget
+from prfaas.policy.transfer import LinkPath
 from prfaas.sim.config import SimConfig, SimRequest
 from prfaas.sim.link import BandwidthStep, bandwidth_drop, constant_bandwidth, fluctuating_bandwidth
 from prfaas.sim.maxrate import MIN_COMPLETION_RATIO, Probe, bisect_rate, completion_ratio
@@ -51,6 +52,7 @@ class Scenario:
     link_gbps: float = CASE_LINK_GBPS  # link capacity (at the start), Gbps; also the planned link
     link_drop: tuple[float, float] | None = None  # (at seconds, Gbps afterwards)
     link_fluctuation: tuple[float, float] | None = None  # (low fraction of capacity, period s)
+    link_path: LinkPath = field(default_factory=LinkPath)  # RTT, jitter, loss, efficiency
     seed: int = 0
     chunk_tokens: int | None = None  # prefill token budget per step; None: whole requests
     slo_ttft_s: float = 10.0
@@ -103,6 +105,8 @@ def build_config(setup: SimSetup, scenario: Scenario) -> SimConfig:
         kv_size=setup.kv_size,
         num_kv_layers=setup.num_kv_layers,
         bandwidth=bandwidth_of(scenario),
+        path=scenario.link_path,
+        link_seed=scenario.seed,
         chunk_tokens=scenario.chunk_tokens,
         slo_ttft_s=scenario.slo_ttft_s,
         slo_tpot_s=scenario.slo_tpot_s,

@@ -17,6 +17,10 @@ MAX_BATCH_SIZE = 65_536  # decode batch of one instance, requests
 MAX_SEED = 2**63 - 1  # seeds reach torch.manual_seed, which takes a signed 64-bit integer
 MAX_LINK_GBPS = 1e6  # one link, Gbps (1 Pbit/s): its rate in bytes/s stays far from overflow
 MAX_LINK_MS = 60_000.0  # an RTT or jitter scale, ms (`prfaas.policy.transfer.MAX_RTT_S`)
+# A decode step between 1 us and 1000 s: a shorter one stops simulated time from advancing
+# (t + step == t in floating point), a longer one is no decoder.
+MIN_DECODE_STEP_MS, MAX_DECODE_STEP_MS = 1e-3, 1e6
+MIN_DECODE_TPS, MAX_DECODE_TPS = 1e-3, 1e6  # the same bounds as a decode SLO, tokens/s
 
 
 def finite_float(text: str) -> float:
@@ -97,6 +101,8 @@ torch_seed = bounded_int(0, MAX_SEED)  # a seed torch.manual_seed accepts
 token_count = float_in(0, MAX_LENGTH_TOKENS, low_open=True)  # a length in tokens, > 0
 link_gbps = float_in(0, MAX_LINK_GBPS, low_open=True)  # a link's rate, Gbps, > 0
 milliseconds = float_in(0, MAX_LINK_MS)  # an RTT or a jitter scale, ms
+decode_step_ms = float_in(MIN_DECODE_STEP_MS, MAX_DECODE_STEP_MS)  # T_decode, ms
+decode_tokens_per_s = float_in(MIN_DECODE_TPS, MAX_DECODE_TPS)  # a decode SLO, tokens/s
 
 
 def loss_percent(text: str) -> float:

@@ -10,11 +10,17 @@ from typing import TYPE_CHECKING
 
 from prfaas.cli._args import (
     MAX_BATCH_SIZE,
+    MAX_DECODE_STEP_MS,
     MAX_GPUS,
     MAX_GPUS_PER_INSTANCE,
     MAX_LENGTH_TOKENS,
+    MAX_LINK_GBPS,
+    MAX_LINK_MS,
+    MIN_DECODE_STEP_MS,
     add_kv_codec_flag,
     bounded_int,
+    decode_step_ms,
+    decode_tokens_per_s,
     finite_float,
     gpu_count,
     gpus_per_instance,
@@ -143,9 +149,11 @@ def _add_workload_flags(parser: argparse.ArgumentParser) -> None:
         help="max decode batch per instance (preset: 20)",
     )
     slo = g.add_mutually_exclusive_group()
-    slo.add_argument("--t-decode-ms", type=positive_float, help="decode step time, ms (preset: 25)")
+    slo.add_argument("--t-decode-ms", type=decode_step_ms, help="decode step time, ms (preset: 25)")
     slo.add_argument(
-        "--decode-slo-tps", type=positive_float, help="decode SLO in tokens/s; T_decode = 1 / SLO"
+        "--decode-slo-tps",
+        type=decode_tokens_per_s,
+        help="decode SLO in tokens/s; T_decode = 1 / SLO",
     )
     g.add_argument(
         "--threshold-step", type=token_count, help="threshold grid step, tokens (default: 100)"
@@ -216,6 +224,10 @@ _SETTING_BOUNDS: dict[str, tuple[float, str]] = {
     "output_tokens": (MAX_LENGTH_TOKENS, "tokens"),
     "threshold_step_tokens": (MAX_LENGTH_TOKENS, "tokens"),
     "bs_max": (MAX_BATCH_SIZE, "requests"),
+    "link_gbps": (MAX_LINK_GBPS, "Gbps"),
+    "rtt_ms": (MAX_LINK_MS, "ms"),
+    "jitter_ms": (MAX_LINK_MS, "ms"),
+    "t_decode_s": (MAX_DECODE_STEP_MS / 1e3, "s"),
 }
 
 
@@ -223,6 +235,12 @@ def check_settings(settings: PlanSettings) -> None:
     """UserError for a setting above its bound (a `--config` file bypasses the flags' own
     checks). Hardware names are labels (and price keys) unless a cost model needs them, so an
     unknown one is not refused here."""
+    min_step_s = MIN_DECODE_STEP_MS / 1e3
+    if settings.t_decode_s < min_step_s:
+        raise UserError(
+            f"t_decode_s (--t-decode-ms, --decode-slo-tps or the --config key) must be >= "
+            f"{min_step_s:g} s, got {settings.t_decode_s:g}"
+        )
     for name, (bound, unit) in _SETTING_BOUNDS.items():
         value = getattr(settings, name)
         if value is not None and value > bound:

@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from prfaas.cli._args import MAX_LINK_GBPS
 from prfaas.errors import UserError
 
 if TYPE_CHECKING:
@@ -41,15 +42,42 @@ def check_flags(args: argparse.Namespace) -> None:
             f"--rate x --duration-s makes about {expected:,.0f} requests; at most "
             f"{MAX_REQUESTS:,} are allowed (lower one, or give --num-requests)"
         )
+    _check_link_drop(parse_pair(args.link_drop, "--link-drop"))
+    _check_fluctuation(args)
+
+
+def _check_fluctuation(args: argparse.Namespace) -> None:
+    """LOW in [0, 1], PERIOD_S in (0, MAX_DURATION_S], and at most MAX_LINK_STEPS periods over
+    the run."""
     fluctuation = parse_pair(args.link_fluctuation, "--link-fluctuation")
-    if fluctuation is not None and fluctuation[1] > 0:
-        horizon_s = (args.duration_s or DEFAULT_DURATION_S) + args.drain_s
-        if horizon_s / fluctuation[1] > MAX_LINK_STEPS:
-            raise UserError(
-                f"--link-fluctuation period {fluctuation[1]:g} s makes over {MAX_LINK_STEPS:,} "
-                f"capacity steps over {horizon_s:g} s; use a period >= "
-                f"{horizon_s / MAX_LINK_STEPS:.3g} s"
-            )
+    if fluctuation is None:
+        return
+    low, period_s = fluctuation
+    if not (0 <= low <= 1 and 0 < period_s <= MAX_DURATION_S):
+        raise UserError(
+            f"--link-fluctuation needs LOW in [0, 1] and PERIOD_S in (0, {MAX_DURATION_S:g}], "
+            f"got {args.link_fluctuation!r}"
+        )
+    horizon_s = (args.duration_s or DEFAULT_DURATION_S) + args.drain_s
+    if horizon_s / period_s > MAX_LINK_STEPS:
+        raise UserError(
+            f"--link-fluctuation period {period_s:g} s makes over {MAX_LINK_STEPS:,} "
+            f"capacity steps over {horizon_s:g} s; use a period >= "
+            f"{horizon_s / MAX_LINK_STEPS:.3g} s"
+        )
+
+
+def _check_link_drop(drop: tuple[float, float] | None) -> None:
+    """AT_S in (0, MAX_DURATION_S] and GBPS in [0, MAX_LINK_GBPS]: a rate above that would
+    overflow to infinity once converted to bytes per second."""
+    if drop is None:
+        return
+    at_s, gbps = drop
+    if not (0 < at_s <= MAX_DURATION_S and 0 <= gbps <= MAX_LINK_GBPS):
+        raise UserError(
+            f"--link-drop needs AT_S in (0, {MAX_DURATION_S:g}] s and GBPS in "
+            f"[0, {MAX_LINK_GBPS:g}], got {at_s:g}:{gbps:g}"
+        )
 
 
 def parse_pair(text: str | None, flag: str) -> tuple[float, float] | None:

@@ -3,11 +3,14 @@ transfers, the cold rule per destination, and jitter from the run's own seed."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
+from typing import Any
 
 import pytest
 from sim_factories import LinearKV, make_config, requests_at
 
+from prfaas.cli import main
 from prfaas.policy.transfer import LinkPath, WireState, unhidden_latency_s
 from prfaas.sim.config import SimConfig
 from prfaas.sim.simulator import Simulator
@@ -74,3 +77,19 @@ def test_jitter_is_drawn_from_the_runs_seed() -> None:
     assert first != other
     assert all(j >= n for j, n in zip(first, no_jitter, strict=True))
     assert first != no_jitter
+
+
+def _sim_json(capsys: pytest.CaptureFixture[str], *flags: str) -> dict[str, Any]:
+    argv = ["sim", "--deployment", "prfaas", "--num-requests", "200", *flags, "--json"]
+    assert main(argv) == 0
+    result: dict[str, Any] = json.loads(capsys.readouterr().out)["prfaas"]
+    return result
+
+
+def test_the_cli_flags_reach_the_simulated_link(capsys: pytest.CaptureFixture[str]) -> None:
+    near = _sim_json(capsys)
+    far = _sim_json(capsys, "--rtt-ms", "100")
+    assert far["transfer_s"]["p50"] >= near["transfer_s"]["p50"] + 0.1  # at least the ACK
+    jittered = _sim_json(capsys, "--rtt-ms", "100", "--jitter-ms", "20", "--seed", "3")
+    assert jittered == _sim_json(capsys, "--rtt-ms", "100", "--jitter-ms", "20", "--seed", "3")
+    assert jittered["transfer_s"] != far["transfer_s"]

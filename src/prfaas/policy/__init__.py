@@ -8,6 +8,8 @@
   router re-searching t over observed lengths.
 - `compression`: the KV codec of an offloaded request (`[transport] compression`, "auto" from
   the link view).
+- `transfer`: one KV transfer's cost over the inter-cluster path (payload efficiency, the loss
+  cap, the RTTs it cannot hide, jitter), shared by the simulator, the planner and `route`.
 - `views`: the snapshots (LinkView, InstanceLoad, ClusterView) the policy reads.
 """
 

@@ -139,3 +139,35 @@ def add_kv_codec_flag(parser: argparse._ActionsContainer, default: str | None = 
         help="attention K/V codec on the link: bytes per element plus per-block scales "
         "(recurrent and conv state stay exact; default: none, or the preset's/--config's)",
     )
+
+
+def add_link_path_flags(parser: argparse._ActionsContainer, *, with_jitter: bool = True) -> None:
+    """`--rtt-ms`, `--loss-pct`, `--link-efficiency` and (`with_jitter`: where transfers are
+    simulated) `--jitter-ms`, `--jitter-distribution`: the link's path
+    (`prfaas.policy.transfer`). Each defaults to None, the ideal path's value."""
+    from prfaas.policy.transfer import JITTER_DISTRIBUTIONS
+
+    parser.add_argument("--rtt-ms", type=milliseconds, help="link round-trip time, ms (default 0)")
+    if with_jitter:
+        parser.add_argument(
+            "--jitter-ms",
+            type=milliseconds,
+            help="scale of the extra RTT the simulator draws per transfer, ms (default 0)",
+        )
+        parser.add_argument(
+            "--jitter-distribution",
+            choices=JITTER_DISTRIBUTIONS,
+            help="normal: |N(0, jitter)|; pareto: Lomax of shape 3 with mean jitter "
+            "(default normal)",
+        )
+    parser.add_argument(
+        "--loss-pct",
+        type=loss_percent,
+        help="packet loss in [0, 100): each transfer capped at its connections' Mathis bound "
+        "(default 0)",
+    )
+    parser.add_argument(
+        "--link-efficiency",
+        type=payload_efficiency,
+        help="KV payload bytes per wire byte, (0, 1] (default 1; about 0.9 on the testbed)",
+    )

@@ -18,6 +18,7 @@ from prfaas.cli._args import (
     MAX_LINK_MS,
     MIN_DECODE_STEP_MS,
     add_kv_codec_flag,
+    add_link_path_flags,
     bounded_int,
     decode_step_ms,
     decode_tokens_per_s,
@@ -25,14 +26,10 @@ from prfaas.cli._args import (
     gpu_count,
     gpus_per_instance,
     link_gbps,
-    loss_percent,
-    milliseconds,
-    payload_efficiency,
     positive_float,
     token_count,
 )
 from prfaas.errors import UserError
-from prfaas.policy.transfer import JITTER_DISTRIBUTIONS
 
 if TYPE_CHECKING:
     from prfaas.plan import PlanSettings
@@ -89,35 +86,9 @@ def _add_cluster_flags(parser: argparse.ArgumentParser) -> None:
         "--gpus-per-instance", type=gpus_per_instance, help="GPUs per instance (preset: 8)"
     )
     g.add_argument("--link-gbps", type=link_gbps, help="PrfaaS -> PD bandwidth, Gbps (preset: 100)")
-    _add_link_path_flags(g)
+    add_link_path_flags(g)
     g.add_argument("--model", help="model preset or config.json for S_kv (preset: paper-1t)")
     add_kv_codec_flag(g, default=None)
-
-
-def _add_link_path_flags(g: argparse._ArgumentGroup) -> None:
-    """The link's RTT, jitter, loss and payload efficiency (`prfaas.policy.transfer`)."""
-    g.add_argument("--rtt-ms", type=milliseconds, help="link round-trip time, ms (default 0)")
-    g.add_argument(
-        "--jitter-ms",
-        type=milliseconds,
-        help="scale of the extra RTT the simulator draws per transfer, ms (default 0)",
-    )
-    g.add_argument(
-        "--jitter-distribution",
-        choices=JITTER_DISTRIBUTIONS,
-        help="normal: |N(0, jitter)|; pareto: Lomax of shape 3 with mean jitter (default normal)",
-    )
-    g.add_argument(
-        "--loss-pct",
-        type=loss_percent,
-        help="packet loss in [0, 100): each transfer capped at its connections' Mathis bound "
-        "(default 0)",
-    )
-    g.add_argument(
-        "--link-efficiency",
-        type=payload_efficiency,
-        help="KV payload bytes per wire byte, (0, 1] (default 1; about 0.9 on the testbed)",
-    )
 
 
 def _add_workload_flags(parser: argparse.ArgumentParser) -> None:

@@ -2,7 +2,9 @@
 
 Units are the paper's: MiB = 2^20 bytes, Gbps = 1e9 bit/s. The latency source is a measured
 profile (`--profile`) or the roofline cost model (`--hardware`, `--gpus`); without one, only sizes
-are printed.
+are printed. With `--link-gbps`, each length also gets the time its KV takes over that link alone
+(`prfaas.policy.transfer.transfer_time_s`) on a warm and on a new connection, at `--rtt-ms`,
+`--loss-pct` and `--link-efficiency`.
 """
 
 from __future__ import annotations
@@ -11,13 +13,20 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Any
 
-from prfaas.cli._args import MAX_LENGTH_TOKENS, add_kv_codec_flag, gpus_per_instance
+from prfaas.cli._args import (
+    MAX_LENGTH_TOKENS,
+    add_kv_codec_flag,
+    add_link_path_flags,
+    gpus_per_instance,
+    link_gbps,
+)
 from prfaas.cli._output import add_json_flag, format_table, print_json
 from prfaas.errors import UserError
 
 if TYPE_CHECKING:
     from prfaas.models import ModelSpec
     from prfaas.perf import CostModel, PrefillProfile
+    from prfaas.policy.transfer import LinkPath
 
 DEFAULT_LENGTHS = "1024,8192,32768,131072"
 _LENGTH = re.compile(r"(\d+(?:\.\d+)?)([kKmM]?)")
@@ -60,8 +69,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--gpus", type=gpus_per_instance, default=8, help="GPUs per instance (default 8)"
     )
+    parser.add_argument(
+        "--link-gbps",
+        type=link_gbps,
+        help="also print each KV's transfer time over a link of this rate, Gbps, warm and new",
+    )
+    add_link_path_flags(parser, with_jitter=False)
     add_json_flag(parser)
     parser.set_defaults(handler=run)
+
+
+def _link_path(args: argparse.Namespace) -> LinkPath:
+    from prfaas.policy.transfer import LinkPath
+
+    return LinkPath(
+        rtt_s=(args.rtt_ms or 0.0) / 1e3,
+        loss_rate=(args.loss_pct or 0.0) / 100,
+        payload_efficiency=1.0 if args.link_efficiency is None else args.link_efficiency,
+    )
+
+
+def _transfer_times(s_kv_bytes: float, args: argparse.Namespace) -> dict[str, float]:
+    """The KV's transfer time alone on the `--link-gbps` link, warm and new (empty without)."""
+    if args.link_gbps is None:
+        return {}
+    from prfaas.policy.transfer import WireState, transfer_time_s
+    from prfaas.types import GBPS
+
+    wire_bytes_per_s, path = args.link_gbps * GBPS / 8, _link_path(args)
+    return {
+        f"transfer_{state}_s": round(transfer_time_s(s_kv_bytes, wire_bytes_per_s, path, state), 4)
+        for state in (WireState.WARM, WireState.NEW)
+    }
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -137,6 +176,7 @@ def _row(
         "t_prefill_s": None if t_prefill is None else round(t_prefill, 4),
         "phi_gbps": None if t_prefill is None else round(s_kv * 8 / t_prefill / GBPS, 3),
         "s_kv_source": "profile" if measured is not None else "model",
+        **_transfer_times(s_kv, args),
     }
 
 
@@ -188,6 +228,8 @@ def _print_table(
         where = f"{profile.num_gpus or '?'}x{profile.hardware or '?'}"
         print(f"latency: profile {profile.name} ({where}, interpolated)")
     headers = ["tokens", "S_kv MiB", "KV B/token", "state B", "T_prefill s", "Phi_kv Gbps"]
+    transfer_keys = ["transfer_warm_s", "transfer_new_s"] if args.link_gbps is not None else []
+    headers += ["transfer s (warm)", "transfer s (new)"][: len(transfer_keys)]
     table = [
         [
             r["tokens"],
@@ -196,9 +238,12 @@ def _print_table(
             r["state_bytes"],
             "-" if r["t_prefill_s"] is None else f"{r['t_prefill_s']:.3f}",
             "-" if r["phi_gbps"] is None else f"{r['phi_gbps']:.2f}",
+            *(f"{r[key]:.3f}" for key in transfer_keys),
         ]
         for r in rows
     ]
+    if transfer_keys:
+        print(f"link {args.link_gbps:g} Gbps, {_link_path(args).describe()}")
     print(format_table(headers, table))
     if any(r["s_kv_source"] == "profile" for r in rows):
         print("* S_kv measured in the profile (interpolated); other sizes from the model config")

@@ -43,7 +43,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="TCP connections per destination (default: the topology's [transport])",
     )
     parser.add_argument(
-        "--loss-pct", type=_loss_pct, default=0.0, help="packet loss on the link, percent"
+        "--loss-pct",
+        type=_loss_pct,
+        help="packet loss on the link, percent (default: the topology's, else 0)",
     )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
@@ -60,12 +62,12 @@ def link_need(args: argparse.Namespace) -> Any:
     """The link to check: the topology's, with the flags over it."""
     from prfaas.transport.host_tcp import LinkNeed
 
-    gbps, rtt_ms, connections, congestion = 100.0, 0.0, 2, None
+    gbps, rtt_ms, loss_pct, connections, congestion = 100.0, 0.0, 0.0, 2, None
     if args.config is not None:
         from prfaas.topology import load_topology
 
         topology = load_topology(args.config)
-        gbps = topology.link.gbps
+        gbps, rtt_ms, loss_pct = topology.link.gbps, topology.link.rtt_ms, topology.link.loss_pct
         connections = topology.transport.num_connections
         congestion = topology.transport.congestion_control
     return LinkNeed(
@@ -73,7 +75,7 @@ def link_need(args: argparse.Namespace) -> Any:
         rtt_s=(args.rtt_ms if args.rtt_ms is not None else rtt_ms) / 1e3,
         num_connections=args.connections if args.connections is not None else connections,
         congestion_control=congestion,
-        loss=args.loss_pct / 100,
+        loss=(args.loss_pct if args.loss_pct is not None else loss_pct) / 100,
     )
 
 

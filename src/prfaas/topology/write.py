@@ -127,7 +127,14 @@ def _router(router: config.RouterConfig) -> TomlTable:
 
 
 def _link(link: config.LinkConfig) -> TomlTable:
-    return {"gbps": link.gbps}
+    return {
+        "gbps": link.gbps,
+        "rtt_ms": link.rtt_ms,
+        "jitter_ms": link.jitter_ms,
+        "jitter_distribution": link.jitter_distribution,
+        "loss_pct": link.loss_pct,
+        "payload_efficiency": link.payload_efficiency,
+    }
 
 
 def _policy(policy: config.PolicyConfig) -> TomlTable:

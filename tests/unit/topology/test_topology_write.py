@@ -15,7 +15,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prfaas.policy.controller import ControllerConfig
-from prfaas.topology import PrefixCacheConfig, Topology, load_topology, parse_topology
+from prfaas.topology import (
+    LinkConfig,
+    PrefixCacheConfig,
+    Topology,
+    load_topology,
+    parse_topology,
+)
 from prfaas.topology.keys import MAX_INTEGER
 from prfaas.topology.write import toml_text, topology_to_dict, topology_to_toml, write_topology
 from topologies import Cluster, Node, TopologySpec, decode, pd, prfaas
@@ -135,8 +141,17 @@ def _built(draw: st.DrawFn) -> Topology:
         num_connections=draw(st.integers(1, 64)),
         receive_pool_bytes=draw(st.integers(4 << 20, 1 << 40)),
         congestion_control=draw(st.sampled_from([None, "cubic", "bbr", "reno"])),
+        compression=draw(st.sampled_from(["none", "fp8", "int4-rotated", "auto"])),
     )
-    return dataclasses.replace(topology, model=model, router=router, transport=transport)
+    link = LinkConfig(
+        gbps=topology.link.gbps,
+        rtt_ms=draw(st.floats(0, 1000)),
+        jitter_ms=draw(st.floats(0, 1000)),
+        jitter_distribution=draw(st.sampled_from(["normal", "pareto"])),
+        loss_pct=draw(st.floats(0, 99)),
+        payload_efficiency=draw(st.floats(0.01, 1)),
+    )
+    return dataclasses.replace(topology, model=model, router=router, transport=transport, link=link)
 
 
 # ---- the round trip -------------------------------------------------------------------------

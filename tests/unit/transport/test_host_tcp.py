@@ -132,3 +132,20 @@ def test_doctor_refuses_bad_values_in_one_line(
     assert main(["doctor", flag, value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("prfaas doctor: error: argument " + flag), err
+
+
+def test_doctor_takes_the_link_from_a_topology_and_flags_win(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prfaas.topology import LinkConfig, write_topology
+    from topologies import TopologySpec
+
+    topology = TopologySpec(engine="emulated").in_code()
+    link = LinkConfig(gbps=10.0, rtt_ms=50.0, loss_pct=0.01)
+    path = write_topology(tmp_path / "t.toml", dataclasses.replace(topology, link=link))
+    main(["doctor", "--config", str(path), "--json"])
+    report = json.loads(capsys.readouterr().out)["link"]
+    assert (report["gbps"], report["rtt_ms"], report["loss_pct"]) == (10.0, 50.0, 0.01)
+    assert report["num_connections"] == topology.transport.num_connections
+    main(["doctor", "--config", str(path), "--rtt-ms", "20", "--json"])
+    assert json.loads(capsys.readouterr().out)["link"]["rtt_ms"] == 20.0

@@ -188,6 +188,27 @@ def test_link_changes_the_delay_live_and_status_shows_it(testbed: dict[str, Any]
     assert 2 * DELAY_MS <= _median_rtt_ms(testbed) < 2 * DELAY_MS + RTT_SLACK_MS
 
 
+def test_without_delay_or_loss_the_wan_bypasses_the_delay_line(testbed: dict[str, Any]) -> None:
+    """Settings that hold nothing route the WAN veth to veth (no user-space hop): the packets
+    the delay line has seen stop growing while pings still cross; a delay routes them back."""
+    wan_ns = testbed["namespaces"]["wan"]
+
+    def routed() -> bool:
+        rules = subprocess.run(["ip", "-n", wan_ns, "rule"], capture_output=True, text=True)
+        return "lookup 100" in rules.stdout
+
+    assert routed()
+    try:
+        _link(testbed, "--delay-ms", "0")
+        assert not routed()
+        assert probe.loss_fraction(_wan_pings(testbed, 20, 0.005)) == 0.0
+        assert _median_rtt_ms(testbed) < 2 * DELAY_MS  # no delay on the way
+    finally:
+        _link(testbed, "--delay-ms", f"{DELAY_MS:g}")
+    assert routed()
+    assert 2 * DELAY_MS <= _median_rtt_ms(testbed) < 2 * DELAY_MS + RTT_SLACK_MS
+
+
 def test_loss_drops_about_the_drawn_share_of_pings(testbed: dict[str, Any]) -> None:
     """50% per crossing: an echo comes back with probability 0.5 x 0.5, so 75% are lost."""
     try:

@@ -60,6 +60,12 @@ class DelaySettings:
         if not isinstance(self.reorder, bool):
             raise DelaySettingsError(f"reorder must be true or false, got {self.reorder!r}")
 
+    @property
+    def holds_packets(self) -> bool:
+        """Whether these settings change anything: a delay, jitter or loss (reordering alone
+        has nothing to reorder without jitter)."""
+        return self.delay_ms > 0 or self.jitter_ms > 0 or self.loss_pct > 0
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -3,10 +3,13 @@ through the delay line's TUN, the WAN's tbf, and telling the router a new WAN ra
 
 The WAN is a namespace of its own between the clusters: a veth to the PrfaaS namespace and one
 to the PD namespace, whose cluster ends keep one /24 as if they were directly joined (the WAN
-namespace answers ARP for the far end: proxy ARP). Policy routing sends every packet arriving on
-either veth into the TUN device `DELAY_TUN`; what the delay line writes back into it is routed by
-the main table to the other veth. Every WAN device has the MTU `wan_mtu_bytes` of the rate the
-testbed starts at (a later `link --gbps` keeps it).
+namespace answers ARP for the far end: proxy ARP). While the delay settings hold packets (a
+delay, jitter or loss), policy routing sends every packet arriving on either veth into the TUN
+device `DELAY_TUN`; what the delay line writes back into it is routed by the main table to the
+other veth. With none, the kernel forwards veth to veth (`route_through_delay_line`): a
+user-space hop on two loaded cores stalls now and then, and TCP's tail loss probes take a stall
+of 10 ms for a loss, which the router reads as a congested link. Every WAN device has the MTU
+`wan_mtu_bytes` of the rate the testbed starts at (a later `link --gbps` keeps it).
 
 A new rate is POSTed to the router's `/internal/control/link` from the client namespace with the
 deployment token, so that the router's link view keeps matching the wire. Root only
@@ -16,6 +19,7 @@ deployment token, so that the router's link view keeps matching the wire. Root o
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.error
 import urllib.request
 from dataclasses import asdict
@@ -48,7 +52,8 @@ def require_netns() -> None:
 def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
     """The four namespaces, the veth pairs, the WAN's routing through the delay line's TUN and
     its tbf; everything made is removed again when a step fails (NetnsError becomes a
-    UserError). Packets cross the WAN once a delay line is attached to the TUN."""
+    UserError). The WAN forwards veth to veth until `route_through_delay_line` sends it through
+    the TUN."""
     try:
         for ns in layout.namespaces:
             netns.add_namespace(ns)
@@ -84,8 +89,27 @@ def _build_wan(layout: TestbedLayout, mtu_bytes: int) -> None:
     netns.set_sysctls(ns, sysctls)
     for hop, far in zip(hops, (layout.wan_prfaas, layout.wan_pd), strict=True):
         netns.ip(ns, "route", "add", f"{far.ip}/32", "dev", hop.dev)
-        netns.ip(ns, "rule", "add", "iif", hop.dev, "lookup", DELAY_TABLE)
     netns.ip(ns, "route", "add", "default", "dev", DELAY_TUN, "table", DELAY_TABLE)
+
+
+def route_through_delay_line(layout: TestbedLayout, through: bool) -> None:
+    """Send the WAN's packets through the delay line's TUN (`through`) or straight from veth to
+    veth; idempotent. Raises NetnsError."""
+    for hop in layout.wan_hops:
+        rule = ("iif", hop.dev, "lookup", DELAY_TABLE)
+        present = _has_rule(layout.wan_ns, hop.dev)
+        if through and not present:
+            netns.ip(layout.wan_ns, "rule", "add", *rule)
+        elif not through and present:
+            netns.ip(layout.wan_ns, "rule", "del", *rule)
+
+
+def _has_rule(ns: str, dev: str) -> bool:
+    """Whether the WAN namespace's rules send packets arriving on `dev` to `DELAY_TABLE`."""
+    shown = subprocess.run(
+        ["ip", "-n", ns, "rule", "show", "iif", dev], capture_output=True, text=True, check=False
+    )
+    return f"lookup {DELAY_TABLE}" in shown.stdout
 
 
 def delete_network(layout: TestbedLayout) -> list[str]:
@@ -129,6 +153,14 @@ def start_delay_line(
     except delayline.DelayLineError as exc:
         raise UserError(f"could not start the WAN's delay line: {exc}") from None
     return process_record(proc.pid)
+
+
+def set_delay_path(layout: TestbedLayout, through: bool) -> None:
+    """`route_through_delay_line`, with NetnsError as a UserError."""
+    try:
+        route_through_delay_line(layout, through)
+    except netns.NetnsError as exc:
+        raise UserError(f"could not route the WAN through the delay line: {exc}") from None
 
 
 def set_delay(run_dir: Path, settings: DelaySettings) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from prfaas.testbed.network import (
     link_report,
     require_netns,
     set_delay,
+    set_delay_path,
     set_wan_rate,
     start_delay_line,
 )
@@ -119,6 +120,7 @@ def prepare(spec: TestbedSpec, state_root: Path, ready_timeout_s: float) -> Path
         create_network(layout, wire_gbps)
         try:
             line = start_delay_line(layout, run_dir, spec.delay, spec.delay_seed)
+            set_delay_path(layout, spec.delay.holds_packets)
         except UserError:
             delete_network(layout)
             raise
@@ -329,6 +331,7 @@ def change_link(
     changes: dict[str, Any] = {}
     if new_delay is not None:
         changes["delay"] = set_delay(run_dir, new_delay)
+        set_delay_path(layout, new_delay.holds_packets)
     told: dict[str, Any] = {
         "router_informed": None,
         "router_reason": "the rate did not change",

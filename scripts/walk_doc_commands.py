@@ -410,6 +410,18 @@ RULES: tuple[Rule, ...] = (
         "skip",
         "installs GuideLLM from PyPI and a tokenizer from Hugging Face",
     ),
+    Rule(
+        r"PYTHONPATH=src \.venv/bin/python scripts/train_tiny_hybrid\.py.*",
+        "skip",
+        "trains for about 25 minutes on 2 cores; its result ships in data/tiny-trained/",
+    ),
+    Rule(
+        r"PYTHONPATH=src \.venv/bin/python scripts/kv_codec_quality\.py.*",
+        "run",
+        "one short window of the shipped model and one preset",
+        edits=((r"$", " --windows 1 --prefix-len 64 --positions 8 --proxy-presets qwen3_next"),),
+        check=r"next-token agreement",
+    ),
     Rule(r"ray start .*", "skip", "on the machines of two datacenters"),
     Rule(r"kubectl .*", "skip", "needs a Kubernetes cluster with the KubeRay operator"),
     Rule(r"promtool check config \S+", "run", needs="promtool"),

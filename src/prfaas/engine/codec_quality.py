@@ -36,7 +36,8 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from prfaas.engine.cache_layout import new_cache
-from prfaas.engine.kv_codec import KVCodec
+from prfaas.engine.kv_codec import CodedTensor, KVCodec
+from prfaas.models.kv_codec import KV_CODEC_NONE, KVCodecSpec, get_kv_codec
 
 CAPTURE_ATTENTION = "prfaas_codec_capture"
 _KV_NAMES = ("keys", "values")
@@ -107,6 +108,24 @@ class Captured:
     value: torch.Tensor
     attention_mask: torch.Tensor | None
     kwargs: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ZeroedKV:
+    """A control, not a codec: every cached K/V value comes back 0, so the prefix reaches the
+    attention layers no more (it still reaches the recurrent layers through their state). How far
+    its scores fall shows how much a model's predictions depend on the attention cache at all."""
+
+    spec: KVCodecSpec = field(default_factory=lambda: get_kv_codec(KV_CODEC_NONE))
+
+    def encode(self, tensor: torch.Tensor) -> CodedTensor:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        return CodedTensor(memoryview(b""), {"shape": list(tensor.shape), "dtype": dtype})
+
+    def decode(
+        self, payload: bytes | bytearray | memoryview, metadata: dict[str, Any]
+    ) -> torch.Tensor:
+        return torch.zeros(metadata["shape"], dtype=getattr(torch, metadata["dtype"]))
 
 
 def window_starts(num_tokens: int, span: int, num_windows: int) -> list[int]:

@@ -238,9 +238,11 @@ def score_window(
     totals: dict[str, QualityTotals],
 ) -> None:
     """Score one window `tokens[:prefix_len + num_positions + 1]` for each codec into `totals`."""
-    window = torch.tensor(list(tokens[: prefix_len + num_positions + 1]))
-    continuation = window[prefix_len : prefix_len + num_positions]
-    targets = window[prefix_len + 1 : prefix_len + num_positions + 1]
+    span = prefix_len + num_positions + 1
+    if len(tokens) < span:
+        raise ValueError(f"a window needs {span} tokens, got {len(tokens)}")
+    window = torch.tensor(list(tokens[:span]))
+    continuation, targets = window[prefix_len:-1], window[prefix_len + 1 :]
     prefilled = new_cache(model)
     _forward(model, window[:prefix_len], 0, prefilled)
     exact_logits = _forward(model, continuation, prefix_len, copy.deepcopy(prefilled))
@@ -256,7 +258,15 @@ def score_window(
         total.num_agree += int((coded_logits.argmax(-1) == exact_logits.argmax(-1)).sum())
         total.exact_nll += exact_nll
         total.coded_nll += _nll(coded_logits, targets)
-        for key, (coded, exact) in replaced.items():
-            total.kv_error.setdefault(key, ErrorSum()).add(coded, exact)
-        for index, (coded, exact) in _attention_error(records, replaced).items():
-            total.attention_error.setdefault(index, ErrorSum()).add(coded, exact)
+        _add_errors(total, replaced, _attention_error(records, replaced))
+
+
+def _add_errors(
+    total: QualityTotals,
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    attention: dict[int, tuple[torch.Tensor, torch.Tensor]],
+) -> None:
+    for key, (coded, exact) in kv.items():
+        total.kv_error.setdefault(key, ErrorSum()).add(coded, exact)
+    for index, (coded, exact) in attention.items():
+        total.attention_error.setdefault(index, ErrorSum()).add(coded, exact)

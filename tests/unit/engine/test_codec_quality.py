@@ -66,7 +66,12 @@ def test_trained_model_none_is_exact_and_fp8_keeps_the_next_token() -> None:
     assert none.agreement == 1.0
     assert none.coded_nll == none.exact_nll
     assert all(error.squared_error == 0.0 for error in none.kv_error.values())
+    assert all(error.squared_error == 0.0 for error in none.attention_error.values())
     assert fp8.agreement >= FP8_MIN_AGREEMENT, fp8.as_dict()
+    # measured on this slice: K/V 0.020-0.024, attention output 0.013-0.014
+    assert set(fp8.attention_error) == {3, 7}
+    assert all(0.005 < e.relative < 0.03 for e in fp8.attention_error.values())
+    assert all(0.015 < e.relative < 0.03 for e in fp8.kv_error.values())
     assert fp8.exact_perplexity < 8  # the model is trained: far below 256 for random bytes
     assert totals["zeroed"].agreement < FP8_MIN_AGREEMENT  # the slice needs the attention K/V
 
@@ -85,3 +90,6 @@ def test_windows_spread_over_the_stream_and_refuse_a_short_one() -> None:
     assert window_starts(100, 10, 1) == [0]
     with pytest.raises(ValueError, match="no window"):
         window_starts(5, 10, 2)
+    model = load_model("llama", "fp32").model
+    with pytest.raises(ValueError, match="a window needs 25 tokens, got 20"):
+        score_window(model, list(range(20)), 16, 8, {"none": kv_codec("none")}, {})

@@ -29,7 +29,8 @@ from typing import Any
 from prfaas.testbed import netns, probe
 from prfaas.testbed.delay_schedule import DelaySettings
 from prfaas.testbed.layout import DEFAULT_STATE_ROOT, TestbedLayout
-from prfaas.testbed.network import DELAY_TABLE, set_delay, set_wan_rate
+from prfaas.testbed.netns import DELAY_TABLE
+from prfaas.testbed.network import set_delay, set_wan_rate
 from prfaas.testbed.state import read_state, run_dir_of
 
 _PORT = 5299

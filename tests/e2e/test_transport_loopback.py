@@ -252,6 +252,8 @@ def test_metrics_and_link_stats_after_a_transfer() -> None:
             assert got == manifest.total_bytes
             assert registry.get_sample_value("prfaas:kv_transfer_seconds_count", labels) == 1
             assert registry.get_sample_value("prfaas:link_rtt_seconds", labels) == view.rtt_s
+            rate = registry.get_sample_value("prfaas:link_delivery_rate_bytes_per_second", labels)
+            assert rate is not None and rate > 0
 
     run(main)
 

@@ -4,6 +4,16 @@ same run.
 
 Roles run as subprocesses (`python -m prfaas.bench.transport receiver|sender ...`), optionally
 inside the namespaces of a `NetnsLink`; they talk to the orchestrator with JSON lines on stdout.
+
+Modes: `kv` (the transport as configured by default: connections and buffers sized to the
+link), `kv-fixed` (its old fixed settings: the given connections, autotuning, no sizing),
+`raw` (a plain socket loop) and `raw-tuned` (the same loop tuned by hand: every socket's buffers
+forced to hold its share of the link's bandwidth-delay product, `SO_SNDBUFFORCE` /
+`SO_RCVBUFFORCE`, since `net.core.rmem_max` cannot be raised inside a namespace). Over a link
+with a delay line (`delay_ms` / `loss_pct`), the ends' namespace sysctls are set per mode before
+it runs (`mode_sysctls`): `kv-fixed` and `raw` keep the namespace's defaults, `kv` gets the
+testbed's `tcp_slow_start_after_idle = 0`, `raw-tuned` also autotuning maxima that hold its
+buffers.
 """
 
 from __future__ import annotations
@@ -20,15 +30,25 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prfaas.messages import KVManifest, LayerEntry, TensorEntry
 from prfaas.transport.config import TransportConfig
+from prfaas.transport.host_tcp import LinkNeed, buffer_bytes_for
 from prfaas.types import MIB
+
+if TYPE_CHECKING:
+    from prfaas.testbed.netns import NetnsLink
 
 _BENCH_TOKEN = "prfaas-bench"
 _FILL_BLOCK_BYTES = 1 << 20
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)  # root: past net.core.wmem_max
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)
+MODES = ("kv", "kv-fixed", "raw", "raw-tuned")
+WAN_MODES = ("kv", "kv-fixed", "raw-tuned")  # over a link with a delay line
+_TUNED_TCP_MEM = "4096 131072 268435456"  # raw-tuned's autotuning maxima (256 MiB)
 
 
 def kv_shaped_manifest(size_bytes: int, num_layers: int = 32) -> KVManifest:
@@ -129,6 +149,8 @@ async def _kv_receiver(args: argparse.Namespace, config: TransportConfig) -> Non
 
 def _raw_receiver(args: argparse.Namespace) -> None:
     listener = socket.create_server((args.host, 0))
+    if args.buffer_bytes > 0:  # accepted sockets inherit it; the SYN's window scale follows it
+        listener.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, args.buffer_bytes)
     _emit({"address": f"{args.host}:{listener.getsockname()[1]}"})
     conns = [listener.accept()[0] for _ in range(args.connections)]
     buf = memoryview(bytearray(args.size_bytes))
@@ -175,7 +197,9 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
     async with KVSender(config) as tx:
         await tx.connect(args.address)
         cpu = _CpuMeter(args.num_transfers)
-        for _ in range(args.num_transfers):
+        for i in range(args.num_transfers):
+            if i > 0 and args.idle_s > 0:
+                await asyncio.sleep(args.idle_s)  # the connections sit idle between transfers
             t0 = time.perf_counter()
             ack = await tx.send(args.address, manifest, views)
             cpu.transfer_done()
@@ -184,18 +208,36 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
                 raise RuntimeError(f"transfer failed: {ack.error}")
         cpu_s = cpu.per_transfer_s()
         view = tx.link_stats(args.address)
+        sized = tx.sizing(args.address)
+    num_connections = config.num_connections if sized is None else sized.num_connections
     _emit({"size_bytes": manifest.total_bytes, "seconds": seconds, "tx_cpu_s": [cpu_s],
-           "link": view and view.__repr__()})  # fmt: skip
+           "link": view and view.__repr__(), "num_connections": num_connections,
+           "socket_buffer_bytes": sized and sized.socket_buffer_bytes,
+           "sizing_warning": sized and sized.warning})  # fmt: skip
+
+
+def _raw_connect(args: argparse.Namespace) -> socket.socket:
+    """One raw connection: its buffers forced and its congestion control set before connect."""
+    host, _, port = args.address.rpartition(":")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if args.buffer_bytes > 0:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_SNDBUFFORCE, args.buffer_bytes)
+        sock.setsockopt(socket.SOL_SOCKET, _SO_RCVBUFFORCE, args.buffer_bytes)
+    if args.congestion_control:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, args.congestion_control.encode())
+    sock.connect((host, int(port)))
+    return sock
 
 
 def _raw_sender(args: argparse.Namespace) -> None:
-    host, _, port = args.address.rpartition(":")
-    conns = [socket.create_connection((host, int(port))) for _ in range(args.connections)]
+    conns = [_raw_connect(args) for _ in range(args.connections)]
     payload = memoryview(filled_buffer(args.size_bytes))
     parts = _split(args.size_bytes, args.connections)
     seconds = []
     cpu = _CpuMeter(args.num_transfers)
-    for _ in range(args.num_transfers):
+    for i in range(args.num_transfers):
+        if i > 0 and args.idle_s > 0:
+            time.sleep(args.idle_s)
         t0 = time.perf_counter()
 
         def push(sock: socket.socket, start: int, end: int) -> None:
@@ -234,13 +276,16 @@ def _role_config(args: argparse.Namespace) -> TransportConfig:
         max_transfer_bytes=max(args.size_bytes * 2, 64 * MIB),
         max_buffer_bytes=max(args.size_bytes * 2, 64 * MIB),
         deadline_s=600.0,
+        congestion_control=args.congestion_control or None,
+        link_gbps=args.link_gbps,
+        size_to_link=args.mode == "kv",
     )
 
 
 def role_main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m prfaas.bench.transport")
     p.add_argument("role", choices=["receiver", "sender"])
-    p.add_argument("--mode", choices=["kv", "raw"], required=True)
+    p.add_argument("--mode", choices=MODES, required=True)
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--address", default="")
     p.add_argument("--size-bytes", type=int, required=True)
@@ -252,8 +297,12 @@ def role_main(argv: list[str] | None = None) -> None:
     p.add_argument("--tls-ca")
     p.add_argument("--no-payload-checksum", action="store_true")
     p.add_argument("--io-threads", action="store_true")
+    p.add_argument("--link-gbps", type=float, default=0.0)
+    p.add_argument("--congestion-control", default="")
+    p.add_argument("--buffer-bytes", type=int, default=0)
+    p.add_argument("--idle-s", type=float, default=0.0)
     args = p.parse_args(argv)
-    if args.mode == "raw":  # move exactly the bytes the KV mode moves
+    if args.mode.startswith("raw"):  # move exactly the bytes the KV mode moves
         args.size_bytes = kv_shaped_manifest(args.size_bytes).total_bytes
         (_raw_receiver if args.role == "receiver" else _raw_sender)(args)
     elif args.role == "receiver":
@@ -277,13 +326,52 @@ class BenchSpec:
     modes: tuple[str, ...] = ("kv", "raw")
     payload_checksum: bool = True  # False only with tls
     io_threads: bool = False  # TransportConfig.io_threads on both sides
+    delay_ms: float | None = None  # one way; with loss_pct, a delay line sits in the link
+    loss_pct: float = 0.0  # per packet and direction, at the delay line
+    congestion_control: str | None = None  # every sender's; None: the namespace's default
+    idle_s: float = 0.0  # the connections sit idle this long before each timed transfer
+    seed: int = 0  # the delay line's loss draws
+
+    @property
+    def has_delay_line(self) -> bool:
+        return self.delay_ms is not None or self.loss_pct > 0
+
+    @property
+    def rtt_s(self) -> float:
+        """The link's round trip as the delay line makes it (2 x one way)."""
+        return 2 * (self.delay_ms or 0.0) / 1e3
+
+
+def tuned_buffer_bytes(spec: BenchSpec) -> int:
+    """raw-tuned's socket buffers, set by hand: each connection's share of the link's
+    bandwidth-delay product (x2: the kernel keeps half of a buffer for itself), at least 4 MiB."""
+    need = LinkNeed(spec.link_gbps or 0.0, spec.rtt_s, spec.connections)
+    return buffer_bytes_for(need.per_connection_window_bytes)
+
+
+def mode_sysctls(mode: str, defaults: dict[str, str]) -> dict[str, str]:
+    """The ends' namespace sysctls for `mode` over a delay line (see the module docstring)."""
+    if mode in ("kv-fixed", "raw"):
+        return dict(defaults)
+    values = {**defaults, "net.ipv4.tcp_slow_start_after_idle": "0"}
+    if mode == "raw-tuned":
+        values |= {"net.ipv4.tcp_rmem": _TUNED_TCP_MEM, "net.ipv4.tcp_wmem": _TUNED_TCP_MEM}
+    return values
+
+
+_SYSCTL_KEYS = ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem", "net.ipv4.tcp_slow_start_after_idle")
 
 
 def _role_argv(spec: BenchSpec, role: str, mode: str, host: str, address: str = "") -> list[str]:
     argv = [sys.executable, "-m", "prfaas.bench.transport", role, "--mode", mode]
     argv += ["--host", host, "--size-bytes", str(spec.size_bytes)]
     argv += ["--connections", str(spec.connections), "--frame-bytes", str(spec.frame_bytes)]
-    argv += ["--num-transfers", str(spec.repeats + 1)]
+    argv += ["--num-transfers", str(spec.repeats + 1), "--idle-s", str(spec.idle_s)]
+    argv += ["--link-gbps", str(spec.link_gbps or 0.0)]
+    if spec.congestion_control:
+        argv += ["--congestion-control", spec.congestion_control]
+    if mode == "raw-tuned":
+        argv += ["--buffer-bytes", str(tuned_buffer_bytes(spec))]
     if address:
         argv += ["--address", address]
     if spec.tls is not None:
@@ -320,24 +408,60 @@ def _run_pair(spec: BenchSpec, mode: str, wrap_rx: Any, wrap_tx: Any, host: str)
     timed = sent["seconds"][1:]  # the first transfer warms pools and TCP windows
     gbps = [sent["size_bytes"] * 8 / s / 1e9 for s in timed]
     cpu = {"tx_cpu_s": sent.get("tx_cpu_s", []), "rx_cpu_s": received.pop("rx_cpu_s", [])}
-    return {"gbps": gbps, "size_bytes": sent["size_bytes"], **cpu, **received}
+    cold = {"cold_seconds": [sent["seconds"][0]], "warm_seconds": timed}
+    sized = {key: sent[key] for key in _SIZING_KEYS if sent.get(key) is not None}
+    if mode.startswith("raw"):
+        buffer_bytes = tuned_buffer_bytes(spec) if mode == "raw-tuned" else 0
+        sized = {"num_connections": spec.connections, "socket_buffer_bytes": buffer_bytes}
+    return {"gbps": gbps, "size_bytes": sent["size_bytes"], **cpu, **cold, **sized, **received}
 
 
 def run_bench(spec: BenchSpec) -> dict[str, Any]:
-    """Both modes over loopback, or over a shaped NetnsLink when spec.link_gbps is set."""
+    """The modes over loopback, or over a shaped NetnsLink when spec.link_gbps is set (with a
+    delay line in it when spec has a delay or loss)."""
     if spec.link_gbps is None:
         return _summarize(spec, _alternate(spec, _same, _same, "127.0.0.1"))
+    from prfaas.testbed.delay_schedule import DelaySettings
     from prfaas.testbed.netns import NetnsLink
 
-    with NetnsLink(spec.link_gbps) as link:
-        results = _alternate(spec, link.receiver_cmd, link.sender_cmd, link.receiver_ip)
-    return _summarize(spec, results)
+    delay = None
+    if spec.has_delay_line:
+        delay = DelaySettings(delay_ms=spec.delay_ms or 0.0, loss_pct=spec.loss_pct)
+    with NetnsLink(spec.link_gbps, delay=delay, seed=spec.seed) as link:
+        before = None if delay is None else _sysctls_per_mode(link)
+        results = _alternate(spec, link.receiver_cmd, link.sender_cmd, link.receiver_ip, before)
+        report = link.delay_report()
+    summary = _summarize(spec, results)
+    if report:
+        summary["delay_line"] = report
+    return summary
 
 
-def _alternate(spec: BenchSpec, wrap_rx: Any, wrap_tx: Any, host: str) -> dict[str, Any]:
+def _sysctls_per_mode(link: NetnsLink) -> Callable[[str], None]:
+    """What sets the link's ends' sysctls for a mode (`mode_sysctls` over their defaults)."""
+    from prfaas.testbed.netns import read_sysctls, set_sysctls
+
+    defaults = read_sysctls(link.sender_ns, _SYSCTL_KEYS)
+
+    def before(mode: str) -> None:
+        for ns in link.end_namespaces:
+            set_sysctls(ns, mode_sysctls(mode, defaults))
+
+    return before
+
+
+def _alternate(
+    spec: BenchSpec,
+    wrap_rx: Any,
+    wrap_tx: Any,
+    host: str,
+    before: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     for _ in range(spec.rounds):
         for mode in spec.modes:
+            if before is not None:
+                before(mode)
             r = _run_pair(spec, mode, wrap_rx, wrap_tx, host)
             if mode in results:
                 for key in _PER_RUN_LISTS:
@@ -346,7 +470,8 @@ def _alternate(spec: BenchSpec, wrap_rx: Any, wrap_tx: Any, host: str) -> dict[s
     return results
 
 
-_PER_RUN_LISTS = ("gbps", "tx_cpu_s", "rx_cpu_s")  # concatenated over rounds
+_SIZING_KEYS = ("num_connections", "socket_buffer_bytes", "sizing_warning")  # kv senders'
+_PER_RUN_LISTS = ("gbps", "tx_cpu_s", "rx_cpu_s", "cold_seconds", "warm_seconds")
 
 
 def _same(argv: list[str]) -> list[str]:
@@ -382,7 +507,36 @@ def _summarize(spec: BenchSpec, results: dict[str, dict[str, Any]]) -> dict[str,
             out["goodput_over_link"] = out["goodput_gbps"] / spec.link_gbps
         if raw is not None:
             out["raw_over_link"] = out["raw_socket_gbps"] / spec.link_gbps
+    if spec.has_delay_line:
+        out |= {"delay_ms": spec.delay_ms or 0.0, "loss_pct": spec.loss_pct,
+                "congestion_control": spec.congestion_control}  # fmt: skip
+    out["modes"] = {mode: _mode_summary(r) for mode, r in results.items()}
+    tuned = out["modes"].get("raw-tuned")
+    if tuned is not None:
+        for mode in ("kv", "kv-fixed"):
+            if mode in out["modes"]:
+                ratio = out["modes"][mode]["gbps"] / tuned["gbps"]
+                out[f"{mode.replace('-', '_')}_over_tuned_raw"] = ratio
     return out
+
+
+def _mode_summary(result: dict[str, Any]) -> dict[str, Any]:
+    """One mode's median goodput, runs, cold and warm transfer times, CPU per GB sent."""
+    gb = result["size_bytes"] / 1e9
+    summary: dict[str, Any] = {
+        "gbps": statistics.median(result["gbps"]),
+        "gbps_runs": result["gbps"],
+        "cold_s": statistics.median(result["cold_seconds"]),
+        "warm_s": statistics.median(result["warm_seconds"]),
+    }
+    for role in ("tx", "rx"):
+        values = result.get(f"{role}_cpu_s") or []
+        if values:
+            summary[f"{role}_cpu_s_per_gb"] = statistics.median(values) / gb
+    for key in _SIZING_KEYS:
+        if key in result:
+            summary[key] = result[key]
+    return summary
 
 
 def _add_cpu(out: dict[str, Any], prefix: str, result: dict[str, Any]) -> None:

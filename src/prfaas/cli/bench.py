@@ -9,7 +9,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prfaas.cli._args import bounded_int, positive_float
+from prfaas.bench.transport import MODES
+from prfaas.cli._args import bounded_int, finite_float, nonnegative_float, positive_float
 from prfaas.cli._output import (
     add_json_flag,
     format_table,
@@ -50,7 +51,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description="Move SIZE bytes of KV-shaped buffers sender -> receiver (two processes), "
         "once with prfaas.transport and once with plain sendall/recv_into over the same number "
         "of connections. With --link-gbps, run over a veth pair between two network namespaces "
-        "shaped by `tc tbf` (needs root).",
+        "shaped by `tc tbf` (needs root); --delay-ms / --loss-pct put a delay line between them "
+        "and compare the transport's defaults, its old fixed settings and a raw socket tuned by "
+        "hand.",
     )
     t.add_argument("--size", default="256MiB", help="payload per transfer (default 256MiB)")
     t.add_argument(
@@ -79,21 +82,54 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="with --tls-dir: skip payload CRC-32C (TLS authenticates every record)",
     )
     t.add_argument("--io-threads", action="store_true", help="transport sends/receives on threads")
-    t.add_argument("--only", choices=["kv", "raw"], default=None, help="run one mode only")
+    t.add_argument(
+        "--delay-ms",
+        type=finite_float,
+        default=None,
+        help="with --link-gbps: one-way delay of a delay line in the link (RTT = 2 x this)",
+    )
+    t.add_argument(
+        "--loss-pct",
+        type=finite_float,
+        default=0.0,
+        help="with --link-gbps: packets the delay line drops, per direction, in [0, 100)",
+    )
+    t.add_argument(
+        "--congestion-control",
+        default=None,
+        help="every sender's TCP congestion control (e.g. cubic, bbr); default: the kernel's",
+    )
+    t.add_argument(
+        "--idle-s",
+        type=nonnegative_float,
+        default=0.0,
+        help="the connections sit idle this long before each timed transfer (default 0)",
+    )
+    t.add_argument(
+        "--only",
+        choices=list(MODES),
+        action="append",
+        default=None,
+        help="run this mode (repeatable); default kv and raw, or over a delay line kv, "
+        "kv-fixed and raw-tuned",
+    )
     add_json_flag(t)
     t.set_defaults(handler=_run_transport)
     register_system(kinds)
 
 
 def _run_transport(args: argparse.Namespace) -> int:
-    from prfaas.bench.transport import BenchSpec, run_bench
+    from prfaas.bench.transport import WAN_MODES, BenchSpec, run_bench
 
     if not 1 <= args.connections <= 64:
         raise UserError(f"--connections must be in [1, 64], got {args.connections}")
     if args.repeats < 1 or args.rounds < 1:
         raise UserError(f"--repeats and --rounds must be >= 1, got {args.repeats}, {args.rounds}")
+    has_delay_line = _check_delay_line(args)
     if args.link_gbps is not None:
         _check_link(args.link_gbps)
+    if args.congestion_control is not None:
+        _check_congestion_control(args.congestion_control)
     tls = None if args.tls_dir is None else _tls_files(Path(args.tls_dir))
     if args.no_payload_checksum and tls is None:
         raise UserError("--no-payload-checksum needs --tls-dir (TLS then protects the payload)")
@@ -105,13 +141,50 @@ def _run_transport(args: argparse.Namespace) -> int:
         rounds=args.rounds,
         link_gbps=args.link_gbps,
         tls=tls,
-        modes=(args.only,) if args.only else ("kv", "raw"),
+        modes=tuple(args.only) if args.only else (WAN_MODES if has_delay_line else ("kv", "raw")),
         payload_checksum=not args.no_payload_checksum,
         io_threads=args.io_threads,
+        delay_ms=args.delay_ms,
+        loss_pct=args.loss_pct,
+        congestion_control=args.congestion_control,
+        idle_s=args.idle_s,
     )
     result = run_bench(spec)
     print_json(result) if args.json else print(_table(result))
     return 0
+
+
+def _check_delay_line(args: argparse.Namespace) -> bool:
+    """Whether a delay line goes into the link; UserError for a delay or loss it cannot make."""
+    from prfaas.testbed.delay_schedule import MAX_DELAY_MS
+    from prfaas.testbed.layout import MAX_DELAY_LINE_GBPS
+
+    if args.delay_ms is None and args.loss_pct == 0:
+        return False
+    if args.link_gbps is None:
+        raise UserError("--delay-ms and --loss-pct need --link-gbps (a link between namespaces)")
+    if args.delay_ms is not None and not 0 <= args.delay_ms <= MAX_DELAY_MS:
+        raise UserError(f"--delay-ms must be in [0, {MAX_DELAY_MS:g}], got {args.delay_ms:g}")
+    if not 0 <= args.loss_pct < 100:
+        raise UserError(f"--loss-pct must be in [0, 100), got {args.loss_pct:g}")
+    if args.link_gbps > MAX_DELAY_LINE_GBPS:
+        raise UserError(
+            f"--link-gbps {args.link_gbps:g} with a delay line: at most "
+            f"{MAX_DELAY_LINE_GBPS:g} Gbit/s, what the delay line carries faithfully"
+        )
+    return True
+
+
+def _check_congestion_control(name: str) -> None:
+    from prfaas.transport.channel import check_congestion_control
+    from prfaas.transport.config import is_congestion_control_name
+
+    if not is_congestion_control_name(name):
+        raise UserError(f"--congestion-control {name!r} is not a kernel algorithm name")
+    try:
+        check_congestion_control(name)
+    except ValueError as exc:
+        raise UserError(f"--congestion-control: {exc}") from None
 
 
 def _tls_files(directory: Path) -> tuple[str, str, str]:
@@ -149,8 +222,28 @@ def _table(r: dict[str, Any]) -> str:
     rows: list[list[object]] = [["size_bytes", r["size_bytes"]], ["connections", r["connections"]]]
     keys = ("goodput_gbps", "raw_socket_gbps", "ratio", "ratio_best", "link_gbps",
             "goodput_over_link", "tx_cpu_s_per_transfer", "rx_cpu_s_per_transfer",
-            "raw_tx_cpu_s_per_transfer", "raw_rx_cpu_s_per_transfer")  # fmt: skip
+            "raw_tx_cpu_s_per_transfer", "raw_rx_cpu_s_per_transfer", "delay_ms", "loss_pct",
+            "kv_over_tuned_raw", "kv_fixed_over_tuned_raw")  # fmt: skip
     for key in keys:
         if key in r:
             rows.append([key, f"{r[key]:.3f}"])
-    return format_table(["metric", "value"], rows)
+    text = format_table(["metric", "value"], rows)
+    modes = r.get("modes") or {}
+    if len(modes) > 1 or set(modes) - {"kv", "raw"}:
+        text += "\n\n" + _modes_table(modes)
+    return text
+
+
+def _modes_table(modes: dict[str, dict[str, Any]]) -> str:
+    """One row per mode: goodput, cold and warm transfer, connections, buffers, CPU per GB."""
+    header = ["mode", "gbps", "cold_s", "warm_s", "conns", "buffer_MiB", "tx_cpu_s/GB",
+              "rx_cpu_s/GB"]  # fmt: skip
+    rows: list[list[object]] = []
+    for mode, m in modes.items():
+        buffer = m.get("socket_buffer_bytes")
+        rows.append([mode, f"{m['gbps']:.3f}", f"{m['cold_s']:.3f}", f"{m['warm_s']:.3f}",
+                     m.get("num_connections", "-"),
+                     "auto" if not buffer else f"{buffer / 2**20:g}",
+                     f"{m.get('tx_cpu_s_per_gb', 0):.3f}",
+                     f"{m.get('rx_cpu_s_per_gb', 0):.3f}"])  # fmt: skip
+    return format_table(header, rows)

@@ -31,15 +31,17 @@ from prfaas.service.auth import bearer
 from prfaas.testbed import delayline, netns
 from prfaas.testbed.delay_schedule import DelaySettings
 from prfaas.testbed.layout import DELAY_TUN, TestbedLayout, tbf_burst_bytes, wan_mtu_bytes
+from prfaas.testbed.netns import DELAY_TABLE
 from prfaas.testbed.state import DELAY_CONTROL_FILE, TOKEN_FILE, process_record
 
 _ROUTER_TIMEOUT_S = 5.0  # telling the router a new link capacity
-DELAY_TABLE = "100"  # the WAN namespace's routing table that sends packets into the TUN
-# TCP buffers of the clusters' namespaces, up to 64 MiB: a window of 4 Gbit/s x 100 ms RTT, so
-# that a delayed WAN is limited by its rate, not by the kernel's default 4 MiB send buffer
-_TCP_BUFFERS = {
+# TCP settings of the clusters' namespaces: buffers up to 64 MiB, a window of 4 Gbit/s x 100 ms
+# RTT, so that a delayed WAN is limited by its rate, not by the kernel's default 4 MiB send
+# buffer; and an idle KV connection keeps its window (no slow start after idle)
+_TCP_SETTINGS = {
     "net.ipv4.tcp_rmem": "4096 131072 67108864",
     "net.ipv4.tcp_wmem": "4096 16384 67108864",
+    "net.ipv4.tcp_slow_start_after_idle": "0",
 }
 
 
@@ -59,7 +61,7 @@ def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
             netns.add_namespace(ns)
         _build_wan(layout, wan_mtu_bytes(wire_gbps))
         for ns in (layout.prfaas_ns, layout.pd_ns):
-            netns.set_sysctls(ns, _TCP_BUFFERS)
+            netns.set_sysctls(ns, _TCP_SETTINGS)
         netns.add_veth(layout.client_pd, layout.client)
         _shape_wan(layout, wire_gbps)
     except netns.NetnsError as exc:
@@ -68,28 +70,17 @@ def create_network(layout: TestbedLayout, wire_gbps: float) -> None:
 
 
 def _build_wan(layout: TestbedLayout, mtu_bytes: int) -> None:
-    """The WAN namespace: its veths to both clusters, the TUN, forwarding and the rules that
-    send every packet from either veth into the TUN (see the module docstring)."""
-    ns = layout.wan_ns
-    hops = layout.wan_hops
-    netns.add_veth(layout.wan_prfaas, hops[0])
-    netns.add_veth(layout.wan_pd, hops[1])
-    netns.ip(ns, "addr", "add", f"{layout.wan_router_id}/32", "dev", "lo")
-    netns.add_tun(ns, DELAY_TUN)
-    for end in (layout.wan_prfaas, layout.wan_pd, *hops):
-        netns.set_mtu(end.ns, end.dev, mtu_bytes)
-    netns.set_mtu(ns, DELAY_TUN, mtu_bytes)
-    netns.set_link_up(ns, DELAY_TUN, True)
-    devices = ("all", "default", DELAY_TUN, *(hop.dev for hop in hops))
-    sysctls = {"net.ipv4.ip_forward": "1"}
-    sysctls |= {f"net.ipv4.conf.{dev}.rp_filter": "0" for dev in devices}
-    for hop in hops:
-        sysctls |= {f"net.ipv4.conf.{hop.dev}.proxy_arp": "1"}
-        sysctls |= {f"net.ipv4.neigh.{hop.dev}.proxy_delay": "0"}
-    netns.set_sysctls(ns, sysctls)
-    for hop, far in zip(hops, (layout.wan_prfaas, layout.wan_pd), strict=True):
-        netns.ip(ns, "route", "add", f"{far.ip}/32", "dev", hop.dev)
-    netns.ip(ns, "route", "add", "default", "dev", DELAY_TUN, "table", DELAY_TABLE)
+    """The WAN namespace: its veths to both clusters, the TUN, forwarding and the routing table
+    that sends packets into the TUN (see the module docstring); packets go veth to veth until
+    `route_through_delay_line` sends them through it."""
+    netns.build_delay_hop(
+        layout.wan_hops,
+        (layout.wan_prfaas, layout.wan_pd),
+        layout.wan_router_id,
+        DELAY_TUN,
+        mtu_bytes,
+        through_tun=False,
+    )
 
 
 def route_through_delay_line(layout: TestbedLayout, through: bool) -> None:

@@ -21,7 +21,10 @@ class TransportConfig:
     """Settings shared by KVSender and KVReceiver. Defaults were chosen by measurement
     (docs/benchmarks/transport.md)."""
 
-    num_connections: int = field(default=4, metadata={"help": "TCP connections per destination"})
+    num_connections: int = field(
+        default=4,
+        metadata={"help": "TCP connections per destination (the least, when sized to the link)"},
+    )
     frame_bytes: int = field(default=4 * MIB, metadata={"help": "payload bytes per frame"})
     max_inflight_bytes: int = field(
         default=64 * MIB,
@@ -57,6 +60,18 @@ class TransportConfig:
         default=None,
         metadata={"help": "sender: TCP congestion control (e.g. cubic, bbr); None: the kernel's"},
     )
+    link_gbps: float = field(
+        default=0.0,
+        metadata={"help": "sender: the link's rate; > 0 sizes connections and buffers to it"},
+    )
+    link_rtt_s: float = field(
+        default=0.0,
+        metadata={"help": "sender: the link's RTT when the first connection measures none"},
+    )
+    size_to_link: bool = field(
+        default=True,
+        metadata={"help": "sender: size connections and buffers from the link (link_sizing)"},
+    )
 
     def __post_init__(self) -> None:
         if self.num_connections < 1:
@@ -66,6 +81,8 @@ class TransportConfig:
         cc = self.congestion_control
         if cc is not None and not is_congestion_control_name(cc):
             raise ValueError(f"congestion_control must be a kernel algorithm name, got {cc!r}")
+        if not (self.link_gbps >= 0 and self.link_rtt_s >= 0):
+            raise ValueError("link_gbps and link_rtt_s must be >= 0")
         if self.max_inflight_bytes < self.frame_bytes:
             raise ValueError("max_inflight_bytes must be >= frame_bytes")
         if self.deadline_s <= 0 or self.connect_timeout_s <= 0:

@@ -7,6 +7,12 @@ payload of that transfer/layer, computes the frame's CRC-32C, and sends header +
 one `sendmsg` (zero-copy), on the event loop or on the connection's I/O thread (`io_threads`).
 A broken connection puts its frames back in the queue and reconnects; the receiver NACKs whatever
 the dead connection lost.
+
+With `size_to_link` and a known `link_gbps`, the first connection measures the RTT (TCP_INFO,
+else the configured `link_rtt_s`) and `link_sizing.size_for_link` chooses how many connections,
+with which socket buffers, hold the link's bandwidth-delay product open on this host; a host
+that forbids it gets one warning naming the sysctl. The connections stay open between
+transfers, so a transfer starts with the window the last one left.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from prfaas.messages import KVManifest, TransferAck
-from prfaas.transport.channel import PlainChannel, open_channel
+from prfaas.transport.channel import PlainChannel, open_channel, tune_socket
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.frames import (
     FrameDecoder,
@@ -32,6 +38,8 @@ from prfaas.transport.frames import (
     encode_control,
     payload_header,
 )
+from prfaas.transport.host_tcp import read_host_tcp
+from prfaas.transport.link_sizing import LinkSizing, size_for_link
 from prfaas.transport.linkstats import LinkStats, TransportMetrics, read_tcp_stats, summarize_link
 from prfaas.transport.ranges import PayloadSlice
 from prfaas.transport.transfer import RECONNECT_BACKOFF_S, KVTransfer, Reply
@@ -39,6 +47,7 @@ from prfaas.transport.transfer import RECONNECT_BACKOFF_S, KVTransfer, Reply
 log = logging.getLogger(__name__)
 _GOODPUT_EWMA_WEIGHT = 0.3
 _FRAMES_IN_FLIGHT = 4  # per connection: keeps its I/O thread busy across loop round trips
+_warned: set[str] = set()  # host warnings already logged by this process
 
 
 class _Conn:
@@ -79,13 +88,38 @@ class Destination:
         self._last_retransmits = 0
         self.goodput_bytes_per_s = 0.0
         self.num_transfers = self.num_failures = 0
+        self.num_connections = config.num_connections
+        self.socket_buffer_bytes = config.socket_buffer_bytes
+        self.sizing: LinkSizing | None = None
 
     async def start(self) -> None:
         async with asyncio.timeout(self.config.connect_timeout_s):
-            await asyncio.gather(*(self._connect(i) for i in range(self.config.num_connections)))
+            first = await self._connect(0)
+            self._size_to_link(first)
+            await asyncio.gather(*(self._connect(i) for i in range(1, self.num_connections)))
         self._writers = [
-            asyncio.create_task(self._write_loop(i)) for i in range(self.config.num_connections)
+            asyncio.create_task(self._write_loop(i)) for i in range(self.num_connections)
         ]
+
+    def _size_to_link(self, first: _Conn) -> None:
+        """Connections and buffers from the link's rate and the first connection's RTT."""
+        c = self.config
+        if not c.size_to_link or c.link_gbps <= 0 or c.socket_buffer_bytes > 0:
+            return
+        measured = read_tcp_stats(first.channel.sock)
+        rtt_s = measured.rtt_s if measured is not None and measured.rtt_s > 0 else c.link_rtt_s
+        sizing = size_for_link(c.link_gbps, rtt_s, read_host_tcp(), c.num_connections)
+        self.sizing = sizing
+        self.num_connections = sizing.num_connections
+        self.socket_buffer_bytes = sizing.socket_buffer_bytes
+        if sizing.socket_buffer_bytes > 0:
+            tune_socket(first.channel.sock, sizing.socket_buffer_bytes)
+        log.info("%s: RTT %.1f ms, %d connection(s), socket buffers %s", self.name,
+                 rtt_s * 1e3, sizing.num_connections,
+                 sizing.socket_buffer_bytes or "autotuned")  # fmt: skip
+        if sizing.warning is not None and sizing.warning not in _warned:
+            _warned.add(sizing.warning)
+            log.warning("KV link to %s: %s", self.name, sizing.warning)
 
     def new_transfer(self, transfer_id: str, req_id: str, deadline_s: float) -> KVTransfer:
         tag, self._next_tag = self._next_tag, self._next_tag + 1
@@ -175,7 +209,7 @@ class Destination:
             self.host,
             self.port,
             self._tls,
-            c.socket_buffer_bytes,
+            self.socket_buffer_bytes,
             c.io_threads,
             c.congestion_control,
         )

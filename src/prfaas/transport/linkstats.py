@@ -220,6 +220,12 @@ class TransportMetrics:
             ["dest"],
             registry=reg,
         )
+        self.link_delivery_rate = Gauge(
+            "prfaas:link_delivery_rate_bytes_per_second",
+            "TCP_INFO delivery-rate samples to the destination, summed over its connections",
+            ["dest"],
+            registry=reg,
+        )
         self.link_retransmits = Counter(
             "prfaas:link_retransmits_total",
             "TCP segments retransmitted to the destination",
@@ -229,5 +235,6 @@ class TransportMetrics:
 
     def observe_link(self, view: LinkStats, new_retransmits: int) -> None:
         self.link_rtt.labels(view.dest).set(view.rtt_s)
+        self.link_delivery_rate.labels(view.dest).set(view.delivery_rate_bytes_per_s)
         if new_retransmits > 0:
             self.link_retransmits.labels(view.dest).inc(new_retransmits)

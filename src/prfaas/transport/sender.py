@@ -15,6 +15,7 @@ from prfaas.policy import LinkView
 from prfaas.transport.channel import client_tls_context
 from prfaas.transport.config import TransportConfig
 from prfaas.transport.destination import Destination
+from prfaas.transport.link_sizing import LinkSizing
 from prfaas.transport.linkstats import LinkStats, TransportMetrics
 from prfaas.transport.transfer import KVTransfer, TransferFailedError
 
@@ -65,6 +66,11 @@ class KVSender:
         """What has been measured about the link to `dest` (None before the first connect)."""
         d = self._dests.get(dest)
         return None if d is None else d.link_stats()
+
+    def sizing(self, dest: str) -> LinkSizing | None:
+        """The connections and buffers chosen for `dest` (None: not sized to a link)."""
+        d = self._dests.get(dest)
+        return None if d is None else d.sizing
 
     def link_view(self, dest: str, capacity_bytes_per_s: float) -> LinkView | None:
         """The scheduler's view of the link to `dest`, whose capacity the caller knows."""

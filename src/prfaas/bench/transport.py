@@ -196,6 +196,7 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
     seconds = []
     async with KVSender(config) as tx:
         await tx.connect(args.address)
+        opened = tx.link_stats(args.address)  # the connections open before the first transfer
         cpu = _CpuMeter(args.num_transfers)
         for i in range(args.num_transfers):
             if i > 0 and args.idle_s > 0:
@@ -209,10 +210,11 @@ async def _kv_sender(args: argparse.Namespace, config: TransportConfig) -> None:
         cpu_s = cpu.per_transfer_s()
         view = tx.link_stats(args.address)
         sized = tx.sizing(args.address)
-    num_connections = config.num_connections if sized is None else sized.num_connections
+    num_connections = 0 if opened is None else opened.num_connections
     _emit({"size_bytes": manifest.total_bytes, "seconds": seconds, "tx_cpu_s": [cpu_s],
            "link": view and view.__repr__(), "num_connections": num_connections,
            "socket_buffer_bytes": sized and sized.socket_buffer_bytes,
+           "sizing_bdp_bytes": sized and sized.bdp_bytes,
            "sizing_warning": sized and sized.warning})  # fmt: skip
 
 
@@ -470,7 +472,12 @@ def _alternate(
     return results
 
 
-_SIZING_KEYS = ("num_connections", "socket_buffer_bytes", "sizing_warning")  # kv senders'
+_SIZING_KEYS = (
+    "num_connections",
+    "socket_buffer_bytes",
+    "sizing_bdp_bytes",
+    "sizing_warning",
+)  # kv senders'
 _PER_RUN_LISTS = ("gbps", "tx_cpu_s", "rx_cpu_s", "cold_seconds", "warm_seconds")
 
 

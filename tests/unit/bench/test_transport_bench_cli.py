@@ -33,6 +33,18 @@ def test_bad_sizes_are_user_errors(text: str) -> None:
         ["bench", "transport", "--connections", "0"],
         ["bench", "transport", "--link-gbps", "0"],
         ["bench", "transport", "--tls-dir", "/nonexistent-dir"],
+        ["bench", "transport", "--delay-ms", "10"],  # no link to put a delay line in
+        ["bench", "transport", "--loss-pct", "0.1"],
+        ["bench", "transport", "--link-gbps", "1", "--delay-ms", "-1"],
+        ["bench", "transport", "--link-gbps", "1", "--delay-ms", "20000"],
+        ["bench", "transport", "--link-gbps", "1", "--delay-ms", "nan"],
+        ["bench", "transport", "--link-gbps", "1", "--loss-pct", "100"],
+        ["bench", "transport", "--link-gbps", "1", "--delay-ms", "5", "--loss-pct", "-0.1"],
+        ["bench", "transport", "--link-gbps", "5", "--delay-ms", "10"],  # above the delay line
+        ["bench", "transport", "--congestion-control", "Not-A-Name"],
+        ["bench", "transport", "--congestion-control", "nosuchcc"],  # a name, not loaded
+        ["bench", "transport", "--only", "kv-tuned"],
+        ["bench", "transport", "--idle-s", "-1"],
     ],
 )
 def test_bad_flags_exit_2_with_one_line(

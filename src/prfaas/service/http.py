@@ -101,7 +101,8 @@ def mark_draining(app: FastAPI) -> None:
 
 def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:
     """The KV transport's settings: the topology's security section, or the token from the
-    environment (how `prfaas up` hands a generated token to its children)."""
+    environment (how `prfaas up` hands a generated token to its children), and the link's rate,
+    to which senders size their connections and buffers (`transport.link_sizing`)."""
     sec = topology.transport
     token = os.environ.get(TOKEN_ENV) or sec.token
     if token is None and sec.tls_cert is None:
@@ -117,6 +118,7 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         deadline_s=deadline_s or topology.policy.transfer_deadline_s,
         max_buffer_bytes=sec.receive_pool_bytes,
         congestion_control=_usable_congestion_control(sec.congestion_control),
+        link_gbps=topology.link.gbps,  # senders size their connections to it
     )
 
 

@@ -7,8 +7,9 @@ with fixed buffers at `min(net.core.rmem_max, wmem_max)`. The rule (`size_for_li
 
 1. the window the link needs is its bandwidth-delay product times `WINDOW_HEADROOM`: after a
    loss a connection halves (cubic: x0.7) its window, and the others must carry what it gave up;
-2. the per-connection window is the larger of the two ceilings: autotuning (buffers 0) unless
-   fixed buffers reach further, then the smallest power-of-two buffer that holds the share;
+2. buffers stay autotuned (0) while the configured connections' autotuned windows hold that;
+   otherwise, where fixed buffers reach further than autotuning, the smallest power-of-two
+   buffer that holds a connection's share, within `net.core.rmem_max` / `wmem_max`;
 3. connections = ceil(needed window / per-connection window), no fewer than the configured
    count and no more than `max_connections`;
 4. when even that many cannot hold the bandwidth-delay product, `warning` names the sysctl
@@ -61,7 +62,7 @@ def size_for_link(
                          f"{max_connections}")  # fmt: skip
     bdp_bytes = max(0.0, gbps) * 1e9 / 8 * max(0.0, rtt_s)
     wanted_bytes = WINDOW_HEADROOM * bdp_bytes
-    buffer_bytes, window_bytes = _buffers(host, wanted_bytes / min_connections)
+    buffer_bytes, window_bytes = _buffers(host, wanted_bytes, min_connections)
     if window_bytes <= 0:  # the host's limits are unreadable: keep the configured count
         return LinkSizing(min_connections, 0, bdp_bytes, 0.0)
     needed = math.ceil(wanted_bytes / window_bytes) if wanted_bytes > 0 else 1
@@ -73,14 +74,14 @@ def size_for_link(
                       _warning(host, gbps, rtt_s, sizing))  # fmt: skip
 
 
-def _buffers(host: HostTcp, share_bytes: float) -> tuple[int, float]:
-    """(socket buffer bytes, window per connection): autotuning's, unless fixed buffers let a
-    connection's window grow further on this host."""
+def _buffers(host: HostTcp, wanted_bytes: float, min_connections: int) -> tuple[int, float]:
+    """(socket buffer bytes, window per connection): autotuning's, unless the least connections
+    cannot hold `wanted_bytes` with it and fixed buffers let a window grow further here."""
     auto = _autotuning_window_bytes(host)
     fixed_max = _fixed_window_bytes(host)
-    if fixed_max <= auto:
+    if auto * min_connections >= wanted_bytes or fixed_max <= auto:
         return 0, auto
-    buffer_bytes = min(buffer_bytes_for(share_bytes), _pow2_floor(fixed_max))
+    buffer_bytes = min(buffer_bytes_for(wanted_bytes / min_connections), _pow2_floor(fixed_max))
     return buffer_bytes, min(buffer_bytes, fixed_max)
 
 

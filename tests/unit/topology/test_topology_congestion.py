@@ -65,3 +65,10 @@ def test_an_algorithm_the_kernel_lacks_is_a_user_error_at_start() -> None:
 def test_transport_config_refuses_a_malformed_name() -> None:
     with pytest.raises(ValueError, match="congestion_control"):
         TransportConfig(congestion_control="no spaces")
+
+
+def test_senders_are_sized_to_the_topologys_link() -> None:
+    data = _valid()
+    data.setdefault("link", {})["gbps"] = 25.0
+    config = transport_config(_parse(data))
+    assert config.link_gbps == 25.0 and config.size_to_link

@@ -63,6 +63,12 @@ def test_zero_rtt_keeps_the_configured_count() -> None:
     assert sizing.num_connections == 2 and sizing.warning is None
 
 
+def test_a_short_link_the_autotuned_windows_hold_keeps_autotuning() -> None:
+    """1 Gbit/s x 10 ms x 2 = 2.5 MB: 4 autotuned windows of 2 MiB hold it."""
+    sizing = size_for_link(1.0, 0.010, STOCK, min_connections=4)
+    assert (sizing.num_connections, sizing.socket_buffer_bytes) == (4, 0)
+
+
 def test_a_host_that_forbids_the_window_is_named_with_the_fix() -> None:
     """10 Gbit/s x 200 ms = 250 MB in flight; 32 connections of 4 MiB hold 128 MiB: the
     warning names the sysctls as `prfaas doctor` prints them."""

@@ -6,22 +6,11 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from test_host_tcp import STOCK  # this machine's namespace defaults
 
-from prfaas.transport.host_tcp import HostTcp
 from prfaas.transport.link_sizing import size_for_link
 
 MIB = 1 << 20
-# this machine's namespace defaults: core maxima 4 MiB, autotuning 32 MiB receive / 4 MiB send
-STOCK = HostTcp(
-    rmem_max_bytes=4 * MIB,
-    wmem_max_bytes=4 * MIB,
-    tcp_rmem_bytes=(4096, 131072, 32 * MIB),
-    tcp_wmem_bytes=(4096, 16384, 4 * MIB),
-    congestion_control="cubic",
-    available_congestion_controls=("reno", "cubic", "bbr"),
-    slow_start_after_idle=True,
-    window_scaling=True,
-)
 # a tuned host: autotuning to 64 MiB both ways, core maxima left small
 TUNED = dataclasses.replace(
     STOCK, rmem_max_bytes=212992, wmem_max_bytes=212992,

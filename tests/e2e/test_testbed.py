@@ -38,6 +38,7 @@ from prfaas.testbed.netns import (
     list_namespaces,
     netns_unavailable_reason,
     qdisc_stats,
+    read_sysctls,
 )
 
 _REASON = netns_unavailable_reason()
@@ -163,6 +164,9 @@ def test_up_builds_four_namespaces_and_a_shaped_wan(testbed: dict[str, Any]) -> 
     stats = qdisc_stats(testbed["wan"]["ns"], testbed["wan"]["dev"])
     assert stats.kind == "tbf" and stats.rate_bytes_per_s == pytest.approx(1e9 / 8, rel=1e-3)
     assert testbed["wire_gbps"] == pytest.approx(1.0)
+    for cluster in ("prfaas", "pd"):  # idle KV connections keep their windows
+        key = "net.ipv4.tcp_slow_start_after_idle"
+        assert read_sysctls(testbed["namespaces"][cluster], (key,)) == {key: "0"}
     print(f"testbed up in {testbed['up_wall_s']:.1f} s (CLI wall)")
 
 

@@ -38,7 +38,6 @@ def test_namespaces_are_deleted_even_when_the_body_fails() -> None:
 
 
 @needs_netns
-@pytest.mark.slow
 def test_transfer_over_a_delayed_link_uses_the_sized_settings() -> None:
     """35 ms one way (70 ms RTT) through the delay line at 1 Gbit/s: the sender sizes its
     connections and buffers from the RTT its first connection measured, within the namespace's

@@ -119,6 +119,7 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         max_buffer_bytes=sec.receive_pool_bytes,
         congestion_control=_usable_congestion_control(sec.congestion_control),
         link_gbps=topology.link.gbps,  # senders size their connections to it
+        link_rtt_s=topology.link.rtt_ms / 1e3,  # where a first connection measures no RTT
     )
 
 

@@ -69,6 +69,7 @@ def test_transport_config_refuses_a_malformed_name() -> None:
 
 def test_senders_are_sized_to_the_topologys_link() -> None:
     data = _valid()
-    data.setdefault("link", {})["gbps"] = 25.0
+    data.setdefault("link", {}).update({"gbps": 25.0, "rtt_ms": 40.0})
     config = transport_config(_parse(data))
     assert config.link_gbps == 25.0 and config.size_to_link
+    assert config.link_rtt_s == pytest.approx(0.040)

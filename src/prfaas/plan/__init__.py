@@ -4,7 +4,10 @@
 - `presets`: flat settings, the `paper-case-study` presets, and their resolution to inputs;
 - `search`: the (t, N_p) grid search for PrfaaS-PD, the homogeneous optimum, the naive split,
   TTFT and egress as the paper computes them, the equal-cost comparison;
-- `report`: Table 6 rows and the `--json` object; `plot`: Figure 5 (matplotlib, lazy).
+- `cost`: the cost view: each deployment's cost per hour, request and million tokens at Λ_max,
+  and the cheapest split under a TTFT SLO;
+- `report`: Table 6 rows, the cost table and the `--json` object; `plot`: Figure 5 (matplotlib,
+  lazy).
 
 The equations themselves are pure and live in `prfaas.policy.throughput`, so that a live router
 can re-search its threshold with the same code.

@@ -77,6 +77,11 @@ class PlanSettings:
     jitter_distribution: str = "normal"  # "normal" | "pareto"
     loss_pct: float = 0.0  # packet loss, percent in [0, 100)
     payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
+    # the cost view (`prfaas.plan.cost`): USD per GPU-hour and per link GB; None: not given
+    price_prfaas_gpu_hour: float | None = None
+    price_pd_gpu_hour: float | None = None
+    price_link_gb: float | None = None
+    ttft_slo_s: float | None = None  # the cost view's P90 TTFT bound, seconds
 
 
 PRESETS: dict[str, PlanSettings] = {
@@ -127,6 +132,10 @@ _TOML_TYPES: dict[str, tuple[type, ...]] = {
     "jitter_distribution": (str,),
     "loss_pct": (int, float),
     "payload_efficiency": (int, float),
+    "price_prfaas_gpu_hour": (int, float),
+    "price_pd_gpu_hour": (int, float),
+    "price_link_gb": (int, float),
+    "ttft_slo_s": (int, float),
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from prfaas.plan.cost import CostPoint, CostView
 from prfaas.plan.inputs import PlanInputs
 from prfaas.plan.search import DeploymentPlan, PlanResult, egress_gbps
 from prfaas.types import DeploymentKind
@@ -221,4 +222,119 @@ def input_lines(inputs: PlanInputs) -> list[str]:
         f"{inputs.effective_link_gbps():.4g} Gbps",
         "TTFT = prefill latency on the assigned hardware, no queueing or transfer (as the paper)",
     ]
+    return lines
+
+
+# --- cost view -----------------------------------------------------------------------------------
+
+TTFT_CRITERION = (
+    "P90 TTFT = the P90-length request's prefill latency on its cluster, no queueing or transfer"
+)
+
+
+def cost_point_dict(point: CostPoint) -> dict[str, Any]:
+    """One split's costs, JSON-ready (infinite values as null)."""
+    return {
+        "deployment": point.kind.value,
+        "threshold_tokens": _finite_or_none(point.threshold_tokens),
+        "n_prfaas": point.num_prfaas,
+        "n_p": point.num_pd_p,
+        "n_d": point.num_pd_d,
+        "lambda_max": point.lambda_max_per_s,
+        "ttft_p90_s": point.ttft_p90_s,
+        "prfaas_gpus": point.num_prfaas_gpus,
+        "pd_gpus": point.num_pd_gpus,
+        "gpu_usd_per_hour": point.gpu_usd_per_hour,
+        "link_gb_per_hour": point.link_gb_per_hour,
+        "usd_per_hour": point.usd_per_hour,
+        "usd_per_request": _finite_or_none(point.usd_per_request),
+        "usd_per_m_prompt_tokens": _finite_or_none(point.usd_per_m_prompt_tokens),
+        "usd_per_m_output_tokens": _finite_or_none(point.usd_per_m_output_tokens),
+    }
+
+
+def cost_dict(view: CostView | None) -> dict[str, Any] | None:
+    """The `--json` object's `cost` (null without a cost view)."""
+    if view is None:
+        return None
+    p = view.prices
+    return {
+        "prices": {
+            "prfaas_gpu_hour": p.prfaas_gpu_hour,
+            "pd_gpu_hour": p.pd_gpu_hour,
+            "link_gb": p.link_gb,
+        },
+        "ttft_slo_s": view.ttft_slo_s,
+        "criterion": TTFT_CRITERION,
+        "planned": {k.value: cost_point_dict(c) for k, c in view.planned.items()},
+        "cheapest": None if view.cheapest is None else cost_point_dict(view.cheapest),
+        "num_candidates": view.num_candidates,
+        "num_meeting_slo": view.num_meeting_slo,
+    }
+
+
+def _usd(value: float, digits: int = 2) -> str:
+    return f"{value:,.{digits}f}" if math.isfinite(value) else _DASH
+
+
+def _cost_column(point: CostPoint) -> list[str]:
+    split = " / ".join(_count(n) for n in (point.num_prfaas, point.num_pd_p, point.num_pd_d))
+    return [
+        f"{_tokens(point.threshold_tokens)}, {split}",
+        f"{point.ttft_p90_s:.2f}",
+        f"{point.num_prfaas_gpus} / {point.num_pd_gpus}",
+        _usd(point.gpu_usd_per_hour),
+        f"{point.link_gb_per_hour:,.0f}",
+        _usd(point.usd_per_hour),
+        f"{point.lambda_max_per_s:.2f}",
+        _usd(point.usd_per_request * 1000, 3),
+        _usd(point.usd_per_m_prompt_tokens, 3),
+        _usd(point.usd_per_m_output_tokens, 3),
+    ]
+
+
+COST_ROWS = (
+    "t, N_prfaas / N_p / N_d",
+    "P90 TTFT (s)",
+    "GPUs PrfaaS / PD",
+    "GPUs ($/h)",
+    "link (GB/h)",
+    "total ($/h)",
+    "Λ_max (req/s)",
+    "$ per 1K requests",
+    "$ per M prompt tokens",
+    "$ per M output tokens",
+)
+
+
+def cost_table(view: CostView) -> tuple[list[str], list[list[str]]]:
+    """Each deployment's costs at its planned split, and the cheapest split under the SLO."""
+    points = list(view.planned.values())
+    headers = ["cost at Λ_max", *(_NAMES[p.kind] for p in points)]
+    if view.cheapest is not None:
+        points.append(view.cheapest)
+        headers.append(f"cheapest ({_NAMES[view.cheapest.kind]})")
+    columns = [_cost_column(p) for p in points]
+    rows = [[name, *(col[i] for col in columns)] for i, name in enumerate(COST_ROWS)]
+    return headers, rows
+
+
+def cost_lines(view: CostView) -> list[str]:
+    """The prices, the SLO criterion and the cheapest split in words."""
+    p = view.prices
+    slo = "no TTFT SLO" if view.ttft_slo_s is None else f"P90 TTFT <= {view.ttft_slo_s:g} s"
+    lines = [
+        f"prices: PrfaaS ${p.prfaas_gpu_hour:g}/GPU-h, PD ${p.pd_gpu_hour:g}/GPU-h, link "
+        f"${p.link_gb:g}/GB (wire bytes: KV egress / payload efficiency)",
+        f"criterion: {slo}; {TTFT_CRITERION}",
+    ]
+    best = view.cheapest
+    if best is None:
+        lines.append(f"no split of the {view.num_candidates} searched meets {slo}")
+        return lines
+    lines.append(
+        f"cheapest of {view.num_meeting_slo} splits meeting it (of {view.num_candidates}): "
+        f"{_NAMES[best.kind]} at t={_tokens(best.threshold_tokens)}, "
+        f"${best.usd_per_request * 1000:,.3f} per 1K requests"
+    )
     return lines

@@ -113,12 +113,21 @@ def _ttft(
         mean_s += p * _expected_latency_s(lengths, remote, threshold_tokens, math.inf)
     if p < 1:
         mean_s += (1 - p) * _expected_latency_s(lengths, local, -math.inf, threshold_tokens)
+    return mean_s, p90_ttft_s(lengths, threshold_tokens, remote, local)
+
+
+def p90_ttft_s(
+    lengths: LengthDistribution,
+    threshold_tokens: float,
+    remote: LatencyCurve,
+    local: LatencyCurve,
+) -> float:
+    """Prefill latency of the P90-length request on the cluster `threshold_tokens` sends it to."""
     p90_tokens = lengths.quantile(0.9)
-    p90_s = remote(p90_tokens) if p90_tokens > threshold_tokens else local(p90_tokens)
-    return mean_s, p90_s
+    return remote(p90_tokens) if p90_tokens > threshold_tokens else local(p90_tokens)
 
 
-def _egress_bytes_per_s(costs: StageCosts, point: StagePoint) -> float:
+def egress_bytes_per_s(costs: StageCosts, point: StagePoint) -> float:
     if point.l_long_tokens is None:
         return 0.0
     offload_rate_per_s = point.lambda_max_per_s * point.offload_fraction
@@ -182,7 +191,7 @@ def plan_prfaas(inputs: PlanInputs) -> tuple[DeploymentPlan, list[SweepPoint]]:
         num_pd_d=n_d,
         ttft_mean_s=mean_s,
         ttft_p90_s=p90_s,
-        egress_bytes_per_s=_egress_bytes_per_s(costs, point),
+        egress_bytes_per_s=egress_bytes_per_s(costs, point),
         gpus_by_hardware=_gpus(
             (inputs.prfaas, inputs.prfaas.num_instances), (inputs.pd, n_p + n_d)
         ),
@@ -190,14 +199,19 @@ def plan_prfaas(inputs: PlanInputs) -> tuple[DeploymentPlan, list[SweepPoint]]:
     return plan, sweep
 
 
-def plan_homogeneous(inputs: PlanInputs, cluster: ClusterSpec | None = None) -> DeploymentPlan:
-    """Best N_p/N_d of one PD cluster that prefills everything itself (Eq. 8 by enumeration)."""
-    cluster = cluster or inputs.homogeneous
+def homogeneous_splits(inputs: PlanInputs, cluster: ClusterSpec) -> list[tuple[int, StagePoint]]:
+    """Every (N_p, point) of one PD cluster that prefills everything itself, N_p = 1 .. n-1."""
     costs = inputs.stage_costs(cluster, cluster)
     split = split_lengths(inputs.lengths, math.inf)
     n = cluster.num_instances
-    candidates = [(n_p, evaluate_split(costs, split, 0, n_p, n - n_p)) for n_p in range(1, n)]
-    n_p, point = max(candidates, key=lambda c: rank_point(c[1]))
+    return [(n_p, evaluate_split(costs, split, 0, n_p, n - n_p)) for n_p in range(1, n)]
+
+
+def plan_homogeneous(inputs: PlanInputs, cluster: ClusterSpec | None = None) -> DeploymentPlan:
+    """Best N_p/N_d of one PD cluster that prefills everything itself (Eq. 8 by enumeration)."""
+    cluster = cluster or inputs.homogeneous
+    n = cluster.num_instances
+    n_p, point = max(homogeneous_splits(inputs, cluster), key=lambda c: rank_point(c[1]))
     mean_s, p90_s = _ttft(inputs.lengths, math.inf, cluster.t_prefill_s, cluster.t_prefill_s)
     return DeploymentPlan(
         kind=DeploymentKind.HOMOGENEOUS,
@@ -227,7 +241,7 @@ def plan_naive(inputs: PlanInputs) -> DeploymentPlan:
         num_pd_d=n_d,
         ttft_mean_s=mean_s,
         ttft_p90_s=p90_s,
-        egress_bytes_per_s=_egress_bytes_per_s(costs, point),
+        egress_bytes_per_s=egress_bytes_per_s(costs, point),
         gpus_by_hardware=_gpus((inputs.prfaas, n_prfaas), (inputs.pd, n_d)),
     )
 

@@ -30,7 +30,7 @@ from prfaas.plan.search import (
     homogeneous_splits,
     p90_ttft_s,
 )
-from prfaas.policy.providers import BYTES_PER_GB, SECONDS_PER_HOUR
+from prfaas.policy.providers import BYTES_PER_GB, MAX_PRICE_USD, SECONDS_PER_HOUR
 from prfaas.policy.throughput import StagePoint
 from prfaas.types import DeploymentKind
 
@@ -43,7 +43,6 @@ PRICE_FLAGS = {
     "price_link_gb": "--price-link-gb",
 }
 TOKENS_PER_MILLION = 1e6
-MAX_PRICE_USD = 1e6  # bound of a price per GPU-hour or per GB: far above any real one
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,6 +38,7 @@ from prfaas.policy.transfer import (
 BYTES_PER_GB = 1e9  # clouds meter egress in decimal gigabytes
 SECONDS_PER_HOUR = 3600.0
 LOCAL = "local"  # the target of the fallback
+MAX_PRICE_USD = 1e6  # bound of a price per GPU-hour or per GB: far above any real one
 
 
 def _check_non_negative(owner: str, name: str, value: float) -> None:

@@ -96,7 +96,8 @@ def _is_distinct_bind(instance: InstanceConfig) -> bool:
 
 
 def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:
-    """A PD cluster decodes, a PrfaaS cluster only prefills, and there is a PD cluster."""
+    """A PD cluster decodes, a PrfaaS cluster only prefills, there is a PD cluster and at most
+    one PrfaaS cluster."""
     for ci, cluster in enumerate(clusters):
         if cluster.kind == "pd" and not cluster.by_role("decode"):
             problems.add(f"clusters[{ci}].instances", "a pd cluster needs a decode instance")
@@ -110,6 +111,13 @@ def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> No
                 )
     if clusters and not any(c.kind == "pd" for c in clusters):
         problems.add("clusters", "no cluster of kind 'pd': a topology needs one to decode")
+    num_prfaas = sum(c.kind == "prfaas" for c in clusters)
+    if num_prfaas > 1:
+        problems.add(
+            "clusters",
+            f"{num_prfaas} clusters of kind 'prfaas': the router and the simulator route to one "
+            'PrfaaS cluster (several providers: docs/planner.md, "Several providers")',
+        )
 
 
 def _check_deployment(

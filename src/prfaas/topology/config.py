@@ -163,6 +163,7 @@ class ClusterConfig:
     name: str
     kind: str  # "prfaas" | "pd"
     instances: tuple[InstanceConfig, ...]
+    price_per_gpu_hour: float | None = None  # USD per GPU-hour of its hardware; None: not given
 
     def by_role(self, role: str) -> tuple[InstanceConfig, ...]:
         return tuple(i for i in self.instances if i.role == role)
@@ -184,6 +185,9 @@ class LinkConfig:
     jitter_distribution: str = "normal"  # prfaas.policy.transfer.JITTER_DISTRIBUTIONS
     loss_pct: float = 0.0  # packet loss, percent in [0, 100)
     payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
+    price_per_gb: float | None = (
+        None  # USD per wire GB (1e9 bytes) of a metered link; None: not given
+    )
 
     @property
     def bytes_per_s(self) -> float:

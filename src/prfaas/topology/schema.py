@@ -40,7 +40,7 @@ from prfaas.topology.keys import (
     TopologyError,
     show_value,
 )
-from prfaas.topology.schema_clusters import INSTANCE_KEYS, read_cluster
+from prfaas.topology.schema_clusters import INSTANCE_KEYS, read_cluster, read_price
 from prfaas.topology.schema_model import read_model
 from prfaas.topology.schema_transport import (
     MAX_RECEIVE_POOL_BYTES,
@@ -82,7 +82,15 @@ MODEL_KEYS = (
     "prefill_latency",
 )
 ROUTER_KEYS = ("http", "api_keys", "api_keys_file", "max_body_bytes", "max_concurrent_per_key")
-LINK_KEYS = ("gbps", "rtt_ms", "jitter_ms", "jitter_distribution", "loss_pct", "payload_efficiency")
+LINK_KEYS = (
+    "gbps",
+    "rtt_ms",
+    "jitter_ms",
+    "jitter_distribution",
+    "loss_pct",
+    "payload_efficiency",
+    "price_per_gb",
+)
 POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
 TRANSPORT_KEYS = (
     "token",
@@ -95,7 +103,7 @@ TRANSPORT_KEYS = (
     "congestion_control",
     "compression",
 )
-CLUSTER_KEYS = ("name", "kind", "instances")
+CLUSTER_KEYS = ("name", "kind", "instances", "price_per_gpu_hour")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 AUTO = "auto"
 MAX_CONCURRENT_PER_KEY = 1 << 20  # requests in flight per API key
@@ -175,6 +183,7 @@ def _link(table: Table | None) -> LinkConfig:
         payload_efficiency=table.number(
             "payload_efficiency", _LINK.payload_efficiency, "in (0, 1]", lambda v: 0 < v <= 1
         ),
+        price_per_gb=read_price(table, "price_per_gb"),
     )
 
 

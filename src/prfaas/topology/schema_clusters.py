@@ -1,11 +1,13 @@
 """The topology file's `[[clusters]]` and their `[[clusters.instances]]`, each read on its own
-(pass 1 of `load.py`): role, HTTP and KV addresses, engine, hardware and GPUs. What the
+(pass 1 of `load.py`): role, HTTP and KV addresses, engine, hardware and GPUs, and the
+cluster's price per GPU-hour (`read_price`, also the `[link]`'s price per GB). What the
 clusters must hold together is `checks.py`'s.
 """
 
 from __future__ import annotations
 
 from prfaas.errors import UserError
+from prfaas.policy.providers import MAX_PRICE_USD
 from prfaas.topology.config import (
     CLUSTER_KINDS,
     ENGINES,
@@ -74,8 +76,17 @@ def _hardware(table: Table) -> str:
     return name.strip().lower()
 
 
+def read_price(table: Table, name: str) -> float | None:
+    """A price in USD in [0, MAX_PRICE_USD], or None when the key is absent."""
+    if not table.has(name):
+        return None
+    bound = f"in [0, {MAX_PRICE_USD:,.0f}] USD"
+    return table.number(name, 0.0, bound, lambda v: 0 <= v <= MAX_PRICE_USD)
+
+
 def read_cluster(table: Table) -> ClusterConfig:
     name = table.name()
     kind = table.choice("kind", CLUSTER_KINDS)
     instances = tuple(_instance(t, name) for t in table.tables("instances", INSTANCE_KEYS))
-    return ClusterConfig(name=name, kind=kind, instances=instances)
+    price = read_price(table, "price_per_gpu_hour")
+    return ClusterConfig(name=name, kind=kind, instances=instances, price_per_gpu_hour=price)

@@ -127,7 +127,7 @@ def _router(router: config.RouterConfig) -> TomlTable:
 
 
 def _link(link: config.LinkConfig) -> TomlTable:
-    return {
+    table: TomlTable = {
         "gbps": link.gbps,
         "rtt_ms": link.rtt_ms,
         "jitter_ms": link.jitter_ms,
@@ -135,6 +135,9 @@ def _link(link: config.LinkConfig) -> TomlTable:
         "loss_pct": link.loss_pct,
         "payload_efficiency": link.payload_efficiency,
     }
+    if link.price_per_gb is not None:
+        table["price_per_gb"] = link.price_per_gb
+    return table
 
 
 def _policy(policy: config.PolicyConfig) -> TomlTable:
@@ -209,11 +212,11 @@ def _controller_knobs(knobs: ControllerConfig) -> TomlTable:
 
 
 def _cluster(cluster: config.ClusterConfig) -> TomlTable:
-    return {
-        "name": cluster.name,
-        "kind": cluster.kind,
-        "instances": [_differing(_instance, i, _INSTANCE) for i in cluster.instances],
-    }
+    table: TomlTable = {"name": cluster.name, "kind": cluster.kind}
+    if cluster.price_per_gpu_hour is not None:
+        table["price_per_gpu_hour"] = cluster.price_per_gpu_hour
+    table["instances"] = [_differing(_instance, i, _INSTANCE) for i in cluster.instances]
+    return table
 
 
 def _instance(instance: config.InstanceConfig) -> TomlTable:

@@ -258,6 +258,7 @@ RULES: tuple[Rule, ...] = (
     Rule(r"prfaas kv .*", "run", check=KV_TABLE),
     Rule(r"prfaas plan .*--json", "run", check=r'"homogeneous": \{'),
     Rule(r"prfaas plan .*--plot \S+", "run", check=r"^wrote \S+fig5_threshold\.png"),
+    Rule(r"prfaas plan .*--ttft-slo-s", "run", check=r"^cheapest of \d+ splits meeting it"),
     Rule(
         r"prfaas plan .*",
         "run",

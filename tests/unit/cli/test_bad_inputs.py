@@ -153,6 +153,8 @@ CASES: list[tuple[str, str]] = [
     ("plan --min-tokens 100000 --max-tokens 10", "log-normal bounds"),
     ("plan --price h200=nan,h20=1", "finite PRICE > 0"),
     ("plan --price h200=1,h20=1e-300", "equal-cost homogeneous cluster would have"),
+    ("plan --price-link-gb -1", "--price-link-gb: must be >= 0"),
+    ("plan --ttft-slo-s 5", "the cost view needs every price; missing --price-prfaas-gpu-hour"),
     ("plan --config {d}/bad.toml", "not UTF-8"),
     ("plan --config /dev/zero", "not a regular file"),
     ("plan --config {d}", "Is a directory"),

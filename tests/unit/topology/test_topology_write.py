@@ -122,6 +122,9 @@ def _controllers() -> st.SearchStrategy[ControllerConfig]:
     )
 
 
+_prices = st.none() | st.floats(0, 1e6)  # USD; None: the key is absent
+
+
 @st.composite
 def _built(draw: st.DrawFn) -> Topology:
     """A factory topology, with the keys the factory leaves at their defaults drawn as well."""
@@ -150,8 +153,14 @@ def _built(draw: st.DrawFn) -> Topology:
         jitter_distribution=draw(st.sampled_from(["normal", "pareto"])),
         loss_pct=draw(st.floats(0, 99)),
         payload_efficiency=draw(st.floats(0.01, 1)),
+        price_per_gb=draw(_prices),
     )
-    return dataclasses.replace(topology, model=model, router=router, transport=transport, link=link)
+    clusters = tuple(
+        dataclasses.replace(c, price_per_gpu_hour=draw(_prices)) for c in topology.clusters
+    )
+    return dataclasses.replace(
+        topology, model=model, router=router, transport=transport, link=link, clusters=clusters
+    )
 
 
 # ---- the round trip -------------------------------------------------------------------------

@@ -546,6 +546,7 @@ class Walk:
             proc = subprocess.Popen(
                 ["bash", "-c", outcome.ran], cwd=self.work, env=self.env, text=True,
                 stdout=subprocess.PIPE, stderr=stderr, start_new_session=True,
+                preexec_fn=as_in_a_terminal,
             )  # fmt: skip
         server = self.server = Server(outcome, proc, stderr_path)
         threading.Thread(target=_collect, args=(proc, server.stdout_lines), daemon=True).start()
@@ -616,11 +617,20 @@ def poll_until(condition: Callable[[], bool], timeout_s: float, period_s: float 
     return True
 
 
+def as_in_a_terminal() -> None:
+    """In the child, before it runs: Ctrl-C and Ctrl-\\ act as in a user's terminal, also when
+    this walk was started where they are ignored (a background job of a shell without job
+    control hands that down)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def run_shell(text: str, cwd: Path, env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
     """Run `text` with bash in its own process group; kill the group after `timeout_s`."""
     proc = subprocess.Popen(
         ["bash", "-c", text], cwd=cwd, env=env, text=True, stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+        preexec_fn=as_in_a_terminal,
     )  # fmt: skip
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)

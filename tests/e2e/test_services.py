@@ -349,6 +349,36 @@ def test_up_is_found_by_plain_status_and_stops_every_child_on_sigterm(tmp_path: 
             up.wait()
 
 
+def test_ctrl_c_stops_up_even_where_it_started_with_sigint_ignored(tmp_path: Path) -> None:
+    """A background job of a shell without job control starts with SIGINT ignored, which Python
+    keeps; `prfaas up` still takes Ctrl-C as a clean stop (its servers handle SIGINT
+    themselves, so an `up` ignoring it saw them exit and failed with exit 2)."""
+    env = {**os.environ, RUN_DIR_ENV: str(tmp_path / "run")}
+    cmd = [sys.executable, "-m", "prfaas", "up", "--engine", "emulated", "--json",
+           "--port", str(free_port()), "--log-dir", str(tmp_path)]  # fmt: skip
+    up = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        assert up.stdout is not None
+        pids = list(json.loads(_read_json_block(up.stdout))["pids"].values())
+        os.killpg(up.pid, signal.SIGINT)  # Ctrl-C in a terminal: the whole group
+        _, stderr = up.communicate(timeout=120)
+        assert up.returncode == 0, stderr
+        assert "prfaas up: stopping" in stderr and "exited with status" not in stderr
+        wait_for(lambda: not any(_is_running(pid) for pid in pids), 30, "children to exit")
+    finally:
+        if up.poll() is None:
+            os.killpg(up.pid, signal.SIGKILL)
+            up.wait()
+
+
 def _plain_status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "prfaas", "status", "--json"]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)

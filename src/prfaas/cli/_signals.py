@@ -1,6 +1,9 @@
 """SIGTERM as a clean stop for the commands that supervise services (`prfaas up`, with or
 without Ray): the handler raises KeyboardInterrupt, so `stop_at_exit` stops every child; a
-second SIGTERM is ignored and cannot cut that stop short."""
+second SIGTERM is ignored and cannot cut that stop short. Ctrl-C (SIGINT) raises
+KeyboardInterrupt too, also where the process inherited SIGINT ignored (a background job of a
+shell without job control, where Python leaves it ignored): the services' own servers handle
+SIGINT themselves, so a supervisor that ignored it would see them exit and report an error."""
 
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ def stop_on_sigterm() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @contextmanager

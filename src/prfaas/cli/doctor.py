@@ -11,11 +11,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from prfaas.cli._args import bounded_int, finite_float, float_in
+from prfaas.cli._args import MAX_LINK_MS, bounded_int, float_in, link_gbps, loss_percent
 from prfaas.cli._output import add_json_flag, format_table, print_json
-
-MAX_RTT_MS = 10_000.0  # a round trip longer than this is no datacenter link
-MAX_GBPS = 1e6
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,12 +26,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument("--config", help="topology file: the link, and the [transport] table")
     parser.add_argument(
         "--gbps",
-        type=float_in(0, MAX_GBPS, low_open=True),
+        type=link_gbps,
         help="link rate (default: the topology's)",
     )
     parser.add_argument(
         "--rtt-ms",
-        type=float_in(0, MAX_RTT_MS),
+        type=float_in(0, MAX_LINK_MS),
         help="round-trip time of the link (default: the topology's, else 0)",
     )
     parser.add_argument(
@@ -44,18 +41,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "--loss-pct",
-        type=_loss_pct,
+        type=loss_percent,
         help="packet loss on the link, percent (default: the topology's, else 0)",
     )
     add_json_flag(parser)
     parser.set_defaults(handler=run)
-
-
-def _loss_pct(text: str) -> float:
-    value = finite_float(text)
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"must be in [0, 100) percent, got {text!r}")
-    return value
 
 
 def link_need(args: argparse.Namespace) -> Any:

@@ -126,16 +126,26 @@ def buffer_bytes_for(window_bytes: float) -> int:
     return 1 << math.ceil(math.log2(wanted))
 
 
-def window_ceiling_bytes(host: HostTcp, need: LinkNeed) -> float | None:
-    """The largest window one connection can reach here (None: a setting is unreadable)."""
-    if need.socket_buffer_bytes > 0:  # fixed buffers: the kernel clamps them to *mem_max
-        receive, send = host.rmem_max_bytes, host.wmem_max_bytes
-        if receive is None or send is None:
-            return None
-        return min(need.socket_buffer_bytes, receive, send) * 2 * WINDOW_FRACTION
+def autotuning_window_bytes(host: HostTcp) -> float | None:
+    """The largest window autotuning gives one connection (None: a setting is unreadable)."""
     if host.tcp_rmem_bytes is None or host.tcp_wmem_bytes is None:
         return None
     return min(host.tcp_rmem_bytes[2], host.tcp_wmem_bytes[2]) * WINDOW_FRACTION
+
+
+def fixed_window_bytes(host: HostTcp, buffer_bytes: float = math.inf) -> float | None:
+    """The largest window fixed buffers of `buffer_bytes` give one connection: SO_SNDBUF and
+    SO_RCVBUF are clamped to *mem_max and doubled, half of that is window (None: unreadable)."""
+    if host.rmem_max_bytes is None or host.wmem_max_bytes is None:
+        return None
+    return min(buffer_bytes, host.rmem_max_bytes, host.wmem_max_bytes) * 2 * WINDOW_FRACTION
+
+
+def window_ceiling_bytes(host: HostTcp, need: LinkNeed) -> float | None:
+    """The largest window one connection can reach here (None: a setting is unreadable)."""
+    if need.socket_buffer_bytes > 0:
+        return fixed_window_bytes(host, need.socket_buffer_bytes)
+    return autotuning_window_bytes(host)
 
 
 def ceiling_gbps(host: HostTcp, need: LinkNeed) -> float | None:

@@ -22,11 +22,12 @@ import math
 from dataclasses import dataclass
 
 from prfaas.transport.host_tcp import (
-    WINDOW_FRACTION,
     HostTcp,
     LinkNeed,
+    autotuning_window_bytes,
     buffer_bytes_for,
     check_host_tcp,
+    fixed_window_bytes,
 )
 
 WINDOW_HEADROOM = 2.0  # windows held open, as a multiple of the bandwidth-delay product
@@ -77,25 +78,12 @@ def size_for_link(
 def _buffers(host: HostTcp, wanted_bytes: float, min_connections: int) -> tuple[int, float]:
     """(socket buffer bytes, window per connection): autotuning's, unless the least connections
     cannot hold `wanted_bytes` with it and fixed buffers let a window grow further here."""
-    auto = _autotuning_window_bytes(host)
-    fixed_max = _fixed_window_bytes(host)
+    auto = autotuning_window_bytes(host) or 0.0
+    fixed_max = fixed_window_bytes(host) or 0.0
     if auto * min_connections >= wanted_bytes or fixed_max <= auto:
         return 0, auto
     buffer_bytes = min(buffer_bytes_for(wanted_bytes / min_connections), _pow2_floor(fixed_max))
     return buffer_bytes, min(buffer_bytes, fixed_max)
-
-
-def _autotuning_window_bytes(host: HostTcp) -> float:
-    if host.tcp_rmem_bytes is None or host.tcp_wmem_bytes is None:
-        return 0.0
-    return min(host.tcp_rmem_bytes[2], host.tcp_wmem_bytes[2]) * WINDOW_FRACTION
-
-
-def _fixed_window_bytes(host: HostTcp) -> float:
-    """SO_SNDBUF/SO_RCVBUF are clamped to *mem_max and doubled; half of that is window."""
-    if host.rmem_max_bytes is None or host.wmem_max_bytes is None:
-        return 0.0
-    return min(host.rmem_max_bytes, host.wmem_max_bytes) * 2 * WINDOW_FRACTION
 
 
 def _pow2_floor(num_bytes: float) -> int:

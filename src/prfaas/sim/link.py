@@ -131,7 +131,11 @@ class SharedLink:
             for f in self.flows.values()
             if f.sendable_bytes > 0.0 and f.rate_bytes_per_s > 0.0
         ]
-        return self.updated_at + min(times) if times else None
+        if not times:
+            return None
+        # Far into a run a drain shorter than the clock's resolution would round to now and never
+        # advance the flows: the next representable time always does (and drains them).
+        return max(self.updated_at + min(times), math.nextafter(self.updated_at, math.inf))
 
     def pop_drained(self, now: float) -> list[int]:
         """Finish released flows that drained, park unreleased ones; returns finished flow ids."""

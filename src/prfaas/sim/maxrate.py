@@ -9,7 +9,9 @@ can therefore sit up to ~3% above the true capacity, and a finite run adds noise
 
 A caller may add criteria (a TTFT p90 limit, in `prfaas.sim.scenario.max_rate`) by building its
 own `Probe`s for `bisect_rate`; the search assumes only that a rate meeting them is also met by
-every lower rate.
+every lower rate. A criterion that no rate meets (a TTFT limit below one request's own prefill)
+ends the search at `MIN_RATE_FRACTION` of the first rate with `max_rate_per_s` 0: below that the
+runs only grow longer (a fixed request count spread over ever more simulated time).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from prfaas.errors import UserError
 from prfaas.sim.metrics import RequestLog
 
 MIN_COMPLETION_RATIO = 0.97
+MIN_RATE_FRACTION = 2.0**-10  # the search gives up below this share of its first rate
 
 
 def completion_ratio(log: RequestLog, lo_s: float, hi_s: float) -> float:
@@ -79,7 +82,8 @@ def bisect_rate(
 ) -> MaxRate:
     """Bracket the highest rate whose probe `is_stable` from `initial_rate_per_s`
     (doubling/halving), then bisect. `run_at(rate)` simulates at `rate` and judges the run.
-    Stops when the bracket is within `rel_tol` of its upper end or after `max_probes` runs.
+    Stops when the bracket is within `rel_tol` of its upper end or after `max_probes` runs, and
+    with `max_rate_per_s` 0 when no rate down to `MIN_RATE_FRACTION` of the first is stable.
     """
     if not (math.isfinite(initial_rate_per_s) and initial_rate_per_s > 0):
         raise UserError(f"initial rate must be > 0, got {initial_rate_per_s}")
@@ -91,13 +95,16 @@ def bisect_rate(
 
     lo, hi = 0.0, math.inf
     rate = initial_rate_per_s
+    min_rate_per_s = initial_rate_per_s * MIN_RATE_FRACTION
     while math.isinf(hi) or lo == 0.0:
-        if len(probes) >= max_probes:
+        if len(probes) >= max_probes or rate < min_rate_per_s:
             break
         if probe(rate):
             lo, rate = rate, rate * 2 if math.isinf(hi) else (rate + hi) / 2
         else:
             hi, rate = rate, rate / 2 if lo == 0.0 else (lo + rate) / 2
+    if lo == 0.0:
+        return MaxRate(0.0, hi, tuple(probes))
     while len(probes) < max_probes and hi - lo > rel_tol * hi:
         mid = (lo + hi) / 2
         if probe(mid):

@@ -271,6 +271,15 @@ def ttft_p90_s(log: RequestLog, end_s: float) -> float:
     return percentile(values, 90)
 
 
+def _no_stable_rate(lowest: Probe, max_ttft_p90_s: float | None) -> str:
+    """Why the search found no stable rate, from its lowest probe."""
+    text = f"no arrival rate is stable: at {lowest.rate_per_s:.3g} req/s"
+    if lowest.ttft_p90_s is not None and max_ttft_p90_s is not None:
+        if lowest.ttft_p90_s > max_ttft_p90_s:
+            return f"{text} the TTFT p90 was {lowest.ttft_p90_s:.3g} s > {max_ttft_p90_s:g} s"
+    return f"{text} {lowest.completion_ratio:.3f} of the arrivals completed"
+
+
 def max_rate(
     setup: SimSetup,
     scenario: Scenario,
@@ -298,6 +307,8 @@ def max_rate(
 
     lam = _lambda_max(setup, scenario)
     result = bisect_rate(run_at, 0.9 * lam, rel_tol=rel_tol)
+    if result.max_rate_per_s == 0.0:
+        raise UserError(_no_stable_rate(result.probes[-1], max_ttft_p90_s))
     probes = []
     for p in result.probes:
         entry = {"rate": p.rate_per_s, "completion_ratio": p.completion_ratio}

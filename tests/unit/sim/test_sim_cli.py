@@ -159,3 +159,15 @@ def test_max_rate_at_a_ttft_p90_limit(capsys: pytest.CaptureFixture[str]) -> Non
     upper = by_rate[limited["upper_rate"]]
     assert upper["ttft_p90_s"] > 15 or upper["completion_ratio"] < 0.97
     assert limited["max_rate"] < free["max_rate"]
+
+
+def test_max_rate_at_an_unreachable_ttft_limit_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """No rate keeps TTFT p90 under 1 ms (one request's prefill takes seconds): the search ends
+    at its floor with one line naming the lowest rate's TTFT, not a hang or a traceback."""
+    argv = ["sim", "--find-max-rate", "--deployment", "homogeneous", "--num-requests", "100"]
+    assert main([*argv, "--max-ttft-p90-s", "0.001"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no arrival rate is stable" in err and "> 0.001 s" in err
+    assert len(err.splitlines()) == 1

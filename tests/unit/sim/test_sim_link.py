@@ -89,3 +89,15 @@ def test_backlog_counts_unsent_and_held_bytes() -> None:
     assert link.backlog_bytes(9.0) == pytest.approx(100.0)  # only the held layer is left
     link.release(9.0, 1)
     assert link.backlog_bytes(10.0) == pytest.approx(0.0)
+
+
+def test_a_drain_below_the_clock_resolution_still_advances() -> None:
+    """Far into a run (1e9 s, where one float step is about 1.2e-7 s) 3 bytes at 1e9 B/s drain in
+    3e-9 s, less than the clock can add: the next drain time is still strictly later, and
+    popping there finishes the flow instead of rescheduling the same instant forever."""
+    link = SharedLink(1e9)
+    _released(link, 1e9, 1, 3.0)
+    drain_at = link.next_drain_at()
+    assert drain_at is not None and drain_at > 1e9
+    assert link.pop_drained(drain_at) == [1]
+    assert link.next_drain_at() is None

@@ -6,7 +6,13 @@ import pytest
 from sim_factories import make_config
 
 from prfaas.errors import UserError
-from prfaas.sim.maxrate import completion_ratio, find_max_rate
+from prfaas.sim.maxrate import (
+    MIN_RATE_FRACTION,
+    Probe,
+    bisect_rate,
+    completion_ratio,
+    find_max_rate,
+)
 from prfaas.sim.simulator import Simulator
 from prfaas.sim.traffic import synthetic_requests
 from prfaas.types import DeploymentKind
@@ -23,6 +29,16 @@ def test_bisection_on_a_known_capacity() -> None:
 def test_bisection_rejects_a_bad_start() -> None:
     with pytest.raises(UserError):
         find_max_rate(lambda rate: 1.0, 0.0)
+
+
+def test_a_criterion_no_rate_meets_ends_the_search_at_its_floor() -> None:
+    """Every probe unstable: the search halves down to MIN_RATE_FRACTION of its first rate, then
+    reports no stable rate (0) instead of bisecting towards 0 with ever longer runs."""
+    result = bisect_rate(lambda rate: Probe(rate, 0.5, False), 4.0)
+    assert result.max_rate_per_s == 0.0
+    rates = [p.rate_per_s for p in result.probes]
+    assert min(rates) >= 4.0 * MIN_RATE_FRACTION
+    assert len(rates) == 11  # 4.0, 2.0, ..., 4.0 / 1024
 
 
 def test_tiny_system_lands_near_its_capacity() -> None:

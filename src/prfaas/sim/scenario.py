@@ -274,9 +274,9 @@ def ttft_p90_s(log: RequestLog, end_s: float) -> float:
 def _no_stable_rate(lowest: Probe, max_ttft_p90_s: float | None) -> str:
     """Why the search found no stable rate, from its lowest probe."""
     text = f"no arrival rate is stable: at {lowest.rate_per_s:.3g} req/s"
-    if lowest.ttft_p90_s is not None and max_ttft_p90_s is not None:
-        if lowest.ttft_p90_s > max_ttft_p90_s:
-            return f"{text} the TTFT p90 was {lowest.ttft_p90_s:.3g} s > {max_ttft_p90_s:g} s"
+    p90 = lowest.ttft_p90_s
+    if p90 is not None and max_ttft_p90_s is not None and p90 > max_ttft_p90_s:
+        return f"{text} the TTFT p90 was {p90:.3g} s > {max_ttft_p90_s:g} s"
     return f"{text} {lowest.completion_ratio:.3f} of the arrivals completed"
 
 

@@ -28,11 +28,14 @@ def check_topology(
     clusters: Sequence[ClusterConfig],
     *,
     has_prefix_cache: bool = False,
+    is_auto_threshold: bool = False,
 ) -> None:
     """Every cross-check, in order; problems are added, not raised."""
     _check_names(problems, clusters)
     _check_addresses(problems, router, clusters)
     _check_clusters(problems, clusters)
+    _check_links(problems, clusters)
+    _check_providers(problems, policy, controller, clusters, is_auto_threshold)
     _check_deployment(problems, policy, clusters)
     _check_controller(problems, controller, policy, clusters)
     _check_vllm(problems, controller, clusters, has_prefix_cache)
@@ -96,8 +99,7 @@ def _is_distinct_bind(instance: InstanceConfig) -> bool:
 
 
 def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:
-    """A PD cluster decodes, a PrfaaS cluster only prefills, there is a PD cluster and at most
-    one PrfaaS cluster."""
+    """A PD cluster decodes, a PrfaaS cluster only prefills, and there is a PD cluster."""
     for ci, cluster in enumerate(clusters):
         if cluster.kind == "pd" and not cluster.by_role("decode"):
             problems.add(f"clusters[{ci}].instances", "a pd cluster needs a decode instance")
@@ -111,12 +113,72 @@ def _check_clusters(problems: Problems, clusters: Sequence[ClusterConfig]) -> No
                 )
     if clusters and not any(c.kind == "pd" for c in clusters):
         problems.add("clusters", "no cluster of kind 'pd': a topology needs one to decode")
-    num_prfaas = sum(c.kind == "prfaas" for c in clusters)
-    if num_prfaas > 1:
+
+
+def _check_links(problems: Problems, clusters: Sequence[ClusterConfig]) -> None:
+    """A `[clusters.link]` is one provider's own link to the PD cluster: a pd cluster has none,
+    and the one prfaas cluster of a topology with a single provider uses the top-level `[link]`."""
+    num_providers = sum(c.kind == "prfaas" for c in clusters)
+    for ci, cluster in enumerate(clusters):
+        if cluster.link is None:
+            continue
+        if cluster.kind == "pd":
+            problems.add(
+                f"clusters[{ci}].link",
+                f"pd cluster {cluster.name!r} has no link of its own: the prfaas clusters' links "
+                "lead to it",
+            )
+        elif num_providers == 1:
+            problems.add(
+                f"clusters[{ci}].link",
+                f"cluster {cluster.name!r} is the only prfaas cluster: write its link as the "
+                "top-level [link] ([clusters.link] is for several providers)",
+            )
+
+
+def _check_providers(
+    problems: Problems,
+    policy: PolicyConfig,
+    controller: ControllerSettings,
+    clusters: Sequence[ClusterConfig],
+    is_auto_threshold: bool,
+) -> None:
+    """Several prfaas clusters (providers): the router sends each long request to the cheapest
+    provider that meets `[policy] ttft_target_s` (`prfaas.policy.providers`), so every cluster
+    needs a price and the policy a target; Eq. 7 ("auto") and the controller model one
+    provider and one link, so the threshold is a number and there is no `[controller]`."""
+    num_providers = sum(c.kind == "prfaas" for c in clusters)
+    if num_providers < 2:
+        return
+    why = f"with {num_providers} prfaas clusters (providers)"
+    for ci, cluster in enumerate(clusters):
+        if cluster.price_per_gpu_hour is None:
+            problems.add(
+                f"clusters[{ci}].price_per_gpu_hour",
+                f"missing: {why}, cluster {cluster.name!r} needs a price (the router picks the "
+                "cheapest provider that meets the TTFT target, else local prefill)",
+            )
+    if policy.ttft_target_s is None:
         problems.add(
-            "clusters",
-            f"{num_prfaas} clusters of kind 'prfaas': the router and the simulator route to one "
-            'PrfaaS cluster (several providers: docs/planner.md, "Several providers")',
+            "policy.ttft_target_s",
+            f"missing: {why}, each long request goes to the cheapest provider whose predicted "
+            "TTFT meets this target",
+        )
+    if is_auto_threshold:
+        problems.add(
+            "policy.threshold",
+            f'"auto" (Eq. 7) models one prfaas cluster and one link: {why}, give a number of '
+            "tokens",
+        )
+    if policy.deployment != DeploymentKind.PRFAAS:
+        problems.add(
+            "policy.deployment",
+            f"{why}, the deployment is 'prfaas', not {policy.deployment!r}",
+        )
+    if controller.enabled:
+        problems.add(
+            "controller",
+            f"the controller adapts one prfaas cluster and one link: {why}, leave [controller] out",
         )
 
 

@@ -31,6 +31,7 @@ jitter_ms = 0                # extra RTT drawn per transfer in the simulator
 jitter_distribution = "normal"  # normal (|N(0, jitter)|) | pareto (Lomax, mean jitter)
 loss_pct = 0                 # packet loss, [0, 100): caps each transfer at its Mathis bound
 payload_efficiency = 1.0     # KV payload bytes per wire byte, (0, 1]; about 0.9 on the testbed
+price_per_gb = 0.02          # optional: USD per wire GB of a metered link
 
 [policy]
 threshold = 64               # tokens, or "auto" (Eq. 7 over the planner's inputs)
@@ -38,6 +39,9 @@ failure = "recompute"        # recompute | fail
 transfer_deadline_s = 30
 deployment = "prfaas"        # prfaas | homogeneous | naive
 drain_s = 30                 # after SIGTERM every service finishes in-flight requests this long
+ttft_target_s = 5            # optional; required with several prfaas clusters (providers):
+                             # each long request goes to the cheapest one whose predicted TTFT
+                             # meets it (prfaas.policy.providers), else to local prefill
 
 [prefix_cache]               # optional; present = every instance keeps a hybrid prefix cache
 block_tokens = 64            # tokens per cached block (hashes chain block by block)
@@ -59,6 +63,10 @@ congestion_control = "cubic" # optional: KV senders' TCP congestion control (def
 [[clusters]]
 name = "prfaas"
 kind = "prfaas"              # prfaas | pd
+price_per_gpu_hour = 4.5     # optional (required on every cluster with several providers)
+  [clusters.link]            # optional, prfaas clusters of a topology with several only: this
+  gbps = 25                  # provider's link to the PD cluster, the keys of [link] (absent:
+                             # [link] applies)
   [[clusters.instances]]
   name = "prfaas-p0"
   role = "prefill"           # prefill | decode
@@ -164,6 +172,8 @@ class ClusterConfig:
     kind: str  # "prfaas" | "pd"
     instances: tuple[InstanceConfig, ...]
     price_per_gpu_hour: float | None = None  # USD per GPU-hour of its hardware; None: not given
+    # a prfaas cluster's own link to the PD cluster (`[clusters.link]`); None: `[link]` applies
+    link: LinkConfig | None = None
 
     def by_role(self, role: str) -> tuple[InstanceConfig, ...]:
         return tuple(i for i in self.instances if i.role == role)
@@ -202,6 +212,8 @@ class PolicyConfig:
     transfer_deadline_s: float = 30.0
     deployment: str = "prfaas"  # prfaas | homogeneous | naive (prfaas.types.DeploymentKind)
     drain_s: float = 30.0  # after SIGTERM a service finishes in-flight requests this long
+    # the TTFT a long request's provider must be predicted to meet (several providers); None: none
+    ttft_target_s: float | None = None
 
 
 def threshold_of(deployment: str, tokens: float | None = None) -> tuple[float, str]:
@@ -271,6 +283,23 @@ class Topology:
 
     def clusters_of_kind(self, kind: str) -> tuple[ClusterConfig, ...]:
         return tuple(c for c in self.clusters if c.kind == kind)
+
+    @property
+    def providers(self) -> tuple[ClusterConfig, ...]:
+        """The prefill providers: the prfaas clusters, in file order."""
+        return self.clusters_of_kind("prfaas")
+
+    def link_of(self, cluster_name: str) -> LinkConfig:
+        """The link from cluster `cluster_name` to the PD cluster: its own `[clusters.link]`,
+        else the topology's `[link]`; KeyError for a name no cluster has."""
+        for cluster in self.clusters:
+            if cluster.name == cluster_name:
+                return cluster.link or self.link
+        raise KeyError(f"no cluster {cluster_name!r} in the topology")
+
+    def link_path_of(self, cluster_name: str) -> LinkPath:
+        """`link_path` of the link from cluster `cluster_name` (`link_of`)."""
+        return link_path_of(self.link_of(cluster_name), self.transport.num_connections)
 
     def is_convertible(self, instance: InstanceConfig) -> bool:
         """Whether `instance` may change role: a PD instance under the `[controller]`."""

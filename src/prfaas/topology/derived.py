@@ -58,6 +58,12 @@ REFINE_TOLERANCE_TOKENS = 0.5  # the planner's bisection tolerance
 
 def _only_cluster(topology: Topology, kind: str) -> ClusterConfig:
     clusters = topology.clusters_of_kind(kind)
+    if len(clusters) > 1 and kind == "prfaas":
+        names = ", ".join(c.name for c in clusters)
+        raise UserError(
+            f"the planner models one prfaas cluster and one link; this topology has "
+            f"{len(clusters)} providers ({names})"
+        )
     if len(clusters) != 1:
         raise UserError(f"needs exactly one cluster of kind {kind!r}, found {len(clusters)}")
     return clusters[0]

@@ -52,6 +52,7 @@ def parse_topology(
         sections.controller,
         sections.clusters,
         has_prefix_cache=sections.prefix_cache is not None,
+        is_auto_threshold=sections.is_auto,
     )
     problems.raise_if_any()
     topology = sections.topology()

@@ -91,7 +91,14 @@ LINK_KEYS = (
     "payload_efficiency",
     "price_per_gb",
 )
-POLICY_KEYS = ("threshold", "failure", "transfer_deadline_s", "deployment", "drain_s")
+POLICY_KEYS = (
+    "threshold",
+    "failure",
+    "transfer_deadline_s",
+    "deployment",
+    "drain_s",
+    "ttft_target_s",
+)
 TRANSPORT_KEYS = (
     "token",
     "token_file",
@@ -103,10 +110,11 @@ TRANSPORT_KEYS = (
     "congestion_control",
     "compression",
 )
-CLUSTER_KEYS = ("name", "kind", "instances", "price_per_gpu_hour")
+CLUSTER_KEYS = ("name", "kind", "instances", "price_per_gpu_hour", "link")
 DEPLOYMENTS = tuple(k.value for k in DeploymentKind)
 AUTO = "auto"
 MAX_CONCURRENT_PER_KEY = 1 << 20  # requests in flight per API key
+MAX_TTFT_TARGET_S = 86400.0  # bound of `[policy] ttft_target_s`: a day, far above any real target
 
 _ROUTER = RouterConfig()
 _LINK = LinkConfig()
@@ -232,8 +240,27 @@ def _policy(table: Table | None) -> tuple[PolicyConfig, bool]:
         transfer_deadline_s=table.positive("transfer_deadline_s", _POLICY.transfer_deadline_s),
         deployment=deployment,
         drain_s=table.positive("drain_s", _POLICY.drain_s),
+        ttft_target_s=_ttft_target(table),
     )
     return policy, threshold == AUTO
+
+
+def _ttft_target(table: Table) -> float | None:
+    """`ttft_target_s` in (0, MAX_TTFT_TARGET_S] seconds, or None when absent."""
+    if not table.has("ttft_target_s"):
+        return None
+    bound = f"in (0, {MAX_TTFT_TARGET_S:g}] s"
+    return table.number("ttft_target_s", 1.0, bound, lambda v: 0 < v <= MAX_TTFT_TARGET_S)
+
+
+def _cluster(table: Table) -> ClusterConfig:
+    """A `[[clusters]]` table; its `[clusters.link]` has the keys of `[link]` (which kinds of
+    cluster may have one is pass 2's)."""
+    cluster = read_cluster(table)
+    link_table = table.table("link", LINK_KEYS)
+    if link_table is None:
+        return cluster
+    return dataclasses.replace(cluster, link=_link(link_table))
 
 
 def _prefix_cache(table: Table | None) -> PrefixCacheConfig | None:
@@ -311,7 +338,7 @@ def read_sections(
     )
     prefix_cache = _prefix_cache(top.table("prefix_cache", PREFIX_CACHE_KEYS))
     controller = _controller(top.table("controller", CONTROLLER_KEYS))
-    clusters = tuple(read_cluster(t) for t in top.tables("clusters", CLUSTER_KEYS))
+    clusters = tuple(_cluster(t) for t in top.tables("clusters", CLUSTER_KEYS))
     return Sections(
         model, router, link, policy, is_auto, transport, prefix_cache, controller, clusters
     )

@@ -151,12 +151,15 @@ def _policy(policy: config.PolicyConfig) -> TomlTable:
 
 
 def _policy_choices(policy: config.PolicyConfig) -> TomlTable:
-    return {
+    table: TomlTable = {
         "deployment": policy.deployment,
         "failure": policy.failure,
         "transfer_deadline_s": policy.transfer_deadline_s,
         "drain_s": policy.drain_s,
     }
+    if policy.ttft_target_s is not None:
+        table["ttft_target_s"] = policy.ttft_target_s
+    return table
 
 
 def _transport(security: config.SecurityConfig, token_file: Path | None) -> TomlTable | None:
@@ -215,6 +218,8 @@ def _cluster(cluster: config.ClusterConfig) -> TomlTable:
     table: TomlTable = {"name": cluster.name, "kind": cluster.kind}
     if cluster.price_per_gpu_hour is not None:
         table["price_per_gpu_hour"] = cluster.price_per_gpu_hour
+    if cluster.link is not None:  # present, even empty: its keys default as `[link]`'s do
+        table["link"] = _differing(_link, cluster.link, _LINK)
     table["instances"] = [_differing(_instance, i, _INSTANCE) for i in cluster.instances]
     return table
 

@@ -1,7 +1,6 @@
 """Prices in the topology: a cluster's `price_per_gpu_hour` and the `[link]`'s `price_per_gb`
 (optional, in [0, 1e6] USD), refused at load in one line each when bad; written back by the
-topology writer; and a second PrfaaS cluster refused, since the router and the simulator route
-to one."""
+topology writer. Several PrfaaS clusters (providers) are `test_topology_providers.py`'s."""
 
 from __future__ import annotations
 
@@ -59,13 +58,3 @@ def test_bad_link_price_is_refused(tmp_path: Path, value: object, fragment: str)
     data = _priced()
     data["link"] = {"gbps": 10, "price_per_gb": value}
     _assert_names(_only_problem(data, tmp_path), "link.price_per_gb", fragment)
-
-
-def test_a_second_prfaas_cluster_is_refused(tmp_path: Path) -> None:
-    data = _priced()
-    second = {**data["clusters"][0], "name": "prfaas-b"}  # type: ignore[index]
-    second["instances"] = [{**second["instances"][0], "name": "r1", "http": "127.0.0.1:18101"}]
-    data["clusters"].insert(1, second)  # type: ignore[attr-defined]
-    _assert_names(
-        _only_problem(data, tmp_path), "clusters", "2 clusters of kind 'prfaas'", "route to one"
-    )

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from prfaas.policy.controller import ControllerConfig
 from prfaas.topology import (
+    InstanceConfig,
     LinkConfig,
     PrefixCacheConfig,
     Topology,
@@ -158,9 +159,58 @@ def _built(draw: st.DrawFn) -> Topology:
     clusters = tuple(
         dataclasses.replace(c, price_per_gpu_hour=draw(_prices)) for c in topology.clusters
     )
-    return dataclasses.replace(
+    topology = dataclasses.replace(
         topology, model=model, router=router, transport=transport, link=link, clusters=clusters
     )
+    return draw(_with_providers(topology))
+
+
+@st.composite
+def _links(draw: st.DrawFn) -> LinkConfig:
+    """A `[clusters.link]`: any of its keys drawn, the rest at their defaults."""
+    return LinkConfig(
+        gbps=draw(_positive),
+        rtt_ms=draw(st.sampled_from([0.0, 25.0])),
+        loss_pct=draw(st.floats(0, 99)),
+        price_per_gb=draw(_prices),
+    )
+
+
+def _copy(instance: InstanceConfig, cluster: str, name: str, port: int) -> InstanceConfig:
+    """`instance` renamed into `cluster`, on addresses of its own."""
+    kv = None if instance.kv is None else f"127.0.0.2:{port + 1}"
+    http = f"127.0.0.2:{port}"
+    return dataclasses.replace(instance, name=name, cluster=cluster, http=http, kv=kv)
+
+
+@st.composite
+def _with_providers(draw: st.DrawFn, topology: Topology) -> Topology:
+    """`topology` as it is, or, for a 'prfaas' deployment without a controller, with a second
+    prefill provider (its own link or none), every cluster priced and a TTFT target."""
+    target = st.none() | st.floats(1e-3, 86400)  # a single provider keeps (and ignores) one
+    policy = dataclasses.replace(topology.policy, ttft_target_s=draw(target))
+    topology = dataclasses.replace(topology, policy=policy)
+    plain = topology.policy.deployment != "prfaas" or topology.controller.enabled
+    if plain or not draw(st.booleans()):
+        return topology
+    first = dataclasses.replace(topology.providers[0], link=draw(st.none() | _links()))
+    second = dataclasses.replace(
+        first,
+        name="second",
+        instances=tuple(
+            _copy(i, "second", f"s{k}", 21000 + 2 * k) for k, i in enumerate(first.instances)
+        ),
+        link=draw(st.none() | _links()),
+    )
+    prices = st.floats(0, 1e6)
+    clusters = tuple(
+        dataclasses.replace(
+            first if c is topology.providers[0] else c, price_per_gpu_hour=draw(prices)
+        )
+        for c in (*topology.clusters, second)
+    )
+    policy = dataclasses.replace(topology.policy, ttft_target_s=draw(st.floats(1e-3, 86400)))
+    return dataclasses.replace(topology, clusters=clusters, policy=policy)
 
 
 # ---- the round trip -------------------------------------------------------------------------

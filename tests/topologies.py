@@ -1,12 +1,12 @@
 """The one factory of the topologies tests use (pytest puts tests/ on sys.path).
 
-A `TopologySpec` holds keyword options (the clusters and their instances, the engine, the model,
-threshold and deployment, router, link, transport token and compression, prefix cache,
-controller); `in_code()` builds its `Topology` in code, `topology()` writes it with the
-project's writer (`prfaas.topology.write`) and reads it back with the loader, so every topology
-is checked as a file is, and `write(directory)` leaves the file for tests that start processes.
-No test formats topology text of its own; tests of the parser itself (bad keys and values) keep
-theirs.
+A `TopologySpec` holds keyword options (the clusters, their instances, prices and own links, the
+engine, the model, threshold, TTFT target and deployment, router, link, transport token and
+compression, prefix cache, controller); `in_code()` builds its `Topology` in code, `topology()`
+writes it with the project's writer (`prfaas.topology.write`) and reads it back with the loader,
+so every topology is checked as a file is, and `write(directory)` leaves the file for tests that
+start processes. No test formats topology text of its own; tests of the parser itself (bad keys
+and values) keep theirs.
 
     TopologySpec(threshold=16, prefix_cache=PrefixCacheConfig(4, 1 << 20)).topology()
     TopologySpec(clusters=(prfaas(Node("r0")), pd(Node("p0"), decode("d0")))).write(tmp_path)
@@ -60,14 +60,21 @@ class Cluster:
     name: str
     kind: str
     nodes: tuple[Node, ...]
+    price: float | None = None  # USD per GPU-hour (needed on every cluster with 2+ providers)
+    link: topo.LinkConfig | None = None  # a provider's own link (`[clusters.link]`)
 
 
-def prfaas(*nodes: Node, name: str = "prfaas") -> Cluster:
-    return Cluster(name, "prfaas", nodes)
+def prfaas(
+    *nodes: Node,
+    name: str = "prfaas",
+    price: float | None = None,
+    link: topo.LinkConfig | None = None,
+) -> Cluster:
+    return Cluster(name, "prfaas", nodes, price, link)
 
 
-def pd(*nodes: Node, name: str = "pd") -> Cluster:
-    return Cluster(name, "pd", nodes)
+def pd(*nodes: Node, name: str = "pd", price: float | None = None) -> Cluster:
+    return Cluster(name, "pd", nodes, price)
 
 
 STANDARD = (prfaas(Node("r0")), pd(Node("p0"), decode("d0")))  # PrfaaS-P, PD-P, PD-D
@@ -94,6 +101,7 @@ class TopologySpec:
     failure: str = "recompute"
     transfer_deadline_s: float = 30.0
     drain_s: float = 30.0
+    ttft_target_s: float | None = None  # `[policy] ttft_target_s` (several providers need one)
     router_http: str | None = None
     api_keys: tuple[str, ...] = ()
     link_gbps: float = 100.0
@@ -142,7 +150,7 @@ class TopologySpec:
     def _policy(self) -> topo.PolicyConfig:
         threshold = topo.threshold_of(self.deployment, self.threshold)
         options = (self.failure, self.transfer_deadline_s, self.deployment, self.drain_s)
-        return topo.PolicyConfig(*threshold, *options)
+        return topo.PolicyConfig(*threshold, *options, ttft_target_s=self.ttft_target_s)
 
     def _ports(self) -> Iterator[int | None]:
         """The router's port, then two per instance (HTTP, KV): fixed, or None for free ones."""
@@ -158,7 +166,9 @@ class TopologySpec:
 
     def _cluster(self, cluster: Cluster, ports: Iterator[int | None]) -> topo.ClusterConfig:
         instances = tuple(self._instance(cluster, node, ports) for node in cluster.nodes)
-        return topo.ClusterConfig(cluster.name, cluster.kind, instances)
+        return topo.ClusterConfig(
+            cluster.name, cluster.kind, instances, cluster.price, cluster.link
+        )
 
     def _instance(
         self, cluster: Cluster, node: Node, ports: Iterator[int | None]

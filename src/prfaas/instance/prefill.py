@@ -62,7 +62,8 @@ class PrefillService(EngineService):
 
     def _setup(self) -> None:
         self.rate = PrefillRate(self.worker.engine)
-        self.sender = KVSender(transport_config(self.topology), TransportMetrics(self.registry))
+        config = transport_config(self.topology, cluster=self.instance.cluster)  # its own link
+        self.sender = KVSender(config, TransportMetrics(self.registry))
         self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
         self.prefix_importer = PrefixImporter(self.worker, self.instance.name, self.registry)
         self.prefix_receiver: KVReceiver | None = None  # `kv` set and no decode role's receiver

@@ -117,7 +117,7 @@ class RouterService:
         log.info(json.dumps({"event": "route", **d.log_fields()}))
         if self.control is not None:
             self.control.observe_routed(d.num_prompt_tokens - d.num_best_prefix_tokens)
-        self.metrics.decisions.labels(d.route, d.rule).inc()
+        self.metrics.decisions.labels(d.route, d.rule, d.provider or "").inc()
         self.metrics.prompt_tokens.labels(d.route).inc(d.num_prompt_tokens)
         self.dashboard.record_route(route_record(d, self.dashboard.clock()))
         return d
@@ -250,6 +250,7 @@ def route_record(d: Dispatch, at_s: float) -> RouteRecord:
         decode_instance=d.decode.config.name,
         num_prompt_tokens=d.num_prompt_tokens,
         num_incremental_tokens=d.num_incremental_tokens,
+        provider=d.provider,
     )
 
 

@@ -84,6 +84,16 @@ async def _number(request: Request, key: str, low: float, high: float) -> float:
     return value
 
 
+def _require_one_provider(topology: Topology) -> None:
+    """A reported capacity is that of the one PrfaaS -> PD link; with several providers each
+    has its own (`[clusters.link]`), which this endpoint does not name."""
+    num_providers = len(topology.providers)
+    if num_providers > 1:
+        raise _Refused(
+            409, f"{num_providers} prefill providers: each link's capacity is its topology's"
+        )
+
+
 def set_link_capacity(service: RouterParts, bytes_per_s: float) -> None:
     """The router's link view takes a new capacity, and its controller, when it has one, hears
     of it."""
@@ -121,6 +131,7 @@ def add_control_routes(app: FastAPI) -> None:
         service = _service(app)
         try:
             _require_token(service.topology)
+            _require_one_provider(service.topology)
             gbps = await _number(request, "gbps", 1e-6, _MAX_LINK_GBPS)
         except _Refused as exc:
             return refused(exc)

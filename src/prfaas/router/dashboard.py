@@ -66,7 +66,8 @@ def instance_row(state: InstanceState) -> dict[str, Any]:
 
 
 def link_state(monitor: ClusterMonitor) -> dict[str, Any] | None:
-    """The PrfaaS -> PD link (None: the deployment has no PrfaaS cluster)."""
+    """The PrfaaS -> PD link (None: the deployment has no PrfaaS cluster); with several
+    providers, the first one's."""
     topology = monitor.topology
     prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
     pd = topology.clusters_of_kind("pd")[0]
@@ -76,7 +77,8 @@ def link_state(monitor: ClusterMonitor) -> dict[str, Any] | None:
     view = monitor.link_view(prfaas, pd)
     measured = view is not None and bool(connections)
     return {
-        "capacity_bytes_per_s": monitor.link_capacity_bytes_per_s,
+        "provider": prfaas.name,
+        "capacity_bytes_per_s": monitor.link_capacity_of(prfaas),
         "measured": measured,
         "num_connections": len(connections),
         "utilization": view.utilization if view is not None else None,

@@ -49,6 +49,7 @@ class RouteRecord:
     decode_instance: str
     num_prompt_tokens: int
     num_incremental_tokens: int
+    provider: str | None = None  # the prfaas cluster that prefills (None: the PD cluster)
 
 
 def percentiles(values: list[float]) -> dict[str, float] | None:

@@ -2,7 +2,8 @@
 and what happened to the request after it (`DispatchTrace`).
 
 `Dispatch` is what the route log line, the `x-prfaas-route*` headers and the decision metrics
-show: where the request prefills, which decode instance takes it, the policy's reason, the
+show: where the request prefills (with several providers, which one), which decode instance
+takes it, the policy's reason, the
 prefix each instance is expected to reuse, the cached prefix to move first and the KV codec its
 payload is coded with (and why). `DispatchTrace`
 holds one request's outcome as the dispatcher and the relay learn it: the prefill instance's
@@ -52,6 +53,11 @@ class Dispatch:
         return self.reason.split(":", 1)[0]
 
     @property
+    def provider(self) -> str | None:
+        """The prefill provider (prfaas cluster) that prefills; None: the PD cluster does."""
+        return self.cluster if self.route == "prfaas" and self.prefill is not None else None
+
+    @property
     def prefill_transfer_id(self) -> str | None:
         """The KV shipment's id; None for a colocated request (nothing is shipped)."""
         return self.transfer_id if self.prefill is not None else None
@@ -62,6 +68,7 @@ class Dispatch:
             "transfer_id": self.transfer_id,
             "route": self.route,
             "reason": self.reason,
+            "provider": self.provider,
             "prefill_instance": self.prefill.config.name if self.prefill else None,
             "decode_instance": self.decode.config.name,
             "num_prompt_tokens": self.num_prompt_tokens,
@@ -118,6 +125,7 @@ class DispatchTrace:
         return {
             "route": d.route,
             "reason": d.reason,
+            "provider": d.provider,
             "transfer_id": d.prefill_transfer_id,
             "prefill_instance": d.prefill.config.name if d.prefill else None,
             "decode_instance": d.decode.config.name,

@@ -57,11 +57,13 @@ from prfaas.policy import (
     make_route_policy,
     pick_cached_instance,
 )
-from prfaas.policy.route import RouteState
+from prfaas.policy.providers import LOCAL
+from prfaas.policy.route import RouteDecision, RouteState
 from prfaas.router.decision import Dispatch, DispatchTrace, PrefixMove
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.router.prefix_index import RouterPrefixIndex
+from prfaas.router.providers import ProviderQuoter
 from prfaas.router.vllm_driver import VLLM_ENGINE, VllmDriver, answer_excerpt
 from prfaas.service.http import FIRST_TOKEN_HEADER
 from prfaas.topology import ClusterConfig, Topology
@@ -82,6 +84,34 @@ class _Candidates:
     cluster: str  # the cluster's name ("": the topology has no such cluster)
     best: InstanceState | None  # the prefill instance to use in this cluster (None: none ready)
     best_tokens: int  # prompt tokens it can reuse from its prefix cache
+
+
+@dataclass(frozen=True)
+class _Offload:
+    """The route rule's decision for one provider (prfaas cluster), with what it saw."""
+
+    provider: ClusterConfig | None  # None: the topology has no prfaas cluster
+    candidates: _Candidates  # its prefill instance for the request
+    link: LinkView | None  # its link to the PD cluster
+    decision: RouteDecision
+
+    @property
+    def is_offered(self) -> bool:
+        """The rule offloads to it and it can take the request (a ready instance, a link)."""
+        return (
+            self.decision.target is RouteTarget.PRFAAS
+            and self.candidates.best is not None
+            and self.link is not None
+        )
+
+
+@dataclass(frozen=True)
+class _Route:
+    """Where the request prefills, why, and which provider's rule decision it rests on."""
+
+    via: _Offload
+    target: RouteTarget
+    reason: str
 
 
 def _prefix_move(holder: _Candidates, target: _Candidates) -> PrefixMove | None:
@@ -116,7 +146,10 @@ class Dispatcher:
         self.policy = make_policy(topology)
         # the short-timescale hysteresis runs with the long-timescale controller, as in the sim
         self.route_state = RouteState() if topology.controller.enabled else None
-        self.prfaas = next(iter(topology.clusters_of_kind("prfaas")), None)
+        self.providers = topology.providers
+        self.prfaas = next(iter(self.providers), None)  # the first: the link the dashboard shows
+        # several providers: each long request goes to the cheapest that meets the TTFT target
+        self.quoter = ProviderQuoter(topology) if len(self.providers) > 1 else None
         self.pd: ClusterConfig = topology.clusters_of_kind("pd")[0]
         # a decode stream may wait out its transfer's deadline before its first token
         self.decode_read_s = topology.policy.transfer_deadline_s + _DECODE_SLACK_S
@@ -138,19 +171,17 @@ class Dispatcher:
             raise NoInstanceError("no decode instance of the PD cluster is ready")
         num_prompt = len(prompt_token_ids)
         hashes = self.prefixes.hashes(prompt_token_ids)
-        pd_prefill = self._prefill_candidates(RouteTarget.PD_PREFILL, hashes, num_prompt)
-        prfaas = self._prefill_candidates(RouteTarget.PRFAAS, hashes, num_prompt)
-        link = self.monitor.link_view(self.prfaas, self.pd)
-        decision = self.policy.choose(
-            num_prompt,
-            pd_prefill.best_tokens,
-            prfaas.best_tokens,
-            link,
-            self.monitor.cluster_view(self.prfaas),
-            self.monitor.cluster_view(self.pd),
-            state=self.route_state,
+        pd_prefill = self._prefill_candidates(self.pd, hashes, num_prompt)
+        offloads = [
+            self._offload(p, pd_prefill, hashes, num_prompt) for p in self.providers or (None,)
+        ]
+        chosen_route = self._route(offloads, pd_prefill, decoders[0], num_prompt)
+        decision, prfaas, link = (
+            chosen_route.via.decision,
+            chosen_route.via.candidates,
+            chosen_route.via.link,
         )
-        route, reason = decision.target, decision.reason
+        route, reason = chosen_route.target, chosen_route.reason
         chosen, other = (
             (prfaas, pd_prefill) if route is RouteTarget.PRFAAS else (pd_prefill, prfaas)
         )
@@ -189,6 +220,58 @@ class Dispatcher:
             kv_codec_reason=codec.reason,
         )
 
+    def _offload(
+        self,
+        provider: ClusterConfig | None,
+        pd_prefill: _Candidates,
+        hashes: Sequence[int],
+        num_prompt: int,
+    ) -> _Offload:
+        """The route rule's decision between `provider` and PD prefill, with its views."""
+        candidates = self._prefill_candidates(provider, hashes, num_prompt)
+        link = self.monitor.link_view(provider, self.pd)
+        decision = self.policy.choose(
+            num_prompt,
+            pd_prefill.best_tokens,
+            candidates.best_tokens,
+            link,
+            self.monitor.cluster_view(provider),
+            self.monitor.cluster_view(self.pd),
+            state=self.route_state,
+        )
+        return _Offload(provider, candidates, link, decision)
+
+    def _route(
+        self,
+        offloads: list[_Offload],
+        pd_prefill: _Candidates,
+        decoder: InstanceState,
+        num_prompt: int,
+    ) -> _Route:
+        """One provider: its rule's decision. Several: local unless a rule offloads; among the
+        providers whose rule offloads and that can take the request, the cheapest that meets the
+        TTFT target (`choose_provider`), else local; the reason starts with that choice's."""
+        first = offloads[0]
+        offered = [o for o in offloads if o.is_offered]
+        if self.quoter is None or not offered:
+            offloading = [o for o in offloads if o.decision.target is RouteTarget.PRFAAS]
+            via = next(iter(offloading), first)  # none ready: "prfaas-unavailable" follows
+            return _Route(via, via.decision.target, via.decision.reason)
+        local_instance = pd_prefill.best or decoder
+        local = self.quoter.local(
+            self.pd, local_instance.config, local_instance.load().queued_prefill_s
+        )
+        offers = []
+        for o in offered:
+            assert o.provider is not None and o.candidates.best is not None and o.link
+            best = o.candidates.best
+            queue_s = best.load().queued_prefill_s
+            offers.append(self.quoter.offer(o.provider, best.config, queue_s, o.link))
+        choice = self.quoter.choose(offers, local, num_prompt - pd_prefill.best_tokens)
+        via = next((o for o in offered if o.candidates.cluster == choice.target), offered[0])
+        target = RouteTarget.PD_PREFILL if choice.target == LOCAL else RouteTarget.PRFAAS
+        return _Route(via, target, f"{choice.reason}; {via.decision.reason}")
+
     def _kv_codec(
         self, route: RouteTarget, prefill: InstanceState | None, link: LinkView | None
     ) -> CodecChoice:
@@ -210,10 +293,9 @@ class Dispatcher:
         self.policy = replace(self.policy, config=config)
 
     def _prefill_candidates(
-        self, route: RouteTarget, hashes: Sequence[int], num_prompt: int
+        self, cluster: ClusterConfig | None, hashes: Sequence[int], num_prompt: int
     ) -> _Candidates:
         """The cluster's ready prefill instances and the one to use (cache-affine, then load)."""
-        cluster = self.prfaas if route is RouteTarget.PRFAAS else self.pd
         if cluster is None:
             return _Candidates("", None, 0)
         ready = self.monitor.ready(cluster, "prefill")

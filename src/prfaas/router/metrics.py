@@ -91,9 +91,10 @@ class RouterMetrics:
         self.decisions = _counter(
             reg,
             "prfaas:route_decisions",
-            "Routing decisions by route and the rule that made them",
+            "Routing decisions by route, the rule that made them and the provider that prefills",
             "route",
             "reason",
+            "provider",
         )
         self.kv_seconds = _histogram(
             reg,

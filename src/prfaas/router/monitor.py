@@ -12,7 +12,9 @@ The link's utilization and retransmitted share are measured over the last `LINK_
 polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
 idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
 probing a shaped bottleneck for a moment read as a busy or congested link. The link's RTT is
-TCP_INFO's where a connection has measured one, else the topology's `[link] rtt_ms`.
+TCP_INFO's where a connection has measured one, else the topology's `[link] rtt_ms`. With several
+prefill providers each has a link view of its own: its instances' connections, its link's
+capacity and RTT (`Topology.link_of`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,10 @@ class ClusterMonitor:
         self.states = {i.name: InstanceState(i) for i in self.topology.instances}
         # the PrfaaS -> PD link's capacity: the topology's, until an operator reports a change
         self.link_capacity_bytes_per_s = self.topology.link.bytes_per_s
+        # several providers: each one's link (`Topology.link_of`), as the topology gives it
+        self.provider_capacities = {
+            p.name: self.topology.link_of(p.name).bytes_per_s for p in self.topology.providers
+        }
 
     async def poll(self, state: InstanceState, timeout_s: float) -> bool:
         """Read the instance's stats; whether it answered."""
@@ -189,16 +195,24 @@ class ClusterMonitor:
         instance, so no link to judge)."""
         if prfaas is None or pd is None:
             return None
-        capacity = self.link_capacity_bytes_per_s
+        capacity = self.link_capacity_of(prfaas)
         senders = self.ready(prfaas, "prefill")
         views = [
             link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
             for state, link in self.link_connections(prfaas, pd)
         ]
-        rtt_s = self.topology.link_path.rtt_s
+        rtt_s = self.topology.link_path_of(prfaas.name).rtt_s
         if senders and not views:
             return LinkView(capacity, utilization=0.0, backlog_bytes=0.0, rtt_s=rtt_s)
         return with_known_rtt(combine_link_views(views, capacity), rtt_s)
+
+    def link_capacity_of(self, prfaas: ClusterConfig) -> float:
+        """The capacity of `prfaas`'s link to the PD cluster, bytes/s: with one provider the
+        topology's `[link]` or the last one reported (`link_capacity_bytes_per_s`); with
+        several, its own link's."""
+        if len(self.provider_capacities) > 1:
+            return self.provider_capacities[prfaas.name]
+        return self.link_capacity_bytes_per_s
 
     def link_connections(
         self, prfaas: ClusterConfig, pd: ClusterConfig

@@ -99,11 +99,15 @@ def mark_draining(app: FastAPI) -> None:
         state.draining = True
 
 
-def transport_config(topology: Topology, deadline_s: float | None = None) -> TransportConfig:
+def transport_config(
+    topology: Topology, deadline_s: float | None = None, *, cluster: str | None = None
+) -> TransportConfig:
     """The KV transport's settings: the topology's security section, or the token from the
     environment (how `prfaas up` hands a generated token to its children), and the link's rate,
-    to which senders size their connections and buffers (`transport.link_sizing`)."""
+    to which senders size their connections and buffers (`transport.link_sizing`): that of
+    `cluster`'s link (`Topology.link_of`: a provider's own), else the topology's `[link]`."""
     sec = topology.transport
+    link = topology.link if cluster is None else topology.link_of(cluster)
     token = os.environ.get(TOKEN_ENV) or sec.token
     if token is None and sec.tls_cert is None:
         raise UserError(f"transport: set token, token_file or TLS files (or ${TOKEN_ENV})")
@@ -118,8 +122,8 @@ def transport_config(topology: Topology, deadline_s: float | None = None) -> Tra
         deadline_s=deadline_s or topology.policy.transfer_deadline_s,
         max_buffer_bytes=sec.receive_pool_bytes,
         congestion_control=_usable_congestion_control(sec.congestion_control),
-        link_gbps=topology.link.gbps,  # senders size their connections to it
-        link_rtt_s=topology.link.rtt_ms / 1e3,  # where a first connection measures no RTT
+        link_gbps=link.gbps,  # senders size their connections to it
+        link_rtt_s=link.rtt_ms / 1e3,  # where a first connection measures no RTT
     )
 
 

@@ -157,6 +157,24 @@ def planned_kv_codec(topology: Topology) -> str:
     return KV_CODEC_NONE if codec == COMPRESSION_AUTO else codec
 
 
+def prefill_curve_of(topology: Topology, hardware: str, num_gpus: int) -> LatencyCurve:
+    """One prefill instance of `hardware` with `num_gpus` GPUs, in the model's seconds: the
+    topology's `model.prefill_latency` curve for it, else the cost model's (what an emulated
+    engine sleeps, before `time_scale`)."""
+    from prfaas.models import load_model_spec
+
+    model = load_model_spec(topology.model.emulate)
+    return _prefill_curve(topology.model, model, hardware, num_gpus)[0]
+
+
+def kv_bytes_curve(topology: Topology) -> SizeCurve:
+    """S_kv(l) of `model.emulate` in real bytes, coded as the planner sizes offloaded transfers
+    (`planned_kv_codec`)."""
+    from prfaas.models import load_model_spec
+
+    return _kv_curve(load_model_spec(topology.model.emulate), planned_kv_codec(topology))
+
+
 def _kv_curve(model: ModelSpec, kv_codec: str) -> SizeCurve:
     footprint = model.footprint(kv_codec=kv_codec)
 
@@ -190,9 +208,10 @@ def model_link_gbps(topology: Topology) -> float:
     return topology.model.model_bytes_per_s(topology.link.bytes_per_s) * 8 / 1e9
 
 
-def model_link_path(topology: Topology) -> LinkPath:
-    """The `[link]`'s path with its times in the model's units, like the link's rate."""
-    path = topology.link_path
+def model_link_path(topology: Topology, cluster_name: str | None = None) -> LinkPath:
+    """The `[link]`'s path (or that of cluster `cluster_name`'s link, `Topology.link_of`) with
+    its times in the model's units, like the link's rate."""
+    path = topology.link_path if cluster_name is None else topology.link_path_of(cluster_name)
     to_model = topology.model.model_seconds
     return replace(
         path,

@@ -31,7 +31,7 @@ class _Controller:
 def _client(token: str | None, with_controller: bool) -> tuple[TestClient, SimpleNamespace]:
     monitor = SimpleNamespace(link_capacity_bytes_per_s=TOPOLOGY_BYTES_PER_S)
     service = SimpleNamespace(
-        topology=SimpleNamespace(transport=SimpleNamespace(token=token)),
+        topology=SimpleNamespace(transport=SimpleNamespace(token=token), providers=()),
         monitor=monitor,
         control=_Controller(monitor) if with_controller else None,
     )

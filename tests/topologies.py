@@ -78,6 +78,19 @@ def pd(*nodes: Node, name: str = "pd", price: float | None = None) -> Cluster:
 
 
 STANDARD = (prfaas(Node("r0")), pd(Node("p0"), decode("d0")))  # PrfaaS-P, PD-P, PD-D
+
+
+def two_providers(cheap_link: topo.LinkConfig | None = None) -> tuple[Cluster, ...]:
+    """Prefill providers "cheap" (1 $/GPU-h, an H100 instance `cheap-p0`, its own link if
+    given) and "fast" (3 $/GPU-h, a B200 instance `fast-p0`), and a PD cluster (2 $/GPU-h,
+    `pd-p0` and `pd-d0` on H20)."""
+    return (
+        prfaas(Node("cheap-p0", hardware="h100"), name="cheap", price=1.0, link=cheap_link),
+        prfaas(Node("fast-p0", hardware="b200"), name="fast", price=3.0),
+        pd(Node("pd-p0"), decode("pd-d0"), price=2.0),
+    )
+
+
 # `prfaas up`'s shape, with its instance names
 EMBEDDED = (prfaas(Node("prfaas-prefill-0")), pd(Node("pd-prefill-0"), decode("pd-decode-0")))
 

@@ -26,7 +26,7 @@ from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.service.auth import TOKEN_ENV
 from prfaas.service.http import transport_config
 from prfaas.topology import LinkConfig, Topology
-from topologies import Node, TopologySpec, decode, pd, prfaas
+from topologies import TopologySpec, two_providers
 
 THRESHOLD = 16
 TTFT_TARGET_S = 2.0
@@ -40,13 +40,8 @@ CHEAP_LINK = LinkConfig(gbps=40, rtt_ms=30)
 
 
 def _topology(ttft_target_s: float = TTFT_TARGET_S) -> Topology:
-    clusters = (
-        prfaas(Node("c0", hardware="h100"), name="cheap", price=1.0, link=CHEAP_LINK),
-        prfaas(Node("f0", hardware="b200"), name="fast", price=3.0),
-        pd(Node("p0"), decode("d0"), price=2.0),
-    )
     spec = TopologySpec(
-        clusters,
+        two_providers(CHEAP_LINK),
         engine="emulated",
         threshold=THRESHOLD,
         ttft_target_s=ttft_target_s,
@@ -72,9 +67,18 @@ def _decide(queued_s: dict[str, float], num_tokens: int = NUM_LONG, **kwargs: fl
     return _dispatcher(_topology(**kwargs), queued_s).decide("req", list(range(num_tokens)))
 
 
+def _where(d: Dispatch) -> tuple[str, str | None, str | None]:
+    """(route, provider, prefill instance) of a decision."""
+    return d.route, d.provider, d.prefill.config.name if d.prefill else None
+
+
 def test_an_idle_cheap_provider_takes_a_long_request() -> None:
     d = _decide({})
-    assert (d.route, d.provider, d.prefill and d.prefill.config.name) == ("prfaas", "cheap", "c0")
+    assert _where(d) == (
+        "prfaas",
+        "cheap",
+        "cheap-p0",
+    )
     # cheap: 1 s x 8 GPUs x 1 $/h; fast: 0.5 s x 8 x 3 $/h
     assert d.reason.startswith(
         "cheapest: provider cheap $0.0022 (ttft 1.03 s <= 2 s) vs fast $0.0033"
@@ -86,16 +90,24 @@ def test_an_idle_cheap_provider_takes_a_long_request() -> None:
 
 
 def test_a_queued_cheap_provider_gives_way_to_the_fast_one() -> None:
-    d = _decide({"c0": 1.5})  # cheap's TTFT: 1.5 + 1 s > 2 s
-    assert (d.route, d.provider, d.prefill and d.prefill.config.name) == ("prfaas", "fast", "f0")
+    d = _decide({"cheap-p0": 1.5})  # cheap's TTFT: 1.5 + 1 s > 2 s
+    assert _where(d) == (
+        "prfaas",
+        "fast",
+        "fast-p0",
+    )
     assert d.reason.startswith(
         "cheapest: provider fast $0.0033 (ttft 0.5 s <= 2 s) vs cheap $0.0022 (ttft 2.53 s > 2 s)"
     )
 
 
 def test_no_provider_meeting_the_target_keeps_the_prefill_local() -> None:
-    d = _decide({"c0": 1.5, "f0": 1.8})
-    assert (d.route, d.provider, d.prefill and d.prefill.config.name) == ("pd_prefill", None, "p0")
+    d = _decide({"cheap-p0": 1.5, "fast-p0": 1.8})
+    assert _where(d) == (
+        "pd_prefill",
+        None,
+        "pd-p0",
+    )
     assert d.rule == "local"
     assert "no provider meets ttft 2 s" in d.reason and "local $0.0178 (ttft 4 s)" in d.reason
     assert "fast $0.0033 (ttft 2.3 s)" in d.reason and "cheap $0.0022 (ttft 2.53 s)" in d.reason
@@ -103,7 +115,7 @@ def test_no_provider_meeting_the_target_keeps_the_prefill_local() -> None:
 
 
 def test_a_huge_target_sends_everything_to_the_cheap_provider() -> None:
-    d = _decide({"c0": 60.0, "f0": 0.0}, ttft_target_s=86400)
+    d = _decide({"cheap-p0": 60.0, "fast-p0": 0.0}, ttft_target_s=86400)
     assert (d.route, d.provider) == ("prfaas", "cheap")
 
 
@@ -116,7 +128,7 @@ def test_a_short_request_stays_local_by_the_route_rule() -> None:
 def test_a_provider_without_a_ready_instance_is_not_offered() -> None:
     topology = _topology()
     dispatcher = _dispatcher(topology, {})
-    dispatcher.monitor.states["c0"].is_ready = False
+    dispatcher.monitor.states["cheap-p0"].is_ready = False
     d = dispatcher.decide("req", list(range(NUM_LONG)))
     assert (d.route, d.provider) == ("prfaas", "fast")
     assert "vs" not in d.reason.split(";")[0]  # fast was the only offer
@@ -148,8 +160,8 @@ def test_each_prefill_instance_sizes_its_transport_to_its_cluster_link() -> None
         finally:
             await service.close()
 
-    assert asyncio.run(sender_link_gbps("c0")) == 40
-    assert asyncio.run(sender_link_gbps("f0")) == topology.link.gbps
+    assert asyncio.run(sender_link_gbps("cheap-p0")) == 40
+    assert asyncio.run(sender_link_gbps("fast-p0")) == topology.link.gbps
 
 
 def test_a_reported_link_capacity_is_refused_with_several_providers(

@@ -3,8 +3,9 @@
 Prefill capacity may be bought from several providers (PrfaaS clusters with their own GPUs,
 price per GPU-hour and link). For one request this module prices each provider and predicts its
 TTFT, then picks the cheapest provider whose TTFT meets the target, falling back to local prefill
-when none does. The router and the simulator are meant to call `choose_provider` alike once a
-topology holds several PrfaaS clusters. Pure: no clock, sockets, torch or global randomness.
+when none does. The live router calls `choose_provider` when a topology holds several PrfaaS
+clusters (`prfaas.router.providers` builds the offers). Pure: no clock, sockets, torch or global
+randomness.
 
 For a request of `l` incremental tokens whose KV and state are `kv_bytes` bytes:
 

@@ -12,6 +12,13 @@ without waiting for the deadline. What it sends is counted with the monitor
 (`ClusterMonitor.dispatched`), which alone writes the instances' state. No decision is made here
 that the policy did not make, except one: a target with no ready instance is not a target.
 
+*Several prefill providers.* With two or more PrfaaS clusters the route rule runs once per
+provider, with that provider's `ClusterView` and `LinkView`. No rule offloading: the request
+prefills locally with the rule's reason. Otherwise the providers whose rule offloads and that
+have a ready instance are offered to `choose_provider` (`providers.py` prices and times them):
+its target, a provider or local PD prefill, is the route, and its reason leads the decision's.
+One provider (or none) routes exactly as the rule alone says.
+
 *Prefix moves.* When the policy's decision moves a cached prefix (`num_prefix_transfer_tokens`
 > 0: global best prefix, the longer cache in the other cluster), `run` first asks the other
 cluster's instance holding it (`PrefixExportJob` to `/internal/prefix_export`) to send it to the

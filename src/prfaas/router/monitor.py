@@ -48,6 +48,9 @@ class InstanceState:
     pending_tokens: int = 0  # dispatched by this router and not yet finished there
     pending_requests: int = 0
     converting_to: str | None = None  # the router is changing its role: route nothing to it
+    # predicted prefill seconds this router sent since the instance's last answered poll began:
+    # work its polled queue cannot show yet (several providers price each queue per request)
+    unpolled_prefill_s: float = 0.0
     # per KV destination: egress and retransmitted share over the last LINK_WINDOW_S, and the
     # polls' times and link snapshots since the window's start
     windows: dict[str, LinkWindow] = field(default_factory=dict)
@@ -91,7 +94,7 @@ class InstanceState:
                 0 if s is None else s.num_requests_running + s.num_requests_waiting,
                 self.pending_requests,
             ),
-            queued_prefill_s=0.0 if s is None else s.queued_prefill_s,
+            queued_prefill_s=(0.0 if s is None else s.queued_prefill_s) + self.unpolled_prefill_s,
         )
 
 
@@ -118,6 +121,7 @@ class ClusterMonitor:
         is_vllm = state.config.engine == VLLM_ENGINE  # vLLM's own Prometheus exposition
         url = f"http://{state.config.http}/{'metrics' if is_vllm else 'internal/stats'}"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
+        unpolled_s = state.unpolled_prefill_s  # what this poll's answer will include
         try:
             async with self.client.get(url, timeout=timeout) as reply:
                 reply.raise_for_status()
@@ -126,6 +130,7 @@ class ClusterMonitor:
                 else:
                     state.stats = InstanceStats.from_dict(await reply.json())
                 state.update_egress(time.monotonic())
+                state.unpolled_prefill_s = max(0.0, state.unpolled_prefill_s - unpolled_s)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             state.num_misses += 1
             if state.is_ready and state.num_misses >= self.max_misses:

@@ -78,6 +78,10 @@ class ProviderQuoter:
             queue_s=self.topology.model.model_seconds(queue_s),
         )
 
+    def prefill_wall_s(self, instance: InstanceConfig, num_tokens: int) -> float:
+        """Predicted wall seconds of prefilling `num_tokens` on `instance` (its curve, scaled)."""
+        return self.topology.model.wall_seconds(self._curve(instance)(num_tokens))
+
     def choose(
         self, offers: list[ProviderOffer], local: LocalOption, num_tokens: int
     ) -> ProviderChoice:

@@ -145,6 +145,10 @@ class ModelConfig:
         time_scale 0)."""
         return wall_s if self.time_scale <= 0 else wall_s / self.time_scale
 
+    def wall_seconds(self, model_s: float) -> float:
+        """The inverse of `model_seconds`: a modelled duration as the emulation's wall seconds."""
+        return model_s if self.time_scale <= 0 else model_s * self.time_scale
+
 
 @dataclass(frozen=True, slots=True)
 class InstanceConfig:

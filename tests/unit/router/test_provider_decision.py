@@ -101,6 +101,47 @@ def test_a_queued_cheap_provider_gives_way_to_the_fast_one() -> None:
     )
 
 
+def test_a_burst_within_one_poll_sees_the_queue_it_sends() -> None:
+    """No poll between two long requests: the first's predicted 1 s on cheap counts in cheap's
+    queue for the second (1 + 1 s + the link's drain > 2 s), which goes to fast; a poll
+    answering afterwards reports the instance's own queue and clears the router's prediction."""
+    dispatcher = _dispatcher(_topology(), {})
+    first = dispatcher.decide("a", list(range(NUM_LONG)))
+    second = dispatcher.decide("b", list(range(NUM_LONG)))
+    assert (first.provider, second.provider) == ("cheap", "fast")
+    cheap = dispatcher.monitor.states["cheap-p0"]
+    assert cheap.load().queued_prefill_s == pytest.approx(1.0)
+
+
+def test_an_answered_poll_clears_the_predicted_queue() -> None:
+    """The poll's answer includes what was sent before it began: the prediction goes."""
+
+    class Reply:
+        async def __aenter__(self) -> "Reply":
+            return self
+
+        async def __aexit__(self, *exc: object) -> None:
+            return None
+
+        def raise_for_status(self) -> None:
+            return None
+
+        async def json(self) -> dict[str, object]:
+            return InstanceStats("cheap-p0", "prefill", 0, 0, 0, 0.25).to_dict()
+
+    class Client:
+        def get(self, url: str, timeout: object) -> Reply:
+            return Reply()
+
+    dispatcher = _dispatcher(_topology(), {})
+    dispatcher.decide("a", list(range(NUM_LONG)))
+    monitor = dispatcher.monitor
+    monitor.client = Client()  # type: ignore[assignment]
+    cheap = monitor.states["cheap-p0"]
+    assert asyncio.run(monitor.poll(cheap, 1.0))
+    assert cheap.load().queued_prefill_s == pytest.approx(0.25)
+
+
 def test_no_provider_meeting_the_target_keeps_the_prefill_local() -> None:
     d = _decide({"cheap-p0": 1.5, "fast-p0": 1.8})
     assert _where(d) == (

@@ -167,6 +167,10 @@ class EngineCore(ABC, Generic[R, P]):
         """None: this engine's prefill time is measured, not known in advance."""
         return None
 
+    def kv_encode_bytes_per_s(self, codec_name: str) -> float | None:
+        """None: this engine does not code its K/V (the torch engine does)."""
+        return None
+
     # ---- prefill ----------------------------------------------------------------------------
     def prefill(
         self,

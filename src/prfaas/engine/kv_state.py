@@ -331,6 +331,15 @@ class CacheTemplate:
             return manifest.num_computed_tokens - manifest.num_prefix_tokens
         return _window_tokens(manifest.num_computed_tokens, window)
 
+    def first_key(self) -> tuple[str, tuple[int, ...]] | None:
+        """(dtype, shape at probe length) of this model's first attention K, [batch, heads,
+        tokens, dim] (full-attention, MLA or sliding-window: what a codec codes); None
+        without one."""
+        for name, (dtype, shape) in self.tensors.items():
+            if name.rsplit("/", 1)[-1] == "keys" and self._has_token_axis(name):
+                return dtype, shape
+        return None
+
     def _has_token_axis(self, name: str) -> bool:
         """Whether this model's tensor `name` is K/V, [batch, heads, num_tokens, dim]."""
         return _is_token_axis(name) and len(self.tensors[name][1]) == 4

@@ -195,3 +195,9 @@ class ServingEngine(Protocol):
     def predicted_prefill_s(self, num_tokens: int) -> float | None:
         """Seconds a prefill of `num_tokens` takes, when the engine knows it in advance."""
         ...
+
+    def kv_encode_bytes_per_s(self, codec_name: str) -> float | None:
+        """Uncoded K/V bytes per second this engine's export codes with `codec_name`, measured
+        on the calling thread (`engine.codec_rate`); None where the engine does not code (an
+        emulated engine sends payloads of the coded size without computing them)."""
+        ...

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from prfaas.engine.cache_layout import layer_kinds
+from prfaas.engine.codec_rate import encode_bytes_per_s, measure_tensor
 from prfaas.engine.decode_batch import DecodeBatcher
 from prfaas.engine.kv_state import CacheTemplate, check_manifest, export_state, import_state
 from prfaas.engine.loading import LoadedModel
@@ -241,6 +242,16 @@ class Engine(StateExchange[RequestState, PrefixStore]):
         """
         self._check_manifest(manifest, [])
         return self._adopt(manifest, sampling, (), self._runner.new_cache())
+
+    def kv_encode_bytes_per_s(self, codec_name: str) -> float | None:
+        """Uncoded bytes per second `codec_name` encodes this model's attention K at, on this
+        thread (`engine.codec_rate`, the shape and dtype of its first K); None for a model
+        without attention K/V (nothing to code)."""
+        key = self.template().first_key()
+        if key is None:
+            return None
+        dtype, shape = key
+        return encode_bytes_per_s(codec_name, measure_tensor(getattr(torch, dtype), shape))
 
     def template(self) -> CacheTemplate:
         """The receiving side's expected manifest layout, probed once with a 2-token prefill."""

@@ -10,6 +10,13 @@ state stays in the engine until the ACK (NACKed ranges are resent from it), then
 instance with `kv` set receives moved prefixes into its prefix cache (`prefix_transfer`).
 `GET /internal/stats` reports queue depth, queued prefill seconds, transfers in flight and the
 measured link to every decode instance this instance sends to.
+
+A PrfaaS prefill instance whose KV may be coded (`[transport] compression` a codec or "auto")
+times that codec once at start on its engine thread (`ServingEngine.kv_encode_bytes_per_s`: the
+model's K shape, the thread and torch threads that code every request) and reports the rate in
+its stats (`kv_encode_bytes_per_s`), where the router's "auto" rule reads it; a configured codec
+that encodes slower than the link's `[link] gbps` is kept, with a warning at start, since coding
+then bounds each offloaded transfer.
 """
 
 from __future__ import annotations
@@ -37,6 +44,8 @@ from prfaas.messages import (
     PrefixExportJob,
     TransferAck,
 )
+from prfaas.models.kv_codec import COMPRESSION_AUTO, KV_CODEC_NONE
+from prfaas.policy.compression import AUTO_KV_CODEC
 from prfaas.service.http import error_response, transport_config
 from prfaas.topology import InstanceConfig, Topology
 from prfaas.transport.linkstats import LinkStats, TransportMetrics
@@ -67,6 +76,7 @@ class PrefillService(EngineService):
         self.jobs: dict[str, _Job] = {}  # transfer_id -> job, queued or running or sending
         self.prefix_importer = PrefixImporter(self.worker, self.instance.name, self.registry)
         self.prefix_receiver: KVReceiver | None = None  # `kv` set and no decode role's receiver
+        self.kv_encode_bytes_per_s: dict[str, float] = {}  # measured at start (`measure_codec`)
         self._waiting = self.instance_metric(
             Gauge, "prfaas:num_requests_waiting", "Prefill jobs queued"
         )
@@ -185,6 +195,7 @@ class PrefillService(EngineService):
             links=tuple(links),
             prefix_cache_bytes=self.prefix_cache_bytes,
             prefill_tokens_per_s=self.rate.tokens_per_s,
+            kv_encode_bytes_per_s=dict(self.kv_encode_bytes_per_s),
         )
 
     def _known_dests(self) -> set[str]:
@@ -198,8 +209,24 @@ class PrefillService(EngineService):
     async def start(self) -> None:
         """A plain prefill instance with a `kv` address receives moved prefixes there (a
         convertible one receives them through its decode service and does not call this)."""
+        await self.measure_codec()
         if self.instance.kv is not None:
             await self.start_prefix_receiver()
+
+    async def measure_codec(self) -> None:
+        """Time the codec this instance's offloaded K/V may be coded with, on the engine thread
+        (nothing for a PD instance, whose KV never crosses the link, or without a codec)."""
+        codec = codec_to_measure(self.topology, self.instance)
+        if codec is None:
+            return
+        rate = await self.worker.call(lambda engine: engine.kv_encode_bytes_per_s(codec))
+        if rate is None:  # the engine does not code (emulated): unlimited
+            return
+        self.kv_encode_bytes_per_s[codec] = rate
+        log.info("%s: KV codec %s encodes %.3f GB/s", self.instance.name, codec, rate / 1e9)
+        warning = slow_codec_warning(self.topology, codec, rate)
+        if warning is not None:
+            log.warning("%s: %s", self.instance.name, warning)
 
     async def start_prefix_receiver(self) -> None:
         """Listen on the instance's `kv` address for moved prefixes."""
@@ -213,6 +240,29 @@ class PrefillService(EngineService):
             await self.prefix_receiver.close()
         await self.sender.close()
         await asyncio.to_thread(self.worker.stop)
+
+
+def codec_to_measure(topology: Topology, instance: InstanceConfig) -> str | None:
+    """The codec a PrfaaS prefill instance's K/V may be coded with: the configured one, "auto"'s
+    (`AUTO_KV_CODEC`); None for a PD instance or without a codec."""
+    compression = topology.transport.compression
+    in_prfaas = any(instance in c.instances for c in topology.clusters_of_kind("prfaas"))
+    if not in_prfaas or compression == KV_CODEC_NONE:
+        return None
+    return AUTO_KV_CODEC if compression == COMPRESSION_AUTO else compression
+
+
+def slow_codec_warning(topology: Topology, codec: str, rate_bytes_per_s: float) -> str | None:
+    """Why a configured codec (not "auto", which then leaves the KV exact) bounds each offloaded
+    transfer: it encodes slower than the link's `[link] gbps`; None otherwise."""
+    link_bytes_per_s = topology.link.bytes_per_s
+    if topology.transport.compression == COMPRESSION_AUTO or rate_bytes_per_s >= link_bytes_per_s:
+        return None
+    return (
+        f"[transport] compression = {codec} encodes {rate_bytes_per_s / 1e9:.3f} GB/s on this "
+        f"instance, below the link's {link_bytes_per_s / 1e9:.3f} GB/s ([link] gbps = "
+        f"{topology.link.gbps:g}): coding, not the link, bounds each offloaded transfer"
+    )
 
 
 def _prefill_only(request: GenerateRequest) -> GenerateRequest:

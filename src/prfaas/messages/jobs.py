@@ -6,13 +6,14 @@ Layer 1: standard library only.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from prfaas.messages.fields import (
     JSONDict,
     parse_bool,
     parse_mapping,
     parse_non_negative_int,
+    parse_number,
     parse_seconds,
     parse_str,
 )
@@ -152,6 +153,9 @@ class InstanceStats:
     prefill_tokens_per_s: float = 0.0  # measured prefill rate of this instance (0: unknown)
     draining_to: str | None = None  # changing role: takes no new work until it serves this one
     kv_pool_in_use_bytes: int = 0  # decode: receive-pool bytes held by transfers not yet freed
+    # prefill: per KV codec, uncoded K/V bytes/s its engine encodes (measured at start); a codec
+    # absent here is not coded by this engine (emulated: payloads of the coded size, unlimited)
+    kv_encode_bytes_per_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> JSONDict:
         return {**asdict(self), "links": list(self.links)}
@@ -171,4 +175,15 @@ class InstanceStats:
             prefill_tokens_per_s=float(d.get("prefill_tokens_per_s", 0.0)),
             draining_to=None if d.get("draining_to") is None else str(d["draining_to"]),
             kv_pool_in_use_bytes=int(d.get("kv_pool_in_use_bytes", 0)),
+            kv_encode_bytes_per_s=_encode_rates(d.get("kv_encode_bytes_per_s", {})),
         )
+
+
+def _encode_rates(value: object) -> dict[str, float]:
+    """`kv_encode_bytes_per_s`: codec name -> a finite rate >= 0."""
+    rates = {}
+    for name, rate in parse_mapping(value, "kv_encode_bytes_per_s").items():
+        rates[name] = parse_number(rate, f"kv_encode_bytes_per_s[{name!r}]")
+        if rates[name] < 0:
+            raise ValueError(f"kv_encode_bytes_per_s[{name!r}] must be >= 0, got {rate}")
+    return rates

@@ -4,11 +4,12 @@
 `pick_instance` (the same `prfaas.policy` code the simulator runs), and turns the decision into a
 frozen `Dispatch` (`decision.py`): which prefill instance, which decode instance, which transfer
 id, which KV codec (`choose_kv_codec`: `[transport] compression`, "auto" from the same link
-view), and why. `Dispatcher.run` sends the `DecodeJob` (the decode instance starts waiting for the
-state) and the `PrefillJob` at the same time, relays the decode instance's `TokenDelta`s, records
-what happens in the request's `DispatchTrace`, and when the prefill side fails (instance gone,
-engine error, transfer refused) tells the decode instance at once, so its failure policy applies
-without waiting for the deadline. What it sends is counted with the monitor
+view and the chosen prefill instance's measured encode rate), and why. `Dispatcher.run` sends
+the `DecodeJob` (the decode instance starts waiting for the state) and the `PrefillJob` at the
+same time, relays the decode instance's `TokenDelta`s, records what happens in the request's
+`DispatchTrace`, and when the prefill side fails (instance gone, engine error, transfer refused)
+tells the decode instance at once, so its failure policy applies without waiting for the
+deadline. What it sends is counted with the monitor
 (`ClusterMonitor.dispatched`), which alone writes the instances' state. No decision is made here
 that the policy did not make, except one: a target with no ready instance is not a target.
 
@@ -36,6 +37,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
@@ -64,6 +66,7 @@ from prfaas.policy import (
     make_route_policy,
     pick_cached_instance,
 )
+from prfaas.policy.compression import AUTO_KV_CODEC
 from prfaas.policy.providers import LOCAL
 from prfaas.policy.route import RouteDecision, RouteState
 from prfaas.router.decision import Dispatch, DispatchTrace, PrefixMove
@@ -119,6 +122,13 @@ class _Route:
     via: _Offload
     target: RouteTarget
     reason: str
+
+
+def auto_encode_bytes_per_s(prefill: InstanceState) -> float:
+    """The rate at which `prefill` encodes "auto"'s codec, as its stats report it (uncoded
+    bytes/s); unlimited where it reports none (an engine that does not code)."""
+    rates = {} if prefill.stats is None else prefill.stats.kv_encode_bytes_per_s
+    return rates.get(AUTO_KV_CODEC, math.inf)
 
 
 def _prefix_move(holder: _Candidates, target: _Candidates) -> PrefixMove | None:
@@ -286,10 +296,13 @@ class Dispatcher:
     def _kv_codec(
         self, route: RouteTarget, prefill: InstanceState | None, link: LinkView | None
     ) -> CodecChoice:
-        """The codec of the request's K/V (`choose_kv_codec`); none where a vLLM server
-        prefills, since its connector moves the KV uncoded."""
+        """The codec of the request's K/V (`choose_kv_codec`, with the prefill instance's
+        measured encode rate); none where a vLLM server prefills, since its connector moves the
+        KV uncoded."""
         offloaded = route is RouteTarget.PRFAAS and prefill is not None
-        choice = choose_kv_codec(self.topology.transport.compression, offloaded, link)
+        rate = math.inf if prefill is None else auto_encode_bytes_per_s(prefill)
+        compression = self.topology.transport.compression
+        choice = choose_kv_codec(compression, offloaded, link, auto_encode_bytes_per_s=rate)
         if choice.kv_codec == KV_CODEC_NONE or prefill is None:
             return choice
         if prefill.config.engine != VLLM_ENGINE:

@@ -1,6 +1,7 @@
 """`choose_kv_codec`: a configured codec codes every offloaded request; "auto" picks fp8 exactly
 while the link view says the link binds (utilization, or a backlog that takes long to drain) and
-none otherwise; KV that stays in the PD cluster is never coded."""
+the prefill instance encodes fp8 at least as fast as the link delivers (its goodput: capacity
+less retransmissions), and none otherwise; KV that stays in the PD cluster is never coded."""
 
 from __future__ import annotations
 
@@ -81,3 +82,49 @@ def test_the_rule_refuses_meaningless_boundaries() -> None:
     tight = CompressionRule(binding_utilization=0.5, binding_backlog_s=1.0)
     assert choose_kv_codec("auto", True, _link(0.6), tight).kv_codec == "fp8"
     assert choose_kv_codec("auto", True, _link(0.4, backlog_s=0.5), tight).kv_codec == "none"
+
+
+# ---- "auto" and the codec's encode rate: the link's goodput is 1 Gbit/s = 0.125 GB/s ----------
+
+
+def test_auto_leaves_the_kv_exact_where_the_codec_encodes_slower_than_the_link() -> None:
+    choice = choose_kv_codec("auto", True, _link(0.9), auto_encode_bytes_per_s=0.1e9)
+    assert choice.kv_codec == "none"
+    assert choice.reason == (
+        "auto-codec-slower: fp8 encodes 0.100 GB/s < link 0.125 GB/s (utilization 0.90 >= 0.80)"
+    )
+
+
+def test_auto_codes_where_the_codec_keeps_up_with_the_link() -> None:
+    at_the_link = choose_kv_codec("auto", True, _link(0.9), auto_encode_bytes_per_s=0.125e9)
+    assert at_the_link.kv_codec == "fp8"
+    assert at_the_link.reason == "auto-link-bound: utilization 0.90 >= 0.80"
+    unlimited = choose_kv_codec("auto", True, _link(0.9))  # an engine that does not code
+    assert unlimited.kv_codec == "fp8"
+
+
+def test_the_link_goodput_leaves_out_retransmissions() -> None:
+    """Half of what is sent is retransmitted: the link delivers 0.0625 GB/s, which a codec at
+    0.1 GB/s outpaces, and the backlog of 0.06 s at capacity drains in 0.12 s (binding)."""
+    lossy = _link(0.1, backlog_s=0.06, retransmit_rate=0.5)
+    choice = choose_kv_codec("auto", True, lossy, auto_encode_bytes_per_s=0.1e9)
+    assert choice.kv_codec == "fp8"
+    assert choice.reason == "auto-link-bound: backlog drains in 0.120 s >= 0.100 s"
+    slower = choose_kv_codec("auto", True, lossy, auto_encode_bytes_per_s=0.05e9)
+    assert slower.reason == (
+        "auto-codec-slower: fp8 encodes 0.050 GB/s < link 0.062 GB/s "
+        "(backlog drains in 0.120 s >= 0.100 s)"
+    )
+
+
+def test_the_encode_rate_matters_only_where_auto_would_code() -> None:
+    slow = 1e6  # bytes/s
+    assert choose_kv_codec(
+        "auto", True, _link(0.3), auto_encode_bytes_per_s=slow
+    ).reason.startswith("auto-link-free: ")
+    assert choose_kv_codec("fp8", True, _link(0.9), auto_encode_bytes_per_s=slow).kv_codec == "fp8"
+    assert choose_kv_codec(
+        "auto", False, _link(0.9), auto_encode_bytes_per_s=slow
+    ).reason.startswith("local: ")
+    with pytest.raises(ValueError, match="auto_encode_bytes_per_s"):
+        choose_kv_codec("auto", True, _link(0.9), auto_encode_bytes_per_s=math.nan)

@@ -1,8 +1,8 @@
 """The router's KV codec decision, without processes: a real `Dispatcher` over a `ClusterMonitor`
 whose instances are marked ready and whose link view comes from polled egress counters, as
 `decide` meets them. With `[transport] compression = "auto"` an offloaded request is coded fp8
-while the measured link binds and travels exact while it does not; a request prefilled in the PD
-cluster is never coded; a configured codec codes every offloaded request. The decision travels in
+while the measured link binds and the prefill instance's reported fp8 encode rate keeps up with
+the link, and travels exact otherwise; a request prefilled in the PD cluster is never coded; a configured codec codes every offloaded request. The decision travels in
 the `Dispatch` (route log line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers. Where a
 vLLM server prefills, the KV travels uncoded (its connector does not code) and the reason says so.
 """
@@ -42,10 +42,15 @@ def _topology(compression: str, engine: str) -> Topology:
 
 
 def _decide(
-    compression: str, utilization: float, num_prompt_tokens: int, engine: str = "emulated"
+    compression: str,
+    utilization: float,
+    num_prompt_tokens: int,
+    engine: str = "emulated",
+    encode_rates: dict[str, float] | None = None,
 ) -> Dispatch:
     """Two polls of r0 1 s apart in which it sent `utilization` x capacity bytes to d0's KV
-    receiver, then the router's decision for a prompt of `num_prompt_tokens` tokens."""
+    receiver (and reported `encode_rates`, uncoded bytes/s per codec), then the router's
+    decision for a prompt of `num_prompt_tokens` tokens."""
     topology = _topology(compression, engine)
     monitor = ClusterMonitor(topology, client=None)  # type: ignore[arg-type]  # never polls
     for state in monitor.states.values():
@@ -55,7 +60,10 @@ def _decide(
     for at_s, sent in ((0.0, 0), (1.0, round(utilization * CAPACITY_BYTES_PER_S))):
         link = LinkStats(dest, 1, 0.001, 0.001, 1e9, 1e9, 0, 1, 0, 0, sent, 0)
         state = monitor.states["r0"]
-        state.stats = InstanceStats("r0", "prefill", 0, 0, 0, 0.0, links=(asdict(link),))
+        state.stats = InstanceStats(
+            "r0", "prefill", 0, 0, 0, 0.0, links=(asdict(link),),
+            kv_encode_bytes_per_s=encode_rates or {},
+        )  # fmt: skip
         state.update_egress(at_s)
     prfaas_cluster, pd_cluster = topology.clusters
     view = monitor.link_view(prfaas_cluster, pd_cluster)
@@ -103,3 +111,24 @@ def test_a_vllm_prefill_instance_moves_the_kv_uncoded() -> None:
     d = _decide("fp8", utilization=0.0, num_prompt_tokens=THRESHOLD + 1, engine="vllm")
     assert (d.route, d.kv_codec) == ("prfaas", "none")
     assert d.kv_codec_reason.startswith("vllm: its KV connector moves the KV uncoded (configured")
+
+
+def test_auto_leaves_the_kv_exact_where_the_prefill_instance_encodes_slower_than_the_link() -> None:
+    """r0 reports fp8 at 0.5e9 bytes/s, half the link's 1e9: coding would be the bottleneck."""
+    slow = {"fp8": 0.5e9, "int4-rotated": 5e9}  # only "auto"'s codec counts
+    d = _decide("auto", utilization=0.9, num_prompt_tokens=THRESHOLD + 1, encode_rates=slow)
+    assert (d.route, d.kv_codec) == ("prfaas", "none")
+    assert d.kv_codec_reason == (
+        "auto-codec-slower: fp8 encodes 0.500 GB/s < link 1.000 GB/s (utilization 0.90 >= 0.80)"
+    )
+    assert route_headers(d)["x-prfaas-kv-codec-reason"].startswith("auto-codec-slower: ")
+    fast = _decide("auto", 0.9, THRESHOLD + 1, encode_rates={"fp8": 2e9})
+    assert (fast.kv_codec, fast.kv_codec_reason) == (
+        "fp8",
+        "auto-link-bound: utilization 0.90 >= 0.80",
+    )
+
+
+def test_a_configured_codec_is_kept_whatever_its_rate() -> None:
+    d = _decide("fp8", utilization=0.9, num_prompt_tokens=THRESHOLD + 1, encode_rates={"fp8": 1e6})
+    assert (d.kv_codec, d.kv_codec_reason) == ("fp8", "configured: [transport] compression = fp8")

@@ -33,6 +33,8 @@ What the services call, and what an implementation promises:
   the `HybridPrefixPool` whose events feed the router's global KV index (None: no cache).
 - *Stats.* `predicted_prefill_s(n)`: the seconds a prefill of n tokens will take when the
   engine knows it (a cost model, a latency curve), None when the service must measure it.
+  `kv_encode_bytes_per_s(codec)`: how fast its export codes K/V with a codec, timed on the
+  calling thread (None: it does not code, so coding never slows its transfers).
 
 A backend whose model runs in another process (a vLLM server) implements the same methods over
 its own channel, and may sit in one of two places. *Behind* the services, it hands them the state

@@ -2,9 +2,10 @@
 whose instances are marked ready and whose link view comes from polled egress counters, as
 `decide` meets them. With `[transport] compression = "auto"` an offloaded request is coded fp8
 while the measured link binds and the prefill instance's reported fp8 encode rate keeps up with
-the link, and travels exact otherwise; a request prefilled in the PD cluster is never coded; a configured codec codes every offloaded request. The decision travels in
-the `Dispatch` (route log line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers. Where a
-vLLM server prefills, the KV travels uncoded (its connector does not code) and the reason says so.
+the link, and travels exact otherwise; a request prefilled in the PD cluster is never coded; a
+configured codec codes every offloaded request. The decision travels in the `Dispatch` (route log
+line, `prfaas` field) and in the `x-prfaas-kv-codec*` headers. Where a vLLM server prefills, the
+KV travels uncoded (its connector does not code) and the reason says so.
 """
 
 from __future__ import annotations

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from prfaas.errors import UserError
 from prfaas.messages import (
     GenerateRequest,
+    InstanceStats,
     KVManifest,
     LayerEntry,
     SamplingParams,
@@ -44,6 +46,7 @@ def _json_round_trip(obj):  # type: ignore[no-untyped-def]
         TransferAck("t-1", False, "checksum mismatch"),
         TokenDelta("r-1", (5, 6), "length"),
         TokenDelta("r-1", (), "error", "decode failed: IndexError: index out of range"),
+        InstanceStats("r0", "prefill", 0, 1, 64, 0.5, kv_encode_bytes_per_s={"fp8": 4.2e8}),
     ],
 )
 def test_json_round_trip_is_identity(message: object) -> None:
@@ -73,3 +76,18 @@ def test_manifest_without_fingerprint_reads_as_unstated() -> None:
     old_sender = _manifest().to_dict()
     del old_sender["model_fingerprint"]
     assert KVManifest.from_dict(old_sender).model_fingerprint == ""
+
+
+@pytest.mark.parametrize(
+    ("rates", "error"),
+    [
+        ({"fp8": -1.0}, "kv_encode_bytes_per_s['fp8'] must be >= 0"),
+        ({"fp8": "fast"}, "kv_encode_bytes_per_s['fp8'] must be a number"),
+        ([4.2e8], "kv_encode_bytes_per_s must be an object"),
+    ],
+)
+def test_instance_stats_refuse_impossible_encode_rates(rates: object, error: str) -> None:
+    body = InstanceStats("r0", "prefill", 0, 0, 0, 0.0).to_dict()
+    with pytest.raises(ValueError, match=re.escape(error)):
+        InstanceStats.from_dict({**body, "kv_encode_bytes_per_s": rates})
+    assert InstanceStats.from_dict({k: v for k, v in body.items() if k != "kv_encode_bytes_per_s"})

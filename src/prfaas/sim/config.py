@@ -2,6 +2,11 @@
 
 Plain frozen data plus cheap checks; building the paper's case study from real profiles lives in
 `prfaas.sim.presets`. Bad values raise `UserError` (they come from flags or presets).
+
+A deployment has one PrfaaS cluster (`DeploymentSpec.prfaas`, over `SimConfig.bandwidth` and
+`SimConfig.path`), or two or more prefill providers (`DeploymentSpec.providers`), each a PrfaaS
+cluster with its own link and prices; a long request then goes to the cheapest provider whose
+predicted TTFT meets `SimConfig.ttft_target_s` (`prfaas.sim.providers`).
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from dataclasses import dataclass, field
 
 from prfaas.errors import UserError
 from prfaas.policy.controller import ControllerConfig
+from prfaas.policy.providers import LOCAL, MAX_PRICE_USD
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.transfer import LinkPath
 from prfaas.sim.cost import DecodeStepTime, KVSize, PrefillLatency
@@ -31,6 +37,50 @@ class PrefillClusterSpec:
             raise UserError(f"prefill instance count must be >= 0, got {self.num_instances}")
 
 
+def check_bandwidth(bandwidth: tuple[BandwidthStep, ...], owner: str = "the link") -> None:
+    """A bandwidth series starts at time 0 and never goes below 0 Gbps."""
+    if not bandwidth or bandwidth[0].at != 0.0:
+        raise UserError(f"{owner} bandwidth series must start at time 0")
+    for step in bandwidth:
+        if not (math.isfinite(step.gbps) and step.gbps >= 0):
+            raise UserError(f"{owner} bandwidth must be >= 0 Gbps, got {step.gbps}")
+
+
+def _check_price(owner: str, name: str, value: float) -> None:
+    if not (math.isfinite(value) and 0 <= value <= MAX_PRICE_USD):
+        raise UserError(f"{owner}: {name} must be in [0, {MAX_PRICE_USD:g}] USD, got {value}")
+
+
+def _check_gpus(owner: str, num_gpus: int) -> None:
+    if num_gpus < 1:
+        raise UserError(f"{owner}: GPUs per instance must be >= 1, got {num_gpus}")
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    """One prefill provider: a PrfaaS cluster with its own link to the local PD cluster and its
+    prices (`prfaas.policy.providers`)."""
+
+    name: str  # the provider (its cluster's name); the name in reports and route reasons
+    cluster: PrefillClusterSpec  # its prefill instances
+    bandwidth: tuple[BandwidthStep, ...]  # its link's wire capacity over time
+    path: LinkPath = field(default_factory=LinkPath)  # its link's RTT, jitter, loss, efficiency
+    price_per_gpu_hour: float = 0.0  # USD per GPU-hour of its prefill instances
+    gpus_per_instance: int = 1  # GPUs one of its prefill instances occupies
+    price_per_gb: float = 0.0  # USD per GB (1e9 payload bytes) its link carries; 0: unmetered
+
+    def __post_init__(self) -> None:
+        owner = f"provider {self.name!r}"
+        if not self.name or self.name == LOCAL:
+            raise UserError(f"a provider needs a name other than {LOCAL!r}, got {self.name!r}")
+        if self.cluster.num_instances < 1:
+            raise UserError(f"{owner} needs at least one prefill instance")
+        check_bandwidth(self.bandwidth, f"{owner}'s link")
+        _check_price(owner, "price_per_gpu_hour", self.price_per_gpu_hour)
+        _check_price(owner, "price_per_gb", self.price_per_gb)
+        _check_gpus(owner, self.gpus_per_instance)
+
+
 @dataclass(frozen=True, slots=True)
 class DeploymentSpec:
     """One of the paper's three deployments, with instance counts and per-instance costs."""
@@ -42,18 +92,42 @@ class DeploymentSpec:
     max_batch_size: int  # BS_max per decode instance
     decode_step: DecodeStepTime  # T_decode(batch size)
     route_config: RoutePolicyConfig | None = None  # threshold t and link rules (PrfaaS-PD only)
+    # Two or more prefill providers in place of `prfaas` (which then has 0 instances); () : none
+    providers: tuple[ProviderSpec, ...] = ()
+    pd_price_per_gpu_hour: float = 0.0  # USD per GPU-hour of a PD-P instance (with providers)
+    pd_gpus_per_instance: int = 1  # GPUs one PD-P instance occupies (with providers)
 
     def __post_init__(self) -> None:
         if self.num_decode_instances < 1:
             raise UserError(f"need at least one decode instance, got {self.num_decode_instances}")
         if self.max_batch_size < 1:
             raise UserError(f"max batch size must be >= 1, got {self.max_batch_size}")
-        if self.kind is not DeploymentKind.HOMOGENEOUS and self.prfaas.num_instances < 1:
+        if self.providers:
+            self._check_providers()
+        elif self.kind is not DeploymentKind.HOMOGENEOUS and self.prfaas.num_instances < 1:
             raise UserError(f"a {self.kind} deployment needs at least one PrfaaS instance")
         if self.kind is not DeploymentKind.NAIVE and self.pd_prefill.num_instances < 1:
             raise UserError(f"a {self.kind} deployment needs at least one PD-P instance")
         if self.kind is DeploymentKind.PRFAAS and self.route_config is None:
             raise UserError("a PrfaaS deployment needs a routing threshold")
+
+    def _check_providers(self) -> None:
+        names = [p.name for p in self.providers]
+        if len(names) < 2:
+            raise UserError(
+                "several providers means two or more; give one PrfaaS cluster as `prfaas`"
+            )
+        if len(set(names)) != len(names):
+            raise UserError(f"provider names must be distinct, got {', '.join(names)}")
+        if self.kind is not DeploymentKind.PRFAAS:
+            raise UserError(f"several providers need a PrfaaS-PD deployment, not {self.kind}")
+        if self.prfaas.num_instances != 0:
+            raise UserError(
+                "with several providers the PrfaaS instances are the providers': "
+                "give `prfaas` 0 instances"
+            )
+        _check_price("local", "pd_price_per_gpu_hour", self.pd_price_per_gpu_hour)
+        _check_gpus("local", self.pd_gpus_per_instance)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +137,9 @@ class SimConfig:
     deployment: DeploymentSpec
     kv_size: KVSize  # S_kv(l), bytes including fixed per-request state
     num_kv_layers: int  # layers whose KV streams layer by layer; the last one's share waits
-    bandwidth: tuple[BandwidthStep, ...]  # inter-cluster link capacity over time (the wire's)
+    # Inter-cluster link capacity over time (the wire's) and its path; with several providers
+    # each has its own link and these stay unset.
+    bandwidth: tuple[BandwidthStep, ...] = ()
     path: LinkPath = field(default_factory=LinkPath)  # RTT, jitter, loss, payload efficiency
     link_seed: int = 0  # seeds the run's own RNG for per-transfer jitter
     chunk_tokens: int | None = None  # prefill token budget per step; None: one request per step
@@ -81,6 +157,12 @@ class SimConfig:
     route_hysteresis: bool = False
     # Without a controller: record the same time series (t, N_p, N_d, throughput, link) this often
     series_period_s: float | None = None
+    ttft_target_s: float | None = None  # with several providers: the TTFT a provider must meet
+
+    @property
+    def has_providers(self) -> bool:
+        """Several prefill providers, each with its own link (`DeploymentSpec.providers`)."""
+        return bool(self.deployment.providers)
 
     @property
     def tick_period_s(self) -> float | None:
@@ -88,11 +170,12 @@ class SimConfig:
         return self.controller.period_s if self.controller is not None else self.series_period_s
 
     def __post_init__(self) -> None:
-        if not self.bandwidth or self.bandwidth[0].at != 0.0:
-            raise UserError("the link bandwidth series must start at time 0")
-        for step in self.bandwidth:
-            if not (math.isfinite(step.gbps) and step.gbps >= 0):
-                raise UserError(f"link bandwidth must be >= 0 Gbps, got {step.gbps}")
+        if self.has_providers:
+            self._check_providers()
+        else:
+            check_bandwidth(self.bandwidth)
+            if self.ttft_target_s is not None:
+                raise UserError("a TTFT target chooses between several providers; there are none")
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise UserError(f"chunk size must be >= 1 token, got {self.chunk_tokens}")
         if self.num_kv_layers < 1:
@@ -110,6 +193,25 @@ class SimConfig:
         if (self.controller is not None or self.route_hysteresis) and not is_prfaas:
             kind = self.deployment.kind
             raise UserError(f"the adaptive controller needs a PrfaaS-PD deployment, not {kind}")
+
+    def _check_providers(self) -> None:
+        """What several providers need, and what the simulator does not do with them."""
+        target = self.ttft_target_s
+        if target is None or not (math.isfinite(target) and target > 0):
+            raise UserError(f"several providers need a TTFT target > 0 s, got {target}")
+        if self.bandwidth or self.path != LinkPath():
+            raise UserError(
+                "with several providers each link is the provider's: leave "
+                "`bandwidth` and `path` unset"
+            )
+        unsupported = {
+            "the adaptive controller": self.controller is not None,
+            "routing hysteresis": self.route_hysteresis,
+            "a controller time series": self.series_period_s is not None,
+        }
+        for what, is_set in unsupported.items():
+            if is_set:
+                raise UserError(f"{what} is not simulated with several providers")
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,6 +50,7 @@ class LinkDrain:
     """The next transfer on the shared link drains, as predicted at link version `version`."""
 
     version: int  # link version when scheduled; stale if the link changed since
+    link: str = ""  # the link (`LinkSite.name`): "" for a run's one link, else a provider's
     priority = Priority.LINK_DRAIN
 
 
@@ -69,6 +70,7 @@ class BandwidthChange:
 
     step_index: int  # position in the bandwidth series; the handler schedules the next step
     bytes_per_s: float  # new link capacity, bytes per second
+    link: str = ""  # the link (`LinkSite.name`): "" for a run's one link, else a provider's
     priority = Priority.BANDWIDTH_CHANGE
 
 

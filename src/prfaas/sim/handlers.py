@@ -11,6 +11,11 @@ With `config.controller`, a `ControllerTick` every period asks the long-timescal
 (`prfaas.sim.control`) for decisions and carries them out: a new t replaces the routing policy's; a
 role change drains PD instances (no new work, finish what they hold), then retires each and starts
 an instance of the other role in its place. PrfaaS instances keep their role.
+
+With several prefill providers (`DeploymentSpec.providers`), each has its own instances and its
+own link (`prfaas.sim.link.LinkSite`, one max-min fair `SharedLink` each); a request's transfer
+crosses its provider's link, and `prfaas.sim.providers` routes it among them. A run with one
+PrfaaS cluster has one link, named "".
 """
 
 from __future__ import annotations
@@ -31,7 +36,6 @@ from prfaas.policy.route import (
     RouteTarget,
     make_route_policy,
 )
-from prfaas.policy.transfer import flow_cap_bytes_per_s
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 from prfaas.prefix_cache.index import BlockPrefixIndex
 from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
@@ -48,8 +52,9 @@ from prfaas.sim.events import (
     TransferLanded,
 )
 from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
-from prfaas.sim.link import PathLatency, SharedLink, gbps_to_bytes_per_s
+from prfaas.sim.link import LinkSite, SharedLink, gbps_to_bytes_per_s
 from prfaas.sim.metrics import RequestLog
+from prfaas.sim.providers import ProviderRoute, local_option, make_sites, route_among
 from prfaas.sim.views import DecisionRecord, cached_tokens, cluster_view, decode_loads, link_view
 
 FollowUps = list[tuple[float, Event]]
@@ -80,6 +85,16 @@ class SimHandlers:
             RouteTarget.PRFAAS: _make_prefill(config, "prfaas", dep.prfaas),
             RouteTarget.PD_PREFILL: _make_prefill(config, "pd-p", dep.pd_prefill),
         }
+        jitter_seed = config.link_seed + _JITTER_STREAM
+        self.provider_sites = make_sites(config, jitter_seed) if config.has_providers else {}
+        self.sites: dict[str, LinkSite] = {
+            name: site.link for name, site in self.provider_sites.items()
+        } or {"": LinkSite("", config.bandwidth, config.path, random.Random(jitter_seed))}
+        if self.provider_sites:
+            _check_provider_requests(requests)
+            self.clusters[RouteTarget.PRFAAS] = [
+                p for site in self.provider_sites.values() for p in site.instances
+            ]
         self.decode = [
             SimDecode(f"pd-d-{i}", dep.max_batch_size, dep.decode_step)
             for i in range(dep.num_decode_instances)
@@ -88,12 +103,6 @@ class SimHandlers:
         self.decode_by_id = {d.instance_id: d for d in self.decode}
         self.decode_tokens = [0] * len(self.decode)  # output tokens assigned and not finished
         self.indexes = {t: BlockPrefixIndex(config.prefix_cache_blocks) for t in self.clusters}
-        self.link = SharedLink(
-            self._payload_bytes_per_s(config.bandwidth[0].gbps), flow_cap_bytes_per_s(config.path)
-        )
-        self.path_latency = PathLatency(
-            config.path, random.Random(config.link_seed + _JITTER_STREAM)
-        )
         self.transfers: dict[int, Transfer] = {}
         self.decisions: list[RouteDecision | None] = [None] * len(requests)
         self.decode_of = [0] * len(requests)
@@ -110,6 +119,19 @@ class SimHandlers:
         self._last_long_target: RouteTarget | None = None
         self.pd_prefill_all = list(self.clusters[RouteTarget.PD_PREFILL])  # retired ones too
         self.decode_requests = [0] * len(self.decode)  # requests assigned and not finished
+        self.provider_of = [""] * len(requests)  # the provider that prefills it; "" otherwise
+        self.provider_routes: list[ProviderRoute] = []  # filled when config.record_decisions
+
+    @property
+    def link(self) -> SharedLink:
+        """The run's one inter-cluster link (several providers have one each: `sites`)."""
+        if self.provider_sites:
+            raise RuntimeError("a run with several providers has one link each: use .sites")
+        return self.sites[""].link
+
+    def _site(self, i: int) -> LinkSite:
+        """The link request `i`'s bytes cross: its provider's, or the run's one link."""
+        return self.sites[self.provider_of[i]]
 
     @property
     def arrivals_end_s(self) -> float:
@@ -127,11 +149,12 @@ class SimHandlers:
         self.decisions[i] = decision
         if decision.num_prefix_transfer_tokens > 0:
             moved_bytes = self.config.kv_size.kv_bytes(decision.num_prefix_transfer_tokens)
-            self.link.add(self.now, i, moved_bytes, 0.0, math.inf)
+            site = self._site(i)
+            site.link.add(self.now, i, moved_bytes, 0.0, math.inf)
             self.transfers[i] = self._start_transfer(i, str(decision.target), moved_bytes, True)
-            if self.link.release(self.now, i):  # nothing left to send
-                return follow + self._transfer_drained(i) + self._link_follow_ups()
-            return follow + self._link_follow_ups()
+            if site.link.release(self.now, i):  # nothing left to send
+                return follow + self._transfer_drained(i) + self._link_follow_ups(site)
+            return follow + self._link_follow_ups(site)
         return follow + self._enqueue_prefill(i)
 
     def on_prefill_step_done(self, event: PrefillStepDone) -> FollowUps:
@@ -145,12 +168,13 @@ class SimHandlers:
         return follow + self._start_prefill_step(instance)
 
     def on_link_drain(self, event: LinkDrain) -> FollowUps:
-        if event.version != self.link.version:
+        site = self.sites[event.link]
+        if event.version != site.link.version:
             return []
         follow: FollowUps = []
-        for flow_id in self.link.pop_drained(self.now):
+        for flow_id in site.link.pop_drained(self.now):
             follow += self._transfer_drained(flow_id)
-        return follow + self._link_follow_ups()
+        return follow + self._link_follow_ups(site)
 
     def on_transfer_landed(self, event: TransferLanded) -> FollowUps:
         if event.is_prefix_move:
@@ -162,38 +186,36 @@ class SimHandlers:
     ) -> Transfer:
         """The transfer of flow `i` (just added to the link) and its unhidden latency, from the
         fair share it starts with."""
-        flow = self.link.flows[i]
-        share = self.link.bytes_per_s / max(
-            1, sum(f.sendable_bytes > 0 for f in self.link.flows.values())
-        )
-        rate = min(share, flow.cap_bytes_per_s, self.link.flow_cap_bytes_per_s)
-        unhidden_s = self.path_latency.start(self.now, dest, num_bytes, rate)
+        site = self._site(i)
+        link = site.link
+        flow = link.flows[i]
+        share = link.bytes_per_s / max(1, sum(f.sendable_bytes > 0 for f in link.flows.values()))
+        rate = min(share, flow.cap_bytes_per_s, link.flow_cap_bytes_per_s)
+        unhidden_s = site.latency.start(self.now, dest, num_bytes, rate)
         return Transfer(i, is_prefix_move, dest, unhidden_s)
 
     def _transfer_drained(self, flow_id: int) -> FollowUps:
         """Flow `flow_id` sent its last byte: it lands now, or after its unhidden round trips."""
         transfer = self.transfers.pop(flow_id)
-        self.path_latency.finish(self.now, transfer.dest)
+        self._site(flow_id).latency.finish(self.now, transfer.dest)
         landed = TransferLanded(transfer.req_index, transfer.is_prefix_move)
         if transfer.unhidden_s > 0:
             return [(self.now + transfer.unhidden_s, landed)]
         return self.on_transfer_landed(landed)
 
     def on_bandwidth_change(self, event: BandwidthChange) -> FollowUps:
-        self.link.set_capacity(self.now, event.bytes_per_s * self.config.path.payload_efficiency)
+        site = self.sites[event.link]
+        site.set_wire_bytes_per_s(self.now, event.bytes_per_s)
         if self.control is not None:  # the controller hears of it at once, as the router does
             self._control_decide()
-        return self._next_bandwidth_change(event.step_index + 1) + self._link_follow_ups()
+        return self._next_bandwidth_change(site, event.step_index + 1) + self._link_follow_ups(site)
 
-    def _payload_bytes_per_s(self, gbps: float) -> float:
-        """The link's payload capacity: the wire's rate times the payload efficiency."""
-        return gbps_to_bytes_per_s(gbps) * self.config.path.payload_efficiency
-
-    def _next_bandwidth_change(self, step_index: int) -> FollowUps:
-        if step_index >= len(self.config.bandwidth):
+    def _next_bandwidth_change(self, site: LinkSite, step_index: int) -> FollowUps:
+        if step_index >= len(site.bandwidth):
             return []
-        step = self.config.bandwidth[step_index]
-        return [(step.at, BandwidthChange(step_index, gbps_to_bytes_per_s(step.gbps)))]
+        step = site.bandwidth[step_index]
+        change = BandwidthChange(step_index, gbps_to_bytes_per_s(step.gbps), site.name)
+        return [(step.at, change)]
 
     def on_decode_wake(self, event: DecodeWake) -> FollowUps:
         instance = self.decode_by_id[event.instance_id]
@@ -213,6 +235,51 @@ class SimHandlers:
     # --- routing: views in, the policy's decision out ------------------------------------------
 
     def route(self, i: int, req: SimRequest) -> RouteDecision:
+        if self.provider_sites:  # the offers need the decode instance the KV goes to
+            self.decode_of[i] = self._pick_decode()
+            decision = self._route_to_provider(i, req)
+        else:
+            decision = self._route_one_cluster(i, req)
+            self.decode_of[i] = self._pick_decode()
+        self.decode_tokens[self.decode_of[i]] += req.num_output_tokens
+        self.decode_requests[self.decode_of[i]] += 1
+        log = self.log
+        log.arrived_at[i] = req.arrived_at
+        log.is_offloaded[i] = decision.target is RouteTarget.PRFAAS
+        log.num_prompt_tokens[i] = req.num_prompt_tokens
+        log.num_cached_tokens[i] = decision.num_prefix_hit_tokens
+        log.num_output_tokens[i] = req.num_output_tokens
+        log.decode_instance[i] = self.decode[self.decode_of[i]].instance_id
+        return decision
+
+    def _route_to_provider(self, i: int, req: SimRequest) -> RouteDecision:
+        """The route rule per provider, then the cheapest provider meeting the TTFT target
+        (`prfaas.sim.providers.route_among`)."""
+        pd = self.cluster_view(RouteTarget.PD_PREFILL)
+        target_s = self.config.ttft_target_s
+        assert target_s is not None  # SimConfig requires it with providers
+        evaluations, choice, decision, provider = route_among(
+            list(self.provider_sites.values()),
+            local_option(self.config.deployment, pd),
+            pd,
+            req.num_prompt_tokens,
+            self._kv_transfer_bytes(i),
+            target_s,
+            self.now,
+            self.config.link_window_s,
+            self.decode[self.decode_of[i]].instance_id,
+        )
+        self.provider_of[i] = provider
+        record = ProviderRoute(
+            i, self.now, req.num_prompt_tokens, pd, evaluations, choice, decision, provider
+        )
+        if self.config.record_decisions:
+            self.provider_routes.append(record)
+        self.route_reasons[record.rule] = self.route_reasons.get(record.rule, 0) + 1
+        return decision
+
+    def _route_one_cluster(self, i: int, req: SimRequest) -> RouteDecision:
+        """The route rule between the one PrfaaS cluster and PD-P."""
         cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, req)
         cached_prfaas = self._cached_tokens(RouteTarget.PRFAAS, req)
         link = self.link_view()
@@ -233,16 +300,6 @@ class SimHandlers:
         self._count_flip(decision, total - max(cached_pd, cached_prfaas))
         rule = f"{decision.reason.split(':')[0]} -> {decision.target}"
         self.route_reasons[rule] = self.route_reasons.get(rule, 0) + 1
-        self.decode_of[i] = self._pick_decode()
-        self.decode_tokens[self.decode_of[i]] += req.num_output_tokens
-        self.decode_requests[self.decode_of[i]] += 1
-        log = self.log
-        log.arrived_at[i] = req.arrived_at
-        log.is_offloaded[i] = decision.target is RouteTarget.PRFAAS
-        log.num_prompt_tokens[i] = req.num_prompt_tokens
-        log.num_cached_tokens[i] = decision.num_prefix_hit_tokens
-        log.num_output_tokens[i] = req.num_output_tokens
-        log.decode_instance[i] = self.decode[self.decode_of[i]].instance_id
         return decision
 
     def _count_flip(self, decision: RouteDecision, num_incremental_tokens: int) -> None:
@@ -284,7 +341,11 @@ class SimHandlers:
     def _enqueue_prefill(self, i: int) -> FollowUps:
         decision = self.decisions[i]
         assert decision is not None
-        cluster = self.clusters[decision.target]
+        provider = self.provider_of[i]
+        if provider:
+            cluster = self.provider_sites[provider].instances
+        else:
+            cluster = self.clusters[decision.target]
         loads = [InstanceLoad(p.instance_id, p.num_queued_tokens) for p in cluster]
         instance = cluster[pick_instance(loads)]
         instance.enqueue(PrefillJob(i, decision.num_incremental_tokens))
@@ -309,10 +370,11 @@ class SimHandlers:
         held_bytes = kv_bytes / self.config.num_kv_layers
         lone_prefill_s = instance.latency.t_prefill_s(self._num_incremental(i))
         cap = (kv_bytes - held_bytes) / lone_prefill_s if lone_prefill_s > 0 else math.inf
-        self.link.add(self.now, i, kv_bytes, held_bytes, cap)
+        site = self._site(i)
+        site.link.add(self.now, i, kv_bytes, held_bytes, cap)
         dest = self.decode[self.decode_of[i]].instance_id
         self.transfers[i] = self._start_transfer(i, dest, kv_bytes, False)
-        return self._link_follow_ups()
+        return self._link_follow_ups(site)
 
     def _on_prefill_finished(self, i: int) -> FollowUps:
         self.log.first_token_at[i] = self.now
@@ -321,9 +383,10 @@ class SimHandlers:
         self.indexes[decision.target].insert(self.requests[i].block_hashes)
         if not self.log.is_offloaded[i]:
             return self._on_kv_ready(i)
-        if self.link.release(self.now, i):
-            return self._transfer_drained(i) + self._link_follow_ups()
-        return self._link_follow_ups()
+        site = self._site(i)
+        if site.link.release(self.now, i):
+            return self._transfer_drained(i) + self._link_follow_ups(site)
+        return self._link_follow_ups(site)
 
     def _num_incremental(self, i: int) -> int:
         decision = self.decisions[i]
@@ -341,11 +404,11 @@ class SimHandlers:
 
     # --- transfer and decode --------------------------------------------------------------------
 
-    def _link_follow_ups(self) -> FollowUps:
-        drain_at = self.link.next_drain_at()
+    def _link_follow_ups(self, site: LinkSite) -> FollowUps:
+        drain_at = site.link.next_drain_at()
         if drain_at is None:
             return []
-        return [(max(drain_at, self.now), LinkDrain(self.link.version))]
+        return [(max(drain_at, self.now), LinkDrain(site.link.version, site.name))]
 
     def _on_kv_ready(self, i: int) -> FollowUps:
         self.log.kv_ready_at[i] = self.now
@@ -487,3 +550,11 @@ def _make_prefill(config: SimConfig, prefix: str, spec: PrefillClusterSpec) -> l
         SimPrefill(f"{prefix}-{k}", spec.latency, config.chunk_tokens)
         for k in range(spec.num_instances)
     ]
+
+
+def _check_provider_requests(requests: Sequence[SimRequest]) -> None:
+    """Several providers: no prefix caching (its moves between clusters are not simulated)."""
+    if any(r.block_hashes for r in requests):
+        raise UserError(
+            "prefix caching (requests with block hashes) is not simulated with several providers"
+        )

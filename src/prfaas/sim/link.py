@@ -12,6 +12,9 @@ places: the capacity the handlers set is the wire's times the payload efficiency
 is capped at its connections' Mathis bound under loss (`flow_cap_bytes_per_s`); `PathLatency`
 adds what bandwidth cannot hide, the round trips of each transfer (acknowledgment, and on a cold
 destination handshake and slow start), with jitter drawn from the run's own seeded RNG.
+
+`LinkSite` bundles one link's flows, path latency, path and bandwidth series: a run has one, or
+one per prefill provider when there are several (`prfaas.sim.config.ProviderSpec`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from dataclasses import dataclass
 
 from prfaas.policy.transfer import (
     LinkPath,
+    WireState,
     draw_jitter_s,
+    flow_cap_bytes_per_s,
     unhidden_latency_s,
     wire_state,
 )
@@ -210,14 +215,51 @@ class PathLatency:
     def start(self, now: float, dest: str, num_bytes: float, rate_bytes_per_s: float) -> float:
         """A transfer of `num_bytes` to `dest` starts at about `rate_bytes_per_s`: its unhidden
         latency, seconds (0 on an ideal path)."""
-        busy = self.num_in_flight.get(dest, 0) > 0
-        state = wire_state(self.last_used_s.get(dest), now, busy, self.path)
+        state = self.state(now, dest)
         self.num_in_flight[dest] = self.num_in_flight.get(dest, 0) + 1
         self.last_used_s[dest] = now
         jitter_s = draw_jitter_s(self.path, self.rng)
         return unhidden_latency_s(num_bytes, rate_bytes_per_s, self.path, state, jitter_s)
 
+    def state(self, now: float, dest: str) -> WireState:
+        """How warm the connections to `dest` are at `now`."""
+        busy = self.num_in_flight.get(dest, 0) > 0
+        return wire_state(self.last_used_s.get(dest), now, busy, self.path)
+
     def finish(self, now: float, dest: str) -> None:
         """A transfer to `dest` delivered its last byte at `now`."""
         self.num_in_flight[dest] -= 1
         self.last_used_s[dest] = now
+
+
+class LinkSite:
+    """One inter-cluster link as the simulator drives it: its flows (`SharedLink`, max-min fair),
+    its transfers' round trips (`PathLatency`), its path and its wire bandwidth over time.
+
+    `name` is "" for the one link of a one-provider run, else the provider's name. Capacities
+    given to the flows are payload: the wire's times the path's payload efficiency."""
+
+    def __init__(
+        self,
+        name: str,
+        bandwidth: tuple[BandwidthStep, ...],
+        path: LinkPath,
+        rng: random.Random,
+    ) -> None:
+        self.name = name
+        self.bandwidth = bandwidth
+        self.path = path
+        self.wire_bytes_per_s = gbps_to_bytes_per_s(bandwidth[0].gbps)
+        self.link = SharedLink(
+            self.payload_bytes_per_s(bandwidth[0].gbps), flow_cap_bytes_per_s(path)
+        )
+        self.latency = PathLatency(path, rng)
+
+    def payload_bytes_per_s(self, gbps: float) -> float:
+        """The payload capacity of a wire of `gbps`: times the payload efficiency."""
+        return gbps_to_bytes_per_s(gbps) * self.path.payload_efficiency
+
+    def set_wire_bytes_per_s(self, now: float, wire_bytes_per_s: float) -> None:
+        """The wire's capacity becomes `wire_bytes_per_s` at `now`."""
+        self.wire_bytes_per_s = wire_bytes_per_s
+        self.link.set_capacity(now, wire_bytes_per_s * self.path.payload_efficiency)

@@ -161,15 +161,18 @@ def _step_at(steps: Sequence[tuple[float, float]], at: float, k: int) -> int:
     return k
 
 
-def egress_series(
+EgressBin = tuple[float, float, float, float]  # (start s, end s, bytes sent, capacity bytes)
+
+
+def _egress_bins(
     rate_segments: Sequence[tuple[float, float]],
     bandwidth: Sequence[BandwidthStep],
     end_s: float,
     bin_s: float,
-) -> list[dict[str, float]]:
-    """Per-bin mean egress (Gbps) and utilization (sent / capacity) of the inter-cluster link."""
+) -> list[EgressBin]:
+    """Bytes sent and bytes the link could carry in each bin of `bin_s` up to `end_s`."""
     capacity = [(b.at, b.gbps * GBPS / 8) for b in bandwidth]
-    series = []
+    bins = []
     num_bins = max(1, math.ceil(end_s / bin_s))
     rate_k = cap_k = 0
     for b in range(num_bins):
@@ -178,14 +181,40 @@ def egress_series(
         cap_k = _step_at(capacity, lo, cap_k)
         sent = _integrate_steps(rate_segments, lo, hi, rate_k)
         cap = _integrate_steps(capacity, lo, hi, cap_k)
-        series.append(
-            {
-                "start_s": lo,
-                "egress_gbps": sent * 8 / GBPS / (hi - lo) if hi > lo else 0.0,
-                "utilization": sent / cap if cap > 0 else 0.0,
-            }
-        )
-    return series
+        bins.append((lo, hi, sent, cap))
+    return bins
+
+
+def _series_point(lo: float, hi: float, sent: float, cap: float) -> dict[str, float]:
+    return {
+        "start_s": lo,
+        "egress_gbps": sent * 8 / GBPS / (hi - lo) if hi > lo else 0.0,
+        "utilization": sent / cap if cap > 0 else 0.0,
+    }
+
+
+def egress_series(
+    rate_segments: Sequence[tuple[float, float]],
+    bandwidth: Sequence[BandwidthStep],
+    end_s: float,
+    bin_s: float,
+) -> list[dict[str, float]]:
+    """Per-bin mean egress (Gbps) and utilization (sent / capacity) of the inter-cluster link."""
+    return [_series_point(*b) for b in _egress_bins(rate_segments, bandwidth, end_s, bin_s)]
+
+
+def combined_egress_series(
+    links: Sequence[tuple[Sequence[tuple[float, float]], Sequence[BandwidthStep]]],
+    end_s: float,
+    bin_s: float,
+) -> list[dict[str, float]]:
+    """`egress_series` of several links, (rate segments, bandwidth) each, taken together: per
+    bin, the bytes all sent over the bytes all could carry."""
+    per_link = [_egress_bins(rates, bandwidth, end_s, bin_s) for rates, bandwidth in links]
+    return [
+        _series_point(bins[0][0], bins[0][1], sum(b[2] for b in bins), sum(b[3] for b in bins))
+        for bins in zip(*per_link, strict=True)
+    ]
 
 
 def round_floats(obj: Any, digits: int = FLOAT_DIGITS) -> Any:

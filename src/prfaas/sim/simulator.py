@@ -21,6 +21,7 @@ from prfaas.sim.events import (
 )
 from prfaas.sim.handlers import FollowUps, SimHandlers
 from prfaas.sim.metrics import round_floats
+from prfaas.sim.providers import providers_summary
 from prfaas.sim.summary import run_summary
 from prfaas.sim.views import DecisionRecord
 
@@ -37,8 +38,9 @@ class Simulator(SimHandlers):
         """Simulate until every request finished or `drain_s` after the last arrival."""
         if self.requests:
             self.queue.push(self.requests[0].arrived_at, Arrival(0))
-        for at, event in self._next_bandwidth_change(1):
-            self.queue.push(at, event)
+        for site in self.sites.values():
+            for at, event in self._next_bandwidth_change(site, 1):
+                self.queue.push(at, event)
         if self.control is not None:
             self.queue.push(self.control.period_s, ControllerTick(1))
         stop_at = self.arrivals_end_s + self.config.drain_s
@@ -85,7 +87,7 @@ class Simulator(SimHandlers):
         summary = run_summary(
             self.config,
             self.log,
-            self.link,
+            list(self.sites.values()),
             clusters,
             self.decode,
             self.route_reasons,
@@ -93,12 +95,28 @@ class Simulator(SimHandlers):
             end_s,
             self.num_events,
         )
+        if self.provider_sites:
+            summary.update(self._providers_summary(end_s))
         if self.route_state is not None:
             summary["route_mode_switches"] = self.route_state.num_switches
         if self.control is not None:
             summary["controller"] = round_floats(self.control.summary())
             summary["route_flips"] = self.num_route_flips
         return summary
+
+    def _providers_summary(self, end_s: float) -> dict[str, Any]:
+        config = self.config
+        assert config.ttft_target_s is not None  # SimConfig requires it with providers
+        result = providers_summary(
+            config.deployment,
+            list(self.provider_sites.values()),
+            self.pd_prefill_all,
+            self.log,
+            self.provider_of,
+            end_s,
+            config.ttft_target_s,
+        )
+        return round_floats(result)  # type: ignore[no-any-return]
 
 
 def simulate(

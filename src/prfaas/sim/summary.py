@@ -1,4 +1,6 @@
-"""The metrics summary of a finished simulation run: JSON-ready, floats rounded, no wall clock."""
+"""The metrics summary of a finished simulation run: JSON-ready, floats rounded, no wall clock.
+
+The egress is the one link's, or, with several providers, every link's together."""
 
 from __future__ import annotations
 
@@ -8,14 +10,20 @@ from typing import Any
 from prfaas.policy.route import RouteTarget
 from prfaas.sim.config import SimConfig
 from prfaas.sim.instances import SimDecode, SimPrefill
-from prfaas.sim.link import SharedLink
-from prfaas.sim.metrics import RequestLog, egress_series, request_stats, round_floats
+from prfaas.sim.link import LinkSite
+from prfaas.sim.metrics import (
+    RequestLog,
+    combined_egress_series,
+    egress_series,
+    request_stats,
+    round_floats,
+)
 
 
 def run_summary(
     config: SimConfig,
     log: RequestLog,
-    link: SharedLink,
+    links: Sequence[LinkSite],
     clusters: Mapping[RouteTarget, Sequence[SimPrefill]],
     decode: Sequence[SimDecode],
     route_reasons: Mapping[str, int],
@@ -26,8 +34,8 @@ def run_summary(
     """Metrics of a run over arrivals in [0, `window_s`] simulated until `end_s`."""
     cfg = config
     slo = (cfg.slo_ttft_s, cfg.slo_tpot_s)
-    series = egress_series(link.rate_segments, cfg.bandwidth, end_s, cfg.egress_bin_s)
-    sent_bytes = link.total_sent_bytes
+    series = _series(links, end_s, cfg.egress_bin_s)
+    sent_bytes = sum(site.link.total_sent_bytes for site in links)
     result = {
         "deployment": str(cfg.deployment.kind),
         "window_s": window_s,
@@ -44,6 +52,13 @@ def run_summary(
         "route_reasons": dict(sorted(route_reasons.items())),
     }
     return round_floats(result)  # type: ignore[no-any-return]
+
+
+def _series(links: Sequence[LinkSite], end_s: float, bin_s: float) -> list[dict[str, float]]:
+    if len(links) == 1:
+        return egress_series(links[0].link.rate_segments, links[0].bandwidth, end_s, bin_s)
+    rates = [(site.link.rate_segments, site.bandwidth) for site in links]
+    return combined_egress_series(rates, end_s, bin_s)
 
 
 def utilization(

@@ -1,0 +1,317 @@
+"""Several prefill providers in one run: each provider's instances, link and routing policy, the
+route of one request among them, and their share of the run's metrics.
+
+A long request is routed with the same policy code the live router runs. The route rule
+(`RoutePolicy.choose`) is evaluated once per provider, with that provider's cluster view and link
+view (and, for the offload-delay rule, its own prefill curve). If no provider's rule says PrfaaS,
+the request prefills locally. Otherwise `prfaas.policy.providers.choose_provider` picks among the
+providers that said PrfaaS: the cheapest whose predicted TTFT meets the run's target, else local
+prefill. A provider's offer is its least-loaded instance's queued prefill seconds, its link's
+wire capacity with the KV already queued on it (the backlog's drain time at the link's payload
+capacity, as the route rule reads it; the request's own bytes then cross at the link's goodput),
+its path and how warm its connections to the request's decode instance are (a cold one adds
+the handshake and slow start, as the transfer will), its prices and its prefill curve; the
+local option is the PD-P cluster's.
+
+Pure bookkeeping over the simulator's objects: the handlers (`prfaas.sim.handlers`) drive the
+events, this module decides and reports.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from prfaas.policy.providers import (
+    BYTES_PER_GB,
+    LOCAL,
+    LocalOption,
+    ProviderChoice,
+    ProviderOffer,
+    choose_provider,
+    compute_usd,
+)
+from prfaas.policy.route import (
+    RouteDecision,
+    RoutePolicy,
+    RoutePolicyConfig,
+    RouteTarget,
+    make_route_policy,
+)
+from prfaas.policy.throughput import LatencyCurve
+from prfaas.policy.views import ClusterView, LinkView
+from prfaas.sim.config import DeploymentSpec, ProviderSpec, SimConfig
+from prfaas.sim.cost import PrefillLatency
+from prfaas.sim.instances import SimPrefill
+from prfaas.sim.link import LinkSite
+from prfaas.sim.metrics import NAN, RequestLog, distribution, waited_s
+from prfaas.sim.views import cluster_view, link_view
+from prfaas.types import DeploymentKind
+
+_PROVIDER_STREAM = 7_919  # seed offset between providers' jitter RNGs
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderEvaluation:
+    """The route rule's answer for one provider, and the views it was given."""
+
+    name: str  # the provider
+    link: LinkView  # its link, as the rule saw it
+    cluster: ClusterView  # its prefill instances' loads
+    decision: RouteDecision  # PRFAAS: this provider may take the request
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    """Where one request prefills among several providers, and every input of the decision: the
+    hook for parity checks against a live router."""
+
+    req_index: int  # position of the request in the workload
+    at_s: float  # simulated time of the decision, seconds
+    num_prompt_tokens: int
+    pd: ClusterView  # the PD-P cluster's loads
+    evaluations: tuple[ProviderEvaluation, ...]  # one per provider, by name
+    choice: ProviderChoice | None  # `choose_provider`'s answer; None when no rule said PrfaaS
+    decision: RouteDecision  # the final decision (PRFAAS: to `provider`)
+    provider: str  # the chosen provider's name; "" for local prefill
+
+    @property
+    def rule(self) -> str:
+        """The deciding rule and target, as `route_reasons` counts them."""
+        target = self.provider or str(RouteTarget.PD_PREFILL)
+        return f"{self.decision.reason.split(':')[0]} -> {target}"
+
+
+class ProviderSite:
+    """One provider during a run: its spec, prefill instances, link and routing policy."""
+
+    def __init__(
+        self,
+        spec: ProviderSpec,
+        route_config: RoutePolicyConfig | None,
+        chunk_tokens: int | None,
+        rng: random.Random,
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.instances = [
+            SimPrefill(f"{spec.name}-{k}", spec.cluster.latency, chunk_tokens)
+            for k in range(spec.cluster.num_instances)
+        ]
+        self.link = LinkSite(spec.name, spec.bandwidth, spec.path, rng)
+        self.policy: RoutePolicy = make_route_policy(
+            DeploymentKind.PRFAAS, _own_costs(route_config, spec)
+        )
+
+    def evaluate(
+        self, num_prompt_tokens: int, pd: ClusterView, now: float, window_s: float
+    ) -> ProviderEvaluation:
+        """The route rule for this provider alone (no cached prefix: refused with providers)."""
+        link = link_view(self.link.link, now, window_s, self.spec.path.rtt_s)
+        cluster = cluster_view(self.name, self.instances, now)
+        decision = self.policy.choose(num_prompt_tokens, 0, 0, link, cluster, pd)
+        return ProviderEvaluation(self.name, link, cluster, decision)
+
+    def offer(self, evaluation: ProviderEvaluation, now: float, dest: str) -> ProviderOffer | None:
+        """This provider's offer for a request whose KV goes to decode instance `dest`; None while
+        its link carries nothing."""
+        link = self.link
+        payload_bytes_per_s = link.link.bytes_per_s
+        if link.wire_bytes_per_s <= 0 or payload_bytes_per_s <= 0:
+            return None
+        return ProviderOffer(
+            name=self.name,
+            price_per_gpu_hour=self.spec.price_per_gpu_hour,
+            gpus_per_instance=self.spec.gpus_per_instance,
+            t_prefill_s=latency_curve(self.spec.cluster.latency),
+            queue_s=evaluation.cluster.prefill_wait_s(),
+            link_bytes_per_s=link.wire_bytes_per_s,
+            path=self.spec.path,
+            price_per_gb=self.spec.price_per_gb,
+            link_backlog_s=evaluation.link.backlog_bytes / payload_bytes_per_s,
+            wire_state=link.latency.state(now, dest),
+        )
+
+
+def latency_curve(latency: PrefillLatency) -> LatencyCurve:
+    """A simulator prefill latency as the policy's curve (called with whole token counts)."""
+
+    def curve(num_tokens: float) -> float:
+        return latency.t_prefill_s(int(num_tokens))
+
+    return curve
+
+
+def _own_costs(config: RoutePolicyConfig | None, spec: ProviderSpec) -> RoutePolicyConfig | None:
+    """The deployment's route config with this provider's prefill curve in its offload-delay
+    costs (the rule compares this provider's path with the local one)."""
+    if config is None or config.costs is None:
+        return config
+    costs = replace(config.costs, t_prefill_prfaas_s=latency_curve(spec.cluster.latency))
+    return replace(config, costs=costs)
+
+
+def make_sites(config: SimConfig, jitter_seed: int) -> dict[str, ProviderSite]:
+    """One site per provider, in order of name; each link draws its jitter from its own RNG,
+    seeded `jitter_seed` plus an offset per provider."""
+    dep = config.deployment
+    return {
+        spec.name: ProviderSite(
+            spec,
+            dep.route_config,
+            config.chunk_tokens,
+            random.Random(jitter_seed + _PROVIDER_STREAM * (k + 1)),
+        )
+        for k, spec in enumerate(sorted(dep.providers, key=lambda p: p.name))
+    }
+
+
+def local_option(dep: DeploymentSpec, pd: ClusterView) -> LocalOption:
+    """The PD-P cluster as `choose_provider`'s fallback."""
+    return LocalOption(
+        price_per_gpu_hour=dep.pd_price_per_gpu_hour,
+        gpus_per_instance=dep.pd_gpus_per_instance,
+        t_prefill_s=latency_curve(dep.pd_prefill.latency),
+        queue_s=pd.prefill_wait_s(),
+    )
+
+
+def route_among(
+    sites: Sequence[ProviderSite],
+    local: LocalOption,
+    pd: ClusterView,
+    num_prompt_tokens: int,
+    kv_bytes: float,
+    ttft_target_s: float,
+    now: float,
+    window_s: float,
+    dest: str,
+) -> tuple[tuple[ProviderEvaluation, ...], ProviderChoice | None, RouteDecision, str]:
+    """(each provider's evaluation, the choice, the decision, the chosen provider or "") for a
+    request whose KV would go to decode instance `dest`."""
+    evaluations = tuple(s.evaluate(num_prompt_tokens, pd, now, window_s) for s in sites)
+    offers = [
+        offer
+        for site, e in zip(sites, evaluations, strict=True)
+        if e.decision.target is RouteTarget.PRFAAS
+        and (offer := site.offer(e, now, dest)) is not None
+    ]
+    if not offers:
+        return evaluations, None, _local_decision(evaluations, num_prompt_tokens), ""
+    num_tokens = next(
+        e.decision.num_incremental_tokens for e in evaluations if e.name == offers[0].name
+    )
+    choice = choose_provider(offers, local, num_tokens, kv_bytes, ttft_target_s)
+    if choice.target == LOCAL:
+        decision = RouteDecision(RouteTarget.PD_PREFILL, num_prompt_tokens, 0, choice.reason)
+        return evaluations, choice, decision, ""
+    chosen = next(e for e in evaluations if e.name == choice.target)
+    return evaluations, choice, replace(chosen.decision, reason=choice.reason), choice.target
+
+
+def _local_decision(
+    evaluations: Sequence[ProviderEvaluation], num_prompt_tokens: int
+) -> RouteDecision:
+    """No provider's rule said PrfaaS: the first local decision (the same for every provider
+    when the threshold decided), or local prefill when a dead link was all that said PrfaaS."""
+    for e in evaluations:
+        if e.decision.target is RouteTarget.PD_PREFILL:
+            return e.decision
+    return RouteDecision(
+        RouteTarget.PD_PREFILL, num_prompt_tokens, 0, "no-link: every provider's link is down"
+    )
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+
+def _ttft_s(log: RequestLog, i: int, end_s: float) -> float:
+    return waited_s(log.first_token_at[i], log.arrived_at[i], end_s)
+
+
+def _met(log: RequestLog, i: int, target_s: float) -> bool:
+    """Request `i` had its first token within `target_s` of arriving."""
+    first = log.first_token_at[i]
+    return not math.isnan(first) and first - log.arrived_at[i] <= target_s
+
+
+def _share(part: int, whole: int) -> float:
+    return part / whole if whole else NAN
+
+
+def _row(
+    log: RequestLog,
+    requests: Sequence[int],
+    num_arrived: int,
+    end_s: float,
+    target_s: float,
+    compute: float,
+    transfer: float,
+) -> dict[str, Any]:
+    ttft = distribution([_ttft_s(log, i, end_s) for i in requests])
+    return {
+        "num_requests": len(requests),
+        "share": _share(len(requests), num_arrived),
+        "compute_usd": compute,
+        "transfer_usd": transfer,
+        "ttft_s": {q: ttft[q] for q in ("p50", "p90", "p99")},
+        "ttft_target_met_share": _share(
+            sum(_met(log, i, target_s) for i in requests), len(requests)
+        ),
+    }
+
+
+def providers_summary(
+    dep: DeploymentSpec,
+    sites: Sequence[ProviderSite],
+    pd_prefill: Sequence[SimPrefill],
+    log: RequestLog,
+    provider_of: Sequence[str],
+    end_s: float,
+    target_s: float,
+) -> dict[str, Any]:
+    """Per provider (and "local"): requests and their share of all, compute and transfer USD,
+    TTFT p50/p90/p99 of its requests and the share of them within the target; the run's totals.
+
+    Compute is the prefill seconds its instances ran x GPUs per instance x price per GPU-hour
+    / 3600 (`prfaas.policy.providers.compute_usd`); transfer is the payload bytes its link
+    carried / 1e9 x its price per GB. Local prefill is priced at the PD price."""
+    arrived = [i for i in range(log.num_requests) if not math.isnan(log.arrived_at[i])]
+    rows: dict[str, dict[str, Any]] = {}
+    for site in sites:
+        spec = site.spec
+        busy_s = sum(p.busy_s for p in site.instances)
+        sent_bytes = site.link.link.total_sent_bytes
+        rows[site.name] = _row(
+            log,
+            [i for i in arrived if provider_of[i] == site.name],
+            len(arrived),
+            end_s,
+            target_s,
+            compute_usd(busy_s, spec.gpus_per_instance, spec.price_per_gpu_hour),
+            sent_bytes / BYTES_PER_GB * spec.price_per_gb,
+        )
+        rows[site.name]["egress_gbps"] = sent_bytes * 8 / 1e9 / end_s if end_s > 0 else 0.0
+        rows[site.name]["hardware"] = spec.cluster.hardware
+        rows[site.name]["num_instances"] = spec.cluster.num_instances
+    local_busy_s = sum(p.busy_s for p in pd_prefill)
+    rows[LOCAL] = _row(
+        log,
+        [i for i in arrived if not provider_of[i]],
+        len(arrived),
+        end_s,
+        target_s,
+        compute_usd(local_busy_s, dep.pd_gpus_per_instance, dep.pd_price_per_gpu_hour),
+        0.0,
+    )
+    met = sum(_met(log, i, target_s) for i in arrived)
+    return {
+        "providers": rows,
+        "ttft_target_s": target_s,
+        "ttft_target_met_share": _share(met, len(arrived)),
+        "compute_usd": sum(r["compute_usd"] for r in rows.values()),
+        "transfer_usd": sum(r["transfer_usd"] for r in rows.values()),
+    }

@@ -187,7 +187,7 @@ def simulate_results(
         "ttft_s": distribution(ttft),
         "tpot_s": distribution(tpot),
         "offload_ratio": _share(sum(1 for i in done if log.is_offloaded[i]), len(done)),
-        "egress_bytes": round(sim.link.total_sent_bytes * topology.model.payload_scale),
+        "egress_bytes": round(sim.total_sent_bytes * topology.model.payload_scale),
     }
 
 

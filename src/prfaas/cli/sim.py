@@ -42,6 +42,13 @@ def register(subparsers: Any) -> None:
         "deployment runs at --load x its model Λ_max.",
     )
     add_input_flags(p)
+    p.add_argument(
+        "--topology",
+        metavar="FILE",
+        help="simulate the deployment of a topology file (its clusters, links, prices, t and "
+        "TTFT target; several prfaas clusters are several providers) over the workload flags, "
+        "with --rate or --trace",
+    )
     p.add_argument("--deployment", default="all", choices=[*DEPLOYMENTS, "all"])
     p.add_argument(
         "--routing",
@@ -216,6 +223,8 @@ def run(args: argparse.Namespace) -> int:
     from prfaas.cli._sim_setup import load_setup
 
     _check_args(args)
+    if args.topology is not None:
+        return _run_topology(args)
     settings = settings_from_args(args)
     scenarios = _scenarios(args, settings)
     if args.plot:
@@ -240,6 +249,39 @@ def run(args: argparse.Namespace) -> int:
         print(_max_rate_table(results))
     else:
         print(_summary_table(results))
+    return 0
+
+
+def _run_topology(args: argparse.Namespace) -> int:
+    """`prfaas sim --topology FILE` (`prfaas.cli._sim_topology`)."""
+    from prfaas.cli._sim_topology import check_topology_flags, providers_table, simulate_topology
+    from prfaas.sim.timeline import timeline_events
+
+    check_topology_flags(args)
+    settings = settings_from_args(args)
+    if args.plot:
+        prepare_output_dir(args.plot, "--plot")
+    show_progress = not args.json and sys.stderr.isatty()
+    total_s = (args.duration_s or 0.0) + args.drain_s
+    with _progress_bar(show_progress, total_s, "topology") as bar:
+
+        def progress(now: float) -> None:
+            bar.update(max(0, round(now) - bar.n))
+
+        results, log = simulate_topology(args, settings, progress)
+    if args.timeline is not None:
+        (kind,) = results
+        _write_timeline(args.timeline, timeline_events(log, kind))
+    if args.plot:
+        _write_plots(args, results)
+    if args.json:
+        sys.stdout.write(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        return 0
+    print(_summary_table(results))
+    for summary in results.values():
+        if "providers" in summary:
+            print()
+            print(providers_table(summary))
     return 0
 
 

@@ -129,6 +129,11 @@ class SimHandlers:
             raise RuntimeError("a run with several providers has one link each: use .sites")
         return self.sites[""].link
 
+    @property
+    def total_sent_bytes(self) -> float:
+        """KV payload bytes every link of the run carried."""
+        return sum(site.link.total_sent_bytes for site in self.sites.values())
+
     def _site(self, i: int) -> LinkSite:
         """The link request `i`'s bytes cross: its provider's, or the run's one link."""
         return self.sites[self.provider_of[i]]

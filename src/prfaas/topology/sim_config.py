@@ -9,18 +9,27 @@ what emulated engines sleep), the case study's T_decode and batch size, S_kv(l) 
 `model.emulate`, and the link in model units. Routing starts from the topology's t with the
 router's rule knobs (`route_config_of`), with the hysteresis and the long-timescale controller
 on when the topology has a `[controller]` table, as in the router.
+
+A topology with several prfaas clusters (providers) becomes a simulation with several providers
+(`prfaas.sim.config.ProviderSpec`): each provider's prefill curve, instances and link (its
+`[clusters.link]`, else `[link]`, in model units) come from the topology as it would be with
+that provider alone, its price from its cluster, the PD-P price from the PD cluster, and the
+TTFT target from `[policy] ttft_target_s` in model seconds. A link's `price_per_gb` is charged
+per GB of the simulated KV payload (real bytes, not the emulation's scaled ones).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
+from prfaas.errors import UserError
 from prfaas.plan.inputs import ClusterSpec
-from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, SimConfig
+from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, ProviderSpec, SimConfig
 from prfaas.sim.cost import FixedDecodeStep
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.presets import CurveLatency, FootprintSize
-from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, Topology
+from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, ClusterConfig, Topology
 from prfaas.topology.derived import (
     model_link_gbps,
     model_link_path,
@@ -40,14 +49,12 @@ def sim_config_of(
     """The `SimConfig` of `topology`; `bandwidth` overrides its constant `[link]` (steps from
     time 0, in the model's units like the `[link]` rate: `ModelConfig.model_bytes_per_s`).
     Needs a PD cluster, and a PrfaaS cluster unless the deployment is homogeneous, with one
-    hardware per cluster, like "auto"."""
-    from prfaas.models import load_model_spec
-
+    hardware per cluster, like "auto". Several providers have a link each: `bandwidth` is
+    refused with them."""
+    if len(topology.providers) > 1:
+        return _providers_config(topology, bandwidth)
     inputs, num_pd_p = planner_inputs(topology)
     pd = topology.clusters_of_kind("pd")[0]
-    footprint = load_model_spec(topology.model.emulate).footprint(
-        kv_codec=planned_kv_codec(topology)
-    )
     deployment = DeploymentSpec(
         kind=DeploymentKind(topology.policy.deployment),
         prfaas=_prefill_spec(inputs.prfaas, num_prfaas_prefill(topology)),
@@ -58,19 +65,88 @@ def sim_config_of(
         route_config=route_config_of(topology),
     )
     controller = topology.controller
+    return _sim_config(
+        topology,
+        deployment,
+        bandwidth=tuple(bandwidth or _constant_link(topology)),
+        path=model_link_path(topology),
+        controller=controller.config if controller.enabled else None,
+        route_hysteresis=controller.enabled,
+    )
+
+
+def _sim_config(topology: Topology, deployment: DeploymentSpec, **knobs: object) -> SimConfig:
+    """The knobs every simulation of `topology` shares: model sizes, seed, prefix blocks."""
+    from prfaas.models import load_model_spec
+
+    model = load_model_spec(topology.model.emulate)
+    footprint = model.footprint(kv_codec=planned_kv_codec(topology))
     return SimConfig(
         deployment=deployment,
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
-        num_kv_layers=load_model_spec(topology.model.emulate).num_layers,
-        bandwidth=tuple(bandwidth or (BandwidthStep(0.0, model_link_gbps(topology)),)),
-        path=model_link_path(topology),
+        num_kv_layers=model.num_layers,
         link_seed=topology.model.seed,
         block_tokens=_block_tokens(topology),
         prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
         record_decisions=True,
-        controller=controller.config if controller.enabled else None,
-        route_hysteresis=controller.enabled,
+        **knobs,  # type: ignore[arg-type]
     )
+
+
+def _constant_link(topology: Topology) -> tuple[BandwidthStep, ...]:
+    """The topology's `[link]` at its rate from time 0, in model units."""
+    return (BandwidthStep(0.0, model_link_gbps(topology)),)
+
+
+def _alone(topology: Topology, provider: ClusterConfig) -> Topology:
+    """`topology` with `provider` as its only prfaas cluster, over that provider's link."""
+    clusters = tuple(c for c in topology.clusters if c.kind != "prfaas" or c is provider)
+    return replace(topology, clusters=clusters, link=topology.link_of(provider.name))
+
+
+def _price_per_gpu_hour(cluster: ClusterConfig) -> float:
+    if cluster.price_per_gpu_hour is None:  # the topology's checks require it with providers
+        raise UserError(f"cluster {cluster.name!r} needs price_per_gpu_hour (several providers)")
+    return cluster.price_per_gpu_hour
+
+
+def _provider_spec(topology: Topology, provider: ClusterConfig) -> ProviderSpec:
+    alone = _alone(topology, provider)
+    inputs, _ = planner_inputs(alone)
+    return ProviderSpec(
+        name=provider.name,
+        cluster=_prefill_spec(inputs.prfaas, num_prfaas_prefill(alone)),
+        bandwidth=_constant_link(alone),
+        path=model_link_path(alone),
+        price_per_gpu_hour=_price_per_gpu_hour(provider),
+        gpus_per_instance=inputs.prfaas.gpus_per_instance,
+        price_per_gb=alone.link.price_per_gb or 0.0,
+    )
+
+
+def _providers_config(topology: Topology, bandwidth: Sequence[BandwidthStep] | None) -> SimConfig:
+    """The `SimConfig` of a topology with several providers."""
+    if bandwidth is not None:
+        raise UserError("a bandwidth series replaces the one link; several providers have one each")
+    target_s = topology.policy.ttft_target_s
+    if target_s is None:  # the topology's checks require it with providers
+        raise UserError("several providers need [policy] ttft_target_s")
+    providers = tuple(_provider_spec(topology, c) for c in topology.providers)
+    inputs, num_pd_p = planner_inputs(_alone(topology, topology.providers[0]))
+    pd = topology.clusters_of_kind("pd")[0]
+    deployment = DeploymentSpec(
+        kind=DeploymentKind.PRFAAS,
+        prfaas=_prefill_spec(inputs.prfaas, 0),
+        pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
+        num_decode_instances=len(pd.by_role("decode")),
+        max_batch_size=inputs.max_batch_size,
+        decode_step=FixedDecodeStep(inputs.t_decode_step_s),
+        route_config=route_config_of(topology),
+        providers=providers,
+        pd_price_per_gpu_hour=_price_per_gpu_hour(pd),
+        pd_gpus_per_instance=inputs.pd.gpus_per_instance,
+    )
+    return _sim_config(topology, deployment, ttft_target_s=topology.model.model_seconds(target_s))
 
 
 def _block_tokens(topology: Topology) -> int:

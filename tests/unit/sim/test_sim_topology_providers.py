@@ -1,0 +1,146 @@
+"""A topology with several prfaas clusters as a simulation with several providers
+(`prfaas.topology.sim_config`), and `prfaas sim --topology FILE`: its providers table, its JSON and
+the flags it refuses in one line."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from prfaas.cli import main
+from prfaas.errors import UserError
+from prfaas.sim.link import BandwidthStep
+from prfaas.topology import load_topology
+from prfaas.topology.load import parse_topology
+from prfaas.topology.sim_config import sim_config_of
+
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
+TWO = EXAMPLES / "emulated-two-providers.toml"
+
+
+def _data() -> dict[str, Any]:
+    return tomllib.loads(TWO.read_text())
+
+
+def test_each_cluster_becomes_a_provider_with_its_own_link_and_prices() -> None:
+    config = sim_config_of(load_topology(TWO))
+    cheap, fast = config.deployment.providers
+    assert (cheap.name, fast.name) == ("cheap", "fast")
+    assert cheap.bandwidth == (BandwidthStep(0.0, 25.0),) and cheap.path.rtt_s == 0.03
+    assert fast.bandwidth == (BandwidthStep(0.0, 100.0),) and fast.path.rtt_s == 0.005
+    assert (cheap.price_per_gpu_hour, cheap.price_per_gb) == (2.5, 0.002)
+    assert (fast.price_per_gpu_hour, fast.price_per_gb) == (4.0, 0.0)
+    assert (cheap.cluster.num_instances, fast.cluster.num_instances) == (2, 1)
+    assert cheap.gpus_per_instance == fast.gpus_per_instance == 8
+    dep = config.deployment
+    assert dep.prfaas.num_instances == 0 and dep.pd_prefill.num_instances == 2
+    assert (dep.pd_price_per_gpu_hour, dep.pd_gpus_per_instance) == (1.5, 8)
+    assert config.ttft_target_s == 10.0
+    assert dep.route_config is not None and dep.route_config.threshold_tokens == 8000
+
+
+def test_a_provider_is_simulated_as_it_would_be_alone(tmp_path: Path) -> None:
+    """fast alone (cheap's cluster removed) is a one-provider topology: its curve, link and
+    instances are that topology's PrfaaS cluster's."""
+    data = _data()
+    data["clusters"] = [c for c in data["clusters"] if c["name"] != "cheap"]
+    alone = sim_config_of(parse_topology(data, tmp_path))
+    fast = sim_config_of(load_topology(TWO)).deployment.providers[1]
+    for num_tokens in (1000, 8001, 60_000):
+        alone_s = alone.deployment.prfaas.latency.t_prefill_s(num_tokens)
+        assert fast.cluster.latency.t_prefill_s(num_tokens) == alone_s
+    assert (fast.bandwidth, fast.path) == (alone.bandwidth, alone.path)
+
+
+def test_time_scale_turns_the_target_and_the_links_into_model_units(tmp_path: Path) -> None:
+    data = _data()
+    data["model"]["time_scale"] = 2.0
+    config = sim_config_of(parse_topology(data, tmp_path))
+    cheap = config.deployment.providers[0]
+    assert config.ttft_target_s == 5.0
+    assert cheap.path.rtt_s == pytest.approx(0.015)
+    assert cheap.bandwidth[0].gbps == pytest.approx(50.0)
+
+
+def test_a_bandwidth_series_is_refused_with_several_providers() -> None:
+    with pytest.raises(UserError, match="several providers have one each"):
+        sim_config_of(load_topology(TWO), [BandwidthStep(0.0, 10.0)])
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = main(["sim", "--topology", str(TWO), *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_sim_topology_json_per_provider(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "--rate", "1.5", "--num-requests", "300", "--json")
+    assert code == 0
+    r = json.loads(out)["prfaas"]
+    rows = r["providers"]
+    assert set(rows) == {"cheap", "fast", "local"}
+    assert sum(row["num_requests"] for row in rows.values()) == r["num_arrived"] == 300
+    assert sum(row["share"] for row in rows.values()) == pytest.approx(1.0)
+    assert r["offload_ratio"] == pytest.approx(rows["cheap"]["share"] + rows["fast"]["share"])
+    assert r["compute_usd"] == pytest.approx(sum(row["compute_usd"] for row in rows.values()))
+    assert rows["cheap"]["transfer_usd"] > 0 and rows["fast"]["transfer_usd"] == 0
+    assert rows["local"]["transfer_usd"] == 0
+    assert r["ttft_target_s"] == 10.0 and 0 <= r["ttft_target_met_share"] <= 1
+    assert r["split"] == [3, 2, 2] and r["threshold_tokens"] == 8000
+    rules = r["route_reasons"]
+    assert rules["cheapest -> cheap"] == rows["cheap"]["num_requests"]
+    assert rules.get("cheapest -> fast", 0) == rows["fast"]["num_requests"]
+
+
+def test_sim_topology_text_has_a_providers_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(capsys, "--rate", "1", "--num-requests", "100")
+    assert code == 0
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["provider", "hardware"] for line in lines)
+    assert [line.split()[0] for line in lines if line.split()[:1] in (["cheap"], ["fast"])] == [
+        "cheap",
+        "fast",
+    ]
+    assert any(line.startswith("TTFT target 10 s: met by") for line in lines)
+
+
+def test_sim_topology_of_one_provider_has_no_providers_table(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    one = str(EXAMPLES / "emulated-1t.toml")
+    code = main(["sim", "--topology", one, "--rate", "1", "--num-requests", "50", "--json"])
+    r = json.loads(capsys.readouterr().out)["prfaas"]
+    assert code == 0 and "providers" not in r and r["num_arrived"] == 50
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rate", "1", "--link-gbps", "5"], "--link-gbps does not apply with --topology"),
+        (["--rate", "1", "--deployment", "naive"], "--deployment does not apply"),
+        (["--rate", "1", "--find-max-rate"], "--find-max-rate does not apply"),
+        (["--num-requests", "10"], "needs --rate"),
+    ],
+)
+def test_sim_topology_refusals(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_sim_topology_refuses_prefix_caching_with_providers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "t.jsonl"
+    row = {"timestamp": 0, "input_length": 20_000, "output_length": 4, "hash_ids": [1, 2]}
+    trace.write_text(json.dumps(row) + "\n")
+    code, _, err = _run(capsys, "--trace", str(trace))
+    assert code == 2 and "add --no-prefix-cache" in err
+    code, out, _ = _run(capsys, "--trace", str(trace), "--no-prefix-cache", "--json")
+    assert code == 0 and json.loads(out)["prfaas"]["num_arrived"] == 1

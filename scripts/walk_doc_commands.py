@@ -272,6 +272,11 @@ RULES: tuple[Rule, ...] = (
         edits=((r"--find-max-rate", "--find-max-rate --num-requests 300"),),
         check=r"max rate \(req/s\)\s+model Λ_max",
     ),
+    Rule(
+        r"prfaas sim --topology .*",
+        "run",
+        check=SIM_TABLE + r"[\s\S]*provider\s+hardware\s+instances\s+requests\s+share",
+    ),
     Rule(r"prfaas sim .*", "run", check=SIM_TABLE),
     Rule(r"xz -dk tests/data/traces/\S+", "run"),
     Rule(

@@ -61,8 +61,8 @@ def check_topology_flags(args: argparse.Namespace) -> None:
 def simulate_topology(
     args: argparse.Namespace, settings: Any, progress: Any
 ) -> tuple[dict[str, Any], Any]:
-    """({deployment: summary}, the run's request log) of the topology's deployment over the
-    flags' workload."""
+    """({deployment: summary}, (the run's request log, each request's provider)) of the
+    topology's deployment over the flags' workload."""
     from prfaas.cli._sim_setup import load_setup
     from prfaas.sim.scenario import Scenario, build_requests, make_simulator
     from prfaas.topology import load_topology
@@ -105,7 +105,7 @@ def simulate_topology(
         split=[num_prfaas, dep.pd_prefill.num_instances, dep.num_decode_instances],
         threshold_tokens=None if route is None else route.threshold_tokens,
     )
-    return {str(kind): summary}, sim.log
+    return {str(kind): summary}, (sim.log, sim.provider_of)
 
 
 def _duration_s(args: argparse.Namespace, setup: Any) -> float | None:

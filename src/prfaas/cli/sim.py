@@ -268,10 +268,10 @@ def _run_topology(args: argparse.Namespace) -> int:
         def progress(now: float) -> None:
             bar.update(max(0, round(now) - bar.n))
 
-        results, log = simulate_topology(args, settings, progress)
+        results, (log, provider_of) = simulate_topology(args, settings, progress)
     if args.timeline is not None:
         (kind,) = results
-        _write_timeline(args.timeline, timeline_events(log, kind))
+        _write_timeline(args.timeline, timeline_events(log, kind, provider_of))
     if args.plot:
         _write_plots(args, results)
     if args.json:

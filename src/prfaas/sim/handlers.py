@@ -54,7 +54,13 @@ from prfaas.sim.events import (
 from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
 from prfaas.sim.link import LinkSite, SharedLink, gbps_to_bytes_per_s
 from prfaas.sim.metrics import RequestLog
-from prfaas.sim.providers import ProviderRoute, local_option, make_sites, route_among
+from prfaas.sim.providers import (
+    ProviderRoute,
+    RouteQuery,
+    local_option,
+    make_sites,
+    route_among,
+)
 from prfaas.sim.views import DecisionRecord, cached_tokens, cluster_view, decode_loads, link_view
 
 FollowUps = list[tuple[float, Event]]
@@ -263,25 +269,18 @@ class SimHandlers:
         pd = self.cluster_view(RouteTarget.PD_PREFILL)
         target_s = self.config.ttft_target_s
         assert target_s is not None  # SimConfig requires it with providers
-        evaluations, choice, decision, provider = route_among(
-            list(self.provider_sites.values()),
-            local_option(self.config.deployment, pd),
-            pd,
-            req.num_prompt_tokens,
-            self._kv_transfer_bytes(i),
-            target_s,
-            self.now,
-            self.config.link_window_s,
-            self.decode[self.decode_of[i]].instance_id,
+        dest = self.decode[self.decode_of[i]].instance_id
+        query = RouteQuery(
+            i, self.now, req.num_prompt_tokens, self._kv_transfer_bytes(i), target_s, dest
         )
-        self.provider_of[i] = provider
-        record = ProviderRoute(
-            i, self.now, req.num_prompt_tokens, pd, evaluations, choice, decision, provider
-        )
+        local = local_option(self.config.deployment, pd)
+        sites = list(self.provider_sites.values())
+        route = route_among(sites, local, pd, query, self.config.link_window_s)
+        self.provider_of[i] = route.provider
         if self.config.record_decisions:
-            self.provider_routes.append(record)
-        self.route_reasons[record.rule] = self.route_reasons.get(record.rule, 0) + 1
-        return decision
+            self.provider_routes.append(route)
+        self.route_reasons[route.rule] = self.route_reasons.get(route.rule, 0) + 1
+        return route.decision
 
     def _route_one_cluster(self, i: int, req: SimRequest) -> RouteDecision:
         """The route rule between the one PrfaaS cluster and PD-P."""

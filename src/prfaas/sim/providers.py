@@ -65,16 +65,29 @@ class ProviderEvaluation:
 
 
 @dataclass(frozen=True, slots=True)
-class ProviderRoute:
-    """Where one request prefills among several providers, and every input of the decision: the
-    hook for parity checks against a live router."""
+class RouteQuery:
+    """One request as the routing among providers sees it."""
 
     req_index: int  # position of the request in the workload
     at_s: float  # simulated time of the decision, seconds
     num_prompt_tokens: int
+    kv_bytes: float  # KV and state the chosen provider would send to the local cluster
+    ttft_target_s: float  # the TTFT a provider must be predicted to meet
+    dest: str  # the decode instance the KV would go to (how warm each link's connections are)
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderRoute:
+    """Where one request prefills among several providers, and every input of the decision: the
+    hook for parity checks against a live router (`choose_provider(offers, local, ...)` on a
+    record gives its `choice` again)."""
+
+    query: RouteQuery
     pd: ClusterView  # the PD-P cluster's loads
-    evaluations: tuple[ProviderEvaluation, ...]  # one per provider, by name
-    choice: ProviderChoice | None  # `choose_provider`'s answer; None when no rule said PrfaaS
+    local: LocalOption  # the PD-P cluster as the fallback
+    evaluations: tuple[ProviderEvaluation, ...]  # the route rule, one per provider, by name
+    offers: tuple[ProviderOffer, ...]  # the providers whose rule said PrfaaS, with a live link
+    choice: ProviderChoice | None  # `choose_provider`'s answer; None without offers
     decision: RouteDecision  # the final decision (PRFAAS: to `provider`)
     provider: str  # the chosen provider's name; "" for local prefill
 
@@ -183,46 +196,44 @@ def route_among(
     sites: Sequence[ProviderSite],
     local: LocalOption,
     pd: ClusterView,
-    num_prompt_tokens: int,
-    kv_bytes: float,
-    ttft_target_s: float,
-    now: float,
+    query: RouteQuery,
     window_s: float,
-    dest: str,
-) -> tuple[tuple[ProviderEvaluation, ...], ProviderChoice | None, RouteDecision, str]:
-    """(each provider's evaluation, the choice, the decision, the chosen provider or "") for a
-    request whose KV would go to decode instance `dest`."""
-    evaluations = tuple(s.evaluate(num_prompt_tokens, pd, now, window_s) for s in sites)
-    offers = [
+) -> ProviderRoute:
+    """The route rule per provider (link views averaged over `window_s`), then
+    `choose_provider` among the providers whose rule said PrfaaS."""
+    now = query.at_s
+    evaluations = tuple(s.evaluate(query.num_prompt_tokens, pd, now, window_s) for s in sites)
+    offers = tuple(
         offer
         for site, e in zip(sites, evaluations, strict=True)
         if e.decision.target is RouteTarget.PRFAAS
-        and (offer := site.offer(e, now, dest)) is not None
-    ]
+        and (offer := site.offer(e, now, query.dest)) is not None
+    )
+    route = ProviderRoute(query, pd, local, evaluations, offers, None, _no_offer(evaluations), "")
     if not offers:
-        return evaluations, None, _local_decision(evaluations, num_prompt_tokens), ""
+        return route
     num_tokens = next(
         e.decision.num_incremental_tokens for e in evaluations if e.name == offers[0].name
     )
-    choice = choose_provider(offers, local, num_tokens, kv_bytes, ttft_target_s)
+    choice = choose_provider(offers, local, num_tokens, query.kv_bytes, query.ttft_target_s)
     if choice.target == LOCAL:
-        decision = RouteDecision(RouteTarget.PD_PREFILL, num_prompt_tokens, 0, choice.reason)
-        return evaluations, choice, decision, ""
+        total = query.num_prompt_tokens
+        local_decision = RouteDecision(RouteTarget.PD_PREFILL, total, 0, choice.reason)
+        return replace(route, choice=choice, decision=local_decision)
     chosen = next(e for e in evaluations if e.name == choice.target)
-    return evaluations, choice, replace(chosen.decision, reason=choice.reason), choice.target
+    decision = replace(chosen.decision, reason=choice.reason)
+    return replace(route, choice=choice, decision=decision, provider=choice.target)
 
 
-def _local_decision(
-    evaluations: Sequence[ProviderEvaluation], num_prompt_tokens: int
-) -> RouteDecision:
-    """No provider's rule said PrfaaS: the first local decision (the same for every provider
-    when the threshold decided), or local prefill when a dead link was all that said PrfaaS."""
+def _no_offer(evaluations: Sequence[ProviderEvaluation]) -> RouteDecision:
+    """The decision without offers: the first local one (the same for every provider when the
+    threshold decided), else local prefill, when a dead link was all that said PrfaaS."""
     for e in evaluations:
         if e.decision.target is RouteTarget.PD_PREFILL:
             return e.decision
-    return RouteDecision(
-        RouteTarget.PD_PREFILL, num_prompt_tokens, 0, "no-link: every provider's link is down"
-    )
+    total = evaluations[0].decision.num_incremental_tokens
+    total += evaluations[0].decision.num_prefix_hit_tokens
+    return RouteDecision(RouteTarget.PD_PREFILL, total, 0, "no-link: every provider's link is down")
 
 
 # --- metrics --------------------------------------------------------------------------------

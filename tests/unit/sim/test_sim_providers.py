@@ -15,6 +15,7 @@ from sim_factories import LinearKV, make_config, requests_at
 from prfaas.errors import UserError
 from prfaas.perf.latency import QuadraticLatency
 from prfaas.policy.controller import ControllerConfig
+from prfaas.policy.providers import LOCAL, choose_provider
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.transfer import LinkPath
 from prfaas.sim.config import (
@@ -315,3 +316,39 @@ def test_a_never_chosen_second_provider_reproduces_the_one_cluster_run(
     assert set(sim_several.provider_of) <= {"", "a"}
     sent = sim_several.sites["a"].link.total_sent_bytes
     assert sent == pytest.approx(sim_one.link.total_sent_bytes)
+
+
+def test_every_recorded_route_replays_through_the_policy() -> None:
+    """Each record's views give its per-provider decisions again through the provider's
+    `RoutePolicy`, and its offers and local option give its choice again through
+    `choose_provider`: what a live router fed the same views must decide."""
+    cheap = _provider("cheap", 2e4, price_per_gpu_hour=1.0, path=LinkPath(rtt_s=0.2))
+    fast = _provider("fast", 5e4, price_per_gpu_hour=4.0, price_per_gb=1.0)
+    config = SimConfig(_deployment(cheap, fast), LinearKV(), 10, ttft_target_s=4.0)
+    config = replace(config, record_decisions=True)
+    lengths = [400, 1000, 3000, 1500, 800, 2500, 1200, 600, 2000, 1800] * 3
+    requests = [SimRequest(0.4 * k, n, 3) for k, n in enumerate(lengths)]
+    sim = Simulator(config, requests)
+    sim.run()
+    assert len(sim.provider_routes) == len(requests)
+    assert {r.rule for r in sim.provider_routes} >= {
+        "global-prefix -> pd_prefill",
+        "cheapest -> cheap",
+        "cheapest -> fast",
+        "local -> pd_prefill",
+    }
+    for route in sim.provider_routes:
+        query = route.query
+        for e in route.evaluations:
+            policy = sim.provider_sites[e.name].policy
+            again = policy.choose(query.num_prompt_tokens, 0, 0, e.link, e.cluster, route.pd)
+            assert again == e.decision
+        if route.choice is None:
+            assert not route.offers and route.provider == ""
+            continue
+        num_tokens = route.decision.num_incremental_tokens
+        again_choice = choose_provider(
+            route.offers, route.local, num_tokens, query.kv_bytes, query.ttft_target_s
+        )
+        assert again_choice == route.choice
+        assert route.provider == ("" if route.choice.target == LOCAL else route.choice.target)

@@ -144,3 +144,14 @@ def test_sim_topology_refuses_prefix_caching_with_providers(
     assert code == 2 and "add --no-prefix-cache" in err
     code, out, _ = _run(capsys, "--trace", str(trace), "--no-prefix-cache", "--json")
     assert code == 0 and json.loads(out)["prfaas"]["num_arrived"] == 1
+
+
+def test_sim_topology_timeline_has_a_link_track_per_provider(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "trace.json"
+    code, _, _ = _run(capsys, "--rate", "1.5", "--num-requests", "200", "--timeline", str(trace))
+    assert code == 0
+    spans = json.loads(trace.read_text())["traceEvents"]
+    transfers = {e["pid"] for e in spans if e["name"] == "transfer"}
+    assert transfers == {"prfaas link cheap", "prfaas link fast"}

@@ -17,6 +17,7 @@ from prfaas.perf.latency import QuadraticLatency
 from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.providers import LOCAL, choose_provider
 from prfaas.policy.route import RoutePolicyConfig
+from prfaas.policy.throughput import StageCosts
 from prfaas.policy.transfer import LinkPath
 from prfaas.sim.config import (
     DeploymentSpec,
@@ -352,3 +353,31 @@ def test_every_recorded_route_replays_through_the_policy() -> None:
         )
         assert again_choice == route.choice
         assert route.provider == ("" if route.choice.target == LOCAL else route.choice.target)
+
+
+def test_the_offload_delay_rule_runs_with_each_providers_own_curve() -> None:
+    """With the offload-delay rule on, "slow" (T(1000) = 20 s) is 10x the local 2 s, so its rule
+    keeps the request local although it is the cheapest; "quick" (2 s) takes it. The
+    deployment's costs name one PrfaaS curve (here the quick one): each provider's rule
+    replaces it with its own."""
+    costs = StageCosts(
+        t_prefill_prfaas_s=LATENCY.t_prefill_s,
+        t_prefill_pd_s=LATENCY.t_prefill_s,
+        kv_bytes=lambda n: float(LinearKV().kv_bytes(round(n))),
+        egress_bytes_per_s=1e6,
+        max_batch_size=8,
+        t_decode_step_s=0.1,
+        num_output_tokens=3,
+    )
+    slow_cluster = PrefillClusterSpec(1, QuadraticLatency(10.0, 0.01, 0.0), "slow-hw")
+    slow = ProviderSpec("slow", slow_cluster, _gbps(1e6), price_per_gpu_hour=0.1)
+    quick = _provider("quick", 1e6, price_per_gpu_hour=4.0)
+    deployment = replace(_deployment(slow, quick), route_config=RoutePolicyConfig(500, costs=costs))
+    config = SimConfig(deployment, LinearKV(), 10, ttft_target_s=1e6, record_decisions=True)
+    sim = Simulator(config, requests_at([0.0], 1000, 3))
+    sim.run()
+    (route,) = sim.provider_routes
+    reasons = {e.name: e.decision.reason.split(":")[0] for e in route.evaluations}
+    assert reasons == {"slow": "prfaas-delay", "quick": "global-prefix"}
+    assert [o.name for o in route.offers] == ["quick"]
+    assert sim.provider_of == ["quick"]

@@ -246,12 +246,11 @@ class SimHandlers:
     # --- routing: views in, the policy's decision out ------------------------------------------
 
     def route(self, i: int, req: SimRequest) -> RouteDecision:
-        if self.provider_sites:  # the offers need the decode instance the KV goes to
-            self.decode_of[i] = self._pick_decode()
+        if self.provider_sites:
             decision = self._route_to_provider(i, req)
         else:
             decision = self._route_one_cluster(i, req)
-            self.decode_of[i] = self._pick_decode()
+        self.decode_of[i] = self._pick_decode()
         self.decode_tokens[self.decode_of[i]] += req.num_output_tokens
         self.decode_requests[self.decode_of[i]] += 1
         log = self.log
@@ -269,10 +268,7 @@ class SimHandlers:
         pd = self.cluster_view(RouteTarget.PD_PREFILL)
         target_s = self.config.ttft_target_s
         assert target_s is not None  # SimConfig requires it with providers
-        dest = self.decode[self.decode_of[i]].instance_id
-        query = RouteQuery(
-            i, self.now, req.num_prompt_tokens, self._kv_transfer_bytes(i), target_s, dest
-        )
+        query = RouteQuery(i, self.now, req.num_prompt_tokens, self._kv_transfer_bytes(i), target_s)
         local = local_option(self.config.deployment, pd)
         sites = list(self.provider_sites.values())
         route = route_among(sites, local, pd, query, self.config.link_window_s)

@@ -25,7 +25,6 @@ from dataclasses import dataclass
 
 from prfaas.policy.transfer import (
     LinkPath,
-    WireState,
     draw_jitter_s,
     flow_cap_bytes_per_s,
     unhidden_latency_s,
@@ -215,16 +214,12 @@ class PathLatency:
     def start(self, now: float, dest: str, num_bytes: float, rate_bytes_per_s: float) -> float:
         """A transfer of `num_bytes` to `dest` starts at about `rate_bytes_per_s`: its unhidden
         latency, seconds (0 on an ideal path)."""
-        state = self.state(now, dest)
+        busy = self.num_in_flight.get(dest, 0) > 0
+        state = wire_state(self.last_used_s.get(dest), now, busy, self.path)
         self.num_in_flight[dest] = self.num_in_flight.get(dest, 0) + 1
         self.last_used_s[dest] = now
         jitter_s = draw_jitter_s(self.path, self.rng)
         return unhidden_latency_s(num_bytes, rate_bytes_per_s, self.path, state, jitter_s)
-
-    def state(self, now: float, dest: str) -> WireState:
-        """How warm the connections to `dest` are at `now`."""
-        busy = self.num_in_flight.get(dest, 0) > 0
-        return wire_state(self.last_used_s.get(dest), now, busy, self.path)
 
     def finish(self, now: float, dest: str) -> None:
         """A transfer to `dest` delivered its last byte at `now`."""

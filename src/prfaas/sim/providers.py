@@ -6,12 +6,12 @@ A long request is routed with the same policy code the live router runs. The rou
 view (and, for the offload-delay rule, its own prefill curve). If no provider's rule says PrfaaS,
 the request prefills locally. Otherwise `prfaas.policy.providers.choose_provider` picks among the
 providers that said PrfaaS: the cheapest whose predicted TTFT meets the run's target, else local
-prefill. A provider's offer is its least-loaded instance's queued prefill seconds, its link's
-wire capacity with the KV already queued on it (the backlog's drain time at the link's payload
-capacity, as the route rule reads it; the request's own bytes then cross at the link's goodput),
-its path and how warm its connections to the request's decode instance are (a cold one adds
-the handshake and slow start, as the transfer will), its prices and its prefill curve; the
-local option is the PD-P cluster's.
+prefill. A provider's offer is built as the live router builds it: its
+least-loaded instance's queued prefill seconds, its link's wire capacity with the KV already
+queued on it (the link view's drain time, as the route rule reads it; the request's own bytes
+then cross at the link's goodput), its path, its prices and its prefill curve; the local option
+is the PD-P cluster's. Like the router's, the prediction takes the link's connections as warm:
+a transfer on a new or idle connection lands its handshake and slow start later than predicted.
 
 Pure bookkeeping over the simulator's objects: the handlers (`prfaas.sim.handlers`) drive the
 events, this module decides and reports.
@@ -73,7 +73,6 @@ class RouteQuery:
     num_prompt_tokens: int
     kv_bytes: float  # KV and state the chosen provider would send to the local cluster
     ttft_target_s: float  # the TTFT a provider must be predicted to meet
-    dest: str  # the decode instance the KV would go to (how warm each link's connections are)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,12 +127,10 @@ class ProviderSite:
         decision = self.policy.choose(num_prompt_tokens, 0, 0, link, cluster, pd)
         return ProviderEvaluation(self.name, link, cluster, decision)
 
-    def offer(self, evaluation: ProviderEvaluation, now: float, dest: str) -> ProviderOffer | None:
-        """This provider's offer for a request whose KV goes to decode instance `dest`; None while
-        its link carries nothing."""
+    def offer(self, evaluation: ProviderEvaluation) -> ProviderOffer | None:
+        """This provider's offer for the request; None while its link carries nothing."""
         link = self.link
-        payload_bytes_per_s = link.link.bytes_per_s
-        if link.wire_bytes_per_s <= 0 or payload_bytes_per_s <= 0:
+        if link.wire_bytes_per_s <= 0:
             return None
         return ProviderOffer(
             name=self.name,
@@ -144,8 +141,7 @@ class ProviderSite:
             link_bytes_per_s=link.wire_bytes_per_s,
             path=self.spec.path,
             price_per_gb=self.spec.price_per_gb,
-            link_backlog_s=evaluation.link.backlog_bytes / payload_bytes_per_s,
-            wire_state=link.latency.state(now, dest),
+            link_backlog_s=evaluation.link.drain_s(),
         )
 
 
@@ -206,8 +202,7 @@ def route_among(
     offers = tuple(
         offer
         for site, e in zip(sites, evaluations, strict=True)
-        if e.decision.target is RouteTarget.PRFAAS
-        and (offer := site.offer(e, now, query.dest)) is not None
+        if e.decision.target is RouteTarget.PRFAAS and (offer := site.offer(e)) is not None
     )
     route = ProviderRoute(query, pd, local, evaluations, offers, None, _no_offer(evaluations), "")
     if not offers:

@@ -165,12 +165,12 @@ def test_a_drop_on_one_link_leaves_the_other_alone() -> None:
 
 
 def test_the_rtt_of_the_providers_path_enters_the_prediction_and_the_transfer() -> None:
-    """fast's path has a 1.5 s RTT and its connections are new: its predicted TTFT is 2 s + the
-    handshake's and the acknowledgment's RTTs = 5 s > 3 s, so with cheap busy the second request
-    stays local. Made the cheaper one under a 5.2 s target, fast takes the first request (5 s)
-    and cheap the second (fast's queue, on a now warm connection, would make 4 + 1.5 s); fast's
-    transfer lands two RTTs after its last byte (the prediction leaves out the last layer's
-    0.11 s tail)."""
+    """fast's path has a 1.5 s RTT: its predicted TTFT is 2 s + one RTT (the acknowledgment, on
+    connections taken as warm, as the router takes them) = 3.5 s > 3 s, so with cheap busy the
+    second request stays local. Made the cheaper one under a 4 s target, fast takes the first
+    request (3.5 s) and cheap the second (fast's queue would make 4 + 1.5 s). fast's transfer,
+    on a new connection, lands two RTTs (handshake and acknowledgment) after its last byte: the
+    prediction leaves out the handshake and the last layer's 0.11 s tail."""
     cheap = _provider("cheap", 1e4, price_per_gpu_hour=1.0)
     fast = _provider("fast", 1e4, price_per_gpu_hour=4.0, path=LinkPath(rtt_s=1.5))
     config = SimConfig(_deployment(cheap, fast), LinearKV(), 10, ttft_target_s=3.0)
@@ -178,14 +178,14 @@ def test_the_rtt_of_the_providers_path_enters_the_prediction_and_the_transfer() 
     sim.run()
     assert sim.provider_of == ["cheap", ""]
     fast_cheaper = _deployment(cheap, replace(fast, price_per_gpu_hour=0.5))
-    config = SimConfig(fast_cheaper, LinearKV(), 10, ttft_target_s=5.2, record_decisions=True)
+    config = SimConfig(fast_cheaper, LinearKV(), 10, ttft_target_s=4.0, record_decisions=True)
     sim = Simulator(config, requests_at([0.0, 0.0], 1000, 11))
     sim.run()
     assert sim.provider_of == ["fast", "cheap"]
     assert sim.log.kv_ready_at == pytest.approx([2.11 + 3.0, 2.11])
     first, second = (r.choice for r in sim.provider_routes)
     assert first is not None and second is not None
-    assert {q.name: q.ttft_s for q in first.quotes}["fast"] == pytest.approx(5.0)
+    assert {q.name: q.ttft_s for q in first.quotes}["fast"] == pytest.approx(3.5)
     assert {q.name: q.ttft_s for q in second.quotes}["fast"] == pytest.approx(5.5)
 
 

@@ -6,8 +6,8 @@ A long request is routed with the same policy code the live router runs. The rou
 view (and, for the offload-delay rule, its own prefill curve). If no provider's rule says PrfaaS,
 the request prefills locally. Otherwise `prfaas.policy.providers.choose_provider` picks among the
 providers that said PrfaaS: the cheapest whose predicted TTFT meets the run's target, else local
-prefill. A provider's offer is built as the live router builds it: its
-least-loaded instance's queued prefill seconds, its link's wire capacity with the KV already
+prefill. A provider's offer is built as the live router builds it: the queued prefill seconds
+of the instance the request would be queued on there, its link's wire capacity with the KV already
 queued on it (the link view's drain time, as the route rule reads it; the request's own bytes
 then cross at the link's goodput), its path, its prices and its prefill curve; the local option
 is the PD-P cluster's. Like the router's, the prediction takes the link's connections as warm:
@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prfaas.policy.pick import pick_instance
 from prfaas.policy.providers import (
     BYTES_PER_GB,
     LOCAL,
@@ -137,12 +138,19 @@ class ProviderSite:
             price_per_gpu_hour=self.spec.price_per_gpu_hour,
             gpus_per_instance=self.spec.gpus_per_instance,
             t_prefill_s=latency_curve(self.spec.cluster.latency),
-            queue_s=evaluation.cluster.prefill_wait_s(),
+            queue_s=picked_queue_s(evaluation.cluster),
             link_bytes_per_s=link.wire_bytes_per_s,
             path=self.spec.path,
             price_per_gb=self.spec.price_per_gb,
             link_backlog_s=evaluation.link.drain_s(),
         )
+
+
+def picked_queue_s(cluster: ClusterView) -> float:
+    """Queued prefill seconds on the instance a request would be queued on (`pick_instance`,
+    as the handlers enqueue it)."""
+    loads = cluster.prefill_instances
+    return loads[pick_instance(loads)].queued_prefill_s
 
 
 def latency_curve(latency: PrefillLatency) -> LatencyCurve:
@@ -184,7 +192,7 @@ def local_option(dep: DeploymentSpec, pd: ClusterView) -> LocalOption:
         price_per_gpu_hour=dep.pd_price_per_gpu_hour,
         gpus_per_instance=dep.pd_gpus_per_instance,
         t_prefill_s=latency_curve(dep.pd_prefill.latency),
-        queue_s=pd.prefill_wait_s(),
+        queue_s=picked_queue_s(pd),
     )
 
 

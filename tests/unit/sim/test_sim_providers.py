@@ -381,3 +381,26 @@ def test_the_offload_delay_rule_runs_with_each_providers_own_curve() -> None:
     assert reasons == {"slow": "prfaas-delay", "quick": "global-prefix"}
     assert [o.name for o in route.offers] == ["quick"]
     assert sim.provider_of == ["quick"]
+
+
+def test_the_queue_offered_is_the_one_the_request_joins() -> None:
+    """cheap has two instances, T(l) = 1 + 0.001 l, t = 0: request 0 (1000 tokens, 2 s) runs on
+    instance 0, ten of 50 tokens (1.05 s each) queue on instance 1, which holds fewer tokens
+    (500), so a last request of 1000 tokens would join instance 1's 10.5 s, not instance 0's
+    2 s: cheap offers 12.5 s > the 11 s target and fast (idle, 2 s) takes it. Every request
+    then meets the target."""
+    cheap = replace(
+        _provider("cheap", 1e11, price_per_gpu_hour=1.0),
+        cluster=PrefillClusterSpec(2, LATENCY, "cheap-hw"),
+    )
+    fast = _provider("fast", 1e11, price_per_gpu_hour=4.0)
+    deployment = replace(_deployment(cheap, fast), route_config=RoutePolicyConfig(0))
+    config = SimConfig(deployment, LinearKV(), 10, ttft_target_s=11.0, record_decisions=True)
+    lengths = [1000] + [50] * 10 + [1000]
+    sim = Simulator(config, [SimRequest(0.0, n, 2) for n in lengths])
+    result = sim.run()
+    assert sim.provider_of == ["cheap"] * 11 + ["fast"]
+    last = sim.provider_routes[-1].choice
+    assert last is not None
+    assert {q.name: q.ttft_s for q in last.quotes}["cheap"] == pytest.approx(12.5)
+    assert result["ttft_target_met_share"] == 1.0

@@ -219,12 +219,15 @@ def route_among(
         e.decision.num_incremental_tokens for e in evaluations if e.name == offers[0].name
     )
     choice = choose_provider(offers, local, num_tokens, query.kv_bytes, query.ttft_target_s)
+    # the reason starts with the choice's and keeps the rule's, as the router's does
+    via_name = offers[0].name if choice.target == LOCAL else choice.target
+    via = next(e for e in evaluations if e.name == via_name)
+    reason = f"{choice.reason}; {via.decision.reason}"
     if choice.target == LOCAL:
         total = query.num_prompt_tokens
-        local_decision = RouteDecision(RouteTarget.PD_PREFILL, total, 0, choice.reason)
+        local_decision = RouteDecision(RouteTarget.PD_PREFILL, total, 0, reason)
         return replace(route, choice=choice, decision=local_decision)
-    chosen = next(e for e in evaluations if e.name == choice.target)
-    decision = replace(chosen.decision, reason=choice.reason)
+    decision = replace(via.decision, reason=reason)
     return replace(route, choice=choice, decision=decision, provider=choice.target)
 
 

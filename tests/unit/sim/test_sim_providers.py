@@ -88,6 +88,9 @@ def test_cheap_until_its_queue_breaks_the_target_then_fast_then_local() -> None:
     assert third is not None
     assert [q.name for q in third.quotes] == ["cheap", "fast", "local"]
     assert [q.ttft_s for q in third.quotes[:2]] == pytest.approx([6.0, 2.0])
+    reason = sim.provider_routes[2].decision.reason
+    assert reason.startswith("cheapest: provider fast $0.0022 (ttft 2 s <= 5 s) vs cheap")
+    assert reason.endswith("; global-prefix: l=1000 > t=500")  # the rule's, as the router keeps it
     rows = result["providers"]
     assert [rows[n]["num_requests"] for n in ("cheap", "fast", "local")] == [2, 2, 1]
     assert rows["cheap"]["share"] == pytest.approx(0.4)

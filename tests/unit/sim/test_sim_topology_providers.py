@@ -155,3 +155,50 @@ def test_sim_topology_timeline_has_a_link_track_per_provider(
     spans = json.loads(trace.read_text())["traceEvents"]
     transfers = {e["pid"] for e in spans if e["name"] == "transfer"}
     assert transfers == {"prfaas link cheap", "prfaas link fast"}
+
+
+def test_the_simulators_offers_are_the_routers_for_the_same_views() -> None:
+    """For one topology and the same views (a provider's queue and link, the PD-P queue), the
+    simulator's `ProviderSite.offer` and `local_option` equal the live router's
+    `ProviderQuoter.offer` and `local` (at time_scale 1, payload efficiency 1: one set of units),
+    and so does the KV size each charges; the choice is then `choose_provider` on both."""
+    from prfaas.policy.route import RouteDecision, RouteTarget
+    from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
+    from prfaas.router.providers import ProviderQuoter
+    from prfaas.sim.providers import ProviderEvaluation, local_option, make_sites
+
+    topology = load_topology(TWO)
+    config = sim_config_of(topology)
+    sites = make_sites(config, jitter_seed=0)
+    quoter = ProviderQuoter(topology)
+    link = LinkView(25e9 / 8, 0.7, backlog_bytes=4e8, rtt_s=0.03)
+    queue = ClusterView("cheap", (InstanceLoad("cheap-0", 9000, queued_prefill_s=3.5),))
+    offload = RouteDecision(RouteTarget.PRFAAS, 30_000, 0, "global-prefix: l=30000 > t=8000")
+    evaluation = ProviderEvaluation("cheap", link, queue, offload)
+    sim_offer = sites["cheap"].offer(evaluation)
+    cluster = next(c for c in topology.clusters if c.name == "cheap")
+    router_offer = quoter.offer(cluster, cluster.instances[0], 3.5, link)
+    assert sim_offer is not None
+    fields = (
+        *("name", "price_per_gpu_hour", "gpus_per_instance", "queue_s", "link_bytes_per_s"),
+        *("path", "price_per_gb", "link_backlog_s", "wire_state"),
+    )
+    for name in fields:
+        assert getattr(sim_offer, name) == pytest.approx(getattr(router_offer, name)), name
+    for num_tokens in (8001, 30_000, 120_000):
+        sim_s, router_s = sim_offer.t_prefill_s(num_tokens), router_offer.t_prefill_s(num_tokens)
+        assert sim_s == pytest.approx(router_s)
+    pd_view = ClusterView("pd", (InstanceLoad("pd-p-0", 100, queued_prefill_s=1.25),))
+    pd = next(c for c in topology.clusters if c.name == "pd")
+    sim_local, router_local = (
+        local_option(config.deployment, pd_view),
+        quoter.local(pd, pd.instances[0], 1.25),
+    )
+    assert (sim_local.price_per_gpu_hour, sim_local.gpus_per_instance, sim_local.queue_s) == (
+        router_local.price_per_gpu_hour,
+        router_local.gpus_per_instance,
+        router_local.queue_s,
+    )
+    assert sim_local.t_prefill_s(5000) == pytest.approx(router_local.t_prefill_s(5000))
+    assert config.kv_size.kv_bytes(30_000) == pytest.approx(quoter.kv_bytes(30_000))
+    assert config.ttft_target_s == quoter.ttft_target_s

@@ -202,3 +202,18 @@ def test_the_simulators_offers_are_the_routers_for_the_same_views() -> None:
     assert sim_local.t_prefill_s(5000) == pytest.approx(router_local.t_prefill_s(5000))
     assert config.kv_size.kv_bytes(30_000) == pytest.approx(quoter.kv_bytes(30_000))
     assert config.ttft_target_s == quoter.ttft_target_s
+
+
+def test_bench_reports_the_simulated_side_of_several_providers() -> None:
+    """`prfaas bench system`'s report simulates a topology with several providers (egress summed
+    over every provider's link); its planner side says it models one provider."""
+    from prfaas.bench.loadgen import RequestResult, RunOutcome
+    from prfaas.bench.report import compare
+
+    lengths = [2000, 20_000, 60_000, 9000] * 5
+    results = [RequestResult(i, 0.5 * i, n, 4, sent_at_s=0.5 * i) for i, n in enumerate(lengths)]
+    sim, plan = compare(load_topology(TWO), RunOutcome(results))
+    assert sim["num_completed"] == len(lengths)
+    assert sim["offload_ratio"] == pytest.approx(15 / 20)  # the three longer of each four
+    assert sim["egress_bytes"] > 0
+    assert "one prfaas cluster" in plan["unavailable"]

@@ -207,7 +207,7 @@ def test_the_simulators_offers_are_the_routers_for_the_same_views() -> None:
 def test_bench_reports_the_simulated_side_of_several_providers() -> None:
     """`prfaas bench system`'s report simulates a topology with several providers (egress summed
     over every provider's link); its planner side says it models one provider."""
-    from prfaas.bench.loadgen import RequestResult, RunOutcome
+    from prfaas.bench.outcome import RequestResult, RunOutcome
     from prfaas.bench.report import compare
 
     lengths = [2000, 20_000, 60_000, 9000] * 5

@@ -290,13 +290,15 @@ def providers_summary(
     end_s: float,
     target_s: float,
 ) -> dict[str, Any]:
-    """Per provider (and "local"): requests and their share of all, compute and transfer USD,
-    TTFT p50/p90/p99 of its requests and the share of them within the target; the run's totals.
+    """Per provider (and "local"): requests and their share of all (a provider's also of the
+    offloaded ones), compute and transfer USD, TTFT p50/p90/p99 of its requests and the share of
+    them within the target; the run's totals.
 
     Compute is the prefill seconds its instances ran x GPUs per instance x price per GPU-hour
     / 3600 (`prfaas.policy.providers.compute_usd`); transfer is the payload bytes its link
     carried / 1e9 x its price per GB. Local prefill is priced at the PD price."""
     arrived = [i for i in range(log.num_requests) if not math.isnan(log.arrived_at[i])]
+    num_offloaded = sum(1 for i in arrived if provider_of[i])
     rows: dict[str, dict[str, Any]] = {}
     for site in sites:
         spec = site.spec
@@ -311,9 +313,12 @@ def providers_summary(
             compute_usd(busy_s, spec.gpus_per_instance, spec.price_per_gpu_hour),
             sent_bytes / BYTES_PER_GB * spec.price_per_gb,
         )
-        rows[site.name]["egress_gbps"] = sent_bytes * 8 / 1e9 / end_s if end_s > 0 else 0.0
-        rows[site.name]["hardware"] = spec.cluster.hardware
-        rows[site.name]["num_instances"] = spec.cluster.num_instances
+        rows[site.name].update(
+            offload_share=_share(rows[site.name]["num_requests"], num_offloaded),
+            egress_gbps=sent_bytes * 8 / 1e9 / end_s if end_s > 0 else 0.0,
+            hardware=spec.cluster.hardware,
+            num_instances=spec.cluster.num_instances,
+        )
     local_busy_s = sum(p.busy_s for p in pd_prefill)
     rows[LOCAL] = _row(
         log,

@@ -94,6 +94,8 @@ def test_cheap_until_its_queue_breaks_the_target_then_fast_then_local() -> None:
     rows = result["providers"]
     assert [rows[n]["num_requests"] for n in ("cheap", "fast", "local")] == [2, 2, 1]
     assert rows["cheap"]["share"] == pytest.approx(0.4)
+    assert rows["cheap"]["offload_share"] == rows["fast"]["offload_share"] == 0.5
+    assert "offload_share" not in rows["local"]
     assert rows["fast"]["ttft_s"]["p50"] == pytest.approx(3.0)
     assert result["ttft_target_met_share"] == 1.0
     assert result["offload_ratio"] == pytest.approx(0.8)

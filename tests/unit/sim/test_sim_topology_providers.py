@@ -217,3 +217,11 @@ def test_bench_reports_the_simulated_side_of_several_providers() -> None:
     assert sim["offload_ratio"] == pytest.approx(15 / 20)  # the three longer of each four
     assert sim["egress_bytes"] > 0
     assert "one prfaas cluster" in plan["unavailable"]
+
+
+def test_sim_topology_json_is_deterministic(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ("--rate", "1.5", "--num-requests", "200", "--seed", "7", "--json")
+    first, second = _run(capsys, *argv), _run(capsys, *argv)
+    assert first == second and first[0] == 0
+    other = _run(capsys, "--rate", "1.5", "--num-requests", "200", "--seed", "8", "--json")
+    assert other[0] == 0 and other[1] != first[1]

@@ -13,7 +13,9 @@ import pytest
 
 from prfaas.cli import main
 from prfaas.errors import UserError
+from prfaas.sim.config import SimRequest
 from prfaas.sim.link import BandwidthStep
+from prfaas.sim.simulator import Simulator
 from prfaas.topology import load_topology
 from prfaas.topology.load import parse_topology
 from prfaas.topology.sim_config import sim_config_of
@@ -225,3 +227,34 @@ def test_sim_topology_json_is_deterministic(capsys: pytest.CaptureFixture[str]) 
     assert first == second and first[0] == 0
     other = _run(capsys, "--rate", "1.5", "--num-requests", "200", "--seed", "8", "--json")
     assert other[0] == 0 and other[1] != first[1]
+
+
+@pytest.mark.parametrize(
+    ("target_s", "expected"), [(4.5, ["cheap", "fast", "fast"]), (86400.0, ["cheap"] * 3)]
+)
+def test_the_live_providers_scenario_simulated(target_s: float, expected: list[str]) -> None:
+    """tests/e2e/test_providers_services.py's topology and overlapping long requests, through the
+    simulator: at time_scale 0.1 a 1000-token prefill takes 30 model seconds on cheap and 15 on
+    fast, and the 4.5 s wall target is 45 model seconds. The first request goes to cheap; cheap
+    behind it would take 60 s, so the next ones go to fast (15 s, then 30 s behind the first).
+    With a target no provider misses, all go to cheap: what the live test sees."""
+    from topologies import TopologySpec, two_providers
+
+    spec = TopologySpec(
+        two_providers(),
+        engine="emulated",
+        time_scale=0.1,
+        payload_scale=1e-3,
+        prefill_latency=(
+            ("b200", "quadratic:0,0.015,0"),
+            ("h100", "quadratic:0,0.03,0"),
+            ("h20", "quadratic:0,0.12,0"),
+        ),
+        threshold=64,
+        ttft_target_s=target_s,
+        token="providers-test-token",
+    )
+    config = sim_config_of(spec.topology())
+    sim = Simulator(config, [SimRequest(0.1 * k, 1000, 4) for k in range(3)])
+    sim.run()
+    assert sim.provider_of == expected

@@ -117,7 +117,7 @@ def test_an_answered_poll_clears_the_predicted_queue() -> None:
     """The poll's answer includes what was sent before it began: the prediction goes."""
 
     class Reply:
-        async def __aenter__(self) -> "Reply":
+        async def __aenter__(self) -> Reply:
             return self
 
         async def __aexit__(self, *exc: object) -> None:

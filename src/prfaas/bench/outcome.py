@@ -30,6 +30,7 @@ class RequestResult:
     finished_at_s: float = math.nan
     num_output_tokens: int = 0
     route: str | None = None
+    provider: str | None = None  # the prefill provider it went to (several providers), else None
     kv_bytes: int = 0
     prefill_s: float = math.nan  # the prefill instance's own time, when a PrfaaS router says it
     error: str | None = None
@@ -56,6 +57,7 @@ class RequestResult:
             "num_prompt_tokens": self.num_prompt_tokens,
             "num_output_tokens": self.num_output_tokens,
             "route": self.route,
+            "provider": self.provider,
             "kv_bytes": self.kv_bytes,
             "error": self.error,
         }
@@ -112,6 +114,8 @@ class StreamReader:
             info = event.get("prfaas")
             if isinstance(info, dict):
                 r.route = info.get("route")
+                provider = info.get("provider")
+                r.provider = provider if isinstance(provider, str) else None
                 r.kv_bytes = int(info.get("kv_bytes") or 0)
                 if isinstance(info.get("prefill_s"), int | float):
                     r.prefill_s = float(info["prefill_s"])

@@ -7,7 +7,10 @@ percentile completion (in a run offered more than the deployment can serve, its 
 the start-up and the last stragglers left out); output tokens/s like throughput; TTFT and TPOT
 percentiles (linear interpolation) over the completed requests; offload ratio = share of
 completed requests prefilled on the PrfaaS cluster; egress = growth of the PrfaaS instances'
-transport byte counters (of the WAN qdisc's on a testbed).
+transport byte counters (of the WAN qdisc's on a testbed). With several prefill providers, the
+split: per provider (and "local", the PD cluster's prefill) the requests it prefilled, their
+share of all, their TTFT p50/p90/p99 and the share of them whose TTFT met `[policy]
+ttft_target_s` (`provider_split`, the same code for the live run and its simulation).
 
 Units. An emulated engine sleeps `model.time_scale` x the cost model's durations and sends
 `model.payload_scale` x the real KV bytes, so the live system runs the topology's model
@@ -32,6 +35,7 @@ from typing import Any
 
 from prfaas.bench.outcome import RequestResult, RunOutcome
 from prfaas.errors import UserError
+from prfaas.policy.providers import LOCAL
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.metrics import percentile
 from prfaas.topology import Topology
@@ -111,6 +115,30 @@ def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
     }
 
 
+def provider_split(
+    where_ttft_s: Sequence[tuple[str, float]], target_s: float
+) -> dict[str, dict[str, Any]]:
+    """Per provider name ("local" for the PD cluster's prefill): requests, share of all, TTFT
+    p50/p90/p99 (s) and the share within `target_s`, from (provider, TTFT s) per request."""
+    names = sorted({name for name, _ in where_ttft_s} | {LOCAL}, key=lambda n: (n == LOCAL, n))
+    split = {}
+    for name in names:
+        ttft = [t for n, t in where_ttft_s if n == name]
+        dist = distribution(ttft)
+        split[name] = {
+            "num_requests": len(ttft),
+            "share": _share(len(ttft), len(where_ttft_s)),
+            "ttft_s": {q: dist[q] for q in ("p50", "p90", "p99")},
+            "ttft_target_met_share": _share(sum(t <= target_s for t in ttft), len(ttft)),
+        }
+    return split
+
+
+def live_provider_split(results: Sequence[RequestResult], target_s: float) -> dict[str, Any]:
+    """`provider_split` of the completed requests (the provider the router's answer named)."""
+    return provider_split([(r.provider or LOCAL, r.ttft_s) for r in results if r.ok], target_s)
+
+
 def _per_s(count: float, span_s: float) -> float | None:
     return round(count / span_s, 6) if span_s > 0 else None
 
@@ -171,6 +199,11 @@ def simulate_results(
     done = [i for i in range(len(requests)) if math.isfinite(log.finished_at[i])]
     span_s = max((log.finished_at[i] for i in done), default=0.0) * time_scale
     ttft = [(log.first_token_at[i] - log.arrived_at[i]) * time_scale for i in done]
+    extra: dict[str, Any] = {}
+    target_s = topology.policy.ttft_target_s
+    if len(topology.providers) > 1 and target_s is not None:
+        where = [(sim.provider_of[i] or LOCAL, t) for i, t in zip(done, ttft, strict=True)]
+        extra["providers"] = provider_split(where, target_s)
     tpot = [
         (log.finished_at[i] - log.first_token_at[i]) / (log.num_output_tokens[i] - 1) * time_scale
         for i in done
@@ -188,6 +221,7 @@ def simulate_results(
         "tpot_s": distribution(tpot),
         "offload_ratio": _share(sum(1 for i in done if log.is_offloaded[i]), len(done)),
         "egress_bytes": round(sim.total_sent_bytes * topology.model.payload_scale),
+        **extra,
     }
 
 
@@ -280,6 +314,39 @@ def table_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
         )
     return rows
 
+
+def provider_rows(runs: Sequence[dict[str, Any]]) -> list[list[str]]:
+    """With several providers: per run and provider, live | sim for requests, TTFT p90/p99 and
+    the share within the TTFT target (no rows for runs without a provider split)."""
+    rows = []
+    for run in runs:
+        live = run["live"].get("providers", {})
+        sim = run["sim"].get("providers", {})
+        for name in list(live) + [n for n in sim if n not in live]:
+            one, other = live.get(name, {}), sim.get(name, {})
+            rows.append(
+                [
+                    run["deployment"],
+                    _fmt(run["rate_rps"], 2) if run["rate_rps"] is not None else "trace",
+                    name,
+                    str(one.get("num_requests", "-")),
+                    str(other.get("num_requests", "-")),
+                    *(
+                        _fmt(block.get("ttft_s", {}).get(q))
+                        for q in ("p90", "p99")
+                        for block in (one, other)
+                    ),
+                    _fmt(one.get("ttft_target_met_share"), 2),
+                    _fmt(other.get("ttft_target_met_share"), 2),
+                ]
+            )
+    return rows
+
+
+PROVIDER_HEADERS = [
+    "deployment", "rate", "provider", "requests live", "sim", "TTFT p90 live", "sim",
+    "p99 live", "sim", "within target live", "sim",
+]  # fmt: skip
 
 TABLE_HEADERS = [
     "deployment", "rate", "ok", "thru live", "sim", "steady live", "sim", "plan Λmax",

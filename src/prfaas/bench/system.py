@@ -23,7 +23,13 @@ from typing import Any
 
 from prfaas.bench.loadgen import Target, probe_router, run_schedule
 from prfaas.bench.outcome import RequestResult
-from prfaas.bench.report import compare, meets_slo, sim_meets_slo, summarize_live
+from prfaas.bench.report import (
+    compare,
+    live_provider_split,
+    meets_slo,
+    sim_meets_slo,
+    summarize_live,
+)
 from prfaas.bench.schedule import Workload, build_schedule, warmup_schedule
 from prfaas.bench.testbed_link import BenchTestbed, LinkDrop
 from prfaas.errors import UserError
@@ -208,10 +214,14 @@ def run_once(
         )
     )
     sim, plan = compare(svc.topology, outcome, _sim_bandwidth(svc.topology, drop))
+    live = summarize_live(outcome)
+    target_s = svc.topology.policy.ttft_target_s
+    if len(svc.topology.providers) > 1 and target_s is not None:
+        live["providers"] = live_provider_split(outcome.results, target_s)
     return {
         "deployment": svc.topology.policy.deployment,
         "rate_rps": rate_rps,
-        "live": summarize_live(outcome),
+        "live": live,
         "sim": sim,
         "plan": plan,
         "actions": outcome.actions,

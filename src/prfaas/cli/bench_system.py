@@ -320,7 +320,13 @@ def _emit_system(args: argparse.Namespace, result: dict[str, Any]) -> None:
     import json
     import sys
 
-    from prfaas.bench.report import TABLE_HEADERS, table_rows, write_plots
+    from prfaas.bench.report import (
+        PROVIDER_HEADERS,
+        TABLE_HEADERS,
+        provider_rows,
+        table_rows,
+        write_plots,
+    )
 
     if args.output is not None:
         try:
@@ -334,6 +340,9 @@ def _emit_system(args: argparse.Namespace, result: dict[str, Any]) -> None:
         print_json(result)
         return
     print(format_table(TABLE_HEADERS, table_rows(result["runs"])))
+    by_provider = provider_rows(result["runs"])
+    if by_provider:
+        print(format_table(PROVIDER_HEADERS, by_provider))
     for kind, rate in result.get("max_sustainable_rate_rps", {}).items():
         shown = "none of the rates" if rate is None else f"{rate:g} req/s"
         print(

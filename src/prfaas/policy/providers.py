@@ -2,10 +2,13 @@
 
 Prefill capacity may be bought from several providers (PrfaaS clusters with their own GPUs,
 price per GPU-hour and link). For one request this module prices each provider and predicts its
-TTFT, then picks the cheapest provider whose TTFT meets the target, falling back to local prefill
-when none does. The live router calls `choose_provider` when a topology holds several PrfaaS
-clusters (`prfaas.router.providers` builds the offers). Pure: no clock, sockets, torch or global
-randomness.
+TTFT, then picks the cheapest provider whose TTFT meets the target. When none does, local prefill
+takes the request if it meets the target; when nothing does, the option (provider or local) with
+the lowest predicted TTFT takes it, so a target the load has made unreachable costs as little
+tail as it can (sending the longest prompts to the slow local prefill would make the tail worst
+exactly where it is already missed). The live router and the simulator call `choose_provider`
+when a topology holds several PrfaaS clusters (`prfaas.router.providers` and
+`prfaas.sim.providers` build the offers). Pure: no clock, sockets, torch or global randomness.
 
 For a request of `l` incremental tokens whose KV and state are `kv_bytes` bytes:
 
@@ -19,8 +22,9 @@ layer by layer while later layers compute, so the request is ready when both the
 link's drain are done, plus the acknowledgment (and, on a cold connection, handshake and slow
 start). The local option costs its compute only and is ready after its queue and its prefill.
 
-A tie in cost goes to the lower TTFT, then to the name first in alphabetical order, so the
-choice never depends on the order the providers are listed in.
+A tie in cost goes to the lower TTFT, then to the name first in alphabetical order (a tie in
+TTFT, when nothing meets the target, to the lower cost, then the name), so the choice never
+depends on the order the providers are listed in.
 """
 
 from __future__ import annotations
@@ -114,7 +118,7 @@ class ProviderChoice:
     """Where the request prefills, why, and every quote the choice compared."""
 
     target: str  # a provider's name, or LOCAL
-    reason: str  # starts with the rule: "cheapest:" or "local:"
+    reason: str  # starts with the rule: "cheapest:", "local:" or "fastest:"
     quotes: tuple[Quote, ...]  # the providers' quotes, cheapest first, then the local one
 
 
@@ -174,7 +178,7 @@ def choose_provider(
     meeting = [q for q in quotes if q.ttft_s <= ttft_target_s]
     every = (*quotes, local_quote)
     if not meeting:
-        return ProviderChoice(LOCAL, _fallback_reason(quotes, local_quote, ttft_target_s), every)
+        return _fallback(quotes, local_quote, ttft_target_s)
     best, others = meeting[0], [q for q in quotes if q is not meeting[0]]
     reason = (
         f"cheapest: provider {best.name} ${best.cost_usd:.4f} (ttft {best.ttft_s:.3g} s <= "
@@ -192,9 +196,20 @@ def _other_text(quote: Quote, ttft_target_s: float) -> str:
     return text
 
 
-def _fallback_reason(quotes: list[Quote], local_quote: Quote, ttft_target_s: float) -> str:
+def _fallback(quotes: list[Quote], local_quote: Quote, ttft_target_s: float) -> ProviderChoice:
+    """No provider meets the target: local if it does, else the lowest predicted TTFT."""
+    every = (*quotes, local_quote)
     listed = ", ".join(q.text() for q in quotes) or "none offered"
-    return (
-        f"local: no provider meets ttft {ttft_target_s:g} s ({listed}); local "
-        f"${local_quote.cost_usd:.4f} (ttft {local_quote.ttft_s:.3g} s)"
+    missed = f"no provider meets ttft {ttft_target_s:g} s ({listed})"
+    if local_quote.ttft_s <= ttft_target_s or not quotes:
+        return ProviderChoice(LOCAL, f"local: {missed}; local {_local_text(local_quote)}", every)
+    fastest = min(every, key=lambda q: (q.ttft_s, q.cost_usd, q.name))
+    reason = (
+        f"fastest: {missed} nor local {_local_text(local_quote)}; "
+        f"{'local' if fastest is local_quote else 'provider ' + fastest.name} is predicted first"
     )
+    return ProviderChoice(fastest.name, reason, every)
+
+
+def _local_text(local_quote: Quote) -> str:
+    return f"${local_quote.cost_usd:.4f} (ttft {local_quote.ttft_s:.3g} s)"

@@ -80,15 +80,41 @@ def test_a_cheaper_provider_too_slow_for_the_target_is_passed_over() -> None:
     )
 
 
-def test_local_fallback_when_no_provider_meets_the_target() -> None:
+def test_nothing_meeting_the_target_goes_to_the_lowest_predicted_ttft() -> None:
+    """Target 1.5 s: b 4.1 s, a 2 s, local 3 + 2 = 5 s all miss it; a is predicted first."""
     choice = choose_provider([A, B], LOCAL_PD, NUM_TOKENS, KV_BYTES, 1.5)
-    assert choice.target == LOCAL
+    assert choice.target == "a"
     assert choice.reason == (
-        "local: no provider meets ttft 1.5 s (b $0.0100 (ttft 4.1 s), a $0.0500 (ttft 2 s)); "
-        "local $0.0044 (ttft 5 s)"
+        "fastest: no provider meets ttft 1.5 s (b $0.0100 (ttft 4.1 s), a $0.0500 (ttft 2 s)) "
+        "nor local $0.0044 (ttft 5 s); provider a is predicted first"
     )
     assert [q.name for q in choice.quotes] == ["b", "a", LOCAL]
     assert choice.quotes[-1].cost_usd == pytest.approx(2 * 8 * 1.0 / 3600)
+
+
+def test_local_fallback_when_no_provider_but_local_meets_the_target() -> None:
+    """Target 1.5 s: an idle local prefill of 0.5 s meets it while neither provider does."""
+    idle_local = LocalOption(
+        price_per_gpu_hour=1.0, gpus_per_instance=8, t_prefill_s=lambda n: n / 7200, queue_s=0.0
+    )
+    choice = choose_provider([A, B], idle_local, NUM_TOKENS, KV_BYTES, 1.5)
+    assert choice.target == LOCAL
+    assert choice.reason == (
+        "local: no provider meets ttft 1.5 s (b $0.0100 (ttft 4.1 s), a $0.0500 (ttft 2 s)); "
+        "local $0.0011 (ttft 0.5 s)"
+    )
+
+
+def test_local_is_the_fastest_when_it_is_predicted_first() -> None:
+    """Nothing meets 0.1 s; local (queue 0, 1 s) beats a (2 s) and b (4.1 s)."""
+    quick_local = LocalOption(
+        price_per_gpu_hour=1.0, gpus_per_instance=8, t_prefill_s=lambda n: n / 3600, queue_s=0.0
+    )
+    choice = choose_provider([A, B], quick_local, NUM_TOKENS, KV_BYTES, 0.1)
+    assert choice.target == LOCAL
+    assert choice.reason.startswith("fastest: ") and choice.reason.endswith(
+        "local is predicted first"
+    )
 
 
 def test_local_fallback_without_providers() -> None:

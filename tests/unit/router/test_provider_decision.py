@@ -142,17 +142,29 @@ def test_an_answered_poll_clears_the_predicted_queue() -> None:
     assert cheap.load().queued_prefill_s == pytest.approx(0.25)
 
 
-def test_no_provider_meeting_the_target_keeps_the_prefill_local() -> None:
+def test_nothing_meeting_the_target_goes_where_the_first_token_is_predicted_soonest() -> None:
+    """Cheap 2.53 s, fast 2.3 s, local 4 s against a 2 s target: fast, the soonest."""
     d = _decide({"cheap-p0": 1.5, "fast-p0": 1.8})
+    assert _where(d) == (
+        "prfaas",
+        "fast",
+        "fast-p0",
+    )
+    assert d.rule == "fastest"
+    assert "no provider meets ttft 2 s" in d.reason and "nor local $0.0178 (ttft 4 s)" in d.reason
+    assert "fast $0.0033 (ttft 2.3 s)" in d.reason and "cheap $0.0022 (ttft 2.53 s)" in d.reason
+    assert d.log_fields()["provider"] == "fast"
+
+
+def test_a_local_prefill_meeting_the_target_keeps_the_request_local() -> None:
+    """Both providers queued past the target, the PD prefill idle with a target it meets."""
+    d = _decide({"cheap-p0": 30.0, "fast-p0": 30.0}, ttft_target_s=5.0)
     assert _where(d) == (
         "pd_prefill",
         None,
         "pd-p0",
     )
-    assert d.rule == "local"
-    assert "no provider meets ttft 2 s" in d.reason and "local $0.0178 (ttft 4 s)" in d.reason
-    assert "fast $0.0033 (ttft 2.3 s)" in d.reason and "cheap $0.0022 (ttft 2.53 s)" in d.reason
-    assert d.log_fields()["provider"] is None
+    assert d.rule == "local" and "local $0.0178 (ttft 4 s)" in d.reason
 
 
 def test_a_huge_target_sends_everything_to_the_cheap_provider() -> None:

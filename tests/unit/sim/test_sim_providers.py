@@ -124,14 +124,21 @@ def test_a_huge_target_sends_everything_to_the_cheapest() -> None:
     assert result["ttft_target_met_share"] == 1.0
 
 
-def test_a_tiny_target_keeps_everything_local() -> None:
+def test_a_target_nothing_meets_sends_each_request_where_it_is_predicted_first() -> None:
+    """Target 1 ms, three requests of 1000 tokens at t=0, every prefill 2 s. The first: all three
+    options predict 2 s, local is the cheapest ($0.0011). The second: local now 4 s, cheap and
+    fast 2 s, cheap the cheaper. The third: fast, the only one still at 2 s."""
     sim = Simulator(_two_providers(1e-3), requests_at([0.0] * 3, 1000, 2))
     result = sim.run()
-    assert sim.provider_of == ["", "", ""]
-    assert result["offload_ratio"] == 0.0
-    assert result["route_reasons"] == {"local -> pd_prefill": 3}
+    assert sim.provider_of == ["", "cheap", "fast"]
+    assert result["route_reasons"] == {
+        "fastest -> pd_prefill": 1,
+        "fastest -> cheap": 1,
+        "fastest -> fast": 1,
+    }
+    ttft = [sim.log.first_token_at[i] - sim.log.arrived_at[i] for i in range(3)]
+    assert ttft == pytest.approx([2.0, 2.0, 2.0])
     assert result["ttft_target_met_share"] == 0.0
-    assert result["providers"]["local"]["ttft_target_met_share"] == 0.0
 
 
 def test_short_requests_stay_local_by_the_route_rule() -> None:

@@ -86,16 +86,18 @@ def test_sim_topology_json_per_provider(capsys: pytest.CaptureFixture[str]) -> N
     rows = r["providers"]
     assert set(rows) == {"cheap", "fast", "local"}
     assert sum(row["num_requests"] for row in rows.values()) == r["num_arrived"] == 300
-    assert sum(row["share"] for row in rows.values()) == pytest.approx(1.0)
-    assert r["offload_ratio"] == pytest.approx(rows["cheap"]["share"] + rows["fast"]["share"])
+    assert sum(row["share"] for row in rows.values()) == pytest.approx(1.0, abs=1e-5)  # rounded
+    offloaded = rows["cheap"]["share"] + rows["fast"]["share"]
+    assert r["offload_ratio"] == pytest.approx(offloaded, abs=1e-5)  # each share is rounded
     assert r["compute_usd"] == pytest.approx(sum(row["compute_usd"] for row in rows.values()))
     assert rows["cheap"]["transfer_usd"] > 0 and rows["fast"]["transfer_usd"] == 0
     assert rows["local"]["transfer_usd"] == 0
     assert r["ttft_target_s"] == 10.0 and 0 <= r["ttft_target_met_share"] <= 1
     assert r["split"] == [3, 2, 2] and r["threshold_tokens"] == 8000
     rules = r["route_reasons"]
-    assert rules["cheapest -> cheap"] == rows["cheap"]["num_requests"]
-    assert rules.get("cheapest -> fast", 0) == rows["fast"]["num_requests"]
+    for name in ("cheap", "fast"):  # within the target the cheapest, past it the fastest
+        routed = rules.get(f"cheapest -> {name}", 0) + rules.get(f"fastest -> {name}", 0)
+        assert routed == rows[name]["num_requests"]
 
 
 def test_sim_topology_text_has_a_providers_table(capsys: pytest.CaptureFixture[str]) -> None:

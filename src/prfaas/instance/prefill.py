@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, replace
 
 from fastapi import FastAPI, Request
@@ -62,8 +63,24 @@ class _Job:
     queued_at: float
     num_tokens: int
     started_at: float | None = None
+    forward_done_at: float | None = None  # its forward ended; only its transfer's tail remains
     num_cached_tokens: int = 0  # prompt tokens reused from this instance's prefix cache
     layers: list[LayerState] = field(default_factory=list)  # their buffers must outlive END
+
+
+def remaining_prefill_s(
+    jobs: Iterable[_Job], now: float, expected_s: Callable[[int], float]
+) -> float:
+    """Expected seconds of prefill left on an instance at `now`: each queued job's whole
+    `expected_s(num_tokens)`, the computing one's less what it has run, nothing for a job only
+    sending its transfer's tail (as the simulator's `SimPrefill.remaining_work_s` counts)."""
+    remaining_s = 0.0
+    for j in jobs:
+        if j.forward_done_at is not None:
+            continue
+        ran_s = 0.0 if j.started_at is None else now - j.started_at
+        remaining_s += max(0.0, expected_s(j.num_tokens) - ran_s)
+    return remaining_s
 
 
 class PrefillService(EngineService):
@@ -109,7 +126,7 @@ class PrefillService(EngineService):
             await transfer.cancel(f"prefill failed: {exc}")
             self.worker.call(lambda engine: engine.free(req_id))
             return self._failed(job, f"prefill failed: {exc}")
-        forward_done_at = time.monotonic()
+        forward_done_at = entry.forward_done_at = time.monotonic()
         try:
             ack = await transfer.finish(manifest)
         except Exception as exc:  # the transport's own failures come back as a failed ACK
@@ -190,7 +207,9 @@ class PrefillService(EngineService):
             num_requests_waiting=len(queued),
             num_requests_running=len(computing),
             num_queued_tokens=num_tokens,
-            queued_prefill_s=sum(self.rate.expected_s(j.num_tokens) for j in self.jobs.values()),
+            queued_prefill_s=remaining_prefill_s(
+                self.jobs.values(), time.monotonic(), self.rate.expected_s
+            ),
             num_transfers_in_flight=len(computing),
             links=tuple(links),
             prefix_cache_bytes=self.prefix_cache_bytes,

@@ -44,3 +44,22 @@ def test_a_real_engine_learns_its_rate_from_measured_prefills() -> None:
 def test_a_negative_time_scale_is_refused() -> None:
     with pytest.raises(UserError, match="time_scale"):
         _engine(-1.0, [])
+
+
+def test_the_reported_queue_is_the_prefill_left_not_every_job_whole() -> None:
+    """At t = 10 s with 1 s per 1000 tokens: a queued 2000-token job counts 2 s, the one that
+    started at 9.25 s counts the 0.25 s it has left, one past its forward (sending its tail) nothing,
+    and a job over its expected time nothing rather than a negative rest."""
+    from prfaas.instance.prefill import _Job, remaining_prefill_s
+
+    def job(num_tokens: int, started_at: float | None = None, done: float | None = None) -> _Job:
+        entry = _Job(None, 0.0, num_tokens, started_at)  # type: ignore[arg-type]
+        entry.forward_done_at = done
+        return entry
+
+    def expected_s(num_tokens: int) -> float:
+        return num_tokens / 1000
+
+    jobs = [job(2000), job(1000, started_at=9.25), job(4000, started_at=9.5, done=9.9)]
+    assert remaining_prefill_s(jobs, 10.0, expected_s) == pytest.approx(2.25)
+    assert remaining_prefill_s([job(1000, started_at=8.0)], 10.0, expected_s) == 0.0

@@ -294,6 +294,14 @@ RULES: tuple[Rule, ...] = (
         check=r"goodput_gbps[\s\S]*raw_socket_gbps[\s\S]*ratio",
     ),
     Rule(
+        r"prfaas bench system --config examples/emulated-two-providers-bench\.toml --rate \S+",
+        "run",
+        "4 requests instead of 240: the two-provider deployment starts, routes and reports the "
+        "per-provider split next to the simulator's",
+        edits=((r"--num-requests \d+", "--num-requests 4"),),
+        check=r"provider\s+requests live",
+    ),
+    Rule(
         r"prfaas bench system --config topology\.toml.*",
         "skip",
         "topology.toml (and HOST) "

@@ -4,7 +4,10 @@
 policy's `LinkView`, which the scheduler reads. `LinkWindow.between(before, after, elapsed_s)`
 measures egress and the retransmitted share between two snapshots, so a reader that polls (the
 router) sees an idle link as idle and one lost segment of a small transfer not as congestion;
-without a window the view uses the lifetime counters. Prometheus scrapes `TransportMetrics`,
+without a window the view uses the lifetime counters. The retransmitted share counts losses
+only: a retransmission the peer reports as a duplicate (DSACK: the segment had arrived, delayed
+or reordered past the sender's loss detection, as a jittery path does) is spurious and is left
+out, so reordering does not read as congestion. Prometheus scrapes `TransportMetrics`,
 which takes a registry so tests and several senders in one process do not clash.
 """
 
@@ -25,6 +28,7 @@ _TCP_INFO_BYTES = 232
 _OFF_RTT_US, _OFF_TOTAL_RETRANS = 68, 100
 _OFF_MIN_RTT_US, _OFF_DELIVERY_RATE = 148, 160
 _OFF_BYTES_ACKED, _OFF_BYTES_SENT, _OFF_BYTES_RETRANS = 120, 200, 208
+_OFF_SND_MSS, _OFF_DSACK_DUPS = 16, 216  # tcpi_dsack_dups: kernel 5.2 and later
 MIN_RETRANSMIT_SAMPLE_BYTES = 64 << 10  # a window that sent less says nothing about loss
 
 
@@ -40,6 +44,9 @@ class TcpStats:
     bytes_sent: int  # 0 on kernels before 4.19
     bytes_retransmitted: int  # 0 on kernels before 4.19
     send_queue_bytes: int = 0  # written and not yet acknowledged by the peer (SIOCOUTQ)
+    # retransmissions the peer reported as duplicates (DSACK): the segment had arrived, late or
+    # reordered, so the resend was spurious, not a loss; segments x MSS (0 before kernel 5.2)
+    bytes_retransmitted_spurious: int = 0
 
 
 def read_tcp_stats(sock: socket.socket) -> TcpStats | None:
@@ -79,6 +86,9 @@ def parse_tcp_info(raw: bytes) -> TcpStats | None:
     def u64(off: int) -> int:
         return int(struct.unpack_from("<Q", raw, off)[0]) if len(raw) >= off + 8 else 0
 
+    def u32_if(off: int) -> int:
+        return u32(off) if len(raw) >= off + 4 else 0
+
     return TcpStats(
         rtt_s=u32(_OFF_RTT_US) / 1e6,
         min_rtt_s=u32(_OFF_MIN_RTT_US) / 1e6,
@@ -87,6 +97,7 @@ def parse_tcp_info(raw: bytes) -> TcpStats | None:
         bytes_acked=u64(_OFF_BYTES_ACKED),
         bytes_sent=u64(_OFF_BYTES_SENT),
         bytes_retransmitted=u64(_OFF_BYTES_RETRANS),
+        bytes_retransmitted_spurious=u32_if(_OFF_DSACK_DUPS) * u32(_OFF_SND_MSS),
     )
 
 
@@ -107,6 +118,12 @@ class LinkStats:
     bytes_sent: int = 0  # kernel bytes sent, summed over live connections
     bytes_retransmitted: int = 0  # kernel bytes retransmitted, summed over live connections
     send_queue_bytes: int = 0  # bytes written and not yet acknowledged, summed over connections
+    bytes_retransmitted_spurious: int = 0  # of those, resent though they had arrived (DSACK)
+
+    @property
+    def bytes_lost(self) -> int:
+        """Bytes retransmitted because they were lost: all retransmitted less the spurious."""
+        return max(0, self.bytes_retransmitted - self.bytes_retransmitted_spurious)
 
     def to_link_view(
         self, capacity_bytes_per_s: float, window: LinkWindow | None = None
@@ -116,7 +133,7 @@ class LinkStats:
         the lifetime retransmitted share."""
         if window is None:
             rate = min(self.delivery_rate_bytes_per_s, self.goodput_bytes_per_s or float("inf"))
-            sent, lost = self.bytes_sent, self.bytes_retransmitted
+            sent, lost = self.bytes_sent, self.bytes_lost
             retransmit_rate = lost / sent if sent else 0.0
         else:
             rate, retransmit_rate = window.egress_bytes_per_s, window.retransmit_rate
@@ -132,7 +149,8 @@ class LinkStats:
 
 @dataclass(frozen=True, slots=True)
 class LinkWindow:
-    """One destination's egress and retransmitted share between two `LinkStats` snapshots."""
+    """One destination's egress and lost (retransmitted, less spurious) share between two
+    `LinkStats` snapshots."""
 
     egress_bytes_per_s: float
     retransmit_rate: float  # 0 when the window sent too little to judge
@@ -145,7 +163,7 @@ class LinkWindow:
         if elapsed_s <= 0:
             return None
         num_sent = max(0, after.bytes_sent - before.bytes_sent)
-        num_lost = max(0, after.bytes_retransmitted - before.bytes_retransmitted)
+        num_lost = max(0, after.bytes_lost - before.bytes_lost)
         is_sample = num_sent >= MIN_RETRANSMIT_SAMPLE_BYTES
         return cls(
             egress_bytes_per_s=num_sent / elapsed_s,
@@ -175,6 +193,7 @@ def summarize_link(
         send_queue_bytes=sum(s.send_queue_bytes for s in stats),
         bytes_sent=sum(s.bytes_sent for s in stats),
         bytes_retransmitted=sum(s.bytes_retransmitted for s in stats),
+        bytes_retransmitted_spurious=sum(s.bytes_retransmitted_spurious for s in stats),
     )
 
 

@@ -6,6 +6,7 @@ import contextlib
 import socket
 import struct
 import time
+from dataclasses import replace
 
 import pytest
 
@@ -181,3 +182,29 @@ def test_a_reused_buffer_still_counts_toward_the_peak() -> None:
     pool.release(b)
     pool.release(c)
     assert pool.idle_bytes == 20 * PAGE
+
+
+def test_duplicate_sacked_retransmissions_are_not_losses() -> None:
+    """3 segments of 1448 bytes reported back as duplicates (tcpi_dsack_dups, MSS at offset 16)
+    out of 10,000 retransmitted bytes: 5,656 lost of 100,000 sent; a buffer from a kernel
+    before 5.2 (no dsack field) counts every retransmission."""
+    raw = bytearray(232)
+    struct.pack_into("<I", raw, 16, 1448)  # snd_mss
+    struct.pack_into("<Q", raw, 200, 100_000)  # bytes sent
+    struct.pack_into("<Q", raw, 208, 10_000)  # bytes retransmitted
+    struct.pack_into("<I", raw, 216, 3)  # dsack_dups
+    tcp = parse_tcp_info(bytes(raw))
+    assert tcp is not None and tcp.bytes_retransmitted_spurious == 3 * 1448
+    stats = summarize_link("h:1", [tcp, tcp], 4e8, num_transfers=1, num_failures=0)
+    assert stats.bytes_lost == 2 * (10_000 - 3 * 1448)
+    assert stats.to_link_view(1e9).retransmit_rate == pytest.approx(0.05656)
+    old_kernel = parse_tcp_info(bytes(raw[:216]))
+    assert old_kernel is not None and old_kernel.bytes_retransmitted_spurious == 0
+
+
+def test_a_window_of_spurious_retransmissions_reads_as_no_loss() -> None:
+    """Between two snapshots 20,000 bytes were resent and the peer had every one of them."""
+    before = replace(_snapshot(1_000_000, 100), bytes_retransmitted_spurious=100)
+    after = replace(_snapshot(3_000_000, 20_100), bytes_retransmitted_spurious=20_100)
+    window = LinkWindow.between(before, after, elapsed_s=2.0)
+    assert window == LinkWindow(egress_bytes_per_s=1e6, retransmit_rate=0.0)

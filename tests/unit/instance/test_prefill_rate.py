@@ -48,8 +48,8 @@ def test_a_negative_time_scale_is_refused() -> None:
 
 def test_the_reported_queue_is_the_prefill_left_not_every_job_whole() -> None:
     """At t = 10 s with 1 s per 1000 tokens: a queued 2000-token job counts 2 s, the one that
-    started at 9.25 s counts the 0.25 s it has left, one past its forward (sending its tail) nothing,
-    and a job over its expected time nothing rather than a negative rest."""
+    started at 9.25 s counts the 0.25 s it has left, one past its forward (sending its tail)
+    nothing, and a job over its expected time nothing rather than a negative rest."""
     from prfaas.instance.prefill import _Job, remaining_prefill_s
 
     def job(num_tokens: int, started_at: float | None = None, done: float | None = None) -> _Job:

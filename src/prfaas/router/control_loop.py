@@ -45,6 +45,7 @@ from prfaas.policy.controller import (
     RoleChange,
     decision_dict,
 )
+from prfaas.policy.transfer import payload_bandwidth_bytes_per_s
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor, InstanceState
 from prfaas.topology import Topology
@@ -137,8 +138,9 @@ class RouterControl:
             return None
         mean_output = sum(n for _, n in self._outputs) / len(self._outputs)
         return Measurements(
-            egress_bytes_per_s=self.topology.model.model_bytes_per_s(
-                self.monitor.link_capacity_bytes_per_s
+            egress_bytes_per_s=payload_bandwidth_bytes_per_s(
+                self.topology.model.model_bytes_per_s(self.monitor.link_capacity_bytes_per_s),
+                self.topology.link_path,
             ),
             t_decode_step_s=self.t_decode_step_s,
             num_output_tokens=max(1.0, mean_output),

@@ -30,6 +30,7 @@ import aiohttp
 
 from prfaas.messages import InstanceStats
 from prfaas.policy import ClusterView, InstanceLoad, LinkView
+from prfaas.policy.transfer import payload_bandwidth_bytes_per_s
 from prfaas.router.vllm_metrics import VLLM_ENGINE, stats_from_metrics
 from prfaas.topology import ClusterConfig, InstanceConfig, Topology
 from prfaas.transport.linkstats import LinkStats, LinkWindow
@@ -197,16 +198,19 @@ class ClusterMonitor:
     def link_view(self, prfaas: ClusterConfig | None, pd: ClusterConfig | None) -> LinkView | None:
         """The PrfaaS -> PD link as the PrfaaS prefill instances' transports measured it; an
         idle link of the known capacity while none has sent anything yet (None: no ready PrfaaS
-        instance, so no link to judge)."""
+        instance, so no link to judge). Its capacity is the payload the wire carries (the wire
+        rate x the link's `payload_efficiency`), as the simulator's link view has it: the
+        backlog is payload bytes, so it drains at that rate."""
         if prfaas is None or pd is None:
             return None
-        capacity = self.link_capacity_of(prfaas)
+        path = self.topology.link_path_of(prfaas.name)
+        capacity = payload_bandwidth_bytes_per_s(self.link_capacity_of(prfaas), path)
         senders = self.ready(prfaas, "prefill")
         views = [
             link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
             for state, link in self.link_connections(prfaas, pd)
         ]
-        rtt_s = self.topology.link_path_of(prfaas.name).rtt_s
+        rtt_s = path.rtt_s
         if senders and not views:
             return LinkView(capacity, utilization=0.0, backlog_bytes=0.0, rtt_s=rtt_s)
         return with_known_rtt(combine_link_views(views, capacity), rtt_s)

@@ -6,8 +6,8 @@ For a long request that the route rule would offload to one or more providers, e
 provider becomes a `ProviderOffer`: its price per GPU-hour (`[[clusters]] price_per_gpu_hour`),
 the GPUs, the prefill curve (`topology.derived.prefill_curve_of`) and the queued prefill
 seconds of the instance the request would run on there (its `ClusterView` entry), and its link:
-the monitor's `LinkView` (capacity and the backlog's drain time) with the path (RTT, loss,
-payload efficiency) and price per GB of the provider's link (`Topology.link_of`). The PD
+the wire rate, path (RTT, loss, payload efficiency) and price per GB of the provider's link
+(`Topology.link_of`), and the backlog's drain time from the monitor's `LinkView`. The PD
 cluster's prefill is the `LocalOption`, priced and timed the same way on its chosen prefill
 instance (the decode instance when the PD cluster has no prefill instance: it prefills
 colocated, with no prefill queue).
@@ -61,7 +61,10 @@ class ProviderQuoter:
             gpus_per_instance=instance.num_gpus,
             t_prefill_s=self._curve(instance),
             queue_s=model.model_seconds(queue_s),
-            link_bytes_per_s=model.model_bytes_per_s(link.bandwidth_bytes_per_s),
+            # the wire's rate: the offer's path takes the payload efficiency and loss off it
+            link_bytes_per_s=model.model_bytes_per_s(
+                self.topology.link_of(provider.name).bytes_per_s
+            ),
             path=model_link_path(self.topology, provider.name),
             price_per_gb=self.topology.link_of(provider.name).price_per_gb or 0.0,
             link_backlog_s=model.model_seconds(link.drain_s()),

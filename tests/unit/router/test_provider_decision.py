@@ -229,3 +229,30 @@ def test_a_reported_link_capacity_is_refused_with_several_providers(
         assert "2 prefill providers" in reply.json()["error"]["message"]
         state = client.app.state.service.monitor  # type: ignore[attr-defined]
         assert state.link_capacity_of(topology.clusters[0]) == pytest.approx(40e9 / 8)
+
+
+def test_a_link_view_drains_at_the_payload_rate_and_an_offer_prices_the_wire() -> None:
+    """Cheap's link carries payload at half its wire rate (payload_efficiency 0.5): its view's
+    capacity is the payload rate, as the simulator's is, while its offer keeps the 40 Gbps wire
+    rate (the offer's path takes the efficiency off once, as choose_provider computes goodput)."""
+    link = LinkConfig(gbps=40, rtt_ms=30, payload_efficiency=0.5)
+    spec = TopologySpec(
+        two_providers(link),
+        engine="emulated",
+        threshold=THRESHOLD,
+        ttft_target_s=TTFT_TARGET_S,
+        prefill_latency=LATENCIES,
+        payload_scale=1e-3,
+        port_base=18000,
+    )
+    topology = spec.topology()
+    dispatcher = _dispatcher(topology, {})
+    cheap, _, pd_cluster = topology.clusters
+    view = dispatcher.monitor.link_view(cheap, pd_cluster)
+    assert view is not None and view.bandwidth_bytes_per_s == pytest.approx(40e9 / 8 * 0.5)
+    quoter = dispatcher.quoter
+    assert quoter is not None
+    offer = quoter.offer(cheap, cheap.instances[0], 0.0, view)
+    model = topology.model
+    assert offer.link_bytes_per_s == pytest.approx(model.model_bytes_per_s(40e9 / 8))
+    assert offer.path.payload_efficiency == 0.5

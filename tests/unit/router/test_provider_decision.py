@@ -39,9 +39,11 @@ LATENCIES = (
 CHEAP_LINK = LinkConfig(gbps=40, rtt_ms=30)
 
 
-def _topology(ttft_target_s: float = TTFT_TARGET_S) -> Topology:
+def _topology(
+    ttft_target_s: float = TTFT_TARGET_S, cheap_link: LinkConfig = CHEAP_LINK
+) -> Topology:
     spec = TopologySpec(
-        two_providers(CHEAP_LINK),
+        two_providers(cheap_link),
         engine="emulated",
         threshold=THRESHOLD,
         ttft_target_s=ttft_target_s,
@@ -235,17 +237,7 @@ def test_a_link_view_drains_at_the_payload_rate_and_an_offer_prices_the_wire() -
     """Cheap's link carries payload at half its wire rate (payload_efficiency 0.5): its view's
     capacity is the payload rate, as the simulator's is, while its offer keeps the 40 Gbps wire
     rate (the offer's path takes the efficiency off once, as choose_provider computes goodput)."""
-    link = LinkConfig(gbps=40, rtt_ms=30, payload_efficiency=0.5)
-    spec = TopologySpec(
-        two_providers(link),
-        engine="emulated",
-        threshold=THRESHOLD,
-        ttft_target_s=TTFT_TARGET_S,
-        prefill_latency=LATENCIES,
-        payload_scale=1e-3,
-        port_base=18000,
-    )
-    topology = spec.topology()
+    topology = _topology(cheap_link=LinkConfig(gbps=40, rtt_ms=30, payload_efficiency=0.5))
     dispatcher = _dispatcher(topology, {})
     cheap, _, pd_cluster = topology.clusters
     view = dispatcher.monitor.link_view(cheap, pd_cluster)

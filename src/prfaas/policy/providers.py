@@ -202,14 +202,11 @@ def _fallback(quotes: list[Quote], local_quote: Quote, ttft_target_s: float) -> 
     listed = ", ".join(q.text() for q in quotes) or "none offered"
     missed = f"no provider meets ttft {ttft_target_s:g} s ({listed})"
     if local_quote.ttft_s <= ttft_target_s or not quotes:
-        return ProviderChoice(LOCAL, f"local: {missed}; local {_local_text(local_quote)}", every)
+        return ProviderChoice(LOCAL, f"local: {missed}; {local_quote.text()}", every)
     fastest = min(every, key=lambda q: (q.ttft_s, q.cost_usd, q.name))
     reason = (
-        f"fastest: {missed} nor local {_local_text(local_quote)}; "
+        f"fastest: {missed} nor {local_quote.text()}; "
         f"{'local' if fastest is local_quote else 'provider ' + fastest.name} is predicted first"
     )
     return ProviderChoice(fastest.name, reason, every)
 
-
-def _local_text(local_quote: Quote) -> str:
-    return f"${local_quote.cost_usd:.4f} (ttft {local_quote.ttft_s:.3g} s)"

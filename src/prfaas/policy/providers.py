@@ -209,4 +209,3 @@ def _fallback(quotes: list[Quote], local_quote: Quote, ttft_target_s: float) -> 
         f"{'local' if fastest is local_quote else 'provider ' + fastest.name} is predicted first"
     )
     return ProviderChoice(fastest.name, reason, every)
-

@@ -54,7 +54,7 @@ def test_bench_system_on_loopback(tmp_path: Path) -> None:
     assert (live["num_planned"], live["num_ok"], live["num_errors"]) == (NUM_REQUESTS,) * 2 + (0,)
     assert len(run["requests"]) == NUM_REQUESTS
     assert all(r["error"] is None and r["num_output_tokens"] == 4 for r in run["requests"])
-    for key in ("ttft_s", "tpot_s"):
+    for key in ("ttft_s", "second_token_s", "tpot_s"):
         d = live[key]
         assert d["count"] == NUM_REQUESTS
         assert 0 < d["p50"] <= d["p90"] <= d["p99"] <= d["max"]
@@ -65,6 +65,9 @@ def test_bench_system_on_loopback(tmp_path: Path) -> None:
     assert live["egress"]["series"]
     sim, plan = run["sim"], run["plan"]
     assert sim["num_completed"] == NUM_REQUESTS and sim["ttft_s"]["p90"] is not None
+    assert all(r["second_token_s"] > r["ttft_s"] for r in run["requests"])
+    assert sim["second_token_s"]["count"] == NUM_REQUESTS
+    assert sim["second_token_s"]["p50"] > sim["ttft_s"]["p50"]
     assert 0 <= sim["offload_ratio"] <= 1
     assert plan["lambda_max_rps"] > 0 and 0 <= plan["offload_ratio"] <= 1
     assert not list(tmp_path.glob(".*.bench-*.toml"))

@@ -1,7 +1,9 @@
 """One run's outcome in `prfaas bench system`: each planned request's result, and the reader
 that fills a result from its response's server-sent events (sans I/O).
 
-TTFT is the first streamed chunk, TPOT (last chunk - first chunk) / (completion tokens - 1); the
+TTFT is the first streamed chunk, the time to the second token the second one (a router streams
+the first token alone, as soon as the decode instance has it), TPOT (last chunk - first chunk) /
+(completion tokens - 1); the
 route and KV bytes come from the response's `prfaas` field. A request ends `ok` or as an error
 with its reason: none is lost. The runner that makes the requests is `prfaas.bench.loadgen`.
 """
@@ -34,6 +36,7 @@ class RequestResult:
     kv_bytes: int = 0
     prefill_s: float = math.nan  # the prefill instance's own time, when a PrfaaS router says it
     error: str | None = None
+    second_chunk_at_s: float = math.nan  # the second token's chunk
 
     @property
     def ok(self) -> bool:
@@ -42,6 +45,10 @@ class RequestResult:
     @property
     def ttft_s(self) -> float:
         return self.first_chunk_at_s - self.sent_at_s
+
+    @property
+    def second_token_s(self) -> float:
+        return self.second_chunk_at_s - self.sent_at_s
 
     @property
     def tpot_s(self) -> float:
@@ -61,7 +68,12 @@ class RequestResult:
             "kv_bytes": self.kv_bytes,
             "error": self.error,
         }
-        for key, value in (("ttft_s", self.ttft_s), ("tpot_s", self.tpot_s)):
+        timings = (
+            ("ttft_s", self.ttft_s),
+            ("second_token_s", self.second_token_s),
+            ("tpot_s", self.tpot_s),
+        )
+        for key, value in timings:
             out[key] = None if math.isnan(value) or not self.ok else round(value, 6)
         return out
 
@@ -107,6 +119,8 @@ class StreamReader:
         elif event.get("choices"):
             if math.isnan(r.first_chunk_at_s):
                 r.first_chunk_at_s = now_s
+            elif math.isnan(r.second_chunk_at_s):
+                r.second_chunk_at_s = now_s
             r.last_chunk_at_s = now_s
             choice = event["choices"][0]
             if choice.get("finish_reason") is not None:

@@ -1,16 +1,18 @@
 """What `prfaas bench system` reports about a run: the live numbers, the same workload through the
 simulator and the planner's Λ_max for the same topology, side by side, and the plots.
 
-Definitions, the same for the live run and its simulation: throughput = completed requests /
-(last completion - start); steady throughput = the completion rate between the 10th and the 90th
-percentile completion (in a run offered more than the deployment can serve, its capacity:
-the start-up and the last stragglers left out); output tokens/s like throughput; TTFT and TPOT
-percentiles (linear interpolation) over the completed requests; offload ratio = share of
+Definitions, the same for the live run and its simulation: throughput = completed requests / (last
+completion - start); steady throughput = the completion rate between the 10th and the 90th
+percentile completion (in a run offered more than the deployment can serve, its capacity: the
+start-up and the last stragglers left out); output tokens/s like throughput; TTFT and TPOT
+percentiles (linear interpolation) over the completed requests, TTFT the moment the client has its
+first token (the decode instance streams it once it has imported the KV, so an offloaded request's
+TTFT holds its transfer) and the time to the second token beside it; offload ratio = share of
 completed requests prefilled on the PrfaaS cluster; egress = growth of the PrfaaS instances'
 transport byte counters (of the WAN qdisc's on a testbed). With several prefill providers, the
-split: per provider (and "local", the PD cluster's prefill) the requests it prefilled, their
-share of all, their TTFT p50/p90/p99 and the share of them whose TTFT met `[policy]
-ttft_target_s` (`provider_split`, the same code for the live run and its simulation).
+split: per provider (and "local", the PD cluster's prefill) the requests it prefilled, their share
+of all, their TTFT p50/p90/p99 and the share of them whose TTFT met `[policy] ttft_target_s`
+(`provider_split`, the same code for the live run and its simulation).
 
 Units. An emulated engine sleeps `model.time_scale` x the cost model's durations and sends
 `model.payload_scale` x the real KV bytes, so the live system runs the topology's model
@@ -100,6 +102,7 @@ def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
         "steady_throughput_rps": steady_throughput_rps([r.finished_at_s for r in ok]),
         "output_tokens_per_s": _per_s(sum(r.num_output_tokens for r in ok), span_s),
         "ttft_s": distribution([r.ttft_s for r in ok]),
+        "second_token_s": distribution([r.second_token_s for r in ok if r.num_output_tokens > 1]),
         "tpot_s": distribution([r.tpot_s for r in ok]),
         "e2e_s": distribution([r.finished_at_s - r.sent_at_s for r in ok]),
         "send_lag_s": distribution([r.sent_at_s - r.at_s for r in results]),
@@ -204,11 +207,12 @@ def simulate_results(
     if len(topology.providers) > 1 and target_s is not None:
         where = [(sim.provider_of[i] or LOCAL, t) for i, t in zip(done, ttft, strict=True)]
         extra["providers"] = provider_split(where, target_s)
+    multi = [i for i in done if log.num_output_tokens[i] > 1]
     tpot = [
         (log.finished_at[i] - log.first_token_at[i]) / (log.num_output_tokens[i] - 1) * time_scale
-        for i in done
-        if log.num_output_tokens[i] > 1
+        for i in multi
     ]
+    second = [(log.second_token_at[i] - log.arrived_at[i]) * time_scale for i in multi]
     return {
         "num_requests": len(requests),
         "num_completed": len(done),
@@ -218,6 +222,7 @@ def simulate_results(
         ),
         "output_tokens_per_s": _per_s(sum(log.num_output_tokens[i] for i in done), span_s),
         "ttft_s": distribution(ttft),
+        "second_token_s": distribution(second),
         "tpot_s": distribution(tpot),
         "offload_ratio": _share(sum(1 for i in done if log.is_offloaded[i]), len(done)),
         "egress_bytes": round(sim.total_sent_bytes * topology.model.payload_scale),

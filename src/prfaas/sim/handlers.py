@@ -3,7 +3,8 @@
 Each handler updates the instances, the shared link and the request log at the current simulated
 time and returns its follow-up events; the loop in `prfaas.sim.simulator` schedules them. A request
 goes: arrival -> route -> prefill queue -> prefill steps -> (KV over the shared link | intra-cluster
-handover, taken as instantaneous) -> decode slot -> decode steps -> finished. Every routing decision
+handover, taken as instantaneous) -> decode slot (the first token streams) -> decode steps ->
+finished. Every routing decision
 comes from `prfaas.policy` (`RoutePolicy.choose`, `pick_instance`) on views built by
 `prfaas.sim.views`.
 
@@ -235,8 +236,7 @@ class SimHandlers:
         finished, admitted, wake_at = instance.on_wake(self.now)
         for i in finished:
             self._finish(i)
-        for i in admitted:
-            self.log.decode_started_at[i] = self.now
+        self._on_admitted(instance, admitted)
         return (
             []
             if wake_at is None
@@ -377,7 +377,7 @@ class SimHandlers:
         return self._link_follow_ups(site)
 
     def _on_prefill_finished(self, i: int) -> FollowUps:
-        self.log.first_token_at[i] = self.now
+        self.log.prefill_done_at[i] = self.now
         decision = self.decisions[i]
         assert decision is not None
         self.indexes[decision.target].insert(self.requests[i].block_hashes)
@@ -413,19 +413,26 @@ class SimHandlers:
     def _on_kv_ready(self, i: int) -> FollowUps:
         self.log.kv_ready_at[i] = self.now
         num_steps = self.requests[i].num_output_tokens - 1
-        if num_steps < 1:
-            self.log.decode_started_at[i] = self.now
+        if num_steps < 1:  # the imported state's first token is the whole answer
+            self.log.decode_started_at[i] = self.log.first_token_at[i] = self.now
             self._finish(i)
             return []
         instance = self.decode[self.decode_of[i]]
         admitted, wake_at = instance.add(self.now, i, num_steps)
-        for k in admitted:
-            self.log.decode_started_at[k] = self.now
+        self._on_admitted(instance, admitted)
         return (
             []
             if wake_at is None
             else [(wake_at, DecodeWake(instance.instance_id, instance.version))]
         )
+
+    def _on_admitted(self, instance: SimDecode, admitted: Sequence[int]) -> None:
+        """Requests that joined `instance`'s batch now: it has imported their state and streams
+        each one's first token (sampled by its prefill) at once; their first decode step, the
+        second token, ends one step of the new batch later."""
+        for k in admitted:
+            self.log.decode_started_at[k] = self.log.first_token_at[k] = self.now
+            self.log.second_token_at[k] = self.now + instance.step_s
 
     def _finish(self, i: int) -> None:
         self.num_finished += 1

@@ -1,8 +1,12 @@
 """Per-request timestamps of a run and the summary computed from them (plain dicts for JSON).
 
-Owns definitions, not events: TTFT = first token (sampled at the end of prefill) - arrival;
-TPOT = (finish - first token) / (output tokens - 1), so transfer and decode-slot waits show up in
-TPOT; throughput and goodput count completions within the arrival window, divided by its length.
+Owns definitions, not events. TTFT = first token - arrival, where the first token is what the
+client receives: the decode instance streams it once it has imported the request's state, so an
+offloaded request's TTFT holds its prefill, its KV transfer's tail and its wait for a decode slot,
+exactly what a live client waits for (`prefill_done_s`, prefill end - arrival, is the paper's
+TTFT, reported beside it). Time to the second token is the first decode step's end - arrival.
+TPOT = (finish - first token) / (output tokens - 1); throughput and goodput count completions
+within the arrival window, divided by its length.
 Requests still waiting when the run ends enter TTFT and queueing percentiles with their wait so far.
 """
 
@@ -27,7 +31,9 @@ class RequestLog:
     num_requests: int
     arrived_at: list[float] = field(default_factory=list)
     prefill_started_at: list[float] = field(default_factory=list)
-    first_token_at: list[float] = field(default_factory=list)
+    prefill_done_at: list[float] = field(default_factory=list)  # the first token sampled
+    first_token_at: list[float] = field(default_factory=list)  # ... and streamed to the client
+    second_token_at: list[float] = field(default_factory=list)  # the first decode step's end
     kv_ready_at: list[float] = field(default_factory=list)
     decode_started_at: list[float] = field(default_factory=list)
     finished_at: list[float] = field(default_factory=list)
@@ -43,7 +49,9 @@ class RequestLog:
         for name in (
             "arrived_at",
             "prefill_started_at",
+            "prefill_done_at",
             "first_token_at",
+            "second_token_at",
             "kv_ready_at",
             "decode_started_at",
             "finished_at",
@@ -128,7 +136,19 @@ def request_stats(
         "prefill_queue_s": distribution(
             [waited_s(log.prefill_started_at[i], log.arrived_at[i], end_s) for i in idx]
         ),
-        "transfer_s": distribution([log.kv_ready_at[i] - log.first_token_at[i] for i in offloaded]),
+        "prefill_done_s": distribution(
+            [waited_s(log.prefill_done_at[i], log.arrived_at[i], end_s) for i in idx]
+        ),
+        "second_token_s": distribution(
+            [
+                log.second_token_at[i] - log.arrived_at[i]
+                for i in done
+                if log.num_output_tokens[i] > 1
+            ]
+        ),
+        "transfer_s": distribution(
+            [log.kv_ready_at[i] - log.prefill_done_at[i] for i in offloaded]
+        ),
         "decode_queue_s": distribution(
             [log.decode_started_at[i] - log.kv_ready_at[i] for i in done]
         ),

@@ -40,8 +40,8 @@ def timeline_events(
     for i in range(log.num_requests):
         link = f"link {provider_of[i]}" if provider_of and provider_of[i] else "link"
         stages = [
-            ("prefill", log.prefill_instance[i], log.prefill_started_at[i], log.first_token_at[i]),
-            ("transfer", link, log.first_token_at[i], log.kv_ready_at[i]),
+            ("prefill", log.prefill_instance[i], log.prefill_started_at[i], log.prefill_done_at[i]),
+            ("transfer", link, log.prefill_done_at[i], log.kv_ready_at[i]),
             ("decode", log.decode_instance[i], log.decode_started_at[i], log.finished_at[i]),
         ]
         for name, track, start_s, end_s in stages:

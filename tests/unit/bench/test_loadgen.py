@@ -138,6 +138,8 @@ def test_stream_accounting_ok() -> None:
     assert r.ttft_s == pytest.approx(1.0)
     assert r.tpot_s == pytest.approx((5.0 - 2.0) / 2)
     assert r.record()["ttft_s"] == pytest.approx(1.0)
+    assert r.second_token_s == pytest.approx(3.0)  # the second chunk, after the blank line
+    assert r.record()["second_token_s"] == pytest.approx(3.0)
 
 
 def test_stream_accounting_errors() -> None:

@@ -126,7 +126,7 @@ def test_prefill_instances_become_decode_instances_when_decode_binds() -> None:
     assert new_decode <= set(sim.log.decode_instance)
     for c in conversions:  # a drained prefill instance ran nothing after its retirement
         ran = [
-            sim.log.first_token_at[i]
+            sim.log.prefill_done_at[i]
             for i in range(sim.log.num_requests)
             if sim.log.prefill_instance[i] == c["instance"]
         ]

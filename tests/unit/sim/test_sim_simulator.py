@@ -26,15 +26,22 @@ SMALL_LENGTHS = TruncatedLogNormal(mu=6.5, sigma=0.8, min_tokens=16, max_tokens=
 def test_one_offloaded_request_timed_by_hand() -> None:
     """T(1000) = 1 + 0.001*1000 = 2 s. KV = 1000 + 10*1000 = 11000 B, 1/10 held back. The flow
     sends 9900 B at the production rate 4950 B/s during prefill, then 1100 B at 1e4 B/s: KV lands
-    at 2.11 s; 10 decode steps of 0.1 s finish at 3.11 s."""
+    at 2.11 s, the idle decode instance imports it and streams the first token then (TTFT 2.11 s,
+    the prefill alone 2 s); 10 decode steps of 0.1 s: the second token at 2.21 s, the last at
+    3.11 s."""
     sim = Simulator(make_config(DeploymentKind.NAIVE), requests_at([0.0], 1000, 11))
     result = sim.run()
     log = sim.log
-    assert log.first_token_at[0] == pytest.approx(2.0)
+    assert log.prefill_done_at[0] == pytest.approx(2.0)
     assert log.kv_ready_at[0] == pytest.approx(2.11)
+    assert log.first_token_at[0] == pytest.approx(2.11)
+    assert log.second_token_at[0] == pytest.approx(2.21)
     assert log.finished_at[0] == pytest.approx(3.11)
-    assert result["ttft_s"]["p50"] == pytest.approx(2.0)
-    assert result["tpot_s"]["p50"] == pytest.approx(0.111)
+    assert result["ttft_s"]["p50"] == pytest.approx(2.11)
+    assert result["prefill_done_s"]["p50"] == pytest.approx(2.0)
+    assert result["second_token_s"]["p50"] == pytest.approx(2.21)
+    assert result["transfer_s"]["p50"] == pytest.approx(0.11)
+    assert result["tpot_s"]["p50"] == pytest.approx(0.1)
     assert result["offload_ratio"] == 1.0
     assert sim.link.total_sent_bytes == pytest.approx(11000.0)
     assert result["utilization"]["prfaas_prefill"] == pytest.approx(2.0 / 3.11, abs=1e-6)

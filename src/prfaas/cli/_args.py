@@ -157,8 +157,8 @@ def add_link_path_flags(parser: argparse._ActionsContainer, *, with_jitter: bool
         parser.add_argument(
             "--jitter-distribution",
             choices=JITTER_DISTRIBUTIONS,
-            help="normal: |N(0, jitter)|; pareto: Lomax of shape 3 with mean jitter "
-            "(default normal)",
+            help="normal: |N(0, jitter)|; pareto: Lomax of shape 3 with mean jitter; "
+            "uniform: U(0, jitter) (default normal)",
         )
     parser.add_argument(
         "--loss-pct",

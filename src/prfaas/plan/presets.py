@@ -74,7 +74,7 @@ class PlanSettings:
     kv_codec: str = KV_CODEC_NONE  # attention K/V codec on the link (`prfaas.models.kv_codec`)
     rtt_ms: float = 0.0  # the link's round-trip time (`prfaas.policy.transfer`)
     jitter_ms: float = 0.0  # scale of the extra RTT per transfer (the simulator draws it)
-    jitter_distribution: str = "normal"  # "normal" | "pareto"
+    jitter_distribution: str = "normal"  # "normal" | "pareto" | "uniform"
     loss_pct: float = 0.0  # packet loss, percent in [0, 100)
     payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
     # the cost view (`prfaas.plan.cost`): USD per GPU-hour and per link GB; None: not given

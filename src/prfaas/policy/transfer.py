@@ -33,7 +33,7 @@ import random
 from dataclasses import dataclass
 from enum import StrEnum
 
-JITTER_DISTRIBUTIONS = ("normal", "pareto")
+JITTER_DISTRIBUTIONS = ("normal", "pareto", "uniform")
 MAX_RTT_S = 60.0  # bound of an RTT or a jitter scale: far above any real path
 MIN_RTO_S = 0.2  # Linux's minimum retransmission timeout: idle longer and slow start restarts
 DEFAULT_MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamp option headers
@@ -56,7 +56,8 @@ class LinkPath:
 
     rtt_s: float = 0.0  # base round-trip time, seconds
     jitter_s: float = 0.0  # scale of the extra RTT drawn per transfer, seconds
-    jitter_distribution: str = "normal"  # "normal": |N(0, jitter)|; "pareto": Lomax, mean jitter
+    # "normal": |N(0, jitter)|; "pareto": Lomax, mean jitter; "uniform": U(0, jitter)
+    jitter_distribution: str = "normal"
     loss_rate: float = 0.0  # packet loss probability, [0, 1)
     payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
     num_connections: int = DEFAULT_NUM_CONNECTIONS  # TCP connections one transfer stripes over
@@ -224,10 +225,13 @@ def wire_state(last_used_s: float | None, now_s: float, is_busy: bool, path: Lin
 
 
 def draw_jitter_s(path: LinkPath, rng: random.Random) -> float:
-    """One transfer's extra RTT, >= 0: half-normal of scale `jitter_s` ("normal"), or Lomax of
-    shape 3 with mean `jitter_s` ("pareto", a heavy tail). 0 without jitter (no draw)."""
+    """One transfer's extra RTT, >= 0: half-normal of scale `jitter_s` ("normal"), Lomax of
+    shape 3 with mean `jitter_s` ("pareto", a heavy tail), or uniform in [0, `jitter_s`]
+    ("uniform", the testbed delay line's default). 0 without jitter (no draw)."""
     if path.jitter_s == 0:
         return 0.0
+    if path.jitter_distribution == "uniform":
+        return rng.uniform(0.0, path.jitter_s)
     if path.jitter_distribution == "pareto":
         scale_s = path.jitter_s * (PARETO_SHAPE - 1)
         return min(MAX_RTT_S, scale_s * (rng.paretovariate(PARETO_SHAPE) - 1))

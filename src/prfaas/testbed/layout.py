@@ -415,13 +415,26 @@ def testbed_topology(
         clusters=clusters,
         policy=_policy(spec, threshold_tokens),
         router=topo.RouterConfig(http=layout.router_address(spec.router_port)),
-        link=topo.LinkConfig(gbps=link_gbps),
+        link=_link(spec.delay, link_gbps),
         transport=topo.SecurityConfig(
             token=_PLACEHOLDER_TOKEN,
             congestion_control=WAN_CONGESTION_CONTROL,
             compression=spec.compression,
         ),
         controller=_controller(spec),
+    )
+
+
+def _link(delay: DelaySettings, wire_gbps: float) -> topo.LinkConfig:
+    """`[link]`: the WAN's wire rate and the delay line's path as the router, the simulator and
+    the planner take it: the round trip twice the one-way delay, its jitter, distribution and
+    loss (live seconds; the simulator converts them to the model's units)."""
+    return topo.LinkConfig(
+        gbps=wire_gbps,
+        rtt_ms=2 * delay.delay_ms,
+        jitter_ms=delay.jitter_ms,
+        jitter_distribution=delay.jitter_distribution,
+        loss_pct=delay.loss_pct,
     )
 
 

@@ -24,7 +24,7 @@ CASES: list[tuple[str, str]] = [
     ("sim --rtt-ms nan", "--rtt-ms: expected a finite number"),
     ("plan --rtt-ms 1e308", "--rtt-ms: must be <= 60,000"),
     ("plan --jitter-ms inf", "--jitter-ms: expected a finite number"),
-    ("plan --jitter-distribution uniform", "invalid choice: 'uniform'"),
+    ("plan --jitter-distribution gamma", "invalid choice: 'gamma'"),
     ("plan --loss-pct 100", "--loss-pct: must be < 100"),
     ("sim --loss-pct -0.5", "--loss-pct: must be >= 0"),
     ("plan --link-efficiency 0", "--link-efficiency: must be > 0"),

@@ -79,7 +79,7 @@ def test_cold_rule_new_idle_warm() -> None:
     assert wire_state(4.7, 5.0, False, long_rtt) is WireState.WARM  # idle 300 ms < one RTT
 
 
-@pytest.mark.parametrize("distribution", ["normal", "pareto"])
+@pytest.mark.parametrize("distribution", ["normal", "pareto", "uniform"])
 def test_jitter_comes_from_the_given_rng_and_is_non_negative(distribution: str) -> None:
     path = LinkPath(rtt_s=0.05, jitter_s=0.01, jitter_distribution=distribution)
     a = [draw_jitter_s(path, random.Random(7)) for _ in range(3)]
@@ -87,7 +87,9 @@ def test_jitter_comes_from_the_given_rng_and_is_non_negative(distribution: str) 
     b = [draw_jitter_s(path, rng) for _ in range(200)]
     assert a[0] == a[1] == a[2] == b[0]
     assert min(b) >= 0
-    assert 0.004 < sum(b) / len(b) < 0.02  # half-normal mean 0.8 x 10 ms; Lomax mean 10 ms
+    assert 0.004 < sum(b) / len(b) < 0.02  # half-normal 0.8 x 10 ms; Lomax 10 ms; uniform 5 ms
+    if distribution == "uniform":
+        assert max(b) <= 0.01
     assert draw_jitter_s(LinkPath(), random.Random(7)) == 0.0
 
 
@@ -104,7 +106,7 @@ def test_jitter_comes_from_the_given_rng_and_is_non_negative(distribution: str) 
         {"payload_efficiency": 0.0},
         {"payload_efficiency": 1.1},
         {"payload_efficiency": math.nan},
-        {"jitter_distribution": "uniform"},
+        {"jitter_distribution": "gamma"},
     ],
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, object]) -> None:

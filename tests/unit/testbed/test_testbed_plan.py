@@ -131,6 +131,24 @@ def test_generated_topology_places_every_service_on_its_side_of_the_wan() -> Non
     assert topology.policy.threshold_tokens == 1000.0
 
 
+def test_the_topology_carries_the_delay_lines_path_to_the_router_and_the_simulator() -> None:
+    """25 ms one way, 4 ms uniform jitter, 0.01% loss: the round trip is 50 ms in live seconds
+    (`[link] rtt_ms`); the simulator replaying a run at time scale 0.5 takes it as 100 modelled
+    ms."""
+    from prfaas.testbed.delay_schedule import DelaySettings
+    from prfaas.topology.derived import model_link_path
+
+    delay = DelaySettings(delay_ms=25.0, jitter_ms=4.0, loss_pct=0.01)
+    spec = TestbedSpec(name="tb", delay=delay, scale=TestbedScale(100.0, 0.5, 0.01))
+    topology, _ = _topology(spec)
+    link = topology.link
+    assert (link.rtt_ms, link.jitter_ms, link.loss_pct) == (50.0, 4.0, 0.01)
+    assert link.jitter_distribution == "uniform"
+    path = model_link_path(topology)
+    assert path.rtt_s == pytest.approx(0.1) and path.jitter_s == pytest.approx(0.008)
+    assert _topology(TestbedSpec(name="tb"))[0].link.rtt_ms == 0.0
+
+
 def test_torch_topology_is_unscaled() -> None:
     spec = TestbedSpec(name="tb", engine="torch", scale=TestbedScale(1.0, 1.0, 1.0), threshold=64)
     topology, _ = _topology(spec, 64.0)

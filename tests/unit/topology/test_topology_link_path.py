@@ -50,7 +50,7 @@ def test_values_become_the_link_path(tmp_path: Path) -> None:
         ("loss_pct", -0.5, "in [0, 100)"),
         ("payload_efficiency", 0, "in (0, 1]"),
         ("payload_efficiency", 1.5, "in (0, 1]"),
-        ("jitter_distribution", "uniform", "normal"),
+        ("jitter_distribution", "gamma", "normal"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, key: str, value: object, fragment: str) -> None:

@@ -7,8 +7,8 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake, codec
-# (default: all but codec). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake, codec, rtt
+# (default: all but codec and rtt). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
@@ -119,6 +119,20 @@ for scenario in $SCENARIOS; do
         up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4
         bench burst --rate 1.5 --num-requests 150 --output-tokens "$OUTPUT_TOKENS" \
             --burst 30:20:1:65536
+        ;;
+    rtt)
+        # the WAN's distance: round trip 0, 20, 50 and 100 ms (one-way delay half of it, uniform
+        # jitter of a fifth of the one-way delay, 0.01% loss per packet) at 70% and 90% load
+        for rtt_ms in ${RTTS:-0 20 50 100}; do
+            delay_ms=$(awk -v r="$rtt_ms" 'BEGIN { print r / 2 }')
+            jitter_ms=$(awk -v r="$rtt_ms" 'BEGIN { print r / 10 }')
+            up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 \
+                --delay-ms "$delay_ms" --jitter-ms "$jitter_ms" --loss-pct 0.01
+            bench "rtt$rtt_ms-70" --rate 2.1 --num-requests "${RTT_REQUESTS70:-200}" \
+                --output-tokens "$OUTPUT_TOKENS"
+            bench "rtt$rtt_ms-90" --rate 2.7 --num-requests "${RTT_REQUESTS90:-250}" \
+                --output-tokens "$OUTPUT_TOKENS"
+        done
         ;;
     mooncake)
         # the conversation trace's first 300 requests at its own timing (prefix reuse)

@@ -37,6 +37,8 @@ JITTER_DISTRIBUTIONS = ("normal", "pareto", "uniform")
 MAX_RTT_S = 60.0  # bound of an RTT or a jitter scale: far above any real path
 MIN_RTO_S = 0.2  # Linux's minimum retransmission timeout: idle longer and slow start restarts
 DEFAULT_MSS_BYTES = 1448  # 1500-byte MTU less IPv4, TCP and timestamp option headers
+MIN_MSS_BYTES, MAX_MSS_BYTES = 88, 65483  # Linux's smallest MSS; a 65,535-byte IPv4 packet's
+TCP_IP_HEADER_BYTES = 52  # IPv4 (20), TCP (20) and its timestamp option (12): MTU - MSS
 DEFAULT_INITIAL_WINDOW_SEGMENTS = 10  # Linux's initial congestion window (RFC 6928)
 DEFAULT_NUM_CONNECTIONS = 2  # the transport's default connections per destination
 PARETO_SHAPE = 3.0  # tail index of the "pareto" jitter (Lomax); its mean is the jitter scale
@@ -94,7 +96,11 @@ class LinkPath:
 USER_UNIT_FIELDS = ("rtt_ms", "jitter_ms", "jitter_distribution", "loss_pct", "payload_efficiency")
 
 
-def link_path_of(source: object, num_connections: int = DEFAULT_NUM_CONNECTIONS) -> LinkPath:
+def link_path_of(
+    source: object,
+    num_connections: int = DEFAULT_NUM_CONNECTIONS,
+    mss_bytes: int = DEFAULT_MSS_BYTES,
+) -> LinkPath:
     """The path of anything with the `USER_UNIT_FIELDS` (the planner's settings, a topology's
     `[link]`): milliseconds and percent, as flags and files give them."""
     rtt_ms, jitter_ms, distribution, loss_pct, efficiency = (
@@ -107,6 +113,7 @@ def link_path_of(source: object, num_connections: int = DEFAULT_NUM_CONNECTIONS)
         loss_rate=loss_pct / 100,
         payload_efficiency=efficiency,
         num_connections=num_connections,
+        mss_bytes=mss_bytes,
     )
 
 

@@ -37,6 +37,7 @@ from prfaas import topology as topo
 from prfaas.casestudy import PAPER_CASE_STUDY
 from prfaas.errors import UserError
 from prfaas.policy.controller import ControllerConfig
+from prfaas.policy.transfer import TCP_IP_HEADER_BYTES
 from prfaas.testbed.delay_schedule import DelaySettings
 from prfaas.testbed.netns import VethEnd
 from prfaas.types import DeploymentKind
@@ -428,13 +429,15 @@ def testbed_topology(
 def _link(delay: DelaySettings, wire_gbps: float) -> topo.LinkConfig:
     """`[link]`: the WAN's wire rate and the delay line's path as the router, the simulator and
     the planner take it: the round trip twice the one-way delay, its jitter, distribution and
-    loss (live seconds; the simulator converts them to the model's units)."""
+    loss (live seconds; the simulator converts them to the model's units), and the WAN's TCP
+    segment (its MTU less the headers), which a loss's window cut is counted in."""
     return topo.LinkConfig(
         gbps=wire_gbps,
         rtt_ms=2 * delay.delay_ms,
         jitter_ms=delay.jitter_ms,
         jitter_distribution=delay.jitter_distribution,
         loss_pct=delay.loss_pct,
+        mss_bytes=wan_mtu_bytes(wire_gbps) - TCP_IP_HEADER_BYTES,
     )
 
 
@@ -466,5 +469,10 @@ def resolve_threshold(spec: TestbedSpec) -> tuple[float | None, str]:
     nominal = dataclasses.replace(spec, scale=TestbedScale(spec.scale.nominal_gbps, 1.0, 1.0))
     layout = TestbedLayout(spec.name)
     topology = testbed_topology(nominal, layout, 0.0, spec.scale.nominal_gbps)
+    # the segment the scaled WAN really has, in real KV bytes (what the simulator counts)
+    scaled_link = _link(spec.delay, spec.scale.wire_gbps)
+    model_mss_bytes = max(1, round(scaled_link.mss_bytes / spec.scale.payload_scale))
+    link = dataclasses.replace(topology.link, mss_bytes=model_mss_bytes)
+    topology = dataclasses.replace(topology, link=link)
     policy = topo.with_auto_threshold(topology, source="testbed (nominal)").policy
     return policy.threshold_tokens, policy.threshold_source

@@ -31,6 +31,7 @@ jitter_ms = 0                # extra RTT drawn per transfer in the simulator
 jitter_distribution = "normal"  # normal |N(0, jitter)|, pareto (Lomax, mean jitter), uniform
 loss_pct = 0                 # packet loss, [0, 100): caps each transfer at its Mathis bound
 payload_efficiency = 1.0     # KV payload bytes per wire byte, (0, 1]; about 0.9 on the testbed
+mss_bytes = 1448             # TCP segment size on the path (1500-byte MTU; 8948 for jumbo frames)
 price_per_gb = 0.02          # optional: USD per wire GB of a metered link
 
 [policy]
@@ -93,7 +94,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from prfaas.policy.controller import ControllerConfig
-from prfaas.policy.transfer import LinkPath, link_path_of
+from prfaas.policy.transfer import DEFAULT_MSS_BYTES, LinkPath, link_path_of
 from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
 from prfaas.types import DeploymentKind
 
@@ -199,6 +200,7 @@ class LinkConfig:
     jitter_distribution: str = "normal"  # prfaas.policy.transfer.JITTER_DISTRIBUTIONS
     loss_pct: float = 0.0  # packet loss, percent in [0, 100)
     payload_efficiency: float = 1.0  # KV payload bytes per wire byte, (0, 1]
+    mss_bytes: int = DEFAULT_MSS_BYTES  # TCP maximum segment size on the path, wire bytes
     price_per_gb: float | None = (
         None  # USD per wire GB (1e9 bytes) of a metered link; None: not given
     )
@@ -283,7 +285,7 @@ class Topology:
     @property
     def link_path(self) -> LinkPath:
         """The `[link]`'s latency, jitter, loss and efficiency, over `[transport]`'s connections."""
-        return link_path_of(self.link, self.transport.num_connections)
+        return link_path_of(self.link, self.transport.num_connections, self.link.mss_bytes)
 
     def clusters_of_kind(self, kind: str) -> tuple[ClusterConfig, ...]:
         return tuple(c for c in self.clusters if c.kind == kind)
@@ -303,7 +305,8 @@ class Topology:
 
     def link_path_of(self, cluster_name: str) -> LinkPath:
         """`link_path` of the link from cluster `cluster_name` (`link_of`)."""
-        return link_path_of(self.link_of(cluster_name), self.transport.num_connections)
+        link = self.link_of(cluster_name)
+        return link_path_of(link, self.transport.num_connections, link.mss_bytes)
 
     def is_convertible(self, instance: InstanceConfig) -> bool:
         """Whether `instance` may change role: a PD instance under the `[controller]`."""

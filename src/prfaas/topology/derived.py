@@ -210,13 +210,15 @@ def model_link_gbps(topology: Topology) -> float:
 
 def model_link_path(topology: Topology, cluster_name: str | None = None) -> LinkPath:
     """The `[link]`'s path (or that of cluster `cluster_name`'s link, `Topology.link_of`) with
-    its times in the model's units, like the link's rate."""
+    its times and its segment in the model's units, like the link's rate: a wire segment of an
+    emulated engine's scaled payloads carries 1 / `payload_scale` times its bytes of real KV."""
     path = topology.link_path if cluster_name is None else topology.link_path_of(cluster_name)
     to_model = topology.model.model_seconds
     return replace(
         path,
         rtt_s=min(MAX_RTT_S, to_model(path.rtt_s)),
         jitter_s=min(MAX_RTT_S, to_model(path.jitter_s)),
+        mss_bytes=max(1, round(path.mss_bytes / topology.model.payload_scale)),
     )
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from prfaas.errors import UserError
 from prfaas.files import read_text_file
 from prfaas.policy.controller import ControllerConfig
-from prfaas.policy.transfer import JITTER_DISTRIBUTIONS, MAX_RTT_S
+from prfaas.policy.transfer import JITTER_DISTRIBUTIONS, MAX_MSS_BYTES, MAX_RTT_S, MIN_MSS_BYTES
 from prfaas.topology.config import (
     DEFAULT_PREFIX_BLOCK_TOKENS,
     DEFAULT_PREFIX_BUDGET_BYTES,
@@ -89,6 +89,7 @@ LINK_KEYS = (
     "jitter_distribution",
     "loss_pct",
     "payload_efficiency",
+    "mss_bytes",
     "price_per_gb",
 )
 POLICY_KEYS = (
@@ -191,6 +192,7 @@ def _link(table: Table | None) -> LinkConfig:
         payload_efficiency=table.number(
             "payload_efficiency", _LINK.payload_efficiency, "in (0, 1]", lambda v: 0 < v <= 1
         ),
+        mss_bytes=table.integer("mss_bytes", _LINK.mss_bytes, MIN_MSS_BYTES, MAX_MSS_BYTES),
         price_per_gb=read_price(table, "price_per_gb"),
     )
 

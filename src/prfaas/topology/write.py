@@ -134,6 +134,7 @@ def _link(link: config.LinkConfig) -> TomlTable:
         "jitter_distribution": link.jitter_distribution,
         "loss_pct": link.loss_pct,
         "payload_efficiency": link.payload_efficiency,
+        "mss_bytes": link.mss_bytes,
     }
     if link.price_per_gb is not None:
         table["price_per_gb"] = link.price_per_gb

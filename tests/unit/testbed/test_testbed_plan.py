@@ -144,8 +144,10 @@ def test_the_topology_carries_the_delay_lines_path_to_the_router_and_the_simulat
     link = topology.link
     assert (link.rtt_ms, link.jitter_ms, link.loss_pct) == (50.0, 4.0, 0.01)
     assert link.jitter_distribution == "uniform"
+    assert link.mss_bytes == wan_mtu_bytes(spec.scale.wire_gbps) - 52  # IPv4, TCP, timestamps
     path = model_link_path(topology)
     assert path.rtt_s == pytest.approx(0.1) and path.jitter_s == pytest.approx(0.008)
+    assert path.mss_bytes == link.mss_bytes * 100  # a wire segment carries 100x its real KV
     assert _topology(TestbedSpec(name="tb"))[0].link.rtt_ms == 0.0
 
 
@@ -164,6 +166,20 @@ def test_auto_threshold_is_solved_on_the_nominal_deployment() -> None:
     t_slow_link, _ = resolve_threshold(TestbedSpec(name="tb", scale=TestbedScale(1.0)))
     assert t_slow_link is not None and t_slow_link > t_paper  # a slower link offloads fewer
     assert resolve_threshold(TestbedSpec(name="tb", threshold=500.0)) == (500.0, "fixed")
+
+
+def test_auto_threshold_counts_loss_on_the_wans_own_segments() -> None:
+    """100 ms and 0.01% loss on the paper's link, scaled to 0.2 Gbit/s on the wire: a segment of
+    the WAN (MTU 12,500 bytes) carries 500x its bytes of real KV, so the Mathis bound of 4
+    connections is far above the link and t stays what it is without delay; counted in 1,448-byte
+    segments the bound would be 57 Mbit/s and nearly nothing would offload."""
+    from prfaas.testbed.delay_schedule import DelaySettings
+
+    scale = TestbedScale(100.0, 1.0, 0.002)
+    t_near, _ = resolve_threshold(TestbedSpec(name="tb", scale=scale))
+    far = DelaySettings(delay_ms=50.0, jitter_ms=10.0, loss_pct=0.01)
+    t_far, _ = resolve_threshold(TestbedSpec(name="tb", scale=scale, delay=far))
+    assert t_near is not None and t_far == pytest.approx(t_near, rel=0.05)
 
 
 @pytest.mark.parametrize(

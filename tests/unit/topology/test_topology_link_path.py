@@ -51,6 +51,9 @@ def test_values_become_the_link_path(tmp_path: Path) -> None:
         ("payload_efficiency", 0, "in (0, 1]"),
         ("payload_efficiency", 1.5, "in (0, 1]"),
         ("jitter_distribution", "gamma", "normal"),
+        ("mss_bytes", 40, "integer >= 88"),
+        ("mss_bytes", 1e5, "integer"),
+        ("mss_bytes", 70000, "65,483"),
     ],
 )
 def test_bad_values_are_refused(tmp_path: Path, key: str, value: object, fragment: str) -> None:
@@ -62,7 +65,9 @@ def test_bad_values_are_refused(tmp_path: Path, key: str, value: object, fragmen
 def test_the_simulator_gets_the_path_in_model_seconds(tmp_path: Path) -> None:
     data = _emulated(1, 1, 1)
     data["model"]["time_scale"] = 0.5  # engines sleep half the modelled time
-    data["link"] = {"gbps": 10, "rtt_ms": 40, "payload_efficiency": 0.9}
+    data["model"]["payload_scale"] = 0.01  # payloads 1/100 of the real KV
+    data["link"] = {"gbps": 10, "rtt_ms": 40, "payload_efficiency": 0.9, "mss_bytes": 8948}
     config = sim_config_of(_parse(data, tmp_path))
     assert config.path.rtt_s == pytest.approx(0.080)  # 40 ms of wall time is 80 ms modelled
     assert config.path.payload_efficiency == 0.9
+    assert config.path.mss_bytes == 894_800  # a wire segment carries 100x its bytes of real KV

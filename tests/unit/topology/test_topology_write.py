@@ -151,9 +151,10 @@ def _built(draw: st.DrawFn) -> Topology:
         gbps=topology.link.gbps,
         rtt_ms=draw(st.floats(0, 1000)),
         jitter_ms=draw(st.floats(0, 1000)),
-        jitter_distribution=draw(st.sampled_from(["normal", "pareto"])),
+        jitter_distribution=draw(st.sampled_from(["normal", "pareto", "uniform"])),
         loss_pct=draw(st.floats(0, 99)),
         payload_efficiency=draw(st.floats(0.01, 1)),
+        mss_bytes=draw(st.integers(88, 65483)),
         price_per_gb=draw(_prices),
     )
     clusters = tuple(

@@ -76,6 +76,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         seed: int = 0,
         max_batch_size: int = 256,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] | None = None,
         max_positions: int | None = None,
         prefix_cache: PrefixCacheConfig | None = None,
         payload_scale: float = 1.0,
@@ -88,7 +89,10 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         the engine keeps the bookkeeping of a hybrid prefix cache (`EmulatedPrefixCache`).
         `payload_scale` in (0, 1] shrinks exported payloads (and what imports expect) to that
         fraction of the model's real bytes, per tensor (`layer_tensor_sizes`). The engine
-        sleeps `time_scale` x the cost model's durations (0: it does not sleep). Generated ids
+        sleeps `time_scale` x the cost model's durations (0: it does not sleep), to deadlines on
+        `clock` (default: `time.monotonic` with `time.sleep`, else the sum of what `sleep` was
+        asked to sleep), so its own work (payloads, handing layers over) runs inside a prefill's
+        time instead of adding to it. Generated ids
         are drawn from `output_token_ids` when given (the served tokenizer's printable tokens, so
         that clients see text), else from the model's whole vocabulary. `prefill_latency`, when
         given, is the seconds of one prefill of that many computed tokens on this instance and
@@ -119,6 +123,8 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         self.kv_dtype = kv_dtype
         self.seed = seed
         self._sleep = sleep
+        self._slept_s = 0.0  # what `sleep` was asked for: the clock of an injected `sleep`
+        self._clock = clock or (time.monotonic if sleep is time.sleep else self._slept_clock)
         self._output_token_ids = tuple(output_token_ids)
         self._payload = EmulatedPayload(spec, kv_dtype, seed, payload_scale)
 
@@ -143,9 +149,16 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         """Seconds this engine takes to prefill `num_tokens` from scratch (what it sleeps)."""
         return float(self._t_prefill_s(num_tokens)) * self.time_scale
 
-    def _sleep_scaled(self, model_s: float) -> None:
-        if self.time_scale > 0:
-            self._sleep(model_s * self.time_scale)
+    def _slept_clock(self) -> float:
+        return self._slept_s
+
+    def _sleep_until(self, start_s: float, model_s: float) -> None:
+        """Sleep until `time_scale` x `model_s` after `start_s` on the engine's clock (not at all
+        when that has passed, or with time scale 0)."""
+        remaining_s = start_s + model_s * self.time_scale - self._clock()
+        if self.time_scale > 0 and remaining_s > 0:
+            self._sleep(remaining_s)
+            self._slept_s += remaining_s
 
     def _store_finished(self, state: RequestProgress, hashes: list[int]) -> None:
         if self._prefix is not None:
@@ -185,9 +198,9 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         num_computed = len(prompt) - state.num_cached_tokens
         per_layer_s = self._t_prefill_s(num_computed) / self.spec.num_layers
         state.num_computed_tokens = len(prompt)
-        offset = 0
-        for layer in self.spec.layers:
-            self._sleep_scaled(per_layer_s)
+        offset, start_s = 0, self._clock()
+        for k, layer in enumerate(self.spec.layers):
+            self._sleep_until(start_s, (k + 1) * per_layer_s)  # layer k is final
             if on_layer is not None:
                 layer_state = self._payload.layer_state(
                     state.req_id, layer, len(prompt), offset, skip_tokens, kv_codec
@@ -203,7 +216,7 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
     def _decode(self, group: list[RequestProgress]) -> list[TokenDelta]:
         """Sleep one decode step's predicted time for the group; one token each."""
         context = sum(r.num_computed_tokens for r in group) // len(group)
-        self._sleep_scaled(self._t_decode_step_s(len(group), context))
+        self._sleep_until(self._clock(), self._t_decode_step_s(len(group), context))
         deltas = []
         for state in group:
             state.num_computed_tokens += 1

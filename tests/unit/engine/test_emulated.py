@@ -19,6 +19,35 @@ def _pair(slept: list[float]):
     return a, b
 
 
+class _Clock:
+    """A clock that sleeping and the test's own "work" advance."""
+
+    def __init__(self) -> None:
+        self.now_s = 100.0
+
+    def sleep(self, seconds: float) -> None:
+        self.now_s += seconds
+
+    def work(self, seconds: float) -> None:
+        self.now_s += seconds
+
+
+def test_a_prefill_takes_the_cost_models_time_its_own_work_included() -> None:
+    """Handing each layer over takes 1 ms (payloads, the transport's queue): the prefill still
+    ends the cost model's time after it began, as a GPU's would; relative sleeps would add the
+    1 ms per layer (60 ms over the model's 60 layers) to every prefill."""
+    clock = _Clock()
+    engine = make_emulated_engine(MODEL, "H200", 8, sleep=clock.sleep, clock=lambda: clock.now_s)
+    started_s = clock.now_s
+    params = SamplingParams(max_tokens=2, seed=5)
+    request = GenerateRequest("r", (1,) * 8192, params)
+    engine.prefill([request], on_layer=lambda _, __: clock.work(0.001))
+    predicted_s = engine.predicted_prefill_s(8192)
+    num_layers = load_model_spec(MODEL).num_layers
+    assert predicted_s / num_layers > 0.001  # each layer's time holds its work
+    assert clock.now_s - started_s == pytest.approx(predicted_s + 0.001)  # the last hand-over
+
+
 def test_payload_has_the_model_real_size_and_round_trips() -> None:
     slept: list[float] = []
     a, b = _pair(slept)

@@ -3,8 +3,9 @@
 `EmulatedPrefixCache` is a `prefix_book.PrefixBook`, as the torch engine's `PrefixStore` is: the
 same `HybridPrefixPool`, chained block hashes, exact-state rule, pins and transfer reservations,
 in the same vocabulary (block hashes and request ids). What it stores are byte sizes (from
-`ModelSpec`, per layer), so a served emulated deployment publishes the same stored/removed events
-and reuses the same prefixes as a torch one would.
+`ModelSpec`, per layer: `prefix_cache.entries.PoolEntrySizes`, which the simulator's pools store
+with too), so a served emulated deployment publishes the same stored/removed events and reuses
+the same prefixes as a torch one would.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prfaas.engine.prefix_book import PrefixBook, prefix_blocks
 from prfaas.engine.validation import PrefixMiss
 from prfaas.models import ModelSpec
 from prfaas.prefix_cache.config import PrefixCacheConfig
+from prfaas.prefix_cache.entries import PoolEntrySizes
 
 
 class EmulatedPrefixCache(PrefixBook):
@@ -22,30 +24,15 @@ class EmulatedPrefixCache(PrefixBook):
     hashes, exact-state rule and byte sizes as the real engine's (`ModelSpec` per layer)."""
 
     def __init__(self, spec: ModelSpec, kv_dtype: str, config: PrefixCacheConfig) -> None:
-        needs_state = any(
-            layer.recurrent_state_bytes(spec.recurrent_state_dtype) > 0
-            or layer.conv_state_bytes(spec.activation_dtype) > 0
-            or layer.window > 0
-            for layer in spec.layers
-        )
-        super().__init__(config, needs_state)
-        self.attention_bytes_per_block = (
-            sum(layer.kv_bytes_per_token(kv_dtype) for layer in spec.layers) * config.block_tokens
-        )
-        self.state_bytes = sum(
-            layer.recurrent_state_bytes(spec.recurrent_state_dtype)
-            + layer.conv_state_bytes(spec.activation_dtype)
-            + layer.window_bytes_per_token(kv_dtype) * layer.window
-            for layer in spec.layers
-        )
+        self.sizes = PoolEntrySizes.of_model(spec, kv_dtype, config.block_tokens)
+        super().__init__(config, self.sizes.needs_state)
+        self.attention_bytes_per_block = self.sizes.attention_bytes_per_block
+        self.state_bytes = self.sizes.state_bytes
 
     def store(self, hashes: Sequence[int], checkpoint_tokens: int = 0) -> None:
         """Cache blocks `hashes` (their attention bytes) and, at `checkpoint_tokens` > 0 (a block
         boundary within them), the fixed-size state there, as `PrefixStore.store` does."""
-        states = {}
-        if self.needs_state and checkpoint_tokens > 0:
-            states[checkpoint_tokens // self.block_tokens - 1] = self.state_bytes
-        self.pool.store(hashes, self.attention_bytes_per_block, states)
+        self.sizes.store(self.pool, hashes, checkpoint_tokens)
 
     def usable_prefix(self, token_ids: Sequence[int], num_tokens: int) -> list[int]:
         """Hashes of the first `num_tokens` tokens' blocks, all usable here (attention and the

@@ -23,6 +23,11 @@ from prfaas.engine.protocol import Buffers, BytesLike
 from prfaas.engine.validation import ManifestMismatch, PrefixMiss
 from prfaas.messages import KVManifest, PrefixTransferInfo
 from prfaas.prefix_cache.config import PrefixCacheConfig
+from prfaas.prefix_cache.entries import (
+    checkpoint_tokens,
+    compute_reuse_tokens,
+    receiver_reuse_tokens,
+)
 from prfaas.prefix_cache.hashing import ROOT_HASH, block_hashes
 from prfaas.prefix_cache.pool import EntryKey, HybridPrefixPool
 
@@ -50,13 +55,14 @@ class PrefixBook:
     def usable_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
         """Blocks a prefill of `num_tokens` tokens can take from here (exact-state rule), leaving
         at least one token to compute (the first output token needs its logits)."""
-        return min(self.pool.match(hashes).num_usable_blocks, (num_tokens - 1) // self.block_tokens)
+        match = self.pool.match(hashes)
+        return compute_reuse_tokens(match, num_tokens, self.block_tokens) // self.block_tokens
 
     def held_blocks(self, hashes: Sequence[int], num_tokens: int) -> int:
         """Leading blocks whose attention K/V are here, leaving at least one token to send: what
         a receiver can supply itself (its fixed-size state comes whole with the transfer)."""
-        num_attention = self.pool.match(hashes).num_attention_blocks
-        return min(num_attention, (num_tokens - 1) // self.block_tokens)
+        match = self.pool.match(hashes)
+        return receiver_reuse_tokens(match, num_tokens, self.block_tokens) // self.block_tokens
 
     def receiver_tokens(self, prompt_token_ids: Sequence[int]) -> int:
         """Leading prompt tokens a receiver can supply itself (`held_blocks`, in tokens)."""
@@ -72,12 +78,9 @@ class PrefixBook:
         return [*kept, *block_hashes(rest, self.block_tokens, parent)]
 
     def checkpoint_tokens(self, num_tokens: int) -> int:
-        """Where a prefill of `num_tokens` tokens checkpoints its fixed-size state: the largest
-        multiple of the block size below `num_tokens`, so a later prompt that extends this one
-        can resume there with at least one token left to compute. 0: no checkpoint."""
-        if not self.needs_state:
-            return 0
-        return (num_tokens - 1) // self.block_tokens * self.block_tokens
+        """Where a prefill of `num_tokens` tokens checkpoints its fixed-size state
+        (`prefix_cache.entries.checkpoint_tokens`; 0: no checkpoint)."""
+        return checkpoint_tokens(num_tokens, self.block_tokens, self.needs_state)
 
     # ---- transfers --------------------------------------------------------------------------
     def reserve_transfer(self, transfer_id: str, num_bytes: int) -> bool:

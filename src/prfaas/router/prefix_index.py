@@ -27,16 +27,10 @@ import aiohttp
 
 from prfaas.messages import JSONDict
 from prfaas.prefix_cache import GlobalKVIndex, PoolEvent, block_hashes
+from prfaas.prefix_cache.entries import compute_reuse_tokens, receiver_reuse_tokens
 from prfaas.topology import InstanceConfig, PrefixCacheConfig
 
 log = logging.getLogger(__name__)
-
-
-def max_reusable_tokens(num_prompt_tokens: int, block_tokens: int) -> int:
-    """The longest block-aligned prefix that still leaves one prompt token to compute."""
-    if num_prompt_tokens <= 0:
-        return 0
-    return (num_prompt_tokens - 1) // block_tokens * block_tokens
 
 
 @dataclass
@@ -76,15 +70,15 @@ class RouterPrefixIndex:
         """Prompt tokens `instance` can skip computing (full-attention KV and an exact state)."""
         if self.index is None or not hashes:
             return 0
-        blocks = self.index.match(instance, hashes).num_usable_blocks
-        return min(blocks * self.block_tokens, max_reusable_tokens(num_prompt, self.block_tokens))
+        match = self.index.match(instance, hashes)
+        return compute_reuse_tokens(match, num_prompt, self.block_tokens)
 
     def receiver_tokens(self, instance: str, hashes: Sequence[int], num_prompt: int) -> int:
         """Prompt tokens whose full-attention KV `instance` already holds as a receiver."""
         if self.index is None or not hashes:
             return 0
-        blocks = self.index.match(instance, hashes).num_attention_blocks
-        return min(blocks * self.block_tokens, max_reusable_tokens(num_prompt, self.block_tokens))
+        match = self.index.match(instance, hashes)
+        return receiver_reuse_tokens(match, num_prompt, self.block_tokens)
 
     def cursors(self) -> dict[str, dict[str, object]]:
         """Per instance: the epoch and the last event applied (for operators and tests)."""

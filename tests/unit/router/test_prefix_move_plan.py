@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 
 from prfaas.policy import LinkView
 from prfaas.prefix_cache import GlobalKVIndex, PoolEvent, block_hashes
+from prfaas.prefix_cache.entries import max_reusable_tokens
 from prfaas.prefix_cache.pool import EVENT_STORED, PoolPart
 from prfaas.router.dispatch import Dispatch, Dispatcher
 from prfaas.router.metrics import RouterMetrics
 from prfaas.router.monitor import ClusterMonitor
-from prfaas.router.prefix_index import RouterPrefixIndex, max_reusable_tokens
+from prfaas.router.prefix_index import RouterPrefixIndex
 from prfaas.topology import PrefixCacheConfig, Topology
 from prfaas.topology.config import DEFAULT_PREFIX_BUDGET_BYTES
 from topologies import Node, TopologySpec, decode, pd, prfaas

@@ -1,9 +1,10 @@
 """Chained block hashes of a token sequence: the identity of a cached prefix block.
 
-Owns `block_hashes`. Block i's hash covers its own token ids and, through the previous hash, every
-token before it, so two prompts share block i's hash exactly when they share their first
-(i + 1) * block_tokens tokens. The hash is blake2b (8-byte digest) over fixed little-endian bytes,
-so it is the same in every process and under every PYTHONHASHSEED.
+Owns `block_hashes`, and `regrid_hashes`: chained hashes for a prompt known only by the ids of
+its blocks of another size (a trace's hash ids). Block i's hash covers its own token ids and,
+through the previous hash, every token before it, so two prompts share block i's hash exactly when
+they share their first (i + 1) * block_tokens tokens. The hash is blake2b (8-byte digest) over
+fixed little-endian bytes, so it is the same in every process and under every PYTHONHASHSEED.
 """
 
 from __future__ import annotations
@@ -68,5 +69,31 @@ def block_hashes(
     view = memoryview(data)
     for start in range(0, len(token_ids) // block_tokens * block_bytes, block_bytes):
         previous = chain_hash(previous, view[start : start + block_bytes])
+        hashes.append(previous)
+    return hashes
+
+
+def regrid_hashes(
+    ids: Sequence[int], num_tokens: int, id_block_tokens: int, block_tokens: int
+) -> list[int]:
+    """Chained hashes of the complete `block_tokens`-token blocks of a `num_tokens`-token prompt
+    known by `ids`, the ids of its `id_block_tokens`-token blocks (equal ids: equal tokens, as in
+    a Mooncake trace): two prompts share block i's hash exactly when their ids say they share
+    every token up to its end. A block that reaches past the ids' tokens ends the list (its
+    tokens are unknown). Block i's hash chains the (id, first token, end token) of every id
+    block it overlaps."""
+    if block_tokens < 1 or id_block_tokens < 1:
+        raise ValueError(f"block sizes must be >= 1, got {block_tokens} and {id_block_tokens}")
+    num_known = min(num_tokens, len(ids) * id_block_tokens)
+    hashes: list[int] = []
+    previous = ROOT_HASH
+    for start in range(0, num_known // block_tokens * block_tokens, block_tokens):
+        end = start + block_tokens
+        parts = bytearray()
+        for k in range(start // id_block_tokens, (end - 1) // id_block_tokens + 1):
+            lo = max(start, k * id_block_tokens) - k * id_block_tokens
+            hi = min(end, (k + 1) * id_block_tokens) - k * id_block_tokens
+            parts += struct.pack("<QII", ids[k] % HASH_LIMIT, lo, hi)
+        previous = chain_hash(previous, bytes(parts))
         hashes.append(previous)
     return hashes

@@ -99,3 +99,45 @@ def test_bad_input_is_a_value_error_with_a_reason(
 ) -> None:
     with pytest.raises(ValueError, match=reason):
         block_hashes(tokens, block_tokens, parent)
+
+
+TRACE_IDS = st.lists(st.integers(0, 5), min_size=1, max_size=6)
+
+
+@given(
+    ids_a=TRACE_IDS,
+    ids_b=TRACE_IDS,
+    cut_a=st.integers(0, 511),
+    cut_b=st.integers(0, 511),
+    block_tokens=st.sampled_from([64, 100, 512, 700]),
+)
+def test_regridded_trace_hashes_share_what_the_trace_prompts_share(
+    ids_a: list[int], ids_b: list[int], cut_a: int, cut_b: int, block_tokens: int
+) -> None:
+    """Two trace requests' regridded hashes agree exactly where the block hashes of the prompts
+    `prfaas bench` builds for them (one seeded 512-token block per hash id) agree."""
+    import random
+
+    from prfaas.bench.schedule import TRACE_BLOCK_TOKENS, synthetic_prompt
+    from prfaas.prefix_cache.hashing import regrid_hashes
+
+    def both(ids: list[int], cut: int) -> tuple[list[int], list[int]]:
+        num_tokens = max(1, len(ids) * TRACE_BLOCK_TOKENS - cut)  # the last id partly used
+        prompt = synthetic_prompt(num_tokens, random.Random(0), ids)
+        regridded = regrid_hashes(ids, num_tokens, TRACE_BLOCK_TOKENS, block_tokens)
+        return regridded, block_hashes(prompt, block_tokens)
+
+    regrid_a, real_a = both(ids_a, cut_a)
+    regrid_b, real_b = both(ids_b, cut_b)
+    assert len(regrid_a) == len(real_a) and len(regrid_b) == len(real_b)
+    shared = [x == y for x, y in zip(real_a, real_b, strict=False)]
+    assert [x == y for x, y in zip(regrid_a, regrid_b, strict=False)] == shared
+
+
+def test_regridded_hashes_stop_where_the_ids_end() -> None:
+    from prfaas.prefix_cache.hashing import regrid_hashes
+
+    assert len(regrid_hashes([1, 2], 2000, 512, 64)) == 16  # 1024 known tokens
+    assert regrid_hashes([1, 2], 1000, 512, 64)[:8] == regrid_hashes([1], 512, 512, 64)
+    with pytest.raises(ValueError, match="block sizes"):
+        regrid_hashes([1], 10, 512, 0)

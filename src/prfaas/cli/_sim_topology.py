@@ -1,8 +1,9 @@
 """`prfaas sim --topology FILE`: the deployment a topology file describes, simulated over the
 workload the flags give (`--rate` with the length flags, or `--trace`), in the model's units.
 
-The deployment, link(s), threshold, prices and TTFT target are the topology's
-(`prfaas.topology.sim_config.sim_config_of`); with several prfaas clusters, each is a prefill
+The deployment, link(s), threshold, prices, TTFT target and prefix caches are the topology's
+(`prfaas.topology.sim_config.sim_config_of`; a trace's hash ids become hashes of the topology's
+prefix blocks); with several prfaas clusters, each is a prefill
 provider with its own link, and the text report adds one row per provider. Flags that describe
 another deployment (clusters, links, the planner's split) do not apply and are refused.
 """
@@ -92,7 +93,7 @@ def simulate_topology(
         seed=args.seed,
         routing=args.routing,
     )
-    requests = build_requests(setup, scenario, args.rate)
+    requests = _on_prefix_blocks(config, build_requests(setup, scenario, args.rate))
     sim = make_simulator(config, requests, args.routing)
     summary = sim.run(progress)
     dep = config.deployment
@@ -106,6 +107,21 @@ def simulate_topology(
         threshold_tokens=None if route is None else route.threshold_tokens,
     )
     return {str(kind): summary}, (sim.log, sim.provider_of)
+
+
+def _on_prefix_blocks(config: Any, requests: list[Any]) -> list[Any]:
+    """A trace's hash ids (512-token blocks) as the hashes of the topology's prefix blocks, the
+    unit of its instances' pools; none without a `[prefix_cache]` (its instances cache nothing)."""
+    from prfaas.prefix_cache.hashing import regrid_hashes
+    from prfaas.workload import MOONCAKE_BLOCK_TOKENS
+
+    def hashes(r: Any) -> tuple[int, ...]:
+        if config.prefix_pools is None:
+            return ()
+        ids, num_tokens = r.block_hashes, r.num_prompt_tokens
+        return tuple(regrid_hashes(ids, num_tokens, MOONCAKE_BLOCK_TOKENS, config.block_tokens))
+
+    return [replace(r, block_hashes=hashes(r)) for r in requests]
 
 
 def _duration_s(args: argparse.Namespace, setup: Any) -> float | None:

@@ -49,9 +49,24 @@ from prfaas.models import ModelSpec, load_model_spec
 from prfaas.perf import CostModel, get_hardware
 from prfaas.prefix_cache.config import PrefixCacheConfig
 
-__all__ = ["EmulatedEngine", "layer_tensor_sizes", "make_emulated_engine"]
+__all__ = [
+    "EMULATED_KV_DTYPE",
+    "EMULATED_MAX_BATCH_SIZE",
+    "EmulatedEngine",
+    "emulated_cost_model",
+    "layer_tensor_sizes",
+    "make_emulated_engine",
+]
 
 _SEED_STRIDE = 1_000_003
+EMULATED_KV_DTYPE = "bfloat16"  # the K/V dtype an emulated engine sizes payloads and its cache in
+EMULATED_MAX_BATCH_SIZE = 256  # requests one decode forward takes; more run several per step
+
+
+def emulated_cost_model(spec: ModelSpec, hardware: str, num_gpus: int) -> CostModel:
+    """The cost model an emulated engine of `spec` on `num_gpus` GPUs of `hardware` sleeps by
+    (the simulator's replay of a topology takes its decode step from the same)."""
+    return CostModel(spec, get_hardware(hardware), num_gpus)
 
 
 def make_emulated_engine(
@@ -59,9 +74,7 @@ def make_emulated_engine(
 ) -> EmulatedEngine:
     """An emulated engine for a `prfaas.models` preset on `num_gpus` GPUs of a hardware preset."""
     spec = load_model_spec(model)
-    return EmulatedEngine(
-        spec, CostModel(spec, get_hardware(hardware), num_gpus), seed=seed, **kwargs
-    )
+    return EmulatedEngine(spec, emulated_cost_model(spec, hardware, num_gpus), seed=seed, **kwargs)
 
 
 class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
@@ -72,9 +85,9 @@ class EmulatedEngine(StateExchange[RequestProgress, EmulatedPrefixCache]):
         spec: ModelSpec,
         cost: CostModel,
         *,
-        kv_dtype: str = "bfloat16",
+        kv_dtype: str = EMULATED_KV_DTYPE,
         seed: int = 0,
-        max_batch_size: int = 256,
+        max_batch_size: int = EMULATED_MAX_BATCH_SIZE,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] | None = None,
         max_positions: int | None = None,

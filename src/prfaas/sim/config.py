@@ -7,6 +7,10 @@ A deployment has one PrfaaS cluster (`DeploymentSpec.prfaas`, over `SimConfig.ba
 `SimConfig.path`), or two or more prefill providers (`DeploymentSpec.providers`), each a PrfaaS
 cluster with its own link and prices; a long request then goes to the cheapest provider whose
 predicted TTFT meets `SimConfig.ttft_target_s` (`prfaas.sim.providers`).
+
+Prefix caching is one LRU block set per cluster (`SimConfig.prefix_cache_blocks`, the presets'),
+or each prefill instance's own byte-budgeted pool as a served deployment keeps it
+(`SimConfig.prefix_pools`, a topology's): `prfaas.sim.prefix`.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.providers import LOCAL, MAX_PRICE_USD
 from prfaas.policy.route import RoutePolicyConfig
 from prfaas.policy.transfer import LinkPath
+from prfaas.prefix_cache.entries import PoolEntrySizes
 from prfaas.sim.cost import DecodeStepTime, KVSize, PrefillLatency
 from prfaas.sim.link import BandwidthStep
 from prfaas.types import DeploymentKind
@@ -82,6 +87,42 @@ class ProviderSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class PlannedDecode:
+    """The decode figures the long-timescale controller plans with, where they are not the decode
+    instances' own: a topology's controller, live and simulated, plans with the planner's."""
+
+    t_decode_step_s: float  # T_decode per step at BS_max, seconds
+    max_batch_size: int  # BS_max
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.t_decode_step_s) and self.t_decode_step_s > 0):
+            raise UserError(f"planned decode step must be > 0 s, got {self.t_decode_step_s}")
+        if self.max_batch_size < 1:
+            raise UserError(f"planned max batch size must be >= 1, got {self.max_batch_size}")
+
+
+@dataclass(frozen=True, slots=True)
+class PrefixPoolSpec:
+    """Prefix caching as a served deployment does it: every prefill instance keeps its own pool
+    of `budget_bytes` (`prfaas.sim.prefix.InstancePools`)."""
+
+    budget_bytes: int  # per prefill instance, the topology's `[prefix_cache] budget_bytes`
+    sizes: PoolEntrySizes  # the model's bytes per cached block and per state checkpoint
+    # clusters (RouteTarget values) whose prefill instances have a KV receiver, where a moved
+    # prefix lands; a move to any other is skipped and the target computes the prefix
+    receivers: frozenset[str] = frozenset({"prfaas", "pd_prefill"})
+    # bytes an instance reserves in its pool per real byte of KV it sends, until the transfer
+    # ends: an emulated engine reserves its payload, `model.payload_scale` x the real bytes
+    reserved_share: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.budget_bytes < 0:
+            raise UserError(f"prefix pool budget must be >= 0 bytes, got {self.budget_bytes}")
+        if not 0 <= self.reserved_share <= 1:
+            raise UserError(f"reserved share must be in [0, 1], got {self.reserved_share}")
+
+
+@dataclass(frozen=True, slots=True)
 class DeploymentSpec:
     """One of the paper's three deployments, with instance counts and per-instance costs."""
 
@@ -90,12 +131,14 @@ class DeploymentSpec:
     pd_prefill: PrefillClusterSpec  # PD-P instances of the local cluster (0 when absent)
     num_decode_instances: int  # PD-D instances
     max_batch_size: int  # BS_max per decode instance
-    decode_step: DecodeStepTime  # T_decode(batch size)
+    decode_step: DecodeStepTime  # T_decode(batch size, context)
     route_config: RoutePolicyConfig | None = None  # threshold t and link rules (PrfaaS-PD only)
     # Two or more prefill providers in place of `prfaas` (which then has 0 instances); () : none
     providers: tuple[ProviderSpec, ...] = ()
     pd_price_per_gpu_hour: float = 0.0  # USD per GPU-hour of a PD-P instance (with providers)
     pd_gpus_per_instance: int = 1  # GPUs one PD-P instance occupies (with providers)
+    # what the controller plans with; None: `decode_step` at `max_batch_size`
+    planned_decode: PlannedDecode | None = None
 
     def __post_init__(self) -> None:
         if self.num_decode_instances < 1:
@@ -148,6 +191,7 @@ class SimConfig:
     drain_s: float = 600.0  # simulate this long after the last arrival, then report unfinished
     prefix_cache_blocks: int = 100_000  # prefix index capacity per cluster, blocks
     block_tokens: int = 512  # tokens per prefix block (Mooncake traces use 512)
+    prefix_pools: PrefixPoolSpec | None = None  # per-instance pools in place of the cluster sets
     egress_bin_s: float = 60.0  # width of the egress-utilization time series bins, seconds
     link_window_s: float = 1.0  # the router sees egress utilization averaged over this window
     record_decisions: bool = False  # keep every routing decision with its inputs (decision_log)
@@ -176,6 +220,12 @@ class SimConfig:
             check_bandwidth(self.bandwidth)
             if self.ttft_target_s is not None:
                 raise UserError("a TTFT target chooses between several providers; there are none")
+        pools = self.prefix_pools
+        if pools is not None and pools.sizes.block_tokens != self.block_tokens:
+            raise UserError(
+                f"prefix pools of {pools.sizes.block_tokens}-token blocks, but the requests' "
+                f"block hashes are of {self.block_tokens} tokens"
+            )
         if self.chunk_tokens is not None and self.chunk_tokens < 1:
             raise UserError(f"chunk size must be >= 1 token, got {self.chunk_tokens}")
         if self.num_kv_layers < 1:

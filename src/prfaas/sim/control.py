@@ -6,8 +6,10 @@ the time series (one point per tick) of t, N_p, N_d, throughput and the link. Ca
 change (draining, retiring, starting the instance of the other role) is the handlers' job, since it
 touches instances.
 
-What the simulator measures: the link's capacity now (B_out), T_decode at a full batch from the
-deployment's decode step, and the mean output length of the requests that arrived in the window.
+What the simulator measures: the link's capacity now (B_out), T_decode at a full batch (the
+deployment's planned decode figures, as a topology's live controller plans with the planner's,
+else its decode step at BS_max: `planned_decode`), and the mean output length of the requests
+that arrived in the window.
 Its instances run exactly their latency curves, so the prefill time scales stay 1.0.
 """
 
@@ -26,9 +28,18 @@ from prfaas.policy.controller import (
 )
 from prfaas.policy.throughput import StageCosts
 from prfaas.policy.transfer import flow_cap_bytes_per_s, payload_bandwidth_bytes_per_s
-from prfaas.sim.config import SimConfig
+from prfaas.sim.config import PlannedDecode, SimConfig
 from prfaas.sim.link import gbps_to_bytes_per_s
 from prfaas.types import GBPS
+
+
+def planned_decode(config: SimConfig) -> PlannedDecode:
+    """The decode figures the controller plans with: the deployment's planned ones, else its
+    decode step at BS_max."""
+    dep = config.deployment
+    if dep.planned_decode is not None:
+        return dep.planned_decode
+    return PlannedDecode(dep.decode_step.t_decode_step_s(dep.max_batch_size), dep.max_batch_size)
 
 
 def stage_costs_of(config: SimConfig) -> StageCosts:
@@ -42,8 +53,8 @@ def stage_costs_of(config: SimConfig) -> StageCosts:
         egress_bytes_per_s=payload_bandwidth_bytes_per_s(
             gbps_to_bytes_per_s(config.bandwidth[0].gbps), config.path
         ),
-        max_batch_size=dep.max_batch_size,
-        t_decode_step_s=dep.decode_step.t_decode_step_s(dep.max_batch_size),
+        max_batch_size=planned_decode(config).max_batch_size,
+        t_decode_step_s=planned_decode(config).t_decode_step_s,
         num_output_tokens=1.0,  # replaced by the measured mean at every tick
         flow_cap_bytes_per_s=flow_cap_bytes_per_s(config.path),
     )
@@ -80,7 +91,7 @@ class SimControl:
                 dep.prfaas.num_instances,
                 dep.route_config.threshold_tokens,
             )
-        self._t_decode_step_s = dep.decode_step.t_decode_step_s(dep.max_batch_size)
+        self._t_decode_step_s = planned_decode(config).t_decode_step_s
         self._outputs: deque[tuple[float, int]] = deque()  # (arrival time, output tokens)
         self.decisions: list[ControlDecision] = []
         self.series: list[dict[str, Any]] = []

@@ -18,9 +18,11 @@ class PrefillLatency(Protocol):
 
 
 class DecodeStepTime(Protocol):
-    """Duration of one decode step of an instance running `batch_size` requests."""
+    """Duration of one decode step of an instance running `batch_size` requests whose contexts
+    (tokens computed so far) average `context_tokens`; a cost that ignores the context leaves it
+    at 0."""
 
-    def t_decode_step_s(self, batch_size: int) -> float: ...
+    def t_decode_step_s(self, batch_size: int, context_tokens: int = 0) -> float: ...
 
 
 class KVSize(Protocol):
@@ -35,7 +37,7 @@ class FixedDecodeStep:
 
     step_s: float  # seconds per decode step
 
-    def t_decode_step_s(self, batch_size: int) -> float:
+    def t_decode_step_s(self, batch_size: int, context_tokens: int = 0) -> float:
         return self.step_s
 
 
@@ -56,8 +58,20 @@ class ContextDecodeStep:
     context_tokens: int  # tokens each sequence holds, for every batch
     step_s: tuple[float, ...]  # step_s[b - 1]: seconds per step with b running requests
 
-    def t_decode_step_s(self, batch_size: int) -> float:
+    def t_decode_step_s(self, batch_size: int, context_tokens: int = 0) -> float:
+        """The tabulated step of `batch_size`, whatever the context (it is the table's)."""
         return self.step_s[min(batch_size, len(self.step_s)) - 1]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchContextDecodeStep:
+    """A cost model's decode step at the batch's own mean context: what an emulated decode
+    engine sleeps per step (`EmulatedEngine._decode`, the same `prfaas.perf.CostModel`)."""
+
+    model: DecodeStepByContext  # the decode instance's cost model
+
+    def t_decode_step_s(self, batch_size: int, context_tokens: int = 0) -> float:
+        return self.model.t_decode_step_s(batch_size, context_tokens)
 
 
 def context_decode_step(

@@ -5,8 +5,9 @@ time and returns its follow-up events; the loop in `prfaas.sim.simulator` schedu
 goes: arrival -> route -> prefill queue -> prefill steps -> (KV over the shared link | intra-cluster
 handover, taken as instantaneous) -> decode slot (the first token streams) -> decode steps ->
 finished. Every routing decision
-comes from `prfaas.policy` (`RoutePolicy.choose`, `pick_instance`) on views built by
-`prfaas.sim.views`.
+comes from `prfaas.policy` (`RoutePolicy.choose`, `pick_instance`, `pick_cached_instance`) on views
+built by `prfaas.sim.views`; what is cached where, and which prefill instance takes a request, is
+the prefix model's (`prfaas.sim.prefix`: one block set per cluster, or every instance's own pool).
 
 With `config.controller`, a `ControllerTick` every period asks the long-timescale controller
 (`prfaas.sim.control`) for decisions and carries them out: a new t replaces the routing policy's; a
@@ -38,8 +39,7 @@ from prfaas.policy.route import (
     make_route_policy,
 )
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
-from prfaas.prefix_cache.index import BlockPrefixIndex
-from prfaas.sim.config import PrefillClusterSpec, SimConfig, SimRequest
+from prfaas.sim.config import SimConfig, SimRequest
 from prfaas.sim.control import SimControl, TickState
 from prfaas.sim.events import (
     Arrival,
@@ -52,17 +52,19 @@ from prfaas.sim.events import (
     PrefillStepDone,
     TransferLanded,
 )
-from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill
+from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill, prefill_cluster
 from prfaas.sim.link import LinkSite, SharedLink, gbps_to_bytes_per_s
 from prfaas.sim.metrics import RequestLog
+from prfaas.sim.prefix import Candidate, SentKV, least_loaded, make_prefix_model, place
 from prfaas.sim.providers import (
     ProviderRoute,
     RouteQuery,
+    check_provider_requests,
     local_option,
     make_sites,
     route_among,
 )
-from prfaas.sim.views import DecisionRecord, cached_tokens, cluster_view, decode_loads, link_view
+from prfaas.sim.views import DecisionRecord, cluster_view, decode_loads, link_view
 
 FollowUps = list[tuple[float, Event]]
 _JITTER_STREAM = 3_000_017  # offset of the jitter RNG's seed from the run's link seed
@@ -89,8 +91,8 @@ class SimHandlers:
         self.requests = requests
         self.policy: RoutePolicy = make_route_policy(dep.kind, dep.route_config)
         self.clusters: dict[RouteTarget, list[SimPrefill]] = {
-            RouteTarget.PRFAAS: _make_prefill(config, "prfaas", dep.prfaas),
-            RouteTarget.PD_PREFILL: _make_prefill(config, "pd-p", dep.pd_prefill),
+            RouteTarget.PRFAAS: prefill_cluster("prfaas", dep.prfaas, config.chunk_tokens),
+            RouteTarget.PD_PREFILL: prefill_cluster("pd-p", dep.pd_prefill, config.chunk_tokens),
         }
         jitter_seed = config.link_seed + _JITTER_STREAM
         self.provider_sites = make_sites(config, jitter_seed) if config.has_providers else {}
@@ -98,7 +100,7 @@ class SimHandlers:
             name: site.link for name, site in self.provider_sites.items()
         } or {"": LinkSite("", config.bandwidth, config.path, random.Random(jitter_seed))}
         if self.provider_sites:
-            _check_provider_requests(requests)
+            check_provider_requests(requests)
             self.clusters[RouteTarget.PRFAAS] = [
                 p for site in self.provider_sites.values() for p in site.instances
             ]
@@ -109,7 +111,9 @@ class SimHandlers:
         self.prefill_by_id = {p.instance_id: p for ps in self.clusters.values() for p in ps}
         self.decode_by_id = {d.instance_id: d for d in self.decode}
         self.decode_tokens = [0] * len(self.decode)  # output tokens assigned and not finished
-        self.indexes = {t: BlockPrefixIndex(config.prefix_cache_blocks) for t in self.clusters}
+        self.prefix = make_prefix_model(config)
+        self.prefill_of: list[SimPrefill | None] = [None] * len(requests)  # chosen at routing
+        self.moved_tokens = [0] * len(requests)  # a cached prefix moved before its prefill
         self.transfers: dict[int, Transfer] = {}
         self.decisions: list[RouteDecision | None] = [None] * len(requests)
         self.decode_of = [0] * len(requests)
@@ -159,8 +163,8 @@ class SimHandlers:
             follow.append((self.requests[i + 1].arrived_at, Arrival(i + 1)))
         decision = self.route(i, req)
         self.decisions[i] = decision
-        if decision.num_prefix_transfer_tokens > 0:
-            moved_bytes = self.config.kv_size.kv_bytes(decision.num_prefix_transfer_tokens)
+        if self.moved_tokens[i] > 0:
+            moved_bytes = self.config.kv_size.kv_bytes(self.moved_tokens[i])
             site = self._site(i)
             site.link.add(self.now, i, moved_bytes, 0.0, math.inf)
             self.transfers[i] = self._start_transfer(i, str(decision.target), moved_bytes, True)
@@ -173,7 +177,7 @@ class SimHandlers:
         instance = self.prefill_by_id[event.instance_id]
         follow: FollowUps = []
         for job in instance.finish_step():
-            follow += self._on_prefill_finished(job.req_index)
+            follow += self._on_prefill_finished(job.req_index, instance)
         if instance.is_drained:
             self._retire_prefill(instance)
             return follow
@@ -190,7 +194,9 @@ class SimHandlers:
 
     def on_transfer_landed(self, event: TransferLanded) -> FollowUps:
         if event.is_prefix_move:
-            return self._enqueue_prefill(event.req_index)
+            i = event.req_index
+            self.prefix.on_moved(self.prefill_of[i], self.requests[i], self.moved_tokens[i])
+            return self._enqueue_prefill(i)
         return self._on_kv_ready(event.req_index)
 
     def _start_transfer(
@@ -236,12 +242,7 @@ class SimHandlers:
         finished, admitted, wake_at = instance.on_wake(self.now)
         for i in finished:
             self._finish(i)
-        self._on_admitted(instance, admitted)
-        return (
-            []
-            if wake_at is None
-            else [(wake_at, DecodeWake(instance.instance_id, instance.version))]
-        )
+        return self._on_admitted(instance, admitted, wake_at)
 
     # --- routing: views in, the policy's decision out ------------------------------------------
 
@@ -280,14 +281,18 @@ class SimHandlers:
 
     def _route_one_cluster(self, i: int, req: SimRequest) -> RouteDecision:
         """The route rule between the one PrfaaS cluster and PD-P."""
-        cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, req)
-        cached_prfaas = self._cached_tokens(RouteTarget.PRFAAS, req)
+        pd_best = self._candidate(RouteTarget.PD_PREFILL, req)
+        prfaas_best = self._candidate(RouteTarget.PRFAAS, req)
+        cached_pd, cached_prfaas = pd_best.num_cached_tokens, prfaas_best.num_cached_tokens
         link = self.link_view()
         prfaas = self.cluster_view(RouteTarget.PRFAAS)
         pd = self.cluster_view(RouteTarget.PD_PREFILL)
         total = req.num_prompt_tokens
         decision = self.policy.choose(
             total, cached_pd, cached_prfaas, link, prfaas, pd, state=self.route_state
+        )
+        self.prefill_of[i], self.moved_tokens[i] = place(
+            self.prefix, decision, pd_best, prfaas_best
         )
         if self.control is not None:
             best_prefix = max(cached_pd, cached_prfaas)
@@ -327,14 +332,13 @@ class SimHandlers:
 
     def _pick_decode(self) -> int:
         """Position in `self.decode` of the least-loaded decode instance taking new work."""
-        active = [k for k, d in enumerate(self.decode) if _takes_work(d)]
+        active = [k for k, d in enumerate(self.decode) if d.takes_work]
         loads = self.decode_loads()
         return active[pick_instance([loads[k] for k in active])]
 
-    def _cached_tokens(self, target: RouteTarget, req: SimRequest) -> int:
-        """Longest cached prefix in a cluster, leaving at least one token to compute."""
-        has_instances = bool(self.clusters[target])
-        return cached_tokens(self.indexes[target], has_instances, req, self.config.block_tokens)
+    def _candidate(self, target: RouteTarget, req: SimRequest) -> Candidate:
+        """Where `req` would prefill in a cluster, and the cached prefix the route rule counts."""
+        return self.prefix.candidate(target, self.clusters[target], req)
 
     # --- prefill --------------------------------------------------------------------------------
 
@@ -346,29 +350,41 @@ class SimHandlers:
             cluster = self.provider_sites[provider].instances
         else:
             cluster = self.clusters[decision.target]
-        loads = [InstanceLoad(p.instance_id, p.num_queued_tokens) for p in cluster]
-        instance = cluster[pick_instance(loads)]
-        instance.enqueue(PrefillJob(i, decision.num_incremental_tokens))
+        instance = self.prefill_of[i]
+        if instance is None or instance.is_draining:  # not chosen, or draining since
+            instance = self.prefix.candidate(decision.target, cluster, self.requests[i]).instance
+            instance = instance or least_loaded(cluster)
+        instance.enqueue(PrefillJob(i, self._num_computed(instance, i)))
         return [] if instance.is_busy else self._start_prefill_step(instance)
+
+    def _num_computed(self, instance: SimPrefill, i: int) -> int:
+        """Tokens request `i` computes on `instance`, by what it caches now."""
+        decision = self.decisions[i]
+        assert decision is not None
+        return self.prefix.num_computed_tokens(instance, self.requests[i], decision)
 
     def _start_prefill_step(self, instance: SimPrefill) -> FollowUps:
         if not instance.queue:
             return []
-        duration_s = instance.start_step(self.now)
+        duration_s = instance.start_step(
+            self.now, lambda job: self._num_computed(instance, job.req_index)
+        )
         follow: FollowUps = [(self.now + duration_s, PrefillStepDone(instance.instance_id))]
         for chunk in instance.step:
             if chunk.start_token == 0:
-                follow += self._on_prefill_started(chunk.job.req_index, instance)
+                follow += self._on_prefill_started(chunk.job, instance)
         return follow
 
-    def _on_prefill_started(self, i: int, instance: SimPrefill) -> FollowUps:
+    def _on_prefill_started(self, job: PrefillJob, instance: SimPrefill) -> FollowUps:
+        i = job.req_index
+        self.log.num_cached_tokens[i] = self.requests[i].num_prompt_tokens - job.num_tokens
         self.log.prefill_started_at[i] = self.now
         self.log.prefill_instance[i] = instance.instance_id
         if not self.log.is_offloaded[i]:
             return []
         kv_bytes = self._kv_transfer_bytes(i)
         held_bytes = kv_bytes / self.config.num_kv_layers
-        lone_prefill_s = instance.latency.t_prefill_s(self._num_incremental(i))
+        lone_prefill_s = instance.latency.t_prefill_s(job.num_tokens)
         cap = (kv_bytes - held_bytes) / lone_prefill_s if lone_prefill_s > 0 else math.inf
         site = self._site(i)
         site.link.add(self.now, i, kv_bytes, held_bytes, cap)
@@ -376,11 +392,12 @@ class SimHandlers:
         self.transfers[i] = self._start_transfer(i, dest, kv_bytes, False)
         return self._link_follow_ups(site)
 
-    def _on_prefill_finished(self, i: int) -> FollowUps:
+    def _on_prefill_finished(self, i: int, instance: SimPrefill) -> FollowUps:
         self.log.prefill_done_at[i] = self.now
         decision = self.decisions[i]
         assert decision is not None
-        self.indexes[decision.target].insert(self.requests[i].block_hashes)
+        sent = SentKV(i, self._kv_transfer_bytes(i))
+        self.prefix.on_prefilled(decision.target, instance, self.requests[i], sent)
         if not self.log.is_offloaded[i]:
             return self._on_kv_ready(i)
         site = self._site(i)
@@ -388,16 +405,11 @@ class SimHandlers:
             return self._transfer_drained(i) + self._link_follow_ups(site)
         return self._link_follow_ups(site)
 
-    def _num_incremental(self, i: int) -> int:
-        decision = self.decisions[i]
-        assert decision is not None
-        return decision.num_incremental_tokens
-
     def _kv_transfer_bytes(self, i: int) -> float:
         """KV crossing the link: the whole request's, minus the prefix already cached at PD."""
         kv = self.config.kv_size
         total = kv.kv_bytes(self.requests[i].num_prompt_tokens)
-        cached_pd = self._cached_tokens(RouteTarget.PD_PREFILL, self.requests[i])
+        cached_pd = self._candidate(RouteTarget.PD_PREFILL, self.requests[i]).num_cached_tokens
         if cached_pd == 0:
             return float(total)
         return float(total - kv.kv_bytes(cached_pd) + kv.kv_bytes(0))
@@ -412,27 +424,32 @@ class SimHandlers:
 
     def _on_kv_ready(self, i: int) -> FollowUps:
         self.log.kv_ready_at[i] = self.now
+        prefill = self.prefill_by_id[self.log.prefill_instance[i]]
+        self.prefix.on_sent(prefill, self.requests[i], SentKV(i, 0.0))
         num_steps = self.requests[i].num_output_tokens - 1
         if num_steps < 1:  # the imported state's first token is the whole answer
             self.log.decode_started_at[i] = self.log.first_token_at[i] = self.now
             self._finish(i)
             return []
         instance = self.decode[self.decode_of[i]]
-        admitted, wake_at = instance.add(self.now, i, num_steps)
-        self._on_admitted(instance, admitted)
+        context_tokens = self.requests[i].num_prompt_tokens
+        admitted, wake_at = instance.add(self.now, i, num_steps, context_tokens)
+        return self._on_admitted(instance, admitted, wake_at)
+
+    def _on_admitted(
+        self, instance: SimDecode, admitted: Sequence[int], wake_at: float | None
+    ) -> FollowUps:
+        """Requests that joined `instance`'s batch now: it has imported their state and streams
+        each one's first token (sampled by its prefill) at once; their first decode step, the
+        second token, ends one step of the new batch later. Then its next wake, if it moved."""
+        for k in admitted:
+            self.log.decode_started_at[k] = self.log.first_token_at[k] = self.now
+            self.log.second_token_at[k] = self.now + instance.step_s
         return (
             []
             if wake_at is None
             else [(wake_at, DecodeWake(instance.instance_id, instance.version))]
         )
-
-    def _on_admitted(self, instance: SimDecode, admitted: Sequence[int]) -> None:
-        """Requests that joined `instance`'s batch now: it has imported their state and streams
-        each one's first token (sampled by its prefill) at once; their first decode step, the
-        second token, ends one step of the new batch later."""
-        for k in admitted:
-            self.log.decode_started_at[k] = self.log.first_token_at[k] = self.now
-            self.log.second_token_at[k] = self.now + instance.step_s
 
     def _finish(self, i: int) -> None:
         self.num_finished += 1
@@ -483,7 +500,7 @@ class SimHandlers:
     def active_counts(self) -> tuple[int, int, int]:
         """(PD-P taking work, PD-D taking work, PD instances draining)."""
         num_p = len(self.clusters[RouteTarget.PD_PREFILL])
-        num_d = sum(1 for d in self.decode if _takes_work(d))
+        num_d = sum(1 for d in self.decode if d.takes_work)
         draining = sum(1 for p in self.pd_prefill_all if p.is_draining and p.active_until_s is None)
         draining += sum(1 for d in self.decode if d.is_draining and d.active_until_s is None)
         return num_p, num_d, draining
@@ -510,7 +527,7 @@ class SimHandlers:
             if instance.is_drained:
                 self._retire_prefill(instance)
             return
-        active = [k for k, d in enumerate(self.decode) if _takes_work(d)]
+        active = [k for k, d in enumerate(self.decode) if d.takes_work]
         if len(active) < 2:
             raise RuntimeError("a role change would leave no PD-D instance taking work")
         k = min(active, key=lambda k: (self.decode_tokens[k], k))
@@ -546,22 +563,3 @@ class SimHandlers:
     def _control(self) -> SimControl:
         assert self.control is not None  # role changes come only from the controller
         return self.control
-
-
-def _takes_work(decode: SimDecode) -> bool:
-    return not decode.is_draining and decode.active_until_s is None
-
-
-def _make_prefill(config: SimConfig, prefix: str, spec: PrefillClusterSpec) -> list[SimPrefill]:
-    return [
-        SimPrefill(f"{prefix}-{k}", spec.latency, config.chunk_tokens)
-        for k in range(spec.num_instances)
-    ]
-
-
-def _check_provider_requests(requests: Sequence[SimRequest]) -> None:
-    """Several providers: no prefix caching (its moves between clusters are not simulated)."""
-    if any(r.block_hashes for r in requests):
-        raise UserError(
-            "prefix caching (requests with block hashes) is not simulated with several providers"
-        )

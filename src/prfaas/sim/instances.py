@@ -8,7 +8,9 @@ whole request per step.
 
 Decode: every step emits one token for each running request. The instance is only woken where its
 batch changes (a request finishes, or a waiting request can join at the next step boundary), so the
-event count does not grow with output length.
+event count does not grow with output length. A step's time is the step cost at the batch size and
+the batch's mean context (tokens computed so far) at the batch change, as an emulated engine takes
+it per step; the context's growth between two changes is left out.
 
 Role changes (the adaptive controller): an instance is *active* from `active_from_s` until
 `active_until_s` (None: still active). A *draining* instance takes no new work and finishes what it
@@ -19,9 +21,13 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
+from prfaas.sim.config import PrefillClusterSpec
 from prfaas.sim.cost import DecodeStepTime, PrefillLatency, chunk_time_s
+
+JobSizer = Callable[["PrefillJob"], int]  # tokens a job computes, asked as it starts
 
 
 @dataclass(slots=True)
@@ -31,6 +37,7 @@ class PrefillJob:
     req_index: int  # position of the request in the workload
     num_tokens: int  # uncached tokens to compute
     num_done: int = 0  # tokens computed so far
+    is_sized: bool = False  # its size was settled as it started (`SimPrefill.start_step`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,14 +104,30 @@ class SimPrefill:
                 break
         return tuple(chunks)
 
-    def start_step(self, now: float = 0.0) -> float:
-        """Start the next step at `now`; returns its duration, seconds (0 if the queue is empty)."""
+    def start_step(self, now: float = 0.0, size_job: JobSizer | None = None) -> float:
+        """Start the next step at `now`; returns its duration, seconds (0 if the queue is empty).
+        `size_job` says how many tokens a job computes, asked as it starts (a prefix cache is
+        looked up then, not when the job was queued)."""
+        if size_job is not None:
+            self._size_starting_jobs(size_job)
         self.step = self.plan_step()
         self.step_started_at = now
         duration_s = sum(chunk_time_s(self.latency, c.start_token, c.end_token) for c in self.step)
         self.busy_s += duration_s
         self.step_s = duration_s
         return duration_s
+
+    def _size_starting_jobs(self, size_job: JobSizer) -> None:
+        """Settle the size of every job the next step starts (a smaller one may let another in)."""
+        while starting := [
+            c.job for c in self.plan_step() if c.start_token == 0 and not c.job.is_sized
+        ]:
+            for job in starting:
+                num_tokens = size_job(job)
+                self.num_queued_tokens += num_tokens - job.num_tokens
+                self.queued_work_s += self.latency.t_prefill_s(num_tokens)
+                self.queued_work_s -= self.latency.t_prefill_s(job.num_tokens)
+                job.num_tokens, job.is_sized = num_tokens, True
 
     def finish_step(self) -> list[PrefillJob]:
         """Commit the running step; returns the jobs whose prefill is now complete."""
@@ -124,6 +147,15 @@ class SimPrefill:
         return finished
 
 
+def prefill_cluster(
+    name: str, spec: PrefillClusterSpec, chunk_tokens: int | None
+) -> list[SimPrefill]:
+    """The cluster's idle prefill instances, named `name-0`, `name-1`, ..."""
+    return [
+        SimPrefill(f"{name}-{k}", spec.latency, chunk_tokens) for k in range(spec.num_instances)
+    ]
+
+
 class SimDecode:
     """One decode instance: continuous batching of up to `max_batch_size` requests.
 
@@ -135,8 +167,12 @@ class SimDecode:
         self.instance_id = instance_id
         self.max_batch_size = max_batch_size
         self.step_time = step_time
-        self.waiting: deque[tuple[int, int]] = deque()  # (req_index, num_steps) awaiting a slot
+        # (req_index, num_steps, context tokens at import) awaiting a slot
+        self.waiting: deque[tuple[int, int, int]] = deque()
         self.running: dict[int, int] = {}  # req_index -> step count at which it finishes
+        # req_index -> its context minus the step count at its admission: at step count S its
+        # context is that + S
+        self._context_base: dict[int, int] = {}
         self.num_steps_done = 0
         self.segment_at = 0.0  # simulated time of the last batch change, s
         self.step_s = 0.0  # step duration of the current batch, s
@@ -148,16 +184,24 @@ class SimDecode:
         self.is_draining = False  # gets no new request; retired once its last one finishes
 
     @property
+    def takes_work(self) -> bool:
+        """Active in its role and not draining."""
+        return not self.is_draining and self.active_until_s is None
+
+    @property
     def num_assigned(self) -> int:
         return len(self.running) + len(self.waiting)
 
-    def add(self, now: float, req_index: int, num_steps: int) -> tuple[list[int], float | None]:
-        """KV of a request has landed (`num_steps` >= 1 steps to run).
+    def add(
+        self, now: float, req_index: int, num_steps: int, context_tokens: int = 0
+    ) -> tuple[list[int], float | None]:
+        """KV of a request has landed (`num_steps` >= 1 steps to run, `context_tokens` computed:
+        its prompt).
 
         Returns (requests admitted right now, new wake time or None if the plan is unchanged).
         An idle instance admits at once; a busy one with a free slot wakes at its next boundary.
         """
-        self.waiting.append((req_index, num_steps))
+        self.waiting.append((req_index, num_steps, context_tokens))
         if not self.running:
             self.segment_at = now
             return self._admit(), self._plan_wake(now)
@@ -178,6 +222,7 @@ class SimDecode:
         finished = [r for r, at in self.running.items() if at <= self.num_steps_done]
         for req_index in finished:
             del self.running[req_index]
+            del self._context_base[req_index]
         admitted = self._admit()
         self.segment_at = now
         return finished, admitted, self._plan_wake(now)
@@ -185,8 +230,9 @@ class SimDecode:
     def _admit(self) -> list[int]:
         admitted = []
         while self.waiting and len(self.running) < self.max_batch_size:
-            req_index, num_steps = self.waiting.popleft()
+            req_index, num_steps, context_tokens = self.waiting.popleft()
             self.running[req_index] = self.num_steps_done + num_steps
+            self._context_base[req_index] = context_tokens - self.num_steps_done
             admitted.append(req_index)
         return admitted
 
@@ -195,10 +241,19 @@ class SimDecode:
         if not self.running:
             self.wake_at = None
             return None
-        self.step_s = self.step_time.t_decode_step_s(len(self.running))
+        self.step_s = self.step_time.t_decode_step_s(len(self.running), self.context_tokens)
         steps_to_next = min(self.running.values()) - self.num_steps_done
         self.wake_at = now + steps_to_next * self.step_s
         return self.wake_at
+
+    @property
+    def context_tokens(self) -> int:
+        """The running requests' mean context now, rounded down as the emulated engine does."""
+        num_running = len(self._context_base)
+        if not num_running:
+            return 0
+        total = sum(self._context_base.values()) + num_running * self.num_steps_done
+        return total // num_running
 
     def _next_boundary(self, now: float) -> float:
         steps = math.ceil((now - self.segment_at) / self.step_s - 1e-9)

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from prfaas.errors import UserError
 from prfaas.policy.pick import pick_instance
 from prfaas.policy.providers import (
     BYTES_PER_GB,
@@ -44,9 +45,9 @@ from prfaas.policy.route import (
 )
 from prfaas.policy.throughput import LatencyCurve
 from prfaas.policy.views import ClusterView, LinkView
-from prfaas.sim.config import DeploymentSpec, ProviderSpec, SimConfig
+from prfaas.sim.config import DeploymentSpec, ProviderSpec, SimConfig, SimRequest
 from prfaas.sim.cost import PrefillLatency
-from prfaas.sim.instances import SimPrefill
+from prfaas.sim.instances import SimPrefill, prefill_cluster
 from prfaas.sim.link import LinkSite
 from prfaas.sim.metrics import NAN, RequestLog, distribution, waited_s
 from prfaas.sim.views import cluster_view, link_view
@@ -110,10 +111,7 @@ class ProviderSite:
     ) -> None:
         self.spec = spec
         self.name = spec.name
-        self.instances = [
-            SimPrefill(f"{spec.name}-{k}", spec.cluster.latency, chunk_tokens)
-            for k in range(spec.cluster.num_instances)
-        ]
+        self.instances = prefill_cluster(spec.name, spec.cluster, chunk_tokens)
         self.link = LinkSite(spec.name, spec.bandwidth, spec.path, rng)
         self.policy: RoutePolicy = make_route_policy(
             DeploymentKind.PRFAAS, _own_costs(route_config, spec)
@@ -169,6 +167,14 @@ def _own_costs(config: RoutePolicyConfig | None, spec: ProviderSpec) -> RoutePol
         return config
     costs = replace(config.costs, t_prefill_prfaas_s=latency_curve(spec.cluster.latency))
     return replace(config, costs=costs)
+
+
+def check_provider_requests(requests: Sequence[SimRequest]) -> None:
+    """Several providers: no prefix caching (its moves between clusters are not simulated)."""
+    if any(r.block_hashes for r in requests):
+        raise UserError(
+            "prefix caching (requests with block hashes) is not simulated with several providers"
+        )
 
 
 def make_sites(config: SimConfig, jitter_seed: int) -> dict[str, ProviderSite]:

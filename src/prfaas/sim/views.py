@@ -1,7 +1,7 @@
 """The views the simulator builds for `prfaas.policy`, and the record of each routing decision.
 
 The policy never reads a simulator object: these functions copy plain numbers out of the shared
-link, the prefill and decode instances and the prefix indexes into `prfaas.policy.views` snapshots.
+link and the prefill and decode instances into `prfaas.policy.views` snapshots.
 `DecisionRecord` keeps those snapshots next to the decision they produced, for parity checks.
 """
 
@@ -12,8 +12,6 @@ from dataclasses import dataclass
 
 from prfaas.policy.route import RouteDecision
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
-from prfaas.prefix_cache.index import BlockPrefixIndex
-from prfaas.sim.config import SimRequest
 from prfaas.sim.instances import SimDecode, SimPrefill
 from prfaas.sim.link import SharedLink
 
@@ -59,13 +57,3 @@ def decode_loads(decode: Sequence[SimDecode], decode_tokens: Sequence[int]) -> l
     return [
         InstanceLoad(d.instance_id, decode_tokens[k], d.num_assigned) for k, d in enumerate(decode)
     ]
-
-
-def cached_tokens(
-    index: BlockPrefixIndex, has_instances: bool, req: SimRequest, block_tokens: int
-) -> int:
-    """Longest cached prefix in a cluster, leaving at least one token to compute."""
-    if not has_instances or not req.block_hashes:
-        return 0
-    num_blocks = index.num_prefix_hit_blocks(req.block_hashes)
-    return max(0, min(num_blocks * block_tokens, req.num_prompt_tokens - 1))

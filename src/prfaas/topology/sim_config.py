@@ -5,8 +5,14 @@ alike (the router/simulator parity test), and a user can simulate the deployment
 The costs are the ones the live controller and threshold "auto" use
 (`prfaas.topology.derived.planner_inputs`): each cluster's prefill curve (the
 topology's `model.prefill_latency` for its hardware, else the cost model of `model.emulate`:
-what emulated engines sleep), the case study's T_decode and batch size, S_kv(l) of
-`model.emulate`, and the link in model units. Routing starts from the topology's t with the
+what emulated engines sleep), S_kv(l) of `model.emulate`, and the link in model units. The decode
+instances run as emulated decode engines do: each step the cost model of `model.emulate` on
+their hardware at the batch's size and mean context (`emulated_cost_model`), up to the engine's
+batch of 256; the controller still plans with the case study's T_decode and BS_max, as the live
+one does (`PlannedDecode`). With `[prefix_cache]` every prefill instance keeps its own pool of the
+topology's budget, sized as the emulated engines size it (`PrefixPoolSpec`, `prfaas.sim.prefix`),
+and a cluster whose prefill instances all have a KV receiver takes moved prefixes; without one
+nothing is cached, as live. Routing starts from the topology's t with the
 router's rule knobs (`route_config_of`), with the hysteresis and the long-timescale controller
 on when the topology has a `[controller]` table, as in the router.
 
@@ -23,10 +29,23 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import replace
 
+from prfaas.engine.emulated import (
+    EMULATED_KV_DTYPE,
+    EMULATED_MAX_BATCH_SIZE,
+    emulated_cost_model,
+)
 from prfaas.errors import UserError
 from prfaas.plan.inputs import ClusterSpec
-from prfaas.sim.config import DeploymentSpec, PrefillClusterSpec, ProviderSpec, SimConfig
-from prfaas.sim.cost import FixedDecodeStep
+from prfaas.prefix_cache.entries import PoolEntrySizes
+from prfaas.sim.config import (
+    DeploymentSpec,
+    PlannedDecode,
+    PrefillClusterSpec,
+    PrefixPoolSpec,
+    ProviderSpec,
+    SimConfig,
+)
+from prfaas.sim.cost import BatchContextDecodeStep
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.presets import CurveLatency, FootprintSize
 from prfaas.topology.config import DEFAULT_PREFIX_BLOCK_TOKENS, ClusterConfig, Topology
@@ -39,8 +58,6 @@ from prfaas.topology.derived import (
     route_config_of,
 )
 from prfaas.types import DeploymentKind
-
-_PREFIX_CACHE_BLOCKS = 1 << 20  # per cluster: the live budget is in bytes; the sim counts blocks
 
 
 def sim_config_of(
@@ -60,9 +77,10 @@ def sim_config_of(
         prfaas=_prefill_spec(inputs.prfaas, num_prfaas_prefill(topology)),
         pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
         num_decode_instances=len(pd.by_role("decode")),
-        max_batch_size=inputs.max_batch_size,
-        decode_step=FixedDecodeStep(inputs.t_decode_step_s),
+        max_batch_size=EMULATED_MAX_BATCH_SIZE,
+        decode_step=decode_step_of(topology),
         route_config=route_config_of(topology),
+        planned_decode=PlannedDecode(inputs.t_decode_step_s, inputs.max_batch_size),
     )
     controller = topology.controller
     return _sim_config(
@@ -76,7 +94,7 @@ def sim_config_of(
 
 
 def _sim_config(topology: Topology, deployment: DeploymentSpec, **knobs: object) -> SimConfig:
-    """The knobs every simulation of `topology` shares: model sizes, seed, prefix blocks."""
+    """The knobs every simulation of `topology` shares: model sizes, seed, prefix pools."""
     from prfaas.models import load_model_spec
 
     model = load_model_spec(topology.model.emulate)
@@ -87,10 +105,47 @@ def _sim_config(topology: Topology, deployment: DeploymentSpec, **knobs: object)
         num_kv_layers=model.num_layers,
         link_seed=topology.model.seed,
         block_tokens=_block_tokens(topology),
-        prefix_cache_blocks=_PREFIX_CACHE_BLOCKS,
+        prefix_cache_blocks=0,  # the cluster-wide sets stay empty: pools, or no cache at all
+        prefix_pools=prefix_pools_of(topology),
         record_decisions=True,
         **knobs,  # type: ignore[arg-type]
     )
+
+
+def decode_step_of(topology: Topology) -> BatchContextDecodeStep:
+    """T_decode(batch, context) of the PD cluster's decode instances: the cost model of
+    `model.emulate` on their hardware, what their emulated engines sleep per step."""
+    from prfaas.models import load_model_spec
+
+    decode = topology.clusters_of_kind("pd")[0].by_role("decode")
+    shapes = sorted({(i.hardware, i.num_gpus) for i in decode})
+    if len(shapes) != 1:
+        listed = ", ".join(f"{n} x {hw}" for hw, n in shapes) or "none"
+        raise UserError(
+            f"needs one hardware and num_gpus across the decode instances, got {listed}"
+        )
+    hardware, num_gpus = shapes[0]
+    model = load_model_spec(topology.model.emulate)
+    return BatchContextDecodeStep(emulated_cost_model(model, hardware, num_gpus))
+
+
+def prefix_pools_of(topology: Topology) -> PrefixPoolSpec | None:
+    """Every prefill instance's own pool as `[prefix_cache]` sizes it (None without one); the
+    clusters whose prefill instances all have a KV receiver take moved prefixes."""
+    from prfaas.models import load_model_spec
+
+    cache = topology.prefix_cache
+    if cache is None:
+        return None
+    model = load_model_spec(topology.model.emulate)
+    sizes = PoolEntrySizes.of_model(model, EMULATED_KV_DTYPE, cache.block_tokens)
+    targets = {"prfaas": "prfaas", "pd": "pd_prefill"}  # cluster kind -> RouteTarget value
+    receivers = frozenset(
+        targets[c.kind]
+        for c in topology.clusters
+        if c.by_role("prefill") and all(i.kv is not None for i in c.by_role("prefill"))
+    )
+    return PrefixPoolSpec(cache.budget_bytes, sizes, receivers, topology.model.payload_scale)
 
 
 def _constant_link(topology: Topology) -> tuple[BandwidthStep, ...]:
@@ -139,9 +194,10 @@ def _providers_config(topology: Topology, bandwidth: Sequence[BandwidthStep] | N
         prfaas=_prefill_spec(inputs.prfaas, 0),
         pd_prefill=_prefill_spec(inputs.pd, num_pd_p),
         num_decode_instances=len(pd.by_role("decode")),
-        max_batch_size=inputs.max_batch_size,
-        decode_step=FixedDecodeStep(inputs.t_decode_step_s),
+        max_batch_size=EMULATED_MAX_BATCH_SIZE,
+        decode_step=decode_step_of(topology),
         route_config=route_config_of(topology),
+        planned_decode=PlannedDecode(inputs.t_decode_step_s, inputs.max_batch_size),
         providers=providers,
         pd_price_per_gpu_hour=_price_per_gpu_hour(pd),
         pd_gpus_per_instance=inputs.pd.gpus_per_instance,

@@ -181,10 +181,13 @@ def simulate_results(
     results: Sequence[RequestResult],
     time_scale: float,
     bandwidth: Sequence[BandwidthStep] | None = None,
+    prompts: Sequence[Sequence[int]] = (),
 ) -> dict[str, Any]:
     """The sent requests (send time, prompt length, output length) through `prfaas sim`'s
     simulator built from the topology (`sim_config_of`; `bandwidth`: the link's steps in model
-    units, when it changed during the run), in live units."""
+    units, when it changed during the run), in live units. With a `[prefix_cache]`, each
+    request's prompt (`prompts[result.index]`, the schedule's) gives its block hashes, as the
+    router and the engines hash it, so the simulated pools hit where the live ones could."""
     from prfaas.sim.config import SimRequest
     from prfaas.sim.simulator import Simulator
     from prfaas.topology.sim_config import sim_config_of
@@ -193,8 +196,15 @@ def simulate_results(
     if not sent:
         return {"unavailable": "no request was sent"}
     config = sim_config_of(topology, bandwidth)
+    hashes = _prompt_hashes(topology, prompts)
     requests = [
-        SimRequest(r.sent_at_s / time_scale, r.num_prompt_tokens, r.max_tokens) for r in sent
+        SimRequest(
+            r.sent_at_s / time_scale,
+            r.num_prompt_tokens,
+            r.max_tokens,
+            hashes[r.index] if hashes else (),
+        )
+        for r in sent
     ]
     sim = Simulator(config, requests)
     sim.run()
@@ -230,6 +240,17 @@ def simulate_results(
     }
 
 
+def _prompt_hashes(topology: Topology, prompts: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """Each prompt's chained block hashes at the topology's block size ([] without a
+    `[prefix_cache]`: the instances cache nothing)."""
+    from prfaas.prefix_cache import block_hashes
+
+    cache = topology.prefix_cache
+    if cache is None:
+        return []
+    return [tuple(block_hashes(p, cache.block_tokens)) for p in prompts]
+
+
 def plan_point(
     topology: Topology, prompt_lengths: Sequence[int], output_tokens: float, time_scale: float
 ) -> dict[str, Any]:
@@ -263,14 +284,16 @@ def compare(
     topology: Topology,
     outcome: RunOutcome,
     bandwidth: Sequence[BandwidthStep] | None = None,
+    prompts: Sequence[Sequence[int]] = (),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(sim, plan) for a run; each is {"unavailable": reason} when it does not apply."""
+    """(sim, plan) for a run, `prompts` the schedule's; each is {"unavailable": reason} when it
+    does not apply."""
     scale, why = model_time_scale(topology)
     if scale is None:
         return {"unavailable": why}, {"unavailable": why}
     results = outcome.results
     try:
-        sim = simulate_results(topology, results, scale, bandwidth)
+        sim = simulate_results(topology, results, scale, bandwidth, prompts)
     except UserError as exc:
         sim = {"unavailable": f"simulator: {exc}"}
     try:

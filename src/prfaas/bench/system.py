@@ -213,7 +213,8 @@ def run_once(
             actions=[] if testbed is None or drop is None else testbed.drop_actions(drop),
         )
     )
-    sim, plan = compare(svc.topology, outcome, _sim_bandwidth(svc.topology, drop))
+    prompts = [p.prompt_token_ids for p in schedule]
+    sim, plan = compare(svc.topology, outcome, _sim_bandwidth(svc.topology, drop), prompts)
     live = summarize_live(outcome)
     target_s = svc.topology.policy.ttft_target_s
     if len(svc.topology.providers) > 1 and target_s is not None:

@@ -13,7 +13,7 @@ from prfaas.bench.loadgen import RequestResult, RunOutcome
 from prfaas.bench.report import GBIT, compare, sim_meets_slo
 from prfaas.errors import UserError
 from prfaas.sim.link import BandwidthStep
-from prfaas.topology import ModelConfig, Topology
+from prfaas.topology import ModelConfig, PrefixCacheConfig, Topology
 from prfaas.topology.derived import planner_inputs
 from prfaas.topology.sim_config import sim_config_of
 from topologies import Node, TopologySpec, decode, pd, prfaas
@@ -149,3 +149,24 @@ def _sim(num_requests: int, num_completed: int, p90_s: float | None) -> dict[str
 )
 def test_sim_meets_slo(sim: dict[str, object], expected: bool | None) -> None:
     assert sim_meets_slo(sim, 2.0) is expected
+
+
+def test_with_a_prefix_cache_the_replay_reuses_what_the_prompts_share() -> None:
+    """A second turn of a conversation, sent once the first has been served: with the sent
+    prompts (their block hashes) and a `[prefix_cache]`, the simulated PD prefill reuses the first
+    turn and the second TTFT drops; without one, or without the prompts, it does not."""
+    first = tuple(range(10, 10 + 650))
+    prompts = [first, (*first, *range(300, 550))]
+    outcome = RunOutcome(
+        [RequestResult(i, 30.0 * i, len(p), 8, sent_at_s=30.0 * i) for i, p in enumerate(prompts)]
+    )
+    cached = replace(_topology(), prefix_cache=PrefixCacheConfig(64, 8 << 30))
+    ttft = {
+        name: compare(topology, outcome, prompts=given)[0]["ttft_s"]["mean"]
+        for name, topology, given in (
+            ("reused", cached, prompts),
+            ("no prompts", cached, ()),
+            ("no cache", _topology(), prompts),
+        )
+    }
+    assert ttft["reused"] < ttft["no prompts"] == ttft["no cache"]

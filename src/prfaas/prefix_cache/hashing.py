@@ -80,20 +80,18 @@ def regrid_hashes(
     known by `ids`, the ids of its `id_block_tokens`-token blocks (equal ids: equal tokens, as in
     a Mooncake trace): two prompts share block i's hash exactly when their ids say they share
     every token up to its end. A block that reaches past the ids' tokens ends the list (its
-    tokens are unknown). Block i's hash chains the (id, first token, end token) of every id
-    block it overlaps."""
+    tokens are unknown). Block i's hash chains the ids of the id blocks it overlaps (which of
+    their tokens it holds follows from i, the chain's length)."""
     if block_tokens < 1 or id_block_tokens < 1:
         raise ValueError(f"block sizes must be >= 1, got {block_tokens} and {id_block_tokens}")
     num_known = min(num_tokens, len(ids) * id_block_tokens)
     hashes: list[int] = []
     previous = ROOT_HASH
     for start in range(0, num_known // block_tokens * block_tokens, block_tokens):
-        end = start + block_tokens
-        parts = bytearray()
-        for k in range(start // id_block_tokens, (end - 1) // id_block_tokens + 1):
-            lo = max(start, k * id_block_tokens) - k * id_block_tokens
-            hi = min(end, (k + 1) * id_block_tokens) - k * id_block_tokens
-            parts += struct.pack("<QII", ids[k] % HASH_LIMIT, lo, hi)
-        previous = chain_hash(previous, bytes(parts))
+        overlapped = ids[
+            start // id_block_tokens : (start + block_tokens - 1) // id_block_tokens + 1
+        ]
+        parts = struct.pack(f"<{len(overlapped)}Q", *(i % HASH_LIMIT for i in overlapped))
+        previous = chain_hash(previous, parts)
         hashes.append(previous)
     return hashes

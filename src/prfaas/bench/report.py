@@ -242,11 +242,12 @@ def simulate_results(
 
 def _prompt_hashes(topology: Topology, prompts: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
     """Each prompt's chained block hashes at the topology's block size ([] without a
-    `[prefix_cache]`: the instances cache nothing)."""
+    `[prefix_cache]`, where the instances cache nothing, and with several providers, whose
+    simulation does not model prefix caching)."""
     from prfaas.prefix_cache import block_hashes
 
     cache = topology.prefix_cache
-    if cache is None:
+    if cache is None or len(topology.providers) > 1:
         return []
     return [tuple(block_hashes(p, cache.block_tokens)) for p in prompts]
 

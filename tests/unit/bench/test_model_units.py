@@ -16,7 +16,7 @@ from prfaas.sim.link import BandwidthStep
 from prfaas.topology import ModelConfig, PrefixCacheConfig, Topology
 from prfaas.topology.derived import planner_inputs
 from prfaas.topology.sim_config import sim_config_of
-from topologies import Node, TopologySpec, decode, pd, prfaas
+from topologies import Node, TopologySpec, decode, pd, prfaas, two_providers
 
 
 def _topology(
@@ -170,3 +170,22 @@ def test_with_a_prefix_cache_the_replay_reuses_what_the_prompts_share() -> None:
         )
     }
     assert ttft["reused"] < ttft["no prompts"] == ttft["no cache"]
+
+
+def test_several_providers_replay_without_prefix_hashes() -> None:
+    """Their simulation does not model prefix caching: the replay leaves the hashes out rather
+    than being refused."""
+    topology = TopologySpec(
+        two_providers(),
+        engine="emulated",
+        time_scale=0.5,
+        ttft_target_s=5.0,
+        prefix_cache=PrefixCacheConfig(64, 8 << 30),
+    ).topology()
+    prompts = [tuple(range(10, 660)), tuple(range(10, 900))]
+    outcome = RunOutcome(
+        [RequestResult(i, 30.0 * i, len(p), 8, sent_at_s=30.0 * i) for i, p in enumerate(prompts)]
+    )
+    sim, _ = compare(topology, outcome, prompts=prompts)
+    assert "unavailable" not in sim, sim
+    assert sim["num_completed"] == 2

@@ -32,6 +32,7 @@ def _engine_step_s(topology: Topology, monkeypatch: pytest.MonkeyPatch) -> float
     engine = build_engine(topology, decode)
     slept: list[float] = []
     monkeypatch.setattr(engine, "_sleep", slept.append)
+    monkeypatch.setattr(engine, "_clock", engine._slept_clock)  # time is what it sleeps
     requests = [
         GenerateRequest(f"r{k}", (7,) * n, SamplingParams(max_tokens=4, seed=k))
         for k, n in enumerate(PROMPT_TOKENS)

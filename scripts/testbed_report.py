@@ -5,7 +5,10 @@ Usage: .venv/bin/python scripts/testbed_report.py OUT_DIR [--img-dir docs/img] [
 
 Capacity is each deployment's steady throughput (completions between the 10th and 90th
 percentile) when offered 1.4x its planned Λ_max; the ratios divide by homogeneous PD's. Link drop
-and burst windows split the requests by send time: before the event, during it, after it.
+and burst windows split the requests by send time: before the event, during it, after it. The
+RTT runs (`rtt{RTT}-{LOAD}`) give TTFT live and simulated at each round trip; the link drops of
+several depths and lengths (`drop{LOAD}-{GBPS}g{SECONDS}s-{static|controller}`) give the drop
+window's TTFT p99 with a static threshold and with the controller, on the same requests.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -178,6 +182,115 @@ def link_drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
     return lines, found
 
 
+RTT_LOADS = (("70", "70%"), ("90", "90%"))
+DROP_RUN = re.compile(r"^drop(\d+)-([\d.]+)g(\d+)s-(static|controller)$")
+
+
+def _rtts(out: Path) -> list[int]:
+    """The round trips (ms) of the RTT runs in `out`, ascending."""
+    found = {int(m.group(1)) for p in out.glob("rtt*-*.json")
+             if (m := re.match(r"^rtt(\d+)-\d+$", p.stem))}  # fmt: skip
+    return sorted(found)
+
+
+def _q(block: dict[str, Any], key: str, q: str) -> Any:
+    return block.get(key, {}).get(q)
+
+
+def _off(a: Any, b: Any) -> str:
+    """Live against simulated, as "+12%" ("-" when missing)."""
+    r = ratio(a, b)
+    return "-" if r is None else f"{(r - 1) * 100:+.0f}%"
+
+
+def rtt_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
+    """TTFT live and simulated at each RTT and load: p50/p90/p99, the live/sim gap at p90 and
+    p99, the time to the second token's p90 and the offload ratio."""
+    lines = [
+        "| RTT (ms) | load | TTFT p50 live / sim | p90 live / sim | p99 live / sim | p90 gap "
+        "| p99 gap | 2nd token p90 live / sim | offload live / sim | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    found: dict[str, Any] = {}
+    for rtt in _rtts(out):
+        for suffix, label in RTT_LOADS:
+            result = load(out, f"rtt{rtt}-{suffix}")
+            if result is None:
+                continue
+            run = result["runs"][0]
+            live, sim = run["live"], run["sim"]
+            found[f"rtt{rtt}-{suffix}"] = {"rtt_ms": rtt, "load": label, "live": live, "sim": sim}
+            pair = {q: (_q(live, "ttft_s", q), _q(sim, "ttft_s", q)) for q in ("p50", "p90", "p99")}
+            second = (_q(live, "second_token_s", "p90"), _q(sim, "second_token_s", "p90"))
+            lines.append(
+                f"| {rtt} | {label} ({fmt(run['rate_rps'], 1)} req/s) | "
+                + " | ".join(f"{fmt(a)} / {fmt(b)}" for a, b in pair.values())
+                + f" | {_off(*pair['p90'])} | {_off(*pair['p99'])} | "
+                f"{fmt(second[0])} / {fmt(second[1])} | "
+                f"{fmt(live['offload_ratio'])} / {fmt(sim.get('offload_ratio'))} | "
+                f"{live['num_ok']}/{live['num_planned']} |"
+            )
+    return lines, found
+
+
+def _both(during: dict[str, dict[str, Any]], q: str | None) -> str:
+    """ "static / controller": the drop window's TTFT percentile `q` (None: offload ratio)."""
+    cells = []
+    for how in ("static", "controller"):
+        w = during.get(how)
+        value = None if w is None else w["offload_ratio"] if q is None else w["ttft_s"][q]
+        cells.append(fmt(value))
+    return " / ".join(cells)
+
+
+def _live_sim(whole: dict[str, dict[str, Any]], how: str, q: str) -> str:
+    """A run's whole-run TTFT percentile `q`, live / simulated (gap)."""
+    run = whole.get(how)
+    if run is None:
+        return "-"
+    a, b = _q(run["live"], "ttft_s", q), _q(run["sim"], "ttft_s", q)
+    return f"{fmt(a)} / {fmt(b)} ({_off(a, b)})"
+
+
+def drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
+    """Link drops of several depths and lengths: per load, depth and length, the drop window's
+    TTFT p99 and p90 with the static threshold and with the controller (the same requests), the
+    offload ratio during the drop, and each run's whole-run TTFT p90 and p99 live against
+    simulated."""
+    runs: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for path in sorted(out.glob("drop*.json")):
+        m = DROP_RUN.match(path.stem)
+        if m is None:
+            continue
+        load_pct, gbps, seconds, how = m.groups()
+        runs.setdefault((load_pct, gbps, seconds), {})[how] = json.loads(path.read_text())
+    lines = [
+        "| load | drop to (Gbps) | for (s) | drop-window TTFT p99 static / controller "
+        "| p90 static / controller | offload during static / controller "
+        "| whole run p90 live / sim: static | controller | p99 live / sim: static | controller |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    found: dict[str, Any] = {}
+    for (load_pct, gbps, seconds), pair in sorted(runs.items(), key=lambda kv: (
+            kv[0][0], -float(kv[0][1]), -int(kv[0][2]))):  # fmt: skip
+        during, whole = {}, {}
+        for how in ("static", "controller"):
+            result = pair.get(how)
+            if result is None:
+                continue
+            drop, run = result["link_drop"], result["runs"][0]
+            during[how] = windows(run, drop["at_s"], drop["at_s"] + drop["duration_s"])["during"]
+            whole[how] = run
+        found[f"{load_pct}-{gbps}-{seconds}"] = {"during": during}
+        lines.append(
+            f"| {load_pct}% | {gbps} | {seconds} | {_both(during, 'p99')} | "
+            f"{_both(during, 'p90')} | {_both(during, None)} | "
+            f"{_live_sim(whole, 'static', 'p90')} | {_live_sim(whole, 'controller', 'p90')} | "
+            f"{_live_sim(whole, 'static', 'p99')} | {_live_sim(whole, 'controller', 'p99')} |"
+        )
+    return lines, found
+
+
 def burst_rows(out: Path) -> list[str]:
     result = load(out, "burst")
     if result is None:
@@ -227,7 +340,31 @@ def plot(out: Path, img_dir: Path, capacity: dict[str, Any], paper: dict[str, An
     panels = [(c, title) for c, title in ((capacity, "cost-model prefill"),
                                            (paper, "the paper's prefill curves")) if c]  # fmt: skip
     written = [_plot_capacity(img_dir, panels)] if panels else []
-    return [*written, _plot_link_drop(out, img_dir)]
+    if any(load(out, name) for name in LINK_DROP_RUNS):
+        written.append(_plot_link_drop(out, img_dir))
+    if _rtts(out):
+        written.append(_plot_rtt(out, img_dir))
+    return written
+
+
+def _plot_rtt(out: Path, img_dir: Path) -> str:
+    """TTFT p50/p90/p99 against the round trip, live (solid) and simulated (dashed), a panel per
+    load."""
+    import matplotlib.pyplot as plt
+
+    rtts = _rtts(out)
+    fig, axes = plt.subplots(1, len(RTT_LOADS), figsize=(6 * len(RTT_LOADS), 4), squeeze=False)
+    for ax, (suffix, label) in zip(axes[0], RTT_LOADS, strict=True):
+        results = {r: load(out, f"rtt{r}-{suffix}") for r in rtts}
+        xs = [r for r in rtts if results[r] is not None]
+        for q, color in (("p50", "C0"), ("p90", "C1"), ("p99", "C3")):
+            for side, style in (("live", "-o"), ("sim", "--x")):
+                ys = [_q(results[r]["runs"][0][side], "ttft_s", q) for r in xs]  # type: ignore[index]
+                ax.plot(xs, ys, style, color=color, label=f"{q} {side}")
+        ax.set(xlabel="round trip, ms", ylabel="TTFT, s", title=f"{label} load", ylim=(0, None))
+        ax.legend(fontsize=7, ncol=3)
+    fig.suptitle("TTFT against the WAN's round trip (jitter RTT/10, 0.01% loss): live, simulated")
+    return save_figure(fig, img_dir / "testbed_rtt.png")
 
 
 def _plot_capacity(img_dir: Path, panels: list[tuple[dict[str, Any], str]]) -> str:
@@ -283,8 +420,11 @@ def main() -> int:
     capacity_lines, capacity = capacity_rows(out)
     paper_lines, paper = capacity_rows(out, "paper-")
     drop_lines, drops = link_drop_rows(out)
+    rtt_lines, rtts = rtt_rows(out)
+    depth_lines, depths = drop_rows(out)
     if args.json:
-        print(json.dumps({"capacity": capacity, "capacity_paper": paper, "link_drop": drops}))
+        print(json.dumps({"capacity": capacity, "capacity_paper": paper, "link_drop": drops,
+                          "rtt": rtts, "link_drops": depths}))  # fmt: skip
         return 0
     sections = [
         ("Capacity, cost-model prefill", capacity_lines),
@@ -292,6 +432,8 @@ def main() -> int:
         ("Capacity, the paper's prefill curves", paper_lines),
         ("TTFT by load, the paper's prefill curves", load_rows(out, "paper-")),
         ("Link drop", drop_lines),
+        ("Round trip, live vs simulated", rtt_lines),
+        ("Link drops of several depths and lengths", depth_lines),
         ("Burst of long prompts", burst_rows(out)),
         ("Burst run, live vs simulated", side_by_side(out, "burst")),
         ("Mooncake conversation trace, live vs simulated", side_by_side(out, "mooncake")),

@@ -7,8 +7,8 @@
 #
 #   sudo scripts/testbed_results.sh OUT_DIR [SCENARIO ...]
 #
-# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake, codec, rtt
-# (default: all but codec and rtt). Every run writes
+# SCENARIO: capacity, capacity-paper, linkdrop, linkdrop70, burst, mooncake, codec, rtt,
+# linkdrops (default: all but codec, rtt and linkdrops). Every run writes
 # OUT_DIR/NAME.json (the `prfaas bench system` result), OUT_DIR/NAME.txt (its table) and
 # OUT_DIR/NAME/ (its plots). `scripts/testbed_report.py OUT_DIR` summarizes them.
 set -euo pipefail
@@ -132,6 +132,27 @@ for scenario in $SCENARIOS; do
                 --output-tokens "$OUTPUT_TOKENS"
             bench "rtt$rtt_ms-90" --rate 2.7 --num-requests "${RTT_REQUESTS90:-250}" \
                 --output-tokens "$OUTPUT_TOKENS"
+        done
+        ;;
+    linkdrops)
+        # link drops of several depths and lengths, static threshold and controller on the same
+        # requests, at 90% and 70% load: to 10 Gbps nominal (the link binds) and to 25 Gbps
+        # (it does not) for 90 s from 40 s, and to 10 Gbps for 30 s
+        for load in 90 70; do
+            if [ "$load" = 90 ]; then rate=2.7 long=400 short=250; else rate=2.1 long=300 short=200; fi
+            for drop in ${DROPS:-10:90 25:90 10:30}; do
+                gbps=${drop%%:*}
+                seconds=${drop##*:}
+                count=$long
+                [ "$seconds" -le 30 ] && count=$short
+                for how in static controller; do
+                    flags=()
+                    [ "$how" = controller ] && flags=(--controller)
+                    up --deployment prfaas --prfaas 4 --pd-prefill 4 --pd-decode 4 "${flags[@]}"
+                    bench "drop$load-${gbps}g${seconds}s-$how" --rate "$rate" --num-requests "$count" \
+                        --output-tokens "$OUTPUT_TOKENS" --link-drop "40:$seconds:$gbps"
+                done
+            done
         done
         ;;
     mooncake)

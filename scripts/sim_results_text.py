@@ -21,9 +21,13 @@ own link and workload: the split N_prfaas / N_p / N_d, PrfaaS-PD's threshold t a
 Λ_max are `prfaas plan`'s for the same flags (the "split", "t" and "model Λ_max" columns). At
 100 Gbps that is 4/3/5 (t = 19.7K), 9/3 and 4/-/8; at 10 Gbps PrfaaS-PD becomes 4/4/4.
 
-Definitions used below (see `prfaas.sim.metrics`): TTFT = arrival to the first token, which is
-sampled at the end of prefill (as in the paper); transfer and decode-slot waits therefore show up
-in TPOT = (finish - first token) / (output tokens - 1). Throughput and goodput
+Definitions used below (see `prfaas.sim.metrics`): TTFT = arrival to the first token sampled at
+the end of prefill (as in the paper); transfer and decode-slot waits therefore show up in TPOT =
+(finish - first token) / (output tokens - 1). Since these runs, `prfaas sim --json` reports that
+TTFT as `prefill_done_s`, and its `ttft_s` is the moment the client has the first token (after
+the transfer's tail and the decode instance's import, as live; docs/architecture.md), so the
+commands below now print the tables' TTFT under `prefill_done_s`, and their `tpot_s` counts
+from that first token (the tables' TPOT counts from the end of prefill). Throughput and goodput
 count completions inside the arrival window; goodput requires TTFT <= 10 s and TPOT <= 30 ms.
 "Unfinished" requests were still in the system 600 s after the last arrival. Each run is one hour of
 arrivals with seed 0; runs are deterministic (same config and seed, byte-identical JSON).

@@ -305,6 +305,8 @@ def test_bench_system_drives_the_testbed_and_drops_its_link(testbed: dict[str, A
     offloaded = sum(q["kv_bytes"] for q in run["requests"] if q["route"] == "prfaas")
     assert offloaded > 0 and run["live"]["egress"]["total_bytes"] >= offloaded  # the WAN qdisc
     assert run["sim"]["num_completed"] == 6 and run["plan"]["lambda_max_rps"] > 0
+    efficiency = run["live"]["payload_efficiency"]  # KV over the WAN's wire bytes
+    assert 0.5 < efficiency <= 1 and run["sim"]["payload_efficiency"] == efficiency
     assert _router_control(testbed)["link_bytes_per_s"] == pytest.approx(1e9 / 8)  # restored
 
 

@@ -281,6 +281,27 @@ def plan_point(
     }
 
 
+def measured_payload_efficiency(outcome: RunOutcome) -> float | None:
+    """KV payload bytes per wire byte of a run on a testbed: the offloaded requests' KV over what
+    the WAN's qdisc carried towards the PD cluster (TCP/IP and frame headers and the PrfaaS
+    instances' HTTP answers share that direction). None without egress or offloaded KV, or
+    outside (0, 1]."""
+    samples = outcome.egress_samples
+    wire_bytes = samples[-1][1] - samples[0][1] if samples else 0
+    payload_bytes = sum(r.kv_bytes for r in outcome.results if r.ok and r.route == "prfaas")
+    if wire_bytes <= 0 or payload_bytes <= 0 or payload_bytes > wire_bytes:
+        return None
+    return payload_bytes / wire_bytes
+
+
+def with_payload_efficiency(topology: Topology, efficiency: float | None) -> Topology:
+    """`topology` whose `[link] payload_efficiency` is `efficiency` (unchanged for None, or
+    with several providers, each with its own link)."""
+    if efficiency is None or len(topology.providers) > 1:
+        return topology
+    return replace(topology, link=replace(topology.link, payload_efficiency=efficiency))
+
+
 def compare(
     topology: Topology,
     outcome: RunOutcome,

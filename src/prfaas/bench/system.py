@@ -26,9 +26,11 @@ from prfaas.bench.outcome import RequestResult
 from prfaas.bench.report import (
     compare,
     live_provider_split,
+    measured_payload_efficiency,
     meets_slo,
     sim_meets_slo,
     summarize_live,
+    with_payload_efficiency,
 )
 from prfaas.bench.schedule import Workload, build_schedule, warmup_schedule
 from prfaas.bench.testbed_link import BenchTestbed, LinkDrop
@@ -214,8 +216,16 @@ def run_once(
         )
     )
     prompts = [p.prompt_token_ids for p in schedule]
-    sim, plan = compare(svc.topology, outcome, _sim_bandwidth(svc.topology, drop), prompts)
+    # on a testbed the WAN's qdisc counts wire bytes: the simulator and the planner take the
+    # link's payload rate from the efficiency this run measured
+    measured = None if testbed is None else measured_payload_efficiency(outcome)
+    efficiency = None if measured is None else round(measured, 4)
+    replay = with_payload_efficiency(svc.topology, efficiency)
+    sim, plan = compare(replay, outcome, _sim_bandwidth(replay, drop), prompts)
     live = summarize_live(outcome)
+    live["payload_efficiency"] = efficiency
+    if "unavailable" not in sim:
+        sim["payload_efficiency"] = replay.link.payload_efficiency
     target_s = svc.topology.policy.ttft_target_s
     if len(svc.topology.providers) > 1 and target_s is not None:
         live["providers"] = live_provider_split(outcome.results, target_s)

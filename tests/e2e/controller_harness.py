@@ -32,6 +32,7 @@ def write_topology(
     prefix_block_tokens: int | None = None,
     api_keys: tuple[str, ...] = (),
     time_scale: float = 0.0,
+    link_hold_s: float = 0.0,
 ) -> Path:
     """The test topology; a driven `[controller]` that decides on the first tick it can.
     `time_scale` 0: the emulated engines do not sleep."""
@@ -42,6 +43,7 @@ def write_topology(
         persistence_ticks=1,
         threshold_persistence_ticks=1,
         cooldown_s=0,
+        link_hold_s=link_hold_s,
     )
     prefix_cache = None
     if prefix_block_tokens is not None:

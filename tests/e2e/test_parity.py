@@ -10,6 +10,7 @@ request is its length, the prefixes cached in each cluster, t and the link's cap
 
 from __future__ import annotations
 
+import heapq
 import random
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ BLOCK_TOKENS = 64
 PERIOD_S = 60.0
 SPACING_S = 5.0
 LINK_DROP = (100.0, 1.0)  # at 100 s the link falls from 10 to 1 Gbps
+LINK_HOLD_S = 15.0  # the controller acts on it at 115 s, between two ticks
 
 
 def _script(seed: int = 0) -> tuple[list[tuple[float, list[int]]], list[float]]:
@@ -66,16 +68,22 @@ def _script(seed: int = 0) -> tuple[list[tuple[float, list[int]]], list[float]]:
 
 
 def _run_live(live: Live, requests: list[tuple[float, list[int]]], ticks: list[float]) -> Any:
-    events = [(at, 1, "request", prompt) for at, prompt in requests]
-    events += [(at, 0, "tick", None) for at in ticks]
-    events.append((LINK_DROP[0], 0, "link", LINK_DROP[1]))
+    events: list[tuple[float, int, int, str, Any]] = [
+        (at, 1, k, "request", prompt) for k, (at, prompt) in enumerate(requests)
+    ]
+    events += [(at, 0, -1, "tick", None) for at in ticks]
+    events.append((LINK_DROP[0], 0, -1, "link", LINK_DROP[1]))
+    heapq.heapify(events)
     routes, decisions = [], []
-    for at_s, _, kind, value in sorted(events, key=lambda e: (e[0], e[1])):
+    while events:
+        at_s, _, _, kind, value = heapq.heappop(events)
         if kind == "link":  # the simulator's controller decides at a bandwidth step: so here
             live.post("/internal/control/link", {"gbps": value}, internal=True)
-            decisions += live.post("/internal/control/tick", {"at_s": at_s}, internal=True)[
-                "decisions"
-            ]
+            answer = live.post("/internal/control/tick", {"at_s": at_s}, internal=True)
+            decisions += answer["decisions"]
+            # and once the drop held `link_hold_s`, as the simulator's wake
+            assert answer["wake_at_s"] == at_s + LINK_HOLD_S
+            heapq.heappush(events, (answer["wake_at_s"], 0, -1, "tick", None))
         elif kind == "tick":
             decisions += live.post("/internal/control/tick", {"at_s": at_s}, internal=True)[
                 "decisions"
@@ -141,6 +149,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Any:
         with_controller=True,
         period_s=PERIOD_S,
         prefix_block_tokens=BLOCK_TOKENS,
+        link_hold_s=LINK_HOLD_S,
     )
     yield system
     system.launcher.stop()
@@ -176,6 +185,8 @@ def test_router_and_simulator_decide_alike(live: Live, tmp_path: Path) -> None:
     assert any(n < len(p) for (_, _, n), (_, p) in zip(live_routes, requests, strict=True))
     kinds = [str(d["kind"]) for d in decisions]
     assert kinds.count("threshold") >= 2 and "role_change" in kinds, kinds
+    # the drop was acted on once it held, at the wake both sides scheduled
+    assert LINK_DROP[0] + LINK_HOLD_S in [d["at_s"] for d in decisions], decisions
 
 
 def test_a_different_link_drop_changes_the_simulators_decisions(live: Live) -> None:

@@ -46,7 +46,8 @@ class ControllerConfig:
     min_shift_samples: int = 20  # ...with at least this many samples on each side
     min_pd_prefill: int = 1  # no conversion leaves fewer PD-P instances than this
     min_pd_decode: int = 1  # no conversion leaves fewer PD-D instances than this
-    link_change_share: float = 0.2  # B_out moved this much since the last tick: adopt t at once
+    link_change_share: float = 0.2  # B_out moved this much since the last tick: a new capacity
+    link_hold_s: float = 20.0  # act on a new capacity (t and roles at once) once it held this long
 
     def __post_init__(self) -> None:
         for name in ("period_s", "window_s"):
@@ -55,7 +56,13 @@ class ControllerConfig:
                 raise ValueError(f"{name} must be finite and > 0, got {value}")
         if not self.shift_z > 0:
             raise ValueError(f"shift_z must be > 0, got {self.shift_z}")
-        for name in ("threshold_min_gain", "min_role_gain", "cooldown_s", "link_change_share"):
+        for name in (
+            "threshold_min_gain",
+            "min_role_gain",
+            "cooldown_s",
+            "link_change_share",
+            "link_hold_s",
+        ):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be finite and >= 0, got {value}")

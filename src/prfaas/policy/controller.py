@@ -19,21 +19,23 @@ against the profile):
    least `min_role_gain` (prefill binds: Θ_prfaas + Θ_pd-p < Θ_pd-d, the best split has more PD-P;
    decode binds: the reverse), for `persistence_ticks` consecutive ticks in the same direction,
    outside the `cooldown_s` after the previous change and with no conversion in progress, convert
-   up to `max_instances_per_change` instances one way (`RoleChange`). On a tick where the link's
-   capacity moved by `link_change_share` or more, the best split is taken at once and whole (no
-   persistence, no cooldown, no per-change limit): the change is real, not sampling noise, and a
-   link that fell to a tenth cannot wait minutes for the split it needs. The gain margin is the
-   hysteresis: a change and its reverse cannot both clear it on the same lengths, so roles do not
-   flap under a constant load. PrfaaS instances are never converted.
+   up to `max_instances_per_change` instances one way (`RoleChange`). When the link's capacity
+   moved by `link_change_share` or more and has held `link_hold_s` since, the best split is
+   taken at once and whole (no persistence, no cooldown, no per-change limit): the change is
+   real, not sampling noise, and a link that fell to a tenth cannot wait minutes for the split it
+   needs. The hold keeps a short drop from converting anything (a capacity that changes again
+   restarts it); `wake_at_s` tells the driver when to tick for it, before the next period. The
+   gain margin is the hysteresis: a change and its reverse cannot both clear it on the same
+   lengths, so roles do not flap under a constant load. PrfaaS instances are never converted.
 2. *Threshold (Eq. 7).* The t that balances the two prefill paths for the (new) split. It is
    adopted (`ThresholdUpdate`) only when it raises the prefill paths' capacity
    min(Θ_prfaas / p, Θ_pd-p / (1 - p)) by at least `threshold_min_gain` over the current t, in the
    same direction for `threshold_persistence_ticks` ticks, so sampling noise in the window rarely
    moves t under a constant load, while a link drop or a shift in lengths does. It is adopted at
-   once after a role change, and when the measured link capacity moved by at least
-   `link_change_share` since the previous tick: a capacity change is not sampling noise, and the
-   driver ticks as soon as it learns of one (the router when told the link's new rate, the
-   simulator at a bandwidth step) instead of waiting for the period.
+   once after a role change, and when a new link capacity has held `link_hold_s`: a capacity
+   change is not sampling noise, and the driver ticks as soon as it learns of one (the router
+   when told the link's new rate, the simulator at a bandwidth step) and at `wake_at_s`, instead
+   of waiting for the period.
 
 Every decision carries a `reason` (its rule, then the numbers) and `inputs`, the snapshot it was
 computed from. The knobs, the measurements and the decision types are `prfaas.policy.control_types`,
@@ -153,6 +155,7 @@ class AdaptiveController:
         self._last_time = -math.inf
         self._last_tick_s = -math.inf
         self._last_egress_bytes_per_s: float | None = None  # B_out at the previous tick
+        self._link_changed_at: float | None = None  # a capacity change not yet acted on by roles
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -190,6 +193,11 @@ class AdaptiveController:
                 self._samples.popleft()
         self._last_tick_s = now
         link_changed = self._link_changed(measured.egress_bytes_per_s)
+        if link_changed:
+            self._link_changed_at = now
+        link_settled = self._link_settled(now)
+        if link_settled:
+            self._link_changed_at = None  # answered now, or by the usual rules from here on
         values = [tokens for _, tokens in self._samples]
         if len(values) < self.config.min_samples or max(values) <= 0:
             self._streak_direction, self._streak_ticks = 0, 0
@@ -209,11 +217,13 @@ class AdaptiveController:
         )
         decisions: list[ControlDecision] = []
         target = current
-        change = self._role_change(now, measured, current, best, plans, inputs)
+        change = self._role_change(now, measured, current, best, plans, inputs, link_settled)
         if change is not None:
             decisions.append(change[0])
             target = change[1]
-        update = self._threshold_update(now, costs, lengths, target, inputs, change is not None)
+        update = self._threshold_update(
+            now, costs, lengths, target, inputs, change is not None, link_settled
+        )
         if update is not None:
             decisions.append(update)
         return decisions
@@ -268,6 +278,17 @@ class AdaptiveController:
         if last is None:
             return False
         return abs(egress_bytes_per_s / last - 1.0) >= self.config.link_change_share
+
+    def _link_settled(self, now: float) -> bool:
+        """A capacity change has held `link_hold_s` and the roles have not answered it."""
+        at = self._link_changed_at
+        return at is not None and now - at >= self.config.link_hold_s
+
+    def wake_at_s(self) -> float | None:
+        """When the driver should tick before its period: once a capacity change it holds has
+        lasted `link_hold_s`; None when none is held."""
+        at, hold_s = self._link_changed_at, self.config.link_hold_s
+        return None if at is None or hold_s <= 0 else at + hold_s
 
     def _advance(self, now: float) -> None:
         if not math.isfinite(now) or now < self._last_time:
@@ -332,10 +353,11 @@ class AdaptiveController:
         best: SplitPlan,
         plans: dict[int, SplitPlan],
         inputs: ControlInputs,
+        link_changed: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
         """The conversion due now and the split it leads to, or None. After a link capacity
         change the best split is taken at once, whole: no persistence, no cooldown."""
-        cfg, link_changed = self.config, inputs.link_changed
+        cfg = self.config
         if self._streak_direction == 0 or measured.num_converting > 0:
             return None
         if not link_changed:
@@ -374,6 +396,7 @@ class AdaptiveController:
         target: SplitPlan,
         inputs: ControlInputs,
         after_role_change: bool,
+        link_settled: bool,
     ) -> ThresholdUpdate | None:
         kept = evaluate(
             costs,
@@ -393,7 +416,7 @@ class AdaptiveController:
         if direction == 0:
             return None
         self._t_streak_ticks += 1
-        at_once = after_role_change or inputs.link_changed
+        at_once = after_role_change or link_settled
         needed = 1 if at_once else self.config.threshold_persistence_ticks
         if self._t_streak_ticks < needed:
             return None
@@ -401,7 +424,7 @@ class AdaptiveController:
         old = self.threshold_tokens
         new = target.threshold_tokens
         why = "after role change, " if after_role_change else ""
-        if inputs.link_changed:
+        if link_settled:
             why += "link capacity changed, "
         if inputs.window_reset:
             why += f"lengths shifted (z={inputs.shift_z:.1f}, older samples dropped), "

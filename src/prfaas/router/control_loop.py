@@ -57,6 +57,7 @@ _MAX_LOGGED_DECISIONS = 1000
 _ROUTER_DRAIN_TIMEOUT_S = 900.0  # requests in flight to a converting instance may take this long
 _SWITCH_TIMEOUT_S = 900.0  # and the instance as long to report its new role
 _POLL_S = 0.05
+_WAKE_SLACK_S = 0.01  # wake this much after the controller's wake_at_s, so that it is due
 _ROLE_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
@@ -116,10 +117,31 @@ class RouterControl:
 
     def link_capacity_changed(self) -> None:
         """The monitor took a new link capacity (an operator or a testbed said so): the
-        controller ticks at once instead of at its next period (in driven mode the driver
-        decides when)."""
+        controller ticks at once instead of at its next period, and again when the capacity
+        has held `link_hold_s` (in driven mode the driver decides when: `/tick` answers the
+        controller's `wake_at_s`)."""
         if not self.driven:
             self.tick(self.now())
+            self._schedule_wake()
+
+    def _schedule_wake(self) -> None:
+        """A tick at the controller's `wake_at_s`, if it asks for one."""
+        wake_at_s = self.controller.wake_at_s()
+        if wake_at_s is None:
+            return
+        task = asyncio.create_task(self._wake(wake_at_s - self.now() + _WAKE_SLACK_S))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _wake(self, delay_s: float) -> None:
+        await asyncio.sleep(max(0.0, delay_s))
+        wake_at_s = self.controller.wake_at_s()
+        if wake_at_s is None or wake_at_s > self.now():  # moved by a later change
+            return
+        try:
+            self.tick(self.now())
+        except Exception:  # a bug here must not stop the router
+            log.exception("controller wake tick failed")
 
     def role_counts(self) -> tuple[int, int, int]:
         """(N_p, N_d, converting), converting instances counted in their new role."""

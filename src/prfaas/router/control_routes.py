@@ -10,7 +10,8 @@ inputs an operator, a testbed or a scripted test gives it. Behind the deployment
   ticks at once on it; in driven mode the driver posts that tick itself (`/tick`).
 - `POST /internal/control/clock {"at_s": T}` (driven mode): the controller's time is now T.
 - `POST /internal/control/tick {"at_s": T}` (driven mode): time T, then one tick; answers the
-  decisions it made.
+  decisions it made and `wake_at_s`, when the controller wants its next tick before the
+  period (a new link capacity it holds; null when none).
 
 Every endpoint but `link` answers 404 on a deployment without a `[controller]`.
 """
@@ -162,4 +163,6 @@ def add_control_routes(app: FastAPI) -> None:
         if isinstance(control, Response):
             return control
         now = control.now()
-        return JSONResponse({"now_s": now, "decisions": control.tick(now)})
+        decisions = control.tick(now)
+        wake_at_s = control.controller.wake_at_s()
+        return JSONResponse({"now_s": now, "decisions": decisions, "wake_at_s": wake_at_s})

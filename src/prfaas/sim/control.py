@@ -137,6 +137,10 @@ class SimControl:
         self.decisions += decisions
         return decisions
 
+    def wake_at_s(self) -> float | None:
+        """When the controller wants to decide before its next tick, or None."""
+        return None if self.controller is None else self.controller.wake_at_s()
+
     def conversion_started(self, now: float, instance_id: str, from_role: str) -> None:
         """An instance stopped taking work and drains before changing role."""
         self.conversions.append(

@@ -91,6 +91,14 @@ class ControllerTick:
     priority = Priority.CONTROLLER_TICK
 
 
+@dataclass(frozen=True, slots=True)
+class ControllerWake:
+    """An extra controller decision between ticks: a link capacity change it held has lasted
+    long enough to act on (`AdaptiveController.wake_at_s`). Stale when the wake moved since."""
+
+    priority = Priority.CONTROLLER_TICK
+
+
 Event = (
     Arrival
     | PrefillStepDone
@@ -99,6 +107,7 @@ Event = (
     | BandwidthChange
     | DecodeWake
     | ControllerTick
+    | ControllerWake
 )
 
 

@@ -45,6 +45,7 @@ from prfaas.sim.events import (
     Arrival,
     BandwidthChange,
     ControllerTick,
+    ControllerWake,
     DecodeWake,
     Event,
     EventQueue,
@@ -224,9 +225,12 @@ class SimHandlers:
     def on_bandwidth_change(self, event: BandwidthChange) -> FollowUps:
         site = self.sites[event.link]
         site.set_wire_bytes_per_s(self.now, event.bytes_per_s)
+        wake: FollowUps = []
         if self.control is not None:  # the controller hears of it at once, as the router does
             self._control_decide()
-        return self._next_bandwidth_change(site, event.step_index + 1) + self._link_follow_ups(site)
+            wake = self._controller_wake()
+        follow_ups = self._next_bandwidth_change(site, event.step_index + 1)
+        return follow_ups + self._link_follow_ups(site) + wake
 
     def _next_bandwidth_change(self, site: LinkSite, step_index: int) -> FollowUps:
         if step_index >= len(site.bandwidth):
@@ -468,6 +472,19 @@ class SimHandlers:
         control.record(self.now, self._tick_state(control.period_s))
         next_tick = ControllerTick(event.tick_index + 1)
         return [(self.now + control.period_s, next_tick)]
+
+    def on_controller_wake(self, event: ControllerWake) -> FollowUps:
+        wake_at_s = self._control().wake_at_s()
+        if wake_at_s is not None and wake_at_s <= self.now:  # not moved by a later change
+            self._control_decide()
+        return []
+
+    def _controller_wake(self) -> FollowUps:
+        """The extra decision the controller asked for, if it is later than now."""
+        wake_at_s = self._control().wake_at_s()
+        if wake_at_s is None or wake_at_s <= self.now:
+            return []
+        return [(wake_at_s, ControllerWake())]
 
     def _control_decide(self) -> None:
         """The controller decides now and its decisions are carried out."""

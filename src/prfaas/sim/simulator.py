@@ -13,6 +13,7 @@ from prfaas.sim.config import SimConfig, SimRequest
 from prfaas.sim.events import (
     Arrival,
     ControllerTick,
+    ControllerWake,
     DecodeWake,
     Event,
     LinkDrain,
@@ -73,6 +74,8 @@ class Simulator(SimHandlers):
             return self.on_decode_wake(event)
         if isinstance(event, ControllerTick):
             return self.on_controller_tick(event)
+        if isinstance(event, ControllerWake):
+            return self.on_controller_wake(event)
         return self.on_bandwidth_change(event)
 
     def summary(self) -> dict[str, Any]:

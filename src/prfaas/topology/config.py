@@ -53,7 +53,8 @@ period_s = 30                # tick period (re-search t, maybe convert one PD in
 window_s = 300               # sliding window of incremental lengths
 driven = false               # true: no timer; ticks come from POST /internal/control/tick
 # also: min_samples, persistence_ticks, threshold_persistence_ticks, cooldown_s,
-# min_role_gain, threshold_min_gain, link_change_share (prfaas.policy.ControllerConfig)
+# min_role_gain, threshold_min_gain, link_change_share, link_hold_s
+# (prfaas.policy.ControllerConfig)
 
 [transport]
 token = "..."                # or token_file, or tls_cert + tls_key + tls_ca (or both kinds)

@@ -69,7 +69,13 @@ TOP_KEYS = (
     "clusters",
 )
 CONTROLLER_INT_KEYS = ("min_samples", "persistence_ticks", "threshold_persistence_ticks")
-CONTROLLER_RATE_KEYS = ("cooldown_s", "min_role_gain", "threshold_min_gain", "link_change_share")
+CONTROLLER_RATE_KEYS = (
+    "cooldown_s",
+    "min_role_gain",
+    "threshold_min_gain",
+    "link_change_share",
+    "link_hold_s",
+)
 CONTROLLER_KEYS = ("period_s", "window_s", "driven", *CONTROLLER_INT_KEYS, *CONTROLLER_RATE_KEYS)
 PREFIX_CACHE_KEYS = ("block_tokens", "budget_bytes")
 MODEL_KEYS = (

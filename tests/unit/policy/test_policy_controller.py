@@ -160,7 +160,9 @@ def test_a_link_capacity_change_moves_t_at_the_first_tick(
 ) -> None:
     """After B_out drops 50x, t moves at the very next tick; when a change that size does not
     count as a link change (share 100), only after `threshold_persistence_ticks` (2)."""
-    ctl = controller(eq7(LONG, 4), min_role_gain=10.0, link_change_share=link_change_share)
+    ctl = controller(
+        eq7(LONG, 4), min_role_gain=10.0, link_change_share=link_change_share, link_hold_s=0.0
+    )
     loop = Loop(ctl, num_pd_p=4)
     loop.finish(LONG, 3)  # at 1 GB/s t is already Eq. 7's: nothing to change
     assert loop.threshold_updates() == []
@@ -213,7 +215,8 @@ def test_a_link_capacity_change_takes_the_best_split_at_once(link_change_share: 
     """Prefill binds at N_p = 1; the link's capacity then halves: the next tick converts straight
     to the best split (several instances, no persistence). Not counted as a link change: nothing
     yet (one tick of streak out of three)."""
-    loop = Loop(controller(eq7(LONG, 1), link_change_share=link_change_share), num_pd_p=1)
+    ctl = controller(eq7(LONG, 1), link_change_share=link_change_share, link_hold_s=0.0)
+    loop = Loop(ctl, num_pd_p=1)
     loop.finish(LONG, 1)
     assert loop.role_changes() == []
     loop.finish(LONG, 1, egress=5e8)
@@ -224,6 +227,48 @@ def test_a_link_capacity_change_takes_the_best_split_at_once(link_change_share: 
     best = change.inputs.best_num_pd_p
     assert best - 1 > 1 and change.num_instances == best - 1 and loop.num_pd_p == best
     assert change.reason.startswith("prefill binds: link capacity changed, ")
+
+
+def _tick_at(ctl: AdaptiveController, now: float, num_pd_p: int, egress: float) -> list[str]:
+    """Samples up to `now`, one tick; the decisions' kinds."""
+    rng = random.Random(int(now))
+    for k in range(PER_PERIOD):
+        ctl.observe(now - 1.0 + k / PER_PERIOD, LONG.sample(rng))
+    return [type(d).__name__ for d in ctl.tick(now, measured(num_pd_p, egress))]
+
+
+def test_a_new_link_capacity_is_acted_on_once_it_held_link_hold_s() -> None:
+    """Prefill binds at N_p = 1 and t is Eq. 7's: the link halves at 30 s. Nothing moves at that
+    tick; the controller asks for a tick at 30 + 20 s, where it takes the best split and its t
+    at once (no persistence: it is 10 ticks here, so nothing else could move)."""
+    ctl = controller(
+        eq7(LONG, 1), link_hold_s=20.0, persistence_ticks=10, threshold_persistence_ticks=10
+    )
+    assert _tick_at(ctl, 0.0, 1, 1e9) == [] and ctl.wake_at_s() is None
+    assert _tick_at(ctl, 30.0, 1, 5e8) == []
+    assert ctl.wake_at_s() == 50.0
+    assert _tick_at(ctl, 49.0, 1, 5e8) == []  # not yet held long enough
+    assert _tick_at(ctl, 50.0, 1, 5e8) == ["RoleChange", "ThresholdUpdate"]
+    assert ctl.wake_at_s() is None
+
+
+@pytest.mark.parametrize("link_hold_s", [0.0, 20.0])
+def test_a_link_capacity_that_returns_within_the_hold_changes_nothing(link_hold_s: float) -> None:
+    """The link drops 50x at 30 s and comes back at 40 s. Held 20 s: the hold restarts at 40 s,
+    and at 60 s the capacity is the one t was made for: no decision. Not held: t jumps at 30 s."""
+    ctl = controller(
+        eq7(LONG, 4), min_role_gain=10.0, threshold_min_gain=0.2, link_hold_s=link_hold_s
+    )
+    _tick_at(ctl, 0.0, 4, 1e9)
+    at_drop = _tick_at(ctl, 30.0, 4, 2e7)
+    if not link_hold_s:
+        assert at_drop == ["ThresholdUpdate"]
+        return
+    assert at_drop == []
+    assert _tick_at(ctl, 40.0, 4, 1e9) == []
+    assert ctl.wake_at_s() == 60.0
+    assert _tick_at(ctl, 60.0, 4, 1e9) == []
+    assert ctl.num_threshold_updates == 0 and ctl.wake_at_s() is None
 
 
 def test_cooldown_and_conversions_in_progress_hold_the_next_change() -> None:

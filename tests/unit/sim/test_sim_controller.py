@@ -78,18 +78,26 @@ def test_role_change_is_logged_and_changes_the_counts() -> None:
         assert 0 < share <= 1
 
 
-@pytest.mark.parametrize("link_change_share", [0.2, 100.0])
-def test_a_bandwidth_step_makes_the_controller_decide_at_once(link_change_share: float) -> None:
+@pytest.mark.parametrize(
+    ("link_change_share", "link_hold_s", "at_s"),
+    [(0.2, 0.0, 55.0), (0.2, 2.5, 57.5), (100.0, 0, 0)],
+)
+def test_a_bandwidth_step_makes_the_controller_decide_between_ticks(
+    link_change_share: float, link_hold_s: float, at_s: float
+) -> None:
     """The link drops 50x at 55 s, between two ticks: the controller raises t at 55 s, as the
-    router does when told; if the drop did not count as a link change, only at a later tick."""
-    ctl = replace(CTL, persistence_ticks=100, link_change_share=link_change_share)
+    router does when told, or once the drop held `link_hold_s` (the simulator wakes it then);
+    if the drop did not count as a link change, only at a later tick."""
+    ctl = replace(
+        CTL, persistence_ticks=100, link_change_share=link_change_share, link_hold_s=link_hold_s
+    )
     steps = (BandwidthStep(0.0, 1e5 * 8 / 1e9), BandwidthStep(55.0, 2e3 * 8 / 1e9))
     requests = synthetic_requests(LONG, 10, 0.6, seed=1, duration_s=120)
     config = make_config(num_pd_p=2, num_decode=2, bandwidth=steps, controller=ctl)
     decisions = Simulator(config, requests).run()["controller"]["decisions"]
     raised = [d for d in decisions if d["kind"] == "threshold" and d["at_s"] >= 55.0]
     assert raised and raised[0]["new_threshold_tokens"] > raised[0]["old_threshold_tokens"]
-    assert (raised[0]["at_s"] == 55.0) == (link_change_share < 1)
+    assert raised[0]["at_s"] == at_s or (not at_s and raised[0]["at_s"] % 10 == 0)
     assert ("link capacity changed" in raised[0]["reason"]) == (link_change_share < 1)
 
 

@@ -40,6 +40,7 @@ from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.transfer import TCP_IP_HEADER_BYTES
 from prfaas.testbed.delay_schedule import DelaySettings
 from prfaas.testbed.netns import VethEnd
+from prfaas.topology.derived import model_mss_bytes
 from prfaas.types import DeploymentKind
 
 DEFAULT_NAME = "prfaas-tb"
@@ -471,8 +472,8 @@ def resolve_threshold(spec: TestbedSpec) -> tuple[float | None, str]:
     topology = testbed_topology(nominal, layout, 0.0, spec.scale.nominal_gbps)
     # the segment the scaled WAN really has, in real KV bytes (what the simulator counts)
     scaled_link = _link(spec.delay, spec.scale.wire_gbps)
-    model_mss_bytes = max(1, round(scaled_link.mss_bytes / spec.scale.payload_scale))
-    link = dataclasses.replace(topology.link, mss_bytes=model_mss_bytes)
+    mss_bytes = model_mss_bytes(scaled_link.mss_bytes, spec.scale.payload_scale)
+    link = dataclasses.replace(topology.link, mss_bytes=mss_bytes)
     topology = dataclasses.replace(topology, link=link)
     policy = topo.with_auto_threshold(topology, source="testbed (nominal)").policy
     return policy.threshold_tokens, policy.threshold_source

@@ -218,8 +218,14 @@ def model_link_path(topology: Topology, cluster_name: str | None = None) -> Link
         path,
         rtt_s=min(MAX_RTT_S, to_model(path.rtt_s)),
         jitter_s=min(MAX_RTT_S, to_model(path.jitter_s)),
-        mss_bytes=max(1, round(path.mss_bytes / topology.model.payload_scale)),
+        mss_bytes=model_mss_bytes(path.mss_bytes, topology.model.payload_scale),
     )
+
+
+def model_mss_bytes(wire_mss_bytes: int, payload_scale: float) -> int:
+    """A wire segment's bytes of real KV: an emulated engine's payloads are `payload_scale`
+    times the real ones, so each wire byte carries 1 / `payload_scale` model bytes."""
+    return max(1, round(wire_mss_bytes / payload_scale))
 
 
 def _prfaas_spec(

@@ -21,7 +21,8 @@ against the profile):
    outside the `cooldown_s` after the previous change and with no conversion in progress, convert
    up to `max_instances_per_change` instances one way (`RoleChange`). When the link's capacity
    moved by `link_change_share` or more and has held `link_hold_s` since, the best split is
-   taken at once and whole (no persistence, no cooldown, no per-change limit): the change is
+   taken at once and whole (no persistence, no cooldown, no per-change limit, and conversions
+   still under way, counted in their new roles, do not hold it back): the change is
    real, not sampling noise, and a link that fell to a tenth cannot wait minutes for the split it
    needs. The hold keeps a short drop from converting anything (a capacity that changes again
    restarts it); `wake_at_s` tells the driver when to tick for it, before the next period. The
@@ -355,10 +356,13 @@ class AdaptiveController:
         inputs: ControlInputs,
         link_changed: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
-        """The conversion due now and the split it leads to, or None. After a link capacity
-        change the best split is taken at once, whole: no persistence, no cooldown."""
+        """The conversion due now and the split it leads to, or None. Once a new link capacity
+        has held, the best split is taken at once, whole: no persistence, no cooldown, and the
+        conversions still under way (counted in their new roles) do not hold it back."""
         cfg = self.config
-        if self._streak_direction == 0 or measured.num_converting > 0:
+        if self._streak_direction == 0:
+            return None
+        if measured.num_converting > 0 and not link_changed:  # a new link's split cannot wait
             return None
         if not link_changed:
             if self._streak_ticks < cfg.persistence_ticks:

@@ -229,18 +229,22 @@ def test_a_link_capacity_change_takes_the_best_split_at_once(link_change_share: 
     assert change.reason.startswith("prefill binds: link capacity changed, ")
 
 
-def _tick_at(ctl: AdaptiveController, now: float, num_pd_p: int, egress: float) -> list[str]:
+def _tick_at(
+    ctl: AdaptiveController, now: float, num_pd_p: int, egress: float, converting: int = 0
+) -> list[str]:
     """Samples up to `now`, one tick; the decisions' kinds."""
     rng = random.Random(int(now))
     for k in range(PER_PERIOD):
         ctl.observe(now - 1.0 + k / PER_PERIOD, LONG.sample(rng))
-    return [type(d).__name__ for d in ctl.tick(now, measured(num_pd_p, egress))]
+    return [type(d).__name__ for d in ctl.tick(now, measured(num_pd_p, egress, converting))]
 
 
-def test_a_new_link_capacity_is_acted_on_once_it_held_link_hold_s() -> None:
+@pytest.mark.parametrize("converting", [False, True])
+def test_a_new_link_capacity_is_acted_on_once_it_held_link_hold_s(converting: bool) -> None:
     """Prefill binds at N_p = 1 and t is Eq. 7's: the link halves at 30 s. Nothing moves at that
     tick; the controller asks for a tick at 30 + 20 s, where it takes the best split and its t
-    at once (no persistence: it is 10 ticks here, so nothing else could move)."""
+    at once (no persistence: it is 10 ticks here, so nothing else could move), even with a
+    conversion still under way then."""
     ctl = controller(
         eq7(LONG, 1), link_hold_s=20.0, persistence_ticks=10, threshold_persistence_ticks=10
     )
@@ -248,7 +252,10 @@ def test_a_new_link_capacity_is_acted_on_once_it_held_link_hold_s() -> None:
     assert _tick_at(ctl, 30.0, 1, 5e8) == []
     assert ctl.wake_at_s() == 50.0
     assert _tick_at(ctl, 49.0, 1, 5e8) == []  # not yet held long enough
-    assert _tick_at(ctl, 50.0, 1, 5e8) == ["RoleChange", "ThresholdUpdate"]
+    assert _tick_at(ctl, 50.0, 1, 5e8, converting=int(converting)) == [
+        "RoleChange",
+        "ThresholdUpdate",
+    ]
     assert ctl.wake_at_s() is None
 
 

@@ -1,4 +1,5 @@
-"""Plain shared vocabulary: layer kinds, dtypes and their sizes, deployment kinds, unit constants.
+"""Plain shared vocabulary: layer kinds, dtypes and their sizes, deployment kinds, unit constants,
+the failure policies.
 
 Layer 0: standard library only. Everything above may import it; it imports nothing of the project.
 """
@@ -10,6 +11,11 @@ from enum import StrEnum
 MIB = 2**20  # bytes in a MiB, the paper's unit for S_kv
 GIB = 2**30
 GBPS = 1e9  # bits per second in a Gbps, the paper's unit for Phi_kv
+# what a decode instance does with a request whose KV is lost (`[policy] failure`): prefill it
+# itself, or end it with an error
+RECOMPUTE = "recompute"
+FAIL = "fail"
+FAILURE_POLICIES = (RECOMPUTE, FAIL)
 
 
 class LayerKind(StrEnum):

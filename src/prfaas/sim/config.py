@@ -11,6 +11,9 @@ predicted TTFT meets `SimConfig.ttft_target_s` (`prfaas.sim.providers`).
 Prefix caching is one LRU block set per cluster (`SimConfig.prefix_cache_blocks`, the presets'),
 or each prefill instance's own byte-budgeted pool as a served deployment keeps it
 (`SimConfig.prefix_pools`, a topology's): `prfaas.sim.prefix`.
+
+With `SimConfig.transfer_deadline_s`, a decode instance stops waiting for a request's KV at that
+deadline, as a live one does, and applies `SimConfig.failure_policy` (`prfaas.sim.deadline`).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from prfaas.policy.transfer import LinkPath
 from prfaas.prefix_cache.entries import PoolEntrySizes
 from prfaas.sim.cost import DecodeStepTime, KVSize, PrefillLatency
 from prfaas.sim.link import BandwidthStep
-from prfaas.types import DeploymentKind
+from prfaas.types import FAILURE_POLICIES, RECOMPUTE, DeploymentKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,14 @@ class DeploymentSpec:
     pd_gpus_per_instance: int = 1  # GPUs one PD-P instance occupies (with providers)
     # what the controller plans with; None: `decode_step` at `max_batch_size`
     planned_decode: PlannedDecode | None = None
+    # T_prefill(l) of a decode instance prefilling a request itself (its KV lost); None: the
+    # PD-P instances' (`pd_prefill.latency`), the same hardware in the paper's PD cluster
+    decode_prefill: PrefillLatency | None = None
+
+    @property
+    def decode_prefill_latency(self) -> PrefillLatency:
+        """A decode instance's own prefill latency (`decode_prefill`, else PD-P's)."""
+        return self.pd_prefill.latency if self.decode_prefill is None else self.decode_prefill
 
     def __post_init__(self) -> None:
         if self.num_decode_instances < 1:
@@ -202,6 +213,10 @@ class SimConfig:
     # Without a controller: record the same time series (t, N_p, N_d, throughput, link) this often
     series_period_s: float | None = None
     ttft_target_s: float | None = None  # with several providers: the TTFT a provider must meet
+    # A decode instance waits this long for a request's KV from the dispatch of its decode job,
+    # then applies `failure_policy` (`prfaas.sim.deadline`); None: it waits as long as it takes
+    transfer_deadline_s: float | None = None
+    failure_policy: str = RECOMPUTE  # "recompute": prefill on the decode instance; "fail": end
 
     @property
     def has_providers(self) -> bool:
@@ -233,6 +248,12 @@ class SimConfig:
         for name in ("slo_ttft_s", "slo_tpot_s", "egress_bin_s", "link_window_s"):
             if not getattr(self, name) > 0:
                 raise UserError(f"{name} must be > 0, got {getattr(self, name)}")
+        deadline_s = self.transfer_deadline_s
+        if deadline_s is not None and not (math.isfinite(deadline_s) and deadline_s > 0):
+            raise UserError(f"transfer_deadline_s must be > 0 s, got {deadline_s}")
+        if self.failure_policy not in FAILURE_POLICIES:
+            choices = " or ".join(FAILURE_POLICIES)
+            raise UserError(f"failure policy must be {choices}, got {self.failure_policy!r}")
         if self.drain_s < 0:
             raise UserError(f"drain_s must be >= 0, got {self.drain_s}")
         if self.series_period_s is not None and not (

@@ -22,11 +22,12 @@ class Priority(IntEnum):
     BANDWIDTH_CHANGE = (
         0  # the link's capacity changes first: every rate after it uses the new value
     )
-    LINK_DRAIN = 1  # transfers that finish now free the link and deliver KV to decode
-    DECODE_WAKE = 2  # decode steps that end now release slots before KV arrivals are admitted
-    PREFILL_STEP_DONE = 3  # prefill steps end, hand KV over and start the next step
-    CONTROLLER_TICK = 4  # the long-timescale controller reads the settled state, then arrivals
-    ARRIVAL = 5  # new requests are routed against the state left by everything above
+    TRANSFER_DEADLINE = 1  # KV landing exactly at its deadline is too late, as live's timeout
+    LINK_DRAIN = 2  # transfers that finish now free the link and deliver KV to decode
+    DECODE_WAKE = 3  # decode steps that end now release slots before KV arrivals are admitted
+    PREFILL_STEP_DONE = 4  # prefill steps end, hand KV over and start the next step
+    CONTROLLER_TICK = 5  # the long-timescale controller reads the settled state, then arrivals
+    ARRIVAL = 6  # new requests are routed against the state left by everything above
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,16 @@ class TransferLanded:
     req_index: int  # the request the transfer belongs to
     is_prefix_move: bool  # True: a cached prefix moved before prefill; False: the request's KV
     priority = Priority.LINK_DRAIN
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDeadline:
+    """Request `req_index`'s decode instance stops waiting for its KV (`SimConfig.
+    transfer_deadline_s` after the decode job was dispatched): unless it landed, the failure
+    policy applies (`prfaas.sim.deadline`)."""
+
+    req_index: int  # the request whose KV is waited for
+    priority = Priority.TRANSFER_DEADLINE
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +119,7 @@ Event = (
     | DecodeWake
     | ControllerTick
     | ControllerWake
+    | TransferDeadline
 )
 
 

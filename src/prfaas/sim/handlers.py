@@ -18,6 +18,9 @@ With several prefill providers (`DeploymentSpec.providers`), each has its own in
 own link (`prfaas.sim.link.LinkSite`, one max-min fair `SharedLink` each); a request's transfer
 crosses its provider's link, and `prfaas.sim.providers` routes it among them. A run with one
 PrfaaS cluster has one link, named "".
+
+With `config.transfer_deadline_s`, a request whose KV has not landed by its deadline is given up
+on, and its decode instance recomputes it or it fails (`prfaas.sim.deadline`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from prfaas.policy.route import (
 from prfaas.policy.views import ClusterView, InstanceLoad, LinkView
 from prfaas.sim.config import SimConfig, SimRequest
 from prfaas.sim.control import SimControl, TickState
+from prfaas.sim.deadline import deadline_follow_up, drop_flow, local_prefill
 from prfaas.sim.events import (
     Arrival,
     BandwidthChange,
@@ -51,6 +55,7 @@ from prfaas.sim.events import (
     EventQueue,
     LinkDrain,
     PrefillStepDone,
+    TransferDeadline,
     TransferLanded,
 )
 from prfaas.sim.instances import PrefillJob, SimDecode, SimPrefill, prefill_cluster
@@ -66,6 +71,7 @@ from prfaas.sim.providers import (
     route_among,
 )
 from prfaas.sim.views import DecisionRecord, cluster_view, decode_loads, link_view
+from prfaas.types import RECOMPUTE
 
 FollowUps = list[tuple[float, Event]]
 _JITTER_STREAM = 3_000_017  # offset of the jitter RNG's seed from the run's link seed
@@ -121,7 +127,7 @@ class SimHandlers:
         self.log = RequestLog(len(requests))
         self.queue = EventQueue()
         self.now = 0.0
-        self.num_finished = 0
+        self.num_finished = 0  # requests done: finished, or ended with an error
         self.num_events = 0
         self.route_reasons: dict[str, int] = {}  # "<policy rule> -> <target>" -> decisions
         self.decision_log: list[DecisionRecord] = []  # filled when config.record_decisions
@@ -198,7 +204,36 @@ class SimHandlers:
             i = event.req_index
             self.prefix.on_moved(self.prefill_of[i], self.requests[i], self.moved_tokens[i])
             return self._enqueue_prefill(i)
+        if self.log.failure[event.req_index]:  # too late: given up on at its deadline
+            return []
         return self._on_kv_ready(event.req_index)
+
+    def on_transfer_deadline(self, event: TransferDeadline) -> FollowUps:
+        """The decode instance stops waiting for request `i`'s KV (`prfaas.sim.deadline`)."""
+        i = event.req_index
+        if not math.isnan(self.log.kv_ready_at[i]):
+            return []
+        self.log.failure[i] = self.config.failure_policy
+        prefill_ended = not math.isnan(self.log.prefill_done_at[i])
+        follow = self._abandon_kv(i) if prefill_ended else []  # else once it ends
+        if self.config.failure_policy != RECOMPUTE:
+            self._leave_decode(i)
+            return follow
+        instance = self.decode[self.decode_of[i]]
+        wake_at = instance.recompute(self.now, local_prefill(self.config, self.requests[i], i))
+        return follow + self._on_admitted(instance, [], wake_at)
+
+    def _abandon_kv(self, i: int) -> FollowUps:
+        """Request `i`'s prefill ended and its KV was given up on: the prefill instance frees it,
+        and its flow, if still on the link, leaves with its unsent bytes."""
+        prefill = self.prefill_by_id[self.log.prefill_instance[i]]
+        self.prefix.on_sent(prefill, self.requests[i], SentKV(i, 0.0))
+        transfer = self.transfers.pop(i, None)
+        if transfer is None:  # drained already, or handed over inside the cluster
+            return []
+        site = self._site(i)
+        drop_flow(site, i, transfer.dest, self.now)
+        return self._link_follow_ups(site)
 
     def _start_transfer(
         self, i: int, dest: str, num_bytes: float, is_prefix_move: bool
@@ -246,6 +281,11 @@ class SimHandlers:
         finished, admitted, wake_at = instance.on_wake(self.now)
         for i in finished:
             self._finish(i)
+        for i in instance.prefilled:  # a local prefill's token is the first
+            self.log.first_token_at[i] = self.now
+            if self.requests[i].num_output_tokens < 2:
+                self.log.decode_started_at[i] = self.now
+                self._finish(i)
         return self._on_admitted(instance, admitted, wake_at)
 
     # --- routing: views in, the policy's decision out ------------------------------------------
@@ -359,7 +399,8 @@ class SimHandlers:
             instance = self.prefix.candidate(decision.target, cluster, self.requests[i]).instance
             instance = instance or least_loaded(cluster)
         instance.enqueue(PrefillJob(i, self._num_computed(instance, i)))
-        return [] if instance.is_busy else self._start_prefill_step(instance)
+        follow: FollowUps = [*deadline_follow_up(self.config, self.now, i)]
+        return follow + ([] if instance.is_busy else self._start_prefill_step(instance))
 
     def _num_computed(self, instance: SimPrefill, i: int) -> int:
         """Tokens request `i` computes on `instance`, by what it caches now."""
@@ -402,6 +443,8 @@ class SimHandlers:
         assert decision is not None
         sent = SentKV(i, self._kv_transfer_bytes(i))
         self.prefix.on_prefilled(decision.target, instance, self.requests[i], sent)
+        if self.log.failure[i]:  # given up on while it prefilled
+            return self._abandon_kv(i)
         if not self.log.is_offloaded[i]:
             return self._on_kv_ready(i)
         site = self._site(i)
@@ -447,7 +490,9 @@ class SimHandlers:
         each one's first token (sampled by its prefill) at once; their first decode step, the
         second token, ends one step of the new batch later. Then its next wake, if it moved."""
         for k in admitted:
-            self.log.decode_started_at[k] = self.log.first_token_at[k] = self.now
+            self.log.decode_started_at[k] = self.now
+            if math.isnan(self.log.first_token_at[k]):  # else streamed by its local prefill
+                self.log.first_token_at[k] = self.now
             self.log.second_token_at[k] = self.now + instance.step_s
         return (
             []
@@ -456,8 +501,12 @@ class SimHandlers:
         )
 
     def _finish(self, i: int) -> None:
-        self.num_finished += 1
         self.log.finished_at[i] = self.now
+        self._leave_decode(i)
+
+    def _leave_decode(self, i: int) -> None:
+        """Request `i` is done at its decode instance: finished, or ended with an error."""
+        self.num_finished += 1
         k = self.decode_of[i]
         self.decode_tokens[k] -= self.requests[i].num_output_tokens
         self.decode_requests[k] -= 1

@@ -12,6 +12,11 @@ event count does not grow with output length. A step's time is the step cost at 
 the batch's mean context (tokens computed so far) at the batch change, as an emulated engine takes
 it per step; the context's growth between two changes is left out.
 
+A decode instance may also prefill a request itself (`SimDecode.recompute`: its KV did not arrive
+by the transfer deadline), as the engine's `step` does: a waiting prefill runs whole at the next
+step boundary (at once when idle), one at a time, and no decode step, nor any import, runs until it
+ends; the request's first token streams then and it joins the batch.
+
 Role changes (the adaptive controller): an instance is *active* from `active_from_s` until
 `active_until_s` (None: still active). A *draining* instance takes no new work and finishes what it
 holds; the simulator then retires it and starts an instance of the other role in its place.
@@ -156,6 +161,16 @@ def prefill_cluster(
     ]
 
 
+@dataclass(frozen=True, slots=True)
+class LocalPrefill:
+    """A request prefilled on its decode instance (its KV was lost), then decoded there."""
+
+    req_index: int  # position of the request in the workload
+    num_steps: int  # decode steps after the first token (0: the prefill's token is the answer)
+    context_tokens: int  # tokens computed by the prefill: the prompt
+    prefill_s: float  # the decode instance's own T_prefill of the prompt, seconds
+
+
 class SimDecode:
     """One decode instance: continuous batching of up to `max_batch_size` requests.
 
@@ -182,6 +197,9 @@ class SimDecode:
         self.active_from_s = 0.0  # simulated time this instance took its role, seconds
         self.active_until_s: float | None = None  # when it was retired (None: still active)
         self.is_draining = False  # gets no new request; retired once its last one finishes
+        self.local_prefills: deque[LocalPrefill] = deque()  # waiting to prefill here
+        self.prefilling: LocalPrefill | None = None  # the local prefill running now
+        self.prefilled: list[int] = []  # requests whose local prefill ended at the last wake
 
     @property
     def takes_work(self) -> bool:
@@ -190,7 +208,9 @@ class SimDecode:
 
     @property
     def num_assigned(self) -> int:
-        return len(self.running) + len(self.waiting)
+        """Requests here: running, waiting for a slot, or prefilling here."""
+        num_prefills = len(self.local_prefills) + (self.prefilling is not None)
+        return len(self.running) + len(self.waiting) + num_prefills
 
     def add(
         self, now: float, req_index: int, num_steps: int, context_tokens: int = 0
@@ -202,6 +222,8 @@ class SimDecode:
         An idle instance admits at once; a busy one with a free slot wakes at its next boundary.
         """
         self.waiting.append((req_index, num_steps, context_tokens))
+        if self.prefilling is not None:  # the engine is busy: imports wait for the prefill's end
+            return [], None
         if not self.running:
             self.segment_at = now
             return self._admit(), self._plan_wake(now)
@@ -214,18 +236,56 @@ class SimDecode:
         self.version += 1
         return [], next_boundary
 
+    def recompute(self, now: float, job: LocalPrefill) -> float | None:
+        """Prefill `job` here, after the local prefills before it. Returns the new wake time, or
+        None if the plan is unchanged: an idle instance starts it now, a busy one at its next step
+        boundary."""
+        self.local_prefills.append(job)
+        if self.prefilling is not None:
+            return None  # its end starts the next one
+        if not self.running:
+            self.segment_at = now
+            return self._start_local_prefill(now)
+        next_boundary = self._next_boundary(now)
+        if self.wake_at is not None and self.wake_at <= next_boundary:
+            return None
+        self.wake_at = next_boundary
+        self.version += 1
+        return next_boundary
+
     def on_wake(self, now: float) -> tuple[list[int], list[int], float | None]:
-        """Advance to boundary `now`: finish, admit, replan. Returns (finished, admitted, wake)."""
-        if self.running:
+        """Advance to boundary `now`: finish, admit, replan. Returns (finished, admitted, wake).
+        A local prefill that ends now is in `prefilled`; one that starts now admits nobody."""
+        self.prefilled = []
+        if self.prefilling is not None:  # no step ran while it did
+            self._end_local_prefill()
+        elif self.running:
             self.num_steps_done += round((now - self.segment_at) / self.step_s)
         self.batch_seconds += len(self.running) * (now - self.segment_at)
         finished = [r for r, at in self.running.items() if at <= self.num_steps_done]
         for req_index in finished:
             del self.running[req_index]
             del self._context_base[req_index]
-        admitted = self._admit()
         self.segment_at = now
+        if self.local_prefills:
+            return finished, [], self._start_local_prefill(now)
+        admitted = self._admit()
         return finished, admitted, self._plan_wake(now)
+
+    def _start_local_prefill(self, now: float) -> float:
+        self.prefilling = self.local_prefills.popleft()
+        self.version += 1
+        self.wake_at = now + self.prefilling.prefill_s
+        return self.wake_at
+
+    def _end_local_prefill(self) -> None:
+        """The running local prefill's first token is out; the request joins the batch first."""
+        job = self.prefilling
+        assert job is not None
+        self.prefilling = None
+        self.prefilled.append(job.req_index)
+        if job.num_steps >= 1:
+            self.waiting.appendleft((job.req_index, job.num_steps, job.context_tokens))
 
     def _admit(self) -> list[int]:
         admitted = []

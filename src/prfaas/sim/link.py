@@ -3,7 +3,8 @@
 Owns flows, their rates and the link's bandwidth over time; knows nothing about requests or
 instances. A flow is the KV of one offloaded request. While its prefill runs, a flow may send only
 what the prefill has produced (a rate cap) and holds back the last layer's share, which is released
-when the prefill ends; a flow that catches up with the prefill parks until then. Rates are
+when the prefill ends; a flow that catches up with the prefill parks until then; a flow given up
+(past its transfer deadline) leaves with what it has not sent. Rates are
 recomputed whenever the set of sending flows, a cap or the bandwidth changes; the version counter
 lets the simulator drop drain events predicted before the change.
 
@@ -122,6 +123,13 @@ class SharedLink:
             return True
         self._reshare(now)
         return False
+
+    def remove(self, now: float, flow_id: int) -> float:
+        """The sender gave the flow up: what it has not sent never crosses. Returns those bytes."""
+        self._advance(now)
+        flow = self.flows.pop(flow_id)
+        self._reshare(now)
+        return flow.sendable_bytes + flow.held_bytes
 
     def set_capacity(self, now: float, bytes_per_s: float) -> None:
         self._advance(now)

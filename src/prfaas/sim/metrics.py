@@ -7,7 +7,9 @@ exactly what a live client waits for (`prefill_done_s`, prefill end - arrival, i
 TTFT, reported beside it). Time to the second token is the first decode step's end - arrival.
 TPOT = (finish - first token) / (output tokens - 1); throughput and goodput count completions
 within the arrival window, divided by its length.
-Requests still waiting when the run ends enter TTFT and queueing percentiles with their wait so far.
+Requests still waiting when the run ends enter TTFT and queueing percentiles with their wait so far;
+requests that ended with an error (failure policy "fail", `prfaas.sim.deadline`) enter none, as
+live reports only the completed ones.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prfaas.sim.link import BandwidthStep
-from prfaas.types import GBPS
+from prfaas.types import FAIL, GBPS
 
 NAN = math.nan
 FLOAT_DIGITS = 6  # every float in the summary is rounded to this many decimals
@@ -43,6 +45,8 @@ class RequestLog:
     num_output_tokens: list[int] = field(default_factory=list)
     prefill_instance: list[str] = field(default_factory=list)  # instance that ran the prefill
     decode_instance: list[str] = field(default_factory=list)  # instance that decoded
+    # past its transfer deadline: the failure policy applied ("recompute", "fail"); "" otherwise
+    failure: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         n = self.num_requests
@@ -63,6 +67,7 @@ class RequestLog:
         self.num_output_tokens = [0] * n
         self.prefill_instance = [""] * n
         self.decode_instance = [""] * n
+        self.failure = [""] * n
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -108,7 +113,8 @@ def request_stats(
     `end_s` (the end of the run) counts with its wait so far, a lower bound, so an overloaded run
     cannot look fast by leaving its slowest requests out.
     """
-    idx = [i for i in range(log.num_requests) if not math.isnan(log.arrived_at[i])]
+    arrived = [i for i in range(log.num_requests) if not math.isnan(log.arrived_at[i])]
+    idx = [i for i in arrived if log.failure[i] != FAIL]
     done = [i for i in idx if not math.isnan(log.finished_at[i])]
     in_window = [i for i in done if log.finished_at[i] <= window_end_s]
     ttft = {i: log.first_token_at[i] - log.arrived_at[i] for i in done}
@@ -120,7 +126,7 @@ def request_stats(
     offloaded = [i for i in idx if log.is_offloaded[i]]
     prompt_tokens = sum(log.num_prompt_tokens[i] for i in idx)
     return {
-        "num_arrived": len(idx),
+        "num_arrived": len(arrived),
         "num_completed": len(done),
         "num_unfinished": len(idx) - len(done),
         "throughput_rps": len(in_window) / window_end_s if window_end_s > 0 else NAN,

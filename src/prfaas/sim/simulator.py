@@ -18,6 +18,7 @@ from prfaas.sim.events import (
     Event,
     LinkDrain,
     PrefillStepDone,
+    TransferDeadline,
     TransferLanded,
 )
 from prfaas.sim.handlers import FollowUps, SimHandlers
@@ -25,6 +26,7 @@ from prfaas.sim.metrics import round_floats
 from prfaas.sim.providers import providers_summary
 from prfaas.sim.summary import run_summary
 from prfaas.sim.views import DecisionRecord
+from prfaas.types import FAIL, RECOMPUTE
 
 __all__ = ["DecisionRecord", "ProgressFn", "Simulator", "simulate"]
 
@@ -76,6 +78,8 @@ class Simulator(SimHandlers):
             return self.on_controller_tick(event)
         if isinstance(event, ControllerWake):
             return self.on_controller_wake(event)
+        if isinstance(event, TransferDeadline):
+            return self.on_transfer_deadline(event)
         return self.on_bandwidth_change(event)
 
     def summary(self) -> dict[str, Any]:
@@ -100,6 +104,9 @@ class Simulator(SimHandlers):
         )
         if self.provider_sites:
             summary.update(self._providers_summary(end_s))
+        if self.config.transfer_deadline_s is not None:  # `prfaas.sim.deadline`
+            summary["num_recomputed"] = self.log.failure.count(RECOMPUTE)
+            summary["num_errors"] = self.log.failure.count(FAIL)
         if self.route_state is not None:
             summary["route_mode_switches"] = self.route_state.num_switches
         if self.control is not None:

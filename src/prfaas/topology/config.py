@@ -97,13 +97,13 @@ from pathlib import Path
 from prfaas.policy.controller import ControllerConfig
 from prfaas.policy.transfer import DEFAULT_MSS_BYTES, LinkPath, link_path_of
 from prfaas.prefix_cache.config import PrefixCacheConfig as PrefixCacheConfig
+from prfaas.types import FAILURE_POLICIES as FAILURE_POLICIES
 from prfaas.types import DeploymentKind
 
 DTYPES = ("fp32", "bf16")
 ENGINES = ("torch", "emulated", "vllm")
 ROLES = ("prefill", "decode")
 CLUSTER_KINDS = ("prfaas", "pd")
-FAILURE_POLICIES = ("recompute", "fail")
 # `[prefix_cache]` keys a file leaves out
 DEFAULT_PREFIX_BLOCK_TOKENS = 64  # tokens per block; fixed-size states checkpointed at multiples
 DEFAULT_PREFIX_BUDGET_BYTES = 256 << 20  # cached KV + state per instance, evicted LRU beyond it

@@ -12,7 +12,10 @@ batch of 256; the controller still plans with the case study's T_decode and BS_m
 one does (`PlannedDecode`). With `[prefix_cache]` every prefill instance keeps its own pool of the
 topology's budget, sized as the emulated engines size it (`PrefixPoolSpec`, `prfaas.sim.prefix`),
 and a cluster whose prefill instances all have a KV receiver takes moved prefixes; without one
-nothing is cached, as live. Routing starts from the topology's t with the
+nothing is cached, as live. A decode instance waits for a request's KV at most `[policy]
+transfer_deadline_s` (in model seconds), then applies `[policy] failure` as live
+(`prfaas.sim.deadline`): recomputing, it prefills by its own hardware's prefill curve, what its
+emulated engine sleeps. Routing starts from the topology's t with the
 router's rule knobs (`route_config_of`), with the hysteresis and the long-timescale controller
 on when the topology has a `[controller]` table, as in the router.
 
@@ -55,6 +58,7 @@ from prfaas.topology.derived import (
     num_prfaas_prefill,
     planned_kv_codec,
     planner_inputs,
+    prefill_curve_of,
     route_config_of,
 )
 from prfaas.types import DeploymentKind
@@ -81,6 +85,7 @@ def sim_config_of(
         decode_step=decode_step_of(topology),
         route_config=route_config_of(topology),
         planned_decode=PlannedDecode(inputs.t_decode_step_s, inputs.max_batch_size),
+        decode_prefill=decode_prefill_of(topology),
     )
     controller = topology.controller
     return _sim_config(
@@ -99,6 +104,7 @@ def _sim_config(topology: Topology, deployment: DeploymentSpec, **knobs: object)
 
     model = load_model_spec(topology.model.emulate)
     footprint = model.footprint(kv_codec=planned_kv_codec(topology))
+    policy = topology.policy
     return SimConfig(
         deployment=deployment,
         kv_size=FootprintSize(footprint.bytes_per_token, footprint.fixed_bytes_per_request),
@@ -108,6 +114,8 @@ def _sim_config(topology: Topology, deployment: DeploymentSpec, **knobs: object)
         prefix_cache_blocks=0,  # the cluster-wide sets stay empty: pools, or no cache at all
         prefix_pools=prefix_pools_of(topology),
         record_decisions=True,
+        transfer_deadline_s=topology.model.model_seconds(policy.transfer_deadline_s),
+        failure_policy=policy.failure,
         **knobs,  # type: ignore[arg-type]
     )
 
@@ -117,6 +125,20 @@ def decode_step_of(topology: Topology) -> BatchContextDecodeStep:
     `model.emulate` on their hardware, what their emulated engines sleep per step."""
     from prfaas.models import load_model_spec
 
+    hardware, num_gpus = _decode_shape(topology)
+    model = load_model_spec(topology.model.emulate)
+    return BatchContextDecodeStep(emulated_cost_model(model, hardware, num_gpus))
+
+
+def decode_prefill_of(topology: Topology) -> CurveLatency:
+    """T_prefill(l) of a decode instance prefilling a request itself (its KV past the deadline):
+    the prefill curve of its hardware as a prefill instance of that hardware has it, what its
+    emulated engine sleeps for a local prefill."""
+    return CurveLatency(prefill_curve_of(topology, *_decode_shape(topology)))
+
+
+def _decode_shape(topology: Topology) -> tuple[str, int]:
+    """(hardware, GPUs) shared by the PD cluster's decode instances."""
     decode = topology.clusters_of_kind("pd")[0].by_role("decode")
     shapes = sorted({(i.hardware, i.num_gpus) for i in decode})
     if len(shapes) != 1:
@@ -124,9 +146,7 @@ def decode_step_of(topology: Topology) -> BatchContextDecodeStep:
         raise UserError(
             f"needs one hardware and num_gpus across the decode instances, got {listed}"
         )
-    hardware, num_gpus = shapes[0]
-    model = load_model_spec(topology.model.emulate)
-    return BatchContextDecodeStep(emulated_cost_model(model, hardware, num_gpus))
+    return shapes[0]
 
 
 def prefix_pools_of(topology: Topology) -> PrefixPoolSpec | None:
@@ -201,6 +221,7 @@ def _providers_config(topology: Topology, bandwidth: Sequence[BandwidthStep] | N
         providers=providers,
         pd_price_per_gpu_hour=_price_per_gpu_hour(pd),
         pd_gpus_per_instance=inputs.pd.gpus_per_instance,
+        decode_prefill=decode_prefill_of(topology),
     )
     return _sim_config(topology, deployment, ttft_target_s=topology.model.model_seconds(target_s))
 

@@ -21,6 +21,7 @@ from prfaas.types import DeploymentKind
 def test_priority_table_order() -> None:
     assert [p.name for p in sorted(Priority)] == [
         "BANDWIDTH_CHANGE",
+        "TRANSFER_DEADLINE",
         "LINK_DRAIN",
         "DECODE_WAKE",
         "PREFILL_STEP_DONE",

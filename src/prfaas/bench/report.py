@@ -41,6 +41,7 @@ from prfaas.policy.providers import LOCAL
 from prfaas.sim.link import BandwidthStep
 from prfaas.sim.metrics import percentile
 from prfaas.topology import Topology
+from prfaas.types import FAIL, RECOMPUTE
 
 GBIT = 1e9 / 8  # bytes per Gbit
 
@@ -226,6 +227,10 @@ def simulate_results(
     return {
         "num_requests": len(requests),
         "num_completed": len(done),
+        # past the topology's transfer deadline (`prfaas.sim.deadline`): prefilled on the decode
+        # instance, or ended with an error as live's `num_errors`
+        "num_recomputed": log.failure.count(RECOMPUTE),
+        "num_errors": log.failure.count(FAIL),
         "throughput_rps": _per_s(len(done), span_s),
         "steady_throughput_rps": steady_throughput_rps(
             [log.finished_at[i] * time_scale for i in done]

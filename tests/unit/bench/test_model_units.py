@@ -118,13 +118,25 @@ def test_homogeneous_compare_has_a_finite_rate_and_no_offload() -> None:
 
 
 def test_a_slower_link_in_the_simulation_holds_back_the_offloaded_requests() -> None:
+    """Over a crawling link no offloaded KV lands by the topology's transfer deadline: the decode
+    instance recomputes those requests (failure policy "recompute"), or they end with an error
+    ("fail"), counted as live counts its errors."""
     topology, outcome = _topology(), _outcome(MIXED)
     sim, _ = compare(topology, outcome)
     assert sim["num_completed"] == len(MIXED) and sim["offload_ratio"] > 0
+    assert sim["num_recomputed"] == sim["num_errors"] == 0
     crawl = [BandwidthStep(0.0, 1e-4)]  # Gbps in model units: the KV would take hours
     slow, _ = compare(topology, outcome, crawl)
-    assert slow["num_completed"] < sim["num_completed"]
+    num_offloaded = round(slow["offload_ratio"] * len(MIXED))
+    assert num_offloaded > 0
+    assert slow["num_completed"] == len(MIXED)
+    assert (slow["num_recomputed"], slow["num_errors"]) == (num_offloaded, 0)
+    assert slow["ttft_s"]["max"] > sim["ttft_s"]["max"]
     assert slow["egress_bytes"] < sim["egress_bytes"]
+    failing = replace(topology, policy=replace(topology.policy, failure="fail"))
+    failed, _ = compare(failing, outcome, crawl)
+    assert (failed["num_recomputed"], failed["num_errors"]) == (0, num_offloaded)
+    assert failed["num_completed"] == len(MIXED) - num_offloaded
 
 
 def test_compare_is_unavailable_without_modelled_time() -> None:

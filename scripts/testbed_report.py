@@ -252,6 +252,56 @@ def _live_sim(whole: dict[str, dict[str, Any]], how: str, q: str) -> str:
     return f"{fmt(a)} / {fmt(b)} ({_off(a, b)})"
 
 
+def simulated_window(result: dict[str, Any], how: str) -> dict[str, Any]:
+    """The drop window's TTFT distribution as the simulator gives it for the run's requests (at
+    their scheduled send times), on the topology `testbed_results.sh` brings up for the drop runs
+    (4 PrfaaS + 4 PD prefill + 4 PD decode, with `[controller]` for the controller runs) at the
+    run's measured payload efficiency: the simulator's prediction of each policy's outcome."""
+    from prfaas.bench.report import with_payload_efficiency
+    from prfaas.bench.testbed_link import LinkDrop
+    from prfaas.sim.config import SimRequest
+    from prfaas.sim.simulator import Simulator
+    from prfaas.testbed.layout import (
+        TestbedLayout,
+        TestbedScale,
+        TestbedSpec,
+        resolve_threshold,
+        testbed_topology,
+    )
+    from prfaas.topology.derived import model_link_gbps
+    from prfaas.topology.sim_config import sim_config_of
+
+    scale = TestbedScale(time_scale=result["time_scale"], payload_scale=result["payload_scale"])
+    spec = TestbedSpec(
+        scale=scale,
+        num_prfaas_prefill=4,
+        num_pd_prefill=4,
+        num_pd_decode=4,
+        controller=how == "controller",
+    )
+    threshold, _ = resolve_threshold(spec)
+    topology = testbed_topology(spec, TestbedLayout(spec.name), threshold, scale.wire_gbps)
+    run, drop = result["runs"][0], result["link_drop"]
+    topology = with_payload_efficiency(topology, run["live"].get("payload_efficiency"))
+    link = LinkDrop(drop["at_s"], drop["duration_s"], drop["gbps"])
+    steps = link.sim_steps(model_link_gbps(topology), scale.time_scale)
+    records = sorted(run["requests"], key=lambda q: q["at_s"])
+    requests = [
+        SimRequest(q["at_s"] / scale.time_scale, q["num_prompt_tokens"], q["num_output_tokens"])
+        for q in records
+    ]
+    simulator = Simulator(sim_config_of(topology, steps), requests)
+    simulator.run()
+    log, start_s = simulator.log, drop["at_s"]
+    ttft_s = [
+        (log.first_token_at[i] - log.arrived_at[i]) * scale.time_scale
+        for i, q in enumerate(records)
+        if start_s <= q["at_s"] < start_s + drop["duration_s"]
+        and math.isfinite(log.first_token_at[i])
+    ]
+    return distribution(ttft_s)
+
+
 def drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
     """Link drops of several depths and lengths: per load, depth and length, the drop window's
     TTFT p99 and p90 with the static threshold and with the controller (the same requests), the
@@ -267,24 +317,26 @@ def drop_rows(out: Path) -> tuple[list[str], dict[str, Any]]:
     lines = [
         "| load | drop to (Gbps) | for (s) | drop-window TTFT p99 static / controller "
         "| p90 static / controller | offload during static / controller "
+        "| sim drop-window p99 static / controller "
         "| whole run p90 live / sim: static | controller | p99 live / sim: static | controller |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     found: dict[str, Any] = {}
     for (load_pct, gbps, seconds), pair in sorted(runs.items(), key=lambda kv: (
             kv[0][0], -float(kv[0][1]), -int(kv[0][2]))):  # fmt: skip
-        during, whole = {}, {}
+        during, whole, sim_during = {}, {}, {}
         for how in ("static", "controller"):
             result = pair.get(how)
             if result is None:
                 continue
             drop, run = result["link_drop"], result["runs"][0]
             during[how] = windows(run, drop["at_s"], drop["at_s"] + drop["duration_s"])["during"]
+            sim_during[how] = {"ttft_s": simulated_window(result, how), "offload_ratio": None}
             whole[how] = run
-        found[f"{load_pct}-{gbps}-{seconds}"] = {"during": during}
+        found[f"{load_pct}-{gbps}-{seconds}"] = {"during": during, "sim_during": sim_during}
         lines.append(
             f"| {load_pct}% | {gbps} | {seconds} | {_both(during, 'p99')} | "
-            f"{_both(during, 'p90')} | {_both(during, None)} | "
+            f"{_both(during, 'p90')} | {_both(during, None)} | {_both(sim_during, 'p99')} | "
             f"{_live_sim(whole, 'static', 'p90')} | {_live_sim(whole, 'controller', 'p90')} | "
             f"{_live_sim(whole, 'static', 'p99')} | {_live_sim(whole, 'controller', 'p99')} |"
         )

@@ -47,7 +47,7 @@ class ControllerConfig:
     min_pd_prefill: int = 1  # no conversion leaves fewer PD-P instances than this
     min_pd_decode: int = 1  # no conversion leaves fewer PD-D instances than this
     link_change_share: float = 0.2  # B_out moved this much since the last tick: a new capacity
-    link_hold_s: float = 20.0  # act on a new capacity (t and roles at once) once it held this long
+    link_hold_s: float = 25.0  # act on a new capacity (t and roles at once) once it held this long
 
     def __post_init__(self) -> None:
         for name in ("period_s", "window_s"):

@@ -17,9 +17,11 @@ against the profile):
 1. *Roles (Eq. 8).* For every split N_p + N_d = const with at least `min_pd_prefill` and
    `min_pd_decode`, Eq. 7's t and Eq. 6's Λ_max. When the best split beats the current one by at
    least `min_role_gain` (prefill binds: Θ_prfaas + Θ_pd-p < Θ_pd-d, the best split has more PD-P;
-   decode binds: the reverse), for `persistence_ticks` consecutive ticks in the same direction,
-   outside the `cooldown_s` after the previous change and with no conversion in progress, convert
-   up to `max_instances_per_change` instances one way (`RoleChange`). When the link's capacity
+   decode binds: the reverse), for `persistence_ticks` consecutive period ticks in the same
+   direction (a tick the driver makes between periods, for a link report or a hold's end, does
+   not count: `_COUNTED_SHARE`), outside the `cooldown_s` after the previous change and with no
+   conversion in progress, convert up to `max_instances_per_change` instances one way
+   (`RoleChange`). When the link's capacity
    moved by `link_change_share` or more and has held `link_hold_s` since, the best split is
    taken at once and whole (no persistence, no cooldown, no per-change limit, and conversions
    still under way, counted in their new roles, do not hold it back): the change is
@@ -31,12 +33,12 @@ against the profile):
 2. *Threshold (Eq. 7).* The t that balances the two prefill paths for the (new) split. It is
    adopted (`ThresholdUpdate`) only when it raises the prefill paths' capacity
    min(Θ_prfaas / p, Θ_pd-p / (1 - p)) by at least `threshold_min_gain` over the current t, in the
-   same direction for `threshold_persistence_ticks` ticks, so sampling noise in the window rarely
-   moves t under a constant load, while a link drop or a shift in lengths does. It is adopted at
-   once after a role change, and when a new link capacity has held `link_hold_s`: a capacity
-   change is not sampling noise, and the driver ticks as soon as it learns of one (the router
-   when told the link's new rate, the simulator at a bandwidth step) and at `wake_at_s`, instead
-   of waiting for the period.
+   same direction for `threshold_persistence_ticks` period ticks, so sampling noise in the
+   window rarely moves t under a constant load, while a link drop or a shift in lengths does. It
+   is adopted at once after a role change, and when a new link capacity has held `link_hold_s`:
+   a capacity change is not sampling noise, and the driver ticks as soon as it learns of one (the
+   router when told the link's new rate, the simulator at a bandwidth step) and at `wake_at_s`,
+   instead of waiting for the period.
 
 Every decision carries a `reason` (its rule, then the numbers) and `inputs`, the snapshot it was
 computed from. The knobs, the measurements and the decision types are `prfaas.policy.control_types`,
@@ -70,6 +72,8 @@ from prfaas.policy.throughput import (
     scaled_curve,
 )
 from prfaas.policy.window_lengths import WindowLengths
+
+_COUNTED_SHARE = 0.9  # a tick counts towards the streaks this share of a period after the last
 
 __all__ = [  # the types live in control_types; importers may take them from here
     "AdaptiveController",
@@ -155,6 +159,7 @@ class AdaptiveController:
         self._last_change_at: float | None = None
         self._last_time = -math.inf
         self._last_tick_s = -math.inf
+        self._last_counted_s = -math.inf  # the last tick that counted towards the streaks
         self._last_egress_bytes_per_s: float | None = None  # B_out at the previous tick
         self._link_changed_at: float | None = None  # a capacity change not yet acted on by roles
 
@@ -193,6 +198,9 @@ class AdaptiveController:
             while self._samples and self._samples[0][0] <= self._last_tick_s:
                 self._samples.popleft()
         self._last_tick_s = now
+        counted = now - self._last_counted_s >= _COUNTED_SHARE * self.config.period_s
+        if counted:
+            self._last_counted_s = now
         link_changed = self._link_changed(measured.egress_bytes_per_s)
         if link_changed:
             self._link_changed_at = now
@@ -212,18 +220,22 @@ class AdaptiveController:
             self._allowed(plans.values(), current),
             key=lambda p: (p.point.lambda_max_per_s, -abs(p.num_pd_p - current.num_pd_p)),
         )
-        self._update_streak(current, best)
+        direction = self._direction(current, best)
+        if counted:
+            self._update_streak(direction)
         inputs = self._inputs(
             now, measured, lengths, costs, current, best, shift_z, window_reset, link_changed
         )
         decisions: list[ControlDecision] = []
         target = current
-        change = self._role_change(now, measured, current, best, plans, inputs, link_settled)
+        change = self._role_change(
+            now, measured, current, best, plans, inputs, link_settled, direction, counted
+        )
         if change is not None:
             decisions.append(change[0])
             target = change[1]
         update = self._threshold_update(
-            now, costs, lengths, target, inputs, change is not None, link_settled
+            now, costs, lengths, target, inputs, change is not None, link_settled, counted
         )
         if update is not None:
             decisions.append(update)
@@ -335,11 +347,15 @@ class AdaptiveController:
             or (p.num_pd_p >= cfg.min_pd_prefill and p.num_pd_d >= cfg.min_pd_decode)
         ]
 
-    def _update_streak(self, current: SplitPlan, best: SplitPlan) -> None:
+    def _direction(self, current: SplitPlan, best: SplitPlan) -> int:
+        """+1 (more PD-P) or -1 (more PD-D) when the best split beats the current one by
+        `min_role_gain`, else 0."""
         gain_needed = (1 + self.config.min_role_gain) * current.point.lambda_max_per_s
-        direction = 0
         if best.point.lambda_max_per_s >= gain_needed and best.num_pd_p != current.num_pd_p:
-            direction = 1 if best.num_pd_p > current.num_pd_p else -1
+            return 1 if best.num_pd_p > current.num_pd_p else -1
+        return 0
+
+    def _update_streak(self, direction: int) -> None:
         if direction == 0 or direction != self._streak_direction:
             self._streak_ticks = 0
         self._streak_direction = direction
@@ -355,25 +371,28 @@ class AdaptiveController:
         plans: dict[int, SplitPlan],
         inputs: ControlInputs,
         link_changed: bool,
+        direction: int,
+        counted: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
         """The conversion due now and the split it leads to, or None. Once a new link capacity
         has held, the best split is taken at once, whole: no persistence, no cooldown, and the
         conversions still under way (counted in their new roles) do not hold it back."""
         cfg = self.config
-        if self._streak_direction == 0:
-            return None
-        if measured.num_converting > 0 and not link_changed:  # a new link's split cannot wait
-            return None
-        if not link_changed:
+        if not link_changed:  # the usual rule, on the period's ticks only
+            direction = self._streak_direction
+            if not counted or direction == 0 or measured.num_converting > 0:
+                return None
             if self._streak_ticks < cfg.persistence_ticks:
                 return None
             if self._last_change_at is not None and now - self._last_change_at < cfg.cooldown_s:
                 return None
+        if direction == 0:
+            return None
         distance = abs(best.num_pd_p - current.num_pd_p)
         step = distance if link_changed else min(cfg.max_instances_per_change, distance)
-        target = plans[current.num_pd_p + self._streak_direction * step]
+        target = plans[current.num_pd_p + direction * step]
         num = abs(target.num_pd_p - current.num_pd_p)
-        grow_prefill = self._streak_direction > 0
+        grow_prefill = direction > 0
         side = "prefill binds" if grow_prefill else "decode binds"
         why = "link capacity changed, " if link_changed else ""
         sign = "<" if grow_prefill else ">"
@@ -401,6 +420,7 @@ class AdaptiveController:
         inputs: ControlInputs,
         after_role_change: bool,
         link_settled: bool,
+        counted: bool,
     ) -> ThresholdUpdate | None:
         kept = evaluate(
             costs,
@@ -414,13 +434,15 @@ class AdaptiveController:
         direction = 0
         if gain >= self.config.threshold_min_gain:
             direction = 1 if target.threshold_tokens > self.threshold_tokens else -1
+        at_once = after_role_change or link_settled
+        if not (counted or at_once):  # a tick off the period: it moves t only at once
+            return None
         if direction == 0 or direction != self._t_direction:
             self._t_streak_ticks = 0
         self._t_direction = direction
         if direction == 0:
             return None
         self._t_streak_ticks += 1
-        at_once = after_role_change or link_settled
         needed = 1 if at_once else self.config.threshold_persistence_ticks
         if self._t_streak_ticks < needed:
             return None

@@ -448,3 +448,14 @@ def test_configured_minimums_are_never_crossed() -> None:
     outside = Loop(controller(eq7(LONG, 5), **knobs), num_pd_p=5)
     outside.finish(LONG, 10)
     assert all(c.to_role is PdRole.PD_DECODE for c in outside.role_changes())
+
+
+def test_ticks_off_the_period_do_not_count_towards_persistence() -> None:
+    """Prefill binds at N_p = 1 (3 ticks of persistence, one instance per change). A tick the
+    driver makes between two periods (a link report at 45 s: a 1% change, not a new capacity)
+    decides nothing and does not count: the change comes at the third period tick, 60 s, not
+    at the third tick."""
+    ctl = controller(eq7(LONG, 1), persistence_ticks=3, threshold_persistence_ticks=10)
+    kinds = {at: _tick_at(ctl, at, 1, 1e9 if at != 45.0 else 0.99e9) for at in (0.0, 30.0, 45.0)}
+    assert kinds == {0.0: [], 30.0: [], 45.0: []}
+    assert "RoleChange" in _tick_at(ctl, 60.0, 1, 1e9)

@@ -370,7 +370,7 @@ class AdaptiveController:
         best: SplitPlan,
         plans: dict[int, SplitPlan],
         inputs: ControlInputs,
-        link_changed: bool,
+        link_settled: bool,
         direction: int,
         counted: bool,
     ) -> tuple[RoleChange, SplitPlan] | None:
@@ -378,7 +378,7 @@ class AdaptiveController:
         has held, the best split is taken at once, whole: no persistence, no cooldown, and the
         conversions still under way (counted in their new roles) do not hold it back."""
         cfg = self.config
-        if not link_changed:  # the usual rule, on the period's ticks only
+        if not link_settled:  # the usual rule, on the period's ticks only
             direction = self._streak_direction
             if not counted or direction == 0 or measured.num_converting > 0:
                 return None
@@ -389,12 +389,12 @@ class AdaptiveController:
         if direction == 0:
             return None
         distance = abs(best.num_pd_p - current.num_pd_p)
-        step = distance if link_changed else min(cfg.max_instances_per_change, distance)
+        step = distance if link_settled else min(cfg.max_instances_per_change, distance)
         target = plans[current.num_pd_p + direction * step]
         num = abs(target.num_pd_p - current.num_pd_p)
         grow_prefill = direction > 0
         side = "prefill binds" if grow_prefill else "decode binds"
-        why = "link capacity changed, " if link_changed else ""
+        why = "link capacity changed, " if link_settled else ""
         sign = "<" if grow_prefill else ">"
         reason = (
             f"{side}: {why}prefill {prefill_rate(current.point):.3f} req/s {sign} decode "

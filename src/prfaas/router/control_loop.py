@@ -138,10 +138,7 @@ class RouterControl:
         wake_at_s = self.controller.wake_at_s()
         if wake_at_s is None or wake_at_s > self.now():  # moved by a later change
             return
-        try:
-            self.tick(self.now())
-        except Exception:  # a bug here must not stop the router
-            log.exception("controller wake tick failed")
+        self._tick_guarded()
 
     def role_counts(self) -> tuple[int, int, int]:
         """(N_p, N_d, converting), converting instances counted in their new role."""
@@ -180,10 +177,14 @@ class RouterControl:
         period_s = self.controller.config.period_s
         while True:
             await asyncio.sleep(period_s)
-            try:
-                self.tick(self.now())
-            except Exception:  # a bug here must not stop the router
-                log.exception("controller tick failed")
+            self._tick_guarded()
+
+    def _tick_guarded(self) -> None:
+        """A tick of the router's own (period or wake): a bug in it must not stop the router."""
+        try:
+            self.tick(self.now())
+        except Exception:
+            log.exception("controller tick failed")
 
     def tick(self, now: float) -> list[dict[str, Any]]:
         """Decide at `now` and start carrying the decisions out; the decisions as dicts."""

@@ -22,7 +22,7 @@ from prfaas.launch.ray_placement import Member
 from prfaas.messages import InstanceStats
 from prfaas.policy import LinkView
 from prfaas.router.monitor import combine_link_views
-from prfaas.transport.linkstats import LinkStats
+from prfaas.transport.linkstats import LinkStats, LinkWindow
 
 HEALTHY = "ready"
 
@@ -156,10 +156,15 @@ def _offload_link(
 ) -> LinkView | None:
     """The PrfaaS -> PD link as the router sees it: its prefill instances' views, combined."""
     dests = {m.kv for m in members if m.cluster not in offload and m.kv is not None}
-    views = []
-    for member, (stats, _) in zip(members, answers, strict=True):
-        if member.cluster in offload and stats is not None:
-            for link in stats.links:
-                if link.get("dest") in dests:
-                    views.append(LinkStats(**link).to_link_view(capacity_bytes_per_s))
-    return combine_link_views(views, capacity_bytes_per_s)
+    links = [
+        LinkStats(**link)
+        for member, (stats, _) in zip(members, answers, strict=True)
+        if member.cluster in offload and stats is not None
+        for link in stats.links
+        if link.get("dest") in dests
+    ]
+    views = [link.to_link_view(capacity_bytes_per_s) for link in links]
+    lifetime = LinkWindow.pooled(
+        LinkWindow(0.0, link.bytes_sent, link.bytes_lost, link.mss_bytes) for link in links
+    )
+    return combine_link_views(views, capacity_bytes_per_s, lifetime.retransmit_rate)

@@ -9,7 +9,8 @@ that looked idle at the last poll. The monitor alone writes an instance's state:
 and the controller tell it what they sent (`dispatched`), what failed (`mark_down`) and what is
 being converted (`mark_converting`).
 The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
-polls (growth of the kernel's bytes-sent and bytes-retransmitted counters), so an idle link reads
+polls (growth of the kernel's bytes-sent and bytes-retransmitted counters; the share over every
+sender's connections together, `LinkWindow.pooled`), so an idle link reads
 idle, and neither one transfer's burst into an otherwise quiet link nor the losses of TCP
 probing a shaped bottleneck for a moment read as a busy or congested link. The link's RTT is
 TCP_INFO's where a connection has measured one, else the topology's `[link] rtt_ms`. With several
@@ -36,7 +37,7 @@ from prfaas.topology import ClusterConfig, InstanceConfig, Topology
 from prfaas.transport.linkstats import LinkStats, LinkWindow
 
 log = logging.getLogger(__name__)
-_IDLE = LinkWindow(0.0, 0.0)  # a destination polled once: nothing measured between polls yet
+_IDLE = LinkWindow(0.0)  # a destination polled once: nothing measured between polls yet
 LINK_WINDOW_S = 2.0  # the link's utilization and loss are averaged over this much time
 
 
@@ -206,14 +207,17 @@ class ClusterMonitor:
         path = self.topology.link_path_of(prfaas.name)
         capacity = payload_bandwidth_bytes_per_s(self.link_capacity_of(prfaas), path)
         senders = self.ready(prfaas, "prefill")
+        connections = self.link_connections(prfaas, pd)
+        windows = [state.windows.get(link.dest, _IDLE) for state, link in connections]
         views = [
-            link.to_link_view(capacity, state.windows.get(link.dest, _IDLE))
-            for state, link in self.link_connections(prfaas, pd)
+            link.to_link_view(capacity, window)
+            for (_, link), window in zip(connections, windows, strict=True)
         ]
         rtt_s = path.rtt_s
         if senders and not views:
             return LinkView(capacity, utilization=0.0, backlog_bytes=0.0, rtt_s=rtt_s)
-        return with_known_rtt(combine_link_views(views, capacity), rtt_s)
+        retransmit_rate = LinkWindow.pooled(windows).retransmit_rate
+        return with_known_rtt(combine_link_views(views, capacity, retransmit_rate), rtt_s)
 
     def link_capacity_of(self, prfaas: ClusterConfig) -> float:
         """The capacity of `prfaas`'s link to the PD cluster, bytes/s: with one provider the
@@ -244,8 +248,12 @@ def with_known_rtt(view: LinkView | None, topology_rtt_s: float) -> LinkView | N
     return replace(view, rtt_s=topology_rtt_s)
 
 
-def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> LinkView | None:
-    """Several senders share one link: backlogs and rates add up, RTT and loss take the worst."""
+def combine_link_views(
+    views: list[LinkView], capacity_bytes_per_s: float, retransmit_rate: float
+) -> LinkView | None:
+    """Several senders share one link: backlogs and rates add up, RTT takes the worst, and the
+    retransmitted share is the link's, which the caller measured on all of them together (the
+    worst of the parts would read one connection's single lost segment as the link's loss)."""
     if not views:
         return None
     return LinkView(
@@ -253,5 +261,5 @@ def combine_link_views(views: list[LinkView], capacity_bytes_per_s: float) -> Li
         utilization=min(1.0, sum(v.utilization for v in views)),
         backlog_bytes=sum(v.backlog_bytes for v in views),
         rtt_s=max(v.rtt_s for v in views),
-        retransmit_rate=max(v.retransmit_rate for v in views),
+        retransmit_rate=retransmit_rate,
     )

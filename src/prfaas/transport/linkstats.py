@@ -2,13 +2,16 @@
 
 `LinkStats` is what the transport measures; `LinkStats.to_link_view(capacity)` turns it into the
 policy's `LinkView`, which the scheduler reads. `LinkWindow.between(before, after, elapsed_s)`
-measures egress and the retransmitted share between two snapshots, so a reader that polls (the
-router) sees an idle link as idle and one lost segment of a small transfer not as congestion;
-without a window the view uses the lifetime counters. The retransmitted share counts losses
-only: a retransmission the peer reports as a duplicate (DSACK: the segment had arrived, delayed
-or reordered past the sender's loss detection, as a jittery path does) is spurious and is left
-out, so reordering does not read as congestion. Prometheus scrapes `TransportMetrics`,
-which takes a registry so tests and several senders in one process do not clash.
+measures egress and lost bytes between two snapshots, and `LinkWindow.pooled` sums one link's
+windows over its senders and destinations, so a reader that polls (the router) sees an idle link
+as idle and judges loss on the link's whole sample: one lost segment of a small transfer, or of
+one connection's share, does not read as congestion (a share needs
+`MIN_RETRANSMIT_SAMPLE_SEGMENTS` segments); without a window the view uses the lifetime
+counters. The retransmitted share counts losses only: a retransmission the peer reports as a
+duplicate (DSACK: the segment had arrived, delayed or reordered past the sender's loss
+detection, as a jittery path does) is spurious and is left out, so reordering does not read as
+congestion. Prometheus scrapes `TransportMetrics`, which takes a registry so tests and several
+senders in one process do not clash.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import fcntl
 import socket
 import struct
 import termios
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram
@@ -30,6 +34,9 @@ _OFF_MIN_RTT_US, _OFF_DELIVERY_RATE = 148, 160
 _OFF_BYTES_ACKED, _OFF_BYTES_SENT, _OFF_BYTES_RETRANS = 120, 200, 208
 _OFF_SND_MSS, _OFF_DSACK_DUPS = 16, 216  # tcpi_dsack_dups: kernel 5.2 and later
 MIN_RETRANSMIT_SAMPLE_BYTES = 64 << 10  # a window that sent less says nothing about loss
+# nor does one of fewer segments than this: with the route policy's 1% rule, one lost segment of a
+# sample this size reads as 0.5%, so it takes two losses in a row of 200 to call the link congested
+MIN_RETRANSMIT_SAMPLE_SEGMENTS = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,7 @@ class TcpStats:
     bytes_sent: int  # 0 on kernels before 4.19
     bytes_retransmitted: int  # 0 on kernels before 4.19
     send_queue_bytes: int = 0  # written and not yet acknowledged by the peer (SIOCOUTQ)
+    mss_bytes: int = 0  # the sender's segment size (tcpi_snd_mss)
     # retransmissions the peer reported as duplicates (DSACK): the segment had arrived, late or
     # reordered, so the resend was spurious, not a loss; segments x MSS (0 before kernel 5.2)
     bytes_retransmitted_spurious: int = 0
@@ -97,6 +105,7 @@ def parse_tcp_info(raw: bytes) -> TcpStats | None:
         bytes_acked=u64(_OFF_BYTES_ACKED),
         bytes_sent=u64(_OFF_BYTES_SENT),
         bytes_retransmitted=u64(_OFF_BYTES_RETRANS),
+        mss_bytes=u32(_OFF_SND_MSS),
         bytes_retransmitted_spurious=u32_if(_OFF_DSACK_DUPS) * u32(_OFF_SND_MSS),
     )
 
@@ -119,6 +128,7 @@ class LinkStats:
     bytes_retransmitted: int = 0  # kernel bytes retransmitted, summed over live connections
     send_queue_bytes: int = 0  # bytes written and not yet acknowledged, summed over connections
     bytes_retransmitted_spurious: int = 0  # of those, resent though they had arrived (DSACK)
+    mss_bytes: int = 0  # the largest segment size over the connections (0: unknown)
 
     @property
     def bytes_lost(self) -> int:
@@ -149,25 +159,51 @@ class LinkStats:
 
 @dataclass(frozen=True, slots=True)
 class LinkWindow:
-    """One destination's egress and lost (retransmitted, less spurious) share between two
-    `LinkStats` snapshots."""
+    """Egress and lost bytes (retransmitted, less spurious) between two `LinkStats` snapshots:
+    one destination's (`between`) or a whole link's, every sender's destinations summed
+    (`pooled`)."""
 
     egress_bytes_per_s: float
-    retransmit_rate: float  # 0 when the window sent too little to judge
+    num_bytes_sent: int = 0
+    num_bytes_lost: int = 0
+    mss_bytes: int = 0  # the largest segment size among its connections (0: unknown)
+
+    @property
+    def retransmit_rate(self) -> float:
+        """The lost share of the bytes sent; 0 while the window sent too little to judge (fewer
+        than `MIN_RETRANSMIT_SAMPLE_BYTES`, or than `MIN_RETRANSMIT_SAMPLE_SEGMENTS` segments)."""
+        min_sample_bytes = max(
+            MIN_RETRANSMIT_SAMPLE_BYTES, MIN_RETRANSMIT_SAMPLE_SEGMENTS * self.mss_bytes
+        )
+        if self.num_bytes_sent < min_sample_bytes:
+            return 0.0
+        return min(1.0, self.num_bytes_lost / self.num_bytes_sent)
 
     @classmethod
     def between(cls, before: LinkStats, after: LinkStats, elapsed_s: float) -> LinkWindow | None:
         """The window from `before` to `after`, `elapsed_s` apart (None when no time passed). A
-        counter that went down (a connection was replaced) counts from zero, never negative;
-        fewer than `MIN_RETRANSMIT_SAMPLE_BYTES` sent read as no loss."""
+        counter that went down (a connection was replaced) counts from zero, never negative."""
         if elapsed_s <= 0:
             return None
         num_sent = max(0, after.bytes_sent - before.bytes_sent)
-        num_lost = max(0, after.bytes_lost - before.bytes_lost)
-        is_sample = num_sent >= MIN_RETRANSMIT_SAMPLE_BYTES
         return cls(
             egress_bytes_per_s=num_sent / elapsed_s,
-            retransmit_rate=min(1.0, num_lost / num_sent) if is_sample else 0.0,
+            num_bytes_sent=num_sent,
+            num_bytes_lost=max(0, after.bytes_lost - before.bytes_lost),
+            mss_bytes=after.mss_bytes,
+        )
+
+    @classmethod
+    def pooled(cls, windows: Iterable[LinkWindow]) -> LinkWindow:
+        """One link's window from its senders' per-destination windows: rates and bytes add up,
+        so the retransmitted share is the link's own. Judged per destination, every one of a
+        dozen small samples could read one lost segment as a percent or more."""
+        windows = list(windows)
+        return cls(
+            egress_bytes_per_s=sum(w.egress_bytes_per_s for w in windows),
+            num_bytes_sent=sum(w.num_bytes_sent for w in windows),
+            num_bytes_lost=sum(w.num_bytes_lost for w in windows),
+            mss_bytes=max((w.mss_bytes for w in windows), default=0),
         )
 
 
@@ -194,6 +230,7 @@ def summarize_link(
         bytes_sent=sum(s.bytes_sent for s in stats),
         bytes_retransmitted=sum(s.bytes_retransmitted for s in stats),
         bytes_retransmitted_spurious=sum(s.bytes_retransmitted_spurious for s in stats),
+        mss_bytes=max((s.mss_bytes for s in stats), default=0),
     )
 
 

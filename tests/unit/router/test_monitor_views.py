@@ -19,9 +19,16 @@ def _topology() -> Topology:
     return TopologySpec(clusters, link_gbps=8, token="t", port_base=18000).topology()  # 1e9 B/s
 
 
-def _stats(bytes_sent: int, *, retrans: int = 0, delivery_rate: float = 5e9) -> InstanceStats:
-    link = {
-        "dest": DEST,
+def _link(
+    bytes_sent: int,
+    *,
+    retrans: int = 0,
+    delivery_rate: float = 5e9,
+    dest: str = DEST,
+    mss_bytes: int = 0,
+) -> dict[str, object]:
+    return {
+        "dest": dest,
         "num_connections": 2,
         "rtt_s": 0.001,
         "min_rtt_s": 0.001,
@@ -33,7 +40,12 @@ def _stats(bytes_sent: int, *, retrans: int = 0, delivery_rate: float = 5e9) -> 
         "queued_bytes": 0,
         "bytes_sent": bytes_sent,
         "bytes_retransmitted": retrans,
+        "mss_bytes": mss_bytes,
     }
+
+
+def _stats(bytes_sent: int, *, retrans: int = 0, delivery_rate: float = 5e9) -> InstanceStats:
+    link = _link(bytes_sent, retrans=retrans, delivery_rate=delivery_rate)
     return InstanceStats("r0", "prefill", 0, 0, 0, 0.0, links=(link,))
 
 
@@ -136,3 +148,33 @@ def test_retransmissions_are_judged_over_the_last_window_with_enough_bytes() -> 
     _poll(monitor, 2.75, 10_000_000, retrans=501_500)  # idle for a window: nothing to judge
     view = monitor.link_view(*topology.clusters)
     assert view is not None and view.retransmit_rate == 0.0
+
+
+def test_loss_is_the_whole_links_share_not_its_worst_senders() -> None:
+    """Two PrfaaS senders to two KV receivers: one pair resent 4 of its 300 segments (1.3%),
+    the others none; the link lost 4 of 1,200 segments (0.33%), under the route rule's 1%."""
+    dest2, mss = "127.0.0.1:18302", 12_448
+    clusters = (
+        prfaas(Node("r0"), Node("r1")),
+        pd(Node("p0"), decode("d0", kv=DEST), decode("d1", kv=dest2)),
+    )
+    topology = TopologySpec(clusters, link_gbps=8, token="t", port_base=18000).topology()
+    monitor = ClusterMonitor(topology, client=None)  # type: ignore[arg-type]  # never polls here
+    for state in monitor.states.values():
+        state.is_ready = True
+    for at_s, num_segments, num_lost in ((0.0, 0, 0), (1.0, 300, 4)):
+        for sender in ("r0", "r1"):
+            links = tuple(
+                _link(
+                    num_segments * mss,
+                    retrans=num_lost * mss if (sender, dest) == ("r0", DEST) else 0,
+                    dest=dest,
+                    mss_bytes=mss,
+                )
+                for dest in (DEST, dest2)
+            )
+            state = monitor.states[sender]
+            state.stats = InstanceStats(sender, "prefill", 0, 0, 0, 0.0, links=links)
+            state.update_egress(at_s)
+    view = monitor.link_view(*topology.clusters)
+    assert view is not None and view.retransmit_rate == pytest.approx(4 / 1200)

@@ -12,6 +12,7 @@ import pytest
 
 from prfaas.transport.linkstats import (
     MIN_RETRANSMIT_SAMPLE_BYTES,
+    MIN_RETRANSMIT_SAMPLE_SEGMENTS,
     LinkStats,
     LinkWindow,
     parse_tcp_info,
@@ -139,7 +140,8 @@ def _snapshot(bytes_sent: int, bytes_retransmitted: int) -> LinkStats:
 def test_a_window_measures_egress_and_loss_between_two_snapshots() -> None:
     before, after = _snapshot(1_000_000, 100), _snapshot(3_000_000, 20_100)
     window = LinkWindow.between(before, after, elapsed_s=2.0)
-    assert window == LinkWindow(egress_bytes_per_s=1e6, retransmit_rate=0.01)
+    assert window == LinkWindow(1e6, num_bytes_sent=2_000_000, num_bytes_lost=20_000)
+    assert window is not None and window.retransmit_rate == 0.01
     view = after.to_link_view(capacity_bytes_per_s=4e6, window=window)
     assert view.utilization == 0.25 and view.retransmit_rate == 0.01
     # the lifetime view of the same snapshot reads the kernel's delivery rate instead
@@ -207,4 +209,34 @@ def test_a_window_of_spurious_retransmissions_reads_as_no_loss() -> None:
     before = replace(_snapshot(1_000_000, 100), bytes_retransmitted_spurious=100)
     after = replace(_snapshot(3_000_000, 20_100), bytes_retransmitted_spurious=20_100)
     window = LinkWindow.between(before, after, elapsed_s=2.0)
-    assert window == LinkWindow(egress_bytes_per_s=1e6, retransmit_rate=0.0)
+    assert window == LinkWindow(1e6, num_bytes_sent=2_000_000, num_bytes_lost=0)
+
+
+MSS = 12_448  # the testbed WAN's segment (a 12,500-byte MTU)
+
+
+def test_a_share_needs_enough_segments_of_the_connections_mss() -> None:
+    """One lost segment of 199 reads as no loss (it would be 0.5%, and 199 segments of 12 KB
+    pass the byte minimum); three of 200 read as 1.5%; the MSS comes from TCP_INFO."""
+    few = LinkWindow(1e6, (MIN_RETRANSMIT_SAMPLE_SEGMENTS - 1) * MSS, MSS, mss_bytes=MSS)
+    assert few.num_bytes_sent > MIN_RETRANSMIT_SAMPLE_BYTES and few.retransmit_rate == 0.0
+    enough = LinkWindow(1e6, MIN_RETRANSMIT_SAMPLE_SEGMENTS * MSS, 3 * MSS, mss_bytes=MSS)
+    assert enough.retransmit_rate == pytest.approx(3 / MIN_RETRANSMIT_SAMPLE_SEGMENTS)
+    raw = bytearray(232)
+    struct.pack_into("<I", raw, 16, MSS)
+    tcp = parse_tcp_info(bytes(raw))
+    assert tcp is not None and tcp.mss_bytes == MSS
+    stats = summarize_link("h:1", [tcp, replace(tcp, mss_bytes=1448)], 0.0, 0, 0)
+    assert stats.mss_bytes == MSS
+
+
+def test_pooled_windows_judge_loss_on_the_whole_link_not_its_worst_part() -> None:
+    """Sixteen sender-receiver pairs of 300 segments each; one pair lost 4 (1.3% of its own
+    sample, above a 1% rule), the link lost 4 of 4,800 (0.08%)."""
+    quiet = LinkWindow(1e6, 300 * MSS, 0, mss_bytes=MSS)
+    lossy = LinkWindow(1e6, 300 * MSS, 4 * MSS, mss_bytes=MSS)
+    assert lossy.retransmit_rate > 0.01
+    link = LinkWindow.pooled([lossy] + [quiet] * 15)
+    assert link.egress_bytes_per_s == 16e6 and link.num_bytes_sent == 4800 * MSS
+    assert link.retransmit_rate == pytest.approx(4 / 4800)
+    assert LinkWindow.pooled([]) == LinkWindow(0.0)

@@ -1,5 +1,5 @@
 """The simulation loop: pop the earliest event, dispatch it to its `on_<event>` handler, push the
-follow-ups. State and handlers live in `prfaas.sim.handlers`, the policy's views in
+follow-ups. State lives in `prfaas.sim.state`, handlers in `prfaas.sim.handlers`, the views in
 `prfaas.sim.views`, the metrics summary in `prfaas.sim.summary`.
 """
 
@@ -21,9 +21,10 @@ from prfaas.sim.events import (
     TransferDeadline,
     TransferLanded,
 )
-from prfaas.sim.handlers import FollowUps, SimHandlers
+from prfaas.sim.handlers import SimHandlers
 from prfaas.sim.metrics import round_floats
 from prfaas.sim.providers import providers_summary
+from prfaas.sim.state import FollowUps
 from prfaas.sim.summary import run_summary
 from prfaas.sim.views import DecisionRecord
 from prfaas.types import FAIL, RECOMPUTE

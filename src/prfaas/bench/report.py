@@ -85,8 +85,9 @@ def egress_series(samples: Sequence[tuple[float, int]]) -> list[dict[str, float]
     return series
 
 
-def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
-    """The live run's numbers (see the module docstring for the definitions)."""
+def summarize_live(outcome: RunOutcome, payload_efficiency: float | None = None) -> dict[str, Any]:
+    """The live run's numbers (see the module docstring for the definitions), with the run's
+    measured `payload_efficiency` (None: not measured, off a testbed)."""
     results = outcome.results
     ok = [r for r in results if r.ok]
     span_s = max((r.finished_at_s for r in ok), default=0.0)
@@ -116,6 +117,7 @@ def summarize_live(outcome: RunOutcome) -> dict[str, Any]:
             "peak_gbps": max((p["gbps"] for p in series), default=0.0),
             "series": series,
         },
+        "payload_efficiency": payload_efficiency,
     }
 
 
@@ -314,7 +316,7 @@ def compare(
     prompts: Sequence[Sequence[int]] = (),
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(sim, plan) for a run, `prompts` the schedule's; each is {"unavailable": reason} when it
-    does not apply."""
+    does not apply. The simulated summary names the payload efficiency it replayed at."""
     scale, why = model_time_scale(topology)
     if scale is None:
         return {"unavailable": why}, {"unavailable": why}
@@ -323,6 +325,8 @@ def compare(
         sim = simulate_results(topology, results, scale, bandwidth, prompts)
     except UserError as exc:
         sim = {"unavailable": f"simulator: {exc}"}
+    if "unavailable" not in sim:
+        sim["payload_efficiency"] = topology.link.payload_efficiency
     try:
         lengths = [r.num_prompt_tokens for r in results]
         mean_out = sum(r.max_tokens for r in results) / len(results)

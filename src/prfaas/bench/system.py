@@ -222,10 +222,7 @@ def run_once(
     efficiency = None if measured is None else round(measured, 4)
     replay = with_payload_efficiency(svc.topology, efficiency)
     sim, plan = compare(replay, outcome, _sim_bandwidth(replay, drop), prompts)
-    live = summarize_live(outcome)
-    live["payload_efficiency"] = efficiency
-    if "unavailable" not in sim:
-        sim["payload_efficiency"] = replay.link.payload_efficiency
+    live = summarize_live(outcome, efficiency)
     target_s = svc.topology.policy.ttft_target_s
     if len(svc.topology.providers) > 1 and target_s is not None:
         live["providers"] = live_provider_split(outcome.results, target_s)

@@ -10,7 +10,7 @@ Usage:
 The request's state is the model's own layout (`prfaas.models` preset): every full-attention
 layer's K and V as [1, kv_heads, tokens, head_dim] bfloat16, every linear-attention layer's conv
 state (bfloat16) and recurrent state (float32), random values. The sender codes it exactly as the
-prefill instance's export does (`engine.kv_state.layer_state`, K/V coded per layer, the rest
+prefill instance's export does (`engine.kv_export.layer_state`, K/V coded per layer, the rest
 exact) on an engine thread, handing each layer to the transport as it is final
 (`KVTransfer.send_layer` through the event loop, as `instance.prefill` does), so coding layer
 i+1 overlaps the send of layer i. Mode `serial` codes every layer first and then sends, the
@@ -46,7 +46,8 @@ from typing import Any
 import torch
 
 from prfaas.engine.kv_codec import kv_codec
-from prfaas.engine.kv_state import PayloadView, coded_kv, layer_state
+from prfaas.engine.kv_export import coded_kv, layer_state
+from prfaas.engine.kv_import import PayloadView
 from prfaas.engine.protocol import LayerState
 from prfaas.messages import KVManifest
 from prfaas.models.presets import load_model_spec
@@ -120,7 +121,7 @@ def uncoded_bytes(layers: list[RequestLayer]) -> tuple[int, int]:
 
 
 def _code_layer(layer: RequestLayer, index: int, offset: int, codec_name: str) -> LayerState:
-    """Layer `index` as the engine's export builds it (`kv_state.layer_state`)."""
+    """Layer `index` as the engine's export builds it (`kv_export.layer_state`)."""
     return layer_state(
         index, layer.kind.value, layer.cache_class, {}, layer.named, offset, coded_kv(codec_name)
     )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from prfaas.engine.cache_layout import decoder_layers, new_cache
-from prfaas.engine.kv_state import export_layer
+from prfaas.engine.kv_export import export_layer
 from prfaas.engine.loading import LoadedModel
 from prfaas.engine.protocol import LayerCallback
 from prfaas.engine.sampling import sample_token

@@ -1,6 +1,6 @@
 """A request's payload as bytes, without torch: the layers laid back to back (`collect_layers`)
 and the received buffers seen as one address space (`PayloadBytes`). The torch engine's
-`kv_state` wraps these bytes as tensors; the emulated engine compares them as bytes, so an
+`kv_import` wraps these bytes as tensors; the emulated engine compares them as bytes, so an
 emulated deployment serves with the base install (no torch).
 """
 

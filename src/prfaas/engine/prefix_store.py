@@ -15,7 +15,7 @@ and deletes those of every entry the pool reports removed, so the two stay in st
 A cache for the first k blocks is the state the engine would export at k * block_tokens tokens:
 attention tensors concatenated from blocks 0..k-1, everything else from the checkpoint at block
 k - 1 (models without fixed-size state need none). It is built as a `KVManifest` plus buffers and
-imported with the ordinary `kv_state.import_state`, so the prefix path checks the same layout the
+imported with the ordinary `kv_import.import_state`, so the prefix path checks the same layout the
 transfer path does.
 
 The same manifest moves a cached prefix to another instance (`export_prefix`: blocks pinned while
@@ -32,14 +32,9 @@ from typing import Any
 
 import torch
 
-from prfaas.engine.kv_state import (
-    CacheTemplate,
-    cache_meta,
-    import_state,
-    is_prefix_attention,
-    layer_parts,
-    layer_state,
-)
+from prfaas.engine.kv_checks import CacheTemplate
+from prfaas.engine.kv_export import cache_meta, is_prefix_attention, layer_parts, layer_state
+from prfaas.engine.kv_import import import_state
 from prfaas.engine.payload import collect_layers
 from prfaas.engine.prefix_book import (
     PrefixBook,

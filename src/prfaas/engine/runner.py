@@ -11,7 +11,8 @@ table, scheduling, admission, finishing and deltas, export and import, the prefi
 per-request side, shared with the emulated engine), `model_runner` (forwards and sampling on one
 request's cache, `RequestState`), `decode_batch` (the stacked decode cache and its rollback), and
 this module, which puts them together with the model's caches: prefill from a cached prefix,
-state export and import through `kv_state`, and moving cached prefixes (`prefix_store`).
+state export and import through `kv_export`, `kv_checks` and `kv_import`, and moving cached
+prefixes (`prefix_store`).
 
 Requests are checked on entry (`validation`): token ids inside the vocabulary, lengths within the
 model's positions, imported state from the same weights (`LoadedModel.fingerprint`). A request
@@ -36,7 +37,9 @@ import torch
 from prfaas.engine.cache_layout import layer_kinds
 from prfaas.engine.codec_rate import encode_bytes_per_s, measure_tensor
 from prfaas.engine.decode_batch import DecodeBatcher
-from prfaas.engine.kv_state import CacheTemplate, check_manifest, export_state, import_state
+from prfaas.engine.kv_checks import CacheTemplate, check_manifest
+from prfaas.engine.kv_export import export_state
+from prfaas.engine.kv_import import import_state
 from prfaas.engine.loading import LoadedModel
 from prfaas.engine.model_runner import (
     ModelRunner,

@@ -9,11 +9,10 @@ import pytest
 from engine_kit import drain, emitted, greedy, request, tiny
 
 from prfaas.engine.emulated import make_emulated_engine
-from prfaas.engine.kv_state import ManifestMismatch
 from prfaas.engine.loading import LoadedModel, load_model, weights_checksum
 from prfaas.engine.presets import TINY_VOCAB_SIZE
 from prfaas.engine.runner import Engine
-from prfaas.engine.validation import InvalidRequest
+from prfaas.engine.validation import InvalidRequest, ManifestMismatch
 from prfaas.messages import GenerateRequest, SamplingParams
 from prfaas.models import load_model_spec
 

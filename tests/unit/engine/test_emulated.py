@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prfaas.engine.emulated import make_emulated_engine
-from prfaas.engine.kv_state import ManifestMismatch
+from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import GenerateRequest, SamplingParams
 from prfaas.models import load_model_spec
 from prfaas.perf import CostModel, get_hardware

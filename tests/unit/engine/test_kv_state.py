@@ -9,8 +9,9 @@ import pytest
 import torch
 from engine_kit import greedy, request, tiny
 
-from prfaas.engine.kv_state import ManifestMismatch, tensor_bytes
+from prfaas.engine.kv_export import tensor_bytes
 from prfaas.engine.runner import Engine
+from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import KVManifest
 
 ROUND_TRIP_ARCHS = ["llama", "qwen3_next", "kimi_linear", "mimo_v2_flash", "minimax", "falcon_h1"]

@@ -6,8 +6,8 @@ import pytest
 import torch
 from engine_kit import request, tiny
 
-from prfaas.engine.kv_state import LayerState
 from prfaas.engine.presets import PRESETS
+from prfaas.engine.protocol import LayerState
 from prfaas.engine.runner import Engine
 from prfaas.errors import UserError
 

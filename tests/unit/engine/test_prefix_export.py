@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prfaas.engine.emulated import EmulatedEngine, make_emulated_engine
-from prfaas.engine.kv_state import ExportedState, ManifestMismatch
 from prfaas.engine.prefix_store import PrefixCacheConfig, PrefixMiss
+from prfaas.engine.protocol import ExportedState
 from prfaas.engine.runner import Engine
+from prfaas.engine.validation import ManifestMismatch
 from prfaas.messages import (
     PREFIX_META_KEY,
     GenerateRequest,

@@ -12,8 +12,8 @@ import torch
 from engine_kit import drain, emitted, greedy, prompt, tiny
 
 from prfaas.engine import runner
-from prfaas.engine.kv_state import LayerState
 from prfaas.engine.prefix_store import PrefixCacheConfig, PrefixMiss
+from prfaas.engine.protocol import LayerState
 from prfaas.engine.runner import Engine, chunk_bounds
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, KVManifest

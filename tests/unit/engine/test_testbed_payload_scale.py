@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prfaas.engine.emulated import layer_tensor_sizes, make_emulated_engine
-from prfaas.engine.kv_state import ManifestMismatch
+from prfaas.engine.validation import ManifestMismatch
 from prfaas.errors import UserError
 from prfaas.messages import GenerateRequest, SamplingParams
 from prfaas.models import load_model_spec

@@ -218,6 +218,8 @@ class Dispatcher:
         if decision.num_prefix_transfer_tokens > 0 and route is decision.target and prefill:
             move = _prefix_move(other, chosen)
         codec = self._kv_codec(route, prefill, link)
+        if prefill is not None:  # the next decision sees this one's work before any poll does
+            prefill.unpolled_tokens += num_prompt - expected
         if self.quoter is not None and prefill is not None:  # priced queues see it before a poll
             prefill.unpolled_prefill_s += self.quoter.prefill_wall_s(
                 prefill.config, num_prompt - expected

@@ -3,9 +3,11 @@ answers, and the policy views built from them (`ClusterView`s and the inter-clus
 
 The router's poller (`poller.py`) calls `poll` for each instance's `/internal/stats`; an
 instance is ready after one good answer and down after `max_misses` consecutive failed polls (or
-at once when a dispatch to it cannot connect). Between polls the router adds what it dispatched
-itself (`dispatched`), so a burst of requests spreads over instances instead of piling on the one
-that looked idle at the last poll. The monitor alone writes an instance's state: the dispatcher
+at once when a dispatch to it cannot connect). Between polls the router adds what it decided
+(`unpolled_tokens`, counted by the dispatcher's decision and settled by the next answered poll)
+and what it dispatched itself (`dispatched`), so a burst of requests, routed in one turn of the
+event loop before any job is posted, spreads over instances instead of piling on the one that
+looked idle at the last poll. The monitor alone writes an instance's state: the dispatcher
 and the controller tell it what they sent (`dispatched`), what failed (`mark_down`) and what is
 being converted (`mark_converting`).
 The link's utilization and retransmitted share are measured over the last `LINK_WINDOW_S` of
@@ -53,6 +55,10 @@ class InstanceState:
     # predicted prefill seconds this router sent since the instance's last answered poll began:
     # work its polled queue cannot show yet (several providers price each queue per request)
     unpolled_prefill_s: float = 0.0
+    # prompt tokens to compute this router sent since the last answered poll began, counted at
+    # the decision: a burst of requests routed in one event-loop turn sees each other's work
+    # before any of their jobs is posted (`pending_tokens` counts from the post on)
+    unpolled_tokens: int = 0
     # per KV destination: egress and retransmitted share over the last LINK_WINDOW_S, and the
     # polls' times and link snapshots since the window's start
     windows: dict[str, LinkWindow] = field(default_factory=dict)
@@ -91,7 +97,7 @@ class InstanceState:
         polled_tokens = 0 if s is None else s.num_queued_tokens
         return InstanceLoad(
             instance_id=self.config.name,
-            num_queued_tokens=max(polled_tokens, self.pending_tokens),
+            num_queued_tokens=max(polled_tokens + self.unpolled_tokens, self.pending_tokens),
             num_running_requests=max(
                 0 if s is None else s.num_requests_running + s.num_requests_waiting,
                 self.pending_requests,
@@ -124,6 +130,7 @@ class ClusterMonitor:
         url = f"http://{state.config.http}/{'metrics' if is_vllm else 'internal/stats'}"
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         unpolled_s = state.unpolled_prefill_s  # what this poll's answer will include
+        unpolled_tokens = state.unpolled_tokens
         try:
             async with self.client.get(url, timeout=timeout) as reply:
                 reply.raise_for_status()
@@ -133,6 +140,7 @@ class ClusterMonitor:
                     state.stats = InstanceStats.from_dict(await reply.json())
                 state.update_egress(time.monotonic())
                 state.unpolled_prefill_s = max(0.0, state.unpolled_prefill_s - unpolled_s)
+                state.unpolled_tokens = max(0, state.unpolled_tokens - unpolled_tokens)
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as exc:
             state.num_misses += 1
             if state.is_ready and state.num_misses >= self.max_misses:

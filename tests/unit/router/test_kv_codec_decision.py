@@ -133,3 +133,22 @@ def test_auto_leaves_the_kv_exact_where_the_prefill_instance_encodes_slower_than
 def test_a_configured_codec_is_kept_whatever_its_rate() -> None:
     d = _decide("fp8", utilization=0.9, num_prompt_tokens=THRESHOLD + 1, encode_rates={"fp8": 1e6})
     assert (d.kv_codec, d.kv_codec_reason) == ("fp8", "configured: [transport] compression = fp8")
+
+
+def test_a_burst_routed_before_any_poll_spreads_over_the_prefill_instances() -> None:
+    """Three short requests decided in a row, with no poll and no job posted between them (one
+    turn of the router's event loop): each sees the ones before it, so 10, 8 and 5 tokens go to
+    p0, p1 (8 < 10) and p1 again (8 < 10); without the count all three go to p0."""
+    clusters = (prfaas(Node("r0")), pd(Node("p0"), Node("p1"), decode("d0")))
+    spec = TopologySpec(clusters, threshold=THRESHOLD, link_gbps=LINK_GBPS, port_base=18000)
+    topology = spec.topology()
+    monitor = ClusterMonitor(topology, client=None)  # type: ignore[arg-type]  # never polls
+    for state in monitor.states.values():
+        state.is_ready = True
+    prefixes = RouterPrefixIndex(None, topology.instances, client=None)  # type: ignore[arg-type]
+    dispatcher = Dispatcher(topology, monitor, None, RouterMetrics(), prefixes)  # type: ignore[arg-type]
+    picks = [dispatcher.decide(f"r{k}", list(range(n))) for k, n in enumerate((10, 8, 5))]
+    assert [d.route for d in picks] == ["pd_prefill"] * 3
+    assert [d.prefill.config.name for d in picks if d.prefill] == ["p0", "p1", "p1"]
+    assert monitor.states["p1"].load().num_queued_tokens == 13
+    assert monitor.states["p0"].unpolled_tokens == 10

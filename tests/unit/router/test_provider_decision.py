@@ -116,7 +116,8 @@ def test_a_burst_within_one_poll_sees_the_queue_it_sends() -> None:
 
 
 def test_an_answered_poll_clears_the_predicted_queue() -> None:
-    """The poll's answer includes what was sent before it began: the prediction goes."""
+    """The poll's answer includes what was sent before it began: the prediction (seconds and
+    tokens) goes."""
 
     class Reply:
         async def __aenter__(self) -> Reply:
@@ -140,8 +141,10 @@ def test_an_answered_poll_clears_the_predicted_queue() -> None:
     monitor = dispatcher.monitor
     monitor.client = Client()  # type: ignore[assignment]
     cheap = monitor.states["cheap-p0"]
+    assert cheap.load().num_queued_tokens == NUM_LONG  # counted at the decision
     assert asyncio.run(monitor.poll(cheap, 1.0))
     assert cheap.load().queued_prefill_s == pytest.approx(0.25)
+    assert cheap.unpolled_tokens == 0 and cheap.load().num_queued_tokens == 0
 
 
 def test_nothing_meeting_the_target_goes_where_the_first_token_is_predicted_soonest() -> None:
